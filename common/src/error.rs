@@ -1,0 +1,77 @@
+//! The one error type of the shared library. Each variant says whether
+//! retrying the same operation can succeed; callers decide what to do with it.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job spec or configuration is wrong; the message names the field and the fix.
+    #[error("invalid job spec: {0}")]
+    Spec(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key error: {0}")]
+    Key(String),
+    /// A staged object failed authentication or is malformed; it must never be loaded.
+    #[error("chunk {object} rejected: {reason}")]
+    ChunkRejected { object: String, reason: String },
+    #[error("{context}: {source}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Catalog(String),
+    #[error("schema copy failed: {0}")]
+    Schema(String),
+    #[error("staging {location}: {source}")]
+    Staging {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("lease store: {0}")]
+    LeaseStore(String),
+    #[error("lease on {key} lost: {reason}")]
+    LeaseLost { key: String, reason: String },
+    #[error("corrupt {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again (network, lost
+    /// lease, transient server errors) as opposed to a fault in the input.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Postgres { source, .. } => source.as_db_error().is_none() || source.is_closed(),
+            Error::Staging { .. } | Error::LeaseStore(_) | Error::LeaseLost { .. } => true,
+            Error::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn postgres(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        Error::Postgres {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<etcd_client::Error> for Error {
+    fn from(e: etcd_client::Error) -> Self {
+        Error::LeaseStore(e.to_string())
+    }
+}

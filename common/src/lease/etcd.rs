@@ -1,0 +1,138 @@
+//! etcd (v3 API) implementation of the lease store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
+
+use super::{LeaseId, LeaseStore};
+use crate::{Error, Result};
+
+/// Bounds every etcd call, so an unreachable etcd surfaces as an error the
+/// lease holder can act on instead of a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl EtcdStore {
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), REQUEST_TIMEOUT);
+        let client = Client::connect(endpoints, Some(options)).await.map_err(|e| {
+            Error::LeaseStore(format!(
+                "cannot connect to etcd at {}: {e}; check --etcd and that etcd is running",
+                endpoints.join(",")
+            ))
+        })?;
+        Ok(Self { client })
+    }
+
+    fn lost(lease: LeaseId, e: impl std::fmt::Display) -> Error {
+        Error::LeaseLost {
+            key: format!("etcd lease {:x}", lease.0),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("requested lease not found")
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.client.kv_client().put(key, value, None).await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let options = GetOptions::new().with_prefix().with_sort(
+            etcd_client::SortTarget::Key,
+            etcd_client::SortOrder::Ascend,
+        );
+        let resp = self.client.kv_client().get(prefix, Some(options)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let key = kv
+                    .key_str()
+                    .map_err(|e| Error::LeaseStore(format!("non-UTF-8 key under {prefix}: {e}")))?;
+                Ok((key.to_owned(), kv.value().to_vec()))
+            })
+            .collect()
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client.kv_client().delete(key, None).await?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        self.client
+            .kv_client()
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await?;
+        Ok(())
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let resp = self.client.lease_client().grant(seconds, None).await?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let (mut keeper, mut responses) = self
+            .client
+            .lease_client()
+            .keep_alive(lease.0)
+            .await
+            .map_err(|e| Self::lost(lease, e))?;
+        keeper.keep_alive().await.map_err(|e| Self::lost(lease, e))?;
+        match responses.message().await {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(()),
+            Ok(Some(_)) => Err(Self::lost(lease, "expired")),
+            Ok(None) => Err(Self::lost(lease, "keep-alive stream closed")),
+            Err(e) => Err(Self::lost(lease, e)),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        match self.client.lease_client().revoke(lease.0).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_lease_not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_leased(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.0)))]);
+        match self.client.kv_client().txn(txn).await {
+            Ok(resp) => Ok(resp.succeeded()),
+            Err(e) if is_lease_not_found(&e) => Err(Self::lost(lease, e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_if_held(&self, guard: &str, lease: LeaseId, key: &str, value: Vec<u8>) -> Result<bool> {
+        let txn = Txn::new()
+            .when(vec![Compare::lease(guard, CompareOp::Equal, lease.0)])
+            .and_then(vec![TxnOp::put(key, value, None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+}

@@ -1,0 +1,17 @@
+//! Everything the coordinator and the workers share: the job spec, the
+//! PostgreSQL connector, the chunk codec and its keys, the lease store, the
+//! staging area and the job state kept in the lease store. Never talks gRPC.
+
+pub mod chunk;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod lease;
+pub mod pg;
+pub mod pgcopy;
+pub mod spec;
+pub mod staging;
+pub mod state;
+pub mod telemetry;
+
+pub use error::{Error, Result};

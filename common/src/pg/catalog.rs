@@ -1,0 +1,117 @@
+//! Reading the source catalog: which tables to move, their columns and sizes.
+
+use tokio_postgres::Client;
+
+use crate::spec::{JobSpec, TableName, quote_ident};
+use crate::{Error, Result};
+
+/// Schemas that are never migrated.
+const SYSTEM_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast', 'godwit')";
+
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    pub name: TableName,
+    pub copy_columns: Vec<String>,
+    pub bytes: u64,
+    pub blocks: u32,
+}
+
+/// Resolves the spec's table list against the source. Every listed table
+/// must exist; the error names each missing one.
+pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<SourceTable>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname, c.relname, pg_relation_size(c.oid)::bigint, \
+                        (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint, \
+                        coalesce((SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) \
+                                  FROM pg_attribute a \
+                                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                                    AND a.attgenerated = ''), '{{}}') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname NOT IN {SYSTEM_SCHEMAS} \
+                   AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
+                 ORDER BY pg_relation_size(c.oid) DESC, n.nspname, c.relname"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the source catalog", e))?;
+    let mut all = Vec::with_capacity(rows.len());
+    for row in rows {
+        let blocks: i64 = row.get(3);
+        all.push(SourceTable {
+            name: TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            },
+            bytes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            blocks: u32::try_from(blocks).unwrap_or(u32::MAX),
+            copy_columns: row.get(4),
+        });
+    }
+    if spec.all_tables() {
+        return Ok(all);
+    }
+    let mut selected = Vec::new();
+    let mut missing = Vec::new();
+    for entry in &spec.tables {
+        let Some(wanted) = TableName::parse(entry) else {
+            missing.push(entry.clone());
+            continue;
+        };
+        match all.iter().find(|t| t.name == wanted) {
+            Some(table) if !selected.iter().any(|s: &SourceTable| s.name == wanted) => selected.push(table.clone()),
+            Some(_) => {}
+            None => missing.push(wanted.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Catalog(format!(
+            "table(s) {} listed in `tables` do not exist in the source (or are not ordinary tables); \
+             check the names, written as \"schema.table\"",
+            missing.join(", ")
+        )));
+    }
+    Ok(selected)
+}
+
+/// Tables of `tables` that already exist on the target.
+pub async fn existing_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
+    let mut existing = Vec::new();
+    for table in tables {
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .map_err(|e| Error::postgres("cannot read the target catalog", e))?;
+        if row.get::<_, bool>(0) {
+            existing.push(table.clone());
+        }
+    }
+    Ok(existing)
+}
+
+/// Sequences of the source with their current state, as seen by the
+/// caller's transaction.
+pub async fn sequences(client: &Client) -> Result<Vec<(String, i64, bool)>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'S' AND n.nspname NOT IN {SYSTEM_SCHEMAS} ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot list source sequences", e))?;
+    let mut sequences = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name = format!("{}.{}", quote_ident(row.get(0)), quote_ident(row.get(1)));
+        let state = client
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(|e| Error::postgres(format!("cannot read sequence {name}"), e))?;
+        sequences.push((name, state.get(0), state.get(1)));
+    }
+    Ok(sequences)
+}

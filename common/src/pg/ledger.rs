@@ -1,0 +1,161 @@
+//! The target-side ledger in schema `godwit`: the truth about which chunks
+//! have been loaded. A chunk's rows and its ledger row commit in one
+//! transaction, so a retried or resumed chunk is applied once or skipped,
+//! never doubled.
+
+use bytes::Bytes;
+use futures::SinkExt;
+use tokio_postgres::Client;
+
+use crate::pgcopy;
+use crate::{Error, Result};
+
+pub const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS godwit;
+CREATE TABLE IF NOT EXISTS godwit.applied_chunks (
+    job_id     text        NOT NULL,
+    partition  integer     NOT NULL,
+    seq        bigint      NOT NULL,
+    table_name text        NOT NULL,
+    rows       bigint      NOT NULL,
+    sha256     bytea       NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, partition, seq)
+);
+CREATE TABLE IF NOT EXISTS godwit.jobs (
+    job_id         text PRIMARY KEY,
+    pre_data_done  boolean NOT NULL DEFAULT false,
+    post_data_done boolean NOT NULL DEFAULT false,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+";
+
+pub async fn ensure_schema(client: &Client) -> Result<()> {
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(|e| Error::postgres("cannot create the godwit ledger schema on the target", e))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobMarks {
+    pub known: bool,
+    pub pre_data_done: bool,
+    pub post_data_done: bool,
+}
+
+pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
+    let exists = client
+        .query_one("SELECT to_regclass('godwit.jobs') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(JobMarks::default());
+    }
+    let row = client
+        .query_opt("SELECT pre_data_done, post_data_done FROM godwit.jobs WHERE job_id = $1", &[&job])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
+    Ok(row
+        .map(|row| JobMarks {
+            known: true,
+            pre_data_done: row.get(0),
+            post_data_done: row.get(1),
+        })
+        .unwrap_or_default())
+}
+
+pub async fn mark_job(client: &Client, job: &str, pre_data_done: bool, post_data_done: bool) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO godwit.jobs (job_id, pre_data_done, post_data_done) VALUES ($1, $2, $3) \
+             ON CONFLICT (job_id) DO UPDATE SET pre_data_done = EXCLUDED.pre_data_done, \
+             post_data_done = EXCLUDED.post_data_done, updated_at = now()",
+            &[&job, &pre_data_done, &post_data_done],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot update the target ledger", e))?;
+    Ok(())
+}
+
+/// Chunks of a partition the target already holds: the resume point.
+pub async fn applied_chunks(client: &Client, job: &str, partition: u32) -> Result<u64> {
+    let partition = i32::try_from(partition).map_err(|_| Error::Catalog("partition number overflows".into()))?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = $1 AND partition = $2",
+            &[&job, &partition],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// One chunk to load into one table.
+pub struct ChunkLoad<'a> {
+    pub job: &'a str,
+    pub table_quoted: &'a str,
+    pub table_name: &'a str,
+    pub copy_columns: &'a [String],
+    pub partition: u32,
+    pub seq: u64,
+    pub rows: u64,
+    pub sha256: &'a [u8],
+    pub tuples: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Applied,
+    AlreadyApplied,
+}
+
+/// Loads a chunk and records it in the ledger, atomically. The ledger row goes
+/// first: a concurrent loader of the same chunk blocks on it and then skips.
+pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<LoadOutcome> {
+    let context = |what: &str| format!("{what} chunk {} of partition {} ({})", chunk.seq, chunk.partition, chunk.table_name);
+    let partition = i32::try_from(chunk.partition).map_err(|_| Error::Catalog("partition number overflows".into()))?;
+    let seq = i64::try_from(chunk.seq).map_err(|_| Error::Catalog("chunk number overflows".into()))?;
+    let rows = i64::try_from(chunk.rows).map_err(|_| Error::Catalog("row count overflows".into()))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres(context("cannot begin loading"), e))?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO godwit.applied_chunks (job_id, partition, seq, table_name, rows, sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[&chunk.job, &partition, &seq, &chunk.table_name, &rows, &chunk.sha256],
+        )
+        .await
+        .map_err(|e| Error::postgres(context("cannot record"), e))?;
+    if inserted == 0 {
+        return Ok(LoadOutcome::AlreadyApplied);
+    }
+    let statement = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        chunk.table_quoted,
+        chunk.copy_columns.join(", ")
+    );
+    let sink = tx
+        .copy_in::<_, Bytes>(&statement)
+        .await
+        .map_err(|e| Error::postgres(context("cannot start loading"), e))?;
+    futures::pin_mut!(sink);
+    let header = Bytes::from(pgcopy::stream_header());
+    let trailer = Bytes::from_static(pgcopy::stream_trailer());
+    for piece in [header, chunk.tuples, trailer] {
+        sink.feed(piece)
+            .await
+            .map_err(|e| Error::postgres(context("cannot load"), e))?;
+    }
+    let loaded = sink.finish().await.map_err(|e| Error::postgres(context("cannot load"), e))?;
+    if loaded != chunk.rows {
+        return Err(Error::Corrupt {
+            what: context("loading"),
+            reason: format!("target accepted {loaded} rows, the chunk holds {}", chunk.rows),
+        });
+    }
+    tx.commit().await.map_err(|e| Error::postgres(context("cannot commit"), e))?;
+    Ok(LoadOutcome::Applied)
+}

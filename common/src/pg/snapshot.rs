@@ -1,0 +1,119 @@
+//! The job's consistent snapshot: a logical replication slot created on a
+//! replication connection, which exports the snapshot at exactly the slot's
+//! start point (so change data capture can later resume there). The snapshot
+//! stays importable only while that connection stays open and idle, so the
+//! holder keeps it open until the copy is done.
+//!
+//! The replication protocol is spoken through libpq's `psql` (which also
+//! brings TLS and every libpq auth method), because the Rust driver cannot
+//! open replication connections.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use super::{Side, connect, describe};
+use crate::{Error, Result};
+
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct SnapshotHolder {
+    child: Child,
+    /// Closing it would end the session, and the snapshot with it.
+    _stdin: ChildStdin,
+    pub slot: String,
+    pub snapshot: String,
+    pub consistent_lsn: String,
+}
+
+/// Appends `replication=database` to a URL or key=value connection string.
+fn replication_conninfo(conn: &str) -> String {
+    if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+        let separator = if conn.contains('?') { '&' } else { '?' };
+        format!("{conn}{separator}replication=database")
+    } else {
+        format!("{conn} replication=database")
+    }
+}
+
+impl SnapshotHolder {
+    pub async fn create(conn: &str, slot: &str) -> Result<Self> {
+        if !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return Err(Error::Catalog(format!("slot name {slot:?} is not valid")));
+        }
+        let mut child = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(replication_conninfo(conn))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Catalog(format!("cannot start psql to hold the snapshot (is the PostgreSQL client installed?): {e}")))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| Error::Catalog("psql stdin unavailable".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Catalog("psql stdout unavailable".into()))?;
+        stdin
+            .write_all(format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export');\n").as_bytes())
+            .await
+            .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
+        stdin.flush().await.map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
+        let line = match line {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                drop(stdin);
+                let output = child.wait_with_output().await.ok();
+                let stderr = output
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+                    .unwrap_or_default();
+                let hint = if stderr.contains("wal_level") {
+                    "; set wal_level = logical on the source and restart it"
+                } else if stderr.contains("permission") || stderr.contains("replication") {
+                    "; the source role needs the REPLICATION attribute (ALTER ROLE … REPLICATION)"
+                } else {
+                    ""
+                };
+                let detail = match other {
+                    Err(_) => format!("timed out after {CREATE_TIMEOUT:?}"),
+                    _ => stderr,
+                };
+                return Err(Error::Catalog(format!(
+                    "cannot create replication slot {slot} on the source {}: {detail}{hint}",
+                    describe(conn)
+                )));
+            }
+        };
+        let fields: Vec<&str> = line.trim().split('|').collect();
+        let [slot_name, lsn, snapshot, _plugin] = fields[..] else {
+            return Err(Error::Catalog(format!("unexpected CREATE_REPLICATION_SLOT answer {line:?}")));
+        };
+        Ok(Self {
+            child,
+            _stdin: stdin,
+            slot: slot_name.to_owned(),
+            snapshot: snapshot.to_owned(),
+            consistent_lsn: lsn.to_owned(),
+        })
+    }
+
+    /// Ends the exporting session; the snapshot can no longer be joined.
+    pub async fn release(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Drops the job's slot, so the source does not retain WAL for it.
+pub async fn drop_slot(conn: &str, slot: &str) -> Result<()> {
+    let client = connect(conn, Side::Source).await?;
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot drop replication slot {slot}"), e))?;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The job spec: what an operator submits. Parsed strictly (unknown fields are
+//! errors) and validated once, so every later stage can trust it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CustomerId, JobId};
+use crate::{Error, Result};
+
+pub const DEFAULT_PARTITION_SIZE: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub job: JobId,
+    pub customer: CustomerId,
+    /// libpq connection string or URL of the customer's database.
+    pub source: String,
+    /// libpq connection string or URL of the platform's database.
+    pub target: String,
+    /// `file:///dir` or `s3://bucket/prefix`.
+    pub staging: String,
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    pub encryption: EncryptionSpec,
+    /// Target size of a partition (the unit of leasing and resuming).
+    #[serde(default = "default_partition_size")]
+    pub partition_size: ByteSize,
+    /// Target size of a chunk (the unit of staging and of exactly-once loading).
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// File holding the key-encryption key (`godwit keys generate --out PATH`).
+    pub key_file: PathBuf,
+}
+
+fn all_tables() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn default_partition_size() -> ByteSize {
+    ByteSize(DEFAULT_PARTITION_SIZE)
+}
+
+fn default_chunk_size() -> ByteSize {
+    ByteSize(DEFAULT_CHUNK_SIZE)
+}
+
+impl JobSpec {
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let spec: JobSpec = serde_norway::from_str(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))?;
+        spec.validate(origin)?;
+        Ok(spec)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "cannot read job spec",
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).unwrap_or_default()
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let fail = |msg: String| Err(Error::Spec(format!("{origin}: {msg}")));
+        if self.tables.is_empty() {
+            return fail("`tables` is empty: list tables as \"schema.table\" or use [\"*\"] for all".into());
+        }
+        for table in &self.tables {
+            if table != "*" && TableName::parse(table).is_none() {
+                return fail(format!(
+                    "`tables` entry {table:?} is not a table name: write \"table\" or \"schema.table\""
+                ));
+            }
+        }
+        if !(self.staging.starts_with("file://") || self.staging.starts_with("s3://")) {
+            return fail(format!(
+                "`staging` {:?} is not supported: use file:///absolute/dir or s3://bucket/prefix",
+                self.staging
+            ));
+        }
+        if self.chunk_size.0 < 64 * 1024 {
+            return fail(format!("`chunk_size` {} is below the minimum of 64KiB", self.chunk_size));
+        }
+        if self.partition_size.0 < self.chunk_size.0 {
+            return fail(format!(
+                "`partition_size` {} is smaller than `chunk_size` {}",
+                self.partition_size, self.chunk_size
+            ));
+        }
+        for (field, value) in [("source", &self.source), ("target", &self.target)] {
+            if value.trim().is_empty() {
+                return fail(format!("`{field}` is empty: give a postgres:// URL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the spec selects every table of the source.
+    pub fn all_tables(&self) -> bool {
+        self.tables.iter().any(|t| t == "*")
+    }
+}
+
+/// A schema-qualified table name, unquoted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// `table` means `public.table`; quoting is not needed and not accepted.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.split('.');
+        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None) => ("public", name),
+            (Some(schema), Some(name), None) => (schema, name),
+            _ => return None,
+        };
+        if schema.is_empty() || name.is_empty() || raw.contains('"') {
+            return None;
+        }
+        Some(Self {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The name quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A size in bytes written as `67108864`, `64MiB`, `64MB` or `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let raw = raw.trim();
+        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let (digits, unit) = raw.split_at(split);
+        let number: u64 = digits.parse().ok()?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        number.checked_mul(factor).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (factor, unit) in units {
+            if self.0 >= factor && self.0 % factor == 0 {
+                return write!(f, "{}{unit}", self.0 / factor);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => ByteSize::parse(&text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a size: write a number of bytes or e.g. 64MiB, 1GiB, 500MB"
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+job: acme-onboarding
+customer: acme
+source: postgres://u@localhost:5432/db
+target: postgres://u@localhost:5433/db
+staging: file:///tmp/staging
+tables: ["*"]
+encryption: { key_file: /tmp/kek }
+"#;
+
+    #[test]
+    fn valid_spec_parses_with_defaults() {
+        let spec = JobSpec::from_yaml(VALID, "job.yaml").expect("valid spec");
+        assert_eq!(spec.job.as_str(), "acme-onboarding");
+        assert_eq!(spec.chunk_size, ByteSize(DEFAULT_CHUNK_SIZE));
+        assert!(spec.all_tables());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = format!("{VALID}\nworkerz: 3\n");
+        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("unknown field accepted").to_string();
+        assert!(err.contains("workerz"), "{err}");
+        assert!(err.contains("job.yaml"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = VALID.replace("customer: acme\n", "");
+        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("missing field accepted").to_string();
+        assert!(err.contains("customer"), "{err}");
+    }
+
+    #[test]
+    fn bad_staging_scheme_says_what_is_supported() {
+        let text = VALID.replace("file:///tmp/staging", "ftp://host/x");
+        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("ftp accepted").to_string();
+        assert!(err.contains("staging") && err.contains("s3://"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_round_trip() {
+        for (raw, bytes) in [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("500MB", 500_000_000), ("123", 123)] {
+            let size = ByteSize::parse(raw).expect(raw);
+            assert_eq!(size.0, bytes);
+            assert_eq!(ByteSize::parse(&size.to_string()), Some(size));
+        }
+        assert_eq!(ByteSize::parse("12 parsecs"), None);
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(TableName::parse("orders").map(|t| t.to_string()), Some("public.orders".into()));
+        assert_eq!(TableName::parse("sales.orders").map(|t| t.to_string()), Some("sales.orders".into()));
+        assert!(TableName::parse("a.b.c").is_none());
+        assert_eq!(TableName::parse("we\"ird").map(|t| t.quoted()), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! The staging area: where sealed chunks and the job's wrapped data key are
+//! kept, in a local directory or S3-compatible storage chosen by URL. Owns
+//! the object layout; never sees plaintext rows.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use godwit_proto::v1::WrappedKey;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+
+use crate::ids::JobId;
+use crate::{Error, Result};
+
+/// Chunks above this size go up as multipart uploads.
+const MULTIPART_THRESHOLD: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Staging {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Staging {
+    /// `file:///dir` (created if missing) or `s3://bucket/prefix`; S3 endpoint,
+    /// region and credentials come from the standard `AWS_*` environment
+    /// variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
+    pub fn open(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::Spec(format!("`staging` {url:?} is not a URL: {e}")))?;
+        match parsed.scheme() {
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| Error::Spec(format!("`staging` {url:?} is not an absolute file:/// path")))?;
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                    what: "cannot create staging directory",
+                    path: dir.clone(),
+                    source,
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|source| Error::Staging {
+                    location: url.to_owned(),
+                    source,
+                })?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::default(),
+                    url: url.to_owned(),
+                })
+            }
+            "s3" => {
+                let bucket = parsed
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| Error::Spec(format!("`staging` {url:?} names no bucket: use s3://bucket/prefix")))?;
+                let store = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|source| Error::Staging {
+                        location: url.to_owned(),
+                        source,
+                    })?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::from(parsed.path().trim_matches('/')),
+                    url: url.to_owned(),
+                })
+            }
+            other => Err(Error::Spec(format!(
+                "`staging` scheme {other:?} is not supported: use file:///dir or s3://bucket/prefix"
+            ))),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn job_root(&self, job: &JobId) -> ObjectPath {
+        self.prefix.clone().join(job.as_str())
+    }
+
+    pub fn chunk_path(&self, job: &JobId, table: &str, partition: u32, seq: u64) -> ObjectPath {
+        self.job_root(job)
+            .join("chunks")
+            .join(table)
+            .join(format!("{partition:06}"))
+            .join(format!("{seq:08}.gwc"))
+    }
+
+    fn key_path(&self, job: &JobId) -> ObjectPath {
+        self.job_root(job).join("data-key.pb")
+    }
+
+    pub async fn put(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<()> {
+        let location = || format!("{}/{path}", self.url);
+        if bytes.len() <= MULTIPART_THRESHOLD {
+            self.store
+                .put(path, Bytes::from(bytes).into())
+                .await
+                .map_err(|source| Error::Staging {
+                    location: location(),
+                    source,
+                })?;
+            return Ok(());
+        }
+        let mut writer = BufWriter::with_capacity(self.store.clone(), path.clone(), MULTIPART_THRESHOLD);
+        let io = |e: std::io::Error| Error::Staging {
+            location: location(),
+            source: object_store::Error::Generic {
+                store: "staging",
+                source: Box::new(e),
+            },
+        };
+        writer.write_all(&bytes).await.map_err(io)?;
+        writer.shutdown().await.map_err(io)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &ObjectPath) -> Result<Bytes> {
+        let location = || format!("{}/{path}", self.url);
+        let result = self.store.get(path).await.map_err(|source| Error::Staging {
+            location: location(),
+            source,
+        })?;
+        result.bytes().await.map_err(|source| Error::Staging {
+            location: location(),
+            source,
+        })
+    }
+
+    /// Stores the job's wrapped data key beside its chunks, so staged data can
+    /// be replayed with nothing but the staging area and the KEK.
+    pub async fn put_wrapped_key(&self, job: &JobId, wrapped: &WrappedKey) -> Result<()> {
+        self.put(&self.key_path(job), wrapped.encode_to_vec()).await
+    }
+
+    pub async fn get_wrapped_key(&self, job: &JobId) -> Result<Option<WrappedKey>> {
+        match self.store.get(&self.key_path(job)).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Staging {
+                location: format!("{}/{}", self.url, self.key_path(job)),
+                source,
+            }),
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|source| Error::Staging {
+                    location: self.url.clone(),
+                    source,
+                })?;
+                WrappedKey::decode(bytes).map(Some).map_err(|e| Error::Corrupt {
+                    what: format!("wrapped data key of job {job}"),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Job and partition state as kept in the lease store, and the keyspace it
+//! lives in. The coordinator writes the plan; the worker holding a
+//! partition's lease writes that partition's progress (fenced by the lease).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, PartitionNo};
+use crate::spec::{JobSpec, TableName};
+use crate::{Error, Result};
+
+/// Key layout under one root per deployment (default `/godwit`).
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    root: String,
+}
+
+impl Keyspace {
+    pub fn new(root: &str) -> Self {
+        Self {
+            root: root.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn jobs_prefix(&self) -> String {
+        format!("{}/jobs/", self.root)
+    }
+
+    pub fn job_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/", self.root)
+    }
+
+    pub fn job_record(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/record", self.root)
+    }
+
+    /// Operator requests (cancel) for a job; written by the coordinator API,
+    /// read by the job driver.
+    pub fn job_control(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/control", self.root)
+    }
+
+    /// Jobs whose partitions are open for leasing; what workers scan.
+    pub fn active_prefix(&self) -> String {
+        format!("{}/active/", self.root)
+    }
+
+    pub fn active(&self, job: &JobId) -> String {
+        format!("{}/active/{job}", self.root)
+    }
+
+    pub fn partitions_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/partitions/", self.root)
+    }
+
+    pub fn partition(&self, job: &JobId, partition: PartitionNo) -> String {
+        format!("{}/jobs/{job}/partitions/{partition:06}", self.root)
+    }
+
+    pub fn leases_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/leases/", self.root)
+    }
+
+    pub fn lease(&self, job: &JobId, partition: PartitionNo) -> String {
+        format!("{}/jobs/{job}/leases/{partition:06}", self.root)
+    }
+
+    pub fn worker(&self, worker: &str) -> String {
+        format!("{}/workers/{worker}", self.root)
+    }
+
+    pub fn workers_prefix(&self) -> String {
+        format!("{}/workers/", self.root)
+    }
+}
+
+/// Job lifecycle: planning → copying → finalizing → done, or failed/cancelled
+/// from any non-final phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    Planning,
+    Copying,
+    Finalizing,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobPhase {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobPhase::Done | JobPhase::Failed | JobPhase::Cancelled)
+    }
+
+    pub fn can_become(self, next: JobPhase) -> bool {
+        use JobPhase::*;
+        match (self, next) {
+            (Planning, Copying) | (Copying, Finalizing) | (Finalizing, Done) => true,
+            (from, Failed | Cancelled) => !from.is_final(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedTable {
+    pub name: TableName,
+    /// Quoted names of the columns COPY moves (generated columns excluded:
+    /// the target computes them).
+    pub copy_columns: Vec<String>,
+    pub estimated_bytes: u64,
+    pub partitions: Vec<PartitionNo>,
+    pub source_rows: Option<u64>,
+    pub checked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub phase: JobPhase,
+    pub error: Option<String>,
+    /// Replication slot whose exported snapshot every partition reads under.
+    pub slot: Option<String>,
+    pub snapshot: Option<String>,
+    pub tables: Vec<PlannedTable>,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: Option<u64>,
+}
+
+impl JobRecord {
+    pub fn transition(&mut self, next: JobPhase) -> Result<()> {
+        if !self.phase.can_become(next) {
+            return Err(Error::LeaseStore(format!(
+                "job {} cannot go from {:?} to {next:?}",
+                self.spec.job, self.phase
+            )));
+        }
+        self.phase = next;
+        Ok(())
+    }
+}
+
+/// A block range of a table: `ctid >= (start,0) AND ctid < (end,0)`; the last
+/// partition of a table is open-ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRange {
+    pub start: u32,
+    pub end: Option<u32>,
+}
+
+impl BlockRange {
+    pub fn predicate(&self) -> String {
+        match self.end {
+            Some(end) => format!("ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid", self.start),
+            None => format!("ctid >= '({},0)'::tid", self.start),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionState {
+    Pending,
+    Copied,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub job: JobId,
+    pub partition: PartitionNo,
+    pub table: TableName,
+    pub range: BlockRange,
+    pub state: PartitionState,
+    pub rows: u64,
+    pub bytes_read: u64,
+    pub bytes_staged: u64,
+    /// Chunks the target ledger has confirmed, i.e. the resume point.
+    pub chunks_applied: u64,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        what: format!("lease store value at {key}"),
+        reason: e.to_string(),
+    })
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_only_move_forward() {
+        use JobPhase::*;
+        assert!(Planning.can_become(Copying));
+        assert!(Copying.can_become(Failed));
+        assert!(!Done.can_become(Failed));
+        assert!(!Copying.can_become(Planning));
+        assert!(!Planning.can_become(Done));
+    }
+
+    #[test]
+    fn block_range_predicates() {
+        let bounded = BlockRange { start: 10, end: Some(20) };
+        assert_eq!(bounded.predicate(), "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid");
+        let open = BlockRange { start: 20, end: None };
+        assert_eq!(open.predicate(), "ctid >= '(20,0)'::tid");
+    }
+}

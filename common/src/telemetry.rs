@@ -1,0 +1,13 @@
+//! Logging and tracing setup shared by the binaries.
+
+use tracing_subscriber::EnvFilter;
+
+/// Structured logs to stderr, filtered by `GODWIT_LOG` (default `info`).
+pub fn init(default_level: &str) {
+    let filter = EnvFilter::try_from_env("GODWIT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

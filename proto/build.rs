@@ -1,0 +1,15 @@
+//! Compiles `godwit/v1/*.proto` with a pure-Rust protobuf compiler, so a fresh
+//! machine needs no system `protoc`; generated code goes to `OUT_DIR`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["godwit/v1/godwit.proto", "godwit/v1/chunk.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

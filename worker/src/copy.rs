@@ -1,0 +1,212 @@
+//! The partition copy pipeline: `COPY … TO STDOUT (FORMAT binary)` under the
+//! job's snapshot, cut at tuple boundaries into chunks, each sealed (zstd +
+//! AES-256-GCM), staged, then loaded into the target together with its
+//! ledger row. Reading overlaps with sealing, staging and loading.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use godwit_common::chunk::{self, ChunkId};
+use godwit_common::keys::DataKey;
+use godwit_common::lease::HeldLease;
+use godwit_common::pg::ledger::{self, ChunkLoad, LoadOutcome};
+use godwit_common::pg::{self, Side};
+use godwit_common::pgcopy::{TupleBatch, TupleCutter};
+use godwit_common::spec::JobSpec;
+use godwit_common::staging::Staging;
+use godwit_common::state::{PartitionRecord, PlannedTable};
+use godwit_common::{Error, Result};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// Batches read ahead of the loader; bounds memory to a few chunks.
+const READ_AHEAD: usize = 2;
+
+pub struct PartitionJob<'a> {
+    pub spec: &'a JobSpec,
+    pub snapshot: &'a str,
+    pub table: &'a PlannedTable,
+    pub staging: &'a Staging,
+    pub key: Arc<DataKey>,
+    pub lease: &'a HeldLease,
+    pub progress_key: &'a str,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Rows of the partition, including those of chunks loaded before a resume.
+    pub rows: u64,
+    pub bytes_read: u64,
+    pub bytes_staged: u64,
+    /// Chunks this attempt loaded.
+    pub chunks_applied: u64,
+    /// Chunks read again because the ledger already held them (resume).
+    pub chunks_skipped: u64,
+}
+
+/// Copies one partition; `record` is updated (and published, fenced by the
+/// lease) after every chunk.
+pub async fn copy_partition(job: PartitionJob<'_>, record: &mut PartitionRecord) -> Result<CopyStats> {
+    let spec = job.spec;
+    let source = pg::connect(&spec.source, Side::Source).await?;
+    pg::join_snapshot(&source, job.snapshot).await?;
+    let mut target = pg::connect(&spec.target, Side::Target).await?;
+    let already_applied = ledger::applied_chunks(&target, spec.job.as_str(), record.partition).await?;
+
+    let columns = job.table.copy_columns.join(", ");
+    let statement = format!(
+        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+        job.table.name.quoted(),
+        record.range.predicate()
+    );
+    let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
+    let (batches_tx, mut batches_rx) = mpsc::channel::<Result<(TupleBatch, u64)>>(READ_AHEAD);
+    let table_name = job.table.name.to_string();
+
+    let reader = async move {
+        let stream = source
+            .copy_out(statement.as_str())
+            .await
+            .map_err(|e| Error::postgres(format!("cannot read {table_name} from the source"), e));
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = batches_tx.send(Err(e)).await;
+                return;
+            }
+        };
+        futures::pin_mut!(stream);
+        let mut cutter = TupleCutter::new(chunk_size);
+        let mut read_since_batch = 0u64;
+        while let Some(data) = stream.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => {
+                    let _ = batches_tx
+                        .send(Err(Error::postgres(format!("reading {table_name} from the source"), e)))
+                        .await;
+                    return;
+                }
+            };
+            read_since_batch += data.len() as u64;
+            match cutter.feed(&data) {
+                Ok(batches) => {
+                    for batch in batches {
+                        let read = std::mem::take(&mut read_since_batch);
+                        if batches_tx.send(Ok((batch, read))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = batches_tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        match cutter.finish() {
+            Ok(Some(batch)) => {
+                let _ = batches_tx.send(Ok((batch, read_since_batch))).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = batches_tx.send(Err(e)).await;
+            }
+        }
+    };
+    let reader = tokio::spawn(reader);
+
+    let mut stats = CopyStats::default();
+    let mut seq = 0u64;
+    let result: Result<()> = async {
+        loop {
+            let next = tokio::select! {
+                next = batches_rx.recv() => next,
+                lost = job.lease.lost() => return Err(lost),
+            };
+            let Some(next) = next else { break };
+            let (batch, bytes_read) = next?;
+            stats.bytes_read += bytes_read;
+            if seq < already_applied {
+                stats.chunks_skipped += 1;
+                stats.rows += batch.rows;
+                seq += 1;
+                continue;
+            }
+            job.lease.check()?;
+            let staged = process_chunk(&job, &mut target, record.partition, seq, batch, &mut stats).await?;
+            stats.bytes_staged += staged;
+            seq += 1;
+            record.rows = stats.rows;
+            record.bytes_read = stats.bytes_read;
+            record.bytes_staged = stats.bytes_staged;
+            record.chunks_applied = already_applied + stats.chunks_applied;
+            job.lease
+                .put_fenced(job.progress_key, godwit_common::state::encode(record))
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    reader.abort();
+    result?;
+    record.bytes_read = stats.bytes_read;
+    Ok(stats)
+}
+
+async fn process_chunk(
+    job: &PartitionJob<'_>,
+    target: &mut tokio_postgres::Client,
+    partition: u32,
+    seq: u64,
+    batch: TupleBatch,
+    stats: &mut CopyStats,
+) -> Result<u64> {
+    let table = job.table.name.to_string();
+    let id = ChunkId {
+        job_id: job.spec.job.to_string(),
+        table: table.clone(),
+        partition,
+        seq,
+    };
+    let key = job.key.clone();
+    let rows = batch.rows;
+    let tuples = Bytes::from(batch.bytes);
+    let to_seal = tuples.clone();
+    let (digest, frame) = tokio::task::spawn_blocking(move || {
+        let digest = Sha256::digest(&to_seal).to_vec();
+        chunk::seal(&id, rows, &to_seal, &key).map(|frame| (digest, frame))
+    })
+    .await
+    .map_err(|e| Error::Corrupt {
+        what: "chunk sealing task".into(),
+        reason: e.to_string(),
+    })??;
+    let staged_len = frame.len() as u64;
+    let path = job.staging.chunk_path(&job.spec.job, &table, partition, seq);
+    job.staging.put(&path, frame).await?;
+    job.lease.check()?;
+    let outcome = ledger::load_chunk(
+        target,
+        ChunkLoad {
+            job: job.spec.job.as_str(),
+            table_quoted: &job.table.name.quoted(),
+            table_name: &table,
+            copy_columns: &job.table.copy_columns,
+            partition,
+            seq,
+            rows,
+            sha256: &digest,
+            tuples,
+        },
+    )
+    .await?;
+    stats.rows += rows;
+    if outcome == LoadOutcome::Applied {
+        stats.chunks_applied += 1;
+    } else {
+        stats.chunks_skipped += 1;
+    }
+    Ok(staged_len)
+}

@@ -1,0 +1,41 @@
+//! Per-job data keys, unwrapped once per job and kept in memory only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use godwit_common::ids::JobId;
+use godwit_common::keys::{DataKey, Kek};
+use godwit_common::spec::JobSpec;
+use godwit_common::staging::Staging;
+use godwit_common::{Error, Result};
+
+#[derive(Default, Clone)]
+pub struct KeyCache {
+    keys: Arc<Mutex<HashMap<JobId, Arc<DataKey>>>>,
+}
+
+impl KeyCache {
+    pub async fn data_key(&self, spec: &JobSpec, staging: &Staging) -> Result<Arc<DataKey>> {
+        if let Some(key) = self.keys.lock().map_err(|_| poisoned())?.get(&spec.job) {
+            return Ok(key.clone());
+        }
+        let kek = Kek::from_file(&spec.encryption.key_file)?;
+        let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
+            Error::Key(format!(
+                "job {} has no wrapped data key in staging {}: the job was not planned there",
+                spec.job,
+                staging.url()
+            ))
+        })?;
+        let key = Arc::new(kek.unwrap(&spec.job, &wrapped)?);
+        self.keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(spec.job.clone(), key.clone());
+        Ok(key)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Key("key cache poisoned by a panic".into())
+}
