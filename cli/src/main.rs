@@ -1,1 +1,123 @@
-fn main() {}
+//! `godwit`: the operator CLI. `run` executes a job in this process
+//! (embedded coordinator and workers, in-process lease store); the other
+//! commands talk to a coordinator over gRPC.
+
+mod embedded;
+mod remote;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "godwit",
+    version,
+    about = "Moves a PostgreSQL database into another, provably"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job in this process: coordinator, workers and lease store embedded.
+    Run {
+        /// The job spec (YAML).
+        spec: PathBuf,
+        /// Workers to run in this process.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Partitions each worker copies at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// Submit a job spec to a coordinator; prints the job id.
+    Submit {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        spec: PathBuf,
+    },
+    /// Follow a job until it ends; exit 0 only if it succeeded.
+    Watch {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+    },
+    /// Show one job, or every job of the coordinator.
+    Status {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: Option<String>,
+    },
+    /// Cancel a running job.
+    Cancel {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new key-encryption key to a file readable by its owner only.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    godwit_common::telemetry::init("warn");
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                spec,
+                workers,
+                concurrency,
+            } => embedded::run(&spec, workers, concurrency).await,
+            Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
+            Command::Watch {
+                coordinator,
+                job_id,
+            } => remote::watch(&coordinator, &job_id).await,
+            Command::Status {
+                coordinator,
+                job_id,
+            } => remote::status(&coordinator, job_id.as_deref()).await,
+            Command::Cancel {
+                coordinator,
+                job_id,
+            } => remote::cancel(&coordinator, &job_id).await,
+            Command::Keys {
+                command: KeysCommand::Generate { out },
+            } => match godwit_common::keys::Kek::generate_file(&out) {
+                Ok(id) => {
+                    println!("wrote key-encryption key {id} to {}", out.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2
+                }
+            },
+        }
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

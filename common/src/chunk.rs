@@ -48,7 +48,11 @@ pub fn seal(id: &ChunkId, rows: u64, plaintext: &[u8], key: &DataKey) -> Result<
         reason: format!("compression failed: {e}"),
     })?;
     key.aead()
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&header_bytes), &mut payload)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&header_bytes),
+            &mut payload,
+        )
         .map_err(|_| Error::Key("sealing a chunk failed".into()))?;
 
     let mut frame = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + payload.len());
@@ -67,19 +71,35 @@ pub fn peek_header(object: &str, frame: &[u8]) -> Result<ChunkHeader> {
 
 /// Authenticates and opens a frame. `expected` pins the chunk's identity so a
 /// valid frame staged under the wrong name, or from another job, is refused.
-pub fn open(object: &str, frame: &[u8], expected: &ChunkId, key: &DataKey) -> Result<(ChunkHeader, Vec<u8>)> {
+pub fn open(
+    object: &str,
+    frame: &[u8],
+    expected: &ChunkId,
+    key: &DataKey,
+) -> Result<(ChunkHeader, Vec<u8>)> {
     let reject = |reason: String| Error::ChunkRejected {
         object: object.to_owned(),
         reason,
     };
     let (header, header_bytes, sealed) = split_frame(object, frame)?;
     if header.job_id != expected.job_id {
-        return Err(reject(format!("it belongs to job {:?}, not {:?}", header.job_id, expected.job_id)));
+        return Err(reject(format!(
+            "it belongs to job {:?}, not {:?}",
+            header.job_id, expected.job_id
+        )));
     }
-    if header.table != expected.table || header.partition != expected.partition || header.seq != expected.seq {
+    if header.table != expected.table
+        || header.partition != expected.partition
+        || header.seq != expected.seq
+    {
         return Err(reject(format!(
             "its header says {} partition {} chunk {}, expected {} partition {} chunk {}",
-            header.table, header.partition, header.seq, expected.table, expected.partition, expected.seq
+            header.table,
+            header.partition,
+            header.seq,
+            expected.table,
+            expected.partition,
+            expected.seq
         )));
     }
     if header.codec != Codec::PgBinaryZstdAes256gcm as i32 {
@@ -92,17 +112,22 @@ pub fn open(object: &str, frame: &[u8], expected: &ChunkId, key: &DataKey) -> Re
             key.id()
         )));
     }
-    let nonce =
-        Nonce::try_assume_unique_for_key(&header.nonce).map_err(|_| reject("malformed nonce".to_owned()))?;
+    let nonce = Nonce::try_assume_unique_for_key(&header.nonce)
+        .map_err(|_| reject("malformed nonce".to_owned()))?;
     let mut payload = sealed.to_vec();
     let compressed = key
         .aead()
         .open_in_place(nonce, Aad::from(header_bytes), &mut payload)
         .map_err(|_| reject("authentication failed: the object was altered, truncated or sealed with another key".into()))?;
-    let limit = usize::try_from(header.plaintext_len).map_err(|_| reject("plaintext length overflows".into()))?;
-    let plaintext = zstd::bulk::decompress(compressed, limit).map_err(|e| reject(format!("decompression failed: {e}")))?;
+    let limit = usize::try_from(header.plaintext_len)
+        .map_err(|_| reject("plaintext length overflows".into()))?;
+    let plaintext = zstd::bulk::decompress(compressed, limit)
+        .map_err(|e| reject(format!("decompression failed: {e}")))?;
     if plaintext.len() != limit {
-        return Err(reject(format!("expected {limit} bytes of rows, got {}", plaintext.len())));
+        return Err(reject(format!(
+            "expected {limit} bytes of rows, got {}",
+            plaintext.len()
+        )));
     }
     Ok((header, plaintext))
 }
@@ -116,14 +141,20 @@ fn split_frame<'a>(object: &str, frame: &'a [u8]) -> Result<(ChunkHeader, &'a [u
         return Err(reject("not a godwit chunk (bad magic or truncated)"));
     }
     if frame[4] != VERSION {
-        return Err(reject(&format!("unsupported chunk format version {}", frame[4])));
+        return Err(reject(&format!(
+            "unsupported chunk format version {}",
+            frame[4]
+        )));
     }
     let header_len = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) as usize;
     if header_len > MAX_HEADER_LEN || frame.len() < PREFIX_LEN + header_len {
-        return Err(reject("header length exceeds the object (truncated or corrupt)"));
+        return Err(reject(
+            "header length exceeds the object (truncated or corrupt)",
+        ));
     }
     let header_bytes = &frame[PREFIX_LEN..PREFIX_LEN + header_len];
-    let header = ChunkHeader::decode(header_bytes).map_err(|_| reject("header is not decodable"))?;
+    let header =
+        ChunkHeader::decode(header_bytes).map_err(|_| reject("header is not decodable"))?;
     Ok((header, header_bytes, &frame[PREFIX_LEN + header_len..]))
 }
 
@@ -166,7 +197,9 @@ mod tests {
         let frame = seal(&id(), 1, b"x", &key).expect("seal");
         let mut elsewhere = id();
         elsewhere.seq = 8;
-        let err = open("obj", &frame, &elsewhere, &key).expect_err("misplaced chunk opened").to_string();
+        let err = open("obj", &frame, &elsewhere, &key)
+            .expect_err("misplaced chunk opened")
+            .to_string();
         assert!(err.contains("obj") && err.contains("chunk 7"), "{err}");
         let mut foreign = id();
         foreign.job_id = "job-2".into();

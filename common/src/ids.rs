@@ -16,10 +16,14 @@ macro_rules! id_type {
             /// Ids appear in etcd keys, object paths and slot names, so they are
             /// restricted to lowercase letters, digits, `-` and `_`.
             pub fn parse(raw: &str) -> Result<Self> {
-                let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+                let valid_char =
+                    |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
                 if raw.is_empty() || raw.len() > 48 || !raw.chars().all(valid_char) {
                     return Err(Error::Spec(format!(
-                        concat!($what, " {:?} is not valid: use 1 to 48 characters from a-z, 0-9, '-' and '_'"),
+                        concat!(
+                            $what,
+                            " {:?} is not valid: use 1 to 48 characters from a-z, 0-9, '-' and '_'"
+                        ),
                         raw
                     )));
                 }

@@ -24,7 +24,9 @@ pub struct Kek {
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Kek").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,9 +56,15 @@ impl Kek {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != KEY_LEN {
-            return Err(Error::Key(format!("a key has {KEY_LEN} bytes, got {}", bytes.len())));
+            return Err(Error::Key(format!(
+                "a key has {KEY_LEN} bytes, got {}",
+                bytes.len()
+            )));
         }
-        let digest = Sha256::new().chain_update(b"godwit/kek-id/v1").chain_update(bytes).finalize();
+        let digest = Sha256::new()
+            .chain_update(b"godwit/kek-id/v1")
+            .chain_update(bytes)
+            .finalize();
         Ok(Self {
             key: aead_key(bytes)?,
             id: hex::encode(&digest[..8]),
@@ -96,7 +104,11 @@ impl Kek {
         let mut in_out = dek.bytes.to_vec();
         let aad = wrap_aad(job, &dek.id);
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut in_out)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut in_out,
+            )
             .map_err(|_| Error::Key("sealing the data key failed".into()))?;
         Ok(WrappedKey {
             key_id: dek.id.clone(),
@@ -114,14 +126,21 @@ impl Kek {
                 wrapped.kek_id, self.id
             )));
         }
-        let nonce = Nonce::try_assume_unique_for_key(&wrapped.nonce)
-            .map_err(|_| Error::Key(format!("job {job}'s wrapped data key has a malformed nonce")))?;
+        let nonce = Nonce::try_assume_unique_for_key(&wrapped.nonce).map_err(|_| {
+            Error::Key(format!(
+                "job {job}'s wrapped data key has a malformed nonce"
+            ))
+        })?;
         let mut in_out = wrapped.ciphertext.clone();
         let aad = wrap_aad(job, &wrapped.key_id);
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut in_out)
-            .map_err(|_| Error::Key(format!("job {job}'s wrapped data key failed authentication")))?;
+            .map_err(|_| {
+                Error::Key(format!(
+                    "job {job}'s wrapped data key failed authentication"
+                ))
+            })?;
         DataKey::from_parts(wrapped.key_id.clone(), plain)
     }
 }
@@ -139,7 +158,9 @@ pub struct DataKey {
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DataKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,9 +174,12 @@ impl DataKey {
     }
 
     fn from_parts(id: String, bytes: &[u8]) -> Result<Self> {
-        let array: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| Error::Key(format!("a data key has {KEY_LEN} bytes, got {}", bytes.len())))?;
+        let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| {
+            Error::Key(format!(
+                "a data key has {KEY_LEN} bytes, got {}",
+                bytes.len()
+            ))
+        })?;
         Ok(Self {
             id,
             key: aead_key(&array)?,
@@ -180,7 +204,8 @@ impl Drop for DataKey {
 }
 
 fn aead_key(bytes: &[u8]) -> Result<LessSafeKey> {
-    let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| Error::Key("invalid AES-256 key".into()))?;
+    let unbound = UnboundKey::new(&AES_256_GCM, bytes)
+        .map_err(|_| Error::Key("invalid AES-256 key".into()))?;
     Ok(LessSafeKey::new(unbound))
 }
 
@@ -211,8 +236,13 @@ mod tests {
     fn wrong_kek_is_named_in_the_error() {
         let kek = Kek::from_bytes(&[7u8; KEY_LEN]).expect("kek");
         let other = Kek::from_bytes(&[8u8; KEY_LEN]).expect("kek");
-        let wrapped = kek.wrap(&job(), &DataKey::generate().expect("dek")).expect("wrap");
-        let err = other.unwrap(&job(), &wrapped).expect_err("wrong kek accepted").to_string();
+        let wrapped = kek
+            .wrap(&job(), &DataKey::generate().expect("dek"))
+            .expect("wrap");
+        let err = other
+            .unwrap(&job(), &wrapped)
+            .expect_err("wrong kek accepted")
+            .to_string();
         assert!(err.contains(kek.id()) && err.contains("key_file"), "{err}");
     }
 

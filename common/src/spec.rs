@@ -55,7 +55,8 @@ fn default_chunk_size() -> ByteSize {
 
 impl JobSpec {
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let spec: JobSpec = serde_norway::from_str(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))?;
+        let spec: JobSpec =
+            serde_norway::from_str(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))?;
         spec.validate(origin)?;
         Ok(spec)
     }
@@ -76,7 +77,9 @@ impl JobSpec {
     fn validate(&self, origin: &str) -> Result<()> {
         let fail = |msg: String| Err(Error::Spec(format!("{origin}: {msg}")));
         if self.tables.is_empty() {
-            return fail("`tables` is empty: list tables as \"schema.table\" or use [\"*\"] for all".into());
+            return fail(
+                "`tables` is empty: list tables as \"schema.table\" or use [\"*\"] for all".into(),
+            );
         }
         for table in &self.tables {
             if table != "*" && TableName::parse(table).is_none() {
@@ -92,7 +95,10 @@ impl JobSpec {
             ));
         }
         if self.chunk_size.0 < 64 * 1024 {
-            return fail(format!("`chunk_size` {} is below the minimum of 64KiB", self.chunk_size));
+            return fail(format!(
+                "`chunk_size` {} is below the minimum of 64KiB",
+                self.chunk_size
+            ));
         }
         if self.partition_size.0 < self.chunk_size.0 {
             return fail(format!(
@@ -241,7 +247,9 @@ encryption: { key_file: /tmp/kek }
     #[test]
     fn unknown_field_is_named() {
         let text = format!("{VALID}\nworkerz: 3\n");
-        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("unknown field accepted").to_string();
+        let err = JobSpec::from_yaml(&text, "job.yaml")
+            .expect_err("unknown field accepted")
+            .to_string();
         assert!(err.contains("workerz"), "{err}");
         assert!(err.contains("job.yaml"), "{err}");
     }
@@ -249,20 +257,29 @@ encryption: { key_file: /tmp/kek }
     #[test]
     fn missing_field_is_named() {
         let text = VALID.replace("customer: acme\n", "");
-        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("missing field accepted").to_string();
+        let err = JobSpec::from_yaml(&text, "job.yaml")
+            .expect_err("missing field accepted")
+            .to_string();
         assert!(err.contains("customer"), "{err}");
     }
 
     #[test]
     fn bad_staging_scheme_says_what_is_supported() {
         let text = VALID.replace("file:///tmp/staging", "ftp://host/x");
-        let err = JobSpec::from_yaml(&text, "job.yaml").expect_err("ftp accepted").to_string();
+        let err = JobSpec::from_yaml(&text, "job.yaml")
+            .expect_err("ftp accepted")
+            .to_string();
         assert!(err.contains("staging") && err.contains("s3://"), "{err}");
     }
 
     #[test]
     fn byte_sizes_round_trip() {
-        for (raw, bytes) in [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("500MB", 500_000_000), ("123", 123)] {
+        for (raw, bytes) in [
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("500MB", 500_000_000),
+            ("123", 123),
+        ] {
             let size = ByteSize::parse(raw).expect(raw);
             assert_eq!(size.0, bytes);
             assert_eq!(ByteSize::parse(&size.to_string()), Some(size));
@@ -272,8 +289,14 @@ encryption: { key_file: /tmp/kek }
 
     #[test]
     fn table_names() {
-        assert_eq!(TableName::parse("orders").map(|t| t.to_string()), Some("public.orders".into()));
-        assert_eq!(TableName::parse("sales.orders").map(|t| t.to_string()), Some("sales.orders".into()));
+        assert_eq!(
+            TableName::parse("orders").map(|t| t.to_string()),
+            Some("public.orders".into())
+        );
+        assert_eq!(
+            TableName::parse("sales.orders").map(|t| t.to_string()),
+            Some("sales.orders".into())
+        );
         assert!(TableName::parse("a.b.c").is_none());
         assert_eq!(TableName::parse("we\"ird").map(|t| t.quoted()), None);
     }

@@ -29,7 +29,9 @@ pub struct Staging {
 
 impl std::fmt::Debug for Staging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Staging").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Staging")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,18 +44,21 @@ impl Staging {
             .map_err(|e| Error::Spec(format!("`staging` {url:?} is not a URL: {e}")))?;
         match parsed.scheme() {
             "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|_| Error::Spec(format!("`staging` {url:?} is not an absolute file:/// path")))?;
+                let dir = parsed.to_file_path().map_err(|_| {
+                    Error::Spec(format!(
+                        "`staging` {url:?} is not an absolute file:/// path"
+                    ))
+                })?;
                 std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     what: "cannot create staging directory",
                     path: dir.clone(),
                     source,
                 })?;
-                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|source| Error::Staging {
-                    location: url.to_owned(),
-                    source,
-                })?;
+                let store =
+                    LocalFileSystem::new_with_prefix(&dir).map_err(|source| Error::Staging {
+                        location: url.to_owned(),
+                        source,
+                    })?;
                 Ok(Self {
                     store: Arc::new(store),
                     prefix: ObjectPath::default(),
@@ -61,10 +66,11 @@ impl Staging {
                 })
             }
             "s3" => {
-                let bucket = parsed
-                    .host_str()
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| Error::Spec(format!("`staging` {url:?} names no bucket: use s3://bucket/prefix")))?;
+                let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    Error::Spec(format!(
+                        "`staging` {url:?} names no bucket: use s3://bucket/prefix"
+                    ))
+                })?;
                 let store = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .build()
@@ -116,7 +122,8 @@ impl Staging {
                 })?;
             return Ok(());
         }
-        let mut writer = BufWriter::with_capacity(self.store.clone(), path.clone(), MULTIPART_THRESHOLD);
+        let mut writer =
+            BufWriter::with_capacity(self.store.clone(), path.clone(), MULTIPART_THRESHOLD);
         let io = |e: std::io::Error| Error::Staging {
             location: location(),
             source: object_store::Error::Generic {
@@ -131,10 +138,14 @@ impl Staging {
 
     pub async fn get(&self, path: &ObjectPath) -> Result<Bytes> {
         let location = || format!("{}/{path}", self.url);
-        let result = self.store.get(path).await.map_err(|source| Error::Staging {
-            location: location(),
-            source,
-        })?;
+        let result = self
+            .store
+            .get(path)
+            .await
+            .map_err(|source| Error::Staging {
+                location: location(),
+                source,
+            })?;
         result.bytes().await.map_err(|source| Error::Staging {
             location: location(),
             source,
@@ -159,10 +170,12 @@ impl Staging {
                     location: self.url.clone(),
                     source,
                 })?;
-                WrappedKey::decode(bytes).map(Some).map_err(|e| Error::Corrupt {
-                    what: format!("wrapped data key of job {job}"),
-                    reason: e.to_string(),
-                })
+                WrappedKey::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt {
+                        what: format!("wrapped data key of job {job}"),
+                        reason: e.to_string(),
+                    })
             }
         }
     }

@@ -88,7 +88,10 @@ pub enum JobPhase {
 
 impl JobPhase {
     pub fn is_final(self) -> bool {
-        matches!(self, JobPhase::Done | JobPhase::Failed | JobPhase::Cancelled)
+        matches!(
+            self,
+            JobPhase::Done | JobPhase::Failed | JobPhase::Cancelled
+        )
     }
 
     pub fn can_become(self, next: JobPhase) -> bool {
@@ -107,6 +110,8 @@ pub struct PlannedTable {
     /// Quoted names of the columns COPY moves (generated columns excluded:
     /// the target computes them).
     pub copy_columns: Vec<String>,
+    #[serde(default)]
+    pub format: crate::pgcopy::CopyFormat,
     pub estimated_bytes: u64,
     pub partitions: Vec<PartitionNo>,
     pub source_rows: Option<u64>,
@@ -150,7 +155,10 @@ pub struct BlockRange {
 impl BlockRange {
     pub fn predicate(&self) -> String {
         match self.end {
-            Some(end) => format!("ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid", self.start),
+            Some(end) => format!(
+                "ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid",
+                self.start
+            ),
             None => format!("ctid >= '({},0)'::tid", self.start),
         }
     }
@@ -214,9 +222,18 @@ mod tests {
 
     #[test]
     fn block_range_predicates() {
-        let bounded = BlockRange { start: 10, end: Some(20) };
-        assert_eq!(bounded.predicate(), "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid");
-        let open = BlockRange { start: 20, end: None };
+        let bounded = BlockRange {
+            start: 10,
+            end: Some(20),
+        };
+        assert_eq!(
+            bounded.predicate(),
+            "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
+        );
+        let open = BlockRange {
+            start: 20,
+            end: None,
+        };
         assert_eq!(open.predicate(), "ctid >= '(20,0)'::tid");
     }
 }

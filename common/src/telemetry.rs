@@ -4,7 +4,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Structured logs to stderr, filtered by `GODWIT_LOG` (default `info`).
 pub fn init(default_level: &str) {
-    let filter = EnvFilter::try_from_env("GODWIT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("GODWIT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,1 +1,12 @@
-//! lib
+//! The coordinator: plans jobs (catalog → partitions), publishes them as
+//! leases, drives each job through its phases and serves the `godwit.v1`
+//! gRPC API. Never copies rows: workers do.
+
+pub mod driver;
+pub mod error;
+pub mod planner;
+pub mod service;
+pub mod status;
+
+pub use driver::{JobDriver, JobSummary, Prepared, preflight};
+pub use error::JobError;

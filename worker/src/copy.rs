@@ -12,7 +12,7 @@ use godwit_common::keys::DataKey;
 use godwit_common::lease::HeldLease;
 use godwit_common::pg::ledger::{self, ChunkLoad, LoadOutcome};
 use godwit_common::pg::{self, Side};
-use godwit_common::pgcopy::{TupleBatch, TupleCutter};
+use godwit_common::pgcopy::{RowCutter, TupleBatch};
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
 use godwit_common::state::{PartitionRecord, PlannedTable};
@@ -47,19 +47,25 @@ pub struct CopyStats {
 
 /// Copies one partition; `record` is updated (and published, fenced by the
 /// lease) after every chunk.
-pub async fn copy_partition(job: PartitionJob<'_>, record: &mut PartitionRecord) -> Result<CopyStats> {
+pub async fn copy_partition(
+    job: PartitionJob<'_>,
+    record: &mut PartitionRecord,
+) -> Result<CopyStats> {
     let spec = job.spec;
     let source = pg::connect(&spec.source, Side::Source).await?;
     pg::join_snapshot(&source, job.snapshot).await?;
     let mut target = pg::connect(&spec.target, Side::Target).await?;
-    let already_applied = ledger::applied_chunks(&target, spec.job.as_str(), record.partition).await?;
+    let already_applied =
+        ledger::applied_chunks(&target, spec.job.as_str(), record.partition).await?;
 
     let columns = job.table.copy_columns.join(", ");
     let statement = format!(
-        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT {}",
         job.table.name.quoted(),
-        record.range.predicate()
+        record.range.predicate(),
+        job.table.format.options()
     );
+    let format = job.table.format;
     let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
     let (batches_tx, mut batches_rx) = mpsc::channel::<Result<(TupleBatch, u64)>>(READ_AHEAD);
     let table_name = job.table.name.to_string();
@@ -77,14 +83,17 @@ pub async fn copy_partition(job: PartitionJob<'_>, record: &mut PartitionRecord)
             }
         };
         futures::pin_mut!(stream);
-        let mut cutter = TupleCutter::new(chunk_size);
+        let mut cutter = RowCutter::new(format, chunk_size);
         let mut read_since_batch = 0u64;
         while let Some(data) = stream.next().await {
             let data = match data {
                 Ok(data) => data,
                 Err(e) => {
                     let _ = batches_tx
-                        .send(Err(Error::postgres(format!("reading {table_name} from the source"), e)))
+                        .send(Err(Error::postgres(
+                            format!("reading {table_name} from the source"),
+                            e,
+                        )))
                         .await;
                     return;
                 }
@@ -135,7 +144,8 @@ pub async fn copy_partition(job: PartitionJob<'_>, record: &mut PartitionRecord)
                 continue;
             }
             job.lease.check()?;
-            let staged = process_chunk(&job, &mut target, record.partition, seq, batch, &mut stats).await?;
+            let staged =
+                process_chunk(&job, &mut target, record.partition, seq, batch, &mut stats).await?;
             stats.bytes_staged += staged;
             seq += 1;
             record.rows = stats.rows;
@@ -184,7 +194,9 @@ async fn process_chunk(
         reason: e.to_string(),
     })??;
     let staged_len = frame.len() as u64;
-    let path = job.staging.chunk_path(&job.spec.job, &table, partition, seq);
+    let path = job
+        .staging
+        .chunk_path(&job.spec.job, &table, partition, seq);
     job.staging.put(&path, frame).await?;
     job.lease.check()?;
     let outcome = ledger::load_chunk(
@@ -194,6 +206,7 @@ async fn process_chunk(
             table_quoted: &job.table.name.quoted(),
             table_name: &table,
             copy_columns: &job.table.copy_columns,
+            format: job.table.format,
             partition,
             seq,
             rows,

@@ -9,13 +9,22 @@ use godwit_common::state::Keyspace;
 use godwit_worker::{Worker, WorkerConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "godwit-worker", version, about = "Copies partitions leased from etcd")]
+#[command(
+    name = "godwit-worker",
+    version,
+    about = "Copies partitions leased from etcd"
+)]
 struct Args {
     /// Coordinator gRPC URL (for operators' reference and health checks).
     #[arg(long, env = "GODWIT__WORKER__COORDINATOR")]
     coordinator: Option<String>,
     /// etcd endpoints, comma-separated.
-    #[arg(long, env = "GODWIT__WORKER__ETCD", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "GODWIT__WORKER__ETCD",
+        value_delimiter = ',',
+        required = true
+    )]
     etcd: Vec<String>,
     /// Key prefix of the deployment in etcd.
     #[arg(long, env = "GODWIT__WORKER__ROOT", default_value = "/godwit")]
@@ -35,7 +44,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     godwit_common::telemetry::init("info");
     let args = Args::parse();
-    let store = EtcdStore::connect(&args.etcd).await.context("worker start-up")?;
+    let store = EtcdStore::connect(&args.etcd)
+        .await
+        .context("worker start-up")?;
     let id = args
         .id
         .unwrap_or_else(|| format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
@@ -47,7 +58,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(coordinator) = &args.coordinator {
         tracing::info!(%coordinator, "serving the coordinator's jobs");
     }
-    let worker = Worker::new(std::sync::Arc::new(store), Keyspace::new(&args.root), config);
+    let worker = Worker::new(
+        std::sync::Arc::new(store),
+        Keyspace::new(&args.root),
+        config,
+    );
     worker.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -56,13 +71,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -82,10 +82,19 @@ impl Worker {
                 }
             };
             for (job, partition) in candidates {
-                let Ok(slot) = slots.clone().try_acquire_owned() else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
                 let lease_key = self.keyspace.lease(&job.spec.job, partition.partition);
                 let owner = self.config.id.clone().into_bytes();
-                match HeldLease::try_acquire(self.store.clone(), &lease_key, owner, self.config.timing).await {
+                match HeldLease::try_acquire(
+                    self.store.clone(),
+                    &lease_key,
+                    owner,
+                    self.config.timing,
+                )
+                .await
+                {
                     Ok(Some(lease)) => {
                         let worker = self.clone();
                         running.spawn(async move {
@@ -118,7 +127,9 @@ impl Worker {
                 continue;
             };
             let record_key = self.keyspace.job_record(&job);
-            let Some(bytes) = self.store.get(&record_key).await? else { continue };
+            let Some(bytes) = self.store.get(&record_key).await? else {
+                continue;
+            };
             let record: JobRecord = state::decode(&record_key, &bytes)?;
             if record.phase != JobPhase::Copying {
                 continue;
@@ -171,7 +182,11 @@ impl Worker {
             Ok(()) => {
                 record.state = PartitionState::Copied;
                 record.error = None;
-                tracing::info!(rows = record.rows, bytes_read = record.bytes_read, "partition copied");
+                tracing::info!(
+                    rows = record.rows,
+                    bytes_read = record.bytes_read,
+                    "partition copied"
+                );
             }
             Err(e) => {
                 record.attempts += 1;
@@ -183,7 +198,10 @@ impl Worker {
                 tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
             }
         }
-        if let Err(e) = lease.put_fenced(&progress_key, state::encode(&record)).await {
+        if let Err(e) = lease
+            .put_fenced(&progress_key, state::encode(&record))
+            .await
+        {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
         }
         if let Err(e) = lease.release().await {
@@ -191,16 +209,29 @@ impl Worker {
         }
     }
 
-    async fn copy(&self, job: &JobRecord, record: &mut PartitionRecord, lease: &HeldLease, progress_key: &str) -> Result<()> {
-        let snapshot = job
-            .snapshot
-            .as_deref()
-            .ok_or_else(|| Error::Catalog(format!("job {} has no snapshot to read under", job.spec.job)))?;
+    async fn copy(
+        &self,
+        job: &JobRecord,
+        record: &mut PartitionRecord,
+        lease: &HeldLease,
+        progress_key: &str,
+    ) -> Result<()> {
+        let snapshot = job.snapshot.as_deref().ok_or_else(|| {
+            Error::Catalog(format!(
+                "job {} has no snapshot to read under",
+                job.spec.job
+            ))
+        })?;
         let table = job
             .tables
             .iter()
             .find(|t| t.name == record.table)
-            .ok_or_else(|| Error::Catalog(format!("partition {} names unplanned table {}", record.partition, record.table)))?;
+            .ok_or_else(|| {
+                Error::Catalog(format!(
+                    "partition {} names unplanned table {}",
+                    record.partition, record.table
+                ))
+            })?;
         let staging = Staging::open(&job.spec.staging)?;
         let key = self.keys.data_key(&job.spec, &staging).await?;
         copy_partition(

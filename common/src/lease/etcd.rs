@@ -25,12 +25,14 @@ impl EtcdStore {
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), REQUEST_TIMEOUT);
-        let client = Client::connect(endpoints, Some(options)).await.map_err(|e| {
-            Error::LeaseStore(format!(
-                "cannot connect to etcd at {}: {e}; check --etcd and that etcd is running",
-                endpoints.join(",")
-            ))
-        })?;
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| {
+                Error::LeaseStore(format!(
+                    "cannot connect to etcd at {}: {e}; check --etcd and that etcd is running",
+                    endpoints.join(",")
+                ))
+            })?;
         Ok(Self { client })
     }
 
@@ -59,10 +61,9 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let options = GetOptions::new().with_prefix().with_sort(
-            etcd_client::SortTarget::Key,
-            etcd_client::SortOrder::Ascend,
-        );
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend);
         let resp = self.client.kv_client().get(prefix, Some(options)).await?;
         resp.kvs()
             .iter()
@@ -101,7 +102,10 @@ impl LeaseStore for EtcdStore {
             .keep_alive(lease.0)
             .await
             .map_err(|e| Self::lost(lease, e))?;
-        keeper.keep_alive().await.map_err(|e| Self::lost(lease, e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| Self::lost(lease, e))?;
         match responses.message().await {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(()),
             Ok(Some(_)) => Err(Self::lost(lease, "expired")),
@@ -121,7 +125,11 @@ impl LeaseStore for EtcdStore {
     async fn create_leased(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
         let txn = Txn::new()
             .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.0)))]);
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease.0)),
+            )]);
         match self.client.kv_client().txn(txn).await {
             Ok(resp) => Ok(resp.succeeded()),
             Err(e) if is_lease_not_found(&e) => Err(Self::lost(lease, e)),
@@ -129,7 +137,13 @@ impl LeaseStore for EtcdStore {
         }
     }
 
-    async fn put_if_held(&self, guard: &str, lease: LeaseId, key: &str, value: Vec<u8>) -> Result<bool> {
+    async fn put_if_held(
+        &self,
+        guard: &str,
+        lease: LeaseId,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<bool> {
         let txn = Txn::new()
             .when(vec![Compare::lease(guard, CompareOp::Equal, lease.0)])
             .and_then(vec![TxnOp::put(key, value, None)]);

@@ -62,7 +62,13 @@ impl HeldLease {
             }
         }
         let (lost_tx, lost) = watch::channel(None);
-        let keeper = tokio::spawn(keep_alive(store.clone(), lease, key.to_owned(), timing, lost_tx));
+        let keeper = tokio::spawn(keep_alive(
+            store.clone(),
+            lease,
+            key.to_owned(),
+            timing,
+            lost_tx,
+        ));
         Ok(Some(Self {
             store,
             key: key.to_owned(),
@@ -108,7 +114,11 @@ impl HeldLease {
     /// Writes a progress record only while the lease is held (fencing).
     pub async fn put_fenced(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.check()?;
-        if self.store.put_if_held(&self.key, self.lease, key, value).await? {
+        if self
+            .store
+            .put_if_held(&self.key, self.lease, key, value)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::LeaseLost {
@@ -142,11 +152,12 @@ async fn keep_alive(
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let reason = match tokio::time::timeout(timing.renew_timeout(), store.keep_alive(lease)).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => format!("keep-alive failed: {e}"),
-            Err(_) => format!("keep-alive timed out after {:?}", timing.renew_timeout()),
-        };
+        let reason =
+            match tokio::time::timeout(timing.renew_timeout(), store.keep_alive(lease)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("keep-alive failed: {e}"),
+                Err(_) => format!("keep-alive timed out after {:?}", timing.renew_timeout()),
+            };
         tracing::warn!(lease_key = %key, %reason, "stepping down from lease");
         let _ = lost.send(Some(reason));
         return;

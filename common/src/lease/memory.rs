@@ -34,7 +34,8 @@ impl Inner {
 
     fn drop_lease(&mut self, lease: LeaseId) {
         self.leases.remove(&lease);
-        self.entries.retain(|_, (_, attached)| *attached != Some(lease));
+        self.entries
+            .retain(|_, (_, attached)| *attached != Some(lease));
     }
 }
 
@@ -141,9 +142,16 @@ impl LeaseStore for MemoryStore {
         })
     }
 
-    async fn put_if_held(&self, guard: &str, lease: LeaseId, key: &str, value: Vec<u8>) -> Result<bool> {
+    async fn put_if_held(
+        &self,
+        guard: &str,
+        lease: LeaseId,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<bool> {
         self.with(|inner| {
-            let held = matches!(inner.entries.get(guard), Some((_, Some(attached))) if *attached == lease);
+            let held =
+                matches!(inner.entries.get(guard), Some((_, Some(attached))) if *attached == lease);
             if held {
                 inner.entries.insert(key.to_owned(), (value, None));
             }

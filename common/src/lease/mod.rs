@@ -43,5 +43,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn create_leased(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool>;
     /// Writes `key` only while `guard` is still attached to `lease`: the
     /// fencing rule for a lease holder's progress writes.
-    async fn put_if_held(&self, guard: &str, lease: LeaseId, key: &str, value: Vec<u8>) -> Result<bool>;
+    async fn put_if_held(
+        &self,
+        guard: &str,
+        lease: LeaseId,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<bool>;
 }

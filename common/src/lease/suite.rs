@@ -26,9 +26,18 @@ pub async fn key_value_round_trip(store: &dyn LeaseStore, prefix: &str) {
     assert_eq!(store.get(&key("a")).await.expect("get"), None);
     store.put(&key("b"), b"2".to_vec()).await.expect("put");
     store.put(&key("a"), b"1".to_vec()).await.expect("put");
-    store.put(&key("a"), b"1bis".to_vec()).await.expect("overwrite");
-    store.put(&format!("{prefix}x"), b"out".to_vec()).await.expect("put");
-    assert_eq!(store.get(&key("a")).await.expect("get"), Some(b"1bis".to_vec()));
+    store
+        .put(&key("a"), b"1bis".to_vec())
+        .await
+        .expect("overwrite");
+    store
+        .put(&format!("{prefix}x"), b"out".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key("a")).await.expect("get"),
+        Some(b"1bis".to_vec())
+    );
     let listed = store.list(&key("")).await.expect("list");
     let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, vec![key("a"), key("b"), format!("{prefix}x")]);
@@ -42,8 +51,18 @@ pub async fn only_one_creator_wins(store: &dyn LeaseStore, prefix: &str) {
     let key = format!("{prefix}partition-0");
     let first = store.grant(Duration::from_secs(10)).await.expect("grant");
     let second = store.grant(Duration::from_secs(10)).await.expect("grant");
-    assert!(store.create_leased(&key, b"w1".to_vec(), first).await.expect("create"));
-    assert!(!store.create_leased(&key, b"w2".to_vec(), second).await.expect("create"));
+    assert!(
+        store
+            .create_leased(&key, b"w1".to_vec(), first)
+            .await
+            .expect("create")
+    );
+    assert!(
+        !store
+            .create_leased(&key, b"w2".to_vec(), second)
+            .await
+            .expect("create")
+    );
     assert_eq!(store.get(&key).await.expect("get"), Some(b"w1".to_vec()));
     store.revoke(first).await.expect("revoke");
     store.revoke(second).await.expect("revoke");
@@ -52,19 +71,37 @@ pub async fn only_one_creator_wins(store: &dyn LeaseStore, prefix: &str) {
 pub async fn revoked_lease_frees_its_keys(store: &dyn LeaseStore, prefix: &str) {
     let key = format!("{prefix}partition-0");
     let lease = store.grant(Duration::from_secs(10)).await.expect("grant");
-    assert!(store.create_leased(&key, b"w1".to_vec(), lease).await.expect("create"));
+    assert!(
+        store
+            .create_leased(&key, b"w1".to_vec(), lease)
+            .await
+            .expect("create")
+    );
     store.revoke(lease).await.expect("revoke");
     assert_eq!(store.get(&key).await.expect("get"), None);
-    assert!(store.keep_alive(lease).await.is_err(), "a revoked lease renewed");
+    assert!(
+        store.keep_alive(lease).await.is_err(),
+        "a revoked lease renewed"
+    );
     let next = store.grant(Duration::from_secs(10)).await.expect("grant");
-    assert!(store.create_leased(&key, b"w2".to_vec(), next).await.expect("create"));
+    assert!(
+        store
+            .create_leased(&key, b"w2".to_vec(), next)
+            .await
+            .expect("create")
+    );
     store.revoke(next).await.expect("revoke");
 }
 
 pub async fn unrenewed_lease_expires(store: &dyn LeaseStore, prefix: &str) {
     let key = format!("{prefix}partition-0");
     let lease = store.grant(Duration::from_secs(1)).await.expect("grant");
-    assert!(store.create_leased(&key, b"w1".to_vec(), lease).await.expect("create"));
+    assert!(
+        store
+            .create_leased(&key, b"w1".to_vec(), lease)
+            .await
+            .expect("create")
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1) + EXPIRY_GRACE;
     while store.get(&key).await.expect("get").is_some() {
         assert!(
@@ -73,16 +110,27 @@ pub async fn unrenewed_lease_expires(store: &dyn LeaseStore, prefix: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(matches!(store.keep_alive(lease).await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseLost { .. })
+    ));
 }
 
 pub async fn renewed_lease_outlives_its_ttl(store: &dyn LeaseStore, prefix: &str) {
     let key = format!("{prefix}partition-0");
     let lease = store.grant(Duration::from_secs(2)).await.expect("grant");
-    assert!(store.create_leased(&key, b"w1".to_vec(), lease).await.expect("create"));
+    assert!(
+        store
+            .create_leased(&key, b"w1".to_vec(), lease)
+            .await
+            .expect("create")
+    );
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        store.keep_alive(lease).await.expect("renewal of a live lease");
+        store
+            .keep_alive(lease)
+            .await
+            .expect("renewal of a live lease");
     }
     assert_eq!(store.get(&key).await.expect("get"), Some(b"w1".to_vec()));
     store.revoke(lease).await.expect("revoke");
@@ -92,13 +140,36 @@ pub async fn fenced_writes_stop_with_the_lease(store: &dyn LeaseStore, prefix: &
     let guard = format!("{prefix}lease");
     let progress = format!("{prefix}progress");
     let lease = store.grant(Duration::from_secs(10)).await.expect("grant");
-    assert!(store.create_leased(&guard, b"w1".to_vec(), lease).await.expect("create"));
-    assert!(store.put_if_held(&guard, lease, &progress, b"1".to_vec()).await.expect("fenced put"));
+    assert!(
+        store
+            .create_leased(&guard, b"w1".to_vec(), lease)
+            .await
+            .expect("create")
+    );
+    assert!(
+        store
+            .put_if_held(&guard, lease, &progress, b"1".to_vec())
+            .await
+            .expect("fenced put")
+    );
     store.revoke(lease).await.expect("revoke");
     let other = store.grant(Duration::from_secs(10)).await.expect("grant");
-    assert!(store.create_leased(&guard, b"w2".to_vec(), other).await.expect("create"));
-    assert!(!store.put_if_held(&guard, lease, &progress, b"2".to_vec()).await.expect("fenced put"));
-    assert_eq!(store.get(&progress).await.expect("get"), Some(b"1".to_vec()));
+    assert!(
+        store
+            .create_leased(&guard, b"w2".to_vec(), other)
+            .await
+            .expect("create")
+    );
+    assert!(
+        !store
+            .put_if_held(&guard, lease, &progress, b"2".to_vec())
+            .await
+            .expect("fenced put")
+    );
+    assert_eq!(
+        store.get(&progress).await.expect("get"),
+        Some(b"1".to_vec())
+    );
     store.revoke(other).await.expect("revoke");
 }
 
@@ -111,24 +182,37 @@ pub async fn holder_steps_down_when_lease_is_gone(store: Arc<dyn LeaseStore>, pr
         .await
         .expect("acquire")
         .expect("free key");
-    assert!(HeldLease::try_acquire(store.clone(), &key, b"w2".to_vec(), timing)
-        .await
-        .expect("acquire")
-        .is_none());
+    assert!(
+        HeldLease::try_acquire(store.clone(), &key, b"w2".to_vec(), timing)
+            .await
+            .expect("acquire")
+            .is_none()
+    );
     held.check().expect("fresh lease");
     // Someone (an operator, an etcd compaction of a lost lease) ends the lease under the holder.
     store.revoke(held.lease_id()).await.expect("revoke");
     let bound = timing.keep_alive_interval() + timing.renew_timeout() + Duration::from_secs(1);
     let lost = tokio::time::timeout(bound, held.lost()).await;
-    assert!(lost.is_ok(), "holder did not step down within {bound:?} of losing its lease");
+    assert!(
+        lost.is_ok(),
+        "holder did not step down within {bound:?} of losing its lease"
+    );
     assert!(held.check().is_err());
-    assert!(held.put_fenced(&format!("{prefix}progress"), b"late".to_vec()).await.is_err());
+    assert!(
+        held.put_fenced(&format!("{prefix}progress"), b"late".to_vec())
+            .await
+            .is_err()
+    );
     let retaken = HeldLease::try_acquire(store.clone(), &key, b"w2".to_vec(), timing)
         .await
         .expect("acquire");
     let retaken = retaken.expect("key free after the holder stepped down");
     retaken.release().await.expect("release");
-    assert_eq!(store.get(&key).await.expect("get"), None, "release left the key behind");
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        None,
+        "release left the key behind"
+    );
 }
 
 #[cfg(test)]

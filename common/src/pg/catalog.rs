@@ -2,6 +2,7 @@
 
 use tokio_postgres::Client;
 
+use crate::pgcopy::CopyFormat;
 use crate::spec::{JobSpec, TableName, quote_ident};
 use crate::{Error, Result};
 
@@ -14,7 +15,17 @@ pub struct SourceTable {
     pub copy_columns: Vec<String>,
     pub bytes: u64,
     pub blocks: u32,
+    pub format: CopyFormat,
 }
+
+/// Columns whose binary COPY form embeds a database-specific type OID:
+/// arrays of user-defined types and composites (directly or through a domain).
+const OID_BEARING_COLUMNS: &str = "EXISTS (SELECT 1 FROM pg_attribute a \
+        JOIN pg_type t ON t.oid = a.atttypid \
+        LEFT JOIN pg_type base ON base.oid = t.typbasetype \
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+          AND ((t.typcategory = 'A' AND t.typelem >= 16384) OR t.typtype = 'c' \
+               OR (t.typtype = 'd' AND ((base.typcategory = 'A' AND base.typelem >= 16384) OR base.typtype = 'c'))))";
 
 /// Resolves the spec's table list against the source. Every listed table
 /// must exist; the error names each missing one.
@@ -27,7 +38,8 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
                         coalesce((SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) \
                                   FROM pg_attribute a \
                                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                                    AND a.attgenerated = ''), '{{}}') \
+                                    AND a.attgenerated = ''), '{{}}'), \
+                        {OID_BEARING_COLUMNS} \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind = 'r' AND n.nspname NOT IN {SYSTEM_SCHEMAS} \
                    AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
@@ -48,6 +60,11 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
             bytes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
             blocks: u32::try_from(blocks).unwrap_or(u32::MAX),
             copy_columns: row.get(4),
+            format: if row.get::<_, bool>(5) {
+                CopyFormat::Text
+            } else {
+                CopyFormat::Binary
+            },
         });
     }
     if spec.all_tables() {
@@ -61,7 +78,9 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
             continue;
         };
         match all.iter().find(|t| t.name == wanted) {
-            Some(table) if !selected.iter().any(|s: &SourceTable| s.name == wanted) => selected.push(table.clone()),
+            Some(table) if !selected.iter().any(|s: &SourceTable| s.name == wanted) => {
+                selected.push(table.clone())
+            }
             Some(_) => {}
             None => missing.push(wanted.to_string()),
         }

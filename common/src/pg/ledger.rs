@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::Client;
 
-use crate::pgcopy;
+use crate::pgcopy::{self, CopyFormat};
 use crate::{Error, Result};
 
 pub const SCHEMA_SQL: &str = "
@@ -53,7 +53,10 @@ pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
         return Ok(JobMarks::default());
     }
     let row = client
-        .query_opt("SELECT pre_data_done, post_data_done FROM godwit.jobs WHERE job_id = $1", &[&job])
+        .query_opt(
+            "SELECT pre_data_done, post_data_done FROM godwit.jobs WHERE job_id = $1",
+            &[&job],
+        )
         .await
         .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
     Ok(row
@@ -65,7 +68,12 @@ pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
         .unwrap_or_default())
 }
 
-pub async fn mark_job(client: &Client, job: &str, pre_data_done: bool, post_data_done: bool) -> Result<()> {
+pub async fn mark_job(
+    client: &Client,
+    job: &str,
+    pre_data_done: bool,
+    post_data_done: bool,
+) -> Result<()> {
     client
         .execute(
             "INSERT INTO godwit.jobs (job_id, pre_data_done, post_data_done) VALUES ($1, $2, $3) \
@@ -80,7 +88,8 @@ pub async fn mark_job(client: &Client, job: &str, pre_data_done: bool, post_data
 
 /// Chunks of a partition the target already holds: the resume point.
 pub async fn applied_chunks(client: &Client, job: &str, partition: u32) -> Result<u64> {
-    let partition = i32::try_from(partition).map_err(|_| Error::Catalog("partition number overflows".into()))?;
+    let partition = i32::try_from(partition)
+        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
     let row = client
         .query_one(
             "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = $1 AND partition = $2",
@@ -97,6 +106,7 @@ pub struct ChunkLoad<'a> {
     pub table_quoted: &'a str,
     pub table_name: &'a str,
     pub copy_columns: &'a [String],
+    pub format: CopyFormat,
     pub partition: u32,
     pub seq: u64,
     pub rows: u64,
@@ -113,10 +123,18 @@ pub enum LoadOutcome {
 /// Loads a chunk and records it in the ledger, atomically. The ledger row goes
 /// first: a concurrent loader of the same chunk blocks on it and then skips.
 pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<LoadOutcome> {
-    let context = |what: &str| format!("{what} chunk {} of partition {} ({})", chunk.seq, chunk.partition, chunk.table_name);
-    let partition = i32::try_from(chunk.partition).map_err(|_| Error::Catalog("partition number overflows".into()))?;
-    let seq = i64::try_from(chunk.seq).map_err(|_| Error::Catalog("chunk number overflows".into()))?;
-    let rows = i64::try_from(chunk.rows).map_err(|_| Error::Catalog("row count overflows".into()))?;
+    let context = |what: &str| {
+        format!(
+            "{what} chunk {} of partition {} ({})",
+            chunk.seq, chunk.partition, chunk.table_name
+        )
+    };
+    let partition = i32::try_from(chunk.partition)
+        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
+    let seq =
+        i64::try_from(chunk.seq).map_err(|_| Error::Catalog("chunk number overflows".into()))?;
+    let rows =
+        i64::try_from(chunk.rows).map_err(|_| Error::Catalog("row count overflows".into()))?;
     let tx = client
         .transaction()
         .await
@@ -125,7 +143,14 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
         .execute(
             "INSERT INTO godwit.applied_chunks (job_id, partition, seq, table_name, rows, sha256) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[&chunk.job, &partition, &seq, &chunk.table_name, &rows, &chunk.sha256],
+            &[
+                &chunk.job,
+                &partition,
+                &seq,
+                &chunk.table_name,
+                &rows,
+                &chunk.sha256,
+            ],
         )
         .await
         .map_err(|e| Error::postgres(context("cannot record"), e))?;
@@ -133,29 +158,44 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
         return Ok(LoadOutcome::AlreadyApplied);
     }
     let statement = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        "COPY {} ({}) FROM STDIN {}",
         chunk.table_quoted,
-        chunk.copy_columns.join(", ")
+        chunk.copy_columns.join(", "),
+        chunk.format.options()
     );
     let sink = tx
         .copy_in::<_, Bytes>(&statement)
         .await
         .map_err(|e| Error::postgres(context("cannot start loading"), e))?;
     futures::pin_mut!(sink);
-    let header = Bytes::from(pgcopy::stream_header());
-    let trailer = Bytes::from_static(pgcopy::stream_trailer());
-    for piece in [header, chunk.tuples, trailer] {
+    let pieces = match chunk.format {
+        CopyFormat::Binary => vec![
+            Bytes::from(pgcopy::stream_header()),
+            chunk.tuples,
+            Bytes::from_static(pgcopy::stream_trailer()),
+        ],
+        CopyFormat::Text => vec![chunk.tuples],
+    };
+    for piece in pieces {
         sink.feed(piece)
             .await
             .map_err(|e| Error::postgres(context("cannot load"), e))?;
     }
-    let loaded = sink.finish().await.map_err(|e| Error::postgres(context("cannot load"), e))?;
+    let loaded = sink
+        .finish()
+        .await
+        .map_err(|e| Error::postgres(context("cannot load"), e))?;
     if loaded != chunk.rows {
         return Err(Error::Corrupt {
             what: context("loading"),
-            reason: format!("target accepted {loaded} rows, the chunk holds {}", chunk.rows),
+            reason: format!(
+                "target accepted {loaded} rows, the chunk holds {}",
+                chunk.rows
+            ),
         });
     }
-    tx.commit().await.map_err(|e| Error::postgres(context("cannot commit"), e))?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres(context("cannot commit"), e))?;
     Ok(LoadOutcome::Applied)
 }

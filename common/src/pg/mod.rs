@@ -58,7 +58,10 @@ pub async fn connect(conn: &str, side: Side) -> Result<Client> {
     })?;
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         Error::postgres(
-            format!("cannot connect to the {side} database {}; check `{side}` in the job spec", describe(conn)),
+            format!(
+                "cannot connect to the {side} database {}; check `{side}` in the job spec",
+                describe(conn)
+            ),
             e,
         )
     })?;
@@ -81,7 +84,9 @@ pub async fn connect(conn: &str, side: Side) -> Result<Client> {
 /// exported snapshot `snapshot`.
 pub async fn join_snapshot(client: &Client, snapshot: &str) -> Result<()> {
     if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(Error::Catalog(format!("snapshot name {snapshot:?} is malformed")));
+        return Err(Error::Catalog(format!(
+            "snapshot name {snapshot:?} is malformed"
+        )));
     }
     client
         .batch_execute(&format!(

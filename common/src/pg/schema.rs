@@ -43,19 +43,31 @@ async fn run(program: &str, args: &[String], what: &str) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| Error::Schema(format!("cannot run {program} (is the PostgreSQL client installed?): {e}")))?;
+        .map_err(|e| {
+            Error::Schema(format!(
+                "cannot run {program} (is the PostgreSQL client installed?): {e}"
+            ))
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(Error::Schema(format!("{what} failed: {}", tail.join(" | "))));
+        return Err(Error::Schema(format!(
+            "{what} failed: {}",
+            tail.join(" | ")
+        )));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl SchemaDump {
     /// Dumps the source schema as seen by `snapshot` into `dir`.
-    pub async fn create(source: &str, snapshot: &str, tables: Option<&[TableName]>, dir: &Path) -> Result<Self> {
+    pub async fn create(
+        source: &str,
+        snapshot: &str,
+        tables: Option<&[TableName]>,
+        dir: &Path,
+    ) -> Result<Self> {
         let base = |file: &Path| {
             vec![
                 "--schema-only".to_owned(),
@@ -82,8 +94,16 @@ impl SchemaDump {
 
         let full_file = dir.join("full.dump");
         run("pg_dump", &base(&full_file), "pg_dump of the source schema").await?;
-        let toc = run("pg_restore", &["--list".to_owned(), full_file.display().to_string()], "pg_restore --list").await?;
-        let kept: Vec<&str> = toc.lines().filter(|line| toc_entry_is_shared(line)).collect();
+        let toc = run(
+            "pg_restore",
+            &["--list".to_owned(), full_file.display().to_string()],
+            "pg_restore --list",
+        )
+        .await?;
+        let kept: Vec<&str> = toc
+            .lines()
+            .filter(|line| toc_entry_is_shared(line))
+            .collect();
         let list_file = dir.join("shared.list");
         std::fs::write(&list_file, kept.join("\n")).map_err(|source| Error::Io {
             what: "cannot write schema list",
@@ -101,17 +121,32 @@ impl SchemaDump {
         if let Some((full, list)) = &self.shared {
             let mut args = restore_args(target, "pre-data", full);
             args.push(format!("--use-list={}", list.display()));
-            run("pg_restore", &args, "restoring types and functions into the target").await?;
+            run(
+                "pg_restore",
+                &args,
+                "restoring types and functions into the target",
+            )
+            .await?;
         }
         let args = restore_args(target, "pre-data", &self.tables);
-        run("pg_restore", &args, "restoring the table definitions into the target").await?;
+        run(
+            "pg_restore",
+            &args,
+            "restoring the table definitions into the target",
+        )
+        .await?;
         Ok(())
     }
 
     /// Indexes, constraints, foreign keys and triggers, built after the data.
     pub async fn restore_post_data(&self, target: &str) -> Result<()> {
         let args = restore_args(target, "post-data", &self.tables);
-        run("pg_restore", &args, "building indexes and constraints on the target").await?;
+        run(
+            "pg_restore",
+            &args,
+            "building indexes and constraints on the target",
+        )
+        .await?;
         Ok(())
     }
 }
@@ -147,12 +182,24 @@ mod tests {
 
     #[test]
     fn toc_filter_keeps_dependencies_only() {
-        assert!(toc_entry_is_shared("215; 1247 16386 TYPE public mood postgres"));
-        assert!(toc_entry_is_shared("5; 2615 2200 SCHEMA - public pg_database_owner"));
-        assert!(toc_entry_is_shared("216; 1255 16390 FUNCTION public f() postgres"));
-        assert!(!toc_entry_is_shared("217; 1259 16400 TABLE public orders postgres"));
-        assert!(!toc_entry_is_shared("218; 2606 16410 CONSTRAINT public orders orders_pkey postgres"));
-        assert!(!toc_entry_is_shared("219; 1259 16420 INDEX public orders_idx postgres"));
+        assert!(toc_entry_is_shared(
+            "215; 1247 16386 TYPE public mood postgres"
+        ));
+        assert!(toc_entry_is_shared(
+            "5; 2615 2200 SCHEMA - public pg_database_owner"
+        ));
+        assert!(toc_entry_is_shared(
+            "216; 1255 16390 FUNCTION public f() postgres"
+        ));
+        assert!(!toc_entry_is_shared(
+            "217; 1259 16400 TABLE public orders postgres"
+        ));
+        assert!(!toc_entry_is_shared(
+            "218; 2606 16410 CONSTRAINT public orders orders_pkey postgres"
+        ));
+        assert!(!toc_entry_is_shared(
+            "219; 1259 16420 INDEX public orders_idx postgres"
+        ));
         assert!(!toc_entry_is_shared("; Archive created at 2026-11-25"));
     }
 }

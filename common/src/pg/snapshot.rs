@@ -40,7 +40,10 @@ fn replication_conninfo(conn: &str) -> String {
 
 impl SnapshotHolder {
     pub async fn create(conn: &str, slot: &str) -> Result<Self> {
-        if !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             return Err(Error::Catalog(format!("slot name {slot:?} is not valid")));
         }
         let mut child = Command::new("psql")
@@ -52,13 +55,25 @@ impl SnapshotHolder {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Catalog(format!("cannot start psql to hold the snapshot (is the PostgreSQL client installed?): {e}")))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| Error::Catalog("psql stdin unavailable".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| Error::Catalog("psql stdout unavailable".into()))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Catalog("psql stdin unavailable".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Catalog("psql stdout unavailable".into()))?;
         stdin
-            .write_all(format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export');\n").as_bytes())
+            .write_all(
+                format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export');\n")
+                    .as_bytes(),
+            )
             .await
             .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
-        stdin.flush().await.map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
         let line = match line {
@@ -88,7 +103,9 @@ impl SnapshotHolder {
         };
         let fields: Vec<&str> = line.trim().split('|').collect();
         let [slot_name, lsn, snapshot, _plugin] = fields[..] else {
-            return Err(Error::Catalog(format!("unexpected CREATE_REPLICATION_SLOT answer {line:?}")));
+            return Err(Error::Catalog(format!(
+                "unexpected CREATE_REPLICATION_SLOT answer {line:?}"
+            )));
         };
         Ok(Self {
             child,

@@ -1,0 +1,118 @@
+//! `godwit run`: the embedded default. The coordinator's driver and the
+//! workers run in this process over the in-process lease store: the same
+//! code paths as a distributed deployment, without etcd.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_common::lease::{LeaseStore, MemoryStore};
+use godwit_common::spec::JobSpec;
+use godwit_common::state::Keyspace;
+use godwit_coordinator::{JobDriver, preflight, status};
+use godwit_worker::{Worker, WorkerConfig};
+use tokio::sync::watch;
+
+use crate::render;
+
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
+    let spec = match JobSpec::from_file(spec_path) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let job = spec.job.clone();
+    let prepared = match preflight(spec).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit_code();
+        }
+    };
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+    let keyspace = Keyspace::new("/godwit");
+    let driver = JobDriver::new(store.clone(), keyspace.clone());
+    if let Err(e) = driver.register(&prepared).await {
+        eprintln!("error: {e}");
+        return e.exit_code();
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut worker_tasks = Vec::new();
+    for n in 0..workers.max(1) {
+        let mut config = WorkerConfig::new(format!("embedded-{n}"));
+        config.concurrency = concurrency.max(1);
+        let worker = Worker::new(store.clone(), keyspace.clone(), config);
+        let mut stop = stop_rx.clone();
+        worker_tasks.push(tokio::spawn(async move {
+            worker
+                .run(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        }));
+    }
+
+    let reporter = {
+        let store = store.clone();
+        let keyspace = keyspace.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
+                if let Ok(Some(status)) = status::load(store.as_ref(), &keyspace, &job).await {
+                    eprintln!("{}", render::progress_line(&status));
+                }
+            }
+        })
+    };
+    let canceller = {
+        let store = store.clone();
+        let key = keyspace.job_control(&job);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupt: cancelling job (interrupt again to abort at once)");
+                let _ = store.put(&key, b"cancel".to_vec()).await;
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        })
+    };
+
+    let outcome = driver.execute(prepared).await;
+    reporter.abort();
+    canceller.abort();
+    let _ = stop_tx.send(true);
+    for task in worker_tasks {
+        let _ = task.await;
+    }
+
+    if let Ok(Some(status)) = status::load(store.as_ref(), &keyspace, &job).await {
+        print!("{}", render::table_report(&status));
+    }
+    match outcome {
+        Ok(summary) => {
+            let secs = summary.duration.as_secs_f64().max(0.001);
+            println!(
+                "migrated {} tables, {} rows: {} read from the source, {} staged (compressed, encrypted) in {} ({}/s)",
+                summary.tables,
+                summary.rows,
+                render::bytes(summary.bytes_read),
+                render::bytes(summary.bytes_staged),
+                render::duration_ms(summary.duration.as_millis() as u64),
+                render::bytes((summary.bytes_read as f64 / secs) as u64),
+            );
+            println!("every table's row count and content checksum match on source and target");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Commands that talk to a coordinator over gRPC.
+
+use std::path::Path;
+
+use godwit_proto::v1::godwit_client::GodwitClient;
+use godwit_proto::v1::{
+    CancelJobRequest, GetJobRequest, JobState, ListJobsRequest, SubmitJobRequest, WatchJobRequest,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::render;
+
+async fn connect(url: &str) -> Result<GodwitClient<Channel>, i32> {
+    GodwitClient::connect(url.to_owned()).await.map_err(|e| {
+        eprintln!("error: cannot reach the coordinator at {url}: {e}; check --coordinator and that it is running");
+        1
+    })
+}
+
+/// Prints a gRPC error; rejected input exits 2, everything else 1.
+fn failed(status: &tonic::Status) -> i32 {
+    eprintln!("error: {}", status.message());
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => {
+            2
+        }
+        _ => 1,
+    }
+}
+
+pub async fn submit(url: &str, spec_path: &Path) -> i32 {
+    let spec_yaml = match std::fs::read_to_string(spec_path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: cannot read job spec {}: {e}", spec_path.display());
+            return 2;
+        }
+    };
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client.submit_job(SubmitJobRequest { spec_yaml }).await {
+        Ok(response) => {
+            println!("{}", response.into_inner().job_id);
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+pub async fn watch(url: &str, job_id: &str) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let mut stream = match client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(&status),
+    };
+    let mut last = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(status)) => {
+                eprintln!("{}", render::progress_line(&status));
+                last = Some(status);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                eprintln!(
+                    "error: lost the watch of job {job_id}: {}; run `godwit watch` again to resume following it",
+                    status.message()
+                );
+                return 1;
+            }
+        }
+    }
+    let Some(status) = last else { return 1 };
+    print!("{}", render::table_report(&status));
+    if status.state == JobState::Done as i32 {
+        0
+    } else {
+        1
+    }
+}
+
+pub async fn status(url: &str, job_id: Option<&str>) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let jobs = match job_id {
+        Some(job_id) => client
+            .get_job(GetJobRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await
+            .map(|r| vec![r.into_inner()]),
+        None => client
+            .list_jobs(ListJobsRequest {})
+            .await
+            .map(|r| r.into_inner().jobs),
+    };
+    match jobs {
+        Ok(jobs) => {
+            for job in &jobs {
+                print!("{}", render::table_report(job));
+            }
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+pub async fn cancel(url: &str, job_id: &str) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client
+        .cancel_job(CancelJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => {
+            println!(
+                "cancellation of {job_id} requested (state was {})",
+                render::state_name(response.into_inner().state)
+            );
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}

@@ -1,0 +1,82 @@
+//! Human-readable job status and summaries.
+
+use godwit_proto::v1::{JobState, JobStatus};
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn duration_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs >= 3600 {
+        format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match JobState::try_from(state).unwrap_or(JobState::Unspecified) {
+        JobState::Unspecified => "unknown",
+        JobState::Planning => "planning",
+        JobState::Copying => "copying",
+        JobState::Finalizing => "finalizing",
+        JobState::Done => "done",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// One line: state, partitions, rows, bytes, ETA.
+pub fn progress_line(status: &JobStatus) -> String {
+    let total = status.total.unwrap_or_default();
+    let eta = status
+        .eta_ms
+        .map(|ms| format!(", eta {}", duration_ms(ms)))
+        .unwrap_or_default();
+    format!(
+        "{} {}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}",
+        status.job_id,
+        state_name(status.state),
+        total.partitions_done,
+        total.partitions_total,
+        total.rows,
+        bytes(total.bytes_read),
+        bytes(total.bytes_staged),
+        duration_ms(status.elapsed_ms),
+    )
+}
+
+/// The full table-by-table view.
+pub fn table_report(status: &JobStatus) -> String {
+    let mut out = format!("{}\n", progress_line(status));
+    if !status.error.is_empty() {
+        out.push_str(&format!("  error: {}\n", status.error));
+    }
+    for table in &status.tables {
+        let progress = table.progress.unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<40} {:>3}/{:<3} partitions {:>12} rows {:>10} read {}\n",
+            table.table,
+            progress.partitions_done,
+            progress.partitions_total,
+            progress.rows,
+            bytes(progress.bytes_read),
+            if table.checked { "checked" } else { "" }
+        ));
+    }
+    out
+}

@@ -1,0 +1,529 @@
+//! The job driver: takes a job from spec to done. Preflight checks
+//! everything the spec names before anything is written; then it holds the
+//! job's snapshot, copies the schema, publishes the partitions for workers
+//! to lease, waits for them, builds indexes and constraints, sets sequences
+//! and compares every table on both databases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use godwit_common::keys::{DataKey, Kek};
+use godwit_common::lease::LeaseStore;
+use godwit_common::pg::catalog::{self, SourceTable};
+use godwit_common::pg::checksum::fingerprint;
+use godwit_common::pg::ledger::{self, JobMarks};
+use godwit_common::pg::schema::SchemaDump;
+use godwit_common::pg::snapshot::{self, SnapshotHolder};
+use godwit_common::pg::{self, Side, join_snapshot};
+use godwit_common::spec::{JobSpec, TableName};
+use godwit_common::staging::Staging;
+use godwit_common::state::{
+    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, PlannedTable, now_unix_ms,
+};
+use godwit_common::{Error, Result};
+
+use crate::error::JobError;
+use crate::planner::split_table;
+
+/// Everything preflight established; the only way to start a job.
+pub struct Prepared {
+    pub spec: JobSpec,
+    tables: Vec<SourceTable>,
+    marks: JobMarks,
+}
+
+/// What a finished job did, for the operator's summary.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub tables: usize,
+    pub rows: u64,
+    pub bytes_read: u64,
+    pub bytes_staged: u64,
+    pub duration: Duration,
+}
+
+/// Checks the spec against the world; writes nothing but the job's wrapped
+/// data key, and that only into an empty slot of the staging area.
+pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
+    let rejected = JobError::Rejected;
+    let kek = Kek::from_file(&spec.encryption.key_file).map_err(rejected)?;
+    let staging = Staging::open(&spec.staging).map_err(rejected)?;
+    if let Some(wrapped) = staging.get_wrapped_key(&spec.job).await.map_err(rejected)? {
+        kek.unwrap(&spec.job, &wrapped).map_err(rejected)?;
+    }
+
+    let source = pg::connect(&spec.source, Side::Source)
+        .await
+        .map_err(rejected)?;
+    let wal_level: String = source
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| rejected(Error::postgres("cannot read the source's wal_level", e)))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(rejected(Error::Catalog(format!(
+            "the source {} has wal_level = {wal_level}; godwit reads under a snapshot exported by a logical \
+             replication slot: set wal_level = logical on the source and restart it",
+            pg::describe(&spec.source)
+        ))));
+    }
+    let tables = catalog::resolve_tables(&source, &spec)
+        .await
+        .map_err(rejected)?;
+    if tables.is_empty() {
+        return Err(rejected(Error::Catalog(format!(
+            "the source {} has no tables to migrate",
+            pg::describe(&spec.source)
+        ))));
+    }
+
+    let target = pg::connect(&spec.target, Side::Target)
+        .await
+        .map_err(rejected)?;
+    let marks = ledger::job_marks(&target, spec.job.as_str())
+        .await
+        .map_err(rejected)?;
+    if !marks.known {
+        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        let existing = catalog::existing_tables(&target, &names)
+            .await
+            .map_err(rejected)?;
+        if !existing.is_empty() {
+            let list: Vec<String> = existing.iter().map(ToString::to_string).collect();
+            return Err(rejected(Error::Catalog(format!(
+                "the target {} already has table(s) {}: godwit never writes into tables it did not create; \
+                 drop them or choose an empty target database",
+                pg::describe(&spec.target),
+                list.join(", ")
+            ))));
+        }
+    }
+    Ok(Prepared {
+        spec,
+        tables,
+        marks,
+    })
+}
+
+pub struct JobDriver {
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+    poll_interval: Duration,
+}
+
+impl JobDriver {
+    pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
+        Self {
+            store,
+            keyspace,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+
+    /// Publishes the job's first record so it is visible (and not submitted
+    /// twice) before the slower planning starts.
+    pub async fn register(&self, prepared: &Prepared) -> Result<(), JobError> {
+        let key = self.keyspace.job_record(&prepared.spec.job);
+        if let Some(bytes) = self.store.get(&key).await.map_err(JobError::Failed)? {
+            let existing: JobRecord = state::decode(&key, &bytes).map_err(JobError::Failed)?;
+            if !existing.phase.is_final() {
+                return Err(JobError::AlreadyExists(prepared.spec.job.to_string()));
+            }
+        }
+        self.store
+            .delete_prefix(&self.keyspace.job_prefix(&prepared.spec.job))
+            .await
+            .map_err(JobError::Failed)?;
+        let record = JobRecord {
+            spec: prepared.spec.clone(),
+            phase: JobPhase::Planning,
+            error: None,
+            slot: None,
+            snapshot: None,
+            tables: Vec::new(),
+            started_at_unix_ms: now_unix_ms(),
+            finished_at_unix_ms: None,
+        };
+        self.put_record(&record).await.map_err(JobError::Failed)
+    }
+
+    /// Runs a registered job to its end.
+    pub async fn execute(&self, prepared: Prepared) -> Result<JobSummary, JobError> {
+        let started = Instant::now();
+        let job = prepared.spec.job.clone();
+        let key = self.keyspace.job_record(&job);
+        let mut record: JobRecord = match self.store.get(&key).await.map_err(JobError::Failed)? {
+            Some(bytes) => state::decode(&key, &bytes).map_err(JobError::Failed)?,
+            None => return Err(JobError::NotFound(job.to_string())),
+        };
+        let mut holder = None;
+        let outcome = self.drive(&prepared, &mut record, &mut holder).await;
+        if let Some(holder) = holder.take() {
+            holder.release().await;
+        }
+        let _ = self.store.delete(&self.keyspace.active(&job)).await;
+        if let Some(slot) = &record.slot {
+            if let Err(e) = snapshot::drop_slot(&prepared.spec.source, slot).await {
+                tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
+            }
+        }
+        record.finished_at_unix_ms = Some(now_unix_ms());
+        let result = match outcome {
+            Ok(summary) => {
+                record
+                    .transition(JobPhase::Done)
+                    .map_err(JobError::Failed)?;
+                Ok(JobSummary {
+                    duration: started.elapsed(),
+                    ..summary
+                })
+            }
+            Err(JobError::Cancelled(id)) => {
+                record.phase = JobPhase::Cancelled;
+                record.error = Some("cancelled by an operator".into());
+                Err(JobError::Cancelled(id))
+            }
+            Err(e) => {
+                record.phase = JobPhase::Failed;
+                record.error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        if let Err(e) = self.put_record(&record).await {
+            tracing::error!(job_id = %job, error = %e, "cannot record the job's outcome");
+        }
+        match &result {
+            Ok(_) => tracing::info!(job_id = %job, "job done"),
+            Err(e) => tracing::error!(job_id = %job, error = %e, "job ended without success"),
+        }
+        result
+    }
+
+    async fn drive(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        holder_slot: &mut Option<SnapshotHolder>,
+    ) -> Result<JobSummary, JobError> {
+        let failed = JobError::Failed;
+        let spec = &prepared.spec;
+        let job = &spec.job;
+
+        let kek = Kek::from_file(&spec.encryption.key_file).map_err(failed)?;
+        let staging = Staging::open(&spec.staging).map_err(failed)?;
+        if staging
+            .get_wrapped_key(job)
+            .await
+            .map_err(failed)?
+            .is_none()
+        {
+            let wrapped = kek
+                .wrap(job, &DataKey::generate().map_err(failed)?)
+                .map_err(failed)?;
+            staging
+                .put_wrapped_key(job, &wrapped)
+                .await
+                .map_err(failed)?;
+        }
+
+        let slot = format!("godwit_{}", job.as_str().replace('-', "_"));
+        snapshot::drop_slot(&spec.source, &slot)
+            .await
+            .map_err(failed)?;
+        let holder = SnapshotHolder::create(&spec.source, &slot)
+            .await
+            .map_err(failed)?;
+        record.slot = Some(holder.slot.clone());
+        record.snapshot = Some(holder.snapshot.clone());
+        let snapshot_name = holder.snapshot.clone();
+        *holder_slot = Some(holder);
+        tracing::info!(job_id = %job, slot = %slot, snapshot = %snapshot_name, "holding exported snapshot");
+
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(failed)?;
+        ledger::ensure_schema(&target).await.map_err(failed)?;
+        let schema_dir = tempfile::tempdir().map_err(|source| {
+            failed(Error::Io {
+                what: "cannot create a temporary directory",
+                path: std::env::temp_dir(),
+                source,
+            })
+        })?;
+        let selection: Option<Vec<TableName>> =
+            (!spec.all_tables()).then(|| prepared.tables.iter().map(|t| t.name.clone()).collect());
+        let dump = SchemaDump::create(
+            &spec.source,
+            &snapshot_name,
+            selection.as_deref(),
+            schema_dir.path(),
+        )
+        .await
+        .map_err(failed)?;
+
+        let copy_data = !prepared.marks.post_data_done;
+        if !prepared.marks.pre_data_done {
+            dump.restore_pre_data(&spec.target).await.map_err(failed)?;
+            ledger::mark_job(&target, job.as_str(), true, false)
+                .await
+                .map_err(failed)?;
+        } else if copy_data {
+            // A half-finished earlier run: its snapshot is gone, so its rows may not
+            // match this run's snapshot. Reload those tables from scratch.
+            self.reset_partial_tables(&target, prepared)
+                .await
+                .map_err(failed)?;
+        }
+
+        record.tables = self
+            .publish_plan(prepared, copy_data)
+            .await
+            .map_err(failed)?;
+        record.transition(JobPhase::Copying).map_err(failed)?;
+        self.put_record(record).await.map_err(failed)?;
+        self.store
+            .put(&self.keyspace.active(job), Vec::new())
+            .await
+            .map_err(failed)?;
+        let progress = self.wait_for_partitions(job, record).await?;
+        self.store
+            .delete(&self.keyspace.active(job))
+            .await
+            .map_err(failed)?;
+
+        record.transition(JobPhase::Finalizing).map_err(failed)?;
+        self.put_record(record).await.map_err(failed)?;
+        if copy_data {
+            tracing::info!(job_id = %job, "building indexes and constraints");
+            dump.restore_post_data(&spec.target).await.map_err(failed)?;
+            ledger::mark_job(&target, job.as_str(), true, true)
+                .await
+                .map_err(failed)?;
+        }
+        self.sync_sequences(spec, &snapshot_name, &target)
+            .await
+            .map_err(failed)?;
+        self.check_tables(spec, &snapshot_name, &target, record)
+            .await?;
+        Ok(JobSummary {
+            tables: record.tables.len(),
+            rows: progress.0,
+            bytes_read: progress.1,
+            bytes_staged: progress.2,
+            duration: Duration::ZERO,
+        })
+    }
+
+    async fn reset_partial_tables(
+        &self,
+        target: &tokio_postgres::Client,
+        prepared: &Prepared,
+    ) -> Result<()> {
+        let names: Vec<String> = prepared.tables.iter().map(|t| t.name.quoted()).collect();
+        tracing::warn!(job_id = %prepared.spec.job, tables = names.len(), "earlier run unfinished: reloading its tables");
+        target
+            .batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+            .await
+            .map_err(|e| {
+                Error::postgres("cannot reset the tables of the unfinished earlier run", e)
+            })?;
+        target
+            .execute(
+                "DELETE FROM godwit.applied_chunks WHERE job_id = $1",
+                &[&prepared.spec.job.as_str()],
+            )
+            .await
+            .map_err(|e| {
+                Error::postgres("cannot reset the ledger of the unfinished earlier run", e)
+            })?;
+        Ok(())
+    }
+
+    async fn publish_plan(
+        &self,
+        prepared: &Prepared,
+        copy_data: bool,
+    ) -> Result<Vec<PlannedTable>> {
+        let spec = &prepared.spec;
+        let mut planned = Vec::with_capacity(prepared.tables.len());
+        let mut next_partition = 0u32;
+        for table in &prepared.tables {
+            let ranges = if copy_data && !table.copy_columns.is_empty() {
+                split_table(table.blocks, spec.partition_size.0)
+            } else {
+                Vec::new()
+            };
+            let mut partitions = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                let record = PartitionRecord {
+                    job: spec.job.clone(),
+                    partition: next_partition,
+                    table: table.name.clone(),
+                    range,
+                    state: PartitionState::Pending,
+                    rows: 0,
+                    bytes_read: 0,
+                    bytes_staged: 0,
+                    chunks_applied: 0,
+                    attempts: 0,
+                    error: None,
+                };
+                self.store
+                    .put(
+                        &self.keyspace.partition(&spec.job, next_partition),
+                        state::encode(&record),
+                    )
+                    .await?;
+                partitions.push(next_partition);
+                next_partition += 1;
+            }
+            planned.push(PlannedTable {
+                name: table.name.clone(),
+                copy_columns: table.copy_columns.clone(),
+                format: table.format,
+                estimated_bytes: table.bytes,
+                partitions,
+                source_rows: None,
+                checked: false,
+            });
+        }
+        tracing::info!(job_id = %spec.job, tables = planned.len(), partitions = next_partition, "plan published");
+        Ok(planned)
+    }
+
+    /// Waits until every partition is copied; returns (rows, bytes read, bytes staged).
+    async fn wait_for_partitions(
+        &self,
+        job: &godwit_common::ids::JobId,
+        record: &JobRecord,
+    ) -> Result<(u64, u64, u64), JobError> {
+        let prefix = self.keyspace.partitions_prefix(job);
+        loop {
+            if self.cancel_requested(job).await.map_err(JobError::Failed)? {
+                return Err(JobError::Cancelled(job.to_string()));
+            }
+            let partitions = self.store.list(&prefix).await.map_err(JobError::Failed)?;
+            let mut done = 0usize;
+            let (mut rows, mut read, mut staged) = (0, 0, 0);
+            for (key, bytes) in &partitions {
+                let partition: PartitionRecord =
+                    state::decode(key, bytes).map_err(JobError::Failed)?;
+                rows += partition.rows;
+                read += partition.bytes_read;
+                staged += partition.bytes_staged;
+                match partition.state {
+                    PartitionState::Copied => done += 1,
+                    PartitionState::Failed => {
+                        return Err(JobError::Failed(Error::Catalog(format!(
+                            "table {} partition {} failed after {} attempt(s): {}",
+                            partition.table,
+                            partition.partition,
+                            partition.attempts,
+                            partition.error.unwrap_or_default()
+                        ))));
+                    }
+                    PartitionState::Pending => {}
+                }
+            }
+            let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
+            if done == expected {
+                return Ok((rows, read, staged));
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+
+    async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {
+        Ok(self
+            .store
+            .get(&self.keyspace.job_control(job))
+            .await?
+            .as_deref()
+            == Some(b"cancel".as_slice()))
+    }
+
+    async fn sync_sequences(
+        &self,
+        spec: &JobSpec,
+        snapshot: &str,
+        target: &tokio_postgres::Client,
+    ) -> Result<()> {
+        let source = pg::connect(&spec.source, Side::Source).await?;
+        join_snapshot(&source, snapshot).await?;
+        for (name, last_value, is_called) in catalog::sequences(&source).await? {
+            let exists: bool = target
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await
+                .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+                .get(0);
+            if !exists {
+                continue;
+            }
+            target
+                .execute(
+                    &format!("SELECT setval('{}', $1, $2)", name.replace('\'', "''")),
+                    &[&last_value, &is_called],
+                )
+                .await
+                .map_err(|e| {
+                    Error::postgres(format!("cannot set sequence {name} on the target"), e)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Compares row count and content checksum of every table, computed by
+    /// each database: the source under the job's snapshot, the target as is.
+    async fn check_tables(
+        &self,
+        spec: &JobSpec,
+        snapshot: &str,
+        target: &tokio_postgres::Client,
+        record: &mut JobRecord,
+    ) -> Result<(), JobError> {
+        let failed = JobError::Failed;
+        let source = pg::connect(&spec.source, Side::Source)
+            .await
+            .map_err(failed)?;
+        join_snapshot(&source, snapshot).await.map_err(failed)?;
+        let mut mismatches = Vec::new();
+        for index in 0..record.tables.len() {
+            let name = record.tables[index].name.clone();
+            let (at_source, at_target) =
+                tokio::try_join!(fingerprint(&source, &name), fingerprint(target, &name))
+                    .map_err(failed)?;
+            record.tables[index].source_rows = Some(at_source.rows);
+            if at_source == at_target {
+                record.tables[index].checked = true;
+            } else {
+                mismatches.push(format!(
+                    "{name} (source {} rows, target {} rows{})",
+                    at_source.rows,
+                    at_target.rows,
+                    if at_source.rows == at_target.rows {
+                        ", contents differ"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            self.put_record(record).await.map_err(failed)?;
+        }
+        if !mismatches.is_empty() {
+            return Err(JobError::Failed(Error::Verification(format!(
+                "target differs from source in {}",
+                mismatches.join("; ")
+            ))));
+        }
+        Ok(())
+    }
+
+    async fn put_record(&self, record: &JobRecord) -> Result<()> {
+        self.store
+            .put(
+                &self.keyspace.job_record(&record.spec.job),
+                state::encode(record),
+            )
+            .await
+    }
+}

@@ -1,0 +1,163 @@
+//! The `godwit.v1` gRPC service and the server that hosts it beside the
+//! standard gRPC health service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use godwit_common::ids::JobId;
+use godwit_common::lease::LeaseStore;
+use godwit_common::spec::JobSpec;
+use godwit_common::state::Keyspace;
+use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
+use godwit_proto::v1::{
+    CancelJobRequest, CancelJobResponse, GetJobRequest, JobState, JobStatus, ListJobsRequest,
+    ListJobsResponse, SubmitJobRequest, SubmitJobResponse, WatchJobRequest,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::driver::{JobDriver, preflight};
+use crate::error::JobError;
+use crate::status;
+
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct GodwitService {
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+}
+
+impl GodwitService {
+    pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
+        Self { store, keyspace }
+    }
+
+    fn job_id(raw: &str) -> Result<JobId, Status> {
+        JobId::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    async fn status(&self, job: &JobId) -> Result<JobStatus, Status> {
+        status::load(self.store.as_ref(), &self.keyspace, job)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| JobError::NotFound(job.to_string()).into())
+    }
+}
+
+fn is_final(state: i32) -> bool {
+    [JobState::Done, JobState::Failed, JobState::Cancelled]
+        .iter()
+        .any(|s| *s as i32 == state)
+}
+
+#[tonic::async_trait]
+impl Godwit for GodwitService {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let spec = JobSpec::from_yaml(&request.into_inner().spec_yaml, "submitted job spec")
+            .map_err(JobError::Rejected)?;
+        let prepared = preflight(spec).await?;
+        let driver = JobDriver::new(self.store.clone(), self.keyspace.clone());
+        driver.register(&prepared).await?;
+        let job_id = prepared.spec.job.to_string();
+        tracing::info!(job_id = %job_id, customer = %prepared.spec.customer, "job submitted");
+        tokio::spawn(async move {
+            let _ = driver.execute(prepared).await;
+        });
+        Ok(Response::new(SubmitJobResponse { job_id }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<JobStatus>, Status> {
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        Ok(Response::new(self.status(&job).await?))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let jobs = status::list(self.store.as_ref(), &self.keyspace)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = Pin<Box<dyn Stream<Item = Result<JobStatus, Status>> + Send>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        let first = self.status(&job).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !is_final(last.state) {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                let next = match service.status(&job).await {
+                    Ok(next) => next,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if next != last && tx.send(Ok(next.clone())).await.is_err() {
+                    return;
+                }
+                last = next;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        let current = self.status(&job).await?;
+        if !is_final(current.state) {
+            self.store
+                .put(&self.keyspace.job_control(&job), b"cancel".to_vec())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            tracing::info!(job_id = %job, "cancellation requested");
+        }
+        Ok(Response::new(CancelJobResponse {
+            state: current.state,
+        }))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<GodwitServer<GodwitService>>()
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(GodwitServer::new(GodwitService::new(store, keyspace)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,134 @@
+//! Job status as operators see it: per-table and overall progress with an
+//! ETA, assembled from the job and partition records in the lease store.
+
+use godwit_common::Result;
+use godwit_common::ids::JobId;
+use godwit_common::lease::LeaseStore;
+use godwit_common::state::{
+    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, now_unix_ms,
+};
+use godwit_proto::v1::{JobState, JobStatus, Progress, TableStatus};
+
+pub fn job_state(phase: JobPhase) -> JobState {
+    match phase {
+        JobPhase::Planning => JobState::Planning,
+        JobPhase::Copying => JobState::Copying,
+        JobPhase::Finalizing => JobState::Finalizing,
+        JobPhase::Done => JobState::Done,
+        JobPhase::Failed => JobState::Failed,
+        JobPhase::Cancelled => JobState::Cancelled,
+    }
+}
+
+pub async fn load(
+    store: &dyn LeaseStore,
+    keyspace: &Keyspace,
+    job: &JobId,
+) -> Result<Option<JobStatus>> {
+    let key = keyspace.job_record(job);
+    let Some(bytes) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let record: JobRecord = state::decode(&key, &bytes)?;
+    let mut partitions = Vec::new();
+    for (key, bytes) in store.list(&keyspace.partitions_prefix(job)).await? {
+        partitions.push(state::decode::<PartitionRecord>(&key, &bytes)?);
+    }
+    Ok(Some(assemble(&record, &partitions, now_unix_ms())))
+}
+
+pub async fn list(store: &dyn LeaseStore, keyspace: &Keyspace) -> Result<Vec<JobStatus>> {
+    let mut jobs = Vec::new();
+    for (key, _) in store.list(&keyspace.jobs_prefix()).await? {
+        let Some(id) = key
+            .strip_suffix("/record")
+            .and_then(|k| k.rsplit('/').next())
+        else {
+            continue;
+        };
+        let Ok(id) = JobId::parse(id) else { continue };
+        if let Some(status) = load(store, keyspace, &id).await? {
+            jobs.push(status);
+        }
+    }
+    Ok(jobs)
+}
+
+/// Pure assembly, so the arithmetic is testable without a store.
+pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64) -> JobStatus {
+    let mut total = Progress::default();
+    let mut tables = Vec::with_capacity(record.tables.len());
+    for table in &record.tables {
+        let mut progress = Progress {
+            bytes_estimated: table.estimated_bytes,
+            ..Progress::default()
+        };
+        for partition in partitions.iter().filter(|p| p.table == table.name) {
+            progress.partitions_total += 1;
+            if partition.state == PartitionState::Copied {
+                progress.partitions_done += 1;
+            }
+            progress.rows += partition.rows;
+            progress.bytes_read += partition.bytes_read;
+            progress.bytes_staged += partition.bytes_staged;
+        }
+        total.partitions_total += progress.partitions_total;
+        total.partitions_done += progress.partitions_done;
+        total.rows += progress.rows;
+        total.bytes_read += progress.bytes_read;
+        total.bytes_staged += progress.bytes_staged;
+        total.bytes_estimated += progress.bytes_estimated;
+        tables.push(TableStatus {
+            table: table.name.to_string(),
+            progress: Some(progress),
+            checked: table.checked,
+            source_rows: table.source_rows.unwrap_or(0),
+        });
+    }
+    let end_ms = record.finished_at_unix_ms.unwrap_or(now_ms);
+    let elapsed_ms = end_ms.saturating_sub(record.started_at_unix_ms);
+    let eta_ms = eta(record.phase, &total, elapsed_ms);
+    JobStatus {
+        job_id: record.spec.job.to_string(),
+        customer: record.spec.customer.to_string(),
+        state: job_state(record.phase) as i32,
+        error: record.error.clone().unwrap_or_default(),
+        total: Some(total),
+        tables,
+        started_at_unix_ms: record.started_at_unix_ms,
+        elapsed_ms,
+        eta_ms,
+    }
+}
+
+/// Remaining copy time at the rate seen so far; COPY's binary form is close
+/// enough to the on-disk size for an estimate, and never below zero.
+fn eta(phase: JobPhase, total: &Progress, elapsed_ms: u64) -> Option<u64> {
+    if phase != JobPhase::Copying || total.bytes_read == 0 || elapsed_ms == 0 {
+        return None;
+    }
+    let remaining = total.bytes_estimated.saturating_sub(total.bytes_read);
+    Some((remaining as f64 * elapsed_ms as f64 / total.bytes_read as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_scales_with_rate_and_stops_when_not_copying() {
+        let total = Progress {
+            bytes_read: 100,
+            bytes_estimated: 400,
+            ..Progress::default()
+        };
+        assert_eq!(eta(JobPhase::Copying, &total, 1_000), Some(3_000));
+        assert_eq!(eta(JobPhase::Done, &total, 1_000), None);
+        let overshoot = Progress {
+            bytes_read: 500,
+            bytes_estimated: 400,
+            ..Progress::default()
+        };
+        assert_eq!(eta(JobPhase::Copying, &overshoot, 1_000), Some(0));
+    }
+}
