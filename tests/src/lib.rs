@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod pg;
 pub mod process;
 pub mod s3;
+pub mod service;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ pub use etcd::Etcd;
 pub use pg::PgCluster;
 pub use process::{Job, bin, describe, free_port, run_godwit, wait_until};
 pub use s3::S3Server;
+pub use service::Service;
 
 /// The repository root, for scripts and fixtures.
 pub fn repo_root() -> PathBuf {

@@ -1,0 +1,241 @@
+//! The distributed deployment end to end: a real etcd, the
+//! `godwit-coordinator` binary, `godwit-worker` binaries and the operator CLI.
+
+use std::time::Duration;
+
+use godwit_proto::v1::godwit_client::GodwitClient;
+use godwit_proto::v1::{GetJobRequest, JobState};
+use godwit_tests::{
+    Etcd, Job, Service, assert_same_tables, describe, run_godwit, source_and_target, spec_body,
+    table_digest, user_tables, wait_until,
+};
+
+fn write_spec(job: &Job, body: &str) -> anyhow::Result<()> {
+    std::fs::write(
+        &job.spec_path,
+        format!(
+            "{body}\nencryption: {{ key_file: {} }}\n",
+            job.key_path.display()
+        ),
+    )?;
+    Ok(())
+}
+
+async fn job_state(coordinator: &str, job: &str) -> anyhow::Result<i32> {
+    let mut client = GodwitClient::connect(coordinator.to_owned()).await?;
+    let status = client
+        .get_job(GetJobRequest {
+            job_id: job.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(status.state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-distributed";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let _w1 = Service::worker(
+        "worker-1",
+        &etcd.url(),
+        root,
+        &url,
+        &["--concurrency", "1"],
+        &[],
+    )?;
+    let _w2 = Service::worker(
+        "worker-2",
+        &etcd.url(),
+        root,
+        &url,
+        &["--concurrency", "1"],
+        &[],
+    )?;
+    let job = Job::new("")?;
+    let staging = format!("file://{}", job.staging_dir().display());
+    write_spec(&job, &spec_body("distributed", &source, &target, &staging))?;
+
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    assert_eq!(
+        String::from_utf8_lossy(&submitted.stdout).trim(),
+        "distributed"
+    );
+
+    // The same id again while it runs is refused.
+    let again = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    let again_err = String::from_utf8_lossy(&again.stderr);
+    if job_state(&url, "distributed").await? != JobState::Done as i32 {
+        assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
+        assert!(again_err.contains("already exists"), "{again_err}");
+    }
+
+    let watched = run_godwit(&["watch", "--coordinator", &url, "distributed"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+    let report = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        report.contains("distributed done") && report.contains("public.events"),
+        "{report}"
+    );
+
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    assert_same_tables(&src, &dst).await?;
+
+    let status = run_godwit(&["status", "--coordinator", &url], &[])?;
+    assert!(status.status.success(), "{}", describe(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("checked"));
+
+    // Rejected input over gRPC: a precise message and exit code 2.
+    let bad = Job::new("")?;
+    write_spec(
+        &bad,
+        &format!(
+            "{}\nworkerz: 1",
+            spec_body("bad", &source, &target, &staging)
+        ),
+    )?;
+    let rejected = run_godwit(&["submit", "--coordinator", &url, bad.spec()], &[])?;
+    assert_eq!(rejected.status.code(), Some(2), "{}", describe(&rejected));
+    assert!(String::from_utf8_lossy(&rejected.stderr).contains("unknown field `workerz`"));
+    let unknown = run_godwit(&["watch", "--coordinator", &url, "no-such-job"], &[])?;
+    assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("job no-such-job not found"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_made_to_the_source_during_the_copy_do_not_reach_the_target() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(2).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-snapshot";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::new("")?;
+    let staging = format!("file://{}", job.staging_dir().display());
+    write_spec(&job, &spec_body("snapshot", &source, &target, &staging))?;
+
+    let src = source.client("shop").await?;
+    let tables = user_tables(&src).await?;
+    let mut before = Vec::new();
+    for table in &tables {
+        before.push(table_digest(&src, table).await?);
+    }
+
+    // No worker yet: the job holds its snapshot and waits in `copying`.
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    wait_until(
+        "the job to reach copying",
+        Duration::from_secs(60),
+        || async {
+            Ok((job_state(&url, "snapshot").await? == JobState::Copying as i32).then_some(()))
+        },
+    )
+    .await?;
+
+    src.batch_execute(
+        "INSERT INTO customers (name, email) VALUES ('late', 'late@example.com'); \
+         UPDATE orders SET note = 'changed after the snapshot' WHERE order_no % 3 = 0; \
+         DELETE FROM events WHERE kind = 'buy'; \
+         INSERT INTO sales.invoices (customer_id, total) VALUES (1, 1.00)",
+    )
+    .await?;
+
+    let _worker = Service::worker("worker-1", &etcd.url(), root, &url, &[], &[])?;
+    let watched = run_godwit(&["watch", "--coordinator", &url, "snapshot"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+
+    let dst = target.client("shop").await?;
+    for (table, expected) in tables.iter().zip(&before) {
+        let now_at_source = table_digest(&src, table).await?;
+        let at_target = table_digest(&dst, table).await?;
+        assert_eq!(
+            &at_target, expected,
+            "{table} on the target is not the source as of the snapshot"
+        );
+        if [
+            "public.customers",
+            "public.orders",
+            "public.events",
+            "sales.invoices",
+        ]
+        .contains(&table.as_str())
+        {
+            assert_ne!(
+                &now_at_source, expected,
+                "{table} was not changed at the source: the test proves nothing"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_finished_job_rerun_adds_no_duplicates() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-half";
+    let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::new("")?;
+    let staging = format!("file://{}", job.staging_dir().display());
+    write_spec(&job, &spec_body("half", &source, &target, &staging))?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    wait_until(
+        "the job to reach copying",
+        Duration::from_secs(60),
+        || async { Ok((job_state(&url, "half").await? == JobState::Copying as i32).then_some(())) },
+    )
+    .await?;
+
+    let mut worker = Service::worker(
+        "worker-1",
+        &etcd.url(),
+        root,
+        &url,
+        &["--concurrency", "1"],
+        &[],
+    )?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "some chunks in the target ledger",
+        Duration::from_secs(60),
+        || async {
+            let chunks: i64 = dst
+                .query_one("SELECT count(*) FROM godwit.applied_chunks", &[])
+                .await?
+                .get(0);
+            Ok((chunks >= 2).then_some(()))
+        },
+    )
+    .await?;
+    worker.signal("STOP")?;
+    let partial: i64 = dst
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    let finished: bool = dst
+        .query_one(
+            "SELECT post_data_done FROM godwit.jobs WHERE job_id = 'half'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(!finished, "the job finished before it could be interrupted");
+    worker.kill();
+    coordinator.kill();
+
+    // Re-run the same job, embedded this time: no row may be doubled.
+    let rerun = run_godwit(&["run", job.spec()], &[])?;
+    assert!(rerun.status.success(), "{}", describe(&rerun));
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    let events: i64 = dst
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    assert!(events >= partial, "rows went missing");
+    Ok(())
+}
