@@ -162,10 +162,10 @@ impl JobDriver {
             holder.release().await;
         }
         let _ = self.store.delete(&self.keyspace.active(&job)).await;
-        if let Some(slot) = &record.slot {
-            if let Err(e) = snapshot::drop_slot(&prepared.spec.source, slot).await {
-                tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
-            }
+        if let Some(slot) = &record.slot
+            && let Err(e) = snapshot::drop_slot(&prepared.spec.source, slot).await
+        {
+            tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
         }
         record.finished_at_unix_ms = Some(now_unix_ms());
         let result = match outcome {
