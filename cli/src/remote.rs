@@ -68,7 +68,7 @@ pub async fn watch(url: &str, job_id: &str) -> i32 {
     loop {
         match stream.message().await {
             Ok(Some(status)) => {
-                eprintln!("{}", render::progress_line(&status));
+                eprint!("{}", render::progress_update(last.as_ref(), &status));
                 last = Some(status);
             }
             Ok(None) => break,

@@ -60,6 +60,33 @@ pub fn progress_line(status: &JobStatus) -> String {
     )
 }
 
+/// The overall line, then a line for each table whose progress changed
+/// since `previous`: what `godwit watch` prints on every update.
+pub fn progress_update(previous: Option<&JobStatus>, status: &JobStatus) -> String {
+    let mut out = format!("{}\n", progress_line(status));
+    for table in &status.tables {
+        let before = previous.and_then(|p| p.tables.iter().find(|t| t.table == table.table));
+        if before == Some(table) {
+            continue;
+        }
+        out.push_str(&table_line(table));
+    }
+    out
+}
+
+fn table_line(table: &godwit_proto::v1::TableStatus) -> String {
+    let progress = table.progress.unwrap_or_default();
+    format!(
+        "  {:<40} {:>3}/{:<3} partitions {:>12} rows {:>10} read {}\n",
+        table.table,
+        progress.partitions_done,
+        progress.partitions_total,
+        progress.rows,
+        bytes(progress.bytes_read),
+        if table.checked { "checked" } else { "" }
+    )
+}
+
 /// The full table-by-table view.
 pub fn table_report(status: &JobStatus) -> String {
     let mut out = format!("{}\n", progress_line(status));
@@ -67,16 +94,7 @@ pub fn table_report(status: &JobStatus) -> String {
         out.push_str(&format!("  error: {}\n", status.error));
     }
     for table in &status.tables {
-        let progress = table.progress.unwrap_or_default();
-        out.push_str(&format!(
-            "  {:<40} {:>3}/{:<3} partitions {:>12} rows {:>10} read {}\n",
-            table.table,
-            progress.partitions_done,
-            progress.partitions_total,
-            progress.rows,
-            bytes(progress.bytes_read),
-            if table.checked { "checked" } else { "" }
-        ));
+        out.push_str(&table_line(table));
     }
     out
 }

@@ -3,12 +3,14 @@
 //! staging area and the job state kept in the lease store. Never talks gRPC.
 
 pub mod chunk;
+pub mod config;
 pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod lease;
 pub mod pg;
 pub mod pgcopy;
+pub mod shutdown;
 pub mod spec;
 pub mod staging;
 pub mod state;

@@ -1,11 +1,14 @@
 //! `godwit-coordinator`: the gRPC server of a distributed deployment.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
+use godwit_common::config::{load_file, pick};
 use godwit_common::lease::EtcdStore;
 use godwit_common::state::Keyspace;
+use serde::Deserialize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,48 +17,82 @@ use godwit_common::state::Keyspace;
     about = "Plans migration jobs and serves the godwit.v1 API"
 )]
 struct Args {
-    /// Address to serve gRPC on; port 0 picks a free port (printed at start).
-    #[arg(
-        long,
-        env = "GODWIT__COORDINATOR__LISTEN",
-        default_value = "127.0.0.1:7400"
-    )]
-    listen: String,
+    /// YAML file with any of: listen, etcd, root.
+    #[arg(long, env = "GODWIT__COORDINATOR__CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on; port 0 picks a free port (printed at start) [default: 127.0.0.1:7400].
+    #[arg(long, env = "GODWIT__COORDINATOR__LISTEN")]
+    listen: Option<String>,
     /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "GODWIT__COORDINATOR__ETCD",
-        value_delimiter = ',',
-        required = true
-    )]
-    etcd: Vec<String>,
-    /// Key prefix of the deployment in etcd.
-    #[arg(long, env = "GODWIT__COORDINATOR__ROOT", default_value = "/godwit")]
-    root: String,
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Key prefix of the deployment in etcd [default: /godwit].
+    #[arg(long, env = "GODWIT__COORDINATOR__ROOT")]
+    root: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    etcd: Option<Vec<String>>,
+    root: Option<String>,
+}
+
+fn main() -> ExitCode {
     godwit_common::telemetry::init("info");
     let args = Args::parse();
-    let store = EtcdStore::connect(&args.etcd)
+    let file: FileConfig = match load_file(args.config.as_deref()) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = pick(args.listen, file.listen, "127.0.0.1:7400".to_owned());
+    let root = pick(args.root, file.root, "/godwit".to_owned());
+    let etcd = pick(args.etcd, file.etcd, Vec::new());
+    if etcd.is_empty() {
+        eprintln!(
+            "error: no etcd endpoints: pass --etcd URL, set GODWIT__COORDINATOR__ETCD or `etcd:` in the config file"
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(listen, etcd, root)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = EtcdStore::connect(&etcd)
         .await
         .context("coordinator start-up")?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(%address, "coordinator listening");
     println!("listening on {address}");
     godwit_coordinator::service::serve(
         listener,
         Arc::new(store),
-        Keyspace::new(&args.root),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
+        Keyspace::new(&root),
+        godwit_common::shutdown::signal(),
     )
     .await
     .context("gRPC server")?;
+    tracing::info!("coordinator stopped");
     Ok(())
 }

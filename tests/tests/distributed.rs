@@ -239,3 +239,53 @@ async fn a_half_finished_job_rerun_adds_no_duplicates() -> anyhow::Result<()> {
     assert!(events >= partial, "rows went missing");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_job_ends_cancelled_and_releases_its_slot() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-cancel";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::new("")?;
+    let staging = format!("file://{}", job.staging_dir().display());
+    write_spec(&job, &spec_body("cancelled", &source, &target, &staging))?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    wait_until(
+        "the job to reach copying",
+        Duration::from_secs(60),
+        || async {
+            Ok((job_state(&url, "cancelled").await? == JobState::Copying as i32).then_some(()))
+        },
+    )
+    .await?;
+    let src = source.client("shop").await?;
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await?
+        .get(0);
+    assert_eq!(slots, 1, "a copying job holds its replication slot");
+
+    let cancelled = run_godwit(&["cancel", "--coordinator", &url, "cancelled"], &[])?;
+    assert!(cancelled.status.success(), "{}", describe(&cancelled));
+    let watched = run_godwit(&["watch", "--coordinator", &url, "cancelled"], &[])?;
+    assert_eq!(watched.status.code(), Some(1), "{}", describe(&watched));
+    assert!(
+        String::from_utf8_lossy(&watched.stdout).contains("cancelled cancelled"),
+        "{}",
+        describe(&watched)
+    );
+    wait_until(
+        "the replication slot to be dropped",
+        Duration::from_secs(30),
+        || async {
+            let slots: i64 = src
+                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+                .await?
+                .get(0);
+            Ok((slots == 0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,12 +1,16 @@
 //! `godwit-worker`: joins a deployment through its etcd and copies partitions.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
+use godwit_common::config::{load_file, pick};
 use godwit_common::lease::{EtcdStore, LeaseTiming};
 use godwit_common::state::Keyspace;
 use godwit_worker::{Worker, WorkerConfig};
+use serde::Deserialize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,75 +19,88 @@ use godwit_worker::{Worker, WorkerConfig};
     about = "Copies partitions leased from etcd"
 )]
 struct Args {
-    /// Coordinator gRPC URL (for operators' reference and health checks).
+    /// YAML file with any of: coordinator, etcd, root, id, concurrency, lease_ttl_secs.
+    #[arg(long, env = "GODWIT__WORKER__CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator gRPC URL of the deployment (logged for operators).
     #[arg(long, env = "GODWIT__WORKER__COORDINATOR")]
     coordinator: Option<String>,
     /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "GODWIT__WORKER__ETCD",
-        value_delimiter = ',',
-        required = true
-    )]
-    etcd: Vec<String>,
-    /// Key prefix of the deployment in etcd.
-    #[arg(long, env = "GODWIT__WORKER__ROOT", default_value = "/godwit")]
-    root: String,
-    /// Worker id; defaults to a random one.
+    #[arg(long, env = "GODWIT__WORKER__ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Key prefix of the deployment in etcd [default: /godwit].
+    #[arg(long, env = "GODWIT__WORKER__ROOT")]
+    root: Option<String>,
+    /// Worker id [default: worker-<random>].
     #[arg(long, env = "GODWIT__WORKER__ID")]
     id: Option<String>,
-    /// Partitions copied at once.
-    #[arg(long, env = "GODWIT__WORKER__CONCURRENCY", default_value_t = 2)]
-    concurrency: usize,
-    /// Lease TTL in seconds; keep-alives run every TTL/3.
-    #[arg(long, env = "GODWIT__WORKER__LEASE_TTL_SECS", default_value_t = 10)]
-    lease_ttl_secs: u64,
+    /// Partitions copied at once [default: 2].
+    #[arg(long, env = "GODWIT__WORKER__CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Lease TTL in seconds; keep-alives run every TTL/3 [default: 10].
+    #[arg(long, env = "GODWIT__WORKER__LEASE_TTL_SECS")]
+    lease_ttl_secs: Option<u64>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    coordinator: Option<String>,
+    etcd: Option<Vec<String>>,
+    root: Option<String>,
+    id: Option<String>,
+    concurrency: Option<usize>,
+    lease_ttl_secs: Option<u64>,
+}
+
+fn main() -> ExitCode {
     godwit_common::telemetry::init("info");
     let args = Args::parse();
-    let store = EtcdStore::connect(&args.etcd)
-        .await
-        .context("worker start-up")?;
-    let id = args
-        .id
-        .unwrap_or_else(|| format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let mut config = WorkerConfig::new(id);
-    config.concurrency = args.concurrency.max(1);
-    config.timing = LeaseTiming {
-        ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
+    let file: FileConfig = match load_file(args.config.as_deref()) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
-    if let Some(coordinator) = &args.coordinator {
+    let etcd = pick(args.etcd, file.etcd, Vec::new());
+    if etcd.is_empty() {
+        eprintln!(
+            "error: no etcd endpoints: pass --etcd URL, set GODWIT__WORKER__ETCD or `etcd:` in the config file"
+        );
+        return ExitCode::from(2);
+    }
+    let id = pick(
+        args.id,
+        file.id,
+        format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    );
+    let mut config = WorkerConfig::new(id);
+    config.concurrency = pick(args.concurrency, file.concurrency, 2).max(1);
+    config.timing = LeaseTiming {
+        ttl: Duration::from_secs(pick(args.lease_ttl_secs, file.lease_ttl_secs, 10).max(1)),
+    };
+    let root = pick(args.root, file.root, "/godwit".to_owned());
+    if let Some(coordinator) = args.coordinator.or(file.coordinator) {
         tracing::info!(%coordinator, "serving the coordinator's jobs");
     }
-    let worker = Worker::new(
-        std::sync::Arc::new(store),
-        Keyspace::new(&args.root),
-        config,
-    );
-    worker.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let store = EtcdStore::connect(&etcd).await?;
+        let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
+        worker.run(godwit_common::shutdown::signal()).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
