@@ -16,12 +16,22 @@ pub struct PgCluster {
 
 impl PgCluster {
     pub fn start() -> anyhow::Result<Self> {
+        Self::launch(false)
+    }
+
+    /// A cluster that accepts TLS connections only; its CA is at `ca_cert()`.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(tls: bool) -> anyhow::Result<Self> {
         let dir = shared_tempdir("godwit-pg-")?;
         let port = free_port()?;
         let status = Command::new(repo_root().join("scripts/pg-cluster"))
             .arg("start")
             .arg(dir.path().join("cluster"))
             .arg(port.to_string())
+            .args(tls.then_some("--tls"))
             .status()
             .context("running scripts/pg-cluster (is PostgreSQL installed? run scripts/setup)")?;
         if !status.success() {
@@ -35,8 +45,20 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    pub fn ca_cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("cluster/ca.crt")
+    }
+
+    /// A client over the cluster's Unix socket (works for TLS-only clusters too).
     pub async fn client(&self, db: &str) -> anyhow::Result<Client> {
-        let (client, connection) = tokio_postgres::connect(&self.url(db), NoTls)
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path().join("cluster"))
+            .port(self.port)
+            .user("postgres")
+            .dbname(db);
+        let (client, connection) = config
+            .connect(NoTls)
             .await
             .with_context(|| format!("connecting to {}", self.url(db)))?;
         tokio::spawn(async move {
@@ -59,7 +81,11 @@ impl PgCluster {
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v"])
             .arg(format!("scale={scale}"))
             .arg("-d")
-            .arg(self.url(db))
+            .arg(format!(
+                "host={} port={} user=postgres dbname={db}",
+                self.dir.path().join("cluster").display(),
+                self.port
+            ))
             .arg("-f")
             .arg(repo_root().join("tests/fixtures/awkward.sql"))
             .output()

@@ -6,10 +6,11 @@ pub mod checksum;
 pub mod ledger;
 pub mod schema;
 pub mod snapshot;
+pub mod tls;
 
 use std::str::FromStr;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::{Error, Result};
 
@@ -31,7 +32,12 @@ impl std::fmt::Display for Side {
 
 /// `host:port/db` of a connection string, without user or password: safe to log.
 pub fn describe(conn: &str) -> String {
-    match Config::from_str(conn) {
+    let driver_form = tls::split_tls_options(conn).map(|(form, _)| form);
+    match driver_form
+        .as_deref()
+        .map(Config::from_str)
+        .unwrap_or_else(|_| Config::from_str(conn))
+    {
         Ok(config) => {
             let host = config
                 .get_hosts()
@@ -51,12 +57,8 @@ pub fn describe(conn: &str) -> String {
 /// Opens a connection with the session settings every godwit query assumes:
 /// text output that is identical on both sides for the same value.
 pub async fn connect(conn: &str, side: Side) -> Result<Client> {
-    let config = Config::from_str(conn).map_err(|e| {
-        Error::Spec(format!(
-            "`{side}` is not a valid PostgreSQL connection string ({e}); use postgres://user@host:port/db"
-        ))
-    })?;
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+    let (config, tls) = tls::driver_config(conn, side)?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
         Error::postgres(
             format!(
                 "cannot connect to the {side} database {}; check `{side}` in the job spec",
