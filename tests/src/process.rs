@@ -66,6 +66,27 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job whose spec `make_body` writes, given the `file://` URL of a
+    /// staging directory inside the job's directory.
+    pub fn create(make_body: impl FnOnce(&str) -> String) -> anyhow::Result<Self> {
+        let job = Self::new("")?;
+        let staging = format!("file://{}", job.staging_dir().display());
+        job.write(&make_body(&staging))?;
+        Ok(job)
+    }
+
+    /// Rewrites `job.yaml` from `body` plus the `encryption` field.
+    pub fn write(&self, body: &str) -> anyhow::Result<()> {
+        std::fs::write(
+            &self.spec_path,
+            format!(
+                "{body}\nencryption: {{ key_file: {} }}\n",
+                self.key_path.display()
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Writes `job.yaml` from `body` (the spec without its `encryption`
     /// field, which points at a freshly generated key).
     pub fn new(body: &str) -> anyhow::Result<Self> {

@@ -10,15 +10,19 @@ use godwit_tests::{
     table_digest, user_tables, wait_until,
 };
 
-fn write_spec(job: &Job, body: &str) -> anyhow::Result<()> {
-    std::fs::write(
-        &job.spec_path,
-        format!(
-            "{body}\nencryption: {{ key_file: {} }}\n",
-            job.key_path.display()
-        ),
-    )?;
-    Ok(())
+/// Submits the job and waits until it holds its snapshot and publishes its
+/// partitions (with no worker running, it then stays in `copying`).
+async fn submit_and_wait_for_copying(coordinator: &str, job: &Job, id: &str) -> anyhow::Result<()> {
+    let submitted = run_godwit(&["submit", "--coordinator", coordinator, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    wait_until(
+        "the job to reach copying",
+        Duration::from_secs(60),
+        || async {
+            Ok((job_state(coordinator, id).await? == JobState::Copying as i32).then_some(()))
+        },
+    )
+    .await
 }
 
 async fn job_state(coordinator: &str, job: &str) -> anyhow::Result<i32> {
@@ -54,9 +58,7 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
         &["--concurrency", "1"],
         &[],
     )?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    write_spec(&job, &spec_body("distributed", &source, &target, &staging))?;
+    let job = Job::create(|staging| spec_body("distributed", &source, &target, staging))?;
 
     let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
     assert!(submitted.status.success(), "{}", describe(&submitted));
@@ -89,14 +91,12 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&status.stdout).contains("checked"));
 
     // Rejected input over gRPC: a precise message and exit code 2.
-    let bad = Job::new("")?;
-    write_spec(
-        &bad,
-        &format!(
+    let bad = Job::create(|staging| {
+        format!(
             "{}\nworkerz: 1",
-            spec_body("bad", &source, &target, &staging)
-        ),
-    )?;
+            spec_body("bad", &source, &target, staging)
+        )
+    })?;
     let rejected = run_godwit(&["submit", "--coordinator", &url, bad.spec()], &[])?;
     assert_eq!(rejected.status.code(), Some(2), "{}", describe(&rejected));
     assert!(String::from_utf8_lossy(&rejected.stderr).contains("unknown field `workerz`"));
@@ -112,9 +112,7 @@ async fn writes_made_to_the_source_during_the_copy_do_not_reach_the_target() -> 
     let etcd = Etcd::start()?;
     let root = "/godwit-snapshot";
     let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    write_spec(&job, &spec_body("snapshot", &source, &target, &staging))?;
+    let job = Job::create(|staging| spec_body("snapshot", &source, &target, staging))?;
 
     let src = source.client("shop").await?;
     let tables = user_tables(&src).await?;
@@ -124,16 +122,7 @@ async fn writes_made_to_the_source_during_the_copy_do_not_reach_the_target() -> 
     }
 
     // No worker yet: the job holds its snapshot and waits in `copying`.
-    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
-    assert!(submitted.status.success(), "{}", describe(&submitted));
-    wait_until(
-        "the job to reach copying",
-        Duration::from_secs(60),
-        || async {
-            Ok((job_state(&url, "snapshot").await? == JobState::Copying as i32).then_some(()))
-        },
-    )
-    .await?;
+    submit_and_wait_for_copying(&url, &job, "snapshot").await?;
 
     src.batch_execute(
         "INSERT INTO customers (name, email) VALUES ('late', 'late@example.com'); \
@@ -178,17 +167,8 @@ async fn a_half_finished_job_rerun_adds_no_duplicates() -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
     let root = "/godwit-half";
     let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    write_spec(&job, &spec_body("half", &source, &target, &staging))?;
-    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
-    assert!(submitted.status.success(), "{}", describe(&submitted));
-    wait_until(
-        "the job to reach copying",
-        Duration::from_secs(60),
-        || async { Ok((job_state(&url, "half").await? == JobState::Copying as i32).then_some(())) },
-    )
-    .await?;
+    let job = Job::create(|staging| spec_body("half", &source, &target, staging))?;
+    submit_and_wait_for_copying(&url, &job, "half").await?;
 
     let mut worker = Service::worker(
         "worker-1",
@@ -246,19 +226,8 @@ async fn a_cancelled_job_ends_cancelled_and_releases_its_slot() -> anyhow::Resul
     let etcd = Etcd::start()?;
     let root = "/godwit-cancel";
     let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    write_spec(&job, &spec_body("cancelled", &source, &target, &staging))?;
-    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
-    assert!(submitted.status.success(), "{}", describe(&submitted));
-    wait_until(
-        "the job to reach copying",
-        Duration::from_secs(60),
-        || async {
-            Ok((job_state(&url, "cancelled").await? == JobState::Copying as i32).then_some(()))
-        },
-    )
-    .await?;
+    let job = Job::create(|staging| spec_body("cancelled", &source, &target, staging))?;
+    submit_and_wait_for_copying(&url, &job, "cancelled").await?;
     let src = source.client("shop").await?;
     let slots: i64 = src
         .query_one("SELECT count(*) FROM pg_replication_slots", &[])

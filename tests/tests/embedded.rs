@@ -10,16 +10,7 @@ const KNOWN_VALUE: &[u8] = b"c4ca4238a0b923820dcc509a6f75849b";
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_run_moves_every_awkward_type_exactly() -> anyhow::Result<()> {
     let (source, target) = source_and_target(4).await?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    std::fs::write(
-        &job.spec_path,
-        format!(
-            "{}\nencryption: {{ key_file: {} }}\n",
-            spec_body("embedded-awkward", &source, &target, &staging),
-            job.key_path.display()
-        ),
-    )?;
+    let job = Job::create(|staging| spec_body("embedded-awkward", &source, &target, staging))?;
 
     let output = run_godwit(&["run", job.spec(), "--workers", "2"], &[])?;
     assert!(output.status.success(), "{}", describe(&output));
@@ -121,16 +112,7 @@ async fn embedded_run_moves_every_awkward_type_exactly() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rerunning_a_finished_job_adds_no_rows() -> anyhow::Result<()> {
     let (source, target) = source_and_target(1).await?;
-    let job = Job::new("")?;
-    let staging = format!("file://{}", job.staging_dir().display());
-    std::fs::write(
-        &job.spec_path,
-        format!(
-            "{}\nencryption: {{ key_file: {} }}\n",
-            spec_body("rerun", &source, &target, &staging),
-            job.key_path.display()
-        ),
-    )?;
+    let job = Job::create(|staging| spec_body("rerun", &source, &target, staging))?;
     for attempt in 1..=2 {
         let output = run_godwit(&["run", job.spec()], &[])?;
         assert!(

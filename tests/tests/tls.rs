@@ -13,15 +13,9 @@ fn tls_url(cluster: &PgCluster, mode: &str, root_cert: &std::path::Path) -> Stri
 
 fn write_job(job: &Job, name: &str, source: &str, target: &str) -> anyhow::Result<()> {
     let staging = format!("file://{}", job.staging_dir().display());
-    std::fs::write(
-        &job.spec_path,
-        format!(
-            "job: {name}\ncustomer: acme\nsource: {source}\ntarget: {target}\nstaging: {staging}\n\
-             encryption: {{ key_file: {} }}\n",
-            job.key_path.display()
-        ),
-    )?;
-    Ok(())
+    job.write(&format!(
+        "job: {name}\ncustomer: acme\nsource: {source}\ntarget: {target}\nstaging: {staging}"
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
