@@ -107,6 +107,24 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
                 render::duration_ms(summary.duration.as_millis() as u64),
                 render::bytes((summary.bytes_read as f64 / secs) as u64),
             );
+            let (p, st) = (summary.phases, summary.stages);
+            let d = render::duration_ms;
+            println!(
+                "phases: snapshot {}, schema {}, copy {}, indexes and constraints {}, sequences {}, check {}",
+                d(p.snapshot_ms),
+                d(p.schema_ms),
+                d(p.copy_ms),
+                d(p.indexes_ms),
+                d(p.sequences_ms),
+                d(p.check_ms)
+            );
+            println!(
+                "copy stages, summed over parallel partitions: source read {}, compress+encrypt {}, stage {}, load {}",
+                d(st.read_ms),
+                d(st.seal_ms),
+                d(st.stage_ms),
+                d(st.load_ms)
+            );
             println!("every table's row count and content checksum match on source and target");
             0
         }

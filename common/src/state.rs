@@ -129,6 +129,8 @@ pub struct JobRecord {
     pub tables: Vec<PlannedTable>,
     pub started_at_unix_ms: u64,
     pub finished_at_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub phases: PhaseTimings,
 }
 
 impl JobRecord {
@@ -184,8 +186,47 @@ pub struct PartitionRecord {
     pub bytes_staged: u64,
     /// Chunks the target ledger has confirmed, i.e. the resume point.
     pub chunks_applied: u64,
+    #[serde(default)]
+    pub timings: StageTimings,
     pub attempts: u32,
     pub error: Option<String>,
+}
+
+/// Where a partition's copy time went, in milliseconds. Stages overlap
+/// (reading runs ahead of the rest), so they do not add up to wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Waiting for the source's COPY stream.
+    pub read_ms: u64,
+    /// Compressing, encrypting and hashing chunks.
+    pub seal_ms: u64,
+    /// Writing sealed chunks to the staging area.
+    pub stage_ms: u64,
+    /// Loading chunks and their ledger rows into the target.
+    pub load_ms: u64,
+}
+
+impl StageTimings {
+    pub fn add(&mut self, other: &StageTimings) {
+        self.read_ms += other.read_ms;
+        self.seal_ms += other.seal_ms;
+        self.stage_ms += other.stage_ms;
+        self.load_ms += other.load_ms;
+    }
+}
+
+/// Wall time of each job phase, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// Replication slot, exported snapshot and schema dump.
+    pub snapshot_ms: u64,
+    /// Types, tables and sequences created on the target.
+    pub schema_ms: u64,
+    pub copy_ms: u64,
+    /// Indexes, constraints and foreign keys built on the target.
+    pub indexes_ms: u64,
+    pub sequences_ms: u64,
+    pub check_ms: u64,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -18,7 +18,8 @@ use godwit_common::pg::{self, Side, join_snapshot};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, PlannedTable, now_unix_ms,
+    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, PhaseTimings,
+    PlannedTable, StageTimings, now_unix_ms,
 };
 use godwit_common::{Error, Result};
 
@@ -40,6 +41,22 @@ pub struct JobSummary {
     pub bytes_read: u64,
     pub bytes_staged: u64,
     pub duration: Duration,
+    pub phases: PhaseTimings,
+    /// Summed over partitions, which run in parallel.
+    pub stages: StageTimings,
+}
+
+/// Copy progress summed over a job's partitions.
+#[derive(Debug, Clone, Copy, Default)]
+struct CopyTotals {
+    rows: u64,
+    bytes_read: u64,
+    bytes_staged: u64,
+    stages: StageTimings,
+}
+
+fn millis_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
 }
 
 /// Checks the spec against the world; writes nothing but the job's wrapped
@@ -143,6 +160,7 @@ impl JobDriver {
             tables: Vec::new(),
             started_at_unix_ms: now_unix_ms(),
             finished_at_unix_ms: None,
+            phases: PhaseTimings::default(),
         };
         self.put_record(&record).await.map_err(JobError::Failed)
     }
@@ -226,6 +244,7 @@ impl JobDriver {
                 .map_err(failed)?;
         }
 
+        let phase_start = Instant::now();
         let slot = format!("godwit_{}", job.as_str().replace('-', "_"));
         snapshot::drop_slot(&spec.source, &slot)
             .await
@@ -261,6 +280,8 @@ impl JobDriver {
         .await
         .map_err(failed)?;
 
+        record.phases.snapshot_ms = millis_since(phase_start);
+        let phase_start = Instant::now();
         let copy_data = !prepared.marks.post_data_done;
         if !prepared.marks.pre_data_done {
             dump.restore_pre_data(&spec.target).await.map_err(failed)?;
@@ -275,6 +296,8 @@ impl JobDriver {
                 .map_err(failed)?;
         }
 
+        record.phases.schema_ms = millis_since(phase_start);
+        let phase_start = Instant::now();
         record.tables = self
             .publish_plan(prepared, copy_data)
             .await
@@ -285,14 +308,17 @@ impl JobDriver {
             .put(&self.keyspace.active(job), Vec::new())
             .await
             .map_err(failed)?;
-        let progress = self.wait_for_partitions(job, record).await?;
+        let totals = self.wait_for_partitions(job, record).await?;
         self.store
             .delete(&self.keyspace.active(job))
             .await
             .map_err(failed)?;
+        record.phases.copy_ms = millis_since(phase_start);
+        tracing::info!(job_id = %job, copy_ms = record.phases.copy_ms, rows = totals.rows, "all partitions copied");
 
         record.transition(JobPhase::Finalizing).map_err(failed)?;
         self.put_record(record).await.map_err(failed)?;
+        let phase_start = Instant::now();
         if copy_data {
             tracing::info!(job_id = %job, "building indexes and constraints");
             dump.restore_post_data(&spec.target).await.map_err(failed)?;
@@ -300,17 +326,25 @@ impl JobDriver {
                 .await
                 .map_err(failed)?;
         }
+        record.phases.indexes_ms = millis_since(phase_start);
+        let phase_start = Instant::now();
         self.sync_sequences(spec, &snapshot_name, &target)
             .await
             .map_err(failed)?;
+        record.phases.sequences_ms = millis_since(phase_start);
+        let phase_start = Instant::now();
         self.check_tables(spec, &snapshot_name, &target, record)
             .await?;
+        record.phases.check_ms = millis_since(phase_start);
+        tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
         Ok(JobSummary {
             tables: record.tables.len(),
-            rows: progress.0,
-            bytes_read: progress.1,
-            bytes_staged: progress.2,
+            rows: totals.rows,
+            bytes_read: totals.bytes_read,
+            bytes_staged: totals.bytes_staged,
             duration: Duration::ZERO,
+            phases: record.phases,
+            stages: totals.stages,
         })
     }
 
@@ -365,6 +399,7 @@ impl JobDriver {
                     bytes_read: 0,
                     bytes_staged: 0,
                     chunks_applied: 0,
+                    timings: StageTimings::default(),
                     attempts: 0,
                     error: None,
                 };
@@ -391,12 +426,12 @@ impl JobDriver {
         Ok(planned)
     }
 
-    /// Waits until every partition is copied; returns (rows, bytes read, bytes staged).
+    /// Waits until every partition is copied.
     async fn wait_for_partitions(
         &self,
         job: &godwit_common::ids::JobId,
         record: &JobRecord,
-    ) -> Result<(u64, u64, u64), JobError> {
+    ) -> Result<CopyTotals, JobError> {
         let prefix = self.keyspace.partitions_prefix(job);
         loop {
             if self.cancel_requested(job).await.map_err(JobError::Failed)? {
@@ -404,13 +439,14 @@ impl JobDriver {
             }
             let partitions = self.store.list(&prefix).await.map_err(JobError::Failed)?;
             let mut done = 0usize;
-            let (mut rows, mut read, mut staged) = (0, 0, 0);
+            let mut totals = CopyTotals::default();
             for (key, bytes) in &partitions {
                 let partition: PartitionRecord =
                     state::decode(key, bytes).map_err(JobError::Failed)?;
-                rows += partition.rows;
-                read += partition.bytes_read;
-                staged += partition.bytes_staged;
+                totals.rows += partition.rows;
+                totals.bytes_read += partition.bytes_read;
+                totals.bytes_staged += partition.bytes_staged;
+                totals.stages.add(&partition.timings);
                 match partition.state {
                     PartitionState::Copied => done += 1,
                     PartitionState::Failed => {
@@ -427,7 +463,7 @@ impl JobDriver {
             }
             let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
             if done == expected {
-                return Ok((rows, read, staged));
+                return Ok(totals);
             }
             tokio::time::sleep(self.poll_interval).await;
         }

@@ -15,9 +15,11 @@ use godwit_common::pg::{self, Side};
 use godwit_common::pgcopy::{RowCutter, TupleBatch};
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
-use godwit_common::state::{PartitionRecord, PlannedTable};
+use godwit_common::state::{PartitionRecord, PlannedTable, StageTimings};
 use godwit_common::{Error, Result};
 use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
 
 /// Batches read ahead of the loader; bounds memory to a few chunks.
@@ -41,8 +43,16 @@ pub struct CopyStats {
     pub bytes_staged: u64,
     /// Chunks this attempt loaded.
     pub chunks_applied: u64,
+    pub timings: StageTimings,
     /// Chunks read again because the ledger already held them (resume).
     pub chunks_skipped: u64,
+}
+
+/// What the reader hands the loader: a batch and what reading it cost.
+struct ReadBatch {
+    batch: TupleBatch,
+    bytes_read: u64,
+    read_time: Duration,
 }
 
 /// Copies one partition; `record` is updated (and published, fenced by the
@@ -67,7 +77,7 @@ pub async fn copy_partition(
     );
     let format = job.table.format;
     let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
-    let (batches_tx, mut batches_rx) = mpsc::channel::<Result<(TupleBatch, u64)>>(READ_AHEAD);
+    let (batches_tx, mut batches_rx) = mpsc::channel::<Result<ReadBatch>>(READ_AHEAD);
     let table_name = job.table.name.to_string();
 
     let reader = async move {
@@ -85,7 +95,12 @@ pub async fn copy_partition(
         futures::pin_mut!(stream);
         let mut cutter = RowCutter::new(format, chunk_size);
         let mut read_since_batch = 0u64;
-        while let Some(data) = stream.next().await {
+        let mut waited = Duration::ZERO;
+        loop {
+            let asked = Instant::now();
+            let next = stream.next().await;
+            waited += asked.elapsed();
+            let Some(data) = next else { break };
             let data = match data {
                 Ok(data) => data,
                 Err(e) => {
@@ -102,8 +117,12 @@ pub async fn copy_partition(
             match cutter.feed(&data) {
                 Ok(batches) => {
                     for batch in batches {
-                        let read = std::mem::take(&mut read_since_batch);
-                        if batches_tx.send(Ok((batch, read))).await.is_err() {
+                        let read = ReadBatch {
+                            batch,
+                            bytes_read: std::mem::take(&mut read_since_batch),
+                            read_time: std::mem::take(&mut waited),
+                        };
+                        if batches_tx.send(Ok(read)).await.is_err() {
                             return;
                         }
                     }
@@ -116,7 +135,12 @@ pub async fn copy_partition(
         }
         match cutter.finish() {
             Ok(Some(batch)) => {
-                let _ = batches_tx.send(Ok((batch, read_since_batch))).await;
+                let read = ReadBatch {
+                    batch,
+                    bytes_read: read_since_batch,
+                    read_time: waited,
+                };
+                let _ = batches_tx.send(Ok(read)).await;
             }
             Ok(None) => {}
             Err(e) => {
@@ -135,8 +159,13 @@ pub async fn copy_partition(
                 lost = job.lease.lost() => return Err(lost),
             };
             let Some(next) = next else { break };
-            let (batch, bytes_read) = next?;
+            let ReadBatch {
+                batch,
+                bytes_read,
+                read_time,
+            } = next?;
             stats.bytes_read += bytes_read;
+            stats.timings.read_ms += read_time.as_millis() as u64;
             if seq < already_applied {
                 stats.chunks_skipped += 1;
                 stats.rows += batch.rows;
@@ -152,6 +181,7 @@ pub async fn copy_partition(
             record.bytes_read = stats.bytes_read;
             record.bytes_staged = stats.bytes_staged;
             record.chunks_applied = already_applied + stats.chunks_applied;
+            record.timings = stats.timings;
             job.lease
                 .put_fenced(job.progress_key, godwit_common::state::encode(record))
                 .await?;
@@ -162,6 +192,7 @@ pub async fn copy_partition(
     reader.abort();
     result?;
     record.bytes_read = stats.bytes_read;
+    record.timings = stats.timings;
     Ok(stats)
 }
 
@@ -184,6 +215,7 @@ async fn process_chunk(
     let rows = batch.rows;
     let tuples = Bytes::from(batch.bytes);
     let to_seal = tuples.clone();
+    let started = Instant::now();
     let (digest, frame) = tokio::task::spawn_blocking(move || {
         let digest = Sha256::digest(&to_seal).to_vec();
         chunk::seal(&id, rows, &to_seal, &key).map(|frame| (digest, frame))
@@ -193,11 +225,15 @@ async fn process_chunk(
         what: "chunk sealing task".into(),
         reason: e.to_string(),
     })??;
+    let sealed = Instant::now();
+    stats.timings.seal_ms += (sealed - started).as_millis() as u64;
     let staged_len = frame.len() as u64;
     let path = job
         .staging
         .chunk_path(&job.spec.job, &table, partition, seq);
     job.staging.put(&path, frame).await?;
+    let staged = Instant::now();
+    stats.timings.stage_ms += (staged - sealed).as_millis() as u64;
     job.lease.check()?;
     let outcome = ledger::load_chunk(
         target,
@@ -215,6 +251,7 @@ async fn process_chunk(
         },
     )
     .await?;
+    stats.timings.load_ms += staged.elapsed().as_millis() as u64;
     stats.rows += rows;
     if outcome == LoadOutcome::Applied {
         stats.chunks_applied += 1;
