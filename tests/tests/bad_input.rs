@@ -82,6 +82,13 @@ async fn every_kind_of_bad_input_is_rejected_and_writes_nothing() -> anyhow::Res
         "password in an error message"
     );
 
+    // An unreachable target database.
+    let job = job_with(&good.replace(
+        &target.url("shop"),
+        &format!("postgres://postgres@127.0.0.1:{closed}/shop"),
+    ))?;
+    rejected(&job, &["cannot connect to the target", "check `target`"])?;
+
     // Tables that do not exist: each named.
     let job = job_with(&good.replace(
         "tables: [\"*\"]",

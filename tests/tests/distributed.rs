@@ -258,3 +258,38 @@ async fn a_cancelled_job_ends_cancelled_and_releases_its_slot() -> anyhow::Resul
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_differs_from_the_source_fails_the_job_naming_the_table() -> anyhow::Result<()>
+{
+    let (source, target) = source_and_target(1).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-check";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::create(|staging| spec_body("checked", &source, &target, staging))?;
+    submit_and_wait_for_copying(&url, &job, "checked").await?;
+
+    // Something on the target alters rows as they arrive.
+    let dst = target.client("shop").await?;
+    dst.batch_execute(
+        "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN IF NEW.order_no = 7 THEN NEW.amount := NEW.amount + 1; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER tamper BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION tamper()",
+    )
+    .await?;
+    let _worker = Service::worker("worker-1", &etcd.url(), root, &url, &[], &[])?;
+    let watched = run_godwit(&["watch", "--coordinator", &url, "checked"], &[])?;
+    assert_eq!(watched.status.code(), Some(1), "{}", describe(&watched));
+    let report = String::from_utf8_lossy(&watched.stdout);
+    assert!(report.contains("checked failed"), "{report}");
+    assert!(
+        report.contains("target differs from source in public.orders")
+            && report.contains("contents differ"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("public.customers ("),
+        "an intact table was reported: {report}"
+    );
+    Ok(())
+}
