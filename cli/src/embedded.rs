@@ -74,13 +74,13 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
         let store = store.clone();
         let key = keyspace.job_control(&job);
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupt: cancelling job (interrupt again to abort at once)");
-                let _ = store.put(&key, b"cancel".to_vec()).await;
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
+            godwit_common::shutdown::signal().await;
+            eprintln!(
+                "interrupted: cancelling the job and dropping its replication slot (interrupt again to abort at once)"
+            );
+            let _ = store.put(&key, b"cancel".to_vec()).await;
+            godwit_common::shutdown::signal().await;
+            std::process::exit(130);
         })
     };
 
