@@ -13,6 +13,7 @@ use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, PartitionRecord,
 use godwit_common::{Error, Result};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
@@ -159,7 +160,7 @@ impl Worker {
         let partition_no = partition.partition;
         let progress_key = self.keyspace.partition(&job_id, partition_no);
         // The listing may be stale: re-read the record now that the lease is ours.
-        let mut record = match self.store.get(&progress_key).await {
+        let record = match self.store.get(&progress_key).await {
             Ok(Some(bytes)) => match state::decode::<PartitionRecord>(&progress_key, &bytes) {
                 Ok(record) if record.state == PartitionState::Pending => record,
                 Ok(_) => {
@@ -175,9 +176,27 @@ impl Worker {
             _ => partition,
         };
         let span = tracing::info_span!("partition", job_id = %job_id, partition = partition_no, table = %record.table);
-        let _entered = span.enter();
+        self.finish_partition(&job, record, lease, &progress_key)
+            .instrument(span)
+            .await;
+    }
+
+    async fn finish_partition(
+        &self,
+        job: &JobRecord,
+        mut record: PartitionRecord,
+        lease: HeldLease,
+        progress_key: &str,
+    ) {
         tracing::info!(worker = %self.config.id, "copying partition");
-        let outcome = self.copy(&job, &mut record, &lease, &progress_key).await;
+        let outcome = tokio::select! {
+            outcome = self.copy(job, &mut record, &lease, progress_key) => outcome,
+            () = self.job_ended(&job.spec.job) => {
+                tracing::info!("job no longer copying: abandoning the partition");
+                let _ = lease.release().await;
+                return;
+            }
+        };
         match outcome {
             Ok(()) => {
                 record.state = PartitionState::Copied;
@@ -198,14 +217,23 @@ impl Worker {
                 tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
             }
         }
-        if let Err(e) = lease
-            .put_fenced(&progress_key, state::encode(&record))
-            .await
-        {
+        if let Err(e) = lease.put_fenced(progress_key, state::encode(&record)).await {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
         }
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
+        }
+    }
+
+    /// Resolves once the job is no longer open for copying (cancelled,
+    /// failed): its partitions are then abandoned, which the ledger makes safe.
+    async fn job_ended(&self, job: &JobId) {
+        let active = self.keyspace.active(job);
+        loop {
+            tokio::time::sleep(self.config.poll_interval * 4).await;
+            if let Ok(None) = self.store.get(&active).await {
+                return;
+            }
         }
     }
 
