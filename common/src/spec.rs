@@ -100,10 +100,10 @@ impl JobSpec {
                 self.chunk_size
             ));
         }
-        if self.partition_size.0 < self.chunk_size.0 {
+        if self.partition_size.0 < 64 * 1024 {
             return fail(format!(
-                "`partition_size` {} is smaller than `chunk_size` {}",
-                self.partition_size, self.chunk_size
+                "`partition_size` {} is below the minimum of 64KiB",
+                self.partition_size
             ));
         }
         for (field, value) in [("source", &self.source), ("target", &self.target)] {

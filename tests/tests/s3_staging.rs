@@ -22,8 +22,7 @@ async fn s3_staging_holds_sealed_chunks_and_the_copy_is_exact() -> anyhow::Resul
 
     let job = Job::new("")?;
     let body = spec_body("s3-job", &source, &target, "s3://godwit-stage/migrations")
-        .replace("chunk_size: 128KiB", "chunk_size: 16MiB")
-        .replace("partition_size: 512KiB", "partition_size: 64MiB");
+        .replace("chunk_size: 128KiB", "chunk_size: 16MiB");
     std::fs::write(
         &job.spec_path,
         format!(
@@ -34,6 +33,15 @@ async fn s3_staging_holds_sealed_chunks_and_the_copy_is_exact() -> anyhow::Resul
 
     let output = run_godwit(&["run", job.spec()], &s3.env())?;
     assert!(output.status.success(), "{}", describe(&output));
+    let events_line = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.contains("public.events"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        !events_line.contains(" 1/1 "),
+        "events should span several partitions: {events_line}"
+    );
     let dst = target.client("shop").await?;
     assert_same_tables(&src, &dst).await?;
 
