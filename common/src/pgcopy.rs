@@ -9,21 +9,49 @@ pub const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const HEADER_FIXED_LEN: usize = SIGNATURE.len() + 4 + 4;
 const TRAILER: [u8; 2] = [0xff, 0xff];
 
-/// Whole tuples, ready to be sealed or loaded.
+/// A tuple's physical position: what a resumed partition continues after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ctid {
+    pub block: u32,
+    pub offset: u16,
+}
+
+impl std::fmt::Display for Ctid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({},{})", self.block, self.offset)
+    }
+}
+
+impl Ctid {
+    /// Parses PostgreSQL's text form `(block,offset)`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (block, offset) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+        Some(Self {
+            block: block.trim().parse().ok()?,
+            offset: offset.trim().parse().ok()?,
+        })
+    }
+}
+
+/// Whole tuples, ready to be sealed or loaded, and where the last one sat.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TupleBatch {
     pub bytes: Vec<u8>,
     pub rows: u64,
+    pub last_ctid: Option<Ctid>,
 }
 
-/// Incremental parser over a COPY binary stream that yields batches of whole
-/// tuples of about `target_bytes` each.
+/// Incremental parser over a COPY binary stream whose first column is the
+/// row's `ctid`. Yields batches of about `target_bytes` of whole tuples with
+/// the `ctid` column removed (what the target loads), each with the `ctid`
+/// of its last row (where a resumed partition continues).
 pub struct TupleCutter {
     target_bytes: usize,
-    buf: Vec<u8>,
-    /// Bytes of `buf` that are complete tuples.
-    complete: usize,
+    /// Input not yet parsed; starts at a tuple boundary once the header is gone.
+    pending: Vec<u8>,
+    out: Vec<u8>,
     rows: u64,
+    last_ctid: Option<Ctid>,
     header_seen: bool,
     trailer_seen: bool,
 }
@@ -32,9 +60,10 @@ impl TupleCutter {
     pub fn new(target_bytes: usize) -> Self {
         Self {
             target_bytes,
-            buf: Vec::with_capacity(batch_capacity(target_bytes)),
-            complete: 0,
+            pending: Vec::new(),
+            out: Vec::with_capacity(batch_capacity(target_bytes)),
             rows: 0,
+            last_ctid: None,
             header_seen: false,
             trailer_seen: false,
         }
@@ -48,23 +77,27 @@ impl TupleCutter {
             }
             return Err(corrupt("data after the COPY trailer"));
         }
-        self.buf.extend_from_slice(data);
+        self.pending.extend_from_slice(data);
         if !self.header_seen && !self.consume_header()? {
             return Ok(Vec::new());
         }
         let mut ready = Vec::new();
-        while let Some(tuple_len) = self.next_tuple_len()? {
+        let mut at = 0;
+        while let Some(tuple_len) = tuple_len(&self.pending[at..])? {
             if tuple_len == 0 {
                 self.trailer_seen = true;
-                self.buf.truncate(self.complete);
+                at = self.pending.len();
                 break;
             }
-            self.complete += tuple_len;
+            let tuple = &self.pending[at..at + tuple_len];
+            self.last_ctid = Some(strip_ctid(tuple, &mut self.out)?);
             self.rows += 1;
-            if self.complete >= self.target_bytes {
-                ready.push(self.take_complete());
+            at += tuple_len;
+            if self.out.len() >= self.target_bytes {
+                ready.push(self.take_batch());
             }
         }
+        self.pending.drain(..at);
         Ok(ready)
     }
 
@@ -73,69 +106,86 @@ impl TupleCutter {
         if !self.trailer_seen {
             return Err(corrupt("stream ended without the COPY trailer"));
         }
-        Ok((self.rows > 0).then(|| self.take_complete()))
+        Ok((self.rows > 0).then(|| self.take_batch()))
     }
 
-    fn take_complete(&mut self) -> TupleBatch {
-        let rest = self.buf.split_off(self.complete);
-        let bytes = std::mem::replace(&mut self.buf, rest);
-        self.buf.reserve(batch_capacity(self.target_bytes));
-        let rows = std::mem::take(&mut self.rows);
-        self.complete = 0;
-        TupleBatch { bytes, rows }
+    fn take_batch(&mut self) -> TupleBatch {
+        let bytes = std::mem::replace(
+            &mut self.out,
+            Vec::with_capacity(batch_capacity(self.target_bytes)),
+        );
+        TupleBatch {
+            bytes,
+            rows: std::mem::take(&mut self.rows),
+            last_ctid: self.last_ctid,
+        }
     }
 
     fn consume_header(&mut self) -> Result<bool> {
-        if self.buf.len() < HEADER_FIXED_LEN {
+        if self.pending.len() < HEADER_FIXED_LEN {
             return Ok(false);
         }
-        if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+        if &self.pending[..SIGNATURE.len()] != SIGNATURE {
             return Err(corrupt("missing COPY binary signature"));
         }
-        let ext_len = read_i32(&self.buf, SIGNATURE.len() + 4);
+        let ext_len = read_i32(&self.pending, SIGNATURE.len() + 4);
         let ext_len =
             usize::try_from(ext_len).map_err(|_| corrupt("negative header extension length"))?;
         let total = HEADER_FIXED_LEN + ext_len;
-        if self.buf.len() < total {
+        if self.pending.len() < total {
             return Ok(false);
         }
-        self.buf.drain(..total);
+        self.pending.drain(..total);
         self.header_seen = true;
         Ok(true)
     }
+}
 
-    /// Length of the complete tuple at `complete`, `Some(0)` for the trailer,
-    /// `None` if more bytes are needed.
-    fn next_tuple_len(&self) -> Result<Option<usize>> {
-        let data = &self.buf[self.complete..];
-        if data.len() < 2 {
+/// Length of the complete tuple at the start of `data`, `Some(0)` for the
+/// trailer, `None` if more bytes are needed.
+fn tuple_len(data: &[u8]) -> Result<Option<usize>> {
+    if data.len() < 2 {
+        return Ok(None);
+    }
+    let fields = i16::from_be_bytes([data[0], data[1]]);
+    if fields == -1 {
+        return Ok(Some(0));
+    }
+    if fields < 0 {
+        return Err(corrupt("negative field count"));
+    }
+    let mut at = 2usize;
+    for _ in 0..fields {
+        if data.len() < at + 4 {
             return Ok(None);
         }
-        let fields = i16::from_be_bytes([data[0], data[1]]);
-        if fields == -1 {
-            return Ok(Some(0));
+        let len = read_i32(data, at);
+        at += 4;
+        if len == -1 {
+            continue;
         }
-        if fields < 0 {
-            return Err(corrupt("negative field count"));
+        let len = usize::try_from(len).map_err(|_| corrupt("negative field length"))?;
+        at += len;
+        if data.len() < at {
+            return Ok(None);
         }
-        let mut at = 2usize;
-        for _ in 0..fields {
-            if data.len() < at + 4 {
-                return Ok(None);
-            }
-            let len = read_i32(data, at);
-            at += 4;
-            if len == -1 {
-                continue;
-            }
-            let len = usize::try_from(len).map_err(|_| corrupt("negative field length"))?;
-            at += len;
-            if data.len() < at {
-                return Ok(None);
-            }
-        }
-        Ok(Some(at))
     }
+    Ok(Some(at))
+}
+
+/// Appends `tuple` without its leading `ctid` field to `out`; returns the ctid.
+fn strip_ctid(tuple: &[u8], out: &mut Vec<u8>) -> Result<Ctid> {
+    let fields = i16::from_be_bytes([tuple[0], tuple[1]]);
+    if fields < 1 || tuple.len() < 2 + 4 + 6 || read_i32(tuple, 2) != 6 {
+        return Err(corrupt("tuple does not start with a ctid"));
+    }
+    let ctid = Ctid {
+        block: u32::from_be_bytes([tuple[6], tuple[7], tuple[8], tuple[9]]),
+        offset: u16::from_be_bytes([tuple[10], tuple[11]]),
+    };
+    out.extend_from_slice(&(fields - 1).to_be_bytes());
+    out.extend_from_slice(&tuple[12..]);
+    Ok(ctid)
 }
 
 /// Room for a batch and the tuple that overflows it, capped for huge targets.
@@ -169,15 +219,16 @@ pub fn stream_trailer() -> &'static [u8] {
 
 /// Counts the tuples in a batch, checking that it holds whole tuples only.
 pub fn count_tuples(bytes: &[u8]) -> Result<u64> {
-    let mut cutter = TupleCutter::new(usize::MAX);
-    cutter.header_seen = true;
-    let mut framed = bytes.to_vec();
-    framed.extend_from_slice(&TRAILER);
-    cutter.feed(&framed)?;
-    if !cutter.trailer_seen || cutter.complete != bytes.len() {
-        return Err(corrupt("batch does not hold whole tuples"));
+    let mut rows = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match tuple_len(&bytes[at..])? {
+            Some(len) if len > 0 => at += len,
+            _ => return Err(corrupt("batch does not hold whole tuples")),
+        }
+        rows += 1;
     }
-    Ok(cutter.rows)
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -186,22 +237,29 @@ mod tests {
 
     use super::*;
 
+    /// The COPY stream (ctid first) and the tuples the target should get.
     fn encode(rows: &[Vec<Option<Vec<u8>>>]) -> (Vec<u8>, Vec<u8>) {
+        let mut stream = stream_header();
         let mut tuples = Vec::new();
-        for row in rows {
-            tuples.extend_from_slice(&(row.len() as i16).to_be_bytes());
+        for (n, row) in rows.iter().enumerate() {
+            let mut tuple = Vec::new();
+            tuple.extend_from_slice(&(row.len() as i16).to_be_bytes());
             for field in row {
                 match field {
-                    None => tuples.extend_from_slice(&(-1i32).to_be_bytes()),
+                    None => tuple.extend_from_slice(&(-1i32).to_be_bytes()),
                     Some(v) => {
-                        tuples.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                        tuples.extend_from_slice(v);
+                        tuple.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        tuple.extend_from_slice(v);
                     }
                 }
             }
+            stream.extend_from_slice(&(row.len() as i16 + 1).to_be_bytes());
+            stream.extend_from_slice(&6i32.to_be_bytes());
+            stream.extend_from_slice(&(n as u32 / 10).to_be_bytes());
+            stream.extend_from_slice(&(n as u16 % 10 + 1).to_be_bytes());
+            stream.extend_from_slice(&tuple[2..]);
+            tuples.extend_from_slice(&tuple);
         }
-        let mut stream = stream_header();
-        stream.extend_from_slice(&tuples);
         stream.extend_from_slice(stream_trailer());
         (stream, tuples)
     }
@@ -224,9 +282,13 @@ mod tests {
             let joined: Vec<u8> = batches.iter().flat_map(|b| b.bytes.clone()).collect();
             prop_assert_eq!(joined, tuples);
             prop_assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), rows.len() as u64);
+            let mut seen = 0u64;
             for batch in &batches {
                 prop_assert!(batch.rows > 0);
                 prop_assert_eq!(count_tuples(&batch.bytes).expect("whole tuples"), batch.rows);
+                seen += batch.rows;
+                let last = (seen - 1) as u32;
+                prop_assert_eq!(batch.last_ctid, Some(Ctid { block: last / 10, offset: (last % 10 + 1) as u16 }));
             }
         }
     }
@@ -274,48 +336,71 @@ impl CopyFormat {
     }
 }
 
-/// Cuts COPY text output at row boundaries. A raw newline always ends a row:
+/// Cuts COPY text output, whose first column is the row's `ctid`, at row
+/// boundaries, removing that column. A raw newline always ends a row:
 /// newlines inside values are escaped as `\n`.
 pub struct LineCutter {
     target_bytes: usize,
-    buf: Vec<u8>,
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    rows: u64,
+    last_ctid: Option<Ctid>,
 }
 
 impl LineCutter {
     pub fn new(target_bytes: usize) -> Self {
         Self {
             target_bytes,
-            buf: Vec::with_capacity(batch_capacity(target_bytes)),
+            pending: Vec::new(),
+            out: Vec::with_capacity(batch_capacity(target_bytes)),
+            rows: 0,
+            last_ctid: None,
         }
     }
 
     pub fn feed(&mut self, data: &[u8]) -> Result<Vec<TupleBatch>> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() < self.target_bytes {
-            return Ok(Vec::new());
+        self.pending.extend_from_slice(data);
+        let mut ready = Vec::new();
+        let mut at = 0;
+        while let Some(end) = self.pending[at..].iter().position(|b| *b == b'\n') {
+            let line = &self.pending[at..at + end + 1];
+            let tab = line
+                .iter()
+                .position(|b| *b == b'\t')
+                .ok_or_else(|| corrupt("text row does not start with a ctid column"))?;
+            let ctid = std::str::from_utf8(&line[..tab])
+                .ok()
+                .and_then(Ctid::parse)
+                .ok_or_else(|| corrupt("text row does not start with a ctid"))?;
+            self.out.extend_from_slice(&line[tab + 1..]);
+            self.last_ctid = Some(ctid);
+            self.rows += 1;
+            at += end + 1;
+            if self.out.len() >= self.target_bytes {
+                ready.push(self.take_batch());
+            }
         }
-        let Some(last_newline) = self.buf.iter().rposition(|b| *b == b'\n') else {
-            return Ok(Vec::new());
-        };
-        let rest = self.buf.split_off(last_newline + 1);
-        let bytes = std::mem::replace(&mut self.buf, rest);
-        self.buf.reserve(batch_capacity(self.target_bytes));
-        let rows = bytes.iter().filter(|b| **b == b'\n').count() as u64;
-        Ok(vec![TupleBatch { bytes, rows }])
+        self.pending.drain(..at);
+        Ok(ready)
     }
 
-    pub fn finish(self) -> Result<Option<TupleBatch>> {
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        if self.buf.last() != Some(&b'\n') {
+    pub fn finish(mut self) -> Result<Option<TupleBatch>> {
+        if !self.pending.is_empty() {
             return Err(corrupt("text COPY stream ended inside a row"));
         }
-        let rows = self.buf.iter().filter(|b| **b == b'\n').count() as u64;
-        Ok(Some(TupleBatch {
-            bytes: self.buf,
-            rows,
-        }))
+        Ok((self.rows > 0).then(|| self.take_batch()))
+    }
+
+    fn take_batch(&mut self) -> TupleBatch {
+        let bytes = std::mem::replace(
+            &mut self.out,
+            Vec::with_capacity(batch_capacity(self.target_bytes)),
+        );
+        TupleBatch {
+            bytes,
+            rows: std::mem::take(&mut self.rows),
+            last_ctid: self.last_ctid,
+        }
     }
 }
 
@@ -357,7 +442,8 @@ mod text_tests {
     proptest! {
         #[test]
         fn text_cutting_preserves_every_row(rows in proptest::collection::vec("[a-z\\\\t ]{0,30}", 0..80), target in 1usize..200, feed in 1usize..50) {
-            let stream: Vec<u8> = rows.iter().flat_map(|r| format!("{r}\n").into_bytes()).collect();
+            let stream: Vec<u8> = rows.iter().enumerate().flat_map(|(n, r)| format!("({n},1)\t{r}\n").into_bytes()).collect();
+            let expected: Vec<u8> = rows.iter().flat_map(|r| format!("{r}\n").into_bytes()).collect();
             let mut cutter = LineCutter::new(target);
             let mut batches = Vec::new();
             for piece in stream.chunks(feed) {
@@ -365,15 +451,18 @@ mod text_tests {
             }
             batches.extend(cutter.finish().expect("complete stream"));
             let joined: Vec<u8> = batches.iter().flat_map(|b| b.bytes.clone()).collect();
-            prop_assert_eq!(joined, stream);
+            prop_assert_eq!(joined, expected);
             prop_assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), rows.len() as u64);
+            if let Some(last) = batches.last() {
+                prop_assert_eq!(last.last_ctid, Some(Ctid { block: rows.len() as u32 - 1, offset: 1 }));
+            }
         }
     }
 
     #[test]
     fn text_stream_cut_inside_a_row_is_an_error() {
         let mut cutter = LineCutter::new(1024);
-        cutter.feed(b"1\tabc\n2\tde").expect("prefix");
+        cutter.feed(b"(0,1)\t1\tabc\n(0,2)\t2\tde").expect("prefix");
         assert!(cutter.finish().is_err());
     }
 }

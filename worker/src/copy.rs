@@ -44,7 +44,7 @@ pub struct CopyStats {
     /// Chunks this attempt loaded.
     pub chunks_applied: u64,
     pub timings: StageTimings,
-    /// Chunks read again because the ledger already held them (resume).
+    /// Chunks the ledger already held when this attempt tried to load them.
     pub chunks_skipped: u64,
 }
 
@@ -63,14 +63,26 @@ pub async fn copy_partition(
 ) -> Result<CopyStats> {
     let spec = job.spec;
     let source = pg::connect(&spec.source, Side::Source).await?;
+    // Rows must come in physical order for `ctid` to be a resume position; a
+    // synchronized scan could start mid-table.
+    source
+        .batch_execute("SET synchronize_seqscans = off")
+        .await
+        .map_err(|e| Error::postgres("cannot configure the source session", e))?;
     pg::join_snapshot(&source, job.snapshot).await?;
     let mut target = pg::connect(&spec.target, Side::Target).await?;
-    let already_applied =
-        ledger::applied_chunks(&target, spec.job.as_str(), record.partition).await?;
+    let resume = ledger::resume_point(&target, spec.job.as_str(), record.partition).await?;
+    if let Some(after) = resume.after {
+        tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");
+    }
 
     let columns = job.table.copy_columns.join(", ");
+    let resume_predicate = resume
+        .after
+        .map(|after| format!(" AND ctid > '{after}'::tid"))
+        .unwrap_or_default();
     let statement = format!(
-        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT {}",
+        "COPY (SELECT ctid, {columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
         job.table.name.quoted(),
         record.range.predicate(),
         job.table.format.options()
@@ -150,8 +162,11 @@ pub async fn copy_partition(
     };
     let reader = tokio::spawn(reader);
 
-    let mut stats = CopyStats::default();
-    let mut seq = 0u64;
+    let mut stats = CopyStats {
+        rows: resume.rows,
+        ..CopyStats::default()
+    };
+    let mut seq = resume.next_seq;
     let result: Result<()> = async {
         loop {
             let next = tokio::select! {
@@ -166,12 +181,6 @@ pub async fn copy_partition(
             } = next?;
             stats.bytes_read += bytes_read;
             stats.timings.read_ms += read_time.as_millis() as u64;
-            if seq < already_applied {
-                stats.chunks_skipped += 1;
-                stats.rows += batch.rows;
-                seq += 1;
-                continue;
-            }
             job.lease.check()?;
             let staged =
                 process_chunk(&job, &mut target, record.partition, seq, batch, &mut stats).await?;
@@ -180,7 +189,7 @@ pub async fn copy_partition(
             record.rows = stats.rows;
             record.bytes_read = stats.bytes_read;
             record.bytes_staged = stats.bytes_staged;
-            record.chunks_applied = already_applied + stats.chunks_applied;
+            record.chunks_applied = resume.next_seq + stats.chunks_applied;
             record.timings = stats.timings;
             job.lease
                 .put_fenced(job.progress_key, godwit_common::state::encode(record))
@@ -213,6 +222,7 @@ async fn process_chunk(
     };
     let key = job.key.clone();
     let rows = batch.rows;
+    let last_ctid = batch.last_ctid;
     let tuples = Bytes::from(batch.bytes);
     let to_seal = tuples.clone();
     let started = Instant::now();
@@ -247,6 +257,7 @@ async fn process_chunk(
             seq,
             rows,
             sha256: &digest,
+            last_ctid,
             tuples,
         },
     )

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::Client;
 
-use crate::pgcopy::{self, CopyFormat};
+use crate::pgcopy::{self, CopyFormat, Ctid};
 use crate::{Error, Result};
 
 pub const SCHEMA_SQL: &str = "
@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS godwit.applied_chunks (
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, partition, seq)
 );
+-- Where the chunk's last row sat in the source, under the job's snapshot:
+-- a resumed partition continues after it instead of re-reading the source.
+ALTER TABLE godwit.applied_chunks ADD COLUMN IF NOT EXISTS last_ctid text;
 CREATE TABLE IF NOT EXISTS godwit.jobs (
     job_id         text PRIMARY KEY,
     pre_data_done  boolean NOT NULL DEFAULT false,
@@ -86,18 +89,50 @@ pub async fn mark_job(
     Ok(())
 }
 
-/// Chunks of a partition the target already holds: the resume point.
-pub async fn applied_chunks(client: &Client, job: &str, partition: u32) -> Result<u64> {
+/// Where a partition continues: what the target ledger holds of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Sequence number of the next chunk.
+    pub next_seq: u64,
+    /// Rows already loaded.
+    pub rows: u64,
+    /// The source position to continue after; `None` reads from the start.
+    pub after: Option<Ctid>,
+}
+
+pub async fn resume_point(client: &Client, job: &str, partition: u32) -> Result<ResumePoint> {
     let partition = i32::try_from(partition)
         .map_err(|_| Error::Catalog("partition number overflows".into()))?;
     let row = client
         .query_one(
-            "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = $1 AND partition = $2",
+            "SELECT count(*), coalesce(sum(rows), 0)::bigint, \
+                    (SELECT last_ctid FROM godwit.applied_chunks \
+                     WHERE job_id = $1 AND partition = $2 ORDER BY seq DESC LIMIT 1) \
+             FROM godwit.applied_chunks WHERE job_id = $1 AND partition = $2",
             &[&job, &partition],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
-    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    let chunks = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let corrupt = |reason: String| Error::Corrupt {
+        what: format!("ledger of partition {partition}"),
+        reason,
+    };
+    let after = match row.get::<_, Option<String>>(2) {
+        Some(text) => Some(
+            Ctid::parse(&text)
+                .ok_or_else(|| corrupt(format!("last_ctid {text:?} is not a tuple position")))?,
+        ),
+        None if chunks > 0 => {
+            return Err(corrupt("chunks recorded without a resume position".into()));
+        }
+        None => None,
+    };
+    Ok(ResumePoint {
+        next_seq: chunks,
+        rows: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        after,
+    })
 }
 
 /// One chunk to load into one table.
@@ -111,6 +146,7 @@ pub struct ChunkLoad<'a> {
     pub seq: u64,
     pub rows: u64,
     pub sha256: &'a [u8],
+    pub last_ctid: Option<Ctid>,
     pub tuples: Bytes,
 }
 
@@ -141,8 +177,8 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
         .map_err(|e| Error::postgres(context("cannot begin loading"), e))?;
     let inserted = tx
         .execute(
-            "INSERT INTO godwit.applied_chunks (job_id, partition, seq, table_name, rows, sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO godwit.applied_chunks (job_id, partition, seq, table_name, rows, sha256, last_ctid) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             &[
                 &chunk.job,
                 &partition,
@@ -150,6 +186,7 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
                 &chunk.table_name,
                 &rows,
                 &chunk.sha256,
+                &chunk.last_ctid.map(|c| c.to_string()),
             ],
         )
         .await
