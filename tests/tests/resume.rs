@@ -1,0 +1,76 @@
+//! A worker killed mid-partition: its lease expires, another worker takes the
+//! partition and continues after the last chunk the target ledger confirms.
+
+use std::time::Duration;
+
+use godwit_tests::{
+    Etcd, Job, Service, assert_same_tables, describe, run_godwit, source_and_target, spec_body,
+    wait_until,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_partition_resumes_after_its_last_loaded_chunk() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-resume";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    // One partition per table, small chunks: the events partition has dozens.
+    let job = Job::create(|staging| {
+        spec_body("resume", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 1GiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", "2"];
+    let mut first = Service::worker("worker-1", &etcd.url(), root, &url, &worker_args, &[])?;
+    let dst = target.client("shop").await?;
+    let (partition, loaded) = wait_until("several chunks of the events partition", Duration::from_secs(60), || async {
+        let row = dst
+            .query_opt(
+                "SELECT partition, count(*) FROM godwit.applied_chunks \
+                 WHERE job_id = 'resume' AND table_name = 'public.events' GROUP BY partition HAVING count(*) >= 3",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten();
+        Ok(row.map(|row| (row.get::<_, i32>(0), row.get::<_, i64>(1))))
+    })
+    .await?;
+    first.signal("KILL")?;
+    first.kill();
+
+    let second = Service::worker("worker-2", &etcd.url(), root, &url, &worker_args, &[])?;
+    let watched = run_godwit(&["watch", "--coordinator", &url, "resume"], &[])?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}",
+        describe(&watched),
+        second.log_text()
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("resuming partition after the last loaded chunk"),
+        "the second worker started the partition from scratch:\n{}",
+        second.log_text()
+    );
+
+    // The ledger holds each chunk once, numbered without gaps, past the kill point.
+    let row = dst
+        .query_one(
+            "SELECT count(*), count(DISTINCT seq), max(seq) FROM godwit.applied_chunks \
+             WHERE job_id = 'resume' AND partition = $1",
+            &[&partition],
+        )
+        .await?;
+    let (chunks, distinct, max_seq): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(chunks, distinct);
+    assert_eq!(max_seq + 1, chunks);
+    assert!(chunks > loaded, "nothing was loaded after the kill");
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
