@@ -74,3 +74,81 @@ async fn a_killed_workers_partition_resumes_after_its_last_loaded_chunk() -> any
     assert_same_tables(&src, &dst).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_hands_its_partition_back_at_once_and_exits_cleanly() -> anyhow::Result<()>
+{
+    use godwit_common::lease::{EtcdStore, LeaseStore};
+
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-term";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::create(|staging| {
+        spec_body("term", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 1GiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+
+    // A long TTL: a lease left to expire would still be there after the exit.
+    let ttl = Duration::from_secs(30);
+    let ttl_arg = ttl.as_secs().to_string();
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", ttl_arg.as_str()];
+    let mut first = Service::worker("worker-1", &etcd.url(), root, &url, &worker_args, &[])?;
+    let dst = target.client("shop").await?;
+    wait_until("several chunks of the events partition", Duration::from_secs(60), || async {
+        let chunks: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = 'term' AND table_name = 'public.events'",
+                &[],
+            )
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or(0);
+        Ok((chunks >= 3).then_some(()))
+    })
+    .await?;
+
+    let stopped_at = std::time::Instant::now();
+    first.signal("TERM")?;
+    let code = wait_until(
+        "the worker to exit after SIGTERM",
+        Duration::from_secs(20),
+        || {
+            let status = first.try_wait();
+            async move { status }
+        },
+    )
+    .await?;
+    assert_eq!(code, Some(0), "{}", first.log_text());
+    let store = EtcdStore::connect(&[etcd.url()]).await?;
+    let leases = store.list(&format!("{root}/jobs/term/leases/")).await?;
+    assert!(
+        leases.is_empty() && stopped_at.elapsed() < ttl,
+        "leases still held after a clean stop: {leases:?}"
+    );
+    assert!(
+        first.log_text().contains("handing the partition back"),
+        "{}",
+        first.log_text()
+    );
+
+    let second = Service::worker("worker-2", &etcd.url(), root, &url, &worker_args, &[])?;
+    let watched = run_godwit(&["watch", "--coordinator", &url, "term"], &[])?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}",
+        describe(&watched),
+        second.log_text()
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("resuming partition after the last loaded chunk")
+    );
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}

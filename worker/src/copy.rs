@@ -20,7 +20,7 @@ use godwit_common::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Batches read ahead of the loader; bounds memory to a few chunks.
 const READ_AHEAD: usize = 2;
@@ -33,6 +33,9 @@ pub struct PartitionJob<'a> {
     pub key: Arc<DataKey>,
     pub lease: &'a HeldLease,
     pub progress_key: &'a str,
+    /// Turns true when the worker shuts down: the copy returns
+    /// `Error::Cancelled` between chunks, never inside one.
+    pub stop: watch::Receiver<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -167,11 +170,16 @@ pub async fn copy_partition(
         ..CopyStats::default()
     };
     let mut seq = resume.next_seq;
+    let mut stop = job.stop.clone();
     let result: Result<()> = async {
         loop {
+            if *stop.borrow() {
+                return Err(Error::Cancelled);
+            }
             let next = tokio::select! {
                 next = batches_rx.recv() => next,
                 lost = job.lease.lost() => return Err(lost),
+                _ = stop.wait_for(|stopping| *stopping) => return Err(Error::Cancelled),
             };
             let Some(next) = next else { break };
             let ReadBatch {

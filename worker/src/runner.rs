@@ -11,7 +11,7 @@ use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::staging::Staging;
 use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState};
 use godwit_common::{Error, Result};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -49,6 +49,8 @@ pub struct Worker {
     keyspace: Keyspace,
     config: WorkerConfig,
     keys: KeyCache,
+    /// Set on shutdown: running partitions stop after their current chunk.
+    stopping: watch::Sender<bool>,
 }
 
 impl Worker {
@@ -58,6 +60,7 @@ impl Worker {
             keyspace,
             config,
             keys: KeyCache::default(),
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -108,7 +111,8 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(worker = %self.config.id, running = running.len(), "worker stopping: no new leases");
+        tracing::info!(worker = %self.config.id, running = running.len(), "worker stopping: no new leases, handing partitions back after their current chunk");
+        self.stopping.send_replace(true);
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while running.join_next().await.is_some() {}
         })
@@ -207,6 +211,9 @@ impl Worker {
                     "partition copied"
                 );
             }
+            Err(Error::Cancelled) => {
+                tracing::info!(chunks = record.chunks_applied, "handing the partition back");
+            }
             Err(e) => {
                 record.attempts += 1;
                 record.error = Some(e.to_string());
@@ -271,6 +278,7 @@ impl Worker {
                 key,
                 lease,
                 progress_key,
+                stop: self.stopping.subscribe(),
             },
             record,
         )
