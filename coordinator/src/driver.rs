@@ -363,6 +363,15 @@ impl JobDriver {
             })?;
         target
             .execute(
+                "DELETE FROM godwit.partition_owners WHERE job_id = $1",
+                &[&prepared.spec.job.as_str()],
+            )
+            .await
+            .map_err(|e| {
+                Error::postgres("cannot reset the ledger of the unfinished earlier run", e)
+            })?;
+        target
+            .execute(
                 "DELETE FROM godwit.applied_chunks WHERE job_id = $1",
                 &[&prepared.spec.job.as_str()],
             )

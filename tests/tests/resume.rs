@@ -152,3 +152,74 @@ async fn a_stopped_worker_hands_its_partition_back_at_once_and_exits_cleanly() -
     assert_same_tables(&src, &dst).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_worker_is_fenced_when_it_wakes_after_its_lease_expired() -> anyhow::Result<()> {
+    use godwit_common::lease::{EtcdStore, LeaseStore};
+
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-fence";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::create(|staging| {
+        spec_body("fence", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 1GiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", "2"];
+    let first = Service::worker("worker-1", &etcd.url(), root, &url, &worker_args, &[])?;
+    let dst = target.client("shop").await?;
+    let events_chunks = || async {
+        dst.query_one(
+            "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = 'fence' AND table_name = 'public.events'",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, i64>(0))
+        .unwrap_or(0)
+    };
+    wait_until(
+        "several chunks of the events partition",
+        Duration::from_secs(60),
+        || async { Ok((events_chunks().await >= 3).then_some(())) },
+    )
+    .await?;
+
+    // Frozen past its TTL, as a stalled pod would be.
+    first.signal("STOP")?;
+    let store = EtcdStore::connect(&[etcd.url()]).await?;
+    let leases = format!("{root}/jobs/fence/leases/");
+    wait_until(
+        "the paused worker's lease to expire",
+        Duration::from_secs(30),
+        || async { Ok(store.list(&leases).await?.is_empty().then_some(())) },
+    )
+    .await?;
+    let paused_at = events_chunks().await;
+    let second = Service::worker("worker-2", &etcd.url(), root, &url, &worker_args, &[])?;
+    wait_until(
+        "the second worker to load past the pause",
+        Duration::from_secs(60),
+        || async { Ok((events_chunks().await > paused_at).then_some(())) },
+    )
+    .await?;
+    first.signal("CONT")?;
+
+    let watched = run_godwit(&["watch", "--coordinator", &url, "fence"], &[])?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}",
+        describe(&watched),
+        second.log_text()
+    );
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    let woke = first.log_text();
+    assert!(
+        woke.contains("fenced") || woke.contains("stepping down"),
+        "the paused worker neither stepped down nor was fenced:\n{woke}"
+    );
+    Ok(())
+}

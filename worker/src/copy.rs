@@ -74,6 +74,8 @@ pub async fn copy_partition(
         .map_err(|e| Error::postgres("cannot configure the source session", e))?;
     pg::join_snapshot(&source, job.snapshot).await?;
     let mut target = pg::connect(&spec.target, Side::Target).await?;
+    let fence = job.lease.lease_id().0;
+    ledger::take_partition(&target, spec.job.as_str(), record.partition, fence).await?;
     let resume = ledger::resume_point(&target, spec.job.as_str(), record.partition).await?;
     if let Some(after) = resume.after {
         tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");
@@ -266,6 +268,7 @@ async fn process_chunk(
             rows,
             sha256: &digest,
             last_ctid,
+            fence: job.lease.lease_id().0,
             tuples,
         },
     )

@@ -25,6 +25,15 @@ CREATE TABLE IF NOT EXISTS godwit.applied_chunks (
 -- Where the chunk's last row sat in the source, under the job's snapshot:
 -- a resumed partition continues after it instead of re-reading the source.
 ALTER TABLE godwit.applied_chunks ADD COLUMN IF NOT EXISTS last_ctid text;
+-- The fencing token of each partition's current holder: a chunk loads only
+-- under the token that took the partition last, so a holder that lost its
+-- lease (paused, partitioned away) can never write after its successor.
+CREATE TABLE IF NOT EXISTS godwit.partition_owners (
+    job_id    text    NOT NULL,
+    partition integer NOT NULL,
+    token     bigint  NOT NULL,
+    PRIMARY KEY (job_id, partition)
+);
 CREATE TABLE IF NOT EXISTS godwit.jobs (
     job_id         text PRIMARY KEY,
     pre_data_done  boolean NOT NULL DEFAULT false,
@@ -89,6 +98,25 @@ pub async fn mark_job(
     Ok(())
 }
 
+/// Makes `token` the partition's only writer. Waits for a load in flight
+/// under the previous token to commit, so the resume point read afterwards
+/// includes it.
+pub async fn take_partition(client: &Client, job: &str, partition: u32, token: i64) -> Result<()> {
+    let partition = i32::try_from(partition)
+        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
+    client
+        .execute(
+            "INSERT INTO godwit.partition_owners (job_id, partition, token) VALUES ($1, $2, $3) \
+             ON CONFLICT (job_id, partition) DO UPDATE SET token = EXCLUDED.token",
+            &[&job, &partition, &token],
+        )
+        .await
+        .map_err(|e| {
+            Error::postgres("cannot record the partition's new holder on the target", e)
+        })?;
+    Ok(())
+}
+
 /// Where a partition continues: what the target ledger holds of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResumePoint {
@@ -147,6 +175,8 @@ pub struct ChunkLoad<'a> {
     pub rows: u64,
     pub sha256: &'a [u8],
     pub last_ctid: Option<Ctid>,
+    /// The holder's fencing token (see `take_partition`).
+    pub fence: i64,
     pub tuples: Bytes,
 }
 
@@ -175,6 +205,20 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
         .transaction()
         .await
         .map_err(|e| Error::postgres(context("cannot begin loading"), e))?;
+    let owner = tx
+        .query_opt(
+            "SELECT token FROM godwit.partition_owners WHERE job_id = $1 AND partition = $2 FOR SHARE",
+            &[&chunk.job, &partition],
+        )
+        .await
+        .map_err(|e| Error::postgres(context("cannot check the holder of"), e))?
+        .map(|row| row.get::<_, i64>(0));
+    if owner != Some(chunk.fence) {
+        return Err(Error::LeaseLost {
+            key: format!("partition {} of job {}", chunk.partition, chunk.job),
+            reason: "fenced: another worker has taken the partition over".into(),
+        });
+    }
     let inserted = tx
         .execute(
             "INSERT INTO godwit.applied_chunks (job_id, partition, seq, table_name, rows, sha256, last_ctid) \
