@@ -55,7 +55,16 @@ impl Error {
     /// lease, transient server errors) as opposed to a fault in the input.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Postgres { source, .. } => source.as_db_error().is_none() || source.is_closed(),
+            Error::Postgres { source, .. } => match source.as_db_error() {
+                None => true,
+                // Transient server-side conditions: serialization failures and
+                // deadlocks, the server shutting down or out of connections.
+                Some(db) => {
+                    let code = db.code().code();
+                    ["40001", "40P01", "57P01", "57P02", "57P03", "53300"].contains(&code)
+                        || code.starts_with("08")
+                }
+            },
             Error::Staging { .. } | Error::LeaseStore(_) | Error::LeaseLost { .. } => true,
             Error::Io { .. } => true,
             _ => false,

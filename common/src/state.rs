@@ -190,6 +190,9 @@ pub struct PartitionRecord {
     pub timings: StageTimings,
     pub attempts: u32,
     pub error: Option<String>,
+    /// After a retryable failure: not to be taken again before this time.
+    #[serde(default)]
+    pub retry_after_unix_ms: Option<u64>,
 }
 
 /// Where a partition's copy time went, in milliseconds. Stages overlap
@@ -229,6 +232,20 @@ pub struct PhaseTimings {
     pub check_ms: u64,
 }
 
+/// Exponential backoff with full jitter for the `attempt`-th retry (1-based):
+/// a random wait up to `base × 2^(attempt-1)`, capped at `cap`. `unit` in
+/// [0, 1) is the random draw, passed in so the arithmetic stays pure.
+pub fn backoff(
+    attempt: u32,
+    base: std::time::Duration,
+    cap: std::time::Duration,
+    unit: f64,
+) -> std::time::Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
@@ -259,6 +276,18 @@ mod tests {
         assert!(!Done.can_become(Failed));
         assert!(!Copying.can_become(Planning));
         assert!(!Planning.can_become(Done));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        use std::time::Duration;
+        let base = Duration::from_millis(500);
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(30, base, cap, 1.0), cap);
+        assert_eq!(backoff(3, base, cap, 0.5), Duration::from_secs(1));
+        assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
     }
 
     #[test]

@@ -411,6 +411,7 @@ impl JobDriver {
                     timings: StageTimings::default(),
                     attempts: 0,
                     error: None,
+                    retry_after_unix_ms: None,
                 };
                 self.store
                     .put(

@@ -37,7 +37,7 @@ async fn loads_are_exactly_once_and_a_replaced_holder_is_fenced() -> anyhow::Res
     ledger::ensure_schema(&client).await?;
     let columns = vec!["id".to_owned()];
 
-    ledger::take_partition(&client, "ledger-job", 0, 1).await?;
+    ledger::take_partition(&client, &cluster.url("ledger"), "ledger-job", 0, 1).await?;
     assert_eq!(
         ledger::load_chunk(&mut client, chunk(&columns, 0, 1, "1\n2\n")).await?,
         LoadOutcome::Applied
@@ -49,7 +49,7 @@ async fn loads_are_exactly_once_and_a_replaced_holder_is_fenced() -> anyhow::Res
     );
 
     // A new holder takes over; the old one's next chunk is refused.
-    ledger::take_partition(&client, "ledger-job", 0, 2).await?;
+    ledger::take_partition(&client, &cluster.url("ledger"), "ledger-job", 0, 2).await?;
     let late = ledger::load_chunk(&mut client, chunk(&columns, 1, 1, "3\n")).await;
     assert!(
         matches!(&late, Err(Error::LeaseLost { reason, .. }) if reason.contains("fenced")),

@@ -75,7 +75,14 @@ pub async fn copy_partition(
     pg::join_snapshot(&source, job.snapshot).await?;
     let mut target = pg::connect(&spec.target, Side::Target).await?;
     let fence = job.lease.lease_id().0;
-    ledger::take_partition(&target, spec.job.as_str(), record.partition, fence).await?;
+    ledger::take_partition(
+        &target,
+        &spec.target,
+        spec.job.as_str(),
+        record.partition,
+        fence,
+    )
+    .await?;
     let resume = ledger::resume_point(&target, spec.job.as_str(), record.partition).await?;
     if let Some(after) = resume.after {
         tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");

@@ -18,6 +18,10 @@ use tracing::Instrument;
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
 
+/// Backoff before a failed partition is retried (full jitter, doubling).
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub id: String,
@@ -38,7 +42,7 @@ impl WorkerConfig {
             concurrency: 2,
             timing: LeaseTiming::DEFAULT,
             poll_interval: Duration::from_millis(250),
-            max_attempts: 3,
+            max_attempts: 5,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -151,7 +155,13 @@ impl Worker {
             for (key, bytes) in self.store.list(&prefix).await? {
                 let partition: PartitionRecord = state::decode(&key, &bytes)?;
                 let lease_key = self.keyspace.lease(&job, partition.partition);
-                if partition.state == PartitionState::Pending && !leased.contains(&lease_key) {
+                let backing_off = partition
+                    .retry_after_unix_ms
+                    .is_some_and(|at| at > state::now_unix_ms());
+                if partition.state == PartitionState::Pending
+                    && !leased.contains(&lease_key)
+                    && !backing_off
+                {
                     pending.push((record.clone(), partition));
                 }
             }
@@ -220,6 +230,15 @@ impl Worker {
                 let give_up = !e.is_retryable() || record.attempts >= self.config.max_attempts;
                 if give_up {
                     record.state = PartitionState::Failed;
+                } else {
+                    let wait = state::backoff(
+                        record.attempts,
+                        RETRY_BASE,
+                        RETRY_CAP,
+                        rand::random::<f64>(),
+                    );
+                    record.retry_after_unix_ms =
+                        Some(state::now_unix_ms() + wait.as_millis() as u64);
                 }
                 tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
             }

@@ -3,6 +3,8 @@
 //! transaction, so a retried or resumed chunk is applied once or skipped,
 //! never doubled.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::Client;
@@ -98,23 +100,58 @@ pub async fn mark_job(
     Ok(())
 }
 
-/// Makes `token` the partition's only writer. Waits for a load in flight
-/// under the previous token to commit, so the resume point read afterwards
-/// includes it.
-pub async fn take_partition(client: &Client, job: &str, partition: u32, token: i64) -> Result<()> {
+/// How long a takeover waits for the previous holder's load to commit
+/// before ending that session: its lease has expired, so it is stale.
+const STALE_HOLDER_WAIT: Duration = Duration::from_secs(1);
+
+/// Makes `token` the partition's only writer. A load in flight under the
+/// previous token holds the owner row: the takeover waits briefly for it to
+/// commit, then terminates that session (a holder frozen mid-load would
+/// otherwise block the partition forever), so the resume point read
+/// afterwards is final.
+pub async fn take_partition(
+    client: &Client,
+    target: &str,
+    job: &str,
+    partition: u32,
+    token: i64,
+) -> Result<()> {
     let partition = i32::try_from(partition)
         .map_err(|_| Error::Catalog("partition number overflows".into()))?;
-    client
-        .execute(
-            "INSERT INTO godwit.partition_owners (job_id, partition, token) VALUES ($1, $2, $3) \
-             ON CONFLICT (job_id, partition) DO UPDATE SET token = EXCLUDED.token",
-            &[&job, &partition, &token],
-        )
+    let own_pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
         .await
-        .map_err(|e| {
-            Error::postgres("cannot record the partition's new holder on the target", e)
-        })?;
-    Ok(())
+        .map_err(|e| Error::postgres("cannot identify the target session", e))?
+        .get(0);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&job, &partition, &token];
+    let upsert = client.execute(
+        "INSERT INTO godwit.partition_owners (job_id, partition, token) VALUES ($1, $2, $3) \
+         ON CONFLICT (job_id, partition) DO UPDATE SET token = EXCLUDED.token",
+        &params,
+    );
+    tokio::pin!(upsert);
+    loop {
+        tokio::select! {
+            done = &mut upsert => {
+                done.map_err(|e| Error::postgres("cannot record the partition's new holder on the target", e))?;
+                return Ok(());
+            }
+            () = tokio::time::sleep(STALE_HOLDER_WAIT) => {
+                let other = super::connect(target, super::Side::Target).await?;
+                let ended = other
+                    .query(
+                        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE pid = ANY (pg_blocking_pids($1)) AND application_name = 'godwit'",
+                        &[&own_pid],
+                    )
+                    .await
+                    .map_err(|e| Error::postgres("cannot end the previous holder's session", e))?;
+                for row in ended {
+                    tracing::warn!(partition, pid = row.get::<_, i32>(0), "ended the stale holder's target session");
+                }
+            }
+        }
+    }
 }
 
 /// Where a partition continues: what the target ledger holds of it.
