@@ -27,6 +27,18 @@ pub struct ChunkId {
     pub seq: u64,
 }
 
+impl ChunkId {
+    /// The identity a staged schema dump file is sealed under.
+    pub fn schema_file(job_id: &str, name: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: format!("schema/{name}"),
+            partition: 0,
+            seq: 0,
+        }
+    }
+}
+
 /// Compresses and seals `plaintext` (COPY binary tuples) into a frame.
 pub fn seal(id: &ChunkId, rows: u64, plaintext: &[u8], key: &DataKey) -> Result<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];

@@ -15,6 +15,7 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 
 use crate::ids::JobId;
+use crate::state::Manifest;
 use crate::{Error, Result};
 
 /// Chunks above this size go up as multipart uploads.
@@ -104,6 +105,54 @@ impl Staging {
             .join(table)
             .join(format!("{partition:06}"))
             .join(format!("{seq:08}.gwc"))
+    }
+
+    /// A sealed schema dump file of the job.
+    pub fn schema_path(&self, job: &JobId, name: &str) -> ObjectPath {
+        self.job_root(job)
+            .join("schema")
+            .join(format!("{name}.gwc"))
+    }
+
+    fn manifest_path(&self, job: &JobId) -> ObjectPath {
+        self.job_root(job).join("manifest.json")
+    }
+
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Corrupt {
+            what: "manifest".into(),
+            reason: e.to_string(),
+        })?;
+        self.put(&self.manifest_path(&manifest.job), bytes).await
+    }
+
+    /// The manifest of a job whose copy finished, if there is one.
+    pub async fn get_manifest(&self, job: &JobId) -> Result<Option<Manifest>> {
+        let path = self.manifest_path(job);
+        match self.store.get(&path).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Staging {
+                location: format!("{}/{path}", self.url),
+                source,
+            }),
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|source| Error::Staging {
+                    location: format!("{}/{path}", self.url),
+                    source,
+                })?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt {
+                        what: format!("manifest {}/{path}", self.url),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Full location of an object, for error messages.
+    pub fn describe(&self, path: &ObjectPath) -> String {
+        format!("{}/{path}", self.url.trim_end_matches('/'))
     }
 
     fn key_path(&self, job: &JobId) -> ObjectPath {

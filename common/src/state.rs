@@ -146,6 +146,27 @@ impl JobRecord {
     }
 }
 
+/// What a finished copy left in the staging area, for a replay that needs
+/// nothing but the staging area, the key file and a target: the plan, the
+/// chunks of each partition (as the target ledger counted them), the
+/// sequences' values and the staged schema files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: JobId,
+    pub tables: Vec<PlannedTable>,
+    pub partitions: Vec<StagedPartition>,
+    pub sequences: Vec<(String, i64, bool)>,
+    pub schema_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedPartition {
+    pub partition: PartitionNo,
+    pub table: TableName,
+    pub chunks: u64,
+    pub rows: u64,
+}
+
 /// A block range of a table: `ctid >= (start,0) AND ctid < (end,0)`; the last
 /// partition of a table is open-ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

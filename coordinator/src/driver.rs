@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use godwit_common::chunk::{self, ChunkId};
+use godwit_common::ids::JobId;
 use godwit_common::keys::{DataKey, Kek};
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::catalog::{self, SourceTable};
@@ -18,8 +20,8 @@ use godwit_common::pg::{self, Side, join_snapshot};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, PhaseTimings,
-    PlannedTable, StageTimings, now_unix_ms,
+    self, JobPhase, JobRecord, Keyspace, Manifest, PartitionRecord, PartitionState, PhaseTimings,
+    PlannedTable, StageTimings, StagedPartition, now_unix_ms,
 };
 use godwit_common::{Error, Result};
 
@@ -57,6 +59,66 @@ struct CopyTotals {
 
 fn millis_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
+}
+
+/// Seals the schema dump into the staging area, for replays.
+async fn stage_schema(
+    staging: &Staging,
+    job: &JobId,
+    dump: &SchemaDump,
+    key: &DataKey,
+) -> Result<()> {
+    for (name, path) in dump.files() {
+        let bytes = tokio::fs::read(path).await.map_err(|source| Error::Io {
+            what: "cannot read schema dump",
+            path: path.to_owned(),
+            source,
+        })?;
+        let frame = chunk::seal(&ChunkId::schema_file(job.as_str(), name), 0, &bytes, key)?;
+        staging.put(&staging.schema_path(job, name), frame).await?;
+    }
+    Ok(())
+}
+
+/// Records what the staging area holds of a finished copy, with chunk counts
+/// from the target ledger (the truth about what was loaded).
+async fn write_manifest(
+    staging: &Staging,
+    target: &tokio_postgres::Client,
+    record: &JobRecord,
+    dump: &SchemaDump,
+    sequences: Vec<(String, i64, bool)>,
+) -> Result<()> {
+    let job = &record.spec.job;
+    let mut partitions = Vec::new();
+    for (partition, chunks, rows) in ledger::partition_totals(target, job.as_str()).await? {
+        let Some(table) = record
+            .tables
+            .iter()
+            .find(|t| t.partitions.contains(&partition))
+        else {
+            continue;
+        };
+        partitions.push(StagedPartition {
+            partition,
+            table: table.name.clone(),
+            chunks,
+            rows,
+        });
+    }
+    staging
+        .put_manifest(&Manifest {
+            job: job.clone(),
+            tables: record.tables.clone(),
+            partitions,
+            sequences,
+            schema_files: dump
+                .files()
+                .iter()
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
+        })
+        .await
 }
 
 /// Checks the spec against the world; writes nothing but the job's wrapped
@@ -229,20 +291,18 @@ impl JobDriver {
 
         let kek = Kek::from_file(&spec.encryption.key_file).map_err(failed)?;
         let staging = Staging::open(&spec.staging).map_err(failed)?;
-        if staging
-            .get_wrapped_key(job)
-            .await
-            .map_err(failed)?
-            .is_none()
-        {
-            let wrapped = kek
-                .wrap(job, &DataKey::generate().map_err(failed)?)
-                .map_err(failed)?;
-            staging
-                .put_wrapped_key(job, &wrapped)
-                .await
-                .map_err(failed)?;
-        }
+        let data_key = match staging.get_wrapped_key(job).await.map_err(failed)? {
+            Some(wrapped) => kek.unwrap(job, &wrapped).map_err(failed)?,
+            None => {
+                let data_key = DataKey::generate().map_err(failed)?;
+                let wrapped = kek.wrap(job, &data_key).map_err(failed)?;
+                staging
+                    .put_wrapped_key(job, &wrapped)
+                    .await
+                    .map_err(failed)?;
+                data_key
+            }
+        };
 
         let phase_start = Instant::now();
         let slot = format!("godwit_{}", job.as_str().replace('-', "_"));
@@ -279,6 +339,9 @@ impl JobDriver {
         )
         .await
         .map_err(failed)?;
+        stage_schema(&staging, job, &dump, &data_key)
+            .await
+            .map_err(failed)?;
 
         record.phases.snapshot_ms = millis_since(phase_start);
         let phase_start = Instant::now();
@@ -328,7 +391,8 @@ impl JobDriver {
         }
         record.phases.indexes_ms = millis_since(phase_start);
         let phase_start = Instant::now();
-        self.sync_sequences(spec, &snapshot_name, &target)
+        let sequences = self
+            .sync_sequences(spec, &snapshot_name, &target)
             .await
             .map_err(failed)?;
         record.phases.sequences_ms = millis_since(phase_start);
@@ -336,6 +400,9 @@ impl JobDriver {
         self.check_tables(spec, &snapshot_name, &target, record)
             .await?;
         record.phases.check_ms = millis_since(phase_start);
+        write_manifest(&staging, &target, record, &dump, sequences)
+            .await
+            .map_err(failed)?;
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
         Ok(JobSummary {
             tables: record.tables.len(),
@@ -488,34 +555,19 @@ impl JobDriver {
             == Some(b"cancel".as_slice()))
     }
 
+    /// Sets the target's sequences to the source's state under the snapshot;
+    /// returns that state for the manifest.
     async fn sync_sequences(
         &self,
         spec: &JobSpec,
         snapshot: &str,
         target: &tokio_postgres::Client,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, i64, bool)>> {
         let source = pg::connect(&spec.source, Side::Source).await?;
         join_snapshot(&source, snapshot).await?;
-        for (name, last_value, is_called) in catalog::sequences(&source).await? {
-            let exists: bool = target
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                .await
-                .map_err(|e| Error::postgres("cannot read the target catalog", e))?
-                .get(0);
-            if !exists {
-                continue;
-            }
-            target
-                .execute(
-                    &format!("SELECT setval('{}', $1, $2)", name.replace('\'', "''")),
-                    &[&last_value, &is_called],
-                )
-                .await
-                .map_err(|e| {
-                    Error::postgres(format!("cannot set sequence {name} on the target"), e)
-                })?;
-        }
-        Ok(())
+        let sequences = catalog::sequences(&source).await?;
+        catalog::set_sequences(target, &sequences).await?;
+        Ok(sequences)
     }
 
     /// Compares row count and content checksum of every table, computed by

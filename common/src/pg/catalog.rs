@@ -134,3 +134,25 @@ pub async fn sequences(client: &Client) -> Result<Vec<(String, i64, bool)>> {
     }
     Ok(sequences)
 }
+
+/// Sets each sequence that exists on the target to the source's state.
+pub async fn set_sequences(target: &Client, sequences: &[(String, i64, bool)]) -> Result<()> {
+    for (name, last_value, is_called) in sequences {
+        let exists: bool = target
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[name])
+            .await
+            .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+            .get(0);
+        if !exists {
+            continue;
+        }
+        target
+            .execute(
+                &format!("SELECT setval('{}', $1, $2)", name.replace('\'', "''")),
+                &[last_value, is_called],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("cannot set sequence {name} on the target"), e))?;
+    }
+    Ok(())
+}

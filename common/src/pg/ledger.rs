@@ -200,6 +200,28 @@ pub async fn resume_point(client: &Client, job: &str, partition: u32) -> Result<
     })
 }
 
+/// (partition, chunks, rows) of every partition the ledger holds for `job`.
+pub async fn partition_totals(client: &Client, job: &str) -> Result<Vec<(u32, u64, u64)>> {
+    let rows = client
+        .query(
+            "SELECT partition, count(*), coalesce(sum(rows), 0)::bigint FROM godwit.applied_chunks \
+             WHERE job_id = $1 GROUP BY partition ORDER BY partition",
+            &[&job],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+                u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
 /// One chunk to load into one table.
 pub struct ChunkLoad<'a> {
     pub job: &'a str,

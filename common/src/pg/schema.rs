@@ -60,7 +60,30 @@ async fn run(program: &str, args: &[String], what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+const TABLES_FILE: &str = "tables.dump";
+const FULL_FILE: &str = "full.dump";
+const SHARED_LIST_FILE: &str = "shared.list";
+
 impl SchemaDump {
+    /// The dump's files by name, for staging them beside the job's chunks.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![(TABLES_FILE, self.tables.as_path())];
+        if let Some((full, list)) = &self.shared {
+            files.push((FULL_FILE, full.as_path()));
+            files.push((SHARED_LIST_FILE, list.as_path()));
+        }
+        files
+    }
+
+    /// A dump whose files (as named by `files`) were restored into `dir`.
+    pub fn from_dir(dir: &Path) -> Self {
+        let full = dir.join(FULL_FILE);
+        Self {
+            tables: dir.join(TABLES_FILE),
+            shared: full.exists().then(|| (full, dir.join(SHARED_LIST_FILE))),
+        }
+    }
+
     /// Dumps the source schema as seen by `snapshot` into `dir`.
     pub async fn create(
         source: &str,
@@ -78,7 +101,7 @@ impl SchemaDump {
                 format!("--dbname={source}"),
             ]
         };
-        let tables_file = dir.join("tables.dump");
+        let tables_file = dir.join(TABLES_FILE);
         let mut args = base(&tables_file);
         let Some(selected) = tables else {
             run("pg_dump", &args, "pg_dump of the source schema").await?;
@@ -92,7 +115,7 @@ impl SchemaDump {
         }
         run("pg_dump", &args, "pg_dump of the selected tables' schema").await?;
 
-        let full_file = dir.join("full.dump");
+        let full_file = dir.join(FULL_FILE);
         run("pg_dump", &base(&full_file), "pg_dump of the source schema").await?;
         let toc = run(
             "pg_restore",
@@ -104,7 +127,7 @@ impl SchemaDump {
             .lines()
             .filter(|line| toc_entry_is_shared(line))
             .collect();
-        let list_file = dir.join("shared.list");
+        let list_file = dir.join(SHARED_LIST_FILE);
         std::fs::write(&list_file, kept.join("\n")).map_err(|source| Error::Io {
             what: "cannot write schema list",
             path: list_file.clone(),

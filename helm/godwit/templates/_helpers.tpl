@@ -137,23 +137,12 @@ Environment shared by the coordinator and the workers. Call with
 {{- end }}
 
 {{/*
-envFrom of every pod: the optional S3 credentials Secret.
-*/}}
-{{- define "godwit.envFrom" -}}
-{{- if .Values.s3.existingSecret }}
-envFrom:
-  - secretRef:
-      name: {{ .Values.s3.existingSecret }}
-{{- end }}
-{{- end }}
-
-{{/*
 Volumes every pod mounts: the KEK, scratch space, optional staging, extras.
 */}}
 {{- define "godwit.volumes" -}}
 - name: kek
   secret:
-    secretName: {{ required "kek.existingSecret is required: the name of a Secret holding the key-encryption key (godwit keys generate --out kek; kubectl create secret generic godwit-kek --from-file=kek=./kek; then --set kek.existingSecret=godwit-kek)" .Values.kek.existingSecret }}
+    secretName: {{ required "kek.existingSecret is required: name the Secret holding the key-encryption key, e.g. `godwit keys generate --out kek && kubectl create secret generic godwit-kek --from-file=kek=./kek`, then --set kek.existingSecret=godwit-kek" .Values.kek.existingSecret }}
     defaultMode: 0440
     items:
       - key: {{ required "kek.key is required: the key of the key-encryption key inside kek.existingSecret" .Values.kek.key }}
