@@ -134,3 +134,40 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
         }
     }
 }
+
+/// `godwit replay`: the staged copy of a finished job into a target, with no
+/// connection to the source.
+pub async fn replay(spec_path: &Path, target: Option<&str>) -> i32 {
+    let spec = match JobSpec::from_file(spec_path) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let target = target.unwrap_or(&spec.target).to_owned();
+    let started = std::time::Instant::now();
+    match godwit_worker::replay::replay(&spec, &target).await {
+        Ok(summary) => {
+            println!(
+                "replayed job {} into {}: {} tables, {} chunks, {} rows, {} staged, in {}; no connection to the source",
+                spec.job,
+                godwit_common::pg::describe(&target),
+                summary.tables,
+                summary.chunks,
+                summary.rows,
+                render::bytes(summary.bytes_staged),
+                render::duration_ms(started.elapsed().as_millis() as u64),
+            );
+            0
+        }
+        Err(godwit_worker::replay::ReplayError::Rejected(e)) => {
+            eprintln!("error: {e}");
+            2
+        }
+        Err(godwit_worker::replay::ReplayError::Failed(e)) => {
+            eprintln!("error: replay failed: {e}");
+            1
+        }
+    }
+}

@@ -35,6 +35,14 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
     },
+    /// Load a finished job's staged copy into a target without touching the source.
+    Replay {
+        /// The job spec (its staging, key file and, unless --target is given, target).
+        spec: PathBuf,
+        /// Load into this database instead of the spec's target (e.g. a dry run first).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Submit a job spec to a coordinator; prints the job id.
     Submit {
         #[arg(long, env = "GODWIT_COORDINATOR")]
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
                 workers,
                 concurrency,
             } => embedded::run(&spec, workers, concurrency).await,
+            Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
             Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
             Command::Watch {
                 coordinator,

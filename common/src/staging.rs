@@ -9,7 +9,7 @@ use godwit_proto::v1::WrappedKey;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
+pub use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use prost::Message;
 use tokio::io::AsyncWriteExt;

@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod keys;
+pub mod replay;
 pub mod runner;
 
 pub use runner::{Worker, WorkerConfig};
