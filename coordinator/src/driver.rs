@@ -227,6 +227,46 @@ impl JobDriver {
         self.put_record(&record).await.map_err(JobError::Failed)
     }
 
+    /// Takes over a job a previous coordinator left unfinished. Its exported
+    /// snapshot died with that coordinator, so the job is planned again under
+    /// a new snapshot and every table it had started is reloaded (without
+    /// change replay, rows copied under the old snapshot cannot be brought
+    /// to the new one). The old plan's partition and lease keys are removed,
+    /// which fences progress writes of workers still busy with it; their
+    /// target writes are fenced by the reset of the target ledger.
+    pub async fn take_over(&self, prepared: &Prepared) -> Result<(), JobError> {
+        let job = &prepared.spec.job;
+        let key = self.keyspace.job_record(job);
+        let Some(bytes) = self.store.get(&key).await.map_err(JobError::Failed)? else {
+            return Err(JobError::NotFound(job.to_string()));
+        };
+        let previous: JobRecord = state::decode(&key, &bytes).map_err(JobError::Failed)?;
+        for prefix in [
+            self.keyspace.partitions_prefix(job),
+            self.keyspace.leases_prefix(job),
+        ] {
+            self.store
+                .delete_prefix(&prefix)
+                .await
+                .map_err(JobError::Failed)?;
+        }
+        self.store
+            .delete(&self.keyspace.active(job))
+            .await
+            .map_err(JobError::Failed)?;
+        let record = JobRecord {
+            phase: JobPhase::Planning,
+            error: None,
+            snapshot: None,
+            tables: Vec::new(),
+            finished_at_unix_ms: None,
+            phases: PhaseTimings::default(),
+            ..previous
+        };
+        tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
+        self.put_record(&record).await.map_err(JobError::Failed)
+    }
+
     /// Runs a registered job to its end.
     pub async fn execute(&self, prepared: Prepared) -> Result<JobSummary, JobError> {
         let started = Instant::now();
@@ -415,6 +455,10 @@ impl JobDriver {
         })
     }
 
+    /// Empties the tables an unfinished earlier run (or a coordinator that
+    /// died) had started, in one transaction. Ownership goes first: a worker
+    /// still loading under the old plan is waited for, then fenced out, so
+    /// no old chunk can land after the tables were emptied.
     async fn reset_partial_tables(
         &self,
         target: &tokio_postgres::Client,
@@ -422,31 +466,20 @@ impl JobDriver {
     ) -> Result<()> {
         let names: Vec<String> = prepared.tables.iter().map(|t| t.name.quoted()).collect();
         tracing::warn!(job_id = %prepared.spec.job, tables = names.len(), "earlier run unfinished: reloading its tables");
+        let job = prepared.spec.job.as_str().replace('\'', "''");
         target
-            .batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+            .batch_execute(&format!(
+                "BEGIN; \
+                 DELETE FROM godwit.partition_owners WHERE job_id = '{job}'; \
+                 DELETE FROM godwit.applied_chunks WHERE job_id = '{job}'; \
+                 TRUNCATE {}; \
+                 COMMIT",
+                names.join(", ")
+            ))
             .await
             .map_err(|e| {
                 Error::postgres("cannot reset the tables of the unfinished earlier run", e)
-            })?;
-        target
-            .execute(
-                "DELETE FROM godwit.partition_owners WHERE job_id = $1",
-                &[&prepared.spec.job.as_str()],
-            )
-            .await
-            .map_err(|e| {
-                Error::postgres("cannot reset the ledger of the unfinished earlier run", e)
-            })?;
-        target
-            .execute(
-                "DELETE FROM godwit.applied_chunks WHERE job_id = $1",
-                &[&prepared.spec.job.as_str()],
-            )
-            .await
-            .map_err(|e| {
-                Error::postgres("cannot reset the ledger of the unfinished earlier run", e)
-            })?;
-        Ok(())
+            })
     }
 
     async fn publish_plan(

@@ -8,5 +8,7 @@ pub mod planner;
 pub mod service;
 pub mod status;
 
+pub mod recovery;
+
 pub use driver::{JobDriver, JobSummary, Prepared, preflight};
 pub use error::JobError;

@@ -76,9 +76,18 @@ fn main() -> ExitCode {
 
 async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Result<()> {
     use anyhow::Context;
-    let store = EtcdStore::connect(&etcd)
+    let store: Arc<dyn godwit_common::lease::LeaseStore> = Arc::new(
+        EtcdStore::connect(&etcd)
+            .await
+            .context("coordinator start-up")?,
+    );
+    let keyspace = Keyspace::new(&root);
+    let resumed = godwit_coordinator::recovery::resume_unfinished(store.clone(), &keyspace)
         .await
-        .context("coordinator start-up")?;
+        .context("resuming unfinished jobs")?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "resumed unfinished jobs");
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -87,8 +96,8 @@ async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Resul
     println!("listening on {address}");
     godwit_coordinator::service::serve(
         listener,
-        Arc::new(store),
-        Keyspace::new(&root),
+        store,
+        keyspace,
         godwit_common::shutdown::signal(),
     )
     .await

@@ -223,3 +223,63 @@ async fn a_paused_worker_is_fenced_when_it_wakes_after_its_lease_expired() -> an
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_takes_over_its_unfinished_job() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-restart";
+    let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::create(|staging| {
+        spec_body("restart", &source, &target, staging)
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", "2"];
+    let worker = Service::worker("worker-1", &etcd.url(), root, &url, &worker_args, &[])?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "some chunks in the target ledger",
+        Duration::from_secs(60),
+        || async {
+            let chunks: i64 = dst
+                .query_one(
+                    "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = 'restart'",
+                    &[],
+                )
+                .await
+                .map(|row| row.get(0))
+                .unwrap_or(0);
+            Ok((chunks >= 3).then_some(()))
+        },
+    )
+    .await?;
+    coordinator.signal("KILL")?;
+    coordinator.kill();
+
+    // A new coordinator on the same etcd finds the job and finishes it; the
+    // running worker keeps serving.
+    let (restarted, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let watched = run_godwit(&["watch", "--coordinator", &url, "restart"], &[])?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}\n{}",
+        describe(&watched),
+        restarted.log_text(),
+        worker.log_text()
+    );
+    assert!(
+        restarted
+            .log_text()
+            .contains("taking over an unfinished job")
+    );
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await?
+        .get(0);
+    assert_eq!(slots, 0, "a replication slot was left behind");
+    Ok(())
+}
