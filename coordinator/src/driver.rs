@@ -544,10 +544,25 @@ impl JobDriver {
     ) -> Result<CopyTotals, JobError> {
         let prefix = self.keyspace.partitions_prefix(job);
         loop {
-            if self.cancel_requested(job).await.map_err(JobError::Failed)? {
+            // The lease store may be away for a while (etcd restarting): the
+            // job waits for it rather than failing.
+            let observed = async {
+                Ok::<_, Error>((
+                    self.cancel_requested(job).await?,
+                    self.store.list(&prefix).await?,
+                ))
+            };
+            let (cancelled, partitions) = match observed.await {
+                Ok(observed) => observed,
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = %e, "lease store unavailable; waiting for it");
+                    tokio::time::sleep(self.poll_interval * 4).await;
+                    continue;
+                }
+            };
+            if cancelled {
                 return Err(JobError::Cancelled(job.to_string()));
             }
-            let partitions = self.store.list(&prefix).await.map_err(JobError::Failed)?;
             let mut done = 0usize;
             let mut totals = CopyTotals::default();
             for (key, bytes) in &partitions {

@@ -283,3 +283,57 @@ async fn a_restarted_coordinator_takes_over_its_unfinished_job() -> anyhow::Resu
     assert_eq!(slots, 0, "a replication slot was left behind");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_survives_etcd_going_away_and_coming_back() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let mut etcd = Etcd::start()?;
+    let root = "/godwit-etcd-outage";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let job = Job::create(|staging| {
+        spec_body("outage", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 1GiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", "3"];
+    let worker = Service::worker("worker-1", &etcd.url(), root, &url, &worker_args, &[])?;
+    let dst = target.client("shop").await?;
+    wait_until("some chunks of the events partition", Duration::from_secs(60), || async {
+        let chunks: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM godwit.applied_chunks WHERE job_id = 'outage' AND table_name = 'public.events'",
+                &[],
+            )
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or(0);
+        Ok((chunks >= 3).then_some(()))
+    })
+    .await?;
+
+    etcd.stop();
+    // Longer than the TTL: the worker must step down from every lease.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    etcd.restart()?;
+
+    let watched = run_godwit(&["watch", "--coordinator", &url, "outage"], &[])?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}",
+        describe(&watched),
+        worker.log_text()
+    );
+    // The worker stopped writing for its partition when etcd went away (a
+    // failed renewal or a failed fenced progress write), and retried it later.
+    let log = worker.log_text();
+    assert!(
+        log.contains("stepping down from lease")
+            || log.contains("partition copy failed error=lease store"),
+        "{log}"
+    );
+    let src = source.client("shop").await?;
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
