@@ -159,3 +159,97 @@ impl LeaseStore for MemoryStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(3);
+    const KEY: &str = "/lease";
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(usize),
+        Renew(usize),
+        Release(usize),
+        Write(usize),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize).prop_map(Op::Acquire),
+            (0..3usize).prop_map(Op::Renew),
+            (0..3usize).prop_map(Op::Release),
+            (0..3usize).prop_map(Op::Write),
+            (0..5_000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of leases with deadlines: the key has at most one
+        /// holder, only a holder with a live lease can take or write it, and
+        /// an expired or released lease frees it.
+        #[test]
+        fn at_most_one_live_holder(ops in proptest::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+            runtime.block_on(async {
+                let store = MemoryStore::new();
+                // Model: each holder's lease and its deadline; who holds the key.
+                let mut leases: HashMap<usize, (LeaseId, tokio::time::Instant)> = HashMap::new();
+                let mut owner: Option<usize> = None;
+                for op in ops {
+                    let now = tokio::time::Instant::now();
+                    leases.retain(|_, (_, deadline)| *deadline > now);
+                    if owner.is_some_and(|h| !leases.contains_key(&h)) {
+                        owner = None;
+                    }
+                    match op {
+                        Op::Acquire(h) => {
+                            let lease = store.grant(TTL).await.expect("grant");
+                            let created = store.create_leased(KEY, vec![h as u8], lease).await.expect("create");
+                            prop_assert_eq!(created, owner.is_none(), "create_leased disagrees with the model");
+                            if created {
+                                owner = Some(h);
+                                leases.insert(h, (lease, now + TTL));
+                            } else {
+                                store.revoke(lease).await.expect("revoke");
+                            }
+                        }
+                        Op::Renew(h) => {
+                            if let Some((lease, deadline)) = leases.get_mut(&h) {
+                                prop_assert!(store.keep_alive(*lease).await.is_ok(), "a live lease failed to renew");
+                                *deadline = now + TTL;
+                            }
+                        }
+                        Op::Release(h) => {
+                            if let Some((lease, _)) = leases.remove(&h) {
+                                store.revoke(lease).await.expect("revoke");
+                                if owner == Some(h) {
+                                    owner = None;
+                                }
+                            }
+                        }
+                        Op::Write(h) => {
+                            if let Some((lease, _)) = leases.get(&h) {
+                                let written = store.put_if_held(KEY, *lease, "/progress", vec![1]).await.expect("put");
+                                prop_assert_eq!(written, owner == Some(h), "a fenced write disagrees with the model");
+                            }
+                        }
+                        Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+                    }
+                    let present = store.get(KEY).await.expect("get");
+                    let now = tokio::time::Instant::now();
+                    let live_owner = owner.filter(|h| leases.get(h).is_some_and(|(_, d)| *d > now));
+                    prop_assert_eq!(present.map(|v| v[0] as usize), live_owner, "key holder disagrees with the model");
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
