@@ -41,17 +41,54 @@ pub struct TupleBatch {
     pub last_ctid: Option<Ctid>,
 }
 
+/// Rows cut so far, until they make a batch of about `target_bytes`.
+struct BatchBuilder {
+    target_bytes: usize,
+    out: Vec<u8>,
+    rows: u64,
+    last_ctid: Option<Ctid>,
+}
+
+impl BatchBuilder {
+    fn new(target_bytes: usize) -> Self {
+        Self {
+            target_bytes,
+            out: Vec::with_capacity(batch_capacity(target_bytes)),
+            rows: 0,
+            last_ctid: None,
+        }
+    }
+
+    /// Records a row just appended to `out`; returns a full batch.
+    fn row_done(&mut self, ctid: Ctid) -> Option<TupleBatch> {
+        self.last_ctid = Some(ctid);
+        self.rows += 1;
+        (self.out.len() >= self.target_bytes).then(|| self.take())
+    }
+
+    /// The rows gathered so far, if any.
+    fn rest(mut self) -> Option<TupleBatch> {
+        (self.rows > 0).then(|| self.take())
+    }
+
+    fn take(&mut self) -> TupleBatch {
+        let capacity = batch_capacity(self.target_bytes);
+        TupleBatch {
+            bytes: std::mem::replace(&mut self.out, Vec::with_capacity(capacity)),
+            rows: std::mem::take(&mut self.rows),
+            last_ctid: self.last_ctid,
+        }
+    }
+}
+
 /// Incremental parser over a COPY binary stream whose first column is the
 /// row's `ctid`. Yields batches of about `target_bytes` of whole tuples with
 /// the `ctid` column removed (what the target loads), each with the `ctid`
 /// of its last row (where a resumed partition continues).
 pub struct TupleCutter {
-    target_bytes: usize,
     /// Input not yet parsed; starts at a tuple boundary once the header is gone.
     pending: Vec<u8>,
-    out: Vec<u8>,
-    rows: u64,
-    last_ctid: Option<Ctid>,
+    batch: BatchBuilder,
     header_seen: bool,
     trailer_seen: bool,
 }
@@ -59,11 +96,8 @@ pub struct TupleCutter {
 impl TupleCutter {
     pub fn new(target_bytes: usize) -> Self {
         Self {
-            target_bytes,
             pending: Vec::new(),
-            out: Vec::with_capacity(batch_capacity(target_bytes)),
-            rows: 0,
-            last_ctid: None,
+            batch: BatchBuilder::new(target_bytes),
             header_seen: false,
             trailer_seen: false,
         }
@@ -89,36 +123,20 @@ impl TupleCutter {
                 at = self.pending.len();
                 break;
             }
-            let tuple = &self.pending[at..at + tuple_len];
-            self.last_ctid = Some(strip_ctid(tuple, &mut self.out)?);
-            self.rows += 1;
+            let ctid = strip_ctid(&self.pending[at..at + tuple_len], &mut self.batch.out)?;
             at += tuple_len;
-            if self.out.len() >= self.target_bytes {
-                ready.push(self.take_batch());
-            }
+            ready.extend(self.batch.row_done(ctid));
         }
         self.pending.drain(..at);
         Ok(ready)
     }
 
     /// Ends the stream; returns the last, possibly short, batch.
-    pub fn finish(mut self) -> Result<Option<TupleBatch>> {
+    pub fn finish(self) -> Result<Option<TupleBatch>> {
         if !self.trailer_seen {
             return Err(corrupt("stream ended without the COPY trailer"));
         }
-        Ok((self.rows > 0).then(|| self.take_batch()))
-    }
-
-    fn take_batch(&mut self) -> TupleBatch {
-        let bytes = std::mem::replace(
-            &mut self.out,
-            Vec::with_capacity(batch_capacity(self.target_bytes)),
-        );
-        TupleBatch {
-            bytes,
-            rows: std::mem::take(&mut self.rows),
-            last_ctid: self.last_ctid,
-        }
+        Ok(self.batch.rest())
     }
 
     fn consume_header(&mut self) -> Result<bool> {
@@ -340,21 +358,15 @@ impl CopyFormat {
 /// boundaries, removing that column. A raw newline always ends a row:
 /// newlines inside values are escaped as `\n`.
 pub struct LineCutter {
-    target_bytes: usize,
     pending: Vec<u8>,
-    out: Vec<u8>,
-    rows: u64,
-    last_ctid: Option<Ctid>,
+    batch: BatchBuilder,
 }
 
 impl LineCutter {
     pub fn new(target_bytes: usize) -> Self {
         Self {
-            target_bytes,
             pending: Vec::new(),
-            out: Vec::with_capacity(batch_capacity(target_bytes)),
-            rows: 0,
-            last_ctid: None,
+            batch: BatchBuilder::new(target_bytes),
         }
     }
 
@@ -372,35 +384,19 @@ impl LineCutter {
                 .ok()
                 .and_then(Ctid::parse)
                 .ok_or_else(|| corrupt("text row does not start with a ctid"))?;
-            self.out.extend_from_slice(&line[tab + 1..]);
-            self.last_ctid = Some(ctid);
-            self.rows += 1;
+            self.batch.out.extend_from_slice(&line[tab + 1..]);
             at += end + 1;
-            if self.out.len() >= self.target_bytes {
-                ready.push(self.take_batch());
-            }
+            ready.extend(self.batch.row_done(ctid));
         }
         self.pending.drain(..at);
         Ok(ready)
     }
 
-    pub fn finish(mut self) -> Result<Option<TupleBatch>> {
+    pub fn finish(self) -> Result<Option<TupleBatch>> {
         if !self.pending.is_empty() {
             return Err(corrupt("text COPY stream ended inside a row"));
         }
-        Ok((self.rows > 0).then(|| self.take_batch()))
-    }
-
-    fn take_batch(&mut self) -> TupleBatch {
-        let bytes = std::mem::replace(
-            &mut self.out,
-            Vec::with_capacity(batch_capacity(self.target_bytes)),
-        );
-        TupleBatch {
-            bytes,
-            rows: std::mem::take(&mut self.rows),
-            last_ctid: self.last_ctid,
-        }
+        Ok(self.batch.rest())
     }
 }
 

@@ -10,7 +10,8 @@ use godwit_tests::{
 };
 
 /// Coordinator, etcd and a submitted job whose `events` table is one
-/// partition of dozens of 64 KiB chunks (unless `partition_size` splits it).
+/// partition of about a hundred 64 KiB chunks (unless `partition_size` splits
+/// it): long enough for a fault to land mid-partition.
 struct Deployment {
     source: PgCluster,
     target: PgCluster,
@@ -19,12 +20,13 @@ struct Deployment {
     url: String,
     root: String,
     job_id: &'static str,
+    ledger: tokio_postgres::Client,
     _job: Job,
 }
 
 impl Deployment {
     async fn start(job_id: &'static str, partition_size: &str) -> anyhow::Result<Self> {
-        let (source, target) = source_and_target(4).await?;
+        let (source, target) = source_and_target(12).await?;
         let etcd = Etcd::start()?;
         let root = format!("/godwit-{job_id}");
         let (coordinator, url) = Service::coordinator(&etcd.url(), &root, &[])?;
@@ -38,6 +40,7 @@ impl Deployment {
         })?;
         let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
         assert!(submitted.status.success(), "{}", describe(&submitted));
+        let ledger = target.client("shop").await?;
         Ok(Self {
             source,
             target,
@@ -46,6 +49,7 @@ impl Deployment {
             url,
             root,
             job_id,
+            ledger,
             _job: job,
         })
     }
@@ -56,8 +60,8 @@ impl Deployment {
 
     /// (partition, chunks) of the events table's most advanced partition.
     async fn events_progress(&self) -> anyhow::Result<(i32, i64)> {
-        let dst = self.target.client("shop").await?;
-        let row = dst
+        let row = self
+            .ledger
             .query_opt(
                 "SELECT partition, count(*) FROM godwit.applied_chunks \
                  WHERE job_id = $1 AND table_name = 'public.events' GROUP BY partition ORDER BY 2 DESC LIMIT 1",
