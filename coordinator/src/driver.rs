@@ -421,6 +421,11 @@ impl JobDriver {
 
         record.transition(JobPhase::Finalizing).map_err(failed)?;
         self.put_record(record).await.map_err(failed)?;
+        // The copy can take hours; a fresh session does not depend on the one
+        // opened before it surviving every network hiccup in between.
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(failed)?;
         let phase_start = Instant::now();
         if copy_data {
             tracing::info!(job_id = %job, "building indexes and constraints");
