@@ -7,6 +7,7 @@ pub mod compare;
 pub mod etcd;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 pub mod s3;
 pub mod service;
 
@@ -16,6 +17,7 @@ pub use compare::{assert_same_tables, table_digest, user_tables};
 pub use etcd::Etcd;
 pub use pg::PgCluster;
 pub use process::{Job, bin, describe, free_port, run_godwit, wait_until};
+pub use proxy::FaultProxy;
 pub use s3::S3Server;
 pub use service::Service;
 
