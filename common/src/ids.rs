@@ -58,7 +58,6 @@ macro_rules! id_type {
 
 id_type!(JobId, "job id");
 id_type!(CustomerId, "customer");
-id_type!(WorkerId, "worker id");
 
 /// A partition is numbered within its job; numbers are dense from 0.
 pub type PartitionNo = u32;

@@ -235,25 +235,25 @@ pub fn stream_trailer() -> &'static [u8] {
     &TRAILER
 }
 
-/// Counts the tuples in a batch, checking that it holds whole tuples only.
-pub fn count_tuples(bytes: &[u8]) -> Result<u64> {
-    let mut rows = 0;
-    let mut at = 0;
-    while at < bytes.len() {
-        match tuple_len(&bytes[at..])? {
-            Some(len) if len > 0 => at += len,
-            _ => return Err(corrupt("batch does not hold whole tuples")),
-        }
-        rows += 1;
-    }
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Counts the tuples in a batch, checking that it holds whole tuples only.
+    fn count_tuples(bytes: &[u8]) -> Result<u64> {
+        let mut rows = 0;
+        let mut at = 0;
+        while at < bytes.len() {
+            match tuple_len(&bytes[at..])? {
+                Some(len) if len > 0 => at += len,
+                _ => return Err(corrupt("batch does not hold whole tuples")),
+            }
+            rows += 1;
+        }
+        Ok(rows)
+    }
 
     /// The COPY stream (ctid first) and the tuples the target should get.
     fn encode(rows: &[Vec<Option<Vec<u8>>>]) -> (Vec<u8>, Vec<u8>) {

@@ -63,14 +63,6 @@ impl Keyspace {
     pub fn lease(&self, job: &JobId, partition: PartitionNo) -> String {
         format!("{}/jobs/{job}/leases/{partition:06}", self.root)
     }
-
-    pub fn worker(&self, worker: &str) -> String {
-        format!("{}/workers/{worker}", self.root)
-    }
-
-    pub fn workers_prefix(&self) -> String {
-        format!("{}/workers/", self.root)
-    }
 }
 
 /// Job lifecycle: planning → copying → finalizing → done, or failed/cancelled

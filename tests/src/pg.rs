@@ -98,10 +98,6 @@ impl PgCluster {
         }
         Ok(())
     }
-
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for PgCluster {

@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 struct Connections {
     open: Mutex<Vec<JoinHandle<()>>>,
-    accepted: AtomicU64,
     resets: AtomicU64,
 }
 
@@ -36,7 +35,6 @@ impl FaultProxy {
         let accepting = connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                accepting.accepted.fetch_add(1, Ordering::Relaxed);
                 let task = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
@@ -74,10 +72,6 @@ impl FaultProxy {
             .resets
             .fetch_add(live.len() as u64, Ordering::Relaxed);
         live.len()
-    }
-
-    pub fn accepted(&self) -> u64 {
-        self.connections.accepted.load(Ordering::Relaxed)
     }
 }
 

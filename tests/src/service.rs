@@ -100,11 +100,6 @@ impl Service {
         let _ = self.child.wait();
     }
 
-    /// Waits for the process to exit by itself; its exit code.
-    pub fn wait(&mut self) -> anyhow::Result<Option<i32>> {
-        Ok(self.child.wait()?.code())
-    }
-
     pub fn try_wait(&mut self) -> anyhow::Result<Option<Option<i32>>> {
         Ok(self.child.try_wait()?.map(|status| status.code()))
     }

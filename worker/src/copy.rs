@@ -47,8 +47,6 @@ pub struct CopyStats {
     /// Chunks this attempt loaded.
     pub chunks_applied: u64,
     pub timings: StageTimings,
-    /// Chunks the ledger already held when this attempt tried to load them.
-    pub chunks_skipped: u64,
 }
 
 /// What the reader hands the loader: a batch and what reading it cost.
@@ -284,8 +282,6 @@ async fn process_chunk(
     stats.rows += rows;
     if outcome == LoadOutcome::Applied {
         stats.chunks_applied += 1;
-    } else {
-        stats.chunks_skipped += 1;
     }
     Ok(staged_len)
 }

@@ -78,10 +78,6 @@ impl HeldLease {
         }))
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     pub fn lease_id(&self) -> LeaseId {
         self.lease
     }
