@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Catalog(String),
+    /// A server could not be reached at the network level.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("schema copy failed: {0}")]
     Schema(String),
     #[error("staging {location}: {source}")]
@@ -65,7 +68,10 @@ impl Error {
                         || code.starts_with("08")
                 }
             },
-            Error::Staging { .. } | Error::LeaseStore(_) | Error::LeaseLost { .. } => true,
+            Error::Staging { .. }
+            | Error::LeaseStore(_)
+            | Error::LeaseLost { .. }
+            | Error::Unreachable(_) => true,
             Error::Io { .. } => true,
             _ => false,
         }

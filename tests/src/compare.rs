@@ -65,3 +65,68 @@ pub async fn assert_same_tables(source: &Client, target: &Client) -> anyhow::Res
     }
     Ok(total)
 }
+
+/// Rows of the source missing from the target and rows of the target in
+/// excess of the source, over every user table, matching whole rows by
+/// their text form (a row present twice at the target counts once as
+/// duplicated).
+pub async fn lost_and_duplicated(source: &Client, target: &Client) -> anyhow::Result<(u64, u64)> {
+    use std::collections::HashMap;
+
+    async fn row_hashes(client: &Client, table: &str) -> anyhow::Result<HashMap<String, i64>> {
+        client
+            .batch_execute(
+                "SET TimeZone = 'UTC'; SET extra_float_digits = 1; SET DateStyle = 'ISO, YMD'",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &format!("SELECT md5(t::text), count(*) FROM {table} AS t GROUP BY 1"),
+                &[],
+            )
+            .await
+            .with_context(|| format!("hashing the rows of {table}"))?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    let (mut lost, mut duplicated) = (0u64, 0u64);
+    for table in user_tables(source).await? {
+        let at_source = row_hashes(source, &table).await?;
+        let at_target = row_hashes(target, &table).await.unwrap_or_default();
+        for (hash, &count) in &at_source {
+            let there = at_target.get(hash).copied().unwrap_or(0);
+            lost += u64::try_from(count - there).unwrap_or(0);
+        }
+        for (hash, &count) in &at_target {
+            let here = at_source.get(hash).copied().unwrap_or(0);
+            duplicated += u64::try_from(count - here).unwrap_or(0);
+        }
+    }
+    Ok((lost, duplicated))
+}
+
+/// The `CopyData` bytes one uninterrupted read of the job's tables takes,
+/// with the statements the workers use: what a [`crate::FaultProxy`] in
+/// front of the source counts when no byte is read twice.
+pub async fn clean_read_bytes(source: &Client, spec_path: &std::path::Path) -> anyhow::Result<u64> {
+    use futures::StreamExt;
+    use godwit_common::pg::catalog;
+    use godwit_common::spec::JobSpec;
+
+    let spec = JobSpec::from_file(spec_path)?;
+    let mut total = 0u64;
+    for table in catalog::resolve_tables(source, &spec).await? {
+        let statement = format!(
+            "COPY (SELECT ctid, {} FROM {}) TO STDOUT {}",
+            table.copy_columns.join(", "),
+            table.name.quoted(),
+            table.format.options()
+        );
+        let stream = source.copy_out(statement.as_str()).await?;
+        futures::pin_mut!(stream);
+        while let Some(data) = stream.next().await {
+            total += data?.len() as u64;
+        }
+    }
+    Ok(total)
+}

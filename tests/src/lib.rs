@@ -3,6 +3,7 @@
 //! started per test in its own temporary directory on free loopback ports.
 //! A missing dependency fails the test loudly; nothing is skipped.
 
+pub mod chaos;
 pub mod compare;
 pub mod etcd;
 pub mod pg;
@@ -13,11 +14,14 @@ pub mod service;
 
 use std::path::PathBuf;
 
-pub use compare::{assert_same_tables, table_digest, user_tables};
+pub use chaos::{FaultAt, Figures};
+pub use compare::{
+    assert_same_tables, clean_read_bytes, lost_and_duplicated, table_digest, user_tables,
+};
 pub use etcd::Etcd;
 pub use pg::PgCluster;
 pub use process::{Job, bin, describe, free_port, run_godwit, wait_until};
-pub use proxy::FaultProxy;
+pub use proxy::{FaultProxy, HttpFault, HttpFaultProxy};
 pub use s3::S3Server;
 pub use service::Service;
 

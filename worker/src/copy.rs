@@ -1,7 +1,8 @@
 //! The partition copy pipeline: `COPY … TO STDOUT (FORMAT binary)` under the
 //! job's snapshot, cut at tuple boundaries into chunks, each sealed (zstd +
 //! AES-256-GCM), staged, then loaded into the target together with its
-//! ledger row. Reading overlaps with sealing, staging and loading.
+//! ledger row. One chunk is in flight at a time: a partition's reading
+//! pauses while its chunk loads, other partitions run alongside.
 
 use std::sync::Arc;
 
@@ -22,8 +23,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-/// Batches read ahead of the loader; bounds memory to a few chunks.
-const READ_AHEAD: usize = 2;
+/// The source session's socket receive buffer, as a share of the chunk
+/// size, within bounds: small enough that a worker dying mid-chunk has made
+/// the source send little beyond that chunk, large enough to keep reading
+/// at full speed over a long network path.
+fn reader_receive_buffer(chunk_size: u64) -> u32 {
+    const FLOOR: u64 = 16 * 1024;
+    const CEILING: u64 = 4 * 1024 * 1024;
+    (chunk_size / 8).clamp(FLOOR, CEILING) as u32
+}
 
 pub struct PartitionJob<'a> {
     pub spec: &'a JobSpec,
@@ -63,14 +71,20 @@ pub async fn copy_partition(
     record: &mut PartitionRecord,
 ) -> Result<CopyStats> {
     let spec = job.spec;
-    let source = pg::connect(&spec.source, Side::Source).await?;
+    let session = pg::connect_reader(
+        &spec.source,
+        Side::Source,
+        reader_receive_buffer(spec.chunk_size.0),
+    )
+    .await?;
     // Rows must come in physical order for `ctid` to be a resume position; a
     // synchronized scan could start mid-table.
-    source
+    session
+        .client
         .batch_execute("SET synchronize_seqscans = off")
         .await
         .map_err(|e| Error::postgres("cannot configure the source session", e))?;
-    pg::join_snapshot(&source, job.snapshot).await?;
+    pg::join_snapshot(&session.client, job.snapshot).await?;
     let mut target = pg::connect(&spec.target, Side::Target).await?;
     let fence = job.lease.lease_id().0;
     ledger::take_partition(
@@ -99,11 +113,17 @@ pub async fn copy_partition(
     );
     let format = job.table.format;
     let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
-    let (batches_tx, mut batches_rx) = mpsc::channel::<Result<ReadBatch>>(READ_AHEAD);
+    // The reader hands over one chunk and waits for it to be loaded before
+    // reading on: what a crash makes the next holder read again is that
+    // chunk and the socket's bounded buffer, never a queue of chunks.
+    let (batches_tx, mut batches_rx) = mpsc::channel::<Result<ReadBatch>>(1);
+    let (loaded_tx, mut loaded_rx) = mpsc::channel::<()>(1);
     let table_name = job.table.name.to_string();
 
     let reader = async move {
-        let stream = source
+        // Aborting the reader drops the session, closing the source socket.
+        let stream = session
+            .client
             .copy_out(statement.as_str())
             .await
             .map_err(|e| Error::postgres(format!("cannot read {table_name} from the source"), e));
@@ -144,7 +164,9 @@ pub async fn copy_partition(
                             bytes_read: std::mem::take(&mut read_since_batch),
                             read_time: std::mem::take(&mut waited),
                         };
-                        if batches_tx.send(Ok(read)).await.is_err() {
+                        if batches_tx.send(Ok(read)).await.is_err()
+                            || loaded_rx.recv().await.is_none()
+                        {
                             return;
                         }
                     }
@@ -209,6 +231,13 @@ pub async fn copy_partition(
             job.lease
                 .put_fenced(job.progress_key, godwit_common::state::encode(record))
                 .await?;
+            // A stopping worker hands the partition back here, before the
+            // reader pulls another chunk from the source.
+            if *stop.borrow() {
+                return Err(Error::Cancelled);
+            }
+            // The reader may have ended after its last batch.
+            let _ = loaded_tx.try_send(());
         }
         Ok(())
     }

@@ -58,20 +58,142 @@ pub fn describe(conn: &str) -> String {
 /// text output that is identical on both sides for the same value.
 pub async fn connect(conn: &str, side: Side) -> Result<Client> {
     let (config, tls) = tls::driver_config(conn, side)?;
-    let (client, connection) = config.connect(tls).await.map_err(|e| {
-        Error::postgres(
-            format!(
-                "cannot connect to the {side} database {}; check `{side}` in the job spec",
-                describe(conn)
-            ),
-            e,
-        )
-    })?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| connect_error(conn, side, e))?;
+    drive(connection);
+    configure_session(client, side).await
+}
+
+/// Runs a connection's I/O in the background until it ends or is aborted.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>) -> tokio::task::AbortHandle
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
         }
-    });
+    })
+    .abort_handle()
+}
+
+/// Like [`connect`], for a session that streams a bulk read: the socket's
+/// receive buffer is capped at `receive_buffer` bytes. While the reader
+/// pauses (its chunk is loading) the server then stops sending, instead of
+/// filling megabytes of kernel buffer that a crash would make it read and
+/// send again. Unix sockets and `hostaddr` fall back to [`connect`].
+///
+/// Dropping the returned [`ReaderSession`] closes the socket at once: the
+/// driver would otherwise drain an abandoned `COPY` to its end, making the
+/// server read the rest of the table for nothing.
+pub async fn connect_reader(conn: &str, side: Side, receive_buffer: u32) -> Result<ReaderSession> {
+    use tokio_postgres::config::Host;
+    use tokio_postgres::tls::MakeTlsConnect;
+
+    let (config, mut tls) = tls::driver_config(conn, side)?;
+    let hosts = config.get_hosts();
+    if !config.get_hostaddrs().is_empty() || hosts.iter().any(|h| matches!(h, Host::Unix(_))) {
+        let (client, connection) = config
+            .connect(tls)
+            .await
+            .map_err(|e| connect_error(conn, side, e))?;
+        let connection = drive(connection);
+        return Ok(ReaderSession {
+            client: configure_session(client, side).await?,
+            connection,
+        });
+    }
+    let unreachable = |detail: String| {
+        Error::Unreachable(format!(
+            "cannot connect to the {side} database {} ({detail}); check `{side}` in the job spec",
+            describe(conn)
+        ))
+    };
+    let ports = config.get_ports();
+    let mut last_failure = String::from("no host given");
+    for (i, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else { continue };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let addrs = match tokio::net::lookup_host((name.as_str(), port)).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                last_failure = format!("{name}: {e}");
+                continue;
+            }
+        };
+        for addr in addrs {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| unreachable(e.to_string()))?;
+            socket
+                .set_recv_buffer_size(receive_buffer)
+                .map_err(|e| unreachable(e.to_string()))?;
+            let connecting = socket.connect(addr);
+            let stream = match config.get_connect_timeout() {
+                Some(limit) => match tokio::time::timeout(*limit, connecting).await {
+                    Ok(stream) => stream,
+                    Err(_) => {
+                        last_failure = format!("{addr}: timed out");
+                        continue;
+                    }
+                },
+                None => connecting.await,
+            };
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last_failure = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let connector = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<
+                tokio::net::TcpStream,
+            >>::make_tls_connect(&mut tls, name)
+            .map_err(|e| unreachable(e.to_string()))?;
+            let (client, connection) = config
+                .connect_raw(stream, connector)
+                .await
+                .map_err(|e| connect_error(conn, side, e))?;
+            let connection = drive(connection);
+            return Ok(ReaderSession {
+                client: configure_session(client, side).await?,
+                connection,
+            });
+        }
+    }
+    Err(unreachable(last_failure))
+}
+
+/// A bulk-reading session; see [`connect_reader`].
+pub struct ReaderSession {
+    pub client: Client,
+    connection: tokio::task::AbortHandle,
+}
+
+impl Drop for ReaderSession {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn connect_error(conn: &str, side: Side, e: tokio_postgres::Error) -> Error {
+    Error::postgres(
+        format!(
+            "cannot connect to the {side} database {}; check `{side}` in the job spec",
+            describe(conn)
+        ),
+        e,
+    )
+}
+
+async fn configure_session(client: Client, side: Side) -> Result<Client> {
     client
         .batch_execute(
             "SET application_name = 'godwit'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
