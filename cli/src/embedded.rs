@@ -171,3 +171,48 @@ pub async fn replay(spec_path: &Path, target: Option<&str>) -> i32 {
         }
     }
 }
+
+pub async fn verify(
+    spec_path: &Path,
+    report_path: Option<&Path>,
+    options: godwit_common::verify::Options,
+) -> i32 {
+    use godwit_common::pg::{self, Side};
+
+    let spec = match JobSpec::from_file(spec_path) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let clients = async {
+        let source = pg::connect(&spec.source, Side::Source).await?;
+        let target = pg::connect(&spec.target, Side::Target).await?;
+        Ok::<_, godwit_common::Error>((source, target))
+    };
+    let report = match clients.await {
+        Ok((source, target)) => {
+            godwit_common::verify::verify(&spec, &source, &target, options).await
+        }
+        Err(e) => Err(e),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: cannot verify job {}: {e}", spec.job);
+            return 2;
+        }
+    };
+    println!("{}", report.summary());
+    if let Some(path) = report_path {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json));
+        if let Err(e) = written {
+            eprintln!("error: cannot write the report to {}: {e}", path.display());
+            return 2;
+        }
+    }
+    if report.matched { 0 } else { 1 }
+}

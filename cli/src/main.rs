@@ -44,6 +44,20 @@ enum Command {
         target: Option<String>,
     },
     /// Submit a job spec to a coordinator; prints the job id.
+    /// Compare the target with the source, computed by both databases:
+    /// schema, row counts, content (down to the differing primary keys) and
+    /// foreign keys. Exit 0 only when everything matches, 1 when something
+    /// differs, 2 when the comparison could not run.
+    Verify {
+        spec: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Compare differing key buckets row by row once they hold at most
+        /// this many rows; larger ones are split further first.
+        #[arg(long, default_value_t = godwit_common::verify::ROW_LEVEL_LIMIT)]
+        compare_rows_below: i64,
+    },
     Submit {
         #[arg(long, env = "GODWIT_COORDINATOR")]
         coordinator: String,
@@ -101,6 +115,14 @@ fn main() -> ExitCode {
                 concurrency,
             } => embedded::run(&spec, workers, concurrency).await,
             Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
+            Command::Verify {
+                spec,
+                report,
+                compare_rows_below,
+            } => {
+                let options = godwit_common::verify::Options { compare_rows_below };
+                embedded::verify(&spec, report.as_deref(), options).await
+            }
             Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
             Command::Watch {
                 coordinator,

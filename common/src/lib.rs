@@ -15,5 +15,6 @@ pub mod spec;
 pub mod staging;
 pub mod state;
 pub mod telemetry;
+pub mod verify;
 
 pub use error::{Error, Result};
