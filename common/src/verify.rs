@@ -361,8 +361,8 @@ async fn compare_table(
     table: &TableName,
     options: Options,
 ) -> Result<TableReport> {
-    let at_source = crate::pg::checksum::fingerprint(source, table).await?;
     if !exists(target, table).await? {
+        let at_source = crate::pg::checksum::fingerprint(source, table).await?;
         return Ok(TableReport {
             table: table.to_string(),
             source_rows: at_source.rows,
@@ -375,7 +375,11 @@ async fn compare_table(
             },
         });
     }
-    let at_target = crate::pg::checksum::fingerprint(target, table).await?;
+    // Both databases read at once: each side is one full scan.
+    let (at_source, at_target) = tokio::try_join!(
+        crate::pg::checksum::fingerprint(source, table),
+        crate::pg::checksum::fingerprint(target, table)
+    )?;
     let key = primary_key(source, table).await?;
     let content = if at_source == at_target {
         ContentLayer {
@@ -476,8 +480,10 @@ async fn localise(
         .join(", ");
     let mut filter = "true".to_owned();
     for level in 0..MAX_LEVELS {
-        let at_source = bucket_sums(source, table, &key, level, &filter).await?;
-        let at_target = bucket_sums(target, table, &key, level, &filter).await?;
+        let (at_source, at_target) = tokio::try_join!(
+            bucket_sums(source, table, &key, level, &filter),
+            bucket_sums(target, table, &key, level, &filter)
+        )?;
         let differing: BTreeSet<i64> = at_source
             .keys()
             .chain(at_target.keys())
@@ -527,8 +533,10 @@ async fn compare_rows(
     filter: &str,
 ) -> Result<ContentLayer> {
     let columns = columns(source, table).await?;
-    let at_source = row_hashes(source, table, key, &columns, filter).await?;
-    let at_target = row_hashes(target, table, key, &columns, filter).await?;
+    let (at_source, at_target) = tokio::try_join!(
+        row_hashes(source, table, key, &columns, filter),
+        row_hashes(target, table, key, &columns, filter)
+    )?;
     let mut layer = ContentLayer {
         matched: false,
         method: "primary_key_buckets".into(),
