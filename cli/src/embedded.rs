@@ -205,6 +205,10 @@ pub async fn verify(
         }
     };
     println!("{}", report.summary());
+    match store_report(&spec, &report).await {
+        Ok(location) => println!("report stored, sealed, at {location} (`godwit report` shows it)"),
+        Err(e) => eprintln!("warning: the report was not stored in staging: {e}"),
+    }
     if let Some(path) = report_path {
         let written = serde_json::to_vec_pretty(&report)
             .map_err(std::io::Error::other)
@@ -215,4 +219,88 @@ pub async fn verify(
         }
     }
     if report.matched { 0 } else { 1 }
+}
+
+/// Seals the report with the job's data key into its staging area: it names
+/// primary keys, which are customer data.
+async fn store_report(
+    spec: &JobSpec,
+    report: &godwit_common::verify::Report,
+) -> godwit_common::Result<String> {
+    use godwit_common::chunk::{self, ChunkId};
+
+    let staging = godwit_common::staging::Staging::open(&spec.staging)?;
+    let key = godwit_worker::keys::KeyCache::default()
+        .data_key(spec, &staging)
+        .await?;
+    let json = serde_json::to_vec(report).map_err(|e| godwit_common::Error::Corrupt {
+        what: "verification report".into(),
+        reason: e.to_string(),
+    })?;
+    let frame = chunk::seal(
+        &ChunkId::verification_report(spec.job.as_str()),
+        0,
+        &json,
+        &key,
+    )?;
+    let path = staging.report_path(&spec.job);
+    staging.put(&path, frame).await?;
+    Ok(staging.describe(&path))
+}
+
+/// Shows the job's last stored verification report.
+pub async fn report(spec_path: &Path, json: bool) -> i32 {
+    use godwit_common::chunk::{self, ChunkId};
+
+    let spec = match JobSpec::from_file(spec_path) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let loaded = async {
+        let staging = godwit_common::staging::Staging::open(&spec.staging)?;
+        let key = godwit_worker::keys::KeyCache::default()
+            .data_key(&spec, &staging)
+            .await?;
+        let path = staging.report_path(&spec.job);
+        let object = staging.describe(&path);
+        let frame = staging.get(&path).await?;
+        let (_, plain) = chunk::open(
+            &object,
+            &frame,
+            &ChunkId::verification_report(spec.job.as_str()),
+            &key,
+        )?;
+        serde_json::from_slice::<godwit_common::verify::Report>(&plain).map_err(|e| {
+            godwit_common::Error::Corrupt {
+                what: format!("verification report {object}"),
+                reason: e.to_string(),
+            }
+        })
+    };
+    match loaded.await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: cannot render the report: {e}");
+                        return 1;
+                    }
+                }
+            } else {
+                println!("{}", report.summary());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "error: no readable verification report for job {}: {e}; run `godwit verify` first",
+                spec.job
+            );
+            2
+        }
+    }
 }

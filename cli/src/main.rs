@@ -58,6 +58,13 @@ enum Command {
         #[arg(long, default_value_t = godwit_common::verify::ROW_LEVEL_LIMIT)]
         compare_rows_below: i64,
     },
+    /// Show the last verification report stored with the job.
+    Report {
+        spec: PathBuf,
+        /// Print the JSON report instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     Submit {
         #[arg(long, env = "GODWIT_COORDINATOR")]
         coordinator: String,
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
                 let options = godwit_common::verify::Options { compare_rows_below };
                 embedded::verify(&spec, report.as_deref(), options).await
             }
+            Command::Report { spec, json } => embedded::report(&spec, json).await,
             Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
             Command::Watch {
                 coordinator,

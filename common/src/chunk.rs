@@ -37,6 +37,16 @@ impl ChunkId {
             seq: 0,
         }
     }
+
+    /// The identity a job's stored verification report is sealed under.
+    pub fn verification_report(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: "reports/verification".to_owned(),
+            partition: 0,
+            seq: 0,
+        }
+    }
 }
 
 /// Compresses and seals `plaintext` (COPY binary tuples) into a frame.

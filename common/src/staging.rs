@@ -114,6 +114,11 @@ impl Staging {
             .join(format!("{name}.gwc"))
     }
 
+    /// The job's latest verification report, sealed: it names primary keys.
+    pub fn report_path(&self, job: &JobId) -> ObjectPath {
+        self.job_root(job).join("reports").join("verification.gwc")
+    }
+
     fn manifest_path(&self, job: &JobId) -> ObjectPath {
         self.job_root(job).join("manifest.json")
     }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::pg::catalog;
@@ -40,16 +40,18 @@ const MAX_LEVELS: i32 = 6;
 /// Differences listed per table; beyond it the report says how many more.
 const LISTED_PER_TABLE: usize = 1000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub job: String,
+    /// When the comparison ended, milliseconds since the Unix epoch.
+    pub verified_at_unix_ms: u64,
     pub matched: bool,
     pub schema: SchemaLayer,
     pub tables: Vec<TableReport>,
     pub foreign_keys: Vec<ForeignKeyReport>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SchemaLayer {
     pub matched: bool,
     /// `kind name`, present on the source only.
@@ -61,14 +63,14 @@ pub struct SchemaLayer {
     pub sequences_behind: Vec<SequenceBehind>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SequenceBehind {
     pub sequence: String,
     pub source: Option<i64>,
     pub target: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableReport {
     pub table: String,
     pub source_rows: u64,
@@ -77,7 +79,7 @@ pub struct TableReport {
     pub content: ContentLayer,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContentLayer {
     pub matched: bool,
     /// `primary_key_buckets` or `whole_table`.
@@ -94,13 +96,13 @@ pub struct ContentLayer {
     pub unlisted: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RowDifference {
     pub key: String,
     pub columns: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForeignKeyReport {
     pub constraint: String,
     pub table: String,
@@ -210,6 +212,7 @@ pub async fn verify(
         && foreign_keys.iter().all(|fk| fk.orphans == 0);
     Ok(Report {
         job: spec.job.to_string(),
+        verified_at_unix_ms: crate::state::now_unix_ms(),
         matched,
         schema,
         tables: reports,

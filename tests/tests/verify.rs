@@ -169,6 +169,25 @@ async fn verify_finds_every_planted_difference_and_no_false_alarm() -> anyhow::R
     for narrowing in [&[][..], &["--compare-rows-below", "0"][..]] {
         check_planted_differences(&job, narrowing, deleted, &changed, &swapped)?;
     }
+
+    // The last report is kept with the job, sealed: it names keys.
+    let shown = run_godwit(&["report", job.spec(), "--json"], &[])?;
+    assert!(shown.status.success(), "{}", describe(&shown));
+    let stored: Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!(stored["matched"], false);
+    assert_eq!(
+        strings(&table(&stored, "public.customers")["content"]["missing"]),
+        vec![format!("({deleted})")]
+    );
+    let sealed = Job::files_under(&job.staging_dir())
+        .into_iter()
+        .find(|f| f.ends_with("reports/verification.gwc"))
+        .ok_or_else(|| anyhow::anyhow!("no report in staging"))?;
+    let bytes = std::fs::read(sealed)?;
+    assert!(
+        !bytes.windows(9).any(|w| w == b"customers"),
+        "the stored report is readable without the key"
+    );
     Ok(())
 }
 
