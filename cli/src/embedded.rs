@@ -205,7 +205,7 @@ pub async fn verify(
         }
     };
     println!("{}", report.summary());
-    match store_report(&spec, &report).await {
+    match godwit_common::verify::store_report(&spec, &report).await {
         Ok(location) => println!("report stored, sealed, at {location} (`godwit report` shows it)"),
         Err(e) => eprintln!("warning: the report was not stored in staging: {e}"),
     }
@@ -221,37 +221,8 @@ pub async fn verify(
     if report.matched { 0 } else { 1 }
 }
 
-/// Seals the report with the job's data key into its staging area: it names
-/// primary keys, which are customer data.
-async fn store_report(
-    spec: &JobSpec,
-    report: &godwit_common::verify::Report,
-) -> godwit_common::Result<String> {
-    use godwit_common::chunk::{self, ChunkId};
-
-    let staging = godwit_common::staging::Staging::open(&spec.staging)?;
-    let key = godwit_worker::keys::KeyCache::default()
-        .data_key(spec, &staging)
-        .await?;
-    let json = serde_json::to_vec(report).map_err(|e| godwit_common::Error::Corrupt {
-        what: "verification report".into(),
-        reason: e.to_string(),
-    })?;
-    let frame = chunk::seal(
-        &ChunkId::verification_report(spec.job.as_str()),
-        0,
-        &json,
-        &key,
-    )?;
-    let path = staging.report_path(&spec.job);
-    staging.put(&path, frame).await?;
-    Ok(staging.describe(&path))
-}
-
 /// Shows the job's last stored verification report.
 pub async fn report(spec_path: &Path, json: bool) -> i32 {
-    use godwit_common::chunk::{self, ChunkId};
-
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -259,27 +230,7 @@ pub async fn report(spec_path: &Path, json: bool) -> i32 {
             return 2;
         }
     };
-    let loaded = async {
-        let staging = godwit_common::staging::Staging::open(&spec.staging)?;
-        let key = godwit_worker::keys::KeyCache::default()
-            .data_key(&spec, &staging)
-            .await?;
-        let path = staging.report_path(&spec.job);
-        let object = staging.describe(&path);
-        let frame = staging.get(&path).await?;
-        let (_, plain) = chunk::open(
-            &object,
-            &frame,
-            &ChunkId::verification_report(spec.job.as_str()),
-            &key,
-        )?;
-        serde_json::from_slice::<godwit_common::verify::Report>(&plain).map_err(|e| {
-            godwit_common::Error::Corrupt {
-                what: format!("verification report {object}"),
-                reason: e.to_string(),
-            }
-        })
-    };
+    let loaded = godwit_common::verify::load_report(&spec);
     match loaded.await {
         Ok(report) => {
             if json {

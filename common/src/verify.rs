@@ -642,3 +642,46 @@ async fn orphans(
     }
     Ok(reports)
 }
+
+/// Seals `report` with the job's data key into its staging area (it names
+/// primary keys, which are customer data); returns where it went.
+pub async fn store_report(spec: &JobSpec, report: &Report) -> Result<String> {
+    use crate::chunk::{self, ChunkId};
+
+    let staging = crate::staging::Staging::open(&spec.staging)?;
+    let key = crate::keys::job_data_key(spec, &staging).await?;
+    let json = serde_json::to_vec(report).map_err(|e| Error::Corrupt {
+        what: "verification report".into(),
+        reason: e.to_string(),
+    })?;
+    let frame = chunk::seal(
+        &ChunkId::verification_report(spec.job.as_str()),
+        0,
+        &json,
+        &key,
+    )?;
+    let path = staging.report_path(&spec.job);
+    staging.put(&path, frame).await?;
+    Ok(staging.describe(&path))
+}
+
+/// The job's last stored report.
+pub async fn load_report(spec: &JobSpec) -> Result<Report> {
+    use crate::chunk::{self, ChunkId};
+
+    let staging = crate::staging::Staging::open(&spec.staging)?;
+    let key = crate::keys::job_data_key(spec, &staging).await?;
+    let path = staging.report_path(&spec.job);
+    let object = staging.describe(&path);
+    let frame = staging.get(&path).await?;
+    let (_, plain) = chunk::open(
+        &object,
+        &frame,
+        &ChunkId::verification_report(spec.job.as_str()),
+        &key,
+    )?;
+    serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+        what: format!("verification report {object}"),
+        reason: e.to_string(),
+    })
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use godwit_common::ids::JobId;
-use godwit_common::keys::{DataKey, Kek};
+use godwit_common::keys::DataKey;
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
 use godwit_common::{Error, Result};
@@ -19,15 +19,7 @@ impl KeyCache {
         if let Some(key) = self.keys.lock().map_err(|_| poisoned())?.get(&spec.job) {
             return Ok(key.clone());
         }
-        let kek = Kek::from_file(&spec.encryption.key_file)?;
-        let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
-            Error::Key(format!(
-                "job {} has no wrapped data key in staging {}: the job was not planned there",
-                spec.job,
-                staging.url()
-            ))
-        })?;
-        let key = Arc::new(kek.unwrap(&spec.job, &wrapped)?);
+        let key = Arc::new(godwit_common::keys::job_data_key(spec, staging).await?);
         self.keys
             .lock()
             .map_err(|_| poisoned())?
