@@ -213,6 +213,23 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Key("the system random generator failed".into()))
 }
 
+/// Unwraps the job's data key from its staging area with the KEK the spec
+/// names.
+pub async fn job_data_key(
+    spec: &crate::spec::JobSpec,
+    staging: &crate::staging::Staging,
+) -> Result<DataKey> {
+    let kek = Kek::from_file(&spec.encryption.key_file)?;
+    let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
+        Error::Key(format!(
+            "job {} has no wrapped data key in staging {}: the job was not planned there",
+            spec.job,
+            staging.url()
+        ))
+    })?;
+    kek.unwrap(&spec.job, &wrapped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,21 +283,4 @@ mod tests {
         let kek = Kek::from_bytes(&[0xab; KEY_LEN]).expect("kek");
         assert!(!format!("{kek:?}").contains("abab"));
     }
-}
-
-/// Unwraps the job's data key from its staging area with the KEK the spec
-/// names.
-pub async fn job_data_key(
-    spec: &crate::spec::JobSpec,
-    staging: &crate::staging::Staging,
-) -> Result<DataKey> {
-    let kek = Kek::from_file(&spec.encryption.key_file)?;
-    let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
-        Error::Key(format!(
-            "job {} has no wrapped data key in staging {}: the job was not planned there",
-            spec.job,
-            staging.url()
-        ))
-    })?;
-    kek.unwrap(&spec.job, &wrapped)
 }
