@@ -6,7 +6,7 @@ mod embedded;
 mod remote;
 mod render;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -49,7 +49,11 @@ enum Command {
     /// foreign keys. Exit 0 only when everything matches, 1 when something
     /// differs, 2 when the comparison could not run.
     Verify {
-        spec: PathBuf,
+        /// The job spec (embedded), or the job id with --coordinator.
+        job: String,
+        /// Ask this coordinator to verify the job it ran.
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -123,12 +127,19 @@ fn main() -> ExitCode {
             } => embedded::run(&spec, workers, concurrency).await,
             Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
             Command::Verify {
-                spec,
+                job,
+                coordinator: Some(coordinator),
+                report,
+                ..
+            } => remote::verify(&coordinator, &job, report.as_deref()).await,
+            Command::Verify {
+                job,
+                coordinator: None,
                 report,
                 compare_rows_below,
             } => {
                 let options = godwit_common::verify::Options { compare_rows_below };
-                embedded::verify(&spec, report.as_deref(), options).await
+                embedded::verify(Path::new(&job), report.as_deref(), options).await
             }
             Command::Report { spec, json } => embedded::report(&spec, json).await,
             Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, GetJobRequest, JobState, ListJobsRequest, SubmitJobRequest, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, JobState, ListJobsRequest, SubmitJobRequest, VerifyJobRequest,
+    WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -138,4 +139,34 @@ pub async fn cancel(url: &str, job_id: &str) -> i32 {
         }
         Err(status) => failed(&status),
     }
+}
+
+/// Has the coordinator verify a job; exit 0 only when everything matches.
+pub async fn verify(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let response = match client
+        .verify_job(VerifyJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(&status),
+    };
+    println!("{}", response.summary);
+    if response.stored_at.is_empty() {
+        eprintln!("warning: the coordinator could not store the report in staging");
+    } else {
+        println!("report stored, sealed, at {}", response.stored_at);
+    }
+    if let Some(path) = report_path
+        && let Err(e) = std::fs::write(path, &response.report_json)
+    {
+        eprintln!("error: cannot write the report to {}: {e}", path.display());
+        return 2;
+    }
+    if response.matched { 0 } else { 1 }
 }

@@ -10,11 +10,12 @@ use futures::Stream;
 use godwit_common::ids::JobId;
 use godwit_common::lease::LeaseStore;
 use godwit_common::spec::JobSpec;
-use godwit_common::state::Keyspace;
+use godwit_common::state::{self, JobRecord, Keyspace};
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
     CancelJobRequest, CancelJobResponse, GetJobRequest, JobState, JobStatus, ListJobsRequest,
-    ListJobsResponse, SubmitJobRequest, SubmitJobResponse, WatchJobRequest,
+    ListJobsResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest, VerifyJobResponse,
+    WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -123,6 +124,54 @@ impl Godwit for GodwitService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify_job(
+        &self,
+        request: Request<VerifyJobRequest>,
+    ) -> Result<Response<VerifyJobResponse>, Status> {
+        use godwit_common::pg::{self, Side};
+
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        let key = self.keyspace.job_record(&job);
+        let bytes = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no job {job}")))?;
+        let record: JobRecord =
+            state::decode(&key, &bytes).map_err(|e| Status::internal(e.to_string()))?;
+        let spec = record.spec;
+        let unavailable = |e: godwit_common::Error| Status::unavailable(e.to_string());
+        let source = pg::connect(&spec.source, Side::Source)
+            .await
+            .map_err(unavailable)?;
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(unavailable)?;
+        let report = godwit_common::verify::verify(&spec, &source, &target, Default::default())
+            .await
+            .map_err(|e| match e {
+                godwit_common::Error::Catalog(_) => Status::failed_precondition(e.to_string()),
+                e => Status::unavailable(e.to_string()),
+            })?;
+        let stored_at = match godwit_common::verify::store_report(&spec, &report).await {
+            Ok(location) => location,
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+                String::new()
+            }
+        };
+        tracing::info!(job_id = %job, matched = report.matched, "job verified");
+        let report_json =
+            serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(VerifyJobResponse {
+            matched: report.matched,
+            summary: report.summary(),
+            report_json,
+            stored_at,
+        }))
     }
 
     async fn cancel_job(

@@ -90,6 +90,26 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     assert!(status.status.success(), "{}", describe(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("checked"));
 
+    // The coordinator verifies the job it ran and stores the sealed report.
+    let verified = run_godwit(&["verify", "--coordinator", &url, "distributed"], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let summary = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        summary.contains("verification of job distributed: MATCH"),
+        "{summary}"
+    );
+    assert!(summary.contains("report stored, sealed, at"), "{summary}");
+    dst.execute(
+        "DELETE FROM orders WHERE order_no = (SELECT min(order_no) FROM orders)",
+        &[],
+    )
+    .await?;
+    let differs = run_godwit(&["verify", "--coordinator", &url, "distributed"], &[])?;
+    assert_eq!(differs.status.code(), Some(1), "{}", describe(&differs));
+    assert!(String::from_utf8_lossy(&differs.stdout).contains("public.orders"));
+    let unknown = run_godwit(&["verify", "--coordinator", &url, "no-such-job"], &[])?;
+    assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
+
     // Rejected input over gRPC: a precise message and exit code 2.
     let bad = Job::create(|staging| {
         format!(
