@@ -64,7 +64,11 @@ enum Command {
     },
     /// Show the last verification report stored with the job.
     Report {
-        spec: PathBuf,
+        /// The job spec (embedded), or the job id with --coordinator.
+        job: String,
+        /// Ask this coordinator for the report of a job it ran.
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Print the JSON report instead of the summary.
         #[arg(long)]
         json: bool,
@@ -141,7 +145,16 @@ fn main() -> ExitCode {
                 let options = godwit_common::verify::Options { compare_rows_below };
                 embedded::verify(Path::new(&job), report.as_deref(), options).await
             }
-            Command::Report { spec, json } => embedded::report(&spec, json).await,
+            Command::Report {
+                job,
+                coordinator: Some(coordinator),
+                json,
+            } => remote::report(&coordinator, &job, json).await,
+            Command::Report {
+                job,
+                coordinator: None,
+                json,
+            } => embedded::report(Path::new(&job), json).await,
             Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
             Command::Watch {
                 coordinator,

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, GetJobRequest, JobState, ListJobsRequest, SubmitJobRequest, VerifyJobRequest,
-    WatchJobRequest,
+    CancelJobRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest, SubmitJobRequest,
+    VerifyJobRequest, WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -169,4 +169,29 @@ pub async fn verify(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 
         return 2;
     }
     if response.matched { 0 } else { 1 }
+}
+
+/// Prints the last report the coordinator stored for a job.
+pub async fn report(url: &str, job_id: &str, json: bool) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client
+        .get_report(GetReportRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => {
+            let response = response.into_inner();
+            if json {
+                println!("{}", response.report_json);
+            } else {
+                println!("{}", response.summary);
+            }
+            0
+        }
+        Err(status) => failed(&status),
+    }
 }

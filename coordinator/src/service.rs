@@ -13,9 +13,9 @@ use godwit_common::spec::JobSpec;
 use godwit_common::state::{self, JobRecord, Keyspace};
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
-    CancelJobRequest, CancelJobResponse, GetJobRequest, JobState, JobStatus, ListJobsRequest,
-    ListJobsResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest, VerifyJobResponse,
-    WatchJobRequest,
+    CancelJobRequest, CancelJobResponse, GetJobRequest, GetReportRequest, JobState, JobStatus,
+    ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest,
+    VerifyJobResponse, WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -40,6 +40,20 @@ impl GodwitService {
 
     fn job_id(raw: &str) -> Result<JobId, Status> {
         JobId::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// The spec of a job this coordinator holds.
+    async fn spec(&self, job: &JobId) -> Result<JobSpec, Status> {
+        let key = self.keyspace.job_record(job);
+        let bytes = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("job {job} not found")))?;
+        let record: JobRecord =
+            state::decode(&key, &bytes).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(record.spec)
     }
 
     async fn status(&self, job: &JobId) -> Result<JobStatus, Status> {
@@ -126,6 +140,29 @@ impl Godwit for GodwitService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn get_report(
+        &self,
+        request: Request<GetReportRequest>,
+    ) -> Result<Response<VerifyJobResponse>, Status> {
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        let spec = self.spec(&job).await?;
+        let report = godwit_common::verify::load_report(&spec)
+            .await
+            .map_err(|e| {
+                Status::not_found(format!(
+                    "no readable verification report for job {job}: {e}; run `godwit verify` first"
+                ))
+            })?;
+        let report_json =
+            serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(VerifyJobResponse {
+            matched: report.matched,
+            summary: report.summary(),
+            report_json,
+            stored_at: String::new(),
+        }))
+    }
+
     async fn verify_job(
         &self,
         request: Request<VerifyJobRequest>,
@@ -133,16 +170,7 @@ impl Godwit for GodwitService {
         use godwit_common::pg::{self, Side};
 
         let job = Self::job_id(&request.into_inner().job_id)?;
-        let key = self.keyspace.job_record(&job);
-        let bytes = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no job {job}")))?;
-        let record: JobRecord =
-            state::decode(&key, &bytes).map_err(|e| Status::internal(e.to_string()))?;
-        let spec = record.spec;
+        let spec = self.spec(&job).await?;
         let unavailable = |e: godwit_common::Error| Status::unavailable(e.to_string());
         let source = pg::connect(&spec.source, Side::Source)
             .await

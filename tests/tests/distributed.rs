@@ -109,6 +109,15 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&differs.stdout).contains("public.orders"));
     let unknown = run_godwit(&["verify", "--coordinator", &url, "no-such-job"], &[])?;
     assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
+    // The last report, as stored, handed over later.
+    let shown = run_godwit(&["report", "--coordinator", &url, "distributed"], &[])?;
+    assert!(shown.status.success(), "{}", describe(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("verification of job distributed: DIFFERENT"),
+        "{shown}"
+    );
+    assert!(shown.contains("public.orders"), "{shown}");
 
     // Rejected input over gRPC: a precise message and exit code 2.
     let bad = Job::create(|staging| {
