@@ -208,8 +208,9 @@ pub struct PartitionRecord {
     pub retry_after_unix_ms: Option<u64>,
 }
 
-/// Where a partition's copy time went, in milliseconds. Stages overlap
-/// (reading runs ahead of the rest), so they do not add up to wall time.
+/// Where a partition's copy time went, in milliseconds. Summed over
+/// partitions running at once, and the source keeps filling the socket
+/// buffer while a chunk loads, so they do not add up to wall time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTimings {
     /// Waiting for the source's COPY stream.
