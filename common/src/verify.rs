@@ -614,6 +614,19 @@ async fn orphans(
     for row in rows {
         let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
         let (from, to): (Vec<String>, Vec<String>) = (row.get(3), row.get(4));
+        // A table missing on the target is the schema layer's finding;
+        // its references cannot be checked.
+        let on_target: bool = target
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+                &[&child, &parent],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot look up tables on the target", e))?
+            .get(0);
+        if !on_target {
+            continue;
+        }
         let not_null = from
             .iter()
             .map(|c| format!("c.{c} IS NOT NULL"))

@@ -289,3 +289,36 @@ async fn verify_of_an_unknown_table_is_refused_with_its_name() -> anyhow::Result
     assert!(stderr.contains("public.nope"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_a_table_missing_on_the_target_as_a_difference() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::create(|staging| spec_body("verify-dropped", &source, &target, staging))?;
+    let copied = run_godwit(&["run", job.spec()], &[])?;
+    assert!(copied.status.success(), "{}", describe(&copied));
+    // Orders and invoices reference the dropped table: the source's
+    // foreign keys lose their parent on the target.
+    target
+        .client("shop")
+        .await?
+        .batch_execute("DROP TABLE public.customers CASCADE")
+        .await?;
+    let (code, stdout, report) = verify(&job, &[])?;
+    assert_eq!(code, Some(1), "a missing table is a difference\n{stdout}");
+    let customers = table(&report, "public.customers");
+    assert_eq!(customers["counts_match"], false, "{customers}");
+    assert_eq!(customers["content"]["matched"], false, "{customers}");
+    assert_eq!(report["matched"], false);
+    assert!(
+        stdout.contains("public.customers") && stdout.contains("missing"),
+        "{stdout}"
+    );
+    assert!(
+        strings(&report["schema"]["missing_on_target"])
+            .iter()
+            .any(|o| o.contains("public.customers")),
+        "{}",
+        report["schema"]
+    );
+    Ok(())
+}
