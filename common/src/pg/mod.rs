@@ -100,11 +100,7 @@ pub async fn connect_reader(conn: &str, side: Side, receive_buffer: u32) -> Resu
             .connect(tls)
             .await
             .map_err(|e| connect_error(conn, side, e))?;
-        let connection = drive(connection);
-        return Ok(ReaderSession {
-            client: configure_session(client, side).await?,
-            connection,
-        });
+        return ReaderSession::start(client, connection, side).await;
     }
     let unreachable = |detail: String| {
         Error::Unreachable(format!(
@@ -161,11 +157,7 @@ pub async fn connect_reader(conn: &str, side: Side, receive_buffer: u32) -> Resu
                 .connect_raw(stream, connector)
                 .await
                 .map_err(|e| connect_error(conn, side, e))?;
-            let connection = drive(connection);
-            return Ok(ReaderSession {
-                client: configure_session(client, side).await?,
-                connection,
-            });
+            return ReaderSession::start(client, connection, side).await;
         }
     }
     Err(unreachable(last_failure))
@@ -175,6 +167,25 @@ pub async fn connect_reader(conn: &str, side: Side, receive_buffer: u32) -> Resu
 pub struct ReaderSession {
     pub client: Client,
     connection: tokio::task::AbortHandle,
+}
+
+impl ReaderSession {
+    async fn start<S, T>(
+        client: Client,
+        connection: tokio_postgres::Connection<S, T>,
+        side: Side,
+    ) -> Result<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // Driven before configuring: the session's first queries need it.
+        let connection = drive(connection);
+        Ok(Self {
+            client: configure_session(client, side).await?,
+            connection,
+        })
+    }
 }
 
 impl Drop for ReaderSession {
