@@ -64,6 +64,19 @@ impl GodwitService {
     }
 }
 
+fn report_response(
+    report: &godwit_common::verify::Report,
+    stored_at: String,
+) -> Result<Response<VerifyJobResponse>, Status> {
+    let report_json = serde_json::to_string(report).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(VerifyJobResponse {
+        matched: report.matched,
+        summary: report.summary(),
+        report_json,
+        stored_at,
+    }))
+}
+
 fn is_final(state: i32) -> bool {
     [JobState::Done, JobState::Failed, JobState::Cancelled]
         .iter()
@@ -153,14 +166,7 @@ impl Godwit for GodwitService {
                     "no readable verification report for job {job}: {e}; run `godwit verify` first"
                 ))
             })?;
-        let report_json =
-            serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(VerifyJobResponse {
-            matched: report.matched,
-            summary: report.summary(),
-            report_json,
-            stored_at: String::new(),
-        }))
+        report_response(&report, String::new())
     }
 
     async fn verify_job(
@@ -192,14 +198,7 @@ impl Godwit for GodwitService {
             }
         };
         tracing::info!(job_id = %job, matched = report.matched, "job verified");
-        let report_json =
-            serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(VerifyJobResponse {
-            matched: report.matched,
-            summary: report.summary(),
-            report_json,
-            stored_at,
-        }))
+        report_response(&report, stored_at)
     }
 
     async fn cancel_job(
