@@ -89,6 +89,25 @@ impl S3Server {
     }
 
     /// The environment that points godwit's S3 client at this server.
+    pub fn port(&self) -> anyhow::Result<u16> {
+        Ok(self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .parse()?)
+    }
+
+    /// [`S3Server::env`] pointing at a proxy on `port` in front of the server.
+    pub fn env_via(&self, port: u16) -> anyhow::Result<Vec<(String, String)>> {
+        let own = format!(":{}", self.port()?);
+        Ok(self
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k, v.replace(&own, &format!(":{port}"))))
+            .collect())
+    }
+
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),

@@ -152,18 +152,8 @@ async fn s3_behind_proxy(
 ) -> anyhow::Result<(S3Server, HttpFaultProxy, Vec<(String, String)>)> {
     let s3 = S3Server::start()?;
     s3.create_bucket(bucket)?;
-    let s3_port: u16 = s3.endpoint.rsplit(':').next().unwrap_or_default().parse()?;
-    let proxy = HttpFaultProxy::start(s3_port).await?;
-    let env = s3
-        .env()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.replace(&format!(":{s3_port}"), &format!(":{}", proxy.port)),
-            )
-        })
-        .collect();
+    let proxy = HttpFaultProxy::start(s3.port()?).await?;
+    let env = s3.env_via(proxy.port)?;
     Ok((s3, proxy, env))
 }
 
@@ -205,18 +195,8 @@ async fn s3_connections_reset_mid_copy_are_retried() -> anyhow::Result<()> {
     let pair = Pair::start().await?;
     let s3 = S3Server::start()?;
     s3.create_bucket("godwit-chaos")?;
-    let s3_port: u16 = s3.endpoint.rsplit(':').next().unwrap_or_default().parse()?;
-    let proxy = FaultProxy::start(s3_port).await?;
-    let env: Vec<(String, String)> = s3
-        .env()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.replace(&format!(":{s3_port}"), &format!(":{}", proxy.port)),
-            )
-        })
-        .collect();
+    let proxy = FaultProxy::start(s3.port()?).await?;
+    let env = s3.env_via(proxy.port)?;
     let target_url = pair.target.url("shop");
     let job = Job::create(|_| pair.spec("s3-resets", &target_url, "s3://godwit-chaos/staged"))?;
     let mut reset = 0;
