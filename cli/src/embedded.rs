@@ -9,13 +9,52 @@ use std::time::Duration;
 use godwit_common::lease::{LeaseStore, MemoryStore};
 use godwit_common::spec::JobSpec;
 use godwit_common::state::Keyspace;
-use godwit_coordinator::{JobDriver, preflight, status};
+use godwit_coordinator::{JobDriver, Verifier, preflight, status};
 use godwit_worker::{Worker, WorkerConfig};
 use tokio::sync::watch;
 
 use crate::render;
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Workers running in this process over the in-process lease store.
+struct InProcessWorkers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<godwit_common::Result<()>>>,
+}
+
+impl InProcessWorkers {
+    fn start(
+        store: &Arc<dyn LeaseStore>,
+        keyspace: &Keyspace,
+        workers: usize,
+        concurrency: usize,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for n in 0..workers.max(1) {
+            let mut config = WorkerConfig::new(format!("embedded-{n}"));
+            config.concurrency = concurrency.max(1);
+            let worker = Worker::new(store.clone(), keyspace.clone(), config);
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                worker
+                    .run(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }));
+        }
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
 
 pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
@@ -41,21 +80,7 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
         return e.exit_code();
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut worker_tasks = Vec::new();
-    for n in 0..workers.max(1) {
-        let mut config = WorkerConfig::new(format!("embedded-{n}"));
-        config.concurrency = concurrency.max(1);
-        let worker = Worker::new(store.clone(), keyspace.clone(), config);
-        let mut stop = stop_rx.clone();
-        worker_tasks.push(tokio::spawn(async move {
-            worker
-                .run(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        }));
-    }
+    let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
 
     let reporter = {
         let store = store.clone();
@@ -87,10 +112,7 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
     let outcome = driver.execute(prepared).await;
     reporter.abort();
     canceller.abort();
-    let _ = stop_tx.send(true);
-    for task in worker_tasks {
-        let _ = task.await;
-    }
+    workers.stop().await;
 
     if let Ok(Some(status)) = status::load(store.as_ref(), &keyspace, &job).await {
         print!("{}", render::table_report(&status));
@@ -176,9 +198,9 @@ pub async fn verify(
     spec_path: &Path,
     report_path: Option<&Path>,
     options: godwit_common::verify::Options,
+    workers: usize,
+    concurrency: usize,
 ) -> i32 {
-    use godwit_common::pg::{self, Side};
-
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -186,39 +208,32 @@ pub async fn verify(
             return 2;
         }
     };
-    let clients = async {
-        let source = pg::connect(&spec.source, Side::Source).await?;
-        let target = pg::connect(&spec.target, Side::Target).await?;
-        Ok::<_, godwit_common::Error>((source, target))
-    };
-    let report = match clients.await {
-        Ok((source, target)) => {
-            godwit_common::verify::verify(&spec, &source, &target, options).await
-        }
-        Err(e) => Err(e),
-    };
-    let report = match report {
-        Ok(report) => report,
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+    let keyspace = Keyspace::new("/godwit");
+    let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
+    let verified = Verifier::new(store, keyspace).verify(&spec, options).await;
+    workers.stop().await;
+    let verified = match verified {
+        Ok(verified) => verified,
         Err(e) => {
             eprintln!("error: cannot verify job {}: {e}", spec.job);
             return 2;
         }
     };
-    println!("{}", report.summary());
-    match godwit_common::verify::store_report(&spec, &report).await {
-        Ok(location) => println!("report stored, sealed, at {location} (`godwit report` shows it)"),
-        Err(e) => eprintln!("warning: the report was not stored in staging: {e}"),
-    }
-    if let Some(path) = report_path {
-        let written = serde_json::to_vec_pretty(&report)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(path, json));
-        if let Err(e) = written {
-            eprintln!("error: cannot write the report to {}: {e}", path.display());
+    let json = match serde_json::to_string_pretty(&verified.report) {
+        Ok(json) => json,
+        Err(e) => {
+            eprintln!("error: cannot render the report: {e}");
             return 2;
         }
-    }
-    if report.matched { 0 } else { 1 }
+    };
+    render::verification(
+        &verified.report.summary(),
+        verified.stored_at.map_err(|e| e.to_string()),
+        &json,
+        report_path,
+        verified.report.matched,
+    )
 }
 
 /// Shows the job's last stored verification report.

@@ -43,11 +43,11 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Submit a job spec to a coordinator; prints the job id.
     /// Compare the target with the source, computed by both databases:
-    /// schema, row counts, content (down to the differing primary keys) and
-    /// foreign keys. Exit 0 only when everything matches, 1 when something
-    /// differs, 2 when the comparison could not run.
+    /// schema, row counts, content (key ranges leased to workers, down to
+    /// the differing primary keys) and foreign keys. Exit 0 only when
+    /// everything matches, 1 when something differs, 2 when the comparison
+    /// could not run.
     Verify {
         /// The job spec (embedded), or the job id with --coordinator.
         job: String,
@@ -61,6 +61,12 @@ enum Command {
         /// this many rows; larger ones are split further first.
         #[arg(long, default_value_t = godwit_common::verify::ROW_LEVEL_LIMIT)]
         compare_rows_below: i64,
+        /// Workers to run in this process (embedded).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Key ranges each worker compares at once (embedded).
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
     },
     /// Show the last verification report stored with the job.
     Report {
@@ -73,6 +79,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Submit a job spec to a coordinator; prints the job id.
     Submit {
         #[arg(long, env = "GODWIT_COORDINATOR")]
         coordinator: String,
@@ -134,16 +141,26 @@ fn main() -> ExitCode {
                 job,
                 coordinator: Some(coordinator),
                 report,
+                compare_rows_below,
                 ..
-            } => remote::verify(&coordinator, &job, report.as_deref()).await,
+            } => remote::verify(&coordinator, &job, report.as_deref(), compare_rows_below).await,
             Command::Verify {
                 job,
                 coordinator: None,
                 report,
                 compare_rows_below,
+                workers,
+                concurrency,
             } => {
                 let options = godwit_common::verify::Options { compare_rows_below };
-                embedded::verify(Path::new(&job), report.as_deref(), options).await
+                embedded::verify(
+                    Path::new(&job),
+                    report.as_deref(),
+                    options,
+                    workers,
+                    concurrency,
+                )
+                .await
             }
             Command::Report {
                 job,

@@ -142,7 +142,12 @@ pub async fn cancel(url: &str, job_id: &str) -> i32 {
 }
 
 /// Has the coordinator verify a job; exit 0 only when everything matches.
-pub async fn verify(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 {
+pub async fn verify(
+    url: &str,
+    job_id: &str,
+    report_path: Option<&Path>,
+    compare_rows_below: i64,
+) -> i32 {
     let mut client = match connect(url).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -150,25 +155,25 @@ pub async fn verify(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 
     let response = match client
         .verify_job(VerifyJobRequest {
             job_id: job_id.to_owned(),
+            compare_rows_below: Some(compare_rows_below),
         })
         .await
     {
         Ok(response) => response.into_inner(),
         Err(status) => return failed(&status),
     };
-    println!("{}", response.summary);
-    if response.stored_at.is_empty() {
-        eprintln!("warning: the coordinator could not store the report in staging");
+    let stored_at = if response.stored_at.is_empty() {
+        Err("the coordinator could not store it".to_owned())
     } else {
-        println!("report stored, sealed, at {}", response.stored_at);
-    }
-    if let Some(path) = report_path
-        && let Err(e) = std::fs::write(path, &response.report_json)
-    {
-        eprintln!("error: cannot write the report to {}: {e}", path.display());
-        return 2;
-    }
-    if response.matched { 0 } else { 1 }
+        Ok(response.stored_at)
+    };
+    render::verification(
+        &response.summary,
+        stored_at,
+        &response.report_json,
+        report_path,
+        response.matched,
+    )
 }
 
 /// Prints the last report the coordinator stored for a job.

@@ -98,3 +98,27 @@ pub fn table_report(status: &JobStatus) -> String {
     }
     out
 }
+
+/// Prints a verification's summary and where its sealed report went,
+/// writes the JSON report if asked; returns the exit code (0 match,
+/// 1 different, 2 the report could not be written).
+pub fn verification(
+    summary: &str,
+    stored_at: Result<String, String>,
+    json: &str,
+    report_path: Option<&std::path::Path>,
+    matched: bool,
+) -> i32 {
+    println!("{summary}");
+    match stored_at {
+        Ok(location) => println!("report stored, sealed, at {location} (`godwit report` shows it)"),
+        Err(e) => eprintln!("warning: the report was not stored in staging: {e}"),
+    }
+    if let Some(path) = report_path
+        && let Err(e) = std::fs::write(path, json)
+    {
+        eprintln!("error: cannot write the report to {}: {e}", path.display());
+        return 2;
+    }
+    if matched { 0 } else { 1 }
+}

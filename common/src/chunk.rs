@@ -38,6 +38,16 @@ impl ChunkId {
         }
     }
 
+    /// The identity the finding of one verification range is sealed under.
+    pub fn verification_finding(job_id: &str, run: &str, range: u32) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: format!("reports/ranges/{run}"),
+            partition: range,
+            seq: 0,
+        }
+    }
+
     /// The identity a job's stored verification report is sealed under.
     pub fn verification_report(job_id: &str) -> Self {
         Self {

@@ -119,6 +119,15 @@ impl Staging {
         self.job_root(job).join("reports").join("verification.gwc")
     }
 
+    /// The sealed finding of one range of a verification run that differed.
+    pub fn finding_path(&self, job: &JobId, run: &str, range: u32) -> ObjectPath {
+        self.job_root(job)
+            .join("reports")
+            .join("ranges")
+            .join(run)
+            .join(format!("{range:06}.gwc"))
+    }
+
     fn manifest_path(&self, job: &JobId) -> ObjectPath {
         self.job_root(job).join("manifest.json")
     }

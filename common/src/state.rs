@@ -63,6 +63,36 @@ impl Keyspace {
     pub fn lease(&self, job: &JobId, partition: PartitionNo) -> String {
         format!("{}/jobs/{job}/leases/{partition:06}", self.root)
     }
+
+    /// Jobs being verified, each with its [`VerifyRun`]; what workers scan
+    /// for key ranges to compare.
+    pub fn verifying_prefix(&self) -> String {
+        format!("{}/verifying/", self.root)
+    }
+
+    pub fn verifying(&self, job: &JobId) -> String {
+        format!("{}/verifying/{job}", self.root)
+    }
+
+    pub fn verify_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/verify/", self.root)
+    }
+
+    pub fn verify_ranges_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/verify/ranges/", self.root)
+    }
+
+    pub fn verify_range(&self, job: &JobId, range: u32) -> String {
+        format!("{}/jobs/{job}/verify/ranges/{range:06}", self.root)
+    }
+
+    pub fn verify_leases_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/verify/leases/", self.root)
+    }
+
+    pub fn verify_lease(&self, job: &JobId, range: u32) -> String {
+        format!("{}/jobs/{job}/verify/leases/{range:06}", self.root)
+    }
 }
 
 /// Job lifecycle: planning → copying → finalizing → done, or failed/cancelled
@@ -177,6 +207,77 @@ impl BlockRange {
             None => format!("ctid >= '({},0)'::tid", self.start),
         }
     }
+}
+
+/// A range of a table's rows by its first primary-key column, as each
+/// database orders that column: `lower <= column < upper`, either end open.
+/// Bounds are the column's text forms, cast back to its type in SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// Quoted column name.
+    pub column: String,
+    /// `format_type` of the column, e.g. `bigint`, `text`.
+    pub type_name: String,
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+}
+
+impl KeyRange {
+    /// The SQL condition selecting the range's rows of table alias `alias`.
+    pub fn predicate(&self, alias: &str) -> String {
+        let literal = |v: &str| format!("'{}'::{}", v.replace('\'', "''"), self.type_name);
+        let mut parts = Vec::new();
+        if let Some(lower) = &self.lower {
+            parts.push(format!("{alias}.{} >= {}", self.column, literal(lower)));
+        }
+        if let Some(upper) = &self.upper {
+            parts.push(format!("{alias}.{} < {}", self.column, literal(upper)));
+        }
+        if parts.is_empty() {
+            "true".to_owned()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+}
+
+/// One verification of a job, open for workers while its ranges are
+/// compared. Carries the spec: a job can be verified by a process that
+/// never ran it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyRun {
+    pub spec: JobSpec,
+    /// Unique per run; the sealed findings of its ranges are stored under it.
+    pub run: String,
+    pub compare_rows_below: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeState {
+    Pending,
+    Compared,
+    Failed,
+}
+
+/// A leased unit of verification: one key range of a table (or the whole
+/// table when it has no primary key), compared on both databases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyRange {
+    pub range: u32,
+    pub table: TableName,
+    /// None: the whole table, which has no primary key to range over.
+    pub keys: Option<KeyRange>,
+    pub state: RangeState,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    /// Whether both databases hold the same rows in the range; when not,
+    /// the worker stored the sealed finding in staging.
+    pub matched: bool,
+    pub attempts: u32,
+    pub error: Option<String>,
+    #[serde(default)]
+    pub retry_after_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +403,25 @@ mod tests {
         assert_eq!(backoff(30, base, cap, 1.0), cap);
         assert_eq!(backoff(3, base, cap, 0.5), Duration::from_secs(1));
         assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn key_range_predicates_quote_their_bounds() {
+        let range = |lower: Option<&str>, upper: Option<&str>| KeyRange {
+            column: "\"Id\"".into(),
+            type_name: "text".into(),
+            lower: lower.map(str::to_owned),
+            upper: upper.map(str::to_owned),
+        };
+        assert_eq!(range(None, None).predicate("t"), "true");
+        assert_eq!(
+            range(Some("a'b"), None).predicate("t"),
+            "t.\"Id\" >= 'a''b'::text"
+        );
+        assert_eq!(
+            range(Some("a"), Some("m")).predicate("s"),
+            "s.\"Id\" >= 'a'::text AND s.\"Id\" < 'm'::text"
+        );
     }
 
     #[test]

@@ -10,8 +10,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::pg::catalog;
+use crate::chunk::{self, ChunkId};
+use crate::keys::DataKey;
+use crate::pg::checksum::fingerprint_where;
 use crate::spec::{JobSpec, TableName};
+use crate::staging::{ObjectPath, Staging};
+use crate::state::{KeyRange, VerifyRun};
 use crate::{Error, Result};
 
 /// Buckets per narrowing level: rows are spread over them by a hash of
@@ -76,6 +80,10 @@ pub struct TableReport {
     pub source_rows: u64,
     pub target_rows: Option<u64>,
     pub counts_match: bool,
+    /// Key ranges the content was compared in, each leased to a worker
+    /// (1 for a table without primary key; 0 when not compared).
+    #[serde(default)]
+    pub ranges: usize,
     pub content: ContentLayer,
 }
 
@@ -146,8 +154,10 @@ impl Report {
                     t.source_rows
                 ),
             };
-            let content = if t.content.matched {
-                "content identical".to_owned()
+            let content = if t.content.matched && t.content.method == "whole_table" {
+                "content identical (compared as a whole table)".to_owned()
+            } else if t.content.matched {
+                format!("content identical ({} key ranges)", t.ranges)
             } else {
                 let c = &t.content;
                 let mut parts = Vec::new();
@@ -188,35 +198,144 @@ impl Report {
     }
 }
 
-/// Verifies every table of the job: both clients must have the session
-/// settings of [`crate::pg::connect`] (the text forms compared depend on them).
-pub async fn verify(
-    spec: &JobSpec,
+/// Whether everything matched: schema, counts, content and foreign keys.
+pub fn all_matched(
+    schema: &SchemaLayer,
+    tables: &[TableReport],
+    foreign_keys: &[ForeignKeyReport],
+) -> bool {
+    schema.matched
+        && tables.iter().all(|t| t.counts_match && t.content.matched)
+        && foreign_keys.iter().all(|fk| fk.orphans == 0)
+}
+
+/// What one range (or a whole table without primary key) held on each side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeFinding {
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub content: ContentLayer,
+}
+
+/// Compares the rows of `table` in `keys` (the whole table when None: it
+/// has no primary key) on both databases, narrowing any difference down to
+/// primary keys. Both clients must have the session settings of
+/// [`crate::pg::connect`]: the text forms compared depend on them.
+pub async fn compare_range(
     source: &Client,
     target: &Client,
+    table: &TableName,
+    keys: Option<&KeyRange>,
     options: Options,
-) -> Result<Report> {
-    let tables: Vec<TableName> = catalog::resolve_tables(source, spec)
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    let schema = compare_schema(source, target, &tables).await?;
-    let mut reports = Vec::new();
-    for table in &tables {
-        reports.push(compare_table(source, target, table, options).await?);
+) -> Result<RangeFinding> {
+    let scope = keys.map_or_else(|| "true".to_owned(), |k| k.predicate("t"));
+    // Both databases read at once: each side is one scan of the range.
+    let (at_source, at_target) = tokio::try_join!(
+        fingerprint_where(source, table, &scope),
+        fingerprint_where(target, table, &scope)
+    )?;
+    let method = method(keys);
+    let content = if at_source == at_target {
+        ContentLayer {
+            matched: true,
+            method: method.into(),
+            ..ContentLayer::default()
+        }
+    } else if keys.is_none() {
+        ContentLayer {
+            matched: false,
+            method: method.into(),
+            localisation: Some(
+                "the table has no primary key: the rows that differ cannot be named, only that the table differs"
+                    .into(),
+            ),
+            ..ContentLayer::default()
+        }
+    } else {
+        let key = primary_key(source, table).await?;
+        localise(source, target, table, &key, &scope, options).await?
+    };
+    Ok(RangeFinding {
+        source_rows: at_source.rows,
+        target_rows: at_target.rows,
+        content,
+    })
+}
+
+/// How a range's content is compared: by key buckets, or as a whole
+/// table (no primary key).
+pub fn method(keys: Option<&KeyRange>) -> &'static str {
+    if keys.is_some() {
+        "primary_key_buckets"
+    } else {
+        "whole_table"
     }
-    let foreign_keys = orphans(source, target, &tables).await?;
-    let matched = schema.matched
-        && reports.iter().all(|t| t.counts_match && t.content.matched)
-        && foreign_keys.iter().all(|fk| fk.orphans == 0);
-    Ok(Report {
-        job: spec.job.to_string(),
-        verified_at_unix_ms: crate::state::now_unix_ms(),
-        matched,
-        schema,
-        tables: reports,
-        foreign_keys,
+}
+
+/// One table's report from the findings of all its ranges.
+pub fn merge_table(table: &TableName, findings: Vec<RangeFinding>) -> TableReport {
+    let mut content = ContentLayer {
+        matched: true,
+        ..ContentLayer::default()
+    };
+    let (mut source_rows, mut target_rows) = (0, 0);
+    let mut listed = 0usize;
+    let ranges = findings.len();
+    for finding in findings {
+        source_rows += finding.source_rows;
+        target_rows += finding.target_rows;
+        let part = finding.content;
+        content.matched &= part.matched;
+        if content.method.is_empty() {
+            content.method = part.method;
+        }
+        if let Some(why) = part.localisation
+            && content.localisation.as_ref() != Some(&why)
+        {
+            content.localisation = Some(why);
+        }
+        content.unlisted += part.unlisted;
+        let room = |listed: &mut usize, n: usize| {
+            let taken = n.min(LISTED_PER_TABLE.saturating_sub(*listed));
+            *listed += taken;
+            taken
+        };
+        let take = room(&mut listed, part.missing.len());
+        content.unlisted += (part.missing.len() - take) as u64;
+        content.missing.extend(part.missing.into_iter().take(take));
+        let take = room(&mut listed, part.extra.len());
+        content.unlisted += (part.extra.len() - take) as u64;
+        content.extra.extend(part.extra.into_iter().take(take));
+        let take = room(&mut listed, part.different.len());
+        content.unlisted += (part.different.len() - take) as u64;
+        content
+            .different
+            .extend(part.different.into_iter().take(take));
+    }
+    TableReport {
+        table: table.to_string(),
+        source_rows,
+        target_rows: Some(target_rows),
+        counts_match: source_rows == target_rows,
+        ranges,
+        content,
+    }
+}
+
+/// The report of a table the target lacks altogether.
+pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableReport> {
+    let at_source = fingerprint_where(source, table, "true").await?;
+    Ok(TableReport {
+        table: table.to_string(),
+        source_rows: at_source.rows,
+        target_rows: None,
+        counts_match: false,
+        ranges: 0,
+        content: ContentLayer {
+            method: "whole_table".into(),
+            localisation: Some("the table is missing on the target".into()),
+            ..ContentLayer::default()
+        },
     })
 }
 
@@ -275,7 +394,7 @@ async fn sequences(client: &Client, tables: &[TableName]) -> Result<BTreeMap<Str
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-async fn compare_schema(
+pub async fn compare_schema(
     source: &Client,
     target: &Client,
     tables: &[TableName],
@@ -322,7 +441,7 @@ async fn compare_schema(
 }
 
 /// Quoted primary-key columns of a table, in key order; empty without one.
-async fn primary_key(client: &Client, table: &TableName) -> Result<Vec<String>> {
+pub async fn primary_key(client: &Client, table: &TableName) -> Result<Vec<String>> {
     let row = client
         .query_one(
             "SELECT coalesce(array_agg(quote_ident(a.attname) ORDER BY k.ord), '{}') \
@@ -350,71 +469,12 @@ async fn columns(client: &Client, table: &TableName) -> Result<Vec<String>> {
     Ok(row.get(0))
 }
 
-async fn exists(client: &Client, table: &TableName) -> Result<bool> {
+pub async fn exists(client: &Client, table: &TableName) -> Result<bool> {
     let row = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
         .await
         .map_err(|e| Error::postgres(format!("cannot look up {table}"), e))?;
     Ok(row.get(0))
-}
-
-async fn compare_table(
-    source: &Client,
-    target: &Client,
-    table: &TableName,
-    options: Options,
-) -> Result<TableReport> {
-    if !exists(target, table).await? {
-        let at_source = crate::pg::checksum::fingerprint(source, table).await?;
-        return Ok(TableReport {
-            table: table.to_string(),
-            source_rows: at_source.rows,
-            target_rows: None,
-            counts_match: false,
-            content: ContentLayer {
-                method: "whole_table".into(),
-                localisation: Some("the table is missing on the target".into()),
-                ..ContentLayer::default()
-            },
-        });
-    }
-    // Both databases read at once: each side is one full scan.
-    let (at_source, at_target) = tokio::try_join!(
-        crate::pg::checksum::fingerprint(source, table),
-        crate::pg::checksum::fingerprint(target, table)
-    )?;
-    let key = primary_key(source, table).await?;
-    let content = if at_source == at_target {
-        ContentLayer {
-            matched: true,
-            method: if key.is_empty() {
-                "whole_table"
-            } else {
-                "primary_key_buckets"
-            }
-            .into(),
-            ..ContentLayer::default()
-        }
-    } else if key.is_empty() {
-        ContentLayer {
-            matched: false,
-            method: "whole_table".into(),
-            localisation: Some(
-                "the table has no primary key: the rows that differ cannot be named, only that the table differs"
-                    .into(),
-            ),
-            ..ContentLayer::default()
-        }
-    } else {
-        localise(source, target, table, &key, options).await?
-    };
-    Ok(TableReport {
-        table: table.to_string(),
-        source_rows: at_source.rows,
-        target_rows: Some(at_target.rows),
-        counts_match: at_source.rows == at_target.rows,
-        content,
-    })
 }
 
 /// (count, checksum) per bucket of the rows `filter` selects.
@@ -474,6 +534,7 @@ async fn localise(
     target: &Client,
     table: &TableName,
     key_columns: &[String],
+    scope: &str,
     options: Options,
 ) -> Result<ContentLayer> {
     let key = key_columns
@@ -481,7 +542,7 @@ async fn localise(
         .map(|c| format!("t.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut filter = "true".to_owned();
+    let mut filter = scope.to_owned();
     for level in 0..MAX_LEVELS {
         let (at_source, at_target) = tokio::try_join!(
             bucket_sums(source, table, &key, level, &filter),
@@ -588,7 +649,7 @@ async fn compare_rows(
 /// Foreign keys of the tables as the source defines them, with the number
 /// of target rows whose reference finds no row there (the target may lack
 /// the constraint itself: the schema layer reports that).
-async fn orphans(
+pub async fn orphans(
     source: &Client,
     target: &Client,
     tables: &[TableName],
@@ -656,45 +717,158 @@ async fn orphans(
     Ok(reports)
 }
 
+/// Seals `value` as JSON with the job's data key at `path`.
+async fn put_sealed<T: Serialize>(
+    staging: &Staging,
+    key: &DataKey,
+    path: &ObjectPath,
+    id: &ChunkId,
+    value: &T,
+) -> Result<()> {
+    let json = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+        what: staging.describe(path),
+        reason: e.to_string(),
+    })?;
+    staging.put(path, chunk::seal(id, 0, &json, key)?).await
+}
+
+async fn get_sealed<T: for<'de> Deserialize<'de>>(
+    staging: &Staging,
+    key: &DataKey,
+    path: &ObjectPath,
+    id: &ChunkId,
+) -> Result<T> {
+    let object = staging.describe(path);
+    let frame = staging.get(path).await?;
+    let (_, plain) = chunk::open(&object, &frame, id, key)?;
+    serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+        what: object,
+        reason: e.to_string(),
+    })
+}
+
 /// Seals `report` with the job's data key into its staging area (it names
 /// primary keys, which are customer data); returns where it went.
 pub async fn store_report(spec: &JobSpec, report: &Report) -> Result<String> {
-    use crate::chunk::{self, ChunkId};
-
-    let staging = crate::staging::Staging::open(&spec.staging)?;
+    let staging = Staging::open(&spec.staging)?;
     let key = crate::keys::job_data_key(spec, &staging).await?;
-    let json = serde_json::to_vec(report).map_err(|e| Error::Corrupt {
-        what: "verification report".into(),
-        reason: e.to_string(),
-    })?;
-    let frame = chunk::seal(
-        &ChunkId::verification_report(spec.job.as_str()),
-        0,
-        &json,
-        &key,
-    )?;
     let path = staging.report_path(&spec.job);
-    staging.put(&path, frame).await?;
+    let id = ChunkId::verification_report(spec.job.as_str());
+    put_sealed(&staging, &key, &path, &id, report).await?;
     Ok(staging.describe(&path))
 }
 
 /// The job's last stored report.
 pub async fn load_report(spec: &JobSpec) -> Result<Report> {
-    use crate::chunk::{self, ChunkId};
-
-    let staging = crate::staging::Staging::open(&spec.staging)?;
+    let staging = Staging::open(&spec.staging)?;
     let key = crate::keys::job_data_key(spec, &staging).await?;
     let path = staging.report_path(&spec.job);
-    let object = staging.describe(&path);
-    let frame = staging.get(&path).await?;
-    let (_, plain) = chunk::open(
-        &object,
-        &frame,
-        &ChunkId::verification_report(spec.job.as_str()),
-        &key,
-    )?;
-    serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
-        what: format!("verification report {object}"),
-        reason: e.to_string(),
-    })
+    let id = ChunkId::verification_report(spec.job.as_str());
+    get_sealed(&staging, &key, &path, &id).await
+}
+
+/// Seals the finding of a range that differed (it names primary keys).
+pub async fn store_finding(
+    staging: &Staging,
+    key: &DataKey,
+    run: &VerifyRun,
+    range: u32,
+    finding: &RangeFinding,
+) -> Result<()> {
+    let job = &run.spec.job;
+    let path = staging.finding_path(job, &run.run, range);
+    let id = ChunkId::verification_finding(job.as_str(), &run.run, range);
+    put_sealed(staging, key, &path, &id, finding).await
+}
+
+pub async fn load_finding(
+    staging: &Staging,
+    key: &DataKey,
+    run: &VerifyRun,
+    range: u32,
+) -> Result<RangeFinding> {
+    let job = &run.spec.job;
+    let path = staging.finding_path(job, &run.run, range);
+    let id = ChunkId::verification_finding(job.as_str(), &run.run, range);
+    get_sealed(staging, key, &path, &id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(rows: (u64, u64), missing: &[&str], different: &[&str]) -> RangeFinding {
+        RangeFinding {
+            source_rows: rows.0,
+            target_rows: rows.1,
+            content: ContentLayer {
+                matched: missing.is_empty() && different.is_empty(),
+                method: "primary_key_buckets".into(),
+                missing: missing.iter().map(|k| (*k).to_owned()).collect(),
+                different: different
+                    .iter()
+                    .map(|k| RowDifference {
+                        key: (*k).to_owned(),
+                        columns: vec!["name".into()],
+                    })
+                    .collect(),
+                ..ContentLayer::default()
+            },
+        }
+    }
+
+    #[test]
+    fn ranges_merge_into_one_table_report() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "orders".into(),
+        };
+        let merged = merge_table(
+            &table,
+            vec![
+                finding((10, 10), &[], &[]),
+                finding((10, 9), &["(4)"], &[]),
+                finding((5, 5), &[], &["(22)"]),
+            ],
+        );
+        assert_eq!(merged.table, "public.orders");
+        assert_eq!((merged.source_rows, merged.target_rows), (25, Some(24)));
+        assert!(!merged.counts_match);
+        assert_eq!(merged.ranges, 3);
+        assert!(!merged.content.matched);
+        assert_eq!(merged.content.missing, ["(4)"]);
+        assert_eq!(merged.content.different[0].key, "(22)");
+        assert_eq!(merged.content.unlisted, 0);
+    }
+
+    #[test]
+    fn merged_listings_stop_at_the_limit_and_count_the_rest() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let keys: Vec<String> = (0..LISTED_PER_TABLE + 5)
+            .map(|k| format!("({k})"))
+            .collect();
+        let half: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (first, second) = half.split_at(LISTED_PER_TABLE - 2);
+        let merged = merge_table(
+            &table,
+            vec![finding((0, 0), first, &[]), finding((0, 0), &[], second)],
+        );
+        let listed = merged.content.missing.len() + merged.content.different.len();
+        assert_eq!(listed, LISTED_PER_TABLE);
+        assert_eq!(merged.content.unlisted, 5);
+    }
+
+    #[test]
+    fn a_fully_matching_table_merges_as_matched() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let merged = merge_table(&table, vec![finding((3, 3), &[], &[]); 4]);
+        assert!(merged.content.matched && merged.counts_match);
+        assert_eq!(merged.source_rows, 12);
+    }
 }

@@ -7,8 +7,10 @@ pub mod error;
 pub mod planner;
 pub mod service;
 pub mod status;
+pub mod verification;
 
 pub mod recovery;
 
 pub use driver::{JobDriver, JobSummary, Prepared, preflight};
 pub use error::JobError;
+pub use verification::{Verified, Verifier};

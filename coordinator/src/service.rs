@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
 use crate::status;
+use crate::verification::Verifier;
 
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -173,32 +174,23 @@ impl Godwit for GodwitService {
         &self,
         request: Request<VerifyJobRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
-        use godwit_common::pg::{self, Side};
-
-        let job = Self::job_id(&request.into_inner().job_id)?;
+        let request = request.into_inner();
+        let job = Self::job_id(&request.job_id)?;
         let spec = self.spec(&job).await?;
-        let unavailable = |e: godwit_common::Error| Status::unavailable(e.to_string());
-        let source = pg::connect(&spec.source, Side::Source)
-            .await
-            .map_err(unavailable)?;
-        let target = pg::connect(&spec.target, Side::Target)
-            .await
-            .map_err(unavailable)?;
-        let report = godwit_common::verify::verify(&spec, &source, &target, Default::default())
-            .await
-            .map_err(|e| match e {
-                godwit_common::Error::Catalog(_) => Status::failed_precondition(e.to_string()),
-                e => Status::unavailable(e.to_string()),
-            })?;
-        let stored_at = match godwit_common::verify::store_report(&spec, &report).await {
-            Ok(location) => location,
-            Err(e) => {
-                tracing::warn!(job_id = %job, error = %e, "verification report not stored");
-                String::new()
-            }
+        let options = match request.compare_rows_below {
+            Some(rows) => godwit_common::verify::Options {
+                compare_rows_below: rows,
+            },
+            None => godwit_common::verify::Options::default(),
         };
-        tracing::info!(job_id = %job, matched = report.matched, "job verified");
-        report_response(&report, stored_at)
+        let verified = Verifier::new(self.store.clone(), self.keyspace.clone())
+            .verify(&spec, options)
+            .await?;
+        let stored_at = verified.stored_at.unwrap_or_else(|e| {
+            tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+            String::new()
+        });
+        report_response(&verified.report, stored_at)
     }
 
     async fn cancel_job(

@@ -41,8 +41,8 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     let (source, target) = source_and_target(4).await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-distributed";
-    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
-    let _w1 = Service::worker(
+    let (coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let w1 = Service::worker(
         "worker-1",
         &etcd.url(),
         root,
@@ -50,7 +50,7 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
         &["--concurrency", "1"],
         &[],
     )?;
-    let _w2 = Service::worker(
+    let w2 = Service::worker(
         "worker-2",
         &etcd.url(),
         root,
@@ -58,7 +58,12 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
         &["--concurrency", "1"],
         &[],
     )?;
-    let job = Job::create(|staging| spec_body("distributed", &source, &target, staging))?;
+    // Small partitions: several copy partitions and verification key
+    // ranges per table, for two workers to share.
+    let job = Job::create(|staging| {
+        spec_body("distributed", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 64KiB")
+    })?;
 
     let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
     assert!(submitted.status.success(), "{}", describe(&submitted));
@@ -90,8 +95,24 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     assert!(status.status.success(), "{}", describe(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("checked"));
 
-    // The coordinator verifies the job it ran and stores the sealed report.
-    let verified = run_godwit(&["verify", "--coordinator", &url, "distributed"], &[])?;
+    // The coordinator verifies the job it ran and stores the sealed report;
+    // the content is compared in key ranges the workers lease.
+    let report_path = job.dir.path().join("report.json");
+    let report_arg = report_path.to_str().unwrap_or_default();
+    let verify = || {
+        run_godwit(
+            &[
+                "verify",
+                "--coordinator",
+                &url,
+                "distributed",
+                "--report",
+                report_arg,
+            ],
+            &[],
+        )
+    };
+    let verified = verify()?;
     assert!(verified.status.success(), "{}", describe(&verified));
     let summary = String::from_utf8_lossy(&verified.stdout);
     assert!(
@@ -99,14 +120,66 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
         "{summary}"
     );
     assert!(summary.contains("report stored, sealed, at"), "{summary}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    let ranges: Vec<u64> = report["tables"]
+        .as_array()
+        .map(|tables| tables.iter().filter_map(|t| t["ranges"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(
+        ranges.iter().any(|n| *n > 1),
+        "no table was cut into several key ranges: {ranges:?}"
+    );
+    let compared = |log: String| log.matches("range compared").count();
+    let total: u64 = ranges.iter().sum();
+    assert_eq!(
+        (compared(w1.log_text()) + compared(w2.log_text())) as u64,
+        total,
+        "every key range is compared once, by a worker"
+    );
+    assert_eq!(compared(coordinator.log_text()), 0);
+
+    let row = dst
+        .query_one(
+            "SELECT customer_id, order_no FROM orders ORDER BY 1, 2 LIMIT 1",
+            &[],
+        )
+        .await?;
+    let (customer, order): (i64, i32) = (row.get(0), row.get(1));
     dst.execute(
-        "DELETE FROM orders WHERE order_no = (SELECT min(order_no) FROM orders)",
-        &[],
+        "DELETE FROM orders WHERE customer_id = $1 AND order_no = $2",
+        &[&customer, &order],
     )
     .await?;
-    let differs = run_godwit(&["verify", "--coordinator", &url, "distributed"], &[])?;
+    let deleted = format!("{customer},{order}");
+    let differs = verify()?;
     assert_eq!(differs.status.code(), Some(1), "{}", describe(&differs));
     assert!(String::from_utf8_lossy(&differs.stdout).contains("public.orders"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    let orders = report["tables"]
+        .as_array()
+        .and_then(|tables| tables.iter().find(|t| t["table"] == "public.orders"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        orders["content"]["missing"],
+        serde_json::json!([format!("({deleted})")]),
+        "{orders}"
+    );
+    // The ranges' findings name keys: staged sealed, never in plain text.
+    let findings: Vec<_> = Job::files_under(&job.staging_dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("reports/ranges"))
+        .collect();
+    assert!(!findings.is_empty(), "no sealed range finding staged");
+    for path in findings {
+        let bytes = std::fs::read(&path)?;
+        assert!(
+            bytes.starts_with(b"GDWC"),
+            "{} is not sealed",
+            path.display()
+        );
+        assert!(!String::from_utf8_lossy(&bytes).contains(&format!("({deleted})")));
+    }
     let unknown = run_godwit(&["verify", "--coordinator", &url, "no-such-job"], &[])?;
     assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
     // The last report, as stored, handed over later.

@@ -322,3 +322,48 @@ async fn verify_reports_a_table_missing_on_the_target_as_a_difference() -> anyho
     );
     Ok(())
 }
+
+/// A text primary key is cut into ranges by the source's statistics; each
+/// range is compared on both sides and a difference still localised.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_cuts_a_text_key_into_ranges_and_localises_in_them() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    source
+        .client("shop")
+        .await?
+        .batch_execute(
+            "CREATE TABLE codes (code text PRIMARY KEY, label text NOT NULL); \
+             INSERT INTO codes SELECT 'c-' || md5(i::text), repeat('x', 40) || i \
+             FROM generate_series(1, 4000) AS i; \
+             ANALYZE codes",
+        )
+        .await?;
+    let job = Job::create(|staging| {
+        spec_body("verify-text-key", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 64KiB")
+    })?;
+    let copied = run_godwit(&["run", job.spec()], &[])?;
+    assert!(copied.status.success(), "{}", describe(&copied));
+    let (code, stdout, report) = verify(&job, &[])?;
+    assert_eq!(code, Some(0), "{stdout}");
+    let ranges = table(&report, "public.codes")["ranges"].as_u64();
+    assert!(ranges > Some(2), "{}", table(&report, "public.codes"));
+
+    let dst = target.client("shop").await?;
+    let changed: String = dst
+        .query_one(
+            "UPDATE codes SET label = label || '!' \
+             WHERE code = (SELECT code FROM codes ORDER BY code DESC LIMIT 1) RETURNING code",
+            &[],
+        )
+        .await?
+        .get(0);
+    let (code, stdout, report) = verify(&job, &[])?;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        differing_columns(&report, "public.codes", &format!("({changed})")),
+        ["label"],
+        "{stdout}"
+    );
+    Ok(())
+}

@@ -7,5 +7,6 @@ pub mod copy;
 pub mod keys;
 pub mod replay;
 pub mod runner;
+pub mod verify;
 
 pub use runner::{Worker, WorkerConfig};

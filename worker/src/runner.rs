@@ -1,6 +1,7 @@
-//! The lease loop: find pending partitions of active jobs, take their
-//! leases, copy them, record the outcome, release. On shutdown it stops
-//! taking leases and lets running partitions finish within a grace period.
+//! The lease loop: find pending work (partitions of jobs being copied, key
+//! ranges of jobs being verified), take its lease, do it, record the
+//! outcome, release. On shutdown it stops taking leases and lets running
+//! work finish within a grace period.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use std::time::Duration;
 use godwit_common::ids::JobId;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::staging::Staging;
-use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState};
+use godwit_common::state::{
+    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, RangeState, VerifyRange,
+    VerifyRun,
+};
 use godwit_common::{Error, Result};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -18,7 +22,13 @@ use tracing::Instrument;
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
 
-/// Backoff before a failed partition is retried (full jitter, doubling).
+/// A unit of work a worker can lease.
+enum Task {
+    Copy(Arc<JobRecord>, PartitionRecord),
+    Verify(Arc<VerifyRun>, VerifyRange),
+}
+
+/// Backoff before failed work is retried (full jitter, doubling).
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_CAP: Duration = Duration::from_secs(30);
 
@@ -82,18 +92,25 @@ impl Worker {
             if slots.available_permits() == 0 {
                 continue;
             }
-            let candidates = match self.pending_partitions().await {
+            let candidates = match self.pending_tasks().await {
                 Ok(candidates) => candidates,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list pending partitions");
+                    tracing::warn!(error = %e, "cannot list pending work");
                     continue;
                 }
             };
-            for (job, partition) in candidates {
+            for task in candidates {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let lease_key = self.keyspace.lease(&job.spec.job, partition.partition);
+                let lease_key = match &task {
+                    Task::Copy(job, partition) => {
+                        self.keyspace.lease(&job.spec.job, partition.partition)
+                    }
+                    Task::Verify(run, range) => {
+                        self.keyspace.verify_lease(&run.spec.job, range.range)
+                    }
+                };
                 let owner = self.config.id.clone().into_bytes();
                 match HeldLease::try_acquire(
                     self.store.clone(),
@@ -106,7 +123,14 @@ impl Worker {
                     Ok(Some(lease)) => {
                         let worker = self.clone();
                         running.spawn(async move {
-                            worker.work_on(job, partition, lease).await;
+                            match task {
+                                Task::Copy(job, partition) => {
+                                    worker.work_on(job, partition, lease).await;
+                                }
+                                Task::Verify(run, range) => {
+                                    worker.verify_range(run, range, lease).await;
+                                }
+                            }
                             drop(slot);
                         });
                     }
@@ -129,7 +153,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn pending_partitions(&self) -> Result<Vec<(Arc<JobRecord>, PartitionRecord)>> {
+    async fn pending_tasks(&self) -> Result<Vec<Task>> {
         let mut pending = Vec::new();
         for (key, _) in self.store.list(&self.keyspace.active_prefix()).await? {
             let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
@@ -144,29 +168,49 @@ impl Worker {
                 continue;
             }
             let record = Arc::new(record);
-            let leased: Vec<String> = self
-                .store
-                .list(&self.keyspace.leases_prefix(&job))
-                .await?
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect();
+            let leased = self.leased(&self.keyspace.leases_prefix(&job)).await?;
             let prefix = self.keyspace.partitions_prefix(&job);
             for (key, bytes) in self.store.list(&prefix).await? {
                 let partition: PartitionRecord = state::decode(&key, &bytes)?;
                 let lease_key = self.keyspace.lease(&job, partition.partition);
-                let backing_off = partition
-                    .retry_after_unix_ms
-                    .is_some_and(|at| at > state::now_unix_ms());
                 if partition.state == PartitionState::Pending
                     && !leased.contains(&lease_key)
-                    && !backing_off
+                    && !backing_off(partition.retry_after_unix_ms)
                 {
-                    pending.push((record.clone(), partition));
+                    pending.push(Task::Copy(record.clone(), partition));
+                }
+            }
+        }
+        for (key, bytes) in self.store.list(&self.keyspace.verifying_prefix()).await? {
+            let run: Arc<VerifyRun> = Arc::new(state::decode(&key, &bytes)?);
+            let job = &run.spec.job;
+            let leased = self
+                .leased(&self.keyspace.verify_leases_prefix(job))
+                .await?;
+            let prefix = self.keyspace.verify_ranges_prefix(job);
+            for (key, bytes) in self.store.list(&prefix).await? {
+                let range: VerifyRange = state::decode(&key, &bytes)?;
+                let lease_key = self.keyspace.verify_lease(job, range.range);
+                if range.state == RangeState::Pending
+                    && !leased.contains(&lease_key)
+                    && !backing_off(range.retry_after_unix_ms)
+                {
+                    pending.push(Task::Verify(run.clone(), range));
                 }
             }
         }
         Ok(pending)
+    }
+
+    /// Keys of the leases held under `prefix`.
+    async fn leased(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
     }
 
     async fn work_on(&self, job: Arc<JobRecord>, partition: PartitionRecord, lease: HeldLease) {
@@ -203,9 +247,10 @@ impl Worker {
         progress_key: &str,
     ) {
         tracing::info!(worker = %self.config.id, "copying partition");
+        let active = self.keyspace.active(&job.spec.job);
         let outcome = tokio::select! {
             outcome = self.copy(job, &mut record, &lease, progress_key) => outcome,
-            () = self.job_ended(&job.spec.job) => {
+            () = self.gone(&active) => {
                 tracing::info!("job no longer copying: abandoning the partition");
                 let _ = lease.release().await;
                 return;
@@ -225,20 +270,14 @@ impl Worker {
                 tracing::info!(chunks = record.chunks_applied, "handing the partition back");
             }
             Err(e) => {
-                record.attempts += 1;
-                record.error = Some(e.to_string());
-                let give_up = !e.is_retryable() || record.attempts >= self.config.max_attempts;
+                let give_up = self.note_failure(
+                    &e,
+                    &mut record.attempts,
+                    &mut record.error,
+                    &mut record.retry_after_unix_ms,
+                );
                 if give_up {
                     record.state = PartitionState::Failed;
-                } else {
-                    let wait = state::backoff(
-                        record.attempts,
-                        RETRY_BASE,
-                        RETRY_CAP,
-                        rand::random::<f64>(),
-                    );
-                    record.retry_after_unix_ms =
-                        Some(state::now_unix_ms() + wait.as_millis() as u64);
                 }
                 tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
             }
@@ -251,16 +290,94 @@ impl Worker {
         }
     }
 
-    /// Resolves once the job is no longer open for copying (cancelled,
-    /// failed): its partitions are then abandoned, which the ledger makes safe.
-    async fn job_ended(&self, job: &JobId) {
-        let active = self.keyspace.active(job);
+    /// Counts a failed attempt at leased work and schedules its retry;
+    /// returns whether to give up on it instead.
+    fn note_failure(
+        &self,
+        error: &Error,
+        attempts: &mut u32,
+        last_error: &mut Option<String>,
+        retry_after_unix_ms: &mut Option<u64>,
+    ) -> bool {
+        *attempts += 1;
+        *last_error = Some(error.to_string());
+        if !error.is_retryable() || *attempts >= self.config.max_attempts {
+            *retry_after_unix_ms = None;
+            return true;
+        }
+        let wait = state::backoff(*attempts, RETRY_BASE, RETRY_CAP, rand::random::<f64>());
+        *retry_after_unix_ms = Some(state::now_unix_ms() + wait.as_millis() as u64);
+        false
+    }
+
+    /// Resolves once `key` is gone: the job is no longer open for copying
+    /// (cancelled, failed) or its verification run ended. Its work is then
+    /// abandoned, which the ledger (or the run's end) makes safe.
+    async fn gone(&self, key: &str) {
         loop {
             tokio::time::sleep(self.config.poll_interval * 4).await;
-            if let Ok(None) = self.store.get(&active).await {
+            if let Ok(None) = self.store.get(key).await {
                 return;
             }
         }
+    }
+
+    async fn verify_range(&self, run: Arc<VerifyRun>, listed: VerifyRange, lease: HeldLease) {
+        let job = &run.spec.job;
+        let progress_key = self.keyspace.verify_range(job, listed.range);
+        // The listing may be stale: re-read the record now that the lease is ours.
+        let mut range = match self.store.get(&progress_key).await {
+            Ok(Some(bytes)) => match state::decode::<VerifyRange>(&progress_key, &bytes) {
+                Ok(range) if range.state == RangeState::Pending => range,
+                _ => {
+                    let _ = lease.release().await;
+                    return;
+                }
+            },
+            _ => listed,
+        };
+        let span = tracing::info_span!("verify_range", job_id = %job, range = range.range, table = %range.table);
+        let open = self.keyspace.verifying(job);
+        async {
+            let compared = tokio::select! {
+                compared = crate::verify::compare(&run, &range, &self.keys) => compared,
+                () = self.gone(&open) => {
+                    tracing::info!("verification run ended: abandoning the range");
+                    let _ = lease.release().await;
+                    return;
+                }
+            };
+            match compared {
+                Ok(finding) => {
+                    range.state = RangeState::Compared;
+                    range.source_rows = finding.source_rows;
+                    range.target_rows = finding.target_rows;
+                    range.matched = finding.content.matched;
+                    range.error = None;
+                    tracing::info!(rows = range.source_rows, matched = range.matched, "range compared");
+                }
+                Err(e) => {
+                    let give_up = self.note_failure(
+                        &e,
+                        &mut range.attempts,
+                        &mut range.error,
+                        &mut range.retry_after_unix_ms,
+                    );
+                    if give_up {
+                        range.state = RangeState::Failed;
+                    }
+                    tracing::warn!(error = %e, attempts = range.attempts, give_up, "range comparison failed");
+                }
+            }
+            if let Err(e) = lease.put_fenced(&progress_key, state::encode(&range)).await {
+                tracing::warn!(error = %e, "cannot record the range's outcome; the lease's next holder will redo it");
+            }
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
+            }
+        }
+        .instrument(span)
+        .await;
     }
 
     async fn copy(
@@ -304,4 +421,8 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+fn backing_off(retry_after_unix_ms: Option<u64>) -> bool {
+    retry_after_unix_ms.is_some_and(|at| at > state::now_unix_ms())
 }

@@ -156,3 +156,58 @@ pub async fn set_sequences(target: &Client, sequences: &[(String, i64, bool)]) -
     }
     Ok(())
 }
+
+/// What the source knows about the values of a table's leading key
+/// column, for cutting it into ranges of similar size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyDomain {
+    /// An integer column: its least and greatest value (two index probes).
+    Integer { min: i64, max: i64 },
+    /// Any other column: the planner statistics' histogram bounds, in order.
+    Histogram(Vec<String>),
+    /// No values, or no statistics to cut by.
+    Unknown,
+}
+
+/// The type (`format_type`) and value domain of `column` (quoted) of `table`.
+pub async fn key_domain(
+    client: &Client,
+    table: &TableName,
+    column: &str,
+) -> Result<(String, KeyDomain)> {
+    let context = || format!("cannot read the key column {column} of {table}");
+    let row = client
+        .query_one(
+            "SELECT format_type(a.atttypid, a.atttypmod), a.atttypid IN (20, 21, 23), \
+                    (SELECT s.histogram_bounds::text::text[] FROM pg_stats s \
+                     WHERE s.schemaname = $2 AND s.tablename = $3 AND s.attname = a.attname) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND quote_ident(a.attname) = $4",
+            &[&table.quoted(), &table.schema, &table.name, &column],
+        )
+        .await
+        .map_err(|e| Error::postgres(context(), e))?;
+    let type_name: String = row.get(0);
+    if row.get::<_, bool>(1) {
+        let bounds = client
+            .query_one(
+                &format!(
+                    "SELECT min({column})::bigint, max({column})::bigint FROM {}",
+                    table.quoted()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::postgres(context(), e))?;
+        let domain = match (bounds.get(0), bounds.get(1)) {
+            (Some(min), Some(max)) => KeyDomain::Integer { min, max },
+            _ => KeyDomain::Unknown,
+        };
+        return Ok((type_name, domain));
+    }
+    let domain = match row.get::<_, Option<Vec<String>>>(2) {
+        Some(bounds) if !bounds.is_empty() => KeyDomain::Histogram(bounds),
+        _ => KeyDomain::Unknown,
+    };
+    Ok((type_name, domain))
+}

@@ -17,10 +17,20 @@ pub struct TableFingerprint {
 }
 
 pub async fn fingerprint(client: &Client, table: &TableName) -> Result<TableFingerprint> {
+    fingerprint_where(client, table, "true").await
+}
+
+/// The fingerprint of the rows `filter` selects; the filter refers to the
+/// table as `t`.
+pub async fn fingerprint_where(
+    client: &Client,
+    table: &TableName,
+    filter: &str,
+) -> Result<TableFingerprint> {
     let sql = format!(
         "SELECT count(*)::bigint, \
                 coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text \
-         FROM {} AS t",
+         FROM {} AS t WHERE {filter}",
         table.quoted()
     );
     let row = client

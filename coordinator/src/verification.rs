@@ -1,0 +1,272 @@
+//! Verification of a job, spread over the workers like its copy. The
+//! coordinator compares the schemas, cuts every table into key ranges
+//! (the whole table when it has no primary key) and publishes them; workers
+//! lease the ranges and have both databases compare them; the coordinator
+//! merges their findings, counts foreign-key orphans and stores the sealed
+//! report. Nothing here reads what the copy staged or recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_common::keys::job_data_key;
+use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
+use godwit_common::pg::catalog::{self, SourceTable};
+use godwit_common::pg::{self, Side};
+use godwit_common::spec::{JobSpec, TableName};
+use godwit_common::staging::Staging;
+use godwit_common::state::{self, Keyspace, RangeState, VerifyRange, VerifyRun, now_unix_ms};
+use godwit_common::verify::{self, ContentLayer, Options, RangeFinding, Report, TableReport};
+use godwit_common::{Error, Result};
+
+use crate::error::JobError;
+use crate::planner::{key_cuts, key_ranges};
+
+/// Most ranges a table is cut into, whatever its size.
+const MAX_RANGES_PER_TABLE: u64 = 256;
+
+/// A verified job: its report and where the sealed copy of it went.
+pub struct Verified {
+    pub report: Report,
+    /// The staging object, or why it could not be stored.
+    pub stored_at: std::result::Result<String, Error>,
+}
+
+pub struct Verifier {
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+    poll_interval: Duration,
+}
+
+/// A table's place in the run: its report when the coordinator made it
+/// alone, or the ranges the workers compare.
+enum Planned {
+    Done(TableReport),
+    Ranges(TableName, Vec<u32>),
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
+        Self {
+            store,
+            keyspace,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Verifies the job `spec` describes, as the databases are now. Refused
+    /// (`JobError::Rejected`) when it cannot start: a database unreachable,
+    /// a table unknown, the job already being verified.
+    pub async fn verify(&self, spec: &JobSpec, options: Options) -> Result<Verified, JobError> {
+        let rejected = JobError::Rejected;
+        let failed = JobError::Failed;
+        let source = pg::connect(&spec.source, Side::Source)
+            .await
+            .map_err(rejected)?;
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(rejected)?;
+        let tables = catalog::resolve_tables(&source, spec)
+            .await
+            .map_err(rejected)?;
+        let staging = Staging::open(&spec.staging).map_err(rejected)?;
+        let key = job_data_key(spec, &staging).await.map_err(rejected)?;
+
+        let run = VerifyRun {
+            spec: spec.clone(),
+            run: format!("{}", now_unix_ms()),
+            compare_rows_below: options.compare_rows_below,
+        };
+        // Held for the whole run: one verification of a job at a time, and
+        // a coordinator that dies takes its run with it (the lease expires).
+        let Some(marker) = HeldLease::try_acquire(
+            self.store.clone(),
+            &self.keyspace.verifying(&spec.job),
+            state::encode(&run),
+            LeaseTiming::DEFAULT,
+        )
+        .await
+        .map_err(failed)?
+        else {
+            return Err(JobError::AlreadyExists(format!(
+                "{} (a verification of it is running; wait for it to end)",
+                spec.job
+            )));
+        };
+        let outcome = self
+            .compare(&run, &source, &target, &tables, &staging, &key)
+            .await;
+        let _ = self
+            .store
+            .delete_prefix(&self.keyspace.verify_prefix(&spec.job))
+            .await;
+        if let Err(e) = marker.release().await {
+            tracing::warn!(job_id = %spec.job, error = %e, "cannot end the verification run; it expires with its lease");
+        }
+        let report = outcome?;
+        let stored_at = verify::store_report(spec, &report).await;
+        tracing::info!(job_id = %spec.job, matched = report.matched, "job verified");
+        Ok(Verified { report, stored_at })
+    }
+
+    async fn compare(
+        &self,
+        run: &VerifyRun,
+        source: &tokio_postgres::Client,
+        target: &tokio_postgres::Client,
+        tables: &[SourceTable],
+        staging: &Staging,
+        key: &godwit_common::keys::DataKey,
+    ) -> Result<Report, JobError> {
+        let failed = JobError::Failed;
+        let spec = &run.spec;
+        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        let schema = verify::compare_schema(source, target, &names)
+            .await
+            .map_err(failed)?;
+        let mut plan = Vec::with_capacity(tables.len());
+        let mut next = 0u32;
+        for table in tables {
+            if !verify::exists(target, &table.name).await.map_err(failed)? {
+                let report = verify::absent_table(source, &table.name)
+                    .await
+                    .map_err(failed)?;
+                plan.push(Planned::Done(report));
+                continue;
+            }
+            let pieces = table
+                .bytes
+                .div_ceil(spec.partition_size.0.max(1))
+                .clamp(1, MAX_RANGES_PER_TABLE) as usize;
+            let mut numbers = Vec::new();
+            for keys in self
+                .key_ranges(source, &table.name, pieces)
+                .await
+                .map_err(failed)?
+            {
+                let range = VerifyRange {
+                    range: next,
+                    table: table.name.clone(),
+                    keys,
+                    state: RangeState::Pending,
+                    source_rows: 0,
+                    target_rows: 0,
+                    matched: false,
+                    attempts: 0,
+                    error: None,
+                    retry_after_unix_ms: None,
+                };
+                self.store
+                    .put(
+                        &self.keyspace.verify_range(&spec.job, next),
+                        state::encode(&range),
+                    )
+                    .await
+                    .map_err(failed)?;
+                numbers.push(next);
+                next += 1;
+            }
+            plan.push(Planned::Ranges(table.name.clone(), numbers));
+        }
+        tracing::info!(job_id = %spec.job, tables = tables.len(), ranges = next, "verification ranges published");
+        let ranges = self.wait_for_ranges(run, next as usize).await?;
+
+        let mut reports = Vec::with_capacity(plan.len());
+        for planned in plan {
+            match planned {
+                Planned::Done(report) => reports.push(report),
+                Planned::Ranges(table, numbers) => {
+                    let mut findings = Vec::with_capacity(numbers.len());
+                    for n in numbers {
+                        let Some(range) = ranges.iter().find(|r| r.range == n) else {
+                            continue;
+                        };
+                        findings.push(if range.matched {
+                            RangeFinding {
+                                source_rows: range.source_rows,
+                                target_rows: range.target_rows,
+                                content: ContentLayer {
+                                    matched: true,
+                                    method: verify::method(range.keys.as_ref()).into(),
+                                    ..ContentLayer::default()
+                                },
+                            }
+                        } else {
+                            verify::load_finding(staging, key, run, n)
+                                .await
+                                .map_err(failed)?
+                        });
+                    }
+                    reports.push(verify::merge_table(&table, findings));
+                }
+            }
+        }
+        let foreign_keys = verify::orphans(source, target, &names)
+            .await
+            .map_err(failed)?;
+        Ok(Report {
+            job: spec.job.to_string(),
+            verified_at_unix_ms: now_unix_ms(),
+            matched: verify::all_matched(&schema, &reports, &foreign_keys),
+            schema,
+            tables: reports,
+            foreign_keys,
+        })
+    }
+
+    /// The key ranges of a table, or one whole-table unit without a key.
+    async fn key_ranges(
+        &self,
+        source: &tokio_postgres::Client,
+        table: &TableName,
+        pieces: usize,
+    ) -> Result<Vec<Option<state::KeyRange>>> {
+        let key = verify::primary_key(source, table).await?;
+        let Some(leading) = key.first() else {
+            return Ok(vec![None]);
+        };
+        let (type_name, domain) = catalog::key_domain(source, table, leading).await?;
+        let cuts = key_cuts(&domain, pieces);
+        Ok(key_ranges(leading, &type_name, &cuts)
+            .into_iter()
+            .map(Some)
+            .collect())
+    }
+
+    /// Waits until every range is compared; fails naming the first range
+    /// that failed for good.
+    async fn wait_for_ranges(
+        &self,
+        run: &VerifyRun,
+        expected: usize,
+    ) -> Result<Vec<VerifyRange>, JobError> {
+        let prefix = self.keyspace.verify_ranges_prefix(&run.spec.job);
+        loop {
+            let listed = match self.store.list(&prefix).await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(job_id = %run.spec.job, error = %e, "lease store unavailable; waiting for it");
+                    tokio::time::sleep(self.poll_interval * 10).await;
+                    continue;
+                }
+            };
+            let mut ranges = Vec::with_capacity(listed.len());
+            for (key, bytes) in &listed {
+                let range: VerifyRange = state::decode(key, bytes).map_err(JobError::Failed)?;
+                if range.state == RangeState::Failed {
+                    return Err(JobError::Failed(Error::Verification(format!(
+                        "cannot compare {} range {} after {} attempt(s): {}",
+                        range.table,
+                        range.range,
+                        range.attempts,
+                        range.error.unwrap_or_default()
+                    ))));
+                }
+                ranges.push(range);
+            }
+            if ranges.len() == expected && ranges.iter().all(|r| r.state == RangeState::Compared) {
+                return Ok(ranges);
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+}

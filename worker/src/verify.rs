@@ -1,0 +1,36 @@
+//! Comparing one leased key range of a verification run: both databases
+//! checksum the range, and a difference is narrowed to primary keys. The
+//! finding of a range that differs names keys, so it is sealed into the
+//! job's staging area; the lease store only learns counts and whether the
+//! range matched.
+
+use godwit_common::Result;
+use godwit_common::pg::{self, Side};
+use godwit_common::staging::Staging;
+use godwit_common::state::{VerifyRange, VerifyRun};
+use godwit_common::verify::{self, Options, RangeFinding};
+
+use crate::keys::KeyCache;
+
+pub async fn compare(
+    run: &VerifyRun,
+    range: &VerifyRange,
+    keys: &KeyCache,
+) -> Result<RangeFinding> {
+    let spec = &run.spec;
+    let (source, target) = tokio::try_join!(
+        pg::connect(&spec.source, Side::Source),
+        pg::connect(&spec.target, Side::Target)
+    )?;
+    let options = Options {
+        compare_rows_below: run.compare_rows_below,
+    };
+    let finding =
+        verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options).await?;
+    if !finding.content.matched {
+        let staging = Staging::open(&spec.staging)?;
+        let key = keys.data_key(spec, &staging).await?;
+        verify::store_finding(&staging, &key, run, range.range, &finding).await?;
+    }
+    Ok(finding)
+}
