@@ -157,7 +157,8 @@ impl Report {
             let content = if t.content.matched && t.content.method == "whole_table" {
                 "content identical (compared as a whole table)".to_owned()
             } else if t.content.matched {
-                format!("content identical ({} key ranges)", t.ranges)
+                let plural = if t.ranges == 1 { "" } else { "s" };
+                format!("content identical ({} key range{plural})", t.ranges)
             } else {
                 let c = &t.content;
                 let mut parts = Vec::new();
