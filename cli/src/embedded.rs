@@ -9,6 +9,7 @@ use std::time::Duration;
 use godwit_common::lease::{LeaseStore, MemoryStore};
 use godwit_common::spec::JobSpec;
 use godwit_common::state::Keyspace;
+use godwit_coordinator::throttle::Allocator;
 use godwit_coordinator::{JobDriver, Verifier, preflight, status};
 use godwit_worker::{Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -17,10 +18,12 @@ use crate::render;
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Workers running in this process over the in-process lease store.
+/// Workers running in this process over the in-process lease store, with
+/// the coordinator's allocator splitting customer budgets among them.
 struct InProcessWorkers {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<godwit_common::Result<()>>>,
+    allocator: tokio::task::JoinHandle<()>,
 }
 
 impl InProcessWorkers {
@@ -45,10 +48,18 @@ impl InProcessWorkers {
                     .await
             }));
         }
-        Self { stop, tasks }
+        let allocator = tokio::spawn(
+            Allocator::new(store.clone(), keyspace.clone()).run(std::future::pending()),
+        );
+        Self {
+            stop,
+            tasks,
+            allocator,
+        }
     }
 
     async fn stop(self) {
+        self.allocator.abort();
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;

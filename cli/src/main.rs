@@ -103,6 +103,35 @@ enum Command {
         coordinator: String,
         job_id: String,
     },
+    /// Set a customer's limits while its jobs run: every worker follows
+    /// within a second. Unset options keep their current value.
+    Throttle {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        #[arg(long)]
+        customer: String,
+        /// Most bytes per second read from the customer's source, over all
+        /// workers (e.g. 20MiB); `unlimited` lifts the limit.
+        #[arg(long, value_parser = parse_rate)]
+        bytes_per_sec: Option<u64>,
+        /// Most sessions on the customer's source at once, the coordinator's
+        /// snapshot session included; 0 lifts the cap.
+        #[arg(long)]
+        max_connections: Option<u32>,
+    },
+    /// Stop reading a job's source; partitions are handed back after their
+    /// current chunk and progress is kept.
+    Pause {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+    },
+    /// Resume reading a paused job where it stopped.
+    Resume {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -185,6 +214,20 @@ fn main() -> ExitCode {
                 coordinator,
                 job_id,
             } => remote::cancel(&coordinator, &job_id).await,
+            Command::Throttle {
+                coordinator,
+                customer,
+                bytes_per_sec,
+                max_connections,
+            } => remote::throttle(&coordinator, &customer, bytes_per_sec, max_connections).await,
+            Command::Pause {
+                coordinator,
+                job_id,
+            } => remote::pause(&coordinator, &job_id, true).await,
+            Command::Resume {
+                coordinator,
+                job_id,
+            } => remote::pause(&coordinator, &job_id, false).await,
             Command::Keys {
                 command: KeysCommand::Generate { out },
             } => match godwit_common::keys::Kek::generate_file(&out) {
@@ -200,4 +243,14 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// A rate in bytes per second (`20MiB`, `5000000`), 0 for `unlimited`.
+fn parse_rate(raw: &str) -> Result<u64, String> {
+    if raw == "unlimited" {
+        return Ok(0);
+    }
+    godwit_common::spec::ByteSize::parse(raw)
+        .map(|b| b.0)
+        .ok_or_else(|| format!("{raw:?} is not a rate: write e.g. 20MiB, 500KiB or unlimited"))
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest, SubmitJobRequest,
-    VerifyJobRequest, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest, PauseJobRequest,
+    SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -135,6 +135,58 @@ pub async fn cancel(url: &str, job_id: &str) -> i32 {
                 "cancellation of {job_id} requested (state was {})",
                 render::state_name(response.into_inner().state)
             );
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+/// Sets a customer's limits on the coordinator; prints them as in force.
+pub async fn throttle(
+    url: &str,
+    customer: &str,
+    bytes_per_sec: Option<u64>,
+    max_connections: Option<u32>,
+) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client
+        .set_throttle(SetThrottleRequest {
+            customer: customer.to_owned(),
+            bytes_per_sec,
+            max_connections,
+        })
+        .await
+    {
+        Ok(response) => {
+            if let Some(throttle) = response.into_inner().throttle {
+                println!("{}", render::throttle_line(&throttle));
+            }
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+/// Pauses or resumes reading for a job.
+pub async fn pause(url: &str, job_id: &str, paused: bool) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = PauseJobRequest {
+        job_id: job_id.to_owned(),
+    };
+    let response = if paused {
+        client.pause_job(request).await
+    } else {
+        client.resume_job(request).await
+    };
+    match response {
+        Ok(status) => {
+            println!("{}", render::progress_line(&status.into_inner()));
             0
         }
         Err(status) => failed(&status),

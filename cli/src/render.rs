@@ -47,8 +47,14 @@ pub fn progress_line(status: &JobStatus) -> String {
         .eta_ms
         .map(|ms| format!(", eta {}", duration_ms(ms)))
         .unwrap_or_default();
+    let paused = if status.paused { " (paused)" } else { "" };
+    let throttle = status
+        .throttle
+        .as_ref()
+        .map(|t| format!("\n  throttle {}", throttle_line(t)))
+        .unwrap_or_default();
     format!(
-        "{} {}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}",
+        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}",
         status.job_id,
         state_name(status.state),
         total.partitions_done,
@@ -57,6 +63,20 @@ pub fn progress_line(status: &JobStatus) -> String {
         bytes(total.bytes_read),
         bytes(total.bytes_staged),
         duration_ms(status.elapsed_ms),
+    )
+}
+
+/// A customer's limits and the coordinator's latest decision on them.
+pub fn throttle_line(t: &godwit_proto::v1::Throttle) -> String {
+    let rate = t
+        .bytes_per_sec
+        .map_or_else(|| "unlimited".to_owned(), |r| format!("{}/s", bytes(r)));
+    let sessions = t
+        .max_connections
+        .map_or_else(|| "uncapped".to_owned(), |c| c.to_string());
+    format!(
+        "customer {}: rate {rate}, source sessions {sessions}, shared by {} leases ({})",
+        t.customer, t.leases, t.reason
     )
 }
 

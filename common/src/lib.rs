@@ -15,6 +15,7 @@ pub mod spec;
 pub mod staging;
 pub mod state;
 pub mod telemetry;
+pub mod throttle;
 pub mod verify;
 
 pub use error::{Error, Result};

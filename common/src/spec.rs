@@ -32,6 +32,10 @@ pub struct JobSpec {
     /// Target size of a chunk (the unit of staging and of exactly-once loading).
     #[serde(default = "default_chunk_size")]
     pub chunk_size: ByteSize,
+    /// The customer's limits, in force from the job's start until an
+    /// operator changes them (`godwit throttle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<crate::throttle::ThrottleSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -105,6 +109,9 @@ impl JobSpec {
                 "`partition_size` {} is below the minimum of 64KiB",
                 self.partition_size
             ));
+        }
+        if let Some(problem) = self.throttle.as_ref().and_then(|t| t.problem()) {
+            return fail(problem);
         }
         for (field, value) in [("source", &self.source), ("target", &self.target)] {
             if value.trim().is_empty() {

@@ -64,6 +64,32 @@ impl Keyspace {
         format!("{}/jobs/{job}/leases/{partition:06}", self.root)
     }
 
+    /// A job's pause flag: while present, no partition of it is read.
+    pub fn job_paused(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/paused", self.root)
+    }
+
+    pub fn customers_prefix(&self) -> String {
+        format!("{}/customers/", self.root)
+    }
+
+    /// The limits in force for a customer ([`crate::throttle::CustomerLimits`]).
+    pub fn customer_limits(&self, customer: &str) -> String {
+        format!("{}/customers/{customer}/limits", self.root)
+    }
+
+    /// The coordinator's split of the customer's budget
+    /// ([`crate::throttle::Allocation`]).
+    pub fn customer_allocation(&self, customer: &str) -> String {
+        format!("{}/customers/{customer}/allocation", self.root)
+    }
+
+    /// Source session slot `n` of a customer, held (attached to a work
+    /// lease) by whoever has a session open on the source.
+    pub fn session_slot(&self, customer: &str, n: u32) -> String {
+        format!("{}/customers/{customer}/sessions/{n:04}", self.root)
+    }
+
     /// Jobs being verified, each with its [`VerifyRun`]; what workers scan
     /// for key ranges to compare.
     pub fn verifying_prefix(&self) -> String {
@@ -268,6 +294,10 @@ pub struct VerifyRange {
     pub table: TableName,
     /// None: the whole table, which has no primary key to range over.
     pub keys: Option<KeyRange>,
+    /// The range's share of the table's size at the source, what
+    /// throttling charges for comparing it.
+    #[serde(default)]
+    pub estimated_bytes: u64,
     pub state: RangeState,
     pub source_rows: u64,
     pub target_rows: u64,

@@ -224,7 +224,10 @@ impl JobDriver {
             finished_at_unix_ms: None,
             phases: PhaseTimings::default(),
         };
-        self.put_record(&record).await.map_err(JobError::Failed)
+        self.put_record(&record).await.map_err(JobError::Failed)?;
+        crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, &prepared.spec)
+            .await
+            .map_err(JobError::Failed)
     }
 
     /// Takes over a job a previous coordinator left unfinished. Its exported

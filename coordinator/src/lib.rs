@@ -7,6 +7,7 @@ pub mod error;
 pub mod planner;
 pub mod service;
 pub mod status;
+pub mod throttle;
 pub mod verification;
 
 pub mod recovery;

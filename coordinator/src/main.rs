@@ -88,6 +88,10 @@ async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Resul
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed unfinished jobs");
     }
+    let allocator = tokio::spawn(
+        godwit_coordinator::throttle::Allocator::new(store.clone(), keyspace.clone())
+            .run(std::future::pending()),
+    );
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -102,6 +106,7 @@ async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Resul
     )
     .await
     .context("gRPC server")?;
+    allocator.abort();
     tracing::info!("coordinator stopped");
     Ok(())
 }

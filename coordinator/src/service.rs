@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use godwit_common::ids::JobId;
+use godwit_common::ids::{CustomerId, JobId};
 use godwit_common::lease::LeaseStore;
 use godwit_common::spec::JobSpec;
 use godwit_common::state::{self, JobRecord, Keyspace};
+use godwit_common::throttle::CustomerLimits;
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
     CancelJobRequest, CancelJobResponse, GetJobRequest, GetReportRequest, JobState, JobStatus,
-    ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest,
-    VerifyJobResponse, WatchJobRequest,
+    ListJobsRequest, ListJobsResponse, PauseJobRequest, SetThrottleRequest, SetThrottleResponse,
+    SubmitJobRequest, SubmitJobResponse, VerifyJobRequest, VerifyJobResponse, WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -55,6 +56,22 @@ impl GodwitService {
         let record: JobRecord =
             state::decode(&key, &bytes).map_err(|e| Status::internal(e.to_string()))?;
         Ok(record.spec)
+    }
+
+    async fn set_paused(&self, raw: &str, paused: bool) -> Result<Response<JobStatus>, Status> {
+        let job = Self::job_id(raw)?;
+        let current = self.status(&job).await?;
+        if is_final(current.state) {
+            return Err(Status::failed_precondition(format!(
+                "job {job} has ended; there is nothing to {}",
+                if paused { "pause" } else { "resume" }
+            )));
+        }
+        crate::throttle::set_paused(self.store.as_ref(), &self.keyspace, &job, paused)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(job_id = %job, paused, "job reading {}", if paused { "paused" } else { "resumed" });
+        Ok(Response::new(self.status(&job).await?))
     }
 
     async fn status(&self, job: &JobId) -> Result<JobStatus, Status> {
@@ -191,6 +208,67 @@ impl Godwit for GodwitService {
             String::new()
         });
         report_response(&verified.report, stored_at)
+    }
+
+    async fn set_throttle(
+        &self,
+        request: Request<SetThrottleRequest>,
+    ) -> Result<Response<SetThrottleResponse>, Status> {
+        let request = request.into_inner();
+        let customer = CustomerId::parse(&request.customer)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let unavailable = |e: godwit_common::Error| Status::unavailable(e.to_string());
+        let current =
+            crate::throttle::limits(self.store.as_ref(), &self.keyspace, customer.as_str())
+                .await
+                .map_err(unavailable)?;
+        // Unset keeps the current value; zero lifts the limit.
+        let bytes_per_sec = match request.bytes_per_sec {
+            Some(0) => None,
+            Some(rate) => Some(rate),
+            None => current.as_ref().and_then(|l| l.bytes_per_sec),
+        };
+        let max_connections = match request.max_connections {
+            Some(0) => None,
+            Some(cap) => Some(cap),
+            None => current.as_ref().and_then(|l| l.max_connections),
+        };
+        crate::throttle::check_limits(bytes_per_sec, max_connections)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limits = CustomerLimits {
+            bytes_per_sec,
+            max_connections,
+            set_by: "operator".to_owned(),
+            set_at_unix_ms: state::now_unix_ms(),
+        };
+        crate::throttle::set_limits(
+            self.store.as_ref(),
+            &self.keyspace,
+            customer.as_str(),
+            &limits,
+        )
+        .await
+        .map_err(unavailable)?;
+        let throttle = status::throttle(self.store.as_ref(), &self.keyspace, customer.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(SetThrottleResponse {
+            throttle: Some(throttle),
+        }))
+    }
+
+    async fn pause_job(
+        &self,
+        request: Request<PauseJobRequest>,
+    ) -> Result<Response<JobStatus>, Status> {
+        self.set_paused(&request.into_inner().job_id, true).await
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<PauseJobRequest>,
+    ) -> Result<Response<JobStatus>, Status> {
+        self.set_paused(&request.into_inner().job_id, false).await
     }
 
     async fn cancel_job(

@@ -7,7 +7,7 @@ use godwit_common::lease::LeaseStore;
 use godwit_common::state::{
     self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, now_unix_ms,
 };
-use godwit_proto::v1::{JobState, JobStatus, Progress, TableStatus};
+use godwit_proto::v1::{JobState, JobStatus, Progress, TableStatus, Throttle};
 
 pub fn job_state(phase: JobPhase) -> JobState {
     match phase {
@@ -34,7 +34,31 @@ pub async fn load(
     for (key, bytes) in store.list(&keyspace.partitions_prefix(job)).await? {
         partitions.push(state::decode::<PartitionRecord>(&key, &bytes)?);
     }
-    Ok(Some(assemble(&record, &partitions, now_unix_ms())))
+    let mut status = assemble(&record, &partitions, now_unix_ms());
+    status.paused = crate::throttle::is_paused(store, keyspace, job).await?;
+    status.throttle = Some(throttle(store, keyspace, record.spec.customer.as_str()).await?);
+    Ok(Some(status))
+}
+
+/// A customer's limits and the coordinator's latest decision on them.
+pub async fn throttle(
+    store: &dyn LeaseStore,
+    keyspace: &Keyspace,
+    customer: &str,
+) -> Result<Throttle> {
+    let limits = crate::throttle::limits(store, keyspace, customer).await?;
+    let allocation = crate::throttle::allocation(store, keyspace, customer).await?;
+    Ok(Throttle {
+        customer: customer.to_owned(),
+        bytes_per_sec: limits.as_ref().and_then(|l| l.bytes_per_sec),
+        max_connections: limits.as_ref().and_then(|l| l.max_connections),
+        leases: allocation.as_ref().map_or(0, |a| a.shares.len() as u32),
+        reason: allocation.as_ref().map_or_else(
+            || crate::throttle::reason(limits.as_ref()),
+            |a| a.reason.clone(),
+        ),
+        decided_at_unix_ms: allocation.map_or(0, |a| a.decided_at_unix_ms),
+    })
 }
 
 pub async fn list(store: &dyn LeaseStore, keyspace: &Keyspace) -> Result<Vec<JobStatus>> {
@@ -98,6 +122,8 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
         started_at_unix_ms: record.started_at_unix_ms,
         elapsed_ms,
         eta_ms,
+        paused: false,
+        throttle: None,
     }
 }
 

@@ -71,6 +71,9 @@ impl Verifier {
         let staging = Staging::open(&spec.staging).map_err(rejected)?;
         let key = job_data_key(spec, &staging).await.map_err(rejected)?;
 
+        crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, spec)
+            .await
+            .map_err(failed)?;
         let run = VerifyRun {
             spec: spec.clone(),
             run: format!("{}", now_unix_ms()),
@@ -138,15 +141,17 @@ impl Verifier {
                 .div_ceil(spec.partition_size.0.max(1))
                 .clamp(1, MAX_RANGES_PER_TABLE) as usize;
             let mut numbers = Vec::new();
-            for keys in self
+            let ranges = self
                 .key_ranges(source, &table.name, pieces)
                 .await
-                .map_err(failed)?
-            {
+                .map_err(failed)?;
+            let estimated_bytes = table.bytes / ranges.len().max(1) as u64;
+            for keys in ranges {
                 let range = VerifyRange {
                     range: next,
                     table: table.name.clone(),
                     keys,
+                    estimated_bytes,
                     state: RangeState::Pending,
                     source_rows: 0,
                     target_rows: 0,

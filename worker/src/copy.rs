@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::throttle::{PACE_PIECE, ReadPacer};
+
 /// The source session's socket receive buffer, as a share of the chunk
 /// size, within bounds: small enough that a worker dying mid-chunk has made
 /// the source send little beyond that chunk, large enough to keep reading
@@ -41,9 +43,12 @@ pub struct PartitionJob<'a> {
     pub key: Arc<DataKey>,
     pub lease: &'a HeldLease,
     pub progress_key: &'a str,
-    /// Turns true when the worker shuts down: the copy returns
+    /// Turns true when the partition must be handed back (worker shutting
+    /// down, job paused, session cap lowered): the copy returns
     /// `Error::Cancelled` between chunks, never inside one.
     pub stop: watch::Receiver<bool>,
+    /// Holds the source reads to the lease's share of the customer's budget.
+    pub pacer: ReadPacer,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +72,7 @@ struct ReadBatch {
 /// Copies one partition; `record` is updated (and published, fenced by the
 /// lease) after every chunk.
 pub async fn copy_partition(
-    job: PartitionJob<'_>,
+    mut job: PartitionJob<'_>,
     record: &mut PartitionRecord,
 ) -> Result<CopyStats> {
     let spec = job.spec;
@@ -119,6 +124,7 @@ pub async fn copy_partition(
     let (batches_tx, mut batches_rx) = mpsc::channel::<Result<ReadBatch>>(1);
     let (loaded_tx, mut loaded_rx) = mpsc::channel::<()>(1);
     let table_name = job.table.name.to_string();
+    let mut pacer = std::mem::replace(&mut job.pacer, ReadPacer::unlimited());
 
     let reader = async move {
         // Aborting the reader drops the session, closing the source socket.
@@ -137,6 +143,7 @@ pub async fn copy_partition(
         futures::pin_mut!(stream);
         let mut cutter = RowCutter::new(format, chunk_size);
         let mut read_since_batch = 0u64;
+        let mut unpaced = 0u64;
         let mut waited = Duration::ZERO;
         loop {
             let asked = Instant::now();
@@ -156,6 +163,12 @@ pub async fn copy_partition(
                 }
             };
             read_since_batch += data.len() as u64;
+            // Pausing the socket reads is what slows the source: its
+            // session blocks once our bounded receive buffer is full.
+            unpaced += data.len() as u64;
+            if unpaced >= PACE_PIECE {
+                pacer.consume(std::mem::take(&mut unpaced)).await;
+            }
             match cutter.feed(&data) {
                 Ok(batches) => {
                     for batch in batches {

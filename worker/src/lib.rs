@@ -7,6 +7,7 @@ pub mod copy;
 pub mod keys;
 pub mod replay;
 pub mod runner;
+pub mod throttle;
 pub mod verify;
 
 pub use runner::{Worker, WorkerConfig};

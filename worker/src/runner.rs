@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
+use crate::throttle::{Following, Place, ReadPacer, follow, take_session_slot};
 
 /// A unit of work a worker can lease.
 enum Task {
@@ -123,12 +124,23 @@ impl Worker {
                     Ok(Some(lease)) => {
                         let worker = self.clone();
                         running.spawn(async move {
+                            let spec = match &task {
+                                Task::Copy(job, _) => &job.spec,
+                                Task::Verify(run, _) => &run.spec,
+                            };
+                            let Some(following) = worker
+                                .admit(spec.customer.as_str(), &spec.job, &lease, &lease_key)
+                                .await
+                            else {
+                                let _ = lease.release().await;
+                                return;
+                            };
                             match task {
                                 Task::Copy(job, partition) => {
-                                    worker.work_on(job, partition, lease).await;
+                                    worker.work_on(job, partition, lease, following).await;
                                 }
                                 Task::Verify(run, range) => {
-                                    worker.verify_range(run, range, lease).await;
+                                    worker.verify_range(run, range, lease, following).await;
                                 }
                             }
                             drop(slot);
@@ -167,6 +179,14 @@ impl Worker {
             if record.phase != JobPhase::Copying {
                 continue;
             }
+            if self
+                .store
+                .get(&self.keyspace.job_paused(&job))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
             let record = Arc::new(record);
             let leased = self.leased(&self.keyspace.leases_prefix(&job)).await?;
             let prefix = self.keyspace.partitions_prefix(&job);
@@ -202,6 +222,51 @@ impl Worker {
         Ok(pending)
     }
 
+    /// Takes one of the customer's source session slots for the lease, if
+    /// sessions are capped, and starts following the customer's limits.
+    /// None: every slot is taken, the work waits for one.
+    async fn admit(
+        &self,
+        customer: &str,
+        job: &JobId,
+        lease: &HeldLease,
+        lease_key: &str,
+    ) -> Option<Following> {
+        let slot = match take_session_slot(
+            &self.store,
+            &self.keyspace,
+            customer,
+            lease,
+            &self.config.id,
+        )
+        .await
+        {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                tracing::debug!(
+                    customer,
+                    "every source session slot of the customer is taken"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, customer, "cannot take a source session slot");
+                return None;
+            }
+        };
+        Some(follow(
+            self.store.clone(),
+            &self.keyspace,
+            Place {
+                customer,
+                job,
+                lease_key,
+                slot,
+            },
+            self.stopping.subscribe(),
+        ))
+    }
+
     /// Keys of the leases held under `prefix`.
     async fn leased(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self
@@ -213,7 +278,13 @@ impl Worker {
             .collect())
     }
 
-    async fn work_on(&self, job: Arc<JobRecord>, partition: PartitionRecord, lease: HeldLease) {
+    async fn work_on(
+        &self,
+        job: Arc<JobRecord>,
+        partition: PartitionRecord,
+        lease: HeldLease,
+        following: Following,
+    ) {
         let job_id = job.spec.job.clone();
         let partition_no = partition.partition;
         let progress_key = self.keyspace.partition(&job_id, partition_no);
@@ -234,7 +305,7 @@ impl Worker {
             _ => partition,
         };
         let span = tracing::info_span!("partition", job_id = %job_id, partition = partition_no, table = %record.table);
-        self.finish_partition(&job, record, lease, &progress_key)
+        self.finish_partition(&job, record, lease, &progress_key, following)
             .instrument(span)
             .await;
     }
@@ -245,11 +316,12 @@ impl Worker {
         mut record: PartitionRecord,
         lease: HeldLease,
         progress_key: &str,
+        following: Following,
     ) {
         tracing::info!(worker = %self.config.id, "copying partition");
         let active = self.keyspace.active(&job.spec.job);
         let outcome = tokio::select! {
-            outcome = self.copy(job, &mut record, &lease, progress_key) => outcome,
+            outcome = self.copy(job, &mut record, &lease, progress_key, &following) => outcome,
             () = self.gone(&active) => {
                 tracing::info!("job no longer copying: abandoning the partition");
                 let _ = lease.release().await;
@@ -322,7 +394,13 @@ impl Worker {
         }
     }
 
-    async fn verify_range(&self, run: Arc<VerifyRun>, listed: VerifyRange, lease: HeldLease) {
+    async fn verify_range(
+        &self,
+        run: Arc<VerifyRun>,
+        listed: VerifyRange,
+        lease: HeldLease,
+        following: Following,
+    ) {
         let job = &run.spec.job;
         let progress_key = self.keyspace.verify_range(job, listed.range);
         // The listing may be stale: re-read the record now that the lease is ours.
@@ -339,8 +417,16 @@ impl Worker {
         let span = tracing::info_span!("verify_range", job_id = %job, range = range.range, table = %range.table);
         let open = self.keyspace.verifying(job);
         async {
+            // The databases scan the range at their own speed; the customer's
+            // budget is paid for the range's estimated size beforehand, so
+            // verification keeps to the rate on average.
+            let mut pacer = ReadPacer::new(following.share.clone());
+            let compare = async {
+                pacer.consume(range.estimated_bytes).await;
+                crate::verify::compare(&run, &range, &self.keys).await
+            };
             let compared = tokio::select! {
-                compared = crate::verify::compare(&run, &range, &self.keys) => compared,
+                compared = compare => compared,
                 () = self.gone(&open) => {
                     tracing::info!("verification run ended: abandoning the range");
                     let _ = lease.release().await;
@@ -386,6 +472,7 @@ impl Worker {
         record: &mut PartitionRecord,
         lease: &HeldLease,
         progress_key: &str,
+        following: &Following,
     ) -> Result<()> {
         let snapshot = job.snapshot.as_deref().ok_or_else(|| {
             Error::Catalog(format!(
@@ -414,7 +501,8 @@ impl Worker {
                 key,
                 lease,
                 progress_key,
-                stop: self.stopping.subscribe(),
+                stop: following.hand_back.clone(),
+                pacer: ReadPacer::new(following.share.clone()),
             },
             record,
         )

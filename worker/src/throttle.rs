@@ -1,0 +1,320 @@
+//! Keeping a lease's reads within the customer's limits. The coordinator
+//! allocates each lease a share of the customer's bytes per second; the
+//! [`ReadPacer`] holds the reader to that share (governor's GCRA, on the
+//! tokio clock), and [`follow`] keeps the share current and says when the
+//! lease must hand its work back (the job paused, the session cap lowered
+//! below the slot it holds, the worker stopping).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_common::ids::JobId;
+use godwit_common::lease::{HeldLease, LeaseStore};
+use godwit_common::state::{self, Keyspace};
+use godwit_common::throttle::{Allocation, CustomerLimits};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often a lease re-reads its share and its customer's limits.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// Pacing granularity: reads are paid for in pieces of at least this.
+pub const PACE_PIECE: u64 = 32 * 1024;
+
+/// The tokio clock, so paced reads follow paused time in tests.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// Holds a reader to its share: None is no limit, Some(0) waits for a
+/// share, Some(n) allows n bytes per second.
+pub struct ReadPacer {
+    share: watch::Receiver<Option<u64>>,
+    limiter: Option<(u64, u32, Limiter)>,
+    clock: TokioClock,
+}
+
+/// The most a limiter lets through at once: a tenth of a second's worth,
+/// so a new or changed share takes effect within that.
+fn burst(rate: u64) -> u32 {
+    u32::try_from((rate / 10).clamp(PACE_PIECE.min(rate), rate)).unwrap_or(u32::MAX)
+}
+
+impl ReadPacer {
+    pub fn new(share: watch::Receiver<Option<u64>>) -> Self {
+        Self {
+            share,
+            limiter: None,
+            clock: TokioClock::default(),
+        }
+    }
+
+    /// No limit, ever.
+    pub fn unlimited() -> Self {
+        Self::new(watch::channel(None).1)
+    }
+
+    /// Waits until `bytes` more may be read.
+    pub async fn consume(&mut self, bytes: u64) {
+        let mut left = bytes;
+        while left > 0 {
+            let share = *self.share.borrow_and_update();
+            let rate = match share {
+                None => return,
+                Some(0) => {
+                    if self.share.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(rate) => rate,
+            };
+            if self.limiter.as_ref().is_none_or(|(r, _, _)| *r != rate) {
+                let cap = burst(rate);
+                let per_second = NonZeroU32::new(u32::try_from(rate).unwrap_or(u32::MAX))
+                    .unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::per_second(per_second)
+                    .allow_burst(NonZeroU32::new(cap).unwrap_or(NonZeroU32::MIN));
+                self.limiter = Some((
+                    rate,
+                    cap,
+                    RateLimiter::direct_with_clock(quota, self.clock.clone()),
+                ));
+            }
+            let Some((_, cap, limiter)) = &self.limiter else {
+                return;
+            };
+            let piece = left.min(u64::from(*cap)) as u32;
+            let Some(cells) = NonZeroU32::new(piece) else {
+                return;
+            };
+            match limiter.check_n(cells) {
+                Ok(Ok(())) => left -= u64::from(piece),
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = self.share.changed() => {}
+                    }
+                }
+                // Cannot happen (pieces never exceed the burst); pay nothing
+                // rather than spin.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// What a lease follows while it works: its share of the customer's budget
+/// and whether to hand its work back.
+pub struct Following {
+    pub share: watch::Receiver<Option<u64>>,
+    pub hand_back: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a lease's work stands in the customer's limits.
+pub struct Place<'a> {
+    pub customer: &'a str,
+    pub job: &'a JobId,
+    pub lease_key: &'a str,
+    /// The session slot held, when sessions are capped.
+    pub slot: Option<u32>,
+}
+
+/// Follows the allocation and limits for one lease, every
+/// [`FOLLOW_INTERVAL`], until dropped.
+pub fn follow(
+    store: Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+    place: Place<'_>,
+    mut worker_stopping: watch::Receiver<bool>,
+) -> Following {
+    let (share_tx, share) = watch::channel(Some(0));
+    let (hand_back_tx, hand_back) = watch::channel(false);
+    let allocation_key = keyspace.customer_allocation(place.customer);
+    let limits_key = keyspace.customer_limits(place.customer);
+    let paused_key = keyspace.job_paused(place.job);
+    let lease_key = place.lease_key.to_owned();
+    let slot = place.slot;
+    let task = tokio::spawn(async move {
+        loop {
+            let allocation = store.get(&allocation_key).await;
+            let limits = store.get(&limits_key).await;
+            let paused = store.get(&paused_key).await;
+            if let Ok(allocation) = allocation {
+                let share = match allocation {
+                    Some(bytes) => state::decode::<Allocation>(&allocation_key, &bytes)
+                        .map(|a| a.share(&lease_key))
+                        .unwrap_or(Some(0)),
+                    None => match &limits {
+                        // Limits set but nothing allocated yet: wait for it.
+                        Ok(Some(_)) => Some(0),
+                        _ => None,
+                    },
+                };
+                share_tx.send_if_modified(|current| {
+                    let changed = *current != share;
+                    *current = share;
+                    changed
+                });
+            }
+            let over_cap = match (&limits, slot) {
+                (Ok(Some(bytes)), Some(slot)) => {
+                    state::decode::<CustomerLimits>(&limits_key, bytes)
+                        .ok()
+                        .and_then(|l| l.worker_sessions())
+                        .is_some_and(|sessions| slot >= sessions)
+                }
+                _ => false,
+            };
+            let is_paused = matches!(paused, Ok(Some(_)));
+            if over_cap || is_paused || *worker_stopping.borrow() {
+                hand_back_tx.send_replace(true);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                _ = worker_stopping.changed() => {}
+            }
+        }
+    });
+    Following {
+        share,
+        hand_back,
+        task,
+    }
+}
+
+/// Takes a free session slot of the customer for the lease (it is released
+/// with the lease). `Ok(None)` when every slot is taken; `Ok(Some(None))`
+/// when sessions are not capped.
+pub async fn take_session_slot(
+    store: &Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+    customer: &str,
+    lease: &HeldLease,
+    owner: &str,
+) -> godwit_common::Result<Option<Option<u32>>> {
+    let limits_key = keyspace.customer_limits(customer);
+    let Some(bytes) = store.get(&limits_key).await? else {
+        return Ok(Some(None));
+    };
+    let limits: CustomerLimits = state::decode(&limits_key, &bytes)?;
+    let Some(sessions) = limits.worker_sessions() else {
+        return Ok(Some(None));
+    };
+    for n in 0..sessions {
+        let key = keyspace.session_slot(customer, n);
+        if store
+            .create_leased(&key, owner.as_bytes().to_vec(), lease.lease_id())
+            .await?
+        {
+            return Ok(Some(Some(n)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `total` bytes in `piece`-sized reads through a pacer at `rate`,
+    /// on paused time; returns the virtual time it took.
+    async fn paced(rate: u64, total: u64, piece: u64) -> Duration {
+        let (_tx, rx) = watch::channel(Some(rate));
+        let mut pacer = ReadPacer::new(rx);
+        let start = tokio::time::Instant::now();
+        let mut read = 0;
+        while read < total {
+            pacer.consume(piece).await;
+            read += piece;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_held_to_the_share() {
+        // 10 MiB at 1 MiB/s: ten seconds, less the first burst (0.1 s).
+        let took = paced(1 << 20, 10 << 20, 64 * 1024).await;
+        assert!(
+            took >= Duration::from_millis(9_800) && took <= Duration::from_millis(10_000),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_share_applies_to_the_next_read() {
+        let (tx, rx) = watch::channel(Some(1 << 20));
+        let mut pacer = ReadPacer::new(rx);
+        let start = tokio::time::Instant::now();
+        for _ in 0..32 {
+            pacer.consume(64 * 1024).await; // 2 MiB at 1 MiB/s
+        }
+        let first = start.elapsed();
+        tx.send_replace(Some(4 << 20));
+        let start = tokio::time::Instant::now();
+        for _ in 0..64 {
+            pacer.consume(64 * 1024).await; // 4 MiB at 4 MiB/s
+        }
+        let second = start.elapsed();
+        assert!(first >= Duration::from_millis(1_800), "{first:?}");
+        assert!(
+            second >= Duration::from_millis(800) && second <= Duration::from_millis(1_100),
+            "{second:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_share_waits_until_a_share_arrives() {
+        let (tx, rx) = watch::channel(Some(0));
+        let mut pacer = ReadPacer::new(rx);
+        let reader = tokio::spawn(async move {
+            pacer.consume(1024).await;
+            tokio::time::Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!reader.is_finished(), "read while its share was zero");
+        let released_at = tokio::time::Instant::now();
+        tx.send_replace(Some(1 << 20));
+        let read_at = reader.await.expect("reader task");
+        assert!(read_at >= released_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_share_means_no_wait() {
+        let mut pacer = ReadPacer::unlimited();
+        let start = tokio::time::Instant::now();
+        pacer.consume(1 << 30).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+}
