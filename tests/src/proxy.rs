@@ -138,7 +138,13 @@ impl FaultProxy {
                     if count_copy_data {
                         let (mut from_client, to_client) = client.into_split();
                         let (from_server, mut to_server) = server.into_split();
-                        let upward = tokio::io::copy(&mut from_client, &mut to_server);
+                        // The client's end of stream is passed on: the
+                        // server then ends the session as it would without
+                        // the proxy.
+                        let upward = async {
+                            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                            let _ = to_server.shutdown().await;
+                        };
                         let downward = relay_counting_copy_data(from_server, to_client, &counted);
                         let _ = tokio::join!(upward, downward);
                     } else {

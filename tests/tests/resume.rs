@@ -277,10 +277,20 @@ async fn a_paused_worker_is_fenced_when_it_wakes_after_its_lease_expired() -> an
     first.signal("CONT")?;
 
     deployment.finish(&[&second]).await?;
-    let woke = first.log_text();
+    // The woken worker may only get to it after the job has ended.
+    let stepped_down = wait_until(
+        "the woken worker to step down or be fenced",
+        Duration::from_secs(30),
+        || async {
+            let woke = first.log_text();
+            Ok((woke.contains("fenced") || woke.contains("stepping down")).then_some(()))
+        },
+    )
+    .await;
     assert!(
-        woke.contains("fenced") || woke.contains("stepping down"),
-        "the paused worker neither stepped down nor was fenced:\n{woke}"
+        stepped_down.is_ok(),
+        "the paused worker neither stepped down nor was fenced:\n{}",
+        first.log_text()
     );
     let figures = deployment
         .figures(

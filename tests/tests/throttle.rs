@@ -1,0 +1,255 @@
+//! Per-customer throttling end to end: the source's read rate held to the
+//! customer's limit (bytes counted by a proxy that parses the PostgreSQL
+//! protocol in front of the source), a live change, pause and resume, and
+//! the cap on source sessions checked in `pg_stat_activity`. Bounds are on
+//! bytes and on what a limit makes impossible (a run faster than its bytes
+//! allow), never on how fast a machine is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use godwit_tests::proxy::FaultProxy;
+use godwit_tests::{
+    Etcd, Job, Service, assert_same_tables, describe, run_godwit, source_and_target, spec_body,
+    wait_until,
+};
+
+const KIB: u64 = 1024;
+
+/// Samples the number of sessions on the source (client backends of the
+/// database and walsenders, this sampler excluded) every 20 ms; keeps the
+/// highest.
+fn sample_sessions(
+    client: tokio_postgres::Client,
+) -> (Arc<AtomicI64>, tokio::task::JoinHandle<()>) {
+    let highest = Arc::new(AtomicI64::new(0));
+    let seen = highest.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(row) = client
+                .query_one(
+                    "SELECT count(*), string_agg(application_name || ':' || backend_type || ':' || coalesce(state, '') || ':' || left(query, 60), E'\n') FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                     AND (datname = 'shop' OR backend_type = 'walsender')",
+                    &[],
+                )
+                .await
+            {
+                let n = row.get::<_, i64>(0);
+                if n > seen.fetch_max(n, Ordering::SeqCst) {
+                    eprintln!("{n} sessions:\n{}", row.get::<_, Option<String>>(1).unwrap_or_default());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (highest, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_job_reads_the_source_no_faster_than_its_limit() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let tap = FaultProxy::postgres(source.port).await?;
+    let rate = 512 * KIB;
+    let job = Job::create(|staging| {
+        spec_body("throttled", &source, &target, staging)
+            .replace(
+                &source.url("shop"),
+                &format!("postgres://postgres@127.0.0.1:{}/shop", tap.port),
+            )
+            .replace("partition_size: 512KiB", "partition_size: 256KiB")
+            + &format!("\nthrottle: {{ bytes_per_sec: {rate}, max_connections: 3 }}")
+    })?;
+    let (highest, sampler) = sample_sessions(source.client("shop").await?);
+    let started = Instant::now();
+    let ran = tokio::task::spawn_blocking({
+        let spec = job.spec().to_owned();
+        move || run_godwit(&["run", &spec, "--workers", "2", "--concurrency", "2"], &[])
+    })
+    .await??;
+    let elapsed = started.elapsed();
+    sampler.abort();
+    assert!(ran.status.success(), "{}", describe(&ran));
+    let read = tap.copy_bytes();
+    // The limiters let a tenth of a second's worth through at once; allow
+    // a whole second of it. Faster than that, the limit did not hold.
+    let floor = Duration::from_secs_f64(read.saturating_sub(rate) as f64 / rate as f64);
+    assert!(
+        elapsed >= floor,
+        "{read} bytes read in {elapsed:?}: faster than {rate} B/s allows ({floor:?})"
+    );
+    let sessions = highest.load(Ordering::SeqCst);
+    assert!(
+        sessions <= 3,
+        "{sessions} sessions on the source at once, cap 3\n{}",
+        describe(&ran)
+    );
+    assert!(
+        sessions >= 2,
+        "the sampler saw no reading session: {sessions}"
+    );
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_limit_change_pause_and_resume_reach_every_worker() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let tap = FaultProxy::postgres(source.port).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-throttle";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let mut workers = Vec::new();
+    for name in ["worker-1", "worker-2"] {
+        workers.push(Service::worker(
+            name,
+            &etcd.url(),
+            root,
+            &url,
+            &["--concurrency", "2"],
+            &[],
+        )?);
+    }
+    let slow = 256 * KIB;
+    let job = Job::create(|staging| {
+        spec_body("live", &source, &target, staging)
+            .replace(
+                &source.url("shop"),
+                &format!("postgres://postgres@127.0.0.1:{}/shop", tap.port),
+            )
+            .replace("partition_size: 512KiB", "partition_size: 256KiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+            + &format!("\nthrottle: {{ bytes_per_sec: {slow}, max_connections: 2 }}")
+    })?;
+    let (highest, sampler) = sample_sessions(source.client("shop").await?);
+    let started = Instant::now();
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+
+    // At the slow limit: the bytes of any two seconds stay within two
+    // seconds' worth and a second of bursts.
+    wait_until("reading to start", Duration::from_secs(60), || async {
+        Ok((tap.copy_bytes() > 0).then_some(()))
+    })
+    .await?;
+    let before = tap.copy_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let window = tap.copy_bytes() - before;
+    assert!(
+        window <= 3 * slow,
+        "{window} bytes read in 2 s at a limit of {slow} B/s"
+    );
+    let status = run_godwit(&["status", "--coordinator", &url, "live"], &[])?;
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("rate 256.0 KiB/s") && shown.contains("set by job live"),
+        "{shown}"
+    );
+
+    // Paused: every worker hands its partitions back; the source is not read.
+    let paused = run_godwit(&["pause", "--coordinator", &url, "live"], &[])?;
+    assert!(paused.status.success(), "{}", describe(&paused));
+    assert!(String::from_utf8_lossy(&paused.stdout).contains("(paused)"));
+    let last = AtomicU64::new(tap.copy_bytes());
+    wait_until("reading to stop", Duration::from_secs(20), || async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = tap.copy_bytes();
+        Ok((last.swap(now, Ordering::SeqCst) == now).then_some(()))
+    })
+    .await?;
+    let stopped_at = tap.copy_bytes();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tap.copy_bytes(),
+        stopped_at,
+        "the source was read while paused"
+    );
+
+    // Resumed with a much higher limit: the job ends long before the slow
+    // limit would have let it.
+    let resumed = run_godwit(&["resume", "--coordinator", &url, "live"], &[])?;
+    assert!(resumed.status.success(), "{}", describe(&resumed));
+    let raised = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            &url,
+            "--customer",
+            "acme",
+            "--bytes-per-sec",
+            "64MiB",
+        ],
+        &[],
+    )?;
+    assert!(raised.status.success(), "{}", describe(&raised));
+    let raised = String::from_utf8_lossy(&raised.stdout);
+    assert!(
+        raised.contains("rate 64.0 MiB/s") && raised.contains("source sessions 2"),
+        "{raised}"
+    );
+    let watched = run_godwit(&["watch", "--coordinator", &url, "live"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+    let elapsed = started.elapsed();
+    let read = tap.copy_bytes();
+    sampler.abort();
+    assert!(
+        elapsed < Duration::from_secs_f64(read as f64 / slow as f64),
+        "{read} bytes in {elapsed:?}: the raised limit was not followed"
+    );
+    let status = run_godwit(&["status", "--coordinator", &url, "live"], &[])?;
+    assert!(String::from_utf8_lossy(&status.stdout).contains("set by operator"));
+    let sessions = highest.load(Ordering::SeqCst);
+    assert!(
+        sessions <= 2,
+        "{sessions} sessions on the source at once, cap 2"
+    );
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn impossible_limits_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::create(|staging| {
+        spec_body("one-session", &source, &target, staging) + "\nthrottle: { max_connections: 1 }"
+    })?;
+    let refused = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("throttle.max_connections"), "{stderr}");
+
+    let etcd = Etcd::start()?;
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), "/godwit-limits", &[])?;
+    let low = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            &url,
+            "--customer",
+            "acme",
+            "--bytes-per-sec",
+            "1KiB",
+        ],
+        &[],
+    )?;
+    assert_eq!(low.status.code(), Some(2), "{}", describe(&low));
+    assert!(String::from_utf8_lossy(&low.stderr).contains("bytes_per_sec"));
+    let bad_name = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            &url,
+            "--customer",
+            "Acme Corp",
+            "--max-connections",
+            "4",
+        ],
+        &[],
+    )?;
+    assert_eq!(bad_name.status.code(), Some(2), "{}", describe(&bad_name));
+    let unknown = run_godwit(&["pause", "--coordinator", &url, "no-such-job"], &[])?;
+    assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
+    Ok(())
+}
