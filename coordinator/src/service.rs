@@ -233,11 +233,14 @@ impl Godwit for GodwitService {
             Some(cap) => Some(cap),
             None => current.as_ref().and_then(|l| l.max_connections),
         };
-        crate::throttle::check_limits(bytes_per_sec, max_connections)
+        // Adaptive thresholds come from the job spec and stay as they are.
+        let adaptive = current.and_then(|l| l.adaptive);
+        crate::throttle::check_limits(bytes_per_sec, max_connections, adaptive.clone())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let limits = CustomerLimits {
             bytes_per_sec,
             max_connections,
+            adaptive,
             set_by: "operator".to_owned(),
             set_at_unix_ms: state::now_unix_ms(),
         };

@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use godwit_common::ids::JobId;
 use godwit_common::lease::LeaseStore;
+use godwit_common::pg::{self, Side};
 use godwit_common::spec::{ByteSize, JobSpec};
 use godwit_common::state::{self, JobRecord, Keyspace, VerifyRun, now_unix_ms};
-use godwit_common::throttle::{Allocation, CustomerLimits, split};
+use godwit_common::throttle::{
+    AdaptiveSpec, Allocation, Backoff, CustomerLimits, Load, Probe, split,
+};
 use godwit_common::{Error, Result};
 
 /// How often budgets are split again. Workers re-read their shares as
@@ -32,6 +35,7 @@ pub async fn apply_spec_limits(
     let limits = CustomerLimits {
         bytes_per_sec: throttle.bytes_per_sec.map(|b| b.0),
         max_connections: throttle.max_connections,
+        adaptive: throttle.adaptive.clone(),
         set_by: format!("job {}", spec.job),
         set_at_unix_ms: now_unix_ms(),
     };
@@ -95,11 +99,59 @@ pub fn reason(limits: Option<&CustomerLimits>) -> String {
     }
 }
 
+/// How often adaptive mode probes a customer's source.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe slower than this counts as a critical reading.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Adaptive mode's memory of one customer.
+struct Adaptive {
+    backoff: Backoff,
+    decision: String,
+    probed_at: Option<Instant>,
+    session: Option<tokio_postgres::Client>,
+}
+
 pub struct Allocator {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
     /// What was last written per customer, to write only on change.
     written: BTreeMap<String, Allocation>,
+    adaptive: BTreeMap<String, Adaptive>,
+}
+
+/// One look at the source: how long a catalog query takes, how many
+/// sessions of others are running statements, and a replica's replay lag.
+async fn probe(client: &tokio_postgres::Client, replica: Option<&str>) -> Result<Probe> {
+    let started = Instant::now();
+    let active: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND backend_type = 'client backend' AND application_name <> 'godwit' \
+             AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot probe the source", e))?
+        .get(0);
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let replica_lag_ms = match replica {
+        Some(name) => client
+            .query_opt(
+                "SELECT coalesce((extract(epoch FROM replay_lag) * 1000)::bigint, 0) \
+                 FROM pg_stat_replication WHERE application_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot read the replica's lag", e))?
+            .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
+        None => None,
+    };
+    Ok(Probe {
+        latency_ms,
+        active_sessions: u32::try_from(active).unwrap_or(u32::MAX),
+        replica_lag_ms,
+    })
 }
 
 impl Allocator {
@@ -108,7 +160,59 @@ impl Allocator {
             store,
             keyspace,
             written: BTreeMap::new(),
+            adaptive: BTreeMap::new(),
         }
+    }
+
+    /// Probes `source` if it is time, and returns the back-off in force
+    /// with the reason for it.
+    async fn adapt(
+        &mut self,
+        customer: &str,
+        spec: &AdaptiveSpec,
+        source: Option<&str>,
+    ) -> (Backoff, String) {
+        let state = self
+            .adaptive
+            .entry(customer.to_owned())
+            .or_insert_with(|| Adaptive {
+                backoff: Backoff::FULL,
+                decision: "source not probed yet".to_owned(),
+                probed_at: None,
+                session: None,
+            });
+        let due = state
+            .probed_at
+            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
+        let Some(source) = source.filter(|_| due) else {
+            return (state.backoff, state.decision.clone());
+        };
+        state.probed_at = Some(Instant::now());
+        if state.session.as_ref().is_none_or(|s| s.is_closed()) {
+            state.session = pg::connect(source, Side::Source).await.ok();
+        }
+        let load = match &state.session {
+            Some(session) => {
+                match tokio::time::timeout(PROBE_TIMEOUT, probe(session, spec.replica.as_deref()))
+                    .await
+                {
+                    Ok(Ok(reading)) => spec.assess(&reading),
+                    Ok(Err(e)) => Load::Critical(format!("probe failed: {e}")),
+                    Err(_) => Load::Critical(format!(
+                        "probe took longer than {} ms",
+                        PROBE_TIMEOUT.as_millis()
+                    )),
+                }
+            }
+            None => Load::Critical("cannot connect to probe the source".to_owned()),
+        };
+        let (backoff, decision) = state.backoff.next(&load);
+        if decision != state.decision {
+            tracing::info!(customer, decision = %decision, level = backoff.0, "adaptive throttle decision");
+        }
+        state.backoff = backoff;
+        state.decision = decision;
+        (state.backoff, state.decision.clone())
     }
 
     /// Splits budgets every [`ALLOCATE_INTERVAL`] until `shutdown`.
@@ -128,6 +232,8 @@ impl Allocator {
     /// One round: every customer with limits or with work reading its source.
     pub async fn allocate(&mut self) -> Result<()> {
         let mut leases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // A source of each customer with work running, for probing.
+        let mut sources: BTreeMap<String, String> = BTreeMap::new();
         for (key, _) in self.store.list(&self.keyspace.active_prefix()).await? {
             let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
                 continue;
@@ -138,6 +244,9 @@ impl Allocator {
             };
             let record: JobRecord = state::decode(&record_key, &bytes)?;
             let held = self.lease_keys(&self.keyspace.leases_prefix(&job)).await?;
+            sources
+                .entry(record.spec.customer.to_string())
+                .or_insert(record.spec.source.clone());
             leases
                 .entry(record.spec.customer.to_string())
                 .or_default()
@@ -148,6 +257,9 @@ impl Allocator {
             let held = self
                 .lease_keys(&self.keyspace.verify_leases_prefix(&run.spec.job))
                 .await?;
+            sources
+                .entry(run.spec.customer.to_string())
+                .or_insert(run.spec.source.clone());
             leases
                 .entry(run.spec.customer.to_string())
                 .or_default()
@@ -164,11 +276,25 @@ impl Allocator {
         }
         for (customer, held) in leases {
             let limits = limits(self.store.as_ref(), &self.keyspace, &customer).await?;
-            let budget = limits.as_ref().and_then(|l| l.bytes_per_sec);
+            let configured = limits.as_ref().and_then(|l| l.bytes_per_sec);
+            let mut why = reason(limits.as_ref());
+            let budget = match limits.as_ref().and_then(|l| l.adaptive.clone()) {
+                Some(spec) => {
+                    let source = sources.get(&customer).map(String::as_str);
+                    let (backoff, decision) = self.adapt(&customer, &spec, source).await;
+                    why = format!("{why}; adaptive: {decision}");
+                    match configured {
+                        Some(rate) => Some(backoff.apply(rate)),
+                        // Without a rate to scale, adaptive mode can only pause.
+                        None => (backoff.0 == 0).then_some(0),
+                    }
+                }
+                None => configured,
+            };
             let allocation = Allocation {
                 bytes_per_sec: budget,
                 shares: budget.map(|b| split(b, &held)).unwrap_or_default(),
-                reason: reason(limits.as_ref()),
+                reason: why,
                 decided_at_unix_ms: now_unix_ms(),
             };
             let unchanged = self.written.get(&customer).is_some_and(|last| {
@@ -225,10 +351,15 @@ pub async fn is_paused(store: &dyn LeaseStore, keyspace: &Keyspace, job: &JobId)
 }
 
 /// Guards against a nonsensical live change.
-pub fn check_limits(bytes_per_sec: Option<u64>, max_connections: Option<u32>) -> Result<()> {
+pub fn check_limits(
+    bytes_per_sec: Option<u64>,
+    max_connections: Option<u32>,
+    adaptive: Option<AdaptiveSpec>,
+) -> Result<()> {
     let spec = godwit_common::throttle::ThrottleSpec {
         bytes_per_sec: bytes_per_sec.map(ByteSize),
         max_connections,
+        adaptive,
     };
     match spec.problem() {
         Some(problem) => Err(Error::Spec(problem.replace("`throttle.", "`"))),

@@ -253,3 +253,110 @@ async fn impossible_limits_are_refused_naming_the_field() -> anyhow::Result<()> 
     assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
     Ok(())
 }
+
+/// Starts `n` sessions on the source that each run a long statement: the
+/// artificial load adaptive mode must notice.
+async fn load_source(source: &godwit_tests::PgCluster, n: usize) -> anyhow::Result<()> {
+    for _ in 0..n {
+        let client = source.client("shop").await?;
+        tokio::spawn(async move {
+            let _ = client.batch_execute("SELECT pg_sleep(600)").await;
+        });
+    }
+    Ok(())
+}
+
+async fn throttle_reason(url: &str, job: &str) -> anyhow::Result<String> {
+    let status = run_godwit(&["status", "--coordinator", url, job], &[])?;
+    Ok(String::from_utf8_lossy(&status.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let tap = FaultProxy::postgres(source.port).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-adaptive";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let _worker = Service::worker(
+        "worker-1",
+        &etcd.url(),
+        root,
+        &url,
+        &["--concurrency", "2"],
+        &[],
+    )?;
+    let job = Job::create(|staging| {
+        spec_body("adaptive", &source, &target, staging)
+            .replace(
+                &source.url("shop"),
+                &format!("postgres://postgres@127.0.0.1:{}/shop", tap.port),
+            )
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+            + "\nthrottle: { bytes_per_sec: 256KiB, adaptive: \
+               { max_active_sessions: 2, critical_active_sessions: 4 } }"
+    })?;
+    // Two busy sessions: at the high threshold, the rate is backed off.
+    load_source(&source, 2).await?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let shown = wait_until("a back-off decision", Duration::from_secs(30), || async {
+        let shown = throttle_reason(&url, "adaptive").await?;
+        Ok(shown.contains("adaptive: backed off to").then_some(shown))
+    })
+    .await?;
+    assert!(shown.contains("active sessions 2 ≥ max 2"), "{shown}");
+
+    // Two more: critical, reading pauses.
+    load_source(&source, 2).await?;
+    wait_until("a pause decision", Duration::from_secs(30), || async {
+        let shown = throttle_reason(&url, "adaptive").await?;
+        Ok(shown
+            .contains("adaptive: paused: active sessions 4 ≥ critical 4")
+            .then_some(()))
+    })
+    .await?;
+    let last = AtomicU64::new(tap.copy_bytes());
+    wait_until("reading to stop", Duration::from_secs(20), || async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = tap.copy_bytes();
+        Ok((last.swap(now, Ordering::SeqCst) == now).then_some(()))
+    })
+    .await?;
+    let stopped_at = tap.copy_bytes();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tap.copy_bytes(),
+        stopped_at,
+        "the source was read while paused"
+    );
+
+    // The load ends: reading climbs back and the job completes, exactly.
+    source
+        .client("shop")
+        .await?
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query = 'SELECT pg_sleep(600)'",
+        )
+        .await?;
+    let raised = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            &url,
+            "--customer",
+            "acme",
+            "--bytes-per-sec",
+            "64MiB",
+        ],
+        &[],
+    )?;
+    assert!(raised.status.success(), "{}", describe(&raised));
+    let watched = run_godwit(&["watch", "--coordinator", &url, "adaptive"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+    assert!(tap.copy_bytes() > stopped_at);
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
