@@ -366,3 +366,112 @@ pub fn check_limits(
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use godwit_common::lease::{LeaseTiming, MemoryStore};
+    use godwit_common::state::{JobPhase, PhaseTimings};
+
+    use super::*;
+
+    fn record(job: &str, customer: &str) -> JobRecord {
+        let yaml = format!(
+            "job: {job}\ncustomer: {customer}\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+             staging: file:///tmp/s\nencryption: {{ key_file: /tmp/k }}"
+        );
+        JobRecord {
+            spec: JobSpec::from_yaml(&yaml, "test").expect("valid spec"),
+            phase: JobPhase::Copying,
+            error: None,
+            slot: None,
+            snapshot: None,
+            tables: Vec::new(),
+            started_at_unix_ms: 0,
+            finished_at_unix_ms: None,
+            phases: PhaseTimings::default(),
+        }
+    }
+
+    /// Publishes a copying job and takes `leases` of its partitions.
+    async fn copying(
+        store: &Arc<dyn LeaseStore>,
+        keyspace: &Keyspace,
+        job: &str,
+        customer: &str,
+        leases: u32,
+    ) -> Vec<godwit_common::lease::HeldLease> {
+        let record = record(job, customer);
+        let id = record.spec.job.clone();
+        store
+            .put(&keyspace.job_record(&id), state::encode(&record))
+            .await
+            .expect("record");
+        store
+            .put(&keyspace.active(&id), Vec::new())
+            .await
+            .expect("active");
+        let mut held = Vec::new();
+        for n in 0..leases {
+            let lease = godwit_common::lease::HeldLease::try_acquire(
+                store.clone(),
+                &keyspace.lease(&id, n),
+                b"w".to_vec(),
+                LeaseTiming::DEFAULT,
+            )
+            .await
+            .expect("lease store")
+            .expect("free lease");
+            held.push(lease);
+        }
+        held
+    }
+
+    #[tokio::test]
+    async fn budgets_are_per_customer_and_follow_the_leases() {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let keyspace = Keyspace::new("/t");
+        let mut acme = copying(&store, &keyspace, "a1", "acme", 2).await;
+        acme.extend(copying(&store, &keyspace, "a2", "acme", 2).await);
+        let _other = copying(&store, &keyspace, "b1", "beta", 3).await;
+        let limits = CustomerLimits {
+            bytes_per_sec: Some(20 << 20),
+            max_connections: None,
+            adaptive: None,
+            set_by: "operator".into(),
+            set_at_unix_ms: 0,
+        };
+        set_limits(store.as_ref(), &keyspace, "acme", &limits)
+            .await
+            .expect("limits");
+        let mut allocator = Allocator::new(store.clone(), keyspace.clone());
+        allocator.allocate().await.expect("allocate");
+
+        // Four leases over two jobs share acme's budget; beta is unlimited.
+        let split = allocation(store.as_ref(), &keyspace, "acme")
+            .await
+            .expect("store")
+            .expect("acme allocated");
+        assert_eq!(split.shares.len(), 4);
+        assert_eq!(split.shares.values().sum::<u64>(), 20 << 20);
+        assert!(split.reason.contains("set by operator"), "{}", split.reason);
+        let beta = allocation(store.as_ref(), &keyspace, "beta")
+            .await
+            .expect("store")
+            .expect("beta allocated");
+        assert_eq!(beta.bytes_per_sec, None);
+        let b1 = JobId::parse("b1").expect("id");
+        assert_eq!(beta.share(&keyspace.lease(&b1, 0)), None);
+
+        // A worker's lease ends: its share returns to the others.
+        let gone = acme.pop().expect("a lease");
+        gone.release().await.expect("release");
+        allocator.allocate().await.expect("allocate");
+        let split = allocation(store.as_ref(), &keyspace, "acme")
+            .await
+            .expect("store")
+            .expect("acme allocated");
+        assert_eq!(split.shares.len(), 3);
+        assert_eq!(split.shares.values().sum::<u64>(), 20 << 20);
+        assert!(split.shares.values().all(|s| *s >= (20 << 20) / 3));
+    }
+}
