@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
-use crate::throttle::{Following, Place, ReadPacer, follow, take_session_slot};
+use crate::throttle::{Following, Place, ReadPacer, Spares, follow, take_session_slot};
 
 /// A unit of work a worker can lease.
 enum Task {
@@ -64,6 +64,8 @@ pub struct Worker {
     keyspace: Keyspace,
     config: WorkerConfig,
     keys: KeyCache,
+    /// Shares of finished leases, for the next lease of their customer.
+    spares: Arc<Spares>,
     /// Set on shutdown: running partitions stop after their current chunk.
     stopping: watch::Sender<bool>,
 }
@@ -75,6 +77,7 @@ impl Worker {
             keyspace,
             config,
             keys: KeyCache::default(),
+            spares: Arc::default(),
             stopping: watch::channel(false).0,
         })
     }
@@ -263,6 +266,7 @@ impl Worker {
                 lease_key,
                 slot,
             },
+            self.spares.clone(),
             self.stopping.subscribe(),
         ))
     }

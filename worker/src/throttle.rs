@@ -5,8 +5,9 @@
 //! lease must hand its work back (the job paused, the session cap lowered
 //! below the slot it holds, the worker stopping).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use godwit_common::ids::JobId;
@@ -128,17 +129,57 @@ impl ReadPacer {
     }
 }
 
+/// Shares of this worker's finished leases, per customer, each with the
+/// split it came from. A new lease of the same customer reads at one of
+/// them until a split includes it, instead of idling until the next one:
+/// the budget is unchanged, the finished lease no longer reads. A spare is
+/// only good while its split is the current one.
+#[derive(Debug, Default)]
+pub struct Spares {
+    by_customer: Mutex<HashMap<String, Vec<(u64, u64)>>>,
+}
+
+impl Spares {
+    fn put(&self, customer: &str, decided_at: u64, share: u64) {
+        if let Ok(mut spares) = self.by_customer.lock() {
+            spares
+                .entry(customer.to_owned())
+                .or_default()
+                .push((decided_at, share));
+        }
+    }
+
+    /// A spare share from the split decided at `decided_at`; stale ones
+    /// are dropped on the way.
+    fn take(&self, customer: &str, decided_at: u64) -> Option<u64> {
+        let mut spares = self.by_customer.lock().ok()?;
+        let list = spares.get_mut(customer)?;
+        list.retain(|(at, _)| *at == decided_at);
+        list.pop().map(|(_, share)| share)
+    }
+}
+
 /// What a lease follows while it works: its share of the customer's budget
 /// and whether to hand its work back.
 pub struct Following {
     pub share: watch::Receiver<Option<u64>>,
     pub hand_back: watch::Receiver<bool>,
     task: JoinHandle<()>,
+    /// The share in use and the split it came from, left to the worker's
+    /// next lease of the customer when this one ends.
+    in_use: Arc<Mutex<Option<(u64, u64)>>>,
+    spares: Arc<Spares>,
+    customer: String,
 }
 
 impl Drop for Following {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some((decided_at, share)) = self.in_use.lock().ok().and_then(|mut s| s.take())
+            && share > 0
+        {
+            self.spares.put(&self.customer, decided_at, share);
+        }
     }
 }
 
@@ -157,8 +198,14 @@ pub fn follow(
     store: Arc<dyn LeaseStore>,
     keyspace: &Keyspace,
     place: Place<'_>,
+    spares: Arc<Spares>,
     mut worker_stopping: watch::Receiver<bool>,
 ) -> Following {
+    let in_use = Arc::new(Mutex::new(None));
+    let using = in_use.clone();
+    let lender = spares.clone();
+    let customer = place.customer.to_owned();
+    let borrower = customer.clone();
     let (share_tx, share) = watch::channel(Some(0));
     let (hand_back_tx, hand_back) = watch::channel(false);
     let allocation_key = keyspace.customer_allocation(place.customer);
@@ -172,10 +219,34 @@ pub fn follow(
             let limits = store.get(&limits_key).await;
             let paused = store.get(&paused_key).await;
             if let Ok(allocation) = allocation {
-                let share = match allocation {
-                    Some(bytes) => state::decode::<Allocation>(&allocation_key, &bytes)
-                        .map(|a| a.share(&lease_key))
-                        .unwrap_or(Some(0)),
+                let decoded =
+                    allocation.map(|bytes| state::decode::<Allocation>(&allocation_key, &bytes));
+                let share = match decoded {
+                    Some(Ok(split)) => {
+                        let at = split.decided_at_unix_ms;
+                        let in_use = || using.lock().ok().and_then(|u| *u);
+                        let set_in_use = |value: Option<(u64, u64)>| {
+                            if let Ok(mut current) = using.lock() {
+                                *current = value;
+                            }
+                        };
+                        match split.share(&lease_key) {
+                            Some(0) if !split.shares.contains_key(&lease_key) => {
+                                // Not in the split yet: a spare of this
+                                // split (kept, or taken now), else wait.
+                                let taken = in_use()
+                                    .filter(|(from, _)| *from == at)
+                                    .or_else(|| lender.take(&borrower, at).map(|s| (at, s)));
+                                set_in_use(taken);
+                                Some(taken.map_or(0, |(_, share)| share))
+                            }
+                            share => {
+                                set_in_use(share.map(|s| (at, s)));
+                                share
+                            }
+                        }
+                    }
+                    Some(Err(_)) => Some(0),
                     None => match &limits {
                         // Limits set but nothing allocated yet: wait for it.
                         Ok(Some(_)) => Some(0),
@@ -211,6 +282,9 @@ pub fn follow(
         share,
         hand_back,
         task,
+        in_use,
+        spares,
+        customer,
     }
 }
 
@@ -308,6 +382,18 @@ mod tests {
         tx.send_replace(Some(1 << 20));
         let read_at = reader.await.expect("reader task");
         assert!(read_at >= released_at);
+    }
+
+    #[test]
+    fn a_spare_share_serves_only_its_own_split() {
+        let spares = Spares::default();
+        spares.put("acme", 100, 5 << 20);
+        spares.put("acme", 90, 7 << 20);
+        assert_eq!(spares.take("beta", 100), None);
+        // Only the share of the current split is lent; a stale one is gone.
+        assert_eq!(spares.take("acme", 100), Some(5 << 20));
+        assert_eq!(spares.take("acme", 100), None);
+        assert_eq!(spares.take("acme", 90), None);
     }
 
     #[tokio::test(start_paused = true)]
