@@ -58,8 +58,8 @@ pub struct ReadPacer {
     clock: TokioClock,
 }
 
-/// The most a limiter lets through at once: a tenth of a second's worth,
-/// so a new or changed share takes effect within that.
+/// The most a limiter lets through at once: a tenth of a second's worth
+/// (credit a reader builds up while its chunk loads).
 fn burst(rate: u64) -> u32 {
     u32::try_from((rate / 10).clamp(PACE_PIECE.min(rate), rate)).unwrap_or(u32::MAX)
 }
@@ -99,11 +99,15 @@ impl ReadPacer {
                     .unwrap_or(NonZeroU32::MIN);
                 let quota = Quota::per_second(per_second)
                     .allow_burst(NonZeroU32::new(cap).unwrap_or(NonZeroU32::MIN));
-                self.limiter = Some((
-                    rate,
-                    cap,
-                    RateLimiter::direct_with_clock(quota, self.clock.clone()),
-                ));
+                let limiter = RateLimiter::direct_with_clock(quota, self.clock.clone());
+                // A new limiter starts with a full burst of credit. Shares
+                // change whenever leases come and go, and a fresh burst
+                // each time would add up to reading past the budget, so it
+                // starts empty instead.
+                if let Some(burst) = NonZeroU32::new(cap) {
+                    let _ = limiter.check_n(burst);
+                }
+                self.limiter = Some((rate, cap, limiter));
             }
             let Some((_, cap, limiter)) = &self.limiter else {
                 return;
@@ -338,10 +342,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reads_are_held_to_the_share() {
-        // 10 MiB at 1 MiB/s: ten seconds, less the first burst (0.1 s).
+        // 10 MiB at 1 MiB/s: ten seconds (no initial burst).
         let took = paced(1 << 20, 10 << 20, 64 * 1024).await;
         assert!(
-            took >= Duration::from_millis(9_800) && took <= Duration::from_millis(10_000),
+            took >= Duration::from_millis(9_900) && took <= Duration::from_millis(10_100),
             "{took:?}"
         );
     }
