@@ -438,15 +438,23 @@ impl JobDriver {
                 .map_err(failed)?;
         }
         record.phases.indexes_ms = millis_since(phase_start);
+        // One source session under the snapshot for the sequences and the
+        // check: with the snapshot holder, two sessions on the source, never
+        // three, whatever cap the customer set.
+        let source = pg::connect(&spec.source, Side::Source)
+            .await
+            .map_err(failed)?;
+        join_snapshot(&source, &snapshot_name)
+            .await
+            .map_err(failed)?;
         let phase_start = Instant::now();
-        let sequences = self
-            .sync_sequences(spec, &snapshot_name, &target)
+        let sequences = catalog::sequences(&source).await.map_err(failed)?;
+        catalog::set_sequences(&target, &sequences)
             .await
             .map_err(failed)?;
         record.phases.sequences_ms = millis_since(phase_start);
         let phase_start = Instant::now();
-        self.check_tables(spec, &snapshot_name, &target, record)
-            .await?;
+        self.check_tables(&source, &target, record).await?;
         record.phases.check_ms = millis_since(phase_start);
         write_manifest(&staging, &target, record, &dump, sequences)
             .await
@@ -611,40 +619,21 @@ impl JobDriver {
             == Some(b"cancel".as_slice()))
     }
 
-    /// Sets the target's sequences to the source's state under the snapshot;
-    /// returns that state for the manifest.
-    async fn sync_sequences(
-        &self,
-        spec: &JobSpec,
-        snapshot: &str,
-        target: &tokio_postgres::Client,
-    ) -> Result<Vec<(String, i64, bool)>> {
-        let source = pg::connect(&spec.source, Side::Source).await?;
-        join_snapshot(&source, snapshot).await?;
-        let sequences = catalog::sequences(&source).await?;
-        catalog::set_sequences(target, &sequences).await?;
-        Ok(sequences)
-    }
-
     /// Compares row count and content checksum of every table, computed by
-    /// each database: the source under the job's snapshot, the target as is.
+    /// each database: the source (a session under the job's snapshot), the
+    /// target as is.
     async fn check_tables(
         &self,
-        spec: &JobSpec,
-        snapshot: &str,
+        source: &tokio_postgres::Client,
         target: &tokio_postgres::Client,
         record: &mut JobRecord,
     ) -> Result<(), JobError> {
         let failed = JobError::Failed;
-        let source = pg::connect(&spec.source, Side::Source)
-            .await
-            .map_err(failed)?;
-        join_snapshot(&source, snapshot).await.map_err(failed)?;
         let mut mismatches = Vec::new();
         for index in 0..record.tables.len() {
             let name = record.tables[index].name.clone();
             let (at_source, at_target) =
-                tokio::try_join!(fingerprint(&source, &name), fingerprint(target, &name))
+                tokio::try_join!(fingerprint(source, &name), fingerprint(target, &name))
                     .map_err(failed)?;
             record.tables[index].source_rows = Some(at_source.rows);
             if at_source == at_target {
