@@ -82,6 +82,7 @@ async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Resul
             .context("coordinator start-up")?,
     );
     let keyspace = Keyspace::new(&root);
+    let _metrics = godwit_common::telemetry::init_metrics("godwit-coordinator");
     let resumed = godwit_coordinator::recovery::resume_unfinished(store.clone(), &keyspace)
         .await
         .context("resuming unfinished jobs")?;

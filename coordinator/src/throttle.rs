@@ -118,6 +118,54 @@ pub struct Allocator {
     /// What was last written per customer, to write only on change.
     written: BTreeMap<String, Allocation>,
     adaptive: BTreeMap<String, Adaptive>,
+    instruments: Instruments,
+}
+
+/// What a budget decision amounts to, as a metric attribute.
+fn decision_kind(budget: Option<u64>, configured: Option<u64>) -> &'static str {
+    match (budget, configured) {
+        (None, _) => "unlimited",
+        (Some(0), _) => "paused",
+        (Some(b), Some(c)) if b < c => "backed_off",
+        (Some(_), _) => "limited",
+    }
+}
+
+/// Throttle decisions as metrics (exported when the process has a metrics
+/// pipeline, see `godwit_common::telemetry::init_metrics`).
+struct Instruments {
+    /// Every change of a customer's budget or of the reason for it.
+    decisions: opentelemetry::metrics::Counter<u64>,
+    /// The budget in force, bytes per second (absent while unlimited).
+    budget: opentelemetry::metrics::Gauge<u64>,
+}
+
+impl Instruments {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter("godwit");
+        Self {
+            decisions: meter
+                .u64_counter("godwit.throttle.decisions")
+                .with_description("Throttle decisions per customer, by kind")
+                .build(),
+            budget: meter
+                .u64_gauge("godwit.throttle.budget")
+                .with_unit("By/s")
+                .with_description("A customer's read budget in force")
+                .build(),
+        }
+    }
+
+    fn record(&self, customer: &str, decision: &'static str, budget: Option<u64>) {
+        let attributes = [
+            opentelemetry::KeyValue::new("customer", customer.to_owned()),
+            opentelemetry::KeyValue::new("decision", decision),
+        ];
+        self.decisions.add(1, &attributes);
+        if let Some(budget) = budget {
+            self.budget.record(budget, &attributes[..1]);
+        }
+    }
 }
 
 /// One look at the source: how long a catalog query takes, how many
@@ -161,6 +209,7 @@ impl Allocator {
             keyspace,
             written: BTreeMap::new(),
             adaptive: BTreeMap::new(),
+            instruments: Instruments::new(),
         }
     }
 
@@ -306,6 +355,13 @@ impl Allocator {
                 continue;
             }
             tracing::debug!(customer = %customer, leases = allocation.shares.len(), budget = ?budget, "customer budget split");
+            let decision = decision_kind(budget, configured);
+            if self.written.get(&customer).is_none_or(|last| {
+                decision_kind(last.bytes_per_sec, configured) != decision
+                    || last.reason != allocation.reason
+            }) {
+                self.instruments.record(&customer, decision, budget);
+            }
             self.store
                 .put(
                     &self.keyspace.customer_allocation(&customer),

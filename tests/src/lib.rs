@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod compare;
 pub mod etcd;
+pub mod otlp;
 pub mod pg;
 pub mod process;
 pub mod proxy;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use godwit_tests::otlp::OtlpReceiver;
 use godwit_tests::proxy::FaultProxy;
 use godwit_tests::{
     Etcd, Job, Service, assert_same_tables, describe, run_godwit, source_and_target, spec_body,
@@ -277,7 +278,9 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
     let tap = FaultProxy::postgres(source.port).await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-adaptive";
-    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    // Decisions are also exported as metrics, to a collector of our own.
+    let collector = OtlpReceiver::start().await?;
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &collector.env())?;
     let _worker = Service::worker(
         "worker-1",
         &etcd.url(),
@@ -358,5 +361,26 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
     assert!(tap.copy_bytes() > stopped_at);
     let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
     assert_same_tables(&src, &dst).await?;
+
+    // Each kind of decision reached the collector, for this customer.
+    for decision in ["backed_off", "paused", "limited"] {
+        let points = wait_until(
+            &format!("a {decision} decision exported as a metric"),
+            Duration::from_secs(10),
+            || async {
+                let points = collector.points("godwit.throttle.decisions", "decision", decision);
+                Ok((!points.is_empty()).then_some(points))
+            },
+        )
+        .await?;
+        assert!(
+            points
+                .iter()
+                .all(|p| p.attributes.contains(&("customer".into(), "acme".into()))),
+            "{points:?}"
+        );
+    }
+    let budgets = collector.points("godwit.throttle.budget", "customer", "acme");
+    assert!(budgets.iter().any(|p| p.value == 0.0), "{budgets:?}");
     Ok(())
 }
