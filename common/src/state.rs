@@ -391,6 +391,46 @@ pub fn backoff(
     ceiling.mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// The records of the jobs open for leasing (copying).
+pub async fn active_jobs(
+    store: &dyn crate::lease::LeaseStore,
+    keyspace: &Keyspace,
+) -> Result<Vec<JobRecord>> {
+    let mut jobs = Vec::new();
+    for (key, _) in store.list(&keyspace.active_prefix()).await? {
+        let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
+            continue;
+        };
+        let record_key = keyspace.job_record(&job);
+        if let Some(bytes) = store.get(&record_key).await? {
+            jobs.push(decode(&record_key, &bytes)?);
+        }
+    }
+    Ok(jobs)
+}
+
+/// The verification runs open for leasing.
+pub async fn verify_runs(
+    store: &dyn crate::lease::LeaseStore,
+    keyspace: &Keyspace,
+) -> Result<Vec<VerifyRun>> {
+    let mut runs = Vec::new();
+    for (key, bytes) in store.list(&keyspace.verifying_prefix()).await? {
+        runs.push(decode(&key, &bytes)?);
+    }
+    Ok(runs)
+}
+
+/// The keys under `prefix` (the leases held there, say).
+pub async fn keys_under(store: &dyn crate::lease::LeaseStore, prefix: &str) -> Result<Vec<String>> {
+    Ok(store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }

@@ -13,7 +13,7 @@ use godwit_common::ids::JobId;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::{self, Side};
 use godwit_common::spec::{ByteSize, JobSpec};
-use godwit_common::state::{self, JobRecord, Keyspace, VerifyRun, now_unix_ms};
+use godwit_common::state::{self, Keyspace, now_unix_ms};
 use godwit_common::throttle::{
     AdaptiveSpec, Allocation, Backoff, CustomerLimits, Load, Probe, split,
 };
@@ -283,36 +283,27 @@ impl Allocator {
         let mut leases: BTreeMap<String, Vec<String>> = BTreeMap::new();
         // A source of each customer with work running, for probing.
         let mut sources: BTreeMap<String, String> = BTreeMap::new();
-        for (key, _) in self.store.list(&self.keyspace.active_prefix()).await? {
-            let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
-                continue;
-            };
-            let record_key = self.keyspace.job_record(&job);
-            let Some(bytes) = self.store.get(&record_key).await? else {
-                continue;
-            };
-            let record: JobRecord = state::decode(&record_key, &bytes)?;
-            let held = self.lease_keys(&self.keyspace.leases_prefix(&job)).await?;
+        for record in state::active_jobs(self.store.as_ref(), &self.keyspace).await? {
+            let held = state::keys_under(
+                self.store.as_ref(),
+                &self.keyspace.leases_prefix(&record.spec.job),
+            )
+            .await?;
+            let customer = record.spec.customer.to_string();
             sources
-                .entry(record.spec.customer.to_string())
+                .entry(customer.clone())
                 .or_insert(record.spec.source.clone());
-            leases
-                .entry(record.spec.customer.to_string())
-                .or_default()
-                .extend(held);
+            leases.entry(customer).or_default().extend(held);
         }
-        for (key, bytes) in self.store.list(&self.keyspace.verifying_prefix()).await? {
-            let run: VerifyRun = state::decode(&key, &bytes)?;
-            let held = self
-                .lease_keys(&self.keyspace.verify_leases_prefix(&run.spec.job))
-                .await?;
-            sources
-                .entry(run.spec.customer.to_string())
-                .or_insert(run.spec.source.clone());
-            leases
-                .entry(run.spec.customer.to_string())
-                .or_default()
-                .extend(held);
+        for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
+            let held = state::keys_under(
+                self.store.as_ref(),
+                &self.keyspace.verify_leases_prefix(&run.spec.job),
+            )
+            .await?;
+            let customer = run.spec.customer.to_string();
+            sources.entry(customer.clone()).or_insert(run.spec.source);
+            leases.entry(customer).or_default().extend(held);
         }
         let prefix = self.keyspace.customers_prefix();
         for (key, _) in self.store.list(&prefix).await? {
@@ -372,16 +363,6 @@ impl Allocator {
         }
         Ok(())
     }
-
-    async fn lease_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .store
-            .list(prefix)
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect())
-    }
 }
 
 /// Pauses or resumes reading for a job: its partitions are handed back
@@ -426,7 +407,7 @@ pub fn check_limits(
 #[cfg(test)]
 mod tests {
     use godwit_common::lease::{LeaseTiming, MemoryStore};
-    use godwit_common::state::{JobPhase, PhaseTimings};
+    use godwit_common::state::{JobPhase, JobRecord, PhaseTimings};
 
     use super::*;
 

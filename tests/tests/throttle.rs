@@ -47,6 +47,26 @@ fn sample_sessions(
     (highest, task)
 }
 
+/// Waits until the source has not been read for a second, then checks it
+/// stays unread for a second and a half; returns the bytes read by then.
+async fn reading_stops(tap: &FaultProxy) -> anyhow::Result<u64> {
+    let last = AtomicU64::new(tap.copy_bytes());
+    wait_until("reading to stop", Duration::from_secs(20), || async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = tap.copy_bytes();
+        Ok((last.swap(now, Ordering::SeqCst) == now).then_some(()))
+    })
+    .await?;
+    let stopped_at = tap.copy_bytes();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tap.copy_bytes(),
+        stopped_at,
+        "the source was read while paused"
+    );
+    Ok(stopped_at)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embedded_job_reads_the_source_no_faster_than_its_limit() -> anyhow::Result<()> {
     let (source, target) = source_and_target(4).await?;
@@ -152,20 +172,7 @@ async fn a_live_limit_change_pause_and_resume_reach_every_worker() -> anyhow::Re
     let paused = run_godwit(&["pause", "--coordinator", &url, "live"], &[])?;
     assert!(paused.status.success(), "{}", describe(&paused));
     assert!(String::from_utf8_lossy(&paused.stdout).contains("(paused)"));
-    let last = AtomicU64::new(tap.copy_bytes());
-    wait_until("reading to stop", Duration::from_secs(20), || async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let now = tap.copy_bytes();
-        Ok((last.swap(now, Ordering::SeqCst) == now).then_some(()))
-    })
-    .await?;
-    let stopped_at = tap.copy_bytes();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        tap.copy_bytes(),
-        stopped_at,
-        "the source was read while paused"
-    );
+    reading_stops(&tap).await?;
 
     // Resumed with a much higher limit: the job ends long before the slow
     // limit would have let it.
@@ -319,20 +326,7 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
             .then_some(()))
     })
     .await?;
-    let last = AtomicU64::new(tap.copy_bytes());
-    wait_until("reading to stop", Duration::from_secs(20), || async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let now = tap.copy_bytes();
-        Ok((last.swap(now, Ordering::SeqCst) == now).then_some(()))
-    })
-    .await?;
-    let stopped_at = tap.copy_bytes();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        tap.copy_bytes(),
-        stopped_at,
-        "the source was read while paused"
-    );
+    let stopped_at = reading_stops(&tap).await?;
 
     // The load ends: reading climbs back and the job completes, exactly.
     source

@@ -170,28 +170,20 @@ impl Worker {
 
     async fn pending_tasks(&self) -> Result<Vec<Task>> {
         let mut pending = Vec::new();
-        for (key, _) in self.store.list(&self.keyspace.active_prefix()).await? {
-            let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
-                continue;
-            };
-            let record_key = self.keyspace.job_record(&job);
-            let Some(bytes) = self.store.get(&record_key).await? else {
-                continue;
-            };
-            let record: JobRecord = state::decode(&record_key, &bytes)?;
-            if record.phase != JobPhase::Copying {
-                continue;
-            }
-            if self
-                .store
-                .get(&self.keyspace.job_paused(&job))
-                .await?
-                .is_some()
+        for record in state::active_jobs(self.store.as_ref(), &self.keyspace).await? {
+            let job = record.spec.job.clone();
+            if record.phase != JobPhase::Copying
+                || self
+                    .store
+                    .get(&self.keyspace.job_paused(&job))
+                    .await?
+                    .is_some()
             {
                 continue;
             }
             let record = Arc::new(record);
-            let leased = self.leased(&self.keyspace.leases_prefix(&job)).await?;
+            let leased =
+                state::keys_under(self.store.as_ref(), &self.keyspace.leases_prefix(&job)).await?;
             let prefix = self.keyspace.partitions_prefix(&job);
             for (key, bytes) in self.store.list(&prefix).await? {
                 let partition: PartitionRecord = state::decode(&key, &bytes)?;
@@ -204,12 +196,14 @@ impl Worker {
                 }
             }
         }
-        for (key, bytes) in self.store.list(&self.keyspace.verifying_prefix()).await? {
-            let run: Arc<VerifyRun> = Arc::new(state::decode(&key, &bytes)?);
+        for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
+            let run = Arc::new(run);
             let job = &run.spec.job;
-            let leased = self
-                .leased(&self.keyspace.verify_leases_prefix(job))
-                .await?;
+            let leased = state::keys_under(
+                self.store.as_ref(),
+                &self.keyspace.verify_leases_prefix(job),
+            )
+            .await?;
             let prefix = self.keyspace.verify_ranges_prefix(job);
             for (key, bytes) in self.store.list(&prefix).await? {
                 let range: VerifyRange = state::decode(&key, &bytes)?;
@@ -269,17 +263,6 @@ impl Worker {
             self.spares.clone(),
             self.stopping.subscribe(),
         ))
-    }
-
-    /// Keys of the leases held under `prefix`.
-    async fn leased(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .store
-            .list(prefix)
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect())
     }
 
     async fn work_on(
