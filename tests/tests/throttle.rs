@@ -378,3 +378,77 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
     assert!(budgets.iter().any(|p| p.value == 0.0), "{budgets:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_customers_limit_leaves_another_customers_job_alone() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    target
+        .client("postgres")
+        .await?
+        .batch_execute("CREATE DATABASE other")
+        .await?;
+    // One tap per job, so each customer's reads are counted apart.
+    let (acme_tap, beta_tap) = (
+        FaultProxy::postgres(source.port).await?,
+        FaultProxy::postgres(source.port).await?,
+    );
+    let etcd = Etcd::start()?;
+    let root = "/godwit-customers";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let _worker = Service::worker(
+        "worker-1",
+        &etcd.url(),
+        root,
+        &url,
+        &["--concurrency", "4"],
+        &[],
+    )?;
+    let slow = 256 * KIB;
+    let through = |tap: &FaultProxy| format!("postgres://postgres@127.0.0.1:{}/shop", tap.port);
+    let acme = Job::create(|staging| {
+        spec_body("acme-job", &source, &target, staging)
+            .replace(&source.url("shop"), &through(&acme_tap))
+            + &format!("\nthrottle: {{ bytes_per_sec: {slow} }}")
+    })?;
+    let beta = Job::create(|staging| {
+        spec_body("beta-job", &source, &target, staging)
+            .replace(&source.url("shop"), &through(&beta_tap))
+            .replace(&target.url("shop"), &target.url("other"))
+            .replace("customer: acme", "customer: beta")
+    })?;
+    let started = Instant::now();
+    for job in [&acme, &beta] {
+        let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+        assert!(submitted.status.success(), "{}", describe(&submitted));
+    }
+    let watched = run_godwit(&["watch", "--coordinator", &url, "beta-job"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+    let beta_done = started.elapsed();
+    let (beta_read, acme_read) = (beta_tap.copy_bytes(), acme_tap.copy_bytes());
+    // Beta finished at its own pace; acme, meanwhile, read no more than its
+    // limit allowed in that time (plus a second of bursts).
+    assert!(
+        beta_read > acme_read,
+        "beta {beta_read} B, acme {acme_read} B"
+    );
+    let allowed = slow as f64 * (beta_done.as_secs_f64() + 1.0);
+    assert!(
+        (acme_read as f64) <= allowed,
+        "acme read {acme_read} B in {beta_done:?}, limit {slow} B/s"
+    );
+    let status = run_godwit(&["status", "--coordinator", &url, "acme-job"], &[])?;
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("acme-job copying"),
+        "acme already done: {shown}"
+    );
+    let beta_status = run_godwit(&["status", "--coordinator", &url, "beta-job"], &[])?;
+    assert!(
+        String::from_utf8_lossy(&beta_status.stdout).contains("customer beta: rate unlimited"),
+        "{}",
+        describe(&beta_status)
+    );
+    let (src, dst) = (source.client("shop").await?, target.client("other").await?);
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}
