@@ -34,7 +34,7 @@ struct Args {
     /// Worker id [default: worker-<random>].
     #[arg(long, env = "GODWIT__WORKER__ID")]
     id: Option<String>,
-    /// Partitions copied at once [default: 2].
+    /// Partitions worked on at once, per customer [default: 2].
     #[arg(long, env = "GODWIT__WORKER__CONCURRENCY")]
     concurrency: Option<usize>,
     /// Lease TTL in seconds; keep-alives run every TTL/3 [default: 10].

@@ -3,6 +3,7 @@
 //! outcome, release. On shutdown it stops taking leases and lets running
 //! work finish within a grace period.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,8 @@ const RETRY_CAP: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub id: String,
-    /// Partitions copied at once by this worker.
+    /// Partitions (or verification ranges) worked on at once by this
+    /// worker, per customer.
     pub concurrency: usize,
     pub timing: LeaseTiming,
     pub poll_interval: Duration,
@@ -84,7 +86,9 @@ impl Worker {
 
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<()> {
         tracing::info!(worker = %self.config.id, concurrency = self.config.concurrency, "worker started");
-        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        // Slots per customer: one customer's throttled, slow work never
+        // takes the capacity another customer's jobs need.
+        let mut slots: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut running = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -93,9 +97,6 @@ impl Worker {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
             while running.try_join_next().is_some() {}
-            if slots.available_permits() == 0 {
-                continue;
-            }
             let candidates = match self.pending_tasks().await {
                 Ok(candidates) => candidates,
                 Err(e) => {
@@ -104,8 +105,15 @@ impl Worker {
                 }
             };
             for task in candidates {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    break;
+                let customer = match &task {
+                    Task::Copy(job, _) => job.spec.customer.to_string(),
+                    Task::Verify(run, _) => run.spec.customer.to_string(),
+                };
+                let pool = slots
+                    .entry(customer)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.config.concurrency)));
+                let Ok(slot) = pool.clone().try_acquire_owned() else {
+                    continue;
                 };
                 let lease_key = match &task {
                     Task::Copy(job, partition) => {
