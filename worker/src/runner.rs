@@ -90,11 +90,15 @@ impl Worker {
         // takes the capacity another customer's jobs need.
         let mut slots: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut running = JoinSet::new();
+        // Finished work wakes the loop at once: the next lease then starts
+        // while the finished one's share can still be handed over to it.
+        let finished = Arc::new(tokio::sync::Notify::new());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = finished.notified() => {}
             }
             while running.try_join_next().is_some() {}
             let candidates = match self.pending_tasks().await {
@@ -134,6 +138,7 @@ impl Worker {
                 {
                     Ok(Some(lease)) => {
                         let worker = self.clone();
+                        let finished = finished.clone();
                         running.spawn(async move {
                             let spec = match &task {
                                 Task::Copy(job, _) => &job.spec,
@@ -155,6 +160,7 @@ impl Worker {
                                 }
                             }
                             drop(slot);
+                            finished.notify_one();
                         });
                     }
                     Ok(None) => {}
