@@ -452,3 +452,44 @@ async fn one_customers_limit_leaves_another_customers_job_alone() -> anyhow::Res
     assert_same_tables(&src, &dst).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_keeps_to_the_customers_rate() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let job = Job::create(|staging| spec_body("verify-paced", &source, &target, staging))?;
+    let copied = run_godwit(&["run", job.spec()], &[])?;
+    assert!(copied.status.success(), "{}", describe(&copied));
+    let rate = 1024 * KIB;
+    // The customer's limit, set for the verification only.
+    let spec = std::fs::read_to_string(job.spec())?;
+    std::fs::write(
+        job.spec(),
+        format!("{spec}\nthrottle: {{ bytes_per_sec: {rate} }}\n"),
+    )?;
+    // What the ranges are charged: the tables' size at the source.
+    let size: i64 = source
+        .client("shop")
+        .await?
+        .query_one(
+            "SELECT sum(pg_relation_size(c.oid))::bigint FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let started = Instant::now();
+    let verified = tokio::task::spawn_blocking({
+        let spec = job.spec().to_owned();
+        move || run_godwit(&["verify", &spec], &[])
+    })
+    .await??;
+    let elapsed = started.elapsed();
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    let floor = Duration::from_secs_f64((size as u64).saturating_sub(rate) as f64 / rate as f64);
+    assert!(
+        elapsed >= floor,
+        "{size} bytes of tables verified in {elapsed:?}, faster than {rate} B/s allows ({floor:?})"
+    );
+    Ok(())
+}
