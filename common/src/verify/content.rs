@@ -1,0 +1,422 @@
+//! The content layer: both databases checksum a key range of a table (or a
+//! whole table without primary key); a difference is narrowed through key
+//! buckets down to the primary keys and columns that differ. Also merges
+//! the ranges of a table into its report.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::report::{ContentLayer, RowDifference, TableReport};
+use super::schema::{columns, primary_key};
+use crate::Error;
+use crate::Result;
+use crate::pg::checksum::fingerprint_where;
+use crate::spec::TableName;
+use crate::state::KeyRange;
+
+/// Buckets per narrowing level: rows are spread over them by a hash of
+/// their primary key, and each level only looks into the buckets that
+/// differed at the level before.
+const BUCKETS: i64 = 1024;
+/// Rows (the larger side) at or below which the differing buckets are
+/// compared row by row, unless [`Options`] says otherwise.
+pub const ROW_LEVEL_LIMIT: i64 = 20_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Differing buckets holding at most this many rows are compared row
+    /// by row; larger ones are split further first.
+    pub compare_rows_below: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            compare_rows_below: ROW_LEVEL_LIMIT,
+        }
+    }
+}
+const MAX_LEVELS: i32 = 6;
+/// Differences listed per table; beyond it the report says how many more.
+const LISTED_PER_TABLE: usize = 1000;
+
+/// What one range (or a whole table without primary key) held on each side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeFinding {
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub content: ContentLayer,
+}
+
+/// Compares the rows of `table` in `keys` (the whole table when None: it
+/// has no primary key) on both databases, narrowing any difference down to
+/// primary keys. Both clients must have the session settings of
+/// [`crate::pg::connect`]: the text forms compared depend on them.
+pub async fn compare_range(
+    source: &Client,
+    target: &Client,
+    table: &TableName,
+    keys: Option<&KeyRange>,
+    options: Options,
+) -> Result<RangeFinding> {
+    let scope = keys.map_or_else(|| "true".to_owned(), |k| k.predicate("t"));
+    // Both databases read at once: each side is one scan of the range.
+    let (at_source, at_target) = tokio::try_join!(
+        fingerprint_where(source, table, &scope),
+        fingerprint_where(target, table, &scope)
+    )?;
+    let method = method(keys);
+    let content = if at_source == at_target {
+        ContentLayer {
+            matched: true,
+            method: method.into(),
+            ..ContentLayer::default()
+        }
+    } else if keys.is_none() {
+        ContentLayer {
+            matched: false,
+            method: method.into(),
+            localisation: Some(
+                "the table has no primary key: the rows that differ cannot be named, only that the table differs"
+                    .into(),
+            ),
+            ..ContentLayer::default()
+        }
+    } else {
+        let key = primary_key(source, table).await?;
+        localise(source, target, table, &key, &scope, options).await?
+    };
+    Ok(RangeFinding {
+        source_rows: at_source.rows,
+        target_rows: at_target.rows,
+        content,
+    })
+}
+
+/// How a range's content is compared: by key buckets, or as a whole
+/// table (no primary key).
+pub fn method(keys: Option<&KeyRange>) -> &'static str {
+    if keys.is_some() {
+        "primary_key_buckets"
+    } else {
+        "whole_table"
+    }
+}
+
+/// One table's report from the findings of all its ranges.
+pub fn merge_table(table: &TableName, findings: Vec<RangeFinding>) -> TableReport {
+    let mut content = ContentLayer {
+        matched: true,
+        ..ContentLayer::default()
+    };
+    let (mut source_rows, mut target_rows) = (0, 0);
+    let mut listed = 0usize;
+    let ranges = findings.len();
+    for finding in findings {
+        source_rows += finding.source_rows;
+        target_rows += finding.target_rows;
+        let part = finding.content;
+        content.matched &= part.matched;
+        if content.method.is_empty() {
+            content.method = part.method;
+        }
+        if let Some(why) = part.localisation
+            && content.localisation.as_ref() != Some(&why)
+        {
+            content.localisation = Some(why);
+        }
+        content.unlisted += part.unlisted;
+        let room = |listed: &mut usize, n: usize| {
+            let taken = n.min(LISTED_PER_TABLE.saturating_sub(*listed));
+            *listed += taken;
+            taken
+        };
+        let take = room(&mut listed, part.missing.len());
+        content.unlisted += (part.missing.len() - take) as u64;
+        content.missing.extend(part.missing.into_iter().take(take));
+        let take = room(&mut listed, part.extra.len());
+        content.unlisted += (part.extra.len() - take) as u64;
+        content.extra.extend(part.extra.into_iter().take(take));
+        let take = room(&mut listed, part.different.len());
+        content.unlisted += (part.different.len() - take) as u64;
+        content
+            .different
+            .extend(part.different.into_iter().take(take));
+    }
+    TableReport {
+        table: table.to_string(),
+        source_rows,
+        target_rows: Some(target_rows),
+        counts_match: source_rows == target_rows,
+        ranges,
+        content,
+    }
+}
+
+/// The report of a table the target lacks altogether.
+pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableReport> {
+    let at_source = fingerprint_where(source, table, "true").await?;
+    Ok(TableReport {
+        table: table.to_string(),
+        source_rows: at_source.rows,
+        target_rows: None,
+        counts_match: false,
+        ranges: 0,
+        content: ContentLayer {
+            method: "whole_table".into(),
+            localisation: Some("the table is missing on the target".into()),
+            ..ContentLayer::default()
+        },
+    })
+}
+
+/// (count, checksum) per bucket of the rows `filter` selects.
+async fn bucket_sums(
+    client: &Client,
+    table: &TableName,
+    key: &str,
+    level: i32,
+    filter: &str,
+) -> Result<HashMap<i64, (i64, String)>> {
+    let sql = format!(
+        "SELECT hashtextextended(ROW({key})::text, {level}) & {mask}, count(*), \
+                sum(hashtextextended(t::text, 0)::numeric)::text \
+         FROM {table} AS t WHERE {filter} GROUP BY 1",
+        mask = BUCKETS - 1,
+        table = table.quoted()
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot checksum the key buckets of {table}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Key literal → per-column hashes (None for NULL) of the rows `filter` selects.
+async fn row_hashes(
+    client: &Client,
+    table: &TableName,
+    key: &str,
+    columns: &[String],
+    filter: &str,
+) -> Result<HashMap<String, Vec<Option<i64>>>> {
+    let hashes: Vec<String> = columns
+        .iter()
+        .map(|c| format!("hashtextextended(t.{c}::text, 0)"))
+        .collect();
+    let sql = format!(
+        "SELECT ROW({key})::text, ARRAY[{}]::bigint[] FROM {} AS t WHERE {filter}",
+        hashes.join(", "),
+        table.quoted()
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the differing rows of {table}"), e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Narrows a differing table down to the primary keys that differ: buckets
+/// of key hashes, then buckets within the differing buckets with another
+/// seed, until few enough rows remain to compare them one by one.
+async fn localise(
+    source: &Client,
+    target: &Client,
+    table: &TableName,
+    key_columns: &[String],
+    scope: &str,
+    options: Options,
+) -> Result<ContentLayer> {
+    let key = key_columns
+        .iter()
+        .map(|c| format!("t.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut filter = scope.to_owned();
+    for level in 0..MAX_LEVELS {
+        let (at_source, at_target) = tokio::try_join!(
+            bucket_sums(source, table, &key, level, &filter),
+            bucket_sums(target, table, &key, level, &filter)
+        )?;
+        let differing: BTreeSet<i64> = at_source
+            .keys()
+            .chain(at_target.keys())
+            .filter(|b| at_source.get(b) != at_target.get(b))
+            .copied()
+            .collect();
+        let rows = |sums: &HashMap<i64, (i64, String)>| -> i64 {
+            differing
+                .iter()
+                .filter_map(|b| sums.get(b))
+                .map(|s| s.0)
+                .sum()
+        };
+        let buckets = differing
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        filter = format!(
+            "{filter} AND (hashtextextended(ROW({key})::text, {level}) & {}) IN ({buckets})",
+            BUCKETS - 1
+        );
+        if differing.is_empty() {
+            break;
+        }
+        if rows(&at_source).max(rows(&at_target)) <= options.compare_rows_below
+            || level == MAX_LEVELS - 1
+        {
+            return compare_rows(source, target, table, &key, &filter).await;
+        }
+    }
+    // Fingerprints differed but no bucket does: only possible if the table
+    // changed between the reads.
+    Ok(ContentLayer {
+        matched: false,
+        method: "primary_key_buckets".into(),
+        localisation: Some("the table changed while it was being verified; verify again".into()),
+        ..ContentLayer::default()
+    })
+}
+
+async fn compare_rows(
+    source: &Client,
+    target: &Client,
+    table: &TableName,
+    key: &str,
+    filter: &str,
+) -> Result<ContentLayer> {
+    let columns = columns(source, table).await?;
+    let (at_source, at_target) = tokio::try_join!(
+        row_hashes(source, table, key, &columns, filter),
+        row_hashes(target, table, key, &columns, filter)
+    )?;
+    let mut layer = ContentLayer {
+        matched: false,
+        method: "primary_key_buckets".into(),
+        ..ContentLayer::default()
+    };
+    let mut found = 0u64;
+    let mut keys: Vec<&String> = at_source.keys().chain(at_target.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let difference = match (at_source.get(k), at_target.get(k)) {
+            (Some(_), None) => Some(Err(true)),
+            (None, Some(_)) => Some(Err(false)),
+            (Some(a), Some(b)) if a != b => Some(Ok(columns
+                .iter()
+                .zip(a.iter().zip(b.iter()))
+                .filter(|(_, (x, y))| x != y)
+                .map(|(c, _)| c.clone())
+                .collect::<Vec<_>>())),
+            _ => None,
+        };
+        let Some(difference) = difference else {
+            continue;
+        };
+        found += 1;
+        if found as usize > LISTED_PER_TABLE {
+            layer.unlisted += 1;
+            continue;
+        }
+        match difference {
+            Err(true) => layer.missing.push(k.clone()),
+            Err(false) => layer.extra.push(k.clone()),
+            Ok(columns) => layer.different.push(RowDifference {
+                key: k.clone(),
+                columns,
+            }),
+        }
+    }
+    if found == 0 {
+        layer.localisation =
+            Some("the table changed while it was being verified; verify again".into());
+    }
+    Ok(layer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(rows: (u64, u64), missing: &[&str], different: &[&str]) -> RangeFinding {
+        RangeFinding {
+            source_rows: rows.0,
+            target_rows: rows.1,
+            content: ContentLayer {
+                matched: missing.is_empty() && different.is_empty(),
+                method: "primary_key_buckets".into(),
+                missing: missing.iter().map(|k| (*k).to_owned()).collect(),
+                different: different
+                    .iter()
+                    .map(|k| RowDifference {
+                        key: (*k).to_owned(),
+                        columns: vec!["name".into()],
+                    })
+                    .collect(),
+                ..ContentLayer::default()
+            },
+        }
+    }
+
+    #[test]
+    fn ranges_merge_into_one_table_report() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "orders".into(),
+        };
+        let merged = merge_table(
+            &table,
+            vec![
+                finding((10, 10), &[], &[]),
+                finding((10, 9), &["(4)"], &[]),
+                finding((5, 5), &[], &["(22)"]),
+            ],
+        );
+        assert_eq!(merged.table, "public.orders");
+        assert_eq!((merged.source_rows, merged.target_rows), (25, Some(24)));
+        assert!(!merged.counts_match);
+        assert_eq!(merged.ranges, 3);
+        assert!(!merged.content.matched);
+        assert_eq!(merged.content.missing, ["(4)"]);
+        assert_eq!(merged.content.different[0].key, "(22)");
+        assert_eq!(merged.content.unlisted, 0);
+    }
+
+    #[test]
+    fn merged_listings_stop_at_the_limit_and_count_the_rest() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let keys: Vec<String> = (0..LISTED_PER_TABLE + 5)
+            .map(|k| format!("({k})"))
+            .collect();
+        let half: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (first, second) = half.split_at(LISTED_PER_TABLE - 2);
+        let merged = merge_table(
+            &table,
+            vec![finding((0, 0), first, &[]), finding((0, 0), &[], second)],
+        );
+        let listed = merged.content.missing.len() + merged.content.different.len();
+        assert_eq!(listed, LISTED_PER_TABLE);
+        assert_eq!(merged.content.unlisted, 5);
+    }
+
+    #[test]
+    fn a_fully_matching_table_merges_as_matched() {
+        let table = TableName {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let merged = merge_table(&table, vec![finding((3, 3), &[], &[]); 4]);
+        assert!(merged.content.matched && merged.counts_match);
+        assert_eq!(merged.source_rows, 12);
+    }
+}

@@ -1,0 +1,28 @@
+//! Verification of a target against its source that is independent of the
+//! copy path: everything is computed by the two databases from their tables
+//! and catalogs, nothing from what the copier staged or recorded. Four
+//! layers, reported separately: schema, row counts, content (per key range
+//! and bucket, narrowed down to the differing primary keys) and referential
+//! integrity of the target.
+//!
+//! `report` owns the report and its summary, `schema` the catalog layer,
+//! `content` the row comparison of a key range, `integrity` the orphan
+//! counts and `store` the sealed copies kept in staging. The coordinator
+//! plans and merges ranges; workers compare them.
+
+mod content;
+mod integrity;
+mod report;
+mod schema;
+mod store;
+
+pub use content::{
+    Options, ROW_LEVEL_LIMIT, RangeFinding, absent_table, compare_range, merge_table, method,
+};
+pub use integrity::orphans;
+pub use report::{
+    ContentLayer, ForeignKeyReport, Report, RowDifference, SchemaLayer, SequenceBehind,
+    TableReport, all_matched,
+};
+pub use schema::{compare_schema, exists, primary_key};
+pub use store::{load_finding, load_report, store_finding, store_report};

@@ -1,0 +1,170 @@
+//! The verification report: its layers, stable JSON field names and the
+//! readable summary.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub job: String,
+    /// When the comparison ended, milliseconds since the Unix epoch.
+    pub verified_at_unix_ms: u64,
+    pub matched: bool,
+    pub schema: SchemaLayer,
+    pub tables: Vec<TableReport>,
+    pub foreign_keys: Vec<ForeignKeyReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SchemaLayer {
+    pub matched: bool,
+    /// `kind name`, present on the source only.
+    pub missing_on_target: Vec<String>,
+    /// `kind name`, present on the target only.
+    pub extra_on_target: Vec<String>,
+    /// `kind name`, defined differently on the two sides.
+    pub different: Vec<String>,
+    pub sequences_behind: Vec<SequenceBehind>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceBehind {
+    pub sequence: String,
+    pub source: Option<i64>,
+    pub target: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableReport {
+    pub table: String,
+    pub source_rows: u64,
+    pub target_rows: Option<u64>,
+    pub counts_match: bool,
+    /// Key ranges the content was compared in, each leased to a worker
+    /// (1 for a table without primary key; 0 when not compared).
+    #[serde(default)]
+    pub ranges: usize,
+    pub content: ContentLayer,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContentLayer {
+    pub matched: bool,
+    /// `primary_key_buckets` or `whole_table`.
+    pub method: String,
+    /// Why rows cannot be named, when they cannot.
+    pub localisation: Option<String>,
+    /// Primary keys (as row literals) of rows missing from the target.
+    pub missing: Vec<String>,
+    /// Primary keys of rows only the target has.
+    pub extra: Vec<String>,
+    /// Rows present on both sides whose columns differ: names, never values.
+    pub different: Vec<RowDifference>,
+    /// Differences found beyond those listed.
+    pub unlisted: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowDifference {
+    pub key: String,
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForeignKeyReport {
+    pub constraint: String,
+    pub table: String,
+    pub orphans: u64,
+}
+
+impl Report {
+    /// A readable summary, one line per finding.
+    pub fn summary(&self) -> String {
+        let mut out = Vec::new();
+        let verdict = if self.matched { "MATCH" } else { "DIFFERENT" };
+        out.push(format!("verification of job {}: {verdict}", self.job));
+        let s = &self.schema;
+        if s.matched {
+            out.push("schema: identical".into());
+        } else {
+            for o in &s.missing_on_target {
+                out.push(format!("schema: {o} missing on the target"));
+            }
+            for o in &s.extra_on_target {
+                out.push(format!("schema: {o} only on the target"));
+            }
+            for o in &s.different {
+                out.push(format!("schema: {o} defined differently"));
+            }
+            for b in &s.sequences_behind {
+                let value = |v: Option<i64>| v.map_or("unset".to_owned(), |v| v.to_string());
+                out.push(format!(
+                    "schema: sequence {} behind the source (source {}, target {})",
+                    b.sequence,
+                    value(b.source),
+                    value(b.target)
+                ));
+            }
+        }
+        for t in &self.tables {
+            let counts = match t.target_rows {
+                Some(n) => format!("{} rows at the source, {n} at the target", t.source_rows),
+                None => format!(
+                    "{} rows at the source, table missing at the target",
+                    t.source_rows
+                ),
+            };
+            let content = if t.content.matched && t.content.method == "whole_table" {
+                "content identical (compared as a whole table)".to_owned()
+            } else if t.content.matched {
+                let plural = if t.ranges == 1 { "" } else { "s" };
+                format!("content identical ({} key range{plural})", t.ranges)
+            } else {
+                let c = &t.content;
+                let mut parts = Vec::new();
+                if !c.missing.is_empty() {
+                    parts.push(format!("missing keys {}", c.missing.join(" ")));
+                }
+                if !c.extra.is_empty() {
+                    parts.push(format!("extra keys {}", c.extra.join(" ")));
+                }
+                for d in &c.different {
+                    parts.push(format!("key {} differs in {}", d.key, d.columns.join(", ")));
+                }
+                if c.unlisted > 0 {
+                    parts.push(format!("{} more differences not listed", c.unlisted));
+                }
+                if let Some(why) = &c.localisation {
+                    parts.push(why.clone());
+                }
+                format!("content DIFFERENT: {}", parts.join("; "))
+            };
+            out.push(format!("{}: {counts}; {content}", t.table));
+        }
+        for fk in &self.foreign_keys {
+            if fk.orphans > 0 {
+                out.push(format!(
+                    "foreign key {} on {}: {} orphan rows on the target",
+                    fk.constraint, fk.table, fk.orphans
+                ));
+            }
+        }
+        if self.foreign_keys.iter().all(|fk| fk.orphans == 0) {
+            out.push(format!(
+                "referential integrity: {} foreign keys hold on the target",
+                self.foreign_keys.len()
+            ));
+        }
+        out.join("\n")
+    }
+}
+
+/// Whether everything matched: schema, counts, content and foreign keys.
+pub fn all_matched(
+    schema: &SchemaLayer,
+    tables: &[TableReport],
+    foreign_keys: &[ForeignKeyReport],
+) -> bool {
+    schema.matched
+        && tables.iter().all(|t| t.counts_match && t.content.matched)
+        && foreign_keys.iter().all(|fk| fk.orphans == 0)
+}

@@ -1,0 +1,147 @@
+//! The schema layer, and the catalog lookups the other layers share.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Client;
+
+use super::report::{SchemaLayer, SequenceBehind};
+use crate::spec::TableName;
+use crate::{Error, Result};
+
+pub(super) fn table_filter(tables: &[TableName]) -> Vec<String> {
+    tables.iter().map(|t| t.quoted()).collect()
+}
+
+/// `kind name` → definition, for the tables' columns, constraints and
+/// indexes, and the sequences in their schemas.
+async fn schema_objects(client: &Client, tables: &[TableName]) -> Result<BTreeMap<String, String>> {
+    let names = table_filter(tables);
+    let rows = client
+        .query(
+            "WITH t AS (SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name \
+                        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                        WHERE c.relkind IN ('r', 'p') AND c.oid IN (SELECT to_regclass(x) FROM unnest($1::text[]) AS x)) \
+             SELECT 'table ' || t.name, '' FROM t \
+             UNION ALL \
+             SELECT 'column ' || t.name || '.' || quote_ident(a.attname), \
+                    format_type(a.atttypid, a.atttypmod) \
+                    || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END \
+                    || CASE WHEN a.attgenerated = 's' THEN ' generated ' || pg_get_expr(d.adbin, d.adrelid) ELSE '' END \
+             FROM t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             UNION ALL \
+             SELECT CASE con.contype WHEN 'p' THEN 'primary key ' WHEN 'u' THEN 'unique constraint ' \
+                      WHEN 'c' THEN 'check constraint ' WHEN 'f' THEN 'foreign key ' ELSE 'constraint ' END \
+                    || t.name || '.' || quote_ident(con.conname), pg_get_constraintdef(con.oid) \
+             FROM t JOIN pg_constraint con ON con.conrelid = t.oid \
+             UNION ALL \
+             SELECT 'index ' || t.name || '.' || quote_ident(i.relname), \
+                    regexp_replace(pg_get_indexdef(i.oid), '^CREATE (UNIQUE )?INDEX \\S+ ON ', '\\1') \
+             FROM t JOIN pg_index x ON x.indrelid = t.oid JOIN pg_class i ON i.oid = x.indexrelid",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the schema catalog", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn sequences(client: &Client, tables: &[TableName]) -> Result<BTreeMap<String, Option<i64>>> {
+    let schemas: Vec<String> = tables
+        .iter()
+        .map(|t| t.schema.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
+             WHERE schemaname = ANY($1)",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read sequences", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub async fn compare_schema(
+    source: &Client,
+    target: &Client,
+    tables: &[TableName],
+) -> Result<SchemaLayer> {
+    let at_source = schema_objects(source, tables).await?;
+    let at_target = schema_objects(target, tables).await?;
+    let mut layer = SchemaLayer::default();
+    for (name, definition) in &at_source {
+        match at_target.get(name) {
+            None => layer.missing_on_target.push(name.clone()),
+            Some(other) if other != definition => layer.different.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    layer.extra_on_target = at_target
+        .keys()
+        .filter(|name| !at_source.contains_key(*name))
+        .cloned()
+        .collect();
+    let source_sequences = sequences(source, tables).await?;
+    let target_sequences = sequences(target, tables).await?;
+    for (name, value) in &source_sequences {
+        let there = target_sequences.get(name).copied().flatten();
+        let behind = match (value, there) {
+            (Some(v), Some(t)) => t < *v,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !target_sequences.contains_key(name) {
+            layer.missing_on_target.push(format!("sequence {name}"));
+        } else if behind {
+            layer.sequences_behind.push(SequenceBehind {
+                sequence: name.clone(),
+                source: *value,
+                target: there,
+            });
+        }
+    }
+    layer.matched = layer.missing_on_target.is_empty()
+        && layer.extra_on_target.is_empty()
+        && layer.different.is_empty()
+        && layer.sequences_behind.is_empty();
+    Ok(layer)
+}
+
+/// Quoted primary-key columns of a table, in key order; empty without one.
+pub async fn primary_key(client: &Client, table: &TableName) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(array_agg(quote_ident(a.attname) ORDER BY k.ord), '{}') \
+             FROM pg_index x \
+             CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+             WHERE x.indrelid = $1::text::regclass AND x.indisprimary",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the primary key of {table}"), e))?;
+    Ok(row.get(0))
+}
+
+/// Quoted names of a table's columns, in order.
+pub(super) async fn columns(client: &Client, table: &TableName) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(array_agg(quote_ident(attname) ORDER BY attnum), '{}') FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
+    Ok(row.get(0))
+}
+
+pub async fn exists(client: &Client, table: &TableName) -> Result<bool> {
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot look up {table}"), e))?;
+    Ok(row.get(0))
+}
