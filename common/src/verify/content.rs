@@ -10,11 +10,10 @@ use tokio_postgres::Client;
 
 use super::report::{ContentLayer, RowDifference, TableReport};
 use super::schema::{columns, primary_key};
-use crate::Error;
-use crate::Result;
 use crate::pg::checksum::fingerprint_where;
 use crate::spec::TableName;
 use crate::state::KeyRange;
+use crate::{Error, Result};
 
 /// Buckets per narrowing level: rows are spread over them by a hash of
 /// their primary key, and each level only looks into the buckets that
