@@ -391,6 +391,18 @@ pub fn backoff(
     ceiling.mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// The value at `key`, decoded; None when there is none.
+pub async fn load<T: for<'de> Deserialize<'de>>(
+    store: &dyn crate::lease::LeaseStore,
+    key: &str,
+) -> Result<Option<T>> {
+    store
+        .get(key)
+        .await?
+        .map(|bytes| decode(key, &bytes))
+        .transpose()
+}
+
 /// The records of the jobs open for leasing (copying).
 pub async fn active_jobs(
     store: &dyn crate::lease::LeaseStore,
@@ -401,9 +413,8 @@ pub async fn active_jobs(
         let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
             continue;
         };
-        let record_key = keyspace.job_record(&job);
-        if let Some(bytes) = store.get(&record_key).await? {
-            jobs.push(decode(&record_key, &bytes)?);
+        if let Some(record) = load(store, &keyspace.job_record(&job)).await? {
+            jobs.push(record);
         }
     }
     Ok(jobs)

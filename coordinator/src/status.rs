@@ -25,11 +25,10 @@ pub async fn load(
     keyspace: &Keyspace,
     job: &JobId,
 ) -> Result<Option<JobStatus>> {
-    let key = keyspace.job_record(job);
-    let Some(bytes) = store.get(&key).await? else {
+    let Some(record): Option<JobRecord> = state::load(store, &keyspace.job_record(job)).await?
+    else {
         return Ok(None);
     };
-    let record: JobRecord = state::decode(&key, &bytes)?;
     let mut partitions = Vec::new();
     for (key, bytes) in store.list(&keyspace.partitions_prefix(job)).await? {
         partitions.push(state::decode::<PartitionRecord>(&key, &bytes)?);

@@ -65,12 +65,7 @@ pub async fn limits(
     keyspace: &Keyspace,
     customer: &str,
 ) -> Result<Option<CustomerLimits>> {
-    let key = keyspace.customer_limits(customer);
-    store
-        .get(&key)
-        .await?
-        .map(|bytes| state::decode(&key, &bytes))
-        .transpose()
+    state::load(store, &keyspace.customer_limits(customer)).await
 }
 
 pub async fn allocation(
@@ -78,12 +73,7 @@ pub async fn allocation(
     keyspace: &Keyspace,
     customer: &str,
 ) -> Result<Option<Allocation>> {
-    let key = keyspace.customer_allocation(customer);
-    store
-        .get(&key)
-        .await?
-        .map(|bytes| state::decode(&key, &bytes))
-        .transpose()
+    state::load(store, &keyspace.customer_allocation(customer)).await
 }
 
 /// Why a budget is what it is, for `godwit status` and the logs.

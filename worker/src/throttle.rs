@@ -302,12 +302,9 @@ pub async fn take_session_slot(
     lease: &HeldLease,
     owner: &str,
 ) -> godwit_common::Result<Option<Option<u32>>> {
-    let limits_key = keyspace.customer_limits(customer);
-    let Some(bytes) = store.get(&limits_key).await? else {
-        return Ok(Some(None));
-    };
-    let limits: CustomerLimits = state::decode(&limits_key, &bytes)?;
-    let Some(sessions) = limits.worker_sessions() else {
+    let limits: Option<CustomerLimits> =
+        state::load(store.as_ref(), &keyspace.customer_limits(customer)).await?;
+    let Some(sessions) = limits.and_then(|l| l.worker_sessions()) else {
         return Ok(Some(None));
     };
     for n in 0..sessions {
