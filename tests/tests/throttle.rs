@@ -47,6 +47,25 @@ fn sample_sessions(
     (highest, task)
 }
 
+/// `godwit throttle` raising customer acme's limit to 64 MiB/s; returns
+/// what it printed.
+fn raise_acme_to_64mib(url: &str) -> anyhow::Result<String> {
+    let raised = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            url,
+            "--customer",
+            "acme",
+            "--bytes-per-sec",
+            "64MiB",
+        ],
+        &[],
+    )?;
+    assert!(raised.status.success(), "{}", describe(&raised));
+    Ok(String::from_utf8_lossy(&raised.stdout).into_owned())
+}
+
 /// Waits until the source has not been read for a second, then checks it
 /// stays unread for a second and a half; returns the bytes read by then.
 async fn reading_stops(tap: &FaultProxy) -> anyhow::Result<u64> {
@@ -178,20 +197,7 @@ async fn a_live_limit_change_pause_and_resume_reach_every_worker() -> anyhow::Re
     // limit would have let it.
     let resumed = run_godwit(&["resume", "--coordinator", &url, "live"], &[])?;
     assert!(resumed.status.success(), "{}", describe(&resumed));
-    let raised = run_godwit(
-        &[
-            "throttle",
-            "--coordinator",
-            &url,
-            "--customer",
-            "acme",
-            "--bytes-per-sec",
-            "64MiB",
-        ],
-        &[],
-    )?;
-    assert!(raised.status.success(), "{}", describe(&raised));
-    let raised = String::from_utf8_lossy(&raised.stdout);
+    let raised = raise_acme_to_64mib(&url)?;
     assert!(
         raised.contains("rate 64.0 MiB/s") && raised.contains("source sessions 2"),
         "{raised}"
@@ -337,19 +343,7 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
              WHERE query = 'SELECT pg_sleep(600)'",
         )
         .await?;
-    let raised = run_godwit(
-        &[
-            "throttle",
-            "--coordinator",
-            &url,
-            "--customer",
-            "acme",
-            "--bytes-per-sec",
-            "64MiB",
-        ],
-        &[],
-    )?;
-    assert!(raised.status.success(), "{}", describe(&raised));
+    raise_acme_to_64mib(&url)?;
     let watched = run_godwit(&["watch", "--coordinator", &url, "adaptive"], &[])?;
     assert!(watched.status.success(), "{}", describe(&watched));
     assert!(tap.copy_bytes() > stopped_at);
