@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::Client;
 
-use crate::{FaultProxy, clean_read_bytes, lost_and_duplicated};
+use crate::{FaultProxy, PgCluster, clean_read_bytes, lost_and_duplicated};
 
 /// A moment on the target database's clock, when a fault was injected,
 /// and the partition it interrupted if it hit one.
@@ -40,6 +40,17 @@ impl FaultAt {
     }
 }
 
+/// Where a measured job ran: its clusters (database `shop`), the counting
+/// tap in front of the source, its spec and id, its chunk size.
+pub struct MeasuredRun<'a> {
+    pub source: &'a PgCluster,
+    pub target: &'a PgCluster,
+    pub tap: &'a FaultProxy,
+    pub spec: &'a Path,
+    pub job_id: &'a str,
+    pub chunk_size: u64,
+}
+
 #[derive(Debug)]
 pub struct Figures {
     pub scenario: String,
@@ -55,20 +66,19 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// Measures a finished job: `tap` must have been in front of the source
-    /// for the whole job and nothing else may have read through it.
-    #[allow(clippy::too_many_arguments)]
+    /// Measures a finished job and asserts its copy is exact (no row lost or
+    /// duplicated): `run.tap` must have been in front of the source for the
+    /// whole job and nothing else read through it.
     pub async fn measure(
+        run: &MeasuredRun<'_>,
         scenario: &str,
         faults: &str,
-        source: &Client,
-        target: &Client,
-        tap: &FaultProxy,
-        spec: &Path,
-        job_id: &str,
         fault_times: &[FaultAt],
-        chunk_size: u64,
     ) -> anyhow::Result<Self> {
+        let source = run.source.client("shop").await?;
+        let target = run.target.client("shop").await?;
+        let (source, target) = (&source, &target);
+        let (tap, spec, job_id, chunk_size) = (run.tap, run.spec, run.job_id, run.chunk_size);
         let read = tap.copy_bytes();
         let clean = clean_read_bytes(source, spec).await?;
         let (lost, duplicated) = lost_and_duplicated(source, target).await?;
@@ -98,6 +108,7 @@ impl Figures {
         };
         // One line per scenario, collected into the README's table.
         eprintln!("{}", figures.table_row());
+        figures.assert_exact();
         Ok(figures)
     }
 

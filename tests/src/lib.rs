@@ -15,7 +15,7 @@ pub mod service;
 
 use std::path::PathBuf;
 
-pub use chaos::{FaultAt, Figures};
+pub use chaos::{FaultAt, Figures, MeasuredRun};
 pub use compare::{
     assert_same_tables, clean_read_bytes, lost_and_duplicated, table_digest, user_tables,
 };

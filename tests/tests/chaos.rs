@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use godwit_tests::{
-    FaultAt, FaultProxy, Figures, HttpFault, HttpFaultProxy, Job, PgCluster, S3Server,
+    FaultAt, FaultProxy, Figures, HttpFault, HttpFaultProxy, Job, MeasuredRun, PgCluster, S3Server,
     assert_same_tables, bin, source_and_target, spec_body, wait_until,
 };
 
@@ -56,25 +56,15 @@ impl Pair {
         job_id: &str,
         fault_times: &[FaultAt],
     ) -> anyhow::Result<Figures> {
-        let (src, dst) = (
-            self.source.client("shop").await?,
-            self.target.client("shop").await?,
-        );
-        assert_same_tables(&src, &dst).await?;
-        let figures = Figures::measure(
-            scenario,
-            faults,
-            &src,
-            &dst,
-            &self.tap,
-            &job.spec_path,
+        let run = MeasuredRun {
+            source: &self.source,
+            target: &self.target,
+            tap: &self.tap,
+            spec: &job.spec_path,
             job_id,
-            fault_times,
-            CHUNK_SIZE,
-        )
-        .await?;
-        figures.assert_exact();
-        Ok(figures)
+            chunk_size: CHUNK_SIZE,
+        };
+        Figures::measure(&run, scenario, faults, fault_times).await
     }
 
     /// A partition's chunks are numbered without gaps: none was skipped.

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use godwit_tests::{
-    Etcd, FaultAt, FaultProxy, Figures, Job, PgCluster, Service, assert_same_tables, describe,
-    run_godwit, source_and_target, spec_body, wait_until,
+    Etcd, FaultAt, FaultProxy, Figures, Job, MeasuredRun, PgCluster, Service, assert_same_tables,
+    describe, run_godwit, source_and_target, spec_body, wait_until,
 };
 
 const CHUNK_SIZE: u64 = 64 * 1024;
@@ -121,24 +121,15 @@ impl Deployment {
         faults: &str,
         fault_times: &[FaultAt],
     ) -> anyhow::Result<Figures> {
-        let (src, dst) = (
-            self.source.client("shop").await?,
-            self.target.client("shop").await?,
-        );
-        let figures = Figures::measure(
-            scenario,
-            faults,
-            &src,
-            &dst,
-            &self.tap,
-            &self.job.spec_path,
-            self.job_id,
-            fault_times,
-            CHUNK_SIZE,
-        )
-        .await?;
-        figures.assert_exact();
-        Ok(figures)
+        let run = MeasuredRun {
+            source: &self.source,
+            target: &self.target,
+            tap: &self.tap,
+            spec: &self.job.spec_path,
+            job_id: self.job_id,
+            chunk_size: CHUNK_SIZE,
+        };
+        Figures::measure(&run, scenario, faults, fault_times).await
     }
 }
 
