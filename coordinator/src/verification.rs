@@ -5,6 +5,7 @@
 //! merges their findings, counts foreign-key orphans and stores the sealed
 //! report. Nothing here reads what the copy staged or recorded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,9 +72,17 @@ impl Verifier {
         let staging = Staging::open(&spec.staging).map_err(rejected)?;
         let key = job_data_key(spec, &staging).await.map_err(rejected)?;
 
-        crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, spec)
-            .await
-            .map_err(failed)?;
+        // The spec's limits apply unless the customer already has some: an
+        // operator's live change stays in force.
+        let limited =
+            crate::throttle::limits(self.store.as_ref(), &self.keyspace, spec.customer.as_str())
+                .await
+                .map_err(failed)?;
+        if limited.is_none() {
+            crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, spec)
+                .await
+                .map_err(failed)?;
+        }
         let run = VerifyRun {
             spec: spec.clone(),
             run: format!("{}", now_unix_ms()),
@@ -95,18 +104,21 @@ impl Verifier {
                 spec.job
             )));
         };
-        let outcome = self
-            .compare(&run, &source, &target, &tables, &staging, &key)
-            .await;
-        let _ = self
-            .store
-            .delete_prefix(&self.keyspace.verify_prefix(&spec.job))
-            .await;
+        let ranges_prefix = self.keyspace.verify_prefix(&spec.job);
+        // Ranges a run cut short left behind would count as this run's.
+        let outcome = match self.store.delete_prefix(&ranges_prefix).await {
+            Ok(()) => tokio::select! {
+                outcome = self.compare(&run, &source, &target, &tables, &staging, &key) => outcome,
+                lost = marker.lost() => Err(JobError::Failed(lost)),
+            },
+            Err(e) => Err(JobError::Failed(e)),
+        };
+        let _ = self.store.delete_prefix(&ranges_prefix).await;
         if let Err(e) = marker.release().await {
             tracing::warn!(job_id = %spec.job, error = %e, "cannot end the verification run; it expires with its lease");
         }
         let report = outcome?;
-        let stored_at = verify::store_report(spec, &report).await;
+        let stored_at = verify::store_report(&staging, &key, &spec.job, &report).await;
         tracing::info!(job_id = %spec.job, matched = report.matched, "job verified");
         Ok(Verified { report, stored_at })
     }
@@ -126,10 +138,13 @@ impl Verifier {
         let schema = verify::compare_schema(source, target, &names)
             .await
             .map_err(failed)?;
+        let present = catalog::existing_tables(target, &names)
+            .await
+            .map_err(failed)?;
         let mut plan = Vec::with_capacity(tables.len());
         let mut next = 0u32;
         for table in tables {
-            if !verify::exists(target, &table.name).await.map_err(failed)? {
+            if !present.contains(&table.name) {
                 let report = verify::absent_table(source, &table.name)
                     .await
                     .map_err(failed)?;
@@ -182,7 +197,7 @@ impl Verifier {
                 Planned::Ranges(table, numbers) => {
                     let mut findings = Vec::with_capacity(numbers.len());
                     for n in numbers {
-                        let Some(range) = ranges.iter().find(|r| r.range == n) else {
+                        let Some(range) = ranges.get(&n) else {
                             continue;
                         };
                         findings.push(if range.matched {
@@ -237,13 +252,13 @@ impl Verifier {
             .collect())
     }
 
-    /// Waits until every range is compared; fails naming the first range
+    /// Waits until every range is compared (by number); fails naming the first range
     /// that failed for good.
     async fn wait_for_ranges(
         &self,
         run: &VerifyRun,
         expected: usize,
-    ) -> Result<Vec<VerifyRange>, JobError> {
+    ) -> Result<BTreeMap<u32, VerifyRange>, JobError> {
         let prefix = self.keyspace.verify_ranges_prefix(&run.spec.job);
         loop {
             let listed = match self.store.list(&prefix).await {
@@ -254,7 +269,7 @@ impl Verifier {
                     continue;
                 }
             };
-            let mut ranges = Vec::with_capacity(listed.len());
+            let mut ranges = BTreeMap::new();
             for (key, bytes) in &listed {
                 let range: VerifyRange = state::decode(key, bytes).map_err(JobError::Failed)?;
                 if range.state == RangeState::Failed {
@@ -266,9 +281,10 @@ impl Verifier {
                         range.error.unwrap_or_default()
                     ))));
                 }
-                ranges.push(range);
+                ranges.insert(range.range, range);
             }
-            if ranges.len() == expected && ranges.iter().all(|r| r.state == RangeState::Compared) {
+            if ranges.len() == expected && ranges.values().all(|r| r.state == RangeState::Compared)
+            {
                 return Ok(ranges);
             }
             tokio::time::sleep(self.poll_interval).await;

@@ -95,19 +95,23 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
     Ok(selected)
 }
 
-/// Tables of `tables` that already exist on the target.
+/// Tables of `tables` that exist in `client`'s database (one query).
 pub async fn existing_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
-    let mut existing = Vec::new();
-    for table in tables {
-        let row = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
-            .await
-            .map_err(|e| Error::postgres("cannot read the target catalog", e))?;
-        if row.get::<_, bool>(0) {
-            existing.push(table.clone());
-        }
-    }
-    Ok(existing)
+    let quoted: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let present: Vec<String> = client
+        .query_one(
+            "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x \
+             WHERE to_regclass(x) IS NOT NULL",
+            &[&quoted],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+        .get(0);
+    Ok(tables
+        .iter()
+        .filter(|t| present.contains(&t.quoted()))
+        .cloned()
+        .collect())
 }
 
 /// Sequences of the source with their current state, as seen by the

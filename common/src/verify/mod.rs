@@ -24,5 +24,5 @@ pub use report::{
     ContentLayer, ForeignKeyReport, Report, RowDifference, SchemaLayer, SequenceBehind,
     TableReport, all_matched,
 };
-pub use schema::{compare_schema, exists, primary_key};
+pub use schema::{compare_schema, primary_key};
 pub use store::{load_finding, load_report, store_finding, store_report};

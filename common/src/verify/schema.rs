@@ -137,11 +137,3 @@ pub(super) async fn columns(client: &Client, table: &TableName) -> Result<Vec<St
         .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
     Ok(row.get(0))
 }
-
-pub async fn exists(client: &Client, table: &TableName) -> Result<bool> {
-    let row = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
-        .await
-        .map_err(|e| Error::postgres(format!("cannot look up {table}"), e))?;
-    Ok(row.get(0))
-}

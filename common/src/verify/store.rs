@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::content::RangeFinding;
 use super::report::Report;
 use crate::chunk::{self, ChunkId};
+use crate::ids::JobId;
 use crate::keys::DataKey;
 use crate::spec::JobSpec;
 use crate::staging::{ObjectPath, Staging};
@@ -44,12 +45,15 @@ async fn get_sealed<T: for<'de> Deserialize<'de>>(
 
 /// Seals `report` with the job's data key into its staging area (it names
 /// primary keys, which are customer data); returns where it went.
-pub async fn store_report(spec: &JobSpec, report: &Report) -> Result<String> {
-    let staging = Staging::open(&spec.staging)?;
-    let key = crate::keys::job_data_key(spec, &staging).await?;
-    let path = staging.report_path(&spec.job);
-    let id = ChunkId::verification_report(spec.job.as_str());
-    put_sealed(&staging, &key, &path, &id, report).await?;
+pub async fn store_report(
+    staging: &Staging,
+    key: &DataKey,
+    job: &JobId,
+    report: &Report,
+) -> Result<String> {
+    let path = staging.report_path(job);
+    let id = ChunkId::verification_report(job.as_str());
+    put_sealed(staging, key, &path, &id, report).await?;
     Ok(staging.describe(&path))
 }
 
