@@ -403,6 +403,15 @@ pub async fn load<T: for<'de> Deserialize<'de>>(
         .transpose()
 }
 
+/// Whether an operator paused the job's reading.
+pub async fn is_paused(
+    store: &dyn crate::lease::LeaseStore,
+    keyspace: &Keyspace,
+    job: &JobId,
+) -> Result<bool> {
+    Ok(store.get(&keyspace.job_paused(job)).await?.is_some())
+}
+
 /// The records of the jobs open for leasing (copying).
 pub async fn active_jobs(
     store: &dyn crate::lease::LeaseStore,

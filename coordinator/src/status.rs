@@ -34,7 +34,7 @@ pub async fn load(
         partitions.push(state::decode::<PartitionRecord>(&key, &bytes)?);
     }
     let mut status = assemble(&record, &partitions, now_unix_ms());
-    status.paused = crate::throttle::is_paused(store, keyspace, job).await?;
+    status.paused = state::is_paused(store, keyspace, job).await?;
     status.throttle = Some(throttle(store, keyspace, record.spec.customer.as_str()).await?);
     Ok(Some(status))
 }

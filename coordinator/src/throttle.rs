@@ -373,10 +373,6 @@ pub async fn set_paused(
     }
 }
 
-pub async fn is_paused(store: &dyn LeaseStore, keyspace: &Keyspace, job: &JobId) -> Result<bool> {
-    Ok(store.get(&keyspace.job_paused(job)).await?.is_some())
-}
-
 /// Guards against a nonsensical live change.
 pub fn check_limits(
     bytes_per_sec: Option<u64>,

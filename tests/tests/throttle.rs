@@ -487,3 +487,62 @@ async fn verification_keeps_to_the_customers_rate() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cap_set_on_running_work_takes_effect() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(4).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-cap";
+    let (_coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let _workers = [
+        Service::worker("w1", &etcd.url(), root, &url, &["--concurrency", "2"], &[])?,
+        Service::worker("w2", &etcd.url(), root, &url, &["--concurrency", "2"], &[])?,
+    ];
+    // Slow and uncapped: four partitions read at once, none holds a slot.
+    let job = Job::create(|staging| {
+        spec_body("capped-late", &source, &target, staging)
+            .replace("partition_size: 512KiB", "partition_size: 256KiB")
+            .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+            + "\nthrottle: { bytes_per_sec: 256KiB }"
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let (before, sampler) = sample_sessions(source.client("shop").await?);
+    wait_until(
+        "four partitions reading",
+        Duration::from_secs(30),
+        || async { Ok((before.load(Ordering::SeqCst) >= 5).then_some(())) },
+    )
+    .await?;
+    sampler.abort();
+
+    let capped = run_godwit(
+        &[
+            "throttle",
+            "--coordinator",
+            &url,
+            "--customer",
+            "acme",
+            "--max-connections",
+            "3",
+        ],
+        &[],
+    )?;
+    assert!(capped.status.success(), "{}", describe(&capped));
+    // Work over the cap is handed back within a follow round and a chunk;
+    // from then on the source never sees more than 3 sessions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, sampler) = sample_sessions(source.client("shop").await?);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sampler.abort();
+    let sessions = after.load(Ordering::SeqCst);
+    assert!(
+        sessions <= 3,
+        "{sessions} sessions after a cap of 3 was set"
+    );
+    assert!(
+        sessions >= 2,
+        "reading stopped altogether: {sessions} sessions"
+    );
+    Ok(())
+}

@@ -30,6 +30,22 @@ enum Task {
     Verify(Arc<VerifyRun>, VerifyRange),
 }
 
+impl Task {
+    fn spec(&self) -> &godwit_common::spec::JobSpec {
+        match self {
+            Task::Copy(job, _) => &job.spec,
+            Task::Verify(run, _) => &run.spec,
+        }
+    }
+
+    fn lease_key(&self, keyspace: &Keyspace) -> String {
+        match self {
+            Task::Copy(job, partition) => keyspace.lease(&job.spec.job, partition.partition),
+            Task::Verify(run, range) => keyspace.verify_lease(&run.spec.job, range.range),
+        }
+    }
+}
+
 /// Backoff before failed work is retried (full jitter, doubling).
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_CAP: Duration = Duration::from_secs(30);
@@ -109,24 +125,13 @@ impl Worker {
                 }
             };
             for task in candidates {
-                let customer = match &task {
-                    Task::Copy(job, _) => job.spec.customer.to_string(),
-                    Task::Verify(run, _) => run.spec.customer.to_string(),
-                };
                 let pool = slots
-                    .entry(customer)
+                    .entry(task.spec().customer.to_string())
                     .or_insert_with(|| Arc::new(Semaphore::new(self.config.concurrency)));
                 let Ok(slot) = pool.clone().try_acquire_owned() else {
                     continue;
                 };
-                let lease_key = match &task {
-                    Task::Copy(job, partition) => {
-                        self.keyspace.lease(&job.spec.job, partition.partition)
-                    }
-                    Task::Verify(run, range) => {
-                        self.keyspace.verify_lease(&run.spec.job, range.range)
-                    }
-                };
+                let lease_key = task.lease_key(&self.keyspace);
                 let owner = self.config.id.clone().into_bytes();
                 match HeldLease::try_acquire(
                     self.store.clone(),
@@ -140,10 +145,7 @@ impl Worker {
                         let worker = self.clone();
                         let finished = finished.clone();
                         running.spawn(async move {
-                            let spec = match &task {
-                                Task::Copy(job, _) => &job.spec,
-                                Task::Verify(run, _) => &run.spec,
-                            };
+                            let spec = task.spec();
                             let Some(following) = worker
                                 .admit(spec.customer.as_str(), &spec.job, &lease, &lease_key)
                                 .await
@@ -211,6 +213,9 @@ impl Worker {
             }
         }
         for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
+            if state::is_paused(self.store.as_ref(), &self.keyspace, &run.spec.job).await? {
+                continue;
+            }
             let run = Arc::new(run);
             let job = &run.spec.job;
             let leased = state::keys_under(
@@ -272,11 +277,33 @@ impl Worker {
                 customer,
                 job,
                 lease_key,
+                lease: lease.lease_id(),
+                owner: &self.config.id,
                 slot,
             },
             self.spares.clone(),
             self.stopping.subscribe(),
         ))
+    }
+
+    /// The record at `key` now that its lease is ours (the listing it came
+    /// from may be stale), if it is still `pending`; the listed one when
+    /// the store cannot say.
+    async fn still_pending<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        listed: T,
+        pending: impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        match state::load::<T>(self.store.as_ref(), key).await {
+            Ok(Some(current)) => pending(&current).then_some(current),
+            Ok(None) => Some(listed),
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, key, "unreadable work record");
+                None
+            }
+            Err(_) => Some(listed),
+        }
     }
 
     async fn work_on(
@@ -289,21 +316,14 @@ impl Worker {
         let job_id = job.spec.job.clone();
         let partition_no = partition.partition;
         let progress_key = self.keyspace.partition(&job_id, partition_no);
-        // The listing may be stale: re-read the record now that the lease is ours.
-        let record = match self.store.get(&progress_key).await {
-            Ok(Some(bytes)) => match state::decode::<PartitionRecord>(&progress_key, &bytes) {
-                Ok(record) if record.state == PartitionState::Pending => record,
-                Ok(_) => {
-                    let _ = lease.release().await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "unreadable partition record");
-                    let _ = lease.release().await;
-                    return;
-                }
-            },
-            _ => partition,
+        let Some(record) = self
+            .still_pending(&progress_key, partition, |p: &PartitionRecord| {
+                p.state == PartitionState::Pending
+            })
+            .await
+        else {
+            let _ = lease.release().await;
+            return;
         };
         let span = tracing::info_span!("partition", job_id = %job_id, partition = partition_no, table = %record.table);
         self.finish_partition(&job, record, lease, &progress_key, following)
@@ -331,6 +351,7 @@ impl Worker {
         };
         match outcome {
             Ok(()) => {
+                following.completed();
                 record.state = PartitionState::Copied;
                 record.error = None;
                 tracing::info!(
@@ -404,16 +425,14 @@ impl Worker {
     ) {
         let job = &run.spec.job;
         let progress_key = self.keyspace.verify_range(job, listed.range);
-        // The listing may be stale: re-read the record now that the lease is ours.
-        let mut range = match self.store.get(&progress_key).await {
-            Ok(Some(bytes)) => match state::decode::<VerifyRange>(&progress_key, &bytes) {
-                Ok(range) if range.state == RangeState::Pending => range,
-                _ => {
-                    let _ = lease.release().await;
-                    return;
-                }
-            },
-            _ => listed,
+        let Some(mut range) = self
+            .still_pending(&progress_key, listed, |r: &VerifyRange| {
+                r.state == RangeState::Pending
+            })
+            .await
+        else {
+            let _ = lease.release().await;
+            return;
         };
         let span = tracing::info_span!("verify_range", job_id = %job, range = range.range, table = %range.table);
         let open = self.keyspace.verifying(job);
@@ -426,6 +445,7 @@ impl Worker {
                 pacer.consume(range.estimated_bytes).await;
                 crate::verify::compare(&run, &range, &self.keys).await
             };
+            let mut hand_back = following.hand_back.clone();
             let compared = tokio::select! {
                 compared = compare => compared,
                 () = self.gone(&open) => {
@@ -433,9 +453,15 @@ impl Worker {
                     let _ = lease.release().await;
                     return;
                 }
+                () = async { let _ = hand_back.wait_for(|back| *back).await; } => {
+                    tracing::info!("handing the range back");
+                    let _ = lease.release().await;
+                    return;
+                }
             };
             match compared {
                 Ok(finding) => {
+                    following.completed();
                     range.state = RangeState::Compared;
                     range.source_rows = finding.source_rows;
                     range.target_rows = finding.target_rows;

@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use godwit_common::ids::JobId;
-use godwit_common::lease::{HeldLease, LeaseStore};
+use godwit_common::lease::{HeldLease, LeaseId, LeaseStore};
 use godwit_common::state::{self, Keyspace};
 use godwit_common::throttle::{Allocation, CustomerLimits};
 use governor::clock::Clock;
@@ -170,15 +171,28 @@ pub struct Following {
     pub hand_back: watch::Receiver<bool>,
     task: JoinHandle<()>,
     /// The share in use and the split it came from, left to the worker's
-    /// next lease of the customer when this one ends.
+    /// next lease of the customer when this one's work is done.
     in_use: Arc<Mutex<Option<(u64, u64)>>>,
+    /// Only completed work lends its share: work handed back or failed can
+    /// be leased again at once, by anyone, under the same split.
+    completed: AtomicBool,
     spares: Arc<Spares>,
     customer: String,
+}
+
+impl Following {
+    /// The lease's work is done for good (copied, compared).
+    pub fn completed(&self) {
+        self.completed.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Following {
     fn drop(&mut self) {
         self.task.abort();
+        if !self.completed.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some((decided_at, share)) = self.in_use.lock().ok().and_then(|mut s| s.take())
             && share > 0
         {
@@ -192,12 +206,42 @@ pub struct Place<'a> {
     pub customer: &'a str,
     pub job: &'a JobId,
     pub lease_key: &'a str,
-    /// The session slot held, when sessions are capped.
+    /// The work lease, which any session slot taken is attached to.
+    pub lease: LeaseId,
+    pub owner: &'a str,
+    /// The session slot held, when sessions were capped at admission.
     pub slot: Option<u32>,
 }
 
+/// The lease's share under `split`. A lease not in the split yet reads at a
+/// spare share of the same split (kept from an earlier round, or taken from
+/// `spares` now), or waits; `in_use` records what it reads at.
+fn lease_share(
+    split: &Allocation,
+    lease_key: &str,
+    in_use: &Mutex<Option<(u64, u64)>>,
+    spares: &Spares,
+    customer: &str,
+) -> Option<u64> {
+    let at = split.decided_at_unix_ms;
+    let Ok(mut current) = in_use.lock() else {
+        return Some(0);
+    };
+    if split.bytes_per_sec.is_some() && !split.shares.contains_key(lease_key) {
+        let taken = current
+            .filter(|(from, _)| *from == at)
+            .or_else(|| spares.take(customer, at).map(|share| (at, share)));
+        *current = taken;
+        return Some(taken.map_or(0, |(_, share)| share));
+    }
+    let share = split.share(lease_key);
+    *current = share.map(|share| (at, share));
+    share
+}
+
 /// Follows the allocation and limits for one lease, every
-/// [`FOLLOW_INTERVAL`], until dropped.
+/// [`FOLLOW_INTERVAL`], until dropped. A round whose reads fail changes
+/// nothing: the share stays as it was (at first, zero).
 pub fn follow(
     store: Arc<dyn LeaseStore>,
     keyspace: &Keyspace,
@@ -209,87 +253,97 @@ pub fn follow(
     let using = in_use.clone();
     let lender = spares.clone();
     let customer = place.customer.to_owned();
-    let borrower = customer.clone();
     let (share_tx, share) = watch::channel(Some(0));
     let (hand_back_tx, hand_back) = watch::channel(false);
     let allocation_key = keyspace.customer_allocation(place.customer);
     let limits_key = keyspace.customer_limits(place.customer);
     let paused_key = keyspace.job_paused(place.job);
     let lease_key = place.lease_key.to_owned();
-    let slot = place.slot;
-    let task = tokio::spawn(async move {
-        loop {
-            let allocation = store.get(&allocation_key).await;
-            let limits = store.get(&limits_key).await;
-            let paused = store.get(&paused_key).await;
-            if let Ok(allocation) = allocation {
-                let decoded =
-                    allocation.map(|bytes| state::decode::<Allocation>(&allocation_key, &bytes));
-                let share = match decoded {
-                    Some(Ok(split)) => {
-                        let at = split.decided_at_unix_ms;
-                        let in_use = || using.lock().ok().and_then(|u| *u);
-                        let set_in_use = |value: Option<(u64, u64)>| {
-                            if let Ok(mut current) = using.lock() {
-                                *current = value;
-                            }
-                        };
-                        match split.share(&lease_key) {
-                            Some(0) if !split.shares.contains_key(&lease_key) => {
-                                // Not in the split yet: a spare of this
-                                // split (kept, or taken now), else wait.
-                                let taken = in_use()
-                                    .filter(|(from, _)| *from == at)
-                                    .or_else(|| lender.take(&borrower, at).map(|s| (at, s)));
-                                set_in_use(taken);
-                                Some(taken.map_or(0, |(_, share)| share))
-                            }
-                            share => {
-                                set_in_use(share.map(|s| (at, s)));
-                                share
-                            }
-                        }
-                    }
-                    Some(Err(_)) => Some(0),
-                    None => match &limits {
-                        // Limits set but nothing allocated yet: wait for it.
-                        Ok(Some(_)) => Some(0),
-                        _ => None,
-                    },
+    let (lease, owner) = (place.lease, place.owner.to_owned());
+    let mut slot = place.slot;
+    let slots = keyspace.clone();
+    let task = {
+        let customer = customer.clone();
+        tokio::spawn(async move {
+            loop {
+                let round = async {
+                    let split: Option<Allocation> =
+                        state::load(store.as_ref(), &allocation_key).await?;
+                    let limits: Option<CustomerLimits> =
+                        state::load(store.as_ref(), &limits_key).await?;
+                    let paused = store.get(&paused_key).await?.is_some();
+                    Ok::<_, godwit_common::Error>((split, limits, paused))
                 };
-                share_tx.send_if_modified(|current| {
-                    let changed = *current != share;
-                    *current = share;
-                    changed
-                });
-            }
-            let over_cap = match (&limits, slot) {
-                (Ok(Some(bytes)), Some(slot)) => {
-                    state::decode::<CustomerLimits>(&limits_key, bytes)
-                        .ok()
-                        .and_then(|l| l.worker_sessions())
-                        .is_some_and(|sessions| slot >= sessions)
+                if let Ok((split, limits, paused)) = round.await {
+                    let share = match &split {
+                        Some(split) => lease_share(split, &lease_key, &using, &lender, &customer),
+                        // Limits set but nothing allocated yet: wait for it.
+                        None if limits.is_some() => Some(0),
+                        None => None,
+                    };
+                    share_tx.send_if_modified(|current| {
+                        let changed = *current != share;
+                        *current = share;
+                        changed
+                    });
+                    // A cap lowered below the slot held, or set while none
+                    // is held and none is free: the work goes back.
+                    let over_cap = match (limits.and_then(|l| l.worker_sessions()), slot) {
+                        (Some(cap), Some(held)) => held >= cap,
+                        (Some(cap), None) => {
+                            slot = take_slot(&store, &slots, &customer, lease, &owner, cap)
+                                .await
+                                .ok()
+                                .flatten();
+                            slot.is_none()
+                        }
+                        (None, _) => false,
+                    };
+                    if over_cap || paused {
+                        hand_back_tx.send_replace(true);
+                    }
                 }
-                _ => false,
-            };
-            let is_paused = matches!(paused, Ok(Some(_)));
-            if over_cap || is_paused || *worker_stopping.borrow() {
-                hand_back_tx.send_replace(true);
+                if *worker_stopping.borrow() {
+                    hand_back_tx.send_replace(true);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                    _ = worker_stopping.changed() => {}
+                }
             }
-            tokio::select! {
-                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-                _ = worker_stopping.changed() => {}
-            }
-        }
-    });
+        })
+    };
     Following {
         share,
         hand_back,
         task,
         in_use,
+        completed: AtomicBool::new(false),
         spares,
         customer,
     }
+}
+
+/// Takes one of `sessions` session slots of the customer for `lease` (the
+/// slot is released with it); None when every one is taken.
+async fn take_slot(
+    store: &Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+    customer: &str,
+    lease: LeaseId,
+    owner: &str,
+    sessions: u32,
+) -> godwit_common::Result<Option<u32>> {
+    for n in 0..sessions {
+        let key = keyspace.session_slot(customer, n);
+        if store
+            .create_leased(&key, owner.as_bytes().to_vec(), lease)
+            .await?
+        {
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
 }
 
 /// Takes a free session slot of the customer for the lease (it is released
@@ -307,16 +361,11 @@ pub async fn take_session_slot(
     let Some(sessions) = limits.and_then(|l| l.worker_sessions()) else {
         return Ok(Some(None));
     };
-    for n in 0..sessions {
-        let key = keyspace.session_slot(customer, n);
-        if store
-            .create_leased(&key, owner.as_bytes().to_vec(), lease.lease_id())
+    Ok(
+        take_slot(store, keyspace, customer, lease.lease_id(), owner, sessions)
             .await?
-        {
-            return Ok(Some(Some(n)));
-        }
-    }
-    Ok(None)
+            .map(Some),
+    )
 }
 
 #[cfg(test)]
@@ -395,6 +444,65 @@ mod tests {
         assert_eq!(spares.take("acme", 100), Some(5 << 20));
         assert_eq!(spares.take("acme", 100), None);
         assert_eq!(spares.take("acme", 90), None);
+    }
+
+    /// Follows a lease that the current split gives 4 MiB/s; returns the
+    /// following once it has read its share, with the split's time.
+    async fn following_with_share(
+        store: &Arc<dyn LeaseStore>,
+        keyspace: &Keyspace,
+        spares: &Arc<Spares>,
+    ) -> (Following, u64) {
+        let split = Allocation {
+            bytes_per_sec: Some(8 << 20),
+            shares: [
+                ("lease-a".to_owned(), 4 << 20),
+                ("lease-b".to_owned(), 4 << 20),
+            ]
+            .into_iter()
+            .collect(),
+            reason: String::new(),
+            decided_at_unix_ms: 42,
+        };
+        store
+            .put(&keyspace.customer_allocation("acme"), state::encode(&split))
+            .await
+            .expect("allocation");
+        let job = JobId::parse("j").expect("job id");
+        let mut following = follow(
+            store.clone(),
+            keyspace,
+            Place {
+                customer: "acme",
+                job: &job,
+                lease_key: "lease-a",
+                lease: LeaseId(1),
+                owner: "w",
+                slot: None,
+            },
+            spares.clone(),
+            watch::channel(false).1,
+        );
+        let _ = following.share.wait_for(|s| *s == Some(4 << 20)).await;
+        (following, 42)
+    }
+
+    #[tokio::test]
+    async fn only_completed_work_lends_its_share() {
+        let store: Arc<dyn LeaseStore> = Arc::new(godwit_common::lease::MemoryStore::new());
+        let keyspace = Keyspace::new("/t");
+        let spares = Arc::new(Spares::default());
+
+        // Handed back (or failed): the same lease may be taken again under
+        // this split, by anyone, so its share is not lent.
+        let (handed_back, at) = following_with_share(&store, &keyspace, &spares).await;
+        drop(handed_back);
+        assert_eq!(spares.take("acme", at), None);
+
+        let (done, at) = following_with_share(&store, &keyspace, &spares).await;
+        done.completed();
+        drop(done);
+        assert_eq!(spares.take("acme", at), Some(4 << 20));
     }
 
     #[tokio::test(start_paused = true)]
