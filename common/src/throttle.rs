@@ -215,7 +215,6 @@ pub struct CustomerLimits {
     pub adaptive: Option<AdaptiveSpec>,
     /// `job <id>` when a job spec set them, `operator` for a live change.
     pub set_by: String,
-    pub set_at_unix_ms: u64,
 }
 
 impl CustomerLimits {

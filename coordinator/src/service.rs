@@ -46,15 +46,13 @@ impl GodwitService {
 
     /// The spec of a job this coordinator holds.
     async fn spec(&self, job: &JobId) -> Result<JobSpec, Status> {
-        let key = self.keyspace.job_record(job);
-        let bytes = self
-            .store
-            .get(&key)
+        let record: JobRecord = state::load(self.store.as_ref(), &self.keyspace.job_record(job))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(|e| match e {
+                godwit_common::Error::Corrupt { .. } => Status::internal(e.to_string()),
+                e => Status::unavailable(e.to_string()),
+            })?
             .ok_or_else(|| Status::not_found(format!("job {job} not found")))?;
-        let record: JobRecord =
-            state::decode(&key, &bytes).map_err(|e| Status::internal(e.to_string()))?;
         Ok(record.spec)
     }
 
@@ -242,7 +240,6 @@ impl Godwit for GodwitService {
             max_connections,
             adaptive,
             set_by: "operator".to_owned(),
-            set_at_unix_ms: state::now_unix_ms(),
         };
         crate::throttle::set_limits(
             self.store.as_ref(),

@@ -37,7 +37,6 @@ pub async fn apply_spec_limits(
         max_connections: throttle.max_connections,
         adaptive: throttle.adaptive.clone(),
         set_by: format!("job {}", spec.job),
-        set_at_unix_ms: now_unix_ms(),
     };
     set_limits(store, keyspace, spec.customer.as_str(), &limits).await
 }
@@ -228,7 +227,12 @@ impl Allocator {
         };
         state.probed_at = Some(Instant::now());
         if state.session.as_ref().is_none_or(|s| s.is_closed()) {
-            state.session = pg::connect(source, Side::Source).await.ok();
+            // Bounded like the probe: an unreachable source must not hold up
+            // the budgets of every other customer.
+            state.session = tokio::time::timeout(PROBE_TIMEOUT, pg::connect(source, Side::Source))
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         let load = match &state.session {
             Some(session) => {
@@ -295,17 +299,24 @@ impl Allocator {
             sources.entry(customer.clone()).or_insert(run.spec.source);
             leases.entry(customer).or_default().extend(held);
         }
+        // Every customer's limits in one listing; customers with limits get
+        // an allocation even while nothing of theirs runs.
         let prefix = self.keyspace.customers_prefix();
-        for (key, _) in self.store.list(&prefix).await? {
+        let mut all_limits: BTreeMap<String, CustomerLimits> = BTreeMap::new();
+        for (key, bytes) in self.store.list(&prefix).await? {
             if let Some(customer) = key
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix("/limits"))
             {
+                all_limits.insert(customer.to_owned(), state::decode(&key, &bytes)?);
                 leases.entry(customer.to_owned()).or_default();
             }
         }
+        // A customer with no work left needs no probe session on its source.
+        self.adaptive
+            .retain(|customer, _| sources.contains_key(customer));
         for (customer, held) in leases {
-            let limits = limits(self.store.as_ref(), &self.keyspace, &customer).await?;
+            let limits = all_limits.remove(&customer);
             let configured = limits.as_ref().and_then(|l| l.bytes_per_sec);
             let mut why = reason(limits.as_ref());
             let budget = match limits.as_ref().and_then(|l| l.adaptive.clone()) {
@@ -461,7 +472,6 @@ mod tests {
             max_connections: None,
             adaptive: None,
             set_by: "operator".into(),
-            set_at_unix_ms: 0,
         };
         set_limits(store.as_ref(), &keyspace, "acme", &limits)
             .await
