@@ -34,6 +34,8 @@ pub fn state_name(state: i32) -> &'static str {
         JobState::Planning => "planning",
         JobState::Copying => "copying",
         JobState::Finalizing => "finalizing",
+        JobState::Streaming => "streaming",
+        JobState::CuttingOver => "cutting over",
         JobState::Done => "done",
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
@@ -53,8 +55,13 @@ pub fn progress_line(status: &JobStatus) -> String {
         .as_ref()
         .map(|t| format!("\n  throttle {}", throttle_line(t)))
         .unwrap_or_default();
+    let changes = status
+        .changes
+        .as_ref()
+        .map(|c| format!("\n  changes {}", changes_line(c)))
+        .unwrap_or_default();
     format!(
-        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}",
+        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}{changes}",
         status.job_id,
         state_name(status.state),
         total.partitions_done,
@@ -64,6 +71,37 @@ pub fn progress_line(status: &JobStatus) -> String {
         bytes(total.bytes_staged),
         duration_ms(status.elapsed_ms),
     )
+}
+
+/// Where a change stream stands and how its last cutover went.
+pub fn changes_line(c: &godwit_proto::v1::Changes) -> String {
+    let cutover = c
+        .last_cutover
+        .as_ref()
+        .map(|cut| format!("; last cutover: {}", cutover_line(cut)))
+        .unwrap_or_default();
+    format!(
+        "applied to {}: {} transactions, {} rows; lag {} / {}{cutover}",
+        c.applied_lsn,
+        c.transactions,
+        c.rows,
+        bytes(c.lag_bytes),
+        duration_ms(c.lag_ms)
+    )
+}
+
+pub fn cutover_line(cut: &godwit_proto::v1::Cutover) -> String {
+    let timing = format!(
+        "source frozen {} (drain {}, final verification {})",
+        duration_ms(cut.frozen_ms),
+        duration_ms(cut.drain_ms),
+        duration_ms(cut.verify_ms)
+    );
+    if cut.succeeded {
+        format!("done, {timing}")
+    } else {
+        format!("rolled back after {timing}: {}", cut.error)
+    }
 }
 
 /// A customer's limits and the coordinator's latest decision on them.

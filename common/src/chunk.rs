@@ -48,6 +48,17 @@ impl ChunkId {
         }
     }
 
+    /// The identity a batch of streamed source changes is sealed under:
+    /// the end position of its last transaction.
+    pub fn change_batch(job_id: &str, end_lsn: u64) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: "changes".to_owned(),
+            partition: 0,
+            seq: end_lsn,
+        }
+    }
+
     /// The identity a job's stored verification report is sealed under.
     pub fn verification_report(job_id: &str) -> Self {
         Self {

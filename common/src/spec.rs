@@ -36,6 +36,34 @@ pub struct JobSpec {
     /// operator changes them (`godwit throttle`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<crate::throttle::ThrottleSpec>,
+    /// Present: after the copy the job streams the source's changes to the
+    /// target until an operator cuts over (`godwit cutover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeSpec>,
+}
+
+pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSpec {
+    /// How long a cutover waits to freeze the source's tables (for the
+    /// application's open write transactions to end) before it gives up and
+    /// leaves the source as it was.
+    #[serde(default = "default_freeze_timeout_ms")]
+    pub freeze_timeout_ms: u64,
+}
+
+impl Default for ChangeSpec {
+    fn default() -> Self {
+        Self {
+            freeze_timeout_ms: DEFAULT_FREEZE_TIMEOUT_MS,
+        }
+    }
+}
+
+fn default_freeze_timeout_ms() -> u64 {
+    DEFAULT_FREEZE_TIMEOUT_MS
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,6 +140,15 @@ impl JobSpec {
         }
         if let Some(problem) = self.throttle.as_ref().and_then(|t| t.problem()) {
             return fail(problem);
+        }
+        if let Some(changes) = &self.changes
+            && !(100..=600_000).contains(&changes.freeze_timeout_ms)
+        {
+            return fail(format!(
+                "`changes.freeze_timeout_ms` {} is outside 100..=600000: the cutover waits this long \
+                 for the application's write transactions to end",
+                changes.freeze_timeout_ms
+            ));
         }
         for (field, value) in [("source", &self.source), ("target", &self.target)] {
             if value.trim().is_empty() {

@@ -114,6 +114,14 @@ impl Staging {
             .join(format!("{name}.gwc"))
     }
 
+    /// A sealed batch of streamed changes, named by its end position so the
+    /// batches list in commit order.
+    pub fn change_path(&self, job: &JobId, end_lsn: u64) -> ObjectPath {
+        self.job_root(job)
+            .join("changes")
+            .join(format!("{end_lsn:016X}.gwc"))
+    }
+
     /// The job's latest verification report, sealed: it names primary keys.
     pub fn report_path(&self, job: &JobId) -> ObjectPath {
         self.job_root(job).join("reports").join("verification.gwc")

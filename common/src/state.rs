@@ -122,13 +122,17 @@ impl Keyspace {
 }
 
 /// Job lifecycle: planning → copying → finalizing → done, or failed/cancelled
-/// from any non-final phase.
+/// from any non-final phase. A job that streams changes goes from finalizing
+/// to streaming, and from there to cutting over, which ends done or (the
+/// cutover rolled back) streaming again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobPhase {
     Planning,
     Copying,
     Finalizing,
+    Streaming,
+    CuttingOver,
     Done,
     Failed,
     Cancelled,
@@ -145,7 +149,11 @@ impl JobPhase {
     pub fn can_become(self, next: JobPhase) -> bool {
         use JobPhase::*;
         match (self, next) {
-            (Planning, Copying) | (Copying, Finalizing) | (Finalizing, Done) => true,
+            (Planning, Copying)
+            | (Copying, Finalizing)
+            | (Finalizing, Done | Streaming)
+            | (Streaming, CuttingOver)
+            | (CuttingOver, Streaming | Done) => true,
             (from, Failed | Cancelled) => !from.is_final(),
             _ => false,
         }
@@ -179,6 +187,40 @@ pub struct JobRecord {
     pub finished_at_unix_ms: Option<u64>,
     #[serde(default)]
     pub phases: PhaseTimings,
+    /// Change streaming, once the job has started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeProgress>,
+}
+
+/// Where a job's change stream stands, as operators see it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChangeProgress {
+    /// End of the last source transaction applied to the target (textual LSN).
+    pub applied_lsn: String,
+    /// Source WAL written but not yet applied, at the last poll.
+    pub lag_bytes: u64,
+    /// Age of the oldest source commit not yet applied, at the last poll.
+    pub lag_ms: u64,
+    pub transactions: u64,
+    pub rows: u64,
+    pub updated_at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cutover: Option<CutoverRecord>,
+}
+
+/// The outcome of a cutover attempt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CutoverRecord {
+    pub started_at_unix_ms: u64,
+    /// How long the source's tables refused writes (they waited).
+    pub frozen_ms: u64,
+    /// Of which draining the last changes took.
+    pub drain_ms: u64,
+    /// Of which the final verification took.
+    pub verify_ms: u64,
+    pub succeeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl JobRecord {
@@ -276,6 +318,17 @@ pub struct VerifyRun {
     /// Unique per run; the sealed findings of its ranges are stored under it.
     pub run: String,
     pub compare_rows_below: i64,
+    /// Set while the job streams changes: both sides are read under these
+    /// exported snapshots, which see the same source transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<PinnedSnapshots>,
+}
+
+/// A source snapshot and a target snapshot that hold the same data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PinnedSnapshots {
+    pub source: String,
+    pub target: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,15 +16,16 @@ use godwit_common::pg::checksum::fingerprint;
 use godwit_common::pg::ledger::{self, JobMarks};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
-use godwit_common::pg::{self, Side, join_snapshot};
+use godwit_common::pg::{self, Side, join_snapshot, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, JobPhase, JobRecord, Keyspace, Manifest, PartitionRecord, PartitionState, PhaseTimings,
-    PlannedTable, StageTimings, StagedPartition, now_unix_ms,
+    self, CutoverRecord, JobPhase, JobRecord, Keyspace, Manifest, PartitionRecord, PartitionState,
+    PhaseTimings, PlannedTable, StageTimings, StagedPartition, now_unix_ms,
 };
 use godwit_common::{Error, Result};
 
+use crate::changes::Streamer;
 use crate::error::JobError;
 use crate::planner::split_table;
 
@@ -46,6 +47,8 @@ pub struct JobSummary {
     pub phases: PhaseTimings,
     /// Summed over partitions, which run in parallel.
     pub stages: StageTimings,
+    /// The cutover that ended a job streaming changes.
+    pub cutover: Option<CutoverRecord>,
 }
 
 /// Copy progress summed over a job's partitions.
@@ -156,6 +159,22 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         ))));
     }
 
+    if spec.changes.is_some() {
+        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        let unstreamable = stream::unstreamable_tables(&source, &names)
+            .await
+            .map_err(rejected)?;
+        if !unstreamable.is_empty() {
+            let list: Vec<String> = unstreamable.iter().map(ToString::to_string).collect();
+            return Err(rejected(Error::Catalog(format!(
+                "the job streams changes, but table(s) {} on the source have no replica identity, so their \
+                 updates and deletes cannot be streamed (and publishing them would make those statements \
+                 fail on the source): add a primary key, or run ALTER TABLE … REPLICA IDENTITY FULL, or \
+                 leave them out of `tables`",
+                list.join(", ")
+            ))));
+        }
+    }
     let target = pg::connect(&spec.target, Side::Target)
         .await
         .map_err(rejected)?;
@@ -182,6 +201,16 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         tables,
         marks,
     })
+}
+
+/// Drops the job's publication on the source, once its stream has ended.
+async fn drop_publication(spec: &JobSpec) -> Result<()> {
+    let source = pg::connect(&spec.source, Side::Source).await?;
+    stream::drop_publication(
+        &source,
+        &stream::publication_name(&snapshot::slot_name(&spec.job)),
+    )
+    .await
 }
 
 pub struct JobDriver {
@@ -223,6 +252,7 @@ impl JobDriver {
             started_at_unix_ms: now_unix_ms(),
             finished_at_unix_ms: None,
             phases: PhaseTimings::default(),
+            changes: None,
         };
         self.put_record(&record).await.map_err(JobError::Failed)?;
         crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, &prepared.spec)
@@ -264,6 +294,7 @@ impl JobDriver {
             tables: Vec::new(),
             finished_at_unix_ms: None,
             phases: PhaseTimings::default(),
+            changes: None,
             ..previous
         };
         tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
@@ -289,6 +320,11 @@ impl JobDriver {
             && let Err(e) = snapshot::drop_slot(&prepared.spec.source, slot).await
         {
             tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
+        }
+        if prepared.spec.changes.is_some()
+            && let Err(e) = drop_publication(&prepared.spec).await
+        {
+            tracing::warn!(job_id = %job, error = %e, "cannot drop the job's publication; drop it by hand");
         }
         record.finished_at_unix_ms = Some(now_unix_ms());
         let result = match outcome {
@@ -348,16 +384,26 @@ impl JobDriver {
         };
 
         let phase_start = Instant::now();
-        let slot = format!("godwit_{}", job.as_str().replace('-', "_"));
+        let slot = snapshot::slot_name(job);
         snapshot::drop_slot(&spec.source, &slot)
             .await
             .map_err(failed)?;
+        if spec.changes.is_some() {
+            let source = pg::connect(&spec.source, Side::Source)
+                .await
+                .map_err(failed)?;
+            let names: Vec<TableName> = prepared.tables.iter().map(|t| t.name.clone()).collect();
+            stream::create_publication(&source, &stream::publication_name(&slot), &names)
+                .await
+                .map_err(failed)?;
+        }
         let holder = SnapshotHolder::create(&spec.source, &slot)
             .await
             .map_err(failed)?;
         record.slot = Some(holder.slot.clone());
         record.snapshot = Some(holder.snapshot.clone());
         let snapshot_name = holder.snapshot.clone();
+        let consistent_lsn = holder.consistent_lsn.clone();
         *holder_slot = Some(holder);
         tracing::info!(job_id = %job, slot = %slot, snapshot = %snapshot_name, "holding exported snapshot");
 
@@ -460,6 +506,35 @@ impl JobDriver {
             .await
             .map_err(failed)?;
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
+        let cutover = if spec.changes.is_some() {
+            // The slot cannot be read while the session that exported the
+            // snapshot still holds it.
+            if let Some(holder) = holder_slot.take() {
+                holder.release().await;
+            }
+            let start =
+                godwit_common::pg::pgoutput::parse_lsn(&consistent_lsn).ok_or_else(|| {
+                    failed(Error::Catalog(format!(
+                        "the slot's consistent point {consistent_lsn:?} is not an LSN"
+                    )))
+                })?;
+            let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
+            let streamer = Streamer::start(
+                self.store.clone(),
+                self.keyspace.clone(),
+                spec,
+                names,
+                &slot,
+                start,
+                staging,
+                data_key,
+            )
+            .await
+            .map_err(failed)?;
+            Some(streamer.run(record).await?)
+        } else {
+            None
+        };
         Ok(JobSummary {
             tables: record.tables.len(),
             rows: totals.rows,
@@ -468,6 +543,7 @@ impl JobDriver {
             duration: Duration::ZERO,
             phases: record.phases,
             stages: totals.stages,
+            cutover,
         })
     }
 
@@ -488,6 +564,7 @@ impl JobDriver {
                 "BEGIN; \
                  DELETE FROM godwit.partition_owners WHERE job_id = '{job}'; \
                  DELETE FROM godwit.applied_chunks WHERE job_id = '{job}'; \
+                 DELETE FROM godwit.applied_changes WHERE job_id = '{job}'; \
                  TRUNCATE {}; \
                  COMMIT",
                 names.join(", ")

@@ -2,6 +2,7 @@
 //! leases, drives each job through its phases and serves the `godwit.v1`
 //! gRPC API. Never copies rows: workers do.
 
+pub mod changes;
 pub mod driver;
 pub mod error;
 pub mod planner;

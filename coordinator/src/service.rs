@@ -10,22 +10,24 @@ use futures::Stream;
 use godwit_common::ids::{CustomerId, JobId};
 use godwit_common::lease::LeaseStore;
 use godwit_common::spec::JobSpec;
-use godwit_common::state::{self, JobRecord, Keyspace};
+use godwit_common::state::{self, JobPhase, JobRecord, Keyspace};
 use godwit_common::throttle::CustomerLimits;
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
-    CancelJobRequest, CancelJobResponse, GetJobRequest, GetReportRequest, JobState, JobStatus,
-    ListJobsRequest, ListJobsResponse, PauseJobRequest, SetThrottleRequest, SetThrottleResponse,
-    SubmitJobRequest, SubmitJobResponse, VerifyJobRequest, VerifyJobResponse, WatchJobRequest,
+    CancelJobRequest, CancelJobResponse, CutoverRequest, CutoverResponse, GetJobRequest,
+    GetReportRequest, JobState, JobStatus, ListJobsRequest, ListJobsResponse, PauseJobRequest,
+    SetThrottleRequest, SetThrottleResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest,
+    VerifyJobResponse, WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+use crate::changes;
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
 use crate::status;
-use crate::verification::Verifier;
+use crate::verification::{Verified, Verifier};
 
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -46,6 +48,10 @@ impl GodwitService {
 
     /// The spec of a job this coordinator holds.
     async fn spec(&self, job: &JobId) -> Result<JobSpec, Status> {
+        Ok(self.record(job).await?.spec)
+    }
+
+    async fn record(&self, job: &JobId) -> Result<JobRecord, Status> {
         let record: JobRecord = state::load(self.store.as_ref(), &self.keyspace.job_record(job))
             .await
             .map_err(|e| match e {
@@ -53,7 +59,7 @@ impl GodwitService {
                 e => Status::unavailable(e.to_string()),
             })?
             .ok_or_else(|| Status::not_found(format!("job {job} not found")))?;
-        Ok(record.spec)
+        Ok(record)
     }
 
     async fn set_paused(&self, raw: &str, paused: bool) -> Result<Response<JobStatus>, Status> {
@@ -80,17 +86,32 @@ impl GodwitService {
     }
 }
 
-fn report_response(
+fn verify_response(
     report: &godwit_common::verify::Report,
     stored_at: String,
-) -> Result<Response<VerifyJobResponse>, Status> {
+) -> Result<VerifyJobResponse, Status> {
     let report_json = serde_json::to_string(report).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(VerifyJobResponse {
+    Ok(VerifyJobResponse {
         matched: report.matched,
         summary: report.summary(),
         report_json,
         stored_at,
-    }))
+    })
+}
+
+fn report_response(
+    report: &godwit_common::verify::Report,
+    stored_at: String,
+) -> Result<Response<VerifyJobResponse>, Status> {
+    verify_response(report, stored_at).map(Response::new)
+}
+
+fn stored_at(job: &JobId, verified: Verified) -> (godwit_common::verify::Report, String) {
+    let stored_at = verified.stored_at.unwrap_or_else(|e| {
+        tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+        String::new()
+    });
+    (verified.report, stored_at)
 }
 
 fn is_final(state: i32) -> bool {
@@ -191,21 +212,83 @@ impl Godwit for GodwitService {
     ) -> Result<Response<VerifyJobResponse>, Status> {
         let request = request.into_inner();
         let job = Self::job_id(&request.job_id)?;
-        let spec = self.spec(&job).await?;
+        let record = self.record(&job).await?;
         let options = match request.compare_rows_below {
             Some(rows) => godwit_common::verify::Options {
                 compare_rows_below: rows,
             },
             None => godwit_common::verify::Options::default(),
         };
-        let verified = Verifier::new(self.store.clone(), self.keyspace.clone())
-            .verify(&spec, options)
-            .await?;
-        let stored_at = verified.stored_at.unwrap_or_else(|e| {
-            tracing::warn!(job_id = %job, error = %e, "verification report not stored");
-            String::new()
-        });
-        report_response(&verified.report, stored_at)
+        let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
+        let verified = match record.phase {
+            JobPhase::Streaming => {
+                // Held until the comparison ends: both snapshots stay importable.
+                let pinned = changes::pin(&job)
+                    .await
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                verifier
+                    .verify_pinned(&record.spec, options, pinned.snapshots.clone())
+                    .await?
+            }
+            JobPhase::CuttingOver => {
+                return Err(Status::failed_precondition(format!(
+                    "job {job} is cutting over; its final verification is part of the cutover"
+                )));
+            }
+            _ => verifier.verify(&record.spec, options).await?,
+        };
+        let (report, stored_at) = stored_at(&job, verified);
+        report_response(&report, stored_at)
+    }
+
+    async fn cutover(
+        &self,
+        request: Request<CutoverRequest>,
+    ) -> Result<Response<CutoverResponse>, Status> {
+        let job = Self::job_id(&request.into_inner().job_id)?;
+        let record = self.record(&job).await?;
+        if record.spec.changes.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "job {job} does not stream changes (its spec has no `changes`): it is complete when its copy is"
+            )));
+        }
+        match record.phase {
+            JobPhase::Streaming => {}
+            JobPhase::CuttingOver => {
+                return Err(Status::failed_precondition(format!(
+                    "a cutover of job {job} is already running"
+                )));
+            }
+            phase => {
+                return Err(Status::failed_precondition(format!(
+                    "job {job} is {phase:?}: a cutover needs it streaming changes (wait for state streaming)"
+                )));
+            }
+        }
+        let outcome = changes::cutover(&job)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        if outcome.record.succeeded {
+            // The job ends right after: answer with its final state.
+            for _ in 0..100 {
+                if self.record(&job).await?.phase.is_final() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let verification = match outcome.verified {
+            Some(verified) => {
+                let (report, stored_at) = stored_at(&job, verified);
+                Some(verify_response(&report, stored_at)?)
+            }
+            None => None,
+        };
+        Ok(Response::new(CutoverResponse {
+            status: Some(self.status(&job).await?),
+            cutover: Some(status::cutover(&outcome.record)),
+            verification,
+        }))
     }
 
     async fn set_throttle(

@@ -5,15 +5,18 @@ use godwit_common::Result;
 use godwit_common::ids::JobId;
 use godwit_common::lease::LeaseStore;
 use godwit_common::state::{
-    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, now_unix_ms,
+    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PartitionRecord,
+    PartitionState, now_unix_ms,
 };
-use godwit_proto::v1::{JobState, JobStatus, Progress, TableStatus, Throttle};
+use godwit_proto::v1::{Changes, Cutover, JobState, JobStatus, Progress, TableStatus, Throttle};
 
 pub fn job_state(phase: JobPhase) -> JobState {
     match phase {
         JobPhase::Planning => JobState::Planning,
         JobPhase::Copying => JobState::Copying,
         JobPhase::Finalizing => JobState::Finalizing,
+        JobPhase::Streaming => JobState::Streaming,
+        JobPhase::CuttingOver => JobState::CuttingOver,
         JobPhase::Done => JobState::Done,
         JobPhase::Failed => JobState::Failed,
         JobPhase::Cancelled => JobState::Cancelled,
@@ -123,6 +126,28 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
         eta_ms,
         paused: false,
         throttle: None,
+        changes: record.changes.as_ref().map(changes),
+    }
+}
+
+fn changes(progress: &ChangeProgress) -> Changes {
+    Changes {
+        applied_lsn: progress.applied_lsn.clone(),
+        lag_bytes: progress.lag_bytes,
+        lag_ms: progress.lag_ms,
+        transactions: progress.transactions,
+        rows: progress.rows,
+        last_cutover: progress.last_cutover.as_ref().map(cutover),
+    }
+}
+
+pub fn cutover(record: &CutoverRecord) -> Cutover {
+    Cutover {
+        succeeded: record.succeeded,
+        error: record.error.clone().unwrap_or_default(),
+        frozen_ms: record.frozen_ms,
+        drain_ms: record.drain_ms,
+        verify_ms: record.verify_ms,
     }
 }
 

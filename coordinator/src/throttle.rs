@@ -423,6 +423,7 @@ mod tests {
             started_at_unix_ms: 0,
             finished_at_unix_ms: None,
             phases: PhaseTimings::default(),
+            changes: None,
         }
     }
 

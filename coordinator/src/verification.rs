@@ -12,10 +12,13 @@ use std::time::Duration;
 use godwit_common::keys::job_data_key;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::pg::catalog::{self, SourceTable};
-use godwit_common::pg::{self, Side};
+use godwit_common::pg::snapshot::slot_name;
+use godwit_common::pg::{self, Side, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
-use godwit_common::state::{self, Keyspace, RangeState, VerifyRange, VerifyRun, now_unix_ms};
+use godwit_common::state::{
+    self, Keyspace, PinnedSnapshots, RangeState, VerifyRange, VerifyRun, now_unix_ms,
+};
 use godwit_common::verify::{self, ContentLayer, Options, RangeFinding, Report, TableReport};
 use godwit_common::{Error, Result};
 
@@ -56,8 +59,29 @@ impl Verifier {
 
     /// Verifies the job `spec` describes, as the databases are now. Refused
     /// (`JobError::Rejected`) when it cannot start: a database unreachable,
-    /// a table unknown, the job already being verified.
+    /// a table unknown, the job already being verified, its changes being
+    /// streamed (only the streaming process can line both sides up).
     pub async fn verify(&self, spec: &JobSpec, options: Options) -> Result<Verified, JobError> {
+        self.run(spec, options, None).await
+    }
+
+    /// Verifies both databases as the two snapshots see them: the source
+    /// and the target at the same source transaction, while changes stream.
+    pub async fn verify_pinned(
+        &self,
+        spec: &JobSpec,
+        options: Options,
+        snapshots: PinnedSnapshots,
+    ) -> Result<Verified, JobError> {
+        self.run(spec, options, Some(snapshots)).await
+    }
+
+    async fn run(
+        &self,
+        spec: &JobSpec,
+        options: Options,
+        snapshots: Option<PinnedSnapshots>,
+    ) -> Result<Verified, JobError> {
         let rejected = JobError::Rejected;
         let failed = JobError::Failed;
         let source = pg::connect(&spec.source, Side::Source)
@@ -66,6 +90,32 @@ impl Verifier {
         let target = pg::connect(&spec.target, Side::Target)
             .await
             .map_err(rejected)?;
+        match &snapshots {
+            Some(pinned) => {
+                pg::join_snapshot(&source, &pinned.source)
+                    .await
+                    .map_err(rejected)?;
+                pg::join_snapshot(&target, &pinned.target)
+                    .await
+                    .map_err(rejected)?;
+            }
+            None if spec.changes.is_some() => {
+                let slot = slot_name(&spec.job);
+                if stream::slot_position(&source, &slot)
+                    .await
+                    .map_err(rejected)?
+                    .is_some()
+                {
+                    return Err(rejected(Error::Verification(format!(
+                        "job {} is streaming changes (slot {slot} on the source): compared as they are now, \
+                         both sides would differ by the changes in flight; verify through the process that \
+                         streams them: godwit verify --coordinator URL {}",
+                        spec.job, spec.job
+                    ))));
+                }
+            }
+            None => {}
+        }
         let tables = catalog::resolve_tables(&source, spec)
             .await
             .map_err(rejected)?;
@@ -87,6 +137,7 @@ impl Verifier {
             spec: spec.clone(),
             run: format!("{}", now_unix_ms()),
             compare_rows_below: options.compare_rows_below,
+            snapshots,
         };
         // Held for the whole run: one verification of a job at a time, and
         // a coordinator that dies takes its run with it (the lease expires).
@@ -135,7 +186,17 @@ impl Verifier {
         let failed = JobError::Failed;
         let spec = &run.spec;
         let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
-        let schema = verify::compare_schema(source, target, &names)
+        // Pinned snapshots mean changes are streaming: the target's
+        // sequences are brought up to the source's as they are compared.
+        let sequence_writer = match &run.snapshots {
+            Some(_) => Some(
+                pg::connect(&spec.target, Side::Target)
+                    .await
+                    .map_err(failed)?,
+            ),
+            None => None,
+        };
+        let schema = verify::compare_schema(source, target, &names, sequence_writer.as_ref())
             .await
             .map_err(failed)?;
         let present = catalog::existing_tables(target, &names)

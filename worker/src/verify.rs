@@ -22,6 +22,10 @@ pub async fn compare(
         pg::connect(&spec.source, Side::Source),
         pg::connect(&spec.target, Side::Target)
     )?;
+    if let Some(snapshots) = &run.snapshots {
+        pg::join_snapshot(&source, &snapshots.source).await?;
+        pg::join_snapshot(&target, &snapshots.target).await?;
+    }
     let options = Options {
         compare_rows_below: run.compare_rows_below,
     };

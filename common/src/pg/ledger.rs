@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS godwit.partition_owners (
     token     bigint  NOT NULL,
     PRIMARY KEY (job_id, partition)
 );
+-- The end of the last source transaction a job's change stream applied;
+-- written in the same transaction as the changes, so a change is applied
+-- once whatever the slot's position says.
+CREATE TABLE IF NOT EXISTS godwit.applied_changes (
+    job_id     text        PRIMARY KEY,
+    lsn        pg_lsn      NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS godwit.jobs (
     job_id         text PRIMARY KEY,
     pre_data_done  boolean NOT NULL DEFAULT false,

@@ -1,11 +1,14 @@
 //! The PostgreSQL connector: connections, catalog, schema copy, exported
 //! snapshots, the target-side ledger and database-computed checksums.
 
+pub mod apply;
 pub mod catalog;
 pub mod checksum;
 pub mod ledger;
+pub mod pgoutput;
 pub mod schema;
 pub mod snapshot;
+pub mod stream;
 pub mod tls;
 
 use std::str::FromStr;

@@ -28,6 +28,11 @@ pub struct SnapshotHolder {
     pub consistent_lsn: String,
 }
 
+/// The replication slot (and publication) of a job.
+pub fn slot_name(job: &crate::ids::JobId) -> String {
+    format!("godwit_{}", job.as_str().replace('-', "_"))
+}
+
 /// Appends `replication=database` to a URL or key=value connection string.
 fn replication_conninfo(conn: &str) -> String {
     if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {

@@ -63,10 +63,16 @@ async fn sequences(client: &Client, tables: &[TableName]) -> Result<BTreeMap<Str
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Compares the schema objects of `tables` and their sequences. With
+/// `sync_sequences` (a target session that may write), the target's
+/// sequences are set from the source after the source's were read: while
+/// changes stream, nothing else carries them, and the application may
+/// advance them at any moment, so only this order compares like with like.
 pub async fn compare_schema(
     source: &Client,
     target: &Client,
     tables: &[TableName],
+    sync_sequences: Option<&Client>,
 ) -> Result<SchemaLayer> {
     let at_source = schema_objects(source, tables).await?;
     let at_target = schema_objects(target, tables).await?;
@@ -84,6 +90,10 @@ pub async fn compare_schema(
         .cloned()
         .collect();
     let source_sequences = sequences(source, tables).await?;
+    if let Some(writer) = sync_sequences {
+        let current = crate::pg::catalog::sequences(source).await?;
+        crate::pg::catalog::set_sequences(writer, &current).await?;
+    }
     let target_sequences = sequences(target, tables).await?;
     for (name, value) in &source_sequences {
         let there = target_sequences.get(name).copied().flatten();

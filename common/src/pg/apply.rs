@@ -1,0 +1,537 @@
+//! Applying decoded source transactions to the target: each change becomes
+//! one parameterised statement against the target's own column types, and a
+//! batch of transactions commits together with the ledger's record of the
+//! last one applied, so a batch is applied once or not at all.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement, Transaction};
+
+use super::pgoutput::{Message, OldRow, Relation, Value, format_lsn};
+use crate::spec::{TableName, quote_ident};
+use crate::{Error, Result};
+
+/// One committed source transaction, in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTransaction {
+    pub xid: u32,
+    /// End of its commit record: the position a resumed stream continues after.
+    pub end_lsn: u64,
+    /// Microseconds since 2000-01-01, as the source stamped the commit.
+    pub commit_time_us: i64,
+    pub changes: Vec<Message>,
+}
+
+impl SourceTransaction {
+    pub fn rows(&self) -> u64 {
+        self.changes
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m,
+                    Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. }
+                )
+            })
+            .count() as u64
+    }
+}
+
+/// Groups decoded messages into whole transactions; relation messages are
+/// kept in place because later changes refer to them.
+pub fn transactions(messages: Vec<Message>) -> Result<Vec<SourceTransaction>> {
+    let mut done = Vec::new();
+    let mut open: Option<SourceTransaction> = None;
+    for message in messages {
+        match message {
+            Message::Begin {
+                xid,
+                commit_time_us,
+                ..
+            } => {
+                if open.is_some() {
+                    return Err(Error::Catalog(format!(
+                        "change stream: transaction {xid} began inside another"
+                    )));
+                }
+                open = Some(SourceTransaction {
+                    xid,
+                    end_lsn: 0,
+                    commit_time_us,
+                    changes: Vec::new(),
+                });
+            }
+            Message::Commit { end_lsn, .. } => {
+                let Some(mut tx) = open.take() else {
+                    return Err(Error::Catalog(
+                        "change stream: commit without a transaction".into(),
+                    ));
+                };
+                tx.end_lsn = end_lsn;
+                done.push(tx);
+            }
+            Message::Other(_) => {}
+            change => match open.as_mut() {
+                Some(tx) => tx.changes.push(change),
+                None => {
+                    return Err(Error::Catalog(
+                        "change stream: a change outside any transaction".into(),
+                    ));
+                }
+            },
+        }
+    }
+    // Decoding hands out whole transactions; a tail without its commit is
+    // left for the next read.
+    Ok(done)
+}
+
+#[derive(Debug, Clone)]
+struct TargetColumn {
+    quoted: String,
+    type_sql: String,
+    key: bool,
+}
+
+#[derive(Debug, Clone)]
+struct TargetTable {
+    name: TableName,
+    columns: Vec<TargetColumn>,
+    full_identity: bool,
+}
+
+/// Applies changes to one target connection; remembers the relations the
+/// stream described and the statements it prepared.
+#[derive(Default)]
+pub struct Applier {
+    relations: HashMap<u32, TargetTable>,
+    statements: HashMap<String, Statement>,
+}
+
+impl Applier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `batch` and records `batch`'s last end position for `job`
+    /// in one target transaction. Returns the rows changed.
+    pub async fn apply(
+        &mut self,
+        target: &mut Client,
+        job: &str,
+        batch: &[SourceTransaction],
+    ) -> Result<u64> {
+        let Some(last) = batch.last() else {
+            return Ok(0);
+        };
+        let tx = target
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres("cannot begin applying changes on the target", e))?;
+        let mut rows = 0u64;
+        for source_tx in batch {
+            for change in &source_tx.changes {
+                rows += self.apply_one(&tx, change).await.map_err(|e| {
+                    Error::Catalog(format!(
+                        "cannot apply source transaction {} (ending at {}) to the target: {e}",
+                        source_tx.xid,
+                        format_lsn(source_tx.end_lsn)
+                    ))
+                })?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO godwit.applied_changes (job_id, lsn) VALUES ($1, $2::text::pg_lsn) \
+             ON CONFLICT (job_id) DO UPDATE SET lsn = EXCLUDED.lsn, applied_at = now()",
+            &[&job, &format_lsn(last.end_lsn)],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot record applied changes in the target ledger", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::postgres("cannot commit applied changes on the target", e))?;
+        Ok(rows)
+    }
+
+    async fn apply_one(&mut self, tx: &Transaction<'_>, change: &Message) -> Result<u64> {
+        match change {
+            Message::Relation(relation) => {
+                self.describe(tx, relation).await?;
+                Ok(0)
+            }
+            Message::Insert { relation, new } => {
+                let table = self.table_for(*relation, new)?;
+                let mut columns = Vec::new();
+                let mut values = Vec::new();
+                let mut params: Vec<Option<&str>> = Vec::new();
+                for (column, value) in table.columns.iter().zip(new) {
+                    let Some(param) = text(value, &table, column)? else {
+                        continue;
+                    };
+                    params.push(param);
+                    columns.push(column.quoted.clone());
+                    values.push(format!("${}::text::{}", params.len(), column.type_sql));
+                }
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    table.name.quoted(),
+                    columns.join(", "),
+                    values.join(", ")
+                );
+                self.run(tx, &sql, &params).await
+            }
+            Message::Update { relation, old, new } => {
+                let table = self.table_for(*relation, new)?;
+                let mut sets = Vec::new();
+                let mut params: Vec<Option<&str>> = Vec::new();
+                for (column, value) in table.columns.iter().zip(new) {
+                    if matches!(value, Value::Unchanged) {
+                        continue;
+                    }
+                    params.push(text(value, &table, column)?.flatten());
+                    sets.push(format!(
+                        "{} = ${}::text::{}",
+                        column.quoted,
+                        params.len(),
+                        column.type_sql
+                    ));
+                }
+                if sets.is_empty() {
+                    return Ok(0);
+                }
+                let identity = old.as_ref().map_or(new.as_slice(), old_values);
+                let filter = identify(&table, identity, &mut params)?;
+                let sql = format!(
+                    "UPDATE {} SET {} WHERE {filter}",
+                    table.name.quoted(),
+                    sets.join(", ")
+                );
+                self.run(tx, &sql, &params).await
+            }
+            Message::Delete { relation, old } => {
+                let table = self.table_for(*relation, old_values(old))?;
+                let mut params: Vec<Option<&str>> = Vec::new();
+                let filter = identify(&table, old_values(old), &mut params)?;
+                let sql = format!("DELETE FROM {} WHERE {filter}", table.name.quoted());
+                self.run(tx, &sql, &params).await
+            }
+            Message::Truncate {
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                let mut names = Vec::new();
+                for relation in relations {
+                    names.push(self.table(*relation)?.name.quoted());
+                }
+                let sql = format!(
+                    "TRUNCATE {}{}{}",
+                    names.join(", "),
+                    if *restart_identity {
+                        " RESTART IDENTITY"
+                    } else {
+                        ""
+                    },
+                    if *cascade { " CASCADE" } else { "" }
+                );
+                tx.batch_execute(&sql)
+                    .await
+                    .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))?;
+                Ok(0)
+            }
+            Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => Ok(0),
+        }
+    }
+
+    fn table(&self, relation: u32) -> Result<&TargetTable> {
+        self.relations.get(&relation).ok_or_else(|| {
+            Error::Catalog(format!(
+                "change stream: relation {relation} was not described before its changes"
+            ))
+        })
+    }
+
+    /// The table a row change refers to, checked against the row's width
+    /// (pgoutput cannot check it: the decoder holds no table state).
+    fn table_for(&self, relation: u32, row: &[Value]) -> Result<TargetTable> {
+        let table = self.table(relation)?;
+        if row.len() != table.columns.len() {
+            return Err(Error::Catalog(format!(
+                "change stream: a row of {} has {} values for {} columns",
+                table.name,
+                row.len(),
+                table.columns.len()
+            )));
+        }
+        Ok(table.clone())
+    }
+
+    /// Maps a relation of the stream to the target table of the same name,
+    /// with the target's column types (what the text values are cast to).
+    async fn describe(&mut self, tx: &Transaction<'_>, relation: &Relation) -> Result<()> {
+        let name = TableName {
+            schema: if relation.namespace.is_empty() {
+                "pg_catalog".into()
+            } else {
+                relation.namespace.clone()
+            },
+            name: relation.name.clone(),
+        };
+        let rows = tx
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&name.quoted()],
+            )
+            .await
+            .map_err(|e| {
+                Error::postgres(
+                    format!("cannot read the columns of {name} on the target"),
+                    e,
+                )
+            })?;
+        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if types.is_empty() {
+            return Err(Error::Catalog(format!(
+                "the source changed table {name}, which the target does not have"
+            )));
+        }
+        let mut columns = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let Some(type_sql) = types.get(&column.name) else {
+                return Err(Error::Catalog(format!(
+                    "the source changed column {} of {name}, which the target table lacks",
+                    column.name
+                )));
+            };
+            columns.push(TargetColumn {
+                quoted: quote_ident(&column.name),
+                type_sql: type_sql.clone(),
+                key: column.key,
+            });
+        }
+        self.relations.insert(
+            relation.id,
+            TargetTable {
+                name,
+                columns,
+                full_identity: relation.replica_identity == b'f',
+            },
+        );
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<u64> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = tx
+                    .prepare(sql)
+                    .await
+                    .map_err(|e| Error::postgres(format!("cannot prepare {sql}"), e))?;
+                self.statements.insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        tx.execute(&statement, &params)
+            .await
+            .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))
+    }
+}
+
+fn old_values(old: &OldRow) -> &[Value] {
+    match old {
+        OldRow::Key(values) | OldRow::Full(values) => values,
+    }
+}
+
+/// A value as a text parameter; None when the column is to be left out
+/// (unchanged TOAST), Some(None) for NULL.
+fn text<'v>(
+    value: &'v Value,
+    table: &TargetTable,
+    column: &TargetColumn,
+) -> Result<Option<Option<&'v str>>> {
+    match value {
+        Value::Null => Ok(Some(None)),
+        Value::Unchanged => Ok(None),
+        Value::Text(text) => Ok(Some(Some(text))),
+        Value::Binary(_) => Err(Error::Catalog(format!(
+            "column {} of {} arrived in binary form; the stream asks for text",
+            column.quoted, table.name
+        ))),
+    }
+}
+
+/// The WHERE clause that finds the row a change refers to: its replica
+/// identity key, or with REPLICA IDENTITY FULL one row equal in every
+/// column (compared as text: some types have no equality operator).
+fn identify<'v>(
+    table: &TargetTable,
+    identity: &'v [Value],
+    params: &mut Vec<Option<&'v str>>,
+) -> Result<String> {
+    let mut conditions = Vec::new();
+    for (column, value) in table.columns.iter().zip(identity) {
+        if table.full_identity {
+            let Some(param) = text(value, table, column)? else {
+                continue;
+            };
+            params.push(param);
+            conditions.push(format!(
+                "t.{}::text IS NOT DISTINCT FROM ${}::text",
+                column.quoted,
+                params.len()
+            ));
+        } else if column.key {
+            let Some(Some(param)) = text(value, table, column)? else {
+                return Err(Error::Catalog(format!(
+                    "change stream: key column {} of {} has no value",
+                    column.quoted, table.name
+                )));
+            };
+            params.push(Some(param));
+            conditions.push(format!(
+                "{} = ${}::text::{}",
+                column.quoted,
+                params.len(),
+                column.type_sql
+            ));
+        }
+    }
+    if conditions.is_empty() {
+        return Err(Error::Catalog(format!(
+            "change stream: no identity for a row of {}",
+            table.name
+        )));
+    }
+    if table.full_identity {
+        // Without a key, duplicates are possible: change exactly one of them.
+        Ok(format!(
+            "ctid = (SELECT t.ctid FROM {} t WHERE {} LIMIT 1)",
+            table.name.quoted(),
+            conditions.join(" AND ")
+        ))
+    } else {
+        Ok(conditions.join(" AND "))
+    }
+}
+
+/// The ledger's record of the last source transaction applied for `job`.
+pub async fn applied_lsn(target: &Client, job: &str) -> Result<Option<u64>> {
+    let row = target
+        .query_opt(
+            "SELECT lsn::text FROM godwit.applied_changes WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read applied changes from the target ledger", e))?;
+    Ok(row.and_then(|r| super::pgoutput::parse_lsn(&r.get::<_, String>(0))))
+}
+
+/// Starts the ledger of a new stream at the slot's starting point.
+pub async fn start_ledger(target: &Client, job: &str, lsn: u64) -> Result<()> {
+    target
+        .execute(
+            "INSERT INTO godwit.applied_changes (job_id, lsn) VALUES ($1, $2::text::pg_lsn) \
+             ON CONFLICT (job_id) DO UPDATE SET lsn = EXCLUDED.lsn, applied_at = now()",
+            &[&job, &format_lsn(lsn)],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot start the change ledger on the target", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn begin(xid: u32) -> Message {
+        Message::Begin {
+            final_lsn: 0,
+            commit_time_us: 5,
+            xid,
+        }
+    }
+
+    fn commit(end_lsn: u64) -> Message {
+        Message::Commit {
+            commit_lsn: end_lsn - 1,
+            end_lsn,
+            commit_time_us: 5,
+        }
+    }
+
+    #[test]
+    fn messages_group_into_whole_transactions() {
+        let insert = Message::Insert {
+            relation: 1,
+            new: vec![Value::Text("1".into())],
+        };
+        let grouped = transactions(vec![
+            begin(7),
+            insert.clone(),
+            commit(100),
+            begin(8),
+            Message::Other(b'Y'),
+            insert.clone(),
+            insert.clone(),
+            commit(200),
+            begin(9),
+            insert.clone(),
+        ])
+        .expect("well formed");
+        assert_eq!(grouped.len(), 2, "the tail without a commit waits");
+        assert_eq!(
+            (grouped[0].xid, grouped[0].end_lsn, grouped[0].rows()),
+            (7, 100, 1)
+        );
+        assert_eq!(
+            (grouped[1].xid, grouped[1].end_lsn, grouped[1].rows()),
+            (8, 200, 2)
+        );
+        assert!(transactions(vec![insert.clone()]).is_err());
+        assert!(transactions(vec![commit(5)]).is_err());
+        assert!(transactions(vec![begin(1), begin(2)]).is_err());
+    }
+
+    #[test]
+    fn identity_uses_key_columns_or_one_equal_row() {
+        let column = |name: &str, key| TargetColumn {
+            quoted: quote_ident(name),
+            type_sql: "integer".into(),
+            key,
+        };
+        let mut table = TargetTable {
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            columns: vec![column("id", true), column("v", false)],
+            full_identity: false,
+        };
+        let values = vec![Value::Text("4".into()), Value::Null];
+        let mut params = Vec::new();
+        let filter = identify(&table, &values, &mut params).expect("key present");
+        assert_eq!(filter, "\"id\" = $1::text::integer");
+        assert_eq!(params, vec![Some("4")]);
+
+        table.full_identity = true;
+        let mut params = Vec::new();
+        let filter = identify(&table, &values, &mut params).expect("full row");
+        assert!(filter.starts_with("ctid = (SELECT t.ctid FROM \"public\".\"t\" t WHERE"));
+        assert!(filter.contains("t.\"v\"::text IS NOT DISTINCT FROM $2::text"));
+        assert_eq!(params, vec![Some("4"), None]);
+
+        table.full_identity = false;
+        let missing = vec![Value::Null, Value::Null];
+        assert!(identify(&table, &missing, &mut Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! The source side of change streaming: the publication that names the
+//! job's tables, the check that their updates and deletes can be streamed,
+//! and reading the job's replication slot. Changes are peeked rather than
+//! consumed: the slot moves on only once the target has committed them, so
+//! a coordinator that dies mid-way loses nothing.
+
+use tokio_postgres::Client;
+
+use super::pgoutput::{format_lsn, parse_lsn};
+use crate::spec::{TableName, quote_ident};
+use crate::{Error, Result};
+
+/// One decoded message of the slot, with the WAL position it came from.
+#[derive(Debug, Clone)]
+pub struct RawChange {
+    pub lsn: u64,
+    pub data: Vec<u8>,
+}
+
+/// The publication of a job: named after its slot.
+pub fn publication_name(slot: &str) -> String {
+    slot.to_owned()
+}
+
+/// Tables whose updates and deletes the source cannot stream: no replica
+/// identity (no primary key and no REPLICA IDENTITY FULL or USING INDEX).
+/// Publishing them would make the customer's UPDATE and DELETE fail.
+pub async fn unstreamable_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = ANY($1::text[]::regclass[]) AND ( \
+                c.relreplident = 'n' \
+                OR (c.relreplident = 'd' AND NOT EXISTS \
+                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+                OR (c.relreplident = 'i' AND NOT EXISTS \
+                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))) \
+             ORDER BY 1, 2",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the replica identity of the source's tables", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect())
+}
+
+/// Creates the job's publication over `tables`, replacing one a failed
+/// earlier attempt left behind. It must exist before the slot is created:
+/// decoding looks it up as of each change's position.
+pub async fn create_publication(client: &Client, name: &str, tables: &[TableName]) -> Result<()> {
+    let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let publication = quote_ident(name);
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {publication}; CREATE PUBLICATION {publication} FOR TABLE {}",
+            list.join(", ")
+        ))
+        .await
+        .map_err(|e| {
+            let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                ": the source role must own the tables (or be a superuser) to publish their changes"
+            } else {
+                ""
+            };
+            Error::postgres(format!("cannot create publication {name} on the source{hint}"), e)
+        })
+}
+
+pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await
+        .map_err(|e| Error::postgres(format!("cannot drop publication {name}"), e))
+}
+
+/// Committed changes after the slot's confirmed position, up to `upto`,
+/// whole transactions only; stops after about `max` messages.
+pub async fn peek(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    upto: u64,
+    max: i32,
+) -> Result<Vec<RawChange>> {
+    let rows = client
+        .query(
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes( \
+                $1, $2::text::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
+            &[&slot, &format_lsn(upto), &max, &publication],
+        )
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                format!("cannot read changes from replication slot {slot}"),
+                e,
+            )
+        })?;
+    rows.iter()
+        .map(|row| {
+            let text: String = row.get(0);
+            let lsn = parse_lsn(&text)
+                .ok_or_else(|| Error::Catalog(format!("slot {slot} returned LSN {text:?}")))?;
+            Ok(RawChange {
+                lsn,
+                data: row.get(1),
+            })
+        })
+        .collect()
+}
+
+/// Moves the slot past what the target has committed, so the source can
+/// recycle that WAL.
+pub async fn advance(client: &Client, slot: &str, lsn: u64) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &format_lsn(lsn)],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot advance replication slot {slot}"), e))?;
+    Ok(())
+}
+
+/// Where the slot is confirmed to (nothing before it will be decoded again),
+/// and whether a session still holds it.
+pub async fn slot_position(client: &Client, slot: &str) -> Result<Option<(u64, bool)>> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read replication slot {slot}"), e))?;
+    Ok(row.and_then(|row| {
+        let lsn: Option<String> = row.get(0);
+        Some((parse_lsn(&lsn?)?, row.get(1)))
+    }))
+}
+
+/// The source's WAL insert and flush positions: a commit visible to any
+/// snapshot taken before this call is at or before the first; decoding
+/// reads up to the second.
+pub async fn wal_positions(client: &Client) -> Result<(u64, u64)> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the source's WAL position", e))?;
+    let parse = |i: usize| {
+        let text: String = row.get(i);
+        parse_lsn(&text).ok_or_else(|| Error::Catalog(format!("source returned LSN {text:?}")))
+    };
+    Ok((parse(0)?, parse(1)?))
+}
+
+/// Which transactions a source snapshot sees, from `pg_current_snapshot()`
+/// (`xmin:xmax:xip,…`, 64-bit transaction ids). A verification during
+/// streaming reads the source under such a snapshot and has the target
+/// brought to exactly the transactions it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotBounds {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub in_progress: Vec<u64>,
+}
+
+impl SnapshotBounds {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        (xmin <= xmax).then_some(Self {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// Whether the snapshot sees the committed transaction `xid`, as the
+    /// 32-bit id the change stream carries: it is widened against `xmax`,
+    /// which every transaction the stream can still deliver is close to.
+    pub fn sees(&self, xid: u32) -> bool {
+        let behind = (self.xmax as u32).wrapping_sub(xid) as i32;
+        if behind <= 0 {
+            return false;
+        }
+        let Some(full) = self.xmax.checked_sub(behind as u64) else {
+            return false;
+        };
+        full < self.xmin || !self.in_progress.contains(&full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_bounds_parse_and_see() {
+        let s = SnapshotBounds::parse("100:105:101,103").expect("valid");
+        assert_eq!(s.in_progress, vec![101, 103]);
+        assert!(s.sees(99));
+        assert!(s.sees(100));
+        assert!(!s.sees(101));
+        assert!(s.sees(102));
+        assert!(!s.sees(103));
+        assert!(s.sees(104));
+        assert!(!s.sees(105));
+        assert!(!s.sees(200));
+        let empty = SnapshotBounds::parse("7:7:").expect("valid");
+        assert!(empty.sees(6) && !empty.sees(7));
+        for bad in ["", "1", "1:2", "3:2:", "a:b:", "1:2:x"] {
+            assert_eq!(SnapshotBounds::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_bounds_widen_across_an_epoch() {
+        // xmax just past a wraparound of the 32-bit counter.
+        let epoch = 1u64 << 32;
+        let s = SnapshotBounds::parse(&format!("{}:{}:{}", epoch - 5, epoch + 3, epoch - 2))
+            .expect("valid");
+        assert!(s.sees(u32::MAX - 5)); // epoch - 6 < xmin
+        assert!(!s.sees(u32::MAX - 1)); // epoch - 2, in progress
+        assert!(s.sees(1)); // epoch + 1
+        assert!(!s.sees(3)); // epoch + 3 = xmax
+    }
+}

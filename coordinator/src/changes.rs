@@ -1,0 +1,700 @@
+//! Change streaming and cutover of a job. After the copy the job's slot is
+//! read from where its snapshot was exported: each batch of committed source
+//! transactions is sealed into staging and applied to the target together
+//! with the ledger's position, and only then is the slot moved on.
+//!
+//! The stream also serves the two moments that need source and target
+//! lined up: a verification while changes flow (the target is brought to
+//! exactly the transactions a source snapshot sees, then a target snapshot
+//! is exported) and the cutover (tables frozen, the last changes drained,
+//! sequences synced, a final verification; the source is left refusing
+//! writes on success and untouched on any failure).
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use godwit_common::chunk::{self, ChunkId};
+use godwit_common::ids::JobId;
+use godwit_common::keys::DataKey;
+use godwit_common::lease::LeaseStore;
+use godwit_common::pg::apply::{self, Applier, SourceTransaction};
+use godwit_common::pg::pgoutput::{self, format_lsn};
+use godwit_common::pg::stream::{self, RawChange, SnapshotBounds};
+use godwit_common::pg::{self, Side, catalog};
+use godwit_common::spec::{JobSpec, TableName};
+use godwit_common::staging::Staging;
+use godwit_common::state::{
+    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PinnedSnapshots,
+    now_unix_ms,
+};
+use godwit_common::verify::Options;
+use godwit_common::{Error, Result};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use crate::error::JobError;
+use crate::verification::{Verified, Verifier};
+
+/// About how many messages one read of the slot returns (whole transactions).
+const BATCH_MESSAGES: i32 = 5_000;
+const IDLE_POLL: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// PostgreSQL stamps commits in microseconds since 2000-01-01.
+const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
+
+enum Request {
+    Pin(oneshot::Sender<Result<Pinned>>),
+    Cutover(oneshot::Sender<CutoverOutcome>),
+}
+
+/// The jobs whose changes this process streams, by job id.
+static STREAMS: LazyLock<Mutex<HashMap<String, mpsc::Sender<Request>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A source and a target snapshot that hold the same data. The sessions
+/// that exported them stay open as long as this lives.
+pub struct Pinned {
+    pub snapshots: PinnedSnapshots,
+    _source: Client,
+    _target: Client,
+}
+
+/// What a cutover attempt did.
+pub struct CutoverOutcome {
+    pub record: CutoverRecord,
+    /// The final verification, when the attempt got that far.
+    pub verified: Option<Verified>,
+}
+
+fn stream_of(job: &JobId) -> Option<mpsc::Sender<Request>> {
+    STREAMS
+        .lock()
+        .ok()
+        .and_then(|streams| streams.get(job.as_str()).cloned())
+}
+
+fn not_streamed(job: &JobId) -> Error {
+    Error::Verification(format!(
+        "job {job} is not streaming changes in this process (it has not reached streaming, \
+         has ended, or another process runs it)"
+    ))
+}
+
+/// Pins snapshots for a verification of a job this process streams.
+pub async fn pin(job: &JobId) -> Result<Pinned> {
+    let stream = stream_of(job).ok_or_else(|| not_streamed(job))?;
+    let (reply, answer) = oneshot::channel();
+    stream
+        .send(Request::Pin(reply))
+        .await
+        .map_err(|_| not_streamed(job))?;
+    answer.await.map_err(|_| not_streamed(job))?
+}
+
+/// Asks the stream of `job` to cut over; returns when it succeeded or
+/// rolled back.
+pub async fn cutover(job: &JobId) -> Result<CutoverOutcome> {
+    let stream = stream_of(job).ok_or_else(|| not_streamed(job))?;
+    let (reply, answer) = oneshot::channel();
+    stream
+        .send(Request::Cutover(reply))
+        .await
+        .map_err(|_| not_streamed(job))?;
+    answer.await.map_err(|_| not_streamed(job))
+}
+
+/// Removes the job from the registry when its stream ends, however it ends.
+struct Registered(String);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = STREAMS.lock() {
+            streams.remove(&self.0);
+        }
+    }
+}
+
+/// What one read of the slot did.
+#[derive(Debug, Default)]
+struct Polled {
+    transactions: u64,
+    rows: u64,
+    /// More changes were waiting than one read returns.
+    truncated: bool,
+    /// Stopped at a transaction the pinning snapshot does not see.
+    stopped: bool,
+    /// Source commit time of the last transaction applied, Unix ms.
+    last_commit_unix_ms: Option<u64>,
+}
+
+pub struct Streamer {
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+    spec: JobSpec,
+    tables: Vec<TableName>,
+    slot: String,
+    publication: String,
+    staging: Staging,
+    key: DataKey,
+    source: Client,
+    target: Client,
+    applier: Applier,
+    /// End of the last source transaction the target committed.
+    applied: u64,
+    /// Where the slot was last moved to.
+    advanced: u64,
+    /// Transactions the last read applied: a pinning snapshot must see them.
+    recent: Vec<u32>,
+}
+
+impl Streamer {
+    /// Starts the stream of a job whose copy was taken at `start` (the
+    /// slot's consistent point): the ledger begins there.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        store: Arc<dyn LeaseStore>,
+        keyspace: Keyspace,
+        spec: &JobSpec,
+        tables: Vec<TableName>,
+        slot: &str,
+        start: u64,
+        staging: Staging,
+        key: DataKey,
+    ) -> Result<Self> {
+        let source = pg::connect(&spec.source, Side::Source).await?;
+        let target = pg::connect(&spec.target, Side::Target).await?;
+        apply::start_ledger(&target, spec.job.as_str(), start).await?;
+        Ok(Self {
+            store,
+            keyspace,
+            spec: spec.clone(),
+            tables,
+            slot: slot.to_owned(),
+            publication: stream::publication_name(slot),
+            staging,
+            key,
+            source,
+            target,
+            applier: Applier::new(),
+            applied: start,
+            advanced: start,
+            recent: Vec::new(),
+        })
+    }
+
+    /// Streams until a cutover succeeds (Ok) or the job is cancelled.
+    pub async fn run(mut self, record: &mut JobRecord) -> Result<CutoverRecord, JobError> {
+        let job = self.spec.job.clone();
+        let (sender, mut requests) = mpsc::channel(4);
+        if let Ok(mut streams) = STREAMS.lock() {
+            streams.insert(job.to_string(), sender);
+        }
+        let _registered = Registered(job.to_string());
+        record
+            .transition(JobPhase::Streaming)
+            .map_err(JobError::Failed)?;
+        let mut progress = ChangeProgress {
+            applied_lsn: format_lsn(self.applied),
+            updated_at_unix_ms: now_unix_ms(),
+            ..ChangeProgress::default()
+        };
+        record.changes = Some(progress.clone());
+        self.put_record(record).await;
+        tracing::info!(job_id = %job, slot = %self.slot, from = %format_lsn(self.applied), "streaming changes");
+
+        let mut wait = Duration::ZERO;
+        let mut failures = 0u32;
+        let mut last_put = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                Some(request) = requests.recv() => match request {
+                    Request::Pin(reply) => {
+                        let pinned = self.pin().await;
+                        if let Err(e) = &pinned {
+                            tracing::warn!(job_id = %job, error = %e, "cannot pin snapshots for a verification");
+                        }
+                        let _ = reply.send(pinned);
+                    }
+                    Request::Cutover(reply) => {
+                        let outcome = self.cutover(record, &mut progress).await;
+                        let succeeded = outcome.record.succeeded;
+                        let cut = outcome.record.clone();
+                        let _ = reply.send(outcome);
+                        if succeeded {
+                            return Ok(cut);
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.cancel_requested(&job).await {
+                return Err(JobError::Cancelled(job.to_string()));
+            }
+            let flush = match stream::wal_positions(&self.source).await {
+                Ok((_, flush)) => Ok(flush),
+                Err(e) => Err(e),
+            };
+            let polled = match flush {
+                Ok(flush) => self.poll(None, flush).await,
+                Err(e) => Err(e),
+            };
+            match polled {
+                Ok(polled) => {
+                    failures = 0;
+                    record.error = None;
+                    wait = if polled.truncated {
+                        Duration::ZERO
+                    } else {
+                        IDLE_POLL
+                    };
+                    self.account(&mut progress, &polled).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    wait = (Duration::from_millis(250) * 2u32.saturating_pow(failures.min(8)))
+                        .min(MAX_BACKOFF);
+                    tracing::warn!(job_id = %job, error = %e, retry_in = ?wait, "change stream interrupted");
+                    record.error = Some(format!("change stream interrupted, retrying: {e}"));
+                    self.reconnect().await;
+                }
+            }
+            if last_put.elapsed() >= Duration::from_millis(500) || record.error.is_some() {
+                record.changes = Some(progress.clone());
+                self.put_record(record).await;
+                last_put = Instant::now();
+            }
+        }
+    }
+
+    /// Updates what operators see after a read of the slot.
+    async fn account(&self, progress: &mut ChangeProgress, polled: &Polled) {
+        progress.transactions += polled.transactions;
+        progress.rows += polled.rows;
+        progress.applied_lsn = format_lsn(self.applied);
+        let now = now_unix_ms();
+        progress.updated_at_unix_ms = now;
+        if polled.truncated {
+            if let Ok((insert, _)) = stream::wal_positions(&self.source).await {
+                progress.lag_bytes = insert.saturating_sub(self.applied);
+            }
+        } else {
+            progress.lag_bytes = 0;
+        }
+        progress.lag_ms = match polled.last_commit_unix_ms {
+            Some(committed) if polled.truncated || polled.transactions > 0 => {
+                now.saturating_sub(committed)
+            }
+            _ => 0,
+        };
+    }
+
+    async fn reconnect(&mut self) {
+        if let Ok(source) = pg::connect(&self.spec.source, Side::Source).await {
+            self.source = source;
+        }
+        if let Ok(target) = pg::connect(&self.spec.target, Side::Target).await {
+            self.target = target;
+            // Prepared statements died with the old session.
+            self.applier = Applier::new();
+        }
+        if let Ok(Some(lsn)) = apply::applied_lsn(&self.target, self.spec.job.as_str()).await {
+            self.applied = lsn;
+        }
+    }
+
+    /// Reads the slot up to `upto`, applies what the target lacks (only the
+    /// transactions `visible` sees, stopping at the first it does not) and
+    /// moves the slot past what is now committed on the target.
+    async fn poll(&mut self, visible: Option<&SnapshotBounds>, upto: u64) -> Result<Polled> {
+        let raw = stream::peek(
+            &self.source,
+            &self.slot,
+            &self.publication,
+            upto,
+            BATCH_MESSAGES,
+        )
+        .await?;
+        let truncated = raw.len() >= BATCH_MESSAGES as usize;
+        let messages = raw
+            .iter()
+            .map(|change| pgoutput::decode(&change.data))
+            .collect::<Result<Vec<_>>>()?;
+        let mut polled = Polled {
+            truncated,
+            ..Polled::default()
+        };
+        // Relations are described once per read, possibly inside a
+        // transaction applied before: carried over to the next one applied.
+        let mut relations = Vec::new();
+        let mut pending: Vec<SourceTransaction> = Vec::new();
+        for mut tx in apply::transactions(messages)? {
+            if tx.end_lsn <= self.applied {
+                relations.extend(
+                    tx.changes
+                        .into_iter()
+                        .filter(|m| matches!(m, pgoutput::Message::Relation(_))),
+                );
+                continue;
+            }
+            if let Some(bounds) = visible
+                && !bounds.sees(tx.xid)
+            {
+                polled.stopped = true;
+                break;
+            }
+            if !relations.is_empty() {
+                tx.changes.splice(0..0, relations.drain(..));
+            }
+            pending.push(tx);
+        }
+        if let Some(last) = pending.last() {
+            self.stage(&raw, last.end_lsn).await?;
+            polled.rows = self
+                .applier
+                .apply(&mut self.target, self.spec.job.as_str(), &pending)
+                .await?;
+            self.applied = last.end_lsn;
+            polled.transactions = pending.len() as u64;
+            polled.last_commit_unix_ms =
+                Some(((last.commit_time_us / 1000) + PG_EPOCH_UNIX_MS).max(0) as u64);
+            self.recent = pending.iter().map(|tx| tx.xid).collect();
+        }
+        let complete = !polled.truncated && !polled.stopped;
+        let confirm = if complete {
+            self.applied.max(upto)
+        } else {
+            self.applied
+        };
+        if confirm > self.advanced {
+            stream::advance(&self.source, &self.slot, confirm).await?;
+            self.advanced = confirm;
+        }
+        Ok(polled)
+    }
+
+    /// Seals the batch as read from the slot into staging, so the changes
+    /// applied can be accounted for later; never in plain text.
+    async fn stage(&self, raw: &[RawChange], end_lsn: u64) -> Result<()> {
+        let mut payload = Vec::with_capacity(raw.iter().map(|c| c.data.len() + 12).sum());
+        for change in raw {
+            payload.extend_from_slice(&change.lsn.to_be_bytes());
+            payload.extend_from_slice(&(change.data.len() as u32).to_be_bytes());
+            payload.extend_from_slice(&change.data);
+        }
+        let id = ChunkId::change_batch(self.spec.job.as_str(), end_lsn);
+        let frame = chunk::seal(&id, raw.len() as u64, &payload, &self.key)?;
+        self.staging
+            .put(&self.staging.change_path(&self.spec.job, end_lsn), frame)
+            .await
+    }
+
+    /// Waits until the source has flushed its WAL up to `lsn`: decoding
+    /// reads no further than the flush position.
+    async fn wait_flushed(&self, lsn: u64) -> Result<()> {
+        loop {
+            let (_, flush) = stream::wal_positions(&self.source).await?;
+            if flush >= lsn {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Applies everything up to `upto` (whole batches until none is left).
+    async fn drain(&mut self, upto: u64, visible: Option<&SnapshotBounds>) -> Result<()> {
+        self.wait_flushed(upto).await?;
+        loop {
+            let polled = self.poll(visible, upto).await?;
+            if !polled.truncated || polled.stopped {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A source snapshot, and the target brought to exactly the source
+    /// transactions it sees before a target snapshot is exported.
+    async fn pin(&mut self) -> Result<Pinned> {
+        loop {
+            let exporter = pg::connect(&self.spec.source, Side::Source).await?;
+            exporter
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| Error::postgres("cannot open a source snapshot", e))?;
+            let row = exporter
+                .query_one(
+                    "SELECT pg_export_snapshot(), pg_current_snapshot()::text, \
+                     pg_current_wal_insert_lsn()::text",
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::postgres("cannot export a source snapshot", e))?;
+            let snapshot: String = row.get(0);
+            let bounds_text: String = row.get(1);
+            let bounds = SnapshotBounds::parse(&bounds_text).ok_or_else(|| {
+                Error::Catalog(format!("source returned snapshot {bounds_text:?}"))
+            })?;
+            // A transaction applied just now whose commit the snapshot does
+            // not see yet (committed, not yet visible): the target is ahead
+            // of this snapshot, so take another.
+            if self.recent.iter().any(|xid| !bounds.sees(*xid)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let insert_text: String = row.get(2);
+            let insert = pgoutput::parse_lsn(&insert_text)
+                .ok_or_else(|| Error::Catalog(format!("source returned LSN {insert_text:?}")))?;
+            self.drain(insert, Some(&bounds)).await?;
+            let target = export_target_snapshot(&self.spec).await?;
+            return Ok(Pinned {
+                snapshots: PinnedSnapshots {
+                    source: snapshot,
+                    target: target.0,
+                },
+                _source: exporter,
+                _target: target.1,
+            });
+        }
+    }
+
+    /// One cutover attempt; the job is streaming again unless it succeeded.
+    async fn cutover(
+        &mut self,
+        record: &mut JobRecord,
+        progress: &mut ChangeProgress,
+    ) -> CutoverOutcome {
+        let job = self.spec.job.clone();
+        let mut cut = CutoverRecord {
+            started_at_unix_ms: now_unix_ms(),
+            ..CutoverRecord::default()
+        };
+        let mut verified = None;
+        if let Err(e) = record.transition(JobPhase::CuttingOver) {
+            cut.error = Some(e.to_string());
+            return CutoverOutcome {
+                record: cut,
+                verified,
+            };
+        }
+        self.put_record(record).await;
+        tracing::info!(job_id = %job, "cutover: started");
+        let result = self.cut(&mut cut, &mut verified).await;
+        match result {
+            Ok(()) => {
+                cut.succeeded = true;
+                tracing::info!(job_id = %job, frozen_ms = cut.frozen_ms, drain_ms = cut.drain_ms, verify_ms = cut.verify_ms, "cutover: done; the source's tables now refuse writes");
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = %e, "cutover rolled back; the source was unfrozen and changes stream on");
+                cut.error = Some(e.to_string());
+                if let Err(e) = record.transition(JobPhase::Streaming) {
+                    tracing::error!(job_id = %job, error = %e, "cannot return to streaming");
+                }
+            }
+        }
+        progress.applied_lsn = format_lsn(self.applied);
+        progress.lag_bytes = 0;
+        progress.lag_ms = 0;
+        progress.last_cutover = Some(cut.clone());
+        record.changes = Some(progress.clone());
+        self.put_record(record).await;
+        CutoverOutcome {
+            record: cut,
+            verified,
+        }
+    }
+
+    async fn cut(
+        &mut self,
+        cut: &mut CutoverRecord,
+        verified: &mut Option<Verified>,
+    ) -> Result<()> {
+        // Catch up first, so the frozen window holds only the last moments.
+        loop {
+            let (_, flush) = stream::wal_positions(&self.source).await?;
+            if !self.poll(None, flush).await?.truncated {
+                break;
+            }
+        }
+        let timeout_ms = self
+            .spec
+            .changes
+            .as_ref()
+            .map_or(godwit_common::spec::DEFAULT_FREEZE_TIMEOUT_MS, |c| {
+                c.freeze_timeout_ms
+            });
+        let freezer = Freezer::freeze(&self.spec, &self.tables, timeout_ms).await?;
+        let frozen = Instant::now();
+        let outcome = self.frozen_steps(cut, verified).await;
+        match outcome {
+            Ok(()) => {
+                freezer.keep_frozen(&self.spec.job, &self.tables).await?;
+                cut.frozen_ms = frozen.elapsed().as_millis() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                freezer.release().await;
+                cut.frozen_ms = frozen.elapsed().as_millis() as u64;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drain, sequences, final verification: everything done while the
+    /// source's tables are frozen.
+    async fn frozen_steps(
+        &mut self,
+        cut: &mut CutoverRecord,
+        verified: &mut Option<Verified>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let (insert, _) = stream::wal_positions(&self.source).await?;
+        self.drain(insert, None).await?;
+        let sequences = catalog::sequences(&self.source).await?;
+        catalog::set_sequences(&self.target, &sequences).await?;
+        cut.drain_ms = started.elapsed().as_millis() as u64;
+
+        let started = Instant::now();
+        let source = pg::connect(&self.spec.source, Side::Source).await?;
+        source
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| Error::postgres("cannot open a source snapshot", e))?;
+        let snapshot: String = source
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| Error::postgres("cannot export a source snapshot", e))?
+            .get(0);
+        let target = export_target_snapshot(&self.spec).await?;
+        let result = Verifier::new(self.store.clone(), self.keyspace.clone())
+            .verify_pinned(
+                &self.spec,
+                Options::default(),
+                PinnedSnapshots {
+                    source: snapshot,
+                    target: target.0,
+                },
+            )
+            .await;
+        drop((source, target.1));
+        cut.verify_ms = started.elapsed().as_millis() as u64;
+        let result = result.map_err(|e| Error::Verification(format!("final verification: {e}")))?;
+        let matched = result.report.matched;
+        let summary = result.report.summary();
+        *verified = Some(result);
+        if !matched {
+            return Err(Error::Verification(format!(
+                "the final verification found differences, so the source stays authoritative:\n{summary}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn cancel_requested(&self, job: &JobId) -> bool {
+        matches!(
+            self.store.get(&self.keyspace.job_control(job)).await,
+            Ok(Some(control)) if control == b"cancel"
+        )
+    }
+
+    async fn put_record(&self, record: &JobRecord) {
+        if let Err(e) = self
+            .store
+            .put(
+                &self.keyspace.job_record(&record.spec.job),
+                state::encode(record),
+            )
+            .await
+        {
+            tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
+        }
+    }
+}
+
+/// A read-only target snapshot and the session that exported it.
+async fn export_target_snapshot(spec: &JobSpec) -> Result<(String, Client)> {
+    let target = pg::connect(&spec.target, Side::Target).await?;
+    target
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| Error::postgres("cannot open a target snapshot", e))?;
+    let snapshot: String = target
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot export a target snapshot", e))?
+        .get(0);
+    Ok((snapshot, target))
+}
+
+/// The source's tables locked against writes (reads go on) in one open
+/// transaction: the application's writes wait rather than fail, and if this
+/// process dies the transaction ends and the source is writable again.
+struct Freezer {
+    session: Client,
+}
+
+impl Freezer {
+    async fn freeze(spec: &JobSpec, tables: &[TableName], timeout_ms: u64) -> Result<Self> {
+        let session = pg::connect(&spec.source, Side::Source).await?;
+        let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+        session
+            .batch_execute(&format!(
+                "SET lock_timeout = {timeout_ms}; BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
+                list.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                Error::postgres(
+                    format!(
+                        "cannot freeze the source's tables within {timeout_ms} ms (a session holds a \
+                         conflicting lock or a long write transaction is open; see pg_locks on the \
+                         source, then retry the cutover or raise changes.freeze_timeout_ms)"
+                    ),
+                    e,
+                )
+            })?;
+        Ok(Self { session })
+    }
+
+    /// Unfreezes: the source stays authoritative.
+    async fn release(self) {
+        let _ = self.session.batch_execute("ROLLBACK").await;
+    }
+
+    /// Makes the freeze permanent for the migrated tables, then ends it: a
+    /// trigger refuses every write with a message naming the job, so writes
+    /// that were waiting, and any later ones, fail instead of landing on a
+    /// source that is no longer copied.
+    async fn keep_frozen(self, job: &JobId, tables: &[TableName]) -> Result<()> {
+        let job_literal = job.as_str().replace('\'', "''");
+        let mut sql = String::from(
+            "CREATE SCHEMA IF NOT EXISTS godwit; \
+             CREATE OR REPLACE FUNCTION godwit.refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
+             BEGIN \
+               RAISE EXCEPTION 'table %.% was migrated by godwit job %: write to the target database instead', \
+                 TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0] \
+                 USING ERRCODE = 'read_only_sql_transaction', \
+                       HINT = 'to write here again, drop trigger godwit_migrated on the table'; \
+             END $fn$; ",
+        );
+        for table in tables {
+            sql.push_str(&format!(
+                "DROP TRIGGER IF EXISTS godwit_migrated ON {t}; \
+                 CREATE TRIGGER godwit_migrated BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION godwit.refuse_writes('{job_literal}'); ",
+                t = table.quoted()
+            ));
+        }
+        sql.push_str("COMMIT");
+        if let Err(e) = self.session.batch_execute(&sql).await {
+            let _ = self.session.batch_execute("ROLLBACK").await;
+            return Err(Error::postgres(
+                "cannot leave the source's tables refusing writes (the source role needs CREATE on the \
+                 database and must own the tables)",
+                e,
+            ));
+        }
+        Ok(())
+    }
+}
