@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use crate::render;
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+/// Where a job that streams changes serves the API unless told otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
 /// Workers running in this process over the in-process lease store, with
 /// the coordinator's allocator splitting customer budgets among them.
@@ -67,7 +69,55 @@ impl InProcessWorkers {
     }
 }
 
-pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
+/// Serves the API over the in-process store, so operators reach the job
+/// as they would a coordinator's. Returns the task and the bound address.
+async fn serve_api(
+    listen: &str,
+    store: &Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+) -> Result<(ApiServer, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        format!("cannot listen on {listen}: {e} (choose another address with --listen)")
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the address bound for {listen}: {e}"))?;
+    let (store, keyspace) = (store.clone(), keyspace.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) =
+            godwit_coordinator::service::serve(listener, store, keyspace, shutdown).await
+        {
+            tracing::error!(error = %e, "the API server stopped");
+        }
+    });
+    Ok((ApiServer { stop, task }, address))
+}
+
+/// The API served beside an embedded job.
+struct ApiServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stops taking requests and lets those in flight (a cutover waiting for
+    /// the job to end) answer, for a few seconds at most.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+pub async fn run(
+    spec_path: &Path,
+    workers: usize,
+    concurrency: usize,
+    listen: Option<&str>,
+) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -76,6 +126,7 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
         }
     };
     let job = spec.job.clone();
+    let streams = spec.changes.is_some();
     let prepared = match preflight(spec).await {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -90,6 +141,27 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
         eprintln!("error: {e}");
         return e.exit_code();
     }
+
+    let listen = listen.or(streams.then_some(DEFAULT_LISTEN));
+    let server = match listen {
+        Some(listen) => match serve_api(listen, &store, &keyspace).await {
+            Ok((task, address)) => {
+                eprintln!("serving the godwit.v1 API on {address}");
+                if streams {
+                    eprintln!(
+                        "once the job streams changes: `godwit verify --coordinator http://{address} {job}` \
+                         compares both sides; `godwit cutover --coordinator http://{address} {job}` ends it"
+                    );
+                }
+                Some(task)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
 
     let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
 
@@ -124,6 +196,9 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
     reporter.abort();
     canceller.abort();
     workers.stop().await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
 
     if let Ok(Some(status)) = status::load(store.as_ref(), &keyspace, &job).await {
         print!("{}", render::table_report(&status));
@@ -159,6 +234,12 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize) -> i32 {
                 d(st.load_ms)
             );
             println!("every table's row count and content checksum match on source and target");
+            if let Some(cut) = &summary.cutover {
+                println!(
+                    "cut over: {}; the source's tables refuse writes",
+                    render::cutover_line(&godwit_coordinator::status::cutover(cut))
+                );
+            }
             0
         }
         Err(e) => {

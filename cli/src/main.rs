@@ -34,6 +34,11 @@ enum Command {
         /// Partitions each worker copies at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Serve the godwit.v1 API here while the job runs (status, verify,
+        /// throttle, cutover with --coordinator http://ADDR). A job that
+        /// streams changes always serves it, by default on 127.0.0.1:7400.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Load a finished job's staged copy into a target without touching the source.
     Replay {
@@ -126,6 +131,18 @@ enum Command {
         coordinator: String,
         job_id: String,
     },
+    /// End a job that streams changes: freeze the source's tables (writes
+    /// wait), apply the last changes, sync sequences and verify; the source's
+    /// tables then refuse writes. On any failure the source is unfrozen and
+    /// the job goes on streaming. Exit 0 only when the cutover succeeded.
+    Cutover {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+        /// Also write the final verification report as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Resume reading a paused job where it stopped.
     Resume {
         #[arg(long, env = "GODWIT_COORDINATOR")]
@@ -164,7 +181,8 @@ fn main() -> ExitCode {
                 spec,
                 workers,
                 concurrency,
-            } => embedded::run(&spec, workers, concurrency).await,
+                listen,
+            } => embedded::run(&spec, workers, concurrency, listen.as_deref()).await,
             Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
             Command::Verify {
                 job,
@@ -228,6 +246,11 @@ fn main() -> ExitCode {
                 coordinator,
                 job_id,
             } => remote::pause(&coordinator, &job_id, false).await,
+            Command::Cutover {
+                coordinator,
+                job_id,
+                report,
+            } => remote::cutover(&coordinator, &job_id, report.as_deref()).await,
             Command::Keys {
                 command: KeysCommand::Generate { out },
             } => match godwit_common::keys::Kek::generate_file(&out) {

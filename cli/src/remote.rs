@@ -4,8 +4,8 @@ use std::path::Path;
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest, PauseJobRequest,
-    SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
+    CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest,
+    PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -226,6 +226,49 @@ pub async fn verify(
         report_path,
         response.matched,
     )
+}
+
+/// Has the coordinator cut a streaming job over; exit 0 only on success.
+pub async fn cutover(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 {
+    let mut client = match connect(url).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let response = match client
+        .cutover(CutoverRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(&status),
+    };
+    if let Some(verification) = &response.verification {
+        println!("{}", verification.summary);
+        if let Some(path) = report_path
+            && let Err(e) = std::fs::write(path, &verification.report_json)
+        {
+            eprintln!("error: cannot write the report to {}: {e}", path.display());
+            return 2;
+        }
+    }
+    let Some(cut) = response.cutover else {
+        eprintln!("error: the coordinator did not say how the cutover went");
+        return 1;
+    };
+    if cut.succeeded {
+        println!(
+            "cutover of job {job_id}: {}; the target is ready, the source's tables refuse writes",
+            render::cutover_line(&cut)
+        );
+        0
+    } else {
+        eprintln!(
+            "error: cutover of job {job_id} {}; the source is unfrozen and changes stream on",
+            render::cutover_line(&cut)
+        );
+        1
+    }
 }
 
 /// Prints the last report the coordinator stored for a job.

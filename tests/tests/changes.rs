@@ -1,0 +1,342 @@
+//! Change streaming and cutover end to end: an application keeps writing to
+//! the source through the copy, the streaming, verifications and cutover
+//! attempts; the real `godwit` binary serves the API in-process.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use godwit_tests::{
+    Job, PgCluster, assert_same_tables, bin, describe, free_port, run_godwit, source_and_target,
+    spec_body, wait_until,
+};
+
+/// What the simulated application did to the source.
+#[derive(Default)]
+struct Writes {
+    stop: AtomicBool,
+    committed: AtomicU64,
+    refused: AtomicU64,
+    last_error: std::sync::Mutex<String>,
+}
+
+/// One application transaction: inserts, an update leaving a TOASTed
+/// column unchanged, a key change, deletes, and rows of the keyless table.
+async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio_postgres::Error> {
+    let (offset, third) = (i % 50, i.is_multiple_of(3));
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO customers (name, email, profile, tags) VALUES
+                 ('writer {i}', 'writer{i}@example.com', jsonb_build_object('w', {i}), ARRAY['w{i}']);
+             UPDATE customers SET visits = coalesce(visits, 0) + 1 WHERE name = 'toasted';
+             UPDATE orders SET amount = amount + 1, note = 'changed by writer {i}'
+                 WHERE (customer_id, order_no) = (SELECT customer_id, order_no FROM orders ORDER BY order_no OFFSET {offset} LIMIT 1);
+             DELETE FROM orders WHERE order_no = (SELECT max(order_no) FROM orders);
+             UPDATE sales.invoices SET id = id + 1000000 WHERE id = (SELECT min(id) FROM sales.invoices WHERE id < 1000000);
+             INSERT INTO events (at, kind, payload, ratio, body)
+                 VALUES (now(), 'writer', jsonb_build_object('i', {i}), {i} / 3.0, 'writer body {i}');
+             DELETE FROM events WHERE ctid = (SELECT ctid FROM events WHERE kind = 'writer' AND {third} LIMIT 1);
+             COMMIT;"
+        ))
+        .await
+}
+
+/// Writes to the source until told to stop, counting what committed and
+/// what the source refused.
+fn start_writer(source: &PgCluster) -> anyhow::Result<(Arc<Writes>, tokio::task::JoinHandle<()>)> {
+    let writes = Arc::new(Writes::default());
+    let url = source.url("shop");
+    let shared = writes.clone();
+    let task = tokio::spawn(async move {
+        let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+        else {
+            return;
+        };
+        tokio::spawn(connection);
+        let mut i = 0u64;
+        while !shared.stop.load(Ordering::SeqCst) {
+            i += 1;
+            match write_once(&client, i).await {
+                Ok(()) => {
+                    shared.committed.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    shared.refused.fetch_add(1, Ordering::SeqCst);
+                    let message = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                    if let Ok(mut last) = shared.last_error.lock() {
+                        *last = message;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    Ok((writes, task))
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    run_godwit(args, &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(2).await?;
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
+    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        .await?;
+    let job = Job::create(|staging| {
+        spec_body("streaming", &source, &target, staging) + "\nchanges: { freeze_timeout_ms: 800 }"
+    })?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let (writes, writer) = start_writer(&source)?;
+
+    let log = std::fs::File::create(job.dir.path().join("run.log"))?;
+    let mut run = Running(
+        Command::new(bin("godwit")?)
+            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?,
+    );
+    wait_until(
+        "the job to stream changes",
+        Duration::from_secs(120),
+        || async {
+            let output = godwit(&["status", "--coordinator", &url, "streaming"])?;
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            anyhow::ensure!(!text.contains("failed"), "{}", describe(&output));
+            Ok(text.contains("streaming:").then_some(()))
+        },
+    )
+    .await?;
+    let before = writes.committed.load(Ordering::SeqCst);
+    wait_until(
+        "the application to write while changes stream",
+        Duration::from_secs(30),
+        || async { Ok((writes.committed.load(Ordering::SeqCst) >= before + 20).then_some(())) },
+    )
+    .await?;
+
+    // Compared as they are, both sides differ by the changes in flight: a
+    // verification that is not lined up with the stream is refused.
+    let output = godwit(&["verify", job.spec()])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--coordinator"),
+        "{}",
+        describe(&output)
+    );
+
+    // While the application writes, verification lines both sides up.
+    let report = job.dir.path().join("streaming-report.json");
+    let output = godwit(&[
+        "verify",
+        "--coordinator",
+        &url,
+        "streaming",
+        "--report",
+        &report.display().to_string(),
+    ])?;
+    assert!(
+        output.status.success(),
+        "verify while streaming: {}",
+        describe(&output)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    assert_eq!(json["matched"], true);
+
+    // A real difference is found while changes stream, with its key.
+    dst.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
+        .await?;
+    let output = godwit(&["verify", "--coordinator", &url, "streaming"])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("moods") && stdout.contains("(1)"),
+        "{stdout}"
+    );
+
+    // A session holding a conflicting lock: the freeze gives up, the source
+    // is left as it was.
+    let blocker = source.client("shop").await?;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE orders IN SHARE MODE")
+        .await?;
+    let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("cannot freeze the source's tables within 800 ms"),
+        "{}",
+        describe(&output)
+    );
+    blocker.batch_execute("ROLLBACK").await?;
+
+    // The final verification finds the difference: rolled back, the source
+    // takes writes again and changes keep streaming.
+    let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("rolled back") && text.contains("moods"),
+        "{text}"
+    );
+    let after_rollback = writes.committed.load(Ordering::SeqCst);
+    wait_until(
+        "the source to take writes after the rollback",
+        Duration::from_secs(30),
+        || async {
+            Ok((writes.committed.load(Ordering::SeqCst) >= after_rollback + 10).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        writes.refused.load(Ordering::SeqCst),
+        0,
+        "{:?}",
+        writes.last_error.lock().map(|e| e.clone())
+    );
+
+    // Mended, the cutover succeeds and the source refuses further writes.
+    dst.batch_execute(
+        "UPDATE surveys SET moods = ARRAY['sad', 'happy', NULL]::mood[] WHERE id = 1",
+    )
+    .await?;
+    let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
+    assert!(output.status.success(), "cutover: {}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(stdout.contains("source frozen"), "{stdout}");
+    eprintln!("{stdout}");
+    wait_until(
+        "the application's writes to be refused",
+        Duration::from_secs(30),
+        || async { Ok((writes.refused.load(Ordering::SeqCst) > 0).then_some(())) },
+    )
+    .await?;
+    writes.stop.store(true, Ordering::SeqCst);
+    writer.await?;
+    let refusal = writes
+        .last_error
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
+    assert!(
+        refusal.contains("migrated by godwit job streaming"),
+        "{refusal}"
+    );
+
+    let mut status = None;
+    for _ in 0..600 {
+        status = run.0.try_wait()?;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status =
+        status.ok_or_else(|| anyhow::anyhow!("godwit run did not end after the cutover"))?;
+    assert!(status.success(), "godwit run exited {status:?}");
+
+    // Independent of the copy path: every row the application committed,
+    // nothing else, by each database's own digest.
+    let rows = assert_same_tables(&src, &dst).await?;
+    let written: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        written >= 40,
+        "only {written} application transactions streamed ({rows} rows compared)"
+    );
+    let moved: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM sales.invoices WHERE id > 1000000",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(moved > 0, "no primary-key change arrived");
+
+    // The stream's slot and publication are gone from the source.
+    let leftovers: i64 = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(leftovers, 0, "slot or publication left on the source");
+
+    // Change batches were staged, sealed: no application value in plain text.
+    let batches: Vec<_> = Job::files_under(&job.staging_dir())
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "changes"))
+        .collect();
+    assert!(!batches.is_empty(), "no change batch staged");
+    for path in &batches {
+        let bytes = std::fs::read(path)?;
+        assert!(
+            !bytes
+                .windows(b"writer body".len())
+                .any(|w| w == b"writer body"),
+            "{} holds plaintext",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_replica_identity_is_refused_before_anything_is_written()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::create(|staging| {
+        spec_body("no-identity", &source, &target, staging) + "\nchanges: {}"
+    })?;
+    let output = godwit(&["run", job.spec()])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("public.events") && stderr.contains("REPLICA IDENTITY FULL"),
+        "{stderr}"
+    );
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
+    let on_source: i64 = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(on_source, 0);
+    let tables: i64 = dst
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
+        .await?
+        .get(0);
+    assert_eq!(tables, 0, "the target was written to");
+    Ok(())
+}
