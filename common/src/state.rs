@@ -123,8 +123,9 @@ impl Keyspace {
 
 /// Job lifecycle: planning → copying → finalizing → done, or failed/cancelled
 /// from any non-final phase. A job that streams changes goes from finalizing
-/// to streaming, and from there to cutting over, which ends done or (the
-/// cutover rolled back) streaming again.
+/// to streaming (from planning when a job taken over resumes its stream),
+/// and from there to cutting over, which ends done or (the cutover rolled
+/// back) streaming again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobPhase {
@@ -149,7 +150,7 @@ impl JobPhase {
     pub fn can_become(self, next: JobPhase) -> bool {
         use JobPhase::*;
         match (self, next) {
-            (Planning, Copying)
+            (Planning, Copying | Streaming)
             | (Copying, Finalizing)
             | (Finalizing, Done | Streaming)
             | (Streaming, CuttingOver)

@@ -162,9 +162,47 @@ impl Streamer {
         staging: Staging,
         key: DataKey,
     ) -> Result<Self> {
+        let streamer = Self::open(store, keyspace, spec, tables, slot, start, staging, key).await?;
+        apply::start_ledger(&streamer.target, spec.job.as_str(), start).await?;
+        Ok(streamer)
+    }
+
+    /// Goes on with the stream of a job taken over, from the ledger's
+    /// position `applied`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resume(
+        store: Arc<dyn LeaseStore>,
+        keyspace: Keyspace,
+        spec: &JobSpec,
+        tables: Vec<TableName>,
+        slot: &str,
+        applied: u64,
+        staging: Staging,
+        key: DataKey,
+    ) -> Result<Self> {
+        let mut streamer =
+            Self::open(store, keyspace, spec, tables, slot, applied, staging, key).await?;
+        // The slot may already be past the ledger (moved on while idle): it
+        // cannot be moved back.
+        if let Some((confirmed, _)) = stream::slot_position(&streamer.source, slot).await? {
+            streamer.advanced = streamer.advanced.max(confirmed);
+        }
+        Ok(streamer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        store: Arc<dyn LeaseStore>,
+        keyspace: Keyspace,
+        spec: &JobSpec,
+        tables: Vec<TableName>,
+        slot: &str,
+        applied: u64,
+        staging: Staging,
+        key: DataKey,
+    ) -> Result<Self> {
         let source = pg::connect(&spec.source, Side::Source).await?;
         let target = pg::connect(&spec.target, Side::Target).await?;
-        apply::start_ledger(&target, spec.job.as_str(), start).await?;
         Ok(Self {
             store,
             keyspace,
@@ -177,8 +215,8 @@ impl Streamer {
             source,
             target,
             applier: Applier::new(),
-            applied: start,
-            advanced: start,
+            applied,
+            advanced: applied,
             recent: Vec::new(),
         })
     }

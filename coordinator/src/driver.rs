@@ -203,6 +203,17 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     })
 }
 
+/// Where a stream left off, when it can go on: the target ledger holds its
+/// position and the source still has its slot.
+async fn resumable_stream(spec: &JobSpec, slot: &str) -> Result<Option<u64>> {
+    let source = pg::connect(&spec.source, Side::Source).await?;
+    if stream::slot_position(&source, slot).await?.is_none() {
+        return Ok(None);
+    }
+    let target = pg::connect(&spec.target, Side::Target).await?;
+    godwit_common::pg::apply::applied_lsn(&target, spec.job.as_str()).await
+}
+
 /// Drops the job's publication on the source, once its stream has ended.
 async fn drop_publication(spec: &JobSpec) -> Result<()> {
     let source = pg::connect(&spec.source, Side::Source).await?;
@@ -383,8 +394,54 @@ impl JobDriver {
             }
         };
 
-        let phase_start = Instant::now();
         let slot = snapshot::slot_name(job);
+        if spec.changes.is_some()
+            && prepared.marks.post_data_done
+            && let Some(applied) = resumable_stream(spec, &slot).await.map_err(failed)?
+        {
+            // A copy finished and its stream was applied up to `applied`; the
+            // slot still holds every change after it. Nothing is copied again.
+            tracing::warn!(job_id = %job, from = %godwit_common::pg::pgoutput::format_lsn(applied), "resuming the change stream of a job taken over");
+            record.slot = Some(slot.clone());
+            record.tables = prepared
+                .tables
+                .iter()
+                .map(|t| PlannedTable {
+                    name: t.name.clone(),
+                    copy_columns: t.copy_columns.clone(),
+                    format: t.format,
+                    estimated_bytes: t.bytes,
+                    partitions: Vec::new(),
+                    source_rows: None,
+                    checked: true,
+                })
+                .collect();
+            let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
+            let streamer = Streamer::resume(
+                self.store.clone(),
+                self.keyspace.clone(),
+                spec,
+                names,
+                &slot,
+                applied,
+                staging,
+                data_key,
+            )
+            .await
+            .map_err(failed)?;
+            let cutover = streamer.run(record).await?;
+            return Ok(JobSummary {
+                tables: record.tables.len(),
+                rows: 0,
+                bytes_read: 0,
+                bytes_staged: 0,
+                duration: Duration::ZERO,
+                phases: record.phases,
+                stages: StageTimings::default(),
+                cutover: Some(cutover),
+            });
+        }
+        let phase_start = Instant::now();
         snapshot::drop_slot(&spec.source, &slot)
             .await
             .map_err(failed)?;
