@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use godwit_tests::{
-    Job, PgCluster, assert_same_tables, bin, describe, free_port, run_godwit, source_and_target,
-    spec_body, wait_until,
+    Etcd, Job, PgCluster, Service, assert_same_tables, bin, describe, free_port, run_godwit,
+    source_and_target, spec_body, wait_until,
 };
 
 /// What the simulated application did to the source.
@@ -114,17 +114,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
             .stderr(log)
             .spawn()?,
     );
-    wait_until(
-        "the job to stream changes",
-        Duration::from_secs(120),
-        || async {
-            let output = godwit(&["status", "--coordinator", &url, "streaming"])?;
-            let text = String::from_utf8_lossy(&output.stdout).to_string();
-            anyhow::ensure!(!text.contains("failed"), "{}", describe(&output));
-            Ok(text.contains("streaming:").then_some(()))
-        },
-    )
-    .await?;
+    wait_for_streaming(&url, "streaming").await?;
     let before = writes.committed.load(Ordering::SeqCst);
     wait_until(
         "the application to write while changes stream",
@@ -339,4 +329,113 @@ async fn a_table_without_replica_identity_is_refused_before_anything_is_written(
         .get(0);
     assert_eq!(tables, 0, "the target was written to");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(2).await?;
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
+    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        .await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-stream-restart";
+    let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let worker = Service::worker("worker-1", &etcd.url(), root, &url, &[], &[])?;
+    let job =
+        Job::create(|staging| spec_body("restart", &source, &target, staging) + "\nchanges: {}")?;
+    let submitted = godwit(&["submit", "--coordinator", &url, job.spec()])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let (writes, writer) = start_writer(&source)?;
+    wait_for_streaming(&url, "restart").await?;
+    let copied_before: (i64, Option<std::time::SystemTime>) = {
+        let row = dst
+            .query_one(
+                "SELECT count(*), max(applied_at) FROM godwit.applied_chunks",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
+
+    // Killed while changes stream and the application writes.
+    let before = writes.committed.load(Ordering::SeqCst);
+    wait_until(
+        "writes while streaming",
+        Duration::from_secs(30),
+        || async { Ok((writes.committed.load(Ordering::SeqCst) >= before + 20).then_some(())) },
+    )
+    .await?;
+    coordinator.kill();
+    let (restarted, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    wait_for_streaming(&url, "restart").await?;
+    assert!(
+        restarted.log_text().contains("resuming the change stream"),
+        "{}",
+        restarted.log_text()
+    );
+    let resumed_at = writes.committed.load(Ordering::SeqCst);
+    wait_until(
+        "writes after the restart",
+        Duration::from_secs(30),
+        || async { Ok((writes.committed.load(Ordering::SeqCst) >= resumed_at + 20).then_some(())) },
+    )
+    .await?;
+    let output = godwit(&["verify", "--coordinator", &url, "restart"])?;
+    assert!(
+        output.status.success(),
+        "verify after the restart: {}",
+        describe(&output)
+    );
+
+    let output = godwit(&["cutover", "--coordinator", &url, "restart"])?;
+    assert!(
+        output.status.success(),
+        "cutover: {}\n{}\n{}",
+        describe(&output),
+        restarted.log_text(),
+        worker.log_text()
+    );
+    writes.stop.store(true, Ordering::SeqCst);
+    writer.await?;
+    assert_same_tables(&src, &dst).await?;
+    let copied_after: (i64, Option<std::time::SystemTime>) = {
+        let row = dst
+            .query_one(
+                "SELECT count(*), max(applied_at) FROM godwit.applied_chunks",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        copied_before, copied_after,
+        "the restart copied chunks again"
+    );
+    let written: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        written as u64 >= resumed_at,
+        "{written} of {resumed_at} application transactions arrived"
+    );
+    Ok(())
+}
+
+async fn wait_for_streaming(url: &str, job: &str) -> anyhow::Result<()> {
+    wait_until(
+        "the job to stream changes",
+        Duration::from_secs(120),
+        || async {
+            let output = godwit(&["status", "--coordinator", url, job])?;
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            anyhow::ensure!(!text.contains(" failed"), "{}", describe(&output));
+            Ok(text.contains(&format!("{job} streaming:")).then_some(()))
+        },
+    )
+    .await
 }
