@@ -151,6 +151,11 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
     assert_eq!(json["matched"], true);
 
+    // What operators see while the application writes (figures for the
+    // record, not asserted: the machine is shared).
+    let status = godwit(&["status", "--coordinator", &url, "streaming"])?;
+    eprintln!("{}", String::from_utf8_lossy(&status.stdout));
+
     // A real difference is found while changes stream, with its key.
     dst.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
         .await?;
