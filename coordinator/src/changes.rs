@@ -40,6 +40,7 @@ use crate::verification::{Verified, Verifier};
 const BATCH_MESSAGES: i32 = 5_000;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// PostgreSQL stamps commits in microseconds since 2000-01-01.
 const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
 
@@ -429,12 +430,30 @@ impl Streamer {
     }
 
     /// Waits until the source has flushed its WAL up to `lsn`: decoding
-    /// reads no further than the flush position.
+    /// reads no further than the flush position. An idle source may not
+    /// flush a partial page for a while, so a tiny committed transaction
+    /// forces the flush; a source that still does not flush is an error,
+    /// never an endless wait (the cutover holds the freeze meanwhile).
     async fn wait_flushed(&self, lsn: u64) -> Result<()> {
+        let deadline = Instant::now() + FLUSH_DEADLINE;
+        let mut nudged = false;
         loop {
             let (_, flush) = stream::wal_positions(&self.source).await?;
             if flush >= lsn {
                 return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Catalog(format!(
+                    "the source did not flush its WAL to {} within {FLUSH_DEADLINE:?}",
+                    format_lsn(lsn)
+                )));
+            }
+            if !nudged {
+                self.source
+                    .batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+                    .await
+                    .map_err(|e| Error::postgres("cannot make the source flush its WAL", e))?;
+                nudged = true;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

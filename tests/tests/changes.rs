@@ -38,6 +38,8 @@ async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio
              INSERT INTO events (at, kind, payload, ratio, body)
                  VALUES (now(), 'writer', jsonb_build_object('i', {i}), {i} / 3.0, 'writer body {i}');
              DELETE FROM events WHERE ctid = (SELECT ctid FROM events WHERE kind = 'writer' AND {third} LIMIT 1);
+             INSERT INTO tickets (title) VALUES ('ticket {i}');
+             UPDATE tickets SET title = title || '!' WHERE id = (SELECT min(id) FROM tickets);
              COMMIT;"
         ))
         .await
@@ -97,8 +99,12 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     let (source, target) = source_and_target(2).await?;
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
-    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
-        .await?;
+    src.batch_execute(
+        "ALTER TABLE events REPLICA IDENTITY FULL; \
+         CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text); \
+         INSERT INTO tickets (title) VALUES ('first')",
+    )
+    .await?;
     let job = Job::create(|staging| {
         spec_body("streaming", &source, &target, staging) + "\nchanges: { freeze_timeout_ms: 800 }"
     })?;
@@ -341,8 +347,11 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     let (source, target) = source_and_target(2).await?;
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
-    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
-        .await?;
+    src.batch_execute(
+        "ALTER TABLE events REPLICA IDENTITY FULL; \
+         CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text)",
+    )
+    .await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-stream-restart";
     let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;

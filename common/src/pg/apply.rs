@@ -91,6 +91,9 @@ struct TargetColumn {
     quoted: String,
     type_sql: String,
     key: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: the target accepts a value for it
+    /// only with OVERRIDING SYSTEM VALUE, and never in an UPDATE's SET.
+    always_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -128,8 +131,20 @@ impl Applier {
             .transaction()
             .await
             .map_err(|e| Error::postgres("cannot begin applying changes on the target", e))?;
+        // The ledger, read under a row lock, is the truth about what was
+        // applied: a caller whose idea of it is stale (a lost commit reply,
+        // a second streamer) cannot apply a transaction twice.
+        let recorded = tx
+            .query_opt(
+                "SELECT lsn::text FROM godwit.applied_changes WHERE job_id = $1 FOR UPDATE",
+                &[&job],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot read applied changes from the target ledger", e))?
+            .and_then(|r| super::pgoutput::parse_lsn(&r.get::<_, String>(0)))
+            .unwrap_or(0);
         let mut rows = 0u64;
-        for source_tx in batch {
+        for source_tx in batch.iter().filter(|t| t.end_lsn > recorded) {
             for change in &source_tx.changes {
                 rows += self.apply_one(&tx, change).await.map_err(|e| {
                     Error::Catalog(format!(
@@ -142,7 +157,8 @@ impl Applier {
         }
         tx.execute(
             "INSERT INTO godwit.applied_changes (job_id, lsn) VALUES ($1, $2::text::pg_lsn) \
-             ON CONFLICT (job_id) DO UPDATE SET lsn = EXCLUDED.lsn, applied_at = now()",
+             ON CONFLICT (job_id) DO UPDATE \
+             SET lsn = GREATEST(godwit.applied_changes.lsn, EXCLUDED.lsn), applied_at = now()",
             &[&job, &format_lsn(last.end_lsn)],
         )
         .await
@@ -172,8 +188,13 @@ impl Applier {
                     columns.push(column.quoted.clone());
                     values.push(format!("${}::text::{}", params.len(), column.type_sql));
                 }
+                let overriding = if table.columns.iter().any(|c| c.always_identity) {
+                    " OVERRIDING SYSTEM VALUE"
+                } else {
+                    ""
+                };
                 let sql = format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
+                    "INSERT INTO {} ({}){overriding} VALUES ({})",
                     table.name.quoted(),
                     columns.join(", "),
                     values.join(", ")
@@ -185,7 +206,7 @@ impl Applier {
                 let mut sets = Vec::new();
                 let mut params: Vec<Option<&str>> = Vec::new();
                 for (column, value) in table.columns.iter().zip(new) {
-                    if matches!(value, Value::Unchanged) {
+                    if matches!(value, Value::Unchanged) || column.always_identity {
                         continue;
                     }
                     params.push(text(value, &table, column)?.flatten());
@@ -206,14 +227,16 @@ impl Applier {
                     table.name.quoted(),
                     sets.join(", ")
                 );
-                self.run(tx, &sql, &params).await
+                let changed = self.run(tx, &sql, &params).await?;
+                found_one(changed, "UPDATE", &table)
             }
             Message::Delete { relation, old } => {
                 let table = self.table_for(*relation, old_values(old))?;
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
                 let sql = format!("DELETE FROM {} WHERE {filter}", table.name.quoted());
-                self.run(tx, &sql, &params).await
+                let changed = self.run(tx, &sql, &params).await?;
+                found_one(changed, "DELETE", &table)
             }
             Message::Truncate {
                 relations,
@@ -279,7 +302,8 @@ impl Applier {
         };
         let rows = tx
             .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity = 'a' \
+                 FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&name.quoted()],
             )
@@ -290,7 +314,10 @@ impl Applier {
                     e,
                 )
             })?;
-        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let types: HashMap<String, (String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
         if types.is_empty() {
             return Err(Error::Catalog(format!(
                 "the source changed table {name}, which the target does not have"
@@ -298,7 +325,7 @@ impl Applier {
         }
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
-            let Some(type_sql) = types.get(&column.name) else {
+            let Some((type_sql, always_identity)) = types.get(&column.name) else {
                 return Err(Error::Catalog(format!(
                     "the source changed column {} of {name}, which the target table lacks",
                     column.name
@@ -308,6 +335,7 @@ impl Applier {
                 quoted: quote_ident(&column.name),
                 type_sql: type_sql.clone(),
                 key: column.key,
+                always_identity: *always_identity,
             });
         }
         self.relations.insert(
@@ -344,6 +372,19 @@ impl Applier {
             .await
             .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))
     }
+}
+
+/// An UPDATE or DELETE must find its row: one that does not means the
+/// target no longer matches the source, and going on would hide that.
+fn found_one(changed: u64, what: &str, table: &TargetTable) -> Result<u64> {
+    if changed == 1 {
+        return Ok(1);
+    }
+    Err(Error::Catalog(format!(
+        "change stream: a source {what} of {} matched {changed} rows on the target instead of one: \
+         the target no longer matches the source there (run godwit verify to see where)",
+        table.name
+    )))
 }
 
 fn old_values(old: &OldRow) -> &[Value] {
@@ -508,6 +549,7 @@ mod tests {
             quoted: quote_ident(name),
             type_sql: "integer".into(),
             key,
+            always_identity: false,
         };
         let mut table = TargetTable {
             name: TableName {
