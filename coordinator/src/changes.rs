@@ -20,6 +20,7 @@ use godwit_common::keys::DataKey;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::apply::{self, Applier, SourceTransaction};
 use godwit_common::pg::pgoutput::{self, format_lsn};
+use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::stream::{self, RawChange, SnapshotBounds};
 use godwit_common::pg::{self, Side, catalog};
 use godwit_common::spec::{JobSpec, TableName};
@@ -105,6 +106,23 @@ pub async fn cutover(job: &JobId) -> Result<CutoverOutcome> {
     answer.await.map_err(|_| not_streamed(job))
 }
 
+/// Where a stream left off, when it can go on: the target ledger holds its
+/// position and the source still has its slot.
+pub(crate) async fn resumable(spec: &JobSpec, slot: &str) -> Result<Option<u64>> {
+    let source = pg::connect(&spec.source, Side::Source).await?;
+    if stream::slot_position(&source, slot).await?.is_none() {
+        return Ok(None);
+    }
+    let target = pg::connect(&spec.target, Side::Target).await?;
+    apply::applied_lsn(&target, spec.job.as_str()).await
+}
+
+/// Drops the job's publication on the source, once its stream has ended.
+pub(crate) async fn drop_publication(spec: &JobSpec) -> Result<()> {
+    let source = pg::connect(&spec.source, Side::Source).await?;
+    stream::drop_publication(&source, &stream::publication_name(&slot_name(&spec.job))).await
+}
+
 /// Removes the job from the registry when its stream ends, however it ends.
 struct Registered(String);
 
@@ -127,6 +145,17 @@ struct Polled {
     stopped: bool,
     /// Source commit time of the last transaction applied, Unix ms.
     last_commit_unix_ms: Option<u64>,
+}
+
+/// What a stream needs besides its position.
+pub struct StreamSetup {
+    pub store: Arc<dyn LeaseStore>,
+    pub keyspace: Keyspace,
+    pub spec: JobSpec,
+    pub tables: Vec<TableName>,
+    pub slot: String,
+    pub staging: Staging,
+    pub key: DataKey,
 }
 
 pub struct Streamer {
@@ -152,67 +181,38 @@ pub struct Streamer {
 impl Streamer {
     /// Starts the stream of a job whose copy was taken at `start` (the
     /// slot's consistent point): the ledger begins there.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        store: Arc<dyn LeaseStore>,
-        keyspace: Keyspace,
-        spec: &JobSpec,
-        tables: Vec<TableName>,
-        slot: &str,
-        start: u64,
-        staging: Staging,
-        key: DataKey,
-    ) -> Result<Self> {
-        let streamer = Self::open(store, keyspace, spec, tables, slot, start, staging, key).await?;
-        apply::start_ledger(&streamer.target, spec.job.as_str(), start).await?;
+    pub async fn start(setup: StreamSetup, start: u64) -> Result<Self> {
+        let streamer = Self::open(setup, start).await?;
+        apply::start_ledger(&streamer.target, streamer.spec.job.as_str(), start).await?;
         Ok(streamer)
     }
 
     /// Goes on with the stream of a job taken over, from the ledger's
     /// position `applied`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn resume(
-        store: Arc<dyn LeaseStore>,
-        keyspace: Keyspace,
-        spec: &JobSpec,
-        tables: Vec<TableName>,
-        slot: &str,
-        applied: u64,
-        staging: Staging,
-        key: DataKey,
-    ) -> Result<Self> {
-        let mut streamer =
-            Self::open(store, keyspace, spec, tables, slot, applied, staging, key).await?;
+    pub async fn resume(setup: StreamSetup, applied: u64) -> Result<Self> {
+        let mut streamer = Self::open(setup, applied).await?;
         // The slot may already be past the ledger (moved on while idle): it
         // cannot be moved back.
-        if let Some((confirmed, _)) = stream::slot_position(&streamer.source, slot).await? {
+        if let Some((confirmed, _)) =
+            stream::slot_position(&streamer.source, &streamer.slot).await?
+        {
             streamer.advanced = streamer.advanced.max(confirmed);
         }
         Ok(streamer)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn open(
-        store: Arc<dyn LeaseStore>,
-        keyspace: Keyspace,
-        spec: &JobSpec,
-        tables: Vec<TableName>,
-        slot: &str,
-        applied: u64,
-        staging: Staging,
-        key: DataKey,
-    ) -> Result<Self> {
-        let source = pg::connect(&spec.source, Side::Source).await?;
-        let target = pg::connect(&spec.target, Side::Target).await?;
+    async fn open(setup: StreamSetup, applied: u64) -> Result<Self> {
+        let source = pg::connect(&setup.spec.source, Side::Source).await?;
+        let target = pg::connect(&setup.spec.target, Side::Target).await?;
         Ok(Self {
-            store,
-            keyspace,
-            spec: spec.clone(),
-            tables,
-            slot: slot.to_owned(),
-            publication: stream::publication_name(slot),
-            staging,
-            key,
+            publication: stream::publication_name(&setup.slot),
+            store: setup.store,
+            keyspace: setup.keyspace,
+            spec: setup.spec,
+            tables: setup.tables,
+            slot: setup.slot,
+            staging: setup.staging,
+            key: setup.key,
             source,
             target,
             applier: Applier::new(),
@@ -474,21 +474,17 @@ impl Streamer {
     /// transactions it sees before a target snapshot is exported.
     async fn pin(&mut self) -> Result<Pinned> {
         loop {
-            let exporter = pg::connect(&self.spec.source, Side::Source).await?;
-            exporter
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| Error::postgres("cannot open a source snapshot", e))?;
+            let (snapshot, exporter) = export_snapshot(&self.spec.source, Side::Source).await?;
+            // The transaction's snapshot, the one exported; the insert
+            // position read after it is past every commit it sees.
             let row = exporter
                 .query_one(
-                    "SELECT pg_export_snapshot(), pg_current_snapshot()::text, \
-                     pg_current_wal_insert_lsn()::text",
+                    "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text",
                     &[],
                 )
                 .await
-                .map_err(|e| Error::postgres("cannot export a source snapshot", e))?;
-            let snapshot: String = row.get(0);
-            let bounds_text: String = row.get(1);
+                .map_err(|e| Error::postgres("cannot read the source snapshot's bounds", e))?;
+            let bounds_text: String = row.get(0);
             let bounds = SnapshotBounds::parse(&bounds_text).ok_or_else(|| {
                 Error::Catalog(format!("source returned snapshot {bounds_text:?}"))
             })?;
@@ -499,11 +495,11 @@ impl Streamer {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            let insert_text: String = row.get(2);
+            let insert_text: String = row.get(1);
             let insert = pgoutput::parse_lsn(&insert_text)
                 .ok_or_else(|| Error::Catalog(format!("source returned LSN {insert_text:?}")))?;
             self.drain(insert, Some(&bounds)).await?;
-            let target = export_target_snapshot(&self.spec).await?;
+            let target = export_snapshot(&self.spec.target, Side::Target).await?;
             return Ok(Pinned {
                 snapshots: PinnedSnapshots {
                     source: snapshot,
@@ -613,28 +609,19 @@ impl Streamer {
         cut.drain_ms = started.elapsed().as_millis() as u64;
 
         let started = Instant::now();
-        let source = pg::connect(&self.spec.source, Side::Source).await?;
-        source
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| Error::postgres("cannot open a source snapshot", e))?;
-        let snapshot: String = source
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(|e| Error::postgres("cannot export a source snapshot", e))?
-            .get(0);
-        let target = export_target_snapshot(&self.spec).await?;
+        let source = export_snapshot(&self.spec.source, Side::Source).await?;
+        let target = export_snapshot(&self.spec.target, Side::Target).await?;
         let result = Verifier::new(self.store.clone(), self.keyspace.clone())
             .verify_pinned(
                 &self.spec,
                 Options::default(),
                 PinnedSnapshots {
-                    source: snapshot,
+                    source: source.0,
                     target: target.0,
                 },
             )
             .await;
-        drop((source, target.1));
+        drop((source.1, target.1));
         cut.verify_ms = started.elapsed().as_millis() as u64;
         let result = result.map_err(|e| Error::Verification(format!("final verification: {e}")))?;
         let matched = result.report.matched;
@@ -669,19 +656,20 @@ impl Streamer {
     }
 }
 
-/// A read-only target snapshot and the session that exported it.
-async fn export_target_snapshot(spec: &JobSpec) -> Result<(String, Client)> {
-    let target = pg::connect(&spec.target, Side::Target).await?;
-    target
+/// A read-only snapshot of one side, exported, and the session that must
+/// stay open for others to join it.
+async fn export_snapshot(conn: &str, side: Side) -> Result<(String, Client)> {
+    let session = pg::connect(conn, side).await?;
+    session
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
-        .map_err(|e| Error::postgres("cannot open a target snapshot", e))?;
-    let snapshot: String = target
+        .map_err(|e| Error::postgres(format!("cannot open a {side} snapshot"), e))?;
+    let snapshot: String = session
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
-        .map_err(|e| Error::postgres("cannot export a target snapshot", e))?
+        .map_err(|e| Error::postgres(format!("cannot export a {side} snapshot"), e))?
         .get(0);
-    Ok((snapshot, target))
+    Ok((snapshot, session))
 }
 
 /// The source's tables locked against writes (reads go on) in one open

@@ -25,7 +25,7 @@ use godwit_common::state::{
 };
 use godwit_common::{Error, Result};
 
-use crate::changes::Streamer;
+use crate::changes::{self, StreamSetup, Streamer};
 use crate::error::JobError;
 use crate::planner::split_table;
 
@@ -203,25 +203,17 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     })
 }
 
-/// Where a stream left off, when it can go on: the target ledger holds its
-/// position and the source still has its slot.
-async fn resumable_stream(spec: &JobSpec, slot: &str) -> Result<Option<u64>> {
-    let source = pg::connect(&spec.source, Side::Source).await?;
-    if stream::slot_position(&source, slot).await?.is_none() {
-        return Ok(None);
+/// The plan entry of a source table.
+fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
+    PlannedTable {
+        name: table.name.clone(),
+        copy_columns: table.copy_columns.clone(),
+        format: table.format,
+        estimated_bytes: table.bytes,
+        partitions,
+        source_rows: None,
+        checked: false,
     }
-    let target = pg::connect(&spec.target, Side::Target).await?;
-    godwit_common::pg::apply::applied_lsn(&target, spec.job.as_str()).await
-}
-
-/// Drops the job's publication on the source, once its stream has ended.
-async fn drop_publication(spec: &JobSpec) -> Result<()> {
-    let source = pg::connect(&spec.source, Side::Source).await?;
-    stream::drop_publication(
-        &source,
-        &stream::publication_name(&snapshot::slot_name(&spec.job)),
-    )
-    .await
 }
 
 pub struct JobDriver {
@@ -333,7 +325,7 @@ impl JobDriver {
             tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
         }
         if prepared.spec.changes.is_some()
-            && let Err(e) = drop_publication(&prepared.spec).await
+            && let Err(e) = changes::drop_publication(&prepared.spec).await
         {
             tracing::warn!(job_id = %job, error = %e, "cannot drop the job's publication; drop it by hand");
         }
@@ -397,7 +389,7 @@ impl JobDriver {
         let slot = snapshot::slot_name(job);
         if spec.changes.is_some()
             && prepared.marks.post_data_done
-            && let Some(applied) = resumable_stream(spec, &slot).await.map_err(failed)?
+            && let Some(applied) = changes::resumable(spec, &slot).await.map_err(failed)?
         {
             // A copy finished and its stream was applied up to `applied`; the
             // slot still holds every change after it. Nothing is copied again.
@@ -407,29 +399,12 @@ impl JobDriver {
                 .tables
                 .iter()
                 .map(|t| PlannedTable {
-                    name: t.name.clone(),
-                    copy_columns: t.copy_columns.clone(),
-                    format: t.format,
-                    estimated_bytes: t.bytes,
-                    partitions: Vec::new(),
-                    source_rows: None,
                     checked: true,
+                    ..planned_table(t, Vec::new())
                 })
                 .collect();
-            let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
-            let streamer = Streamer::resume(
-                self.store.clone(),
-                self.keyspace.clone(),
-                spec,
-                names,
-                &slot,
-                applied,
-                staging,
-                data_key,
-            )
-            .await
-            .map_err(failed)?;
-            let cutover = streamer.run(record).await?;
+            let setup = self.stream_setup(record, &slot, staging, data_key);
+            let streamer = Streamer::resume(setup, applied).await.map_err(failed)?;
             return Ok(JobSummary {
                 tables: record.tables.len(),
                 rows: 0,
@@ -438,7 +413,7 @@ impl JobDriver {
                 duration: Duration::ZERO,
                 phases: record.phases,
                 stages: StageTimings::default(),
-                cutover: Some(cutover),
+                cutover: Some(streamer.run(record).await?),
             });
         }
         let phase_start = Instant::now();
@@ -575,19 +550,8 @@ impl JobDriver {
                         "the slot's consistent point {consistent_lsn:?} is not an LSN"
                     )))
                 })?;
-            let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
-            let streamer = Streamer::start(
-                self.store.clone(),
-                self.keyspace.clone(),
-                spec,
-                names,
-                &slot,
-                start,
-                staging,
-                data_key,
-            )
-            .await
-            .map_err(failed)?;
+            let setup = self.stream_setup(record, &slot, staging, data_key);
+            let streamer = Streamer::start(setup, start).await.map_err(failed)?;
             Some(streamer.run(record).await?)
         } else {
             None
@@ -672,15 +636,7 @@ impl JobDriver {
                 partitions.push(next_partition);
                 next_partition += 1;
             }
-            planned.push(PlannedTable {
-                name: table.name.clone(),
-                copy_columns: table.copy_columns.clone(),
-                format: table.format,
-                estimated_bytes: table.bytes,
-                partitions,
-                source_rows: None,
-                checked: false,
-            });
+            planned.push(planned_table(table, partitions));
         }
         tracing::info!(job_id = %spec.job, tables = planned.len(), partitions = next_partition, "plan published");
         Ok(planned)
@@ -793,6 +749,24 @@ impl JobDriver {
             ))));
         }
         Ok(())
+    }
+
+    fn stream_setup(
+        &self,
+        record: &JobRecord,
+        slot: &str,
+        staging: Staging,
+        key: DataKey,
+    ) -> StreamSetup {
+        StreamSetup {
+            store: self.store.clone(),
+            keyspace: self.keyspace.clone(),
+            spec: record.spec.clone(),
+            tables: record.tables.iter().map(|t| t.name.clone()).collect(),
+            slot: slot.to_owned(),
+            staging,
+            key,
+        }
     }
 
     async fn put_record(&self, record: &JobRecord) -> Result<()> {

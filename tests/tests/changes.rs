@@ -81,6 +81,30 @@ fn start_writer(source: &PgCluster) -> anyhow::Result<(Arc<Writes>, tokio::task:
     Ok((writes, task))
 }
 
+impl Writes {
+    /// Waits until the application has committed `more` transactions from
+    /// now; returns the count it started from.
+    async fn commits_after(&self, more: u64, what: &str) -> anyhow::Result<u64> {
+        let from = self.committed.load(Ordering::SeqCst);
+        wait_until(what, Duration::from_secs(30), || async {
+            Ok((self.committed.load(Ordering::SeqCst) >= from + more).then_some(()))
+        })
+        .await?;
+        Ok(from)
+    }
+}
+
+/// Replication slots and publications left on a source.
+async fn stream_leftovers(source: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(source
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 struct Running(Child);
 
 impl Drop for Running {
@@ -121,13 +145,9 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
             .spawn()?,
     );
     wait_for_streaming(&url, "streaming").await?;
-    let before = writes.committed.load(Ordering::SeqCst);
-    wait_until(
-        "the application to write while changes stream",
-        Duration::from_secs(30),
-        || async { Ok((writes.committed.load(Ordering::SeqCst) >= before + 20).then_some(())) },
-    )
-    .await?;
+    writes
+        .commits_after(20, "the application to write while changes stream")
+        .await?;
 
     // Compared as they are, both sides differ by the changes in flight: a
     // verification that is not lined up with the stream is refused.
@@ -202,15 +222,9 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
         text.contains("rolled back") && text.contains("moods"),
         "{text}"
     );
-    let after_rollback = writes.committed.load(Ordering::SeqCst);
-    wait_until(
-        "the source to take writes after the rollback",
-        Duration::from_secs(30),
-        || async {
-            Ok((writes.committed.load(Ordering::SeqCst) >= after_rollback + 10).then_some(()))
-        },
-    )
-    .await?;
+    writes
+        .commits_after(10, "the source to take writes after the rollback")
+        .await?;
     assert_eq!(
         writes.refused.load(Ordering::SeqCst),
         0,
@@ -282,14 +296,11 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     assert!(moved > 0, "no primary-key change arrived");
 
     // The stream's slot and publication are gone from the source.
-    let leftovers: i64 = src
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(leftovers, 0, "slot or publication left on the source");
+    assert_eq!(
+        stream_leftovers(&src).await?,
+        0,
+        "slot or publication left on the source"
+    );
 
     // Change batches were staged, sealed: no application value in plain text.
     let batches: Vec<_> = Job::files_under(&job.staging_dir())
@@ -326,14 +337,7 @@ async fn a_table_without_replica_identity_is_refused_before_anything_is_written(
     );
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
-    let on_source: i64 = src
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(on_source, 0);
+    assert_eq!(stream_leftovers(&src).await?, 0);
     let tables: i64 = dst
         .query_one("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
         .await?
@@ -373,13 +377,7 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     };
 
     // Killed while changes stream and the application writes.
-    let before = writes.committed.load(Ordering::SeqCst);
-    wait_until(
-        "writes while streaming",
-        Duration::from_secs(30),
-        || async { Ok((writes.committed.load(Ordering::SeqCst) >= before + 20).then_some(())) },
-    )
-    .await?;
+    writes.commits_after(20, "writes while streaming").await?;
     coordinator.kill();
     let (restarted, url) = Service::coordinator(&etcd.url(), root, &[])?;
     wait_for_streaming(&url, "restart").await?;
@@ -388,13 +386,7 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
         "{}",
         restarted.log_text()
     );
-    let resumed_at = writes.committed.load(Ordering::SeqCst);
-    wait_until(
-        "writes after the restart",
-        Duration::from_secs(30),
-        || async { Ok((writes.committed.load(Ordering::SeqCst) >= resumed_at + 20).then_some(())) },
-    )
-    .await?;
+    let resumed_at = writes.commits_after(20, "writes after the restart").await?;
     let output = godwit(&["verify", "--coordinator", &url, "restart"])?;
     assert!(
         output.status.success(),
