@@ -22,7 +22,7 @@ pub enum Error {
     /// A staged object failed authentication or is malformed; it must never be loaded.
     #[error("chunk {object} rejected: {reason}")]
     ChunkRejected { object: String, reason: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_postgres(source))]
     Postgres {
         context: String,
         #[source]
@@ -83,6 +83,31 @@ impl Error {
             source,
         }
     }
+}
+
+/// The driver's own message is only "db error"; what PostgreSQL said (its
+/// message, detail, hint, where and SQLSTATE) is what tells an operator what
+/// went wrong. A detail that quotes row values ("Key (email)=(…) already
+/// exists") is left out: messages reach logs, and logs never hold customer data.
+fn describe_postgres(source: &tokio_postgres::Error) -> String {
+    let Some(db) = source.as_db_error() else {
+        return match std::error::Error::source(source) {
+            Some(cause) => format!("{source}: {cause}"),
+            None => source.to_string(),
+        };
+    };
+    let mut text = format!("{}: {}", db.severity(), db.message());
+    if let Some(detail) = db.detail().filter(|d| !d.contains(")=(")) {
+        text.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    if let Some(context) = db.where_() {
+        text.push_str(&format!("; where: {}", context.replace('\n', " / ")));
+    }
+    text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+    text
 }
 
 impl From<etcd_client::Error> for Error {

@@ -193,6 +193,12 @@ impl TableName {
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
+
+    /// The table's own rows, for a `FROM` clause: without `ONLY`, a parent
+    /// of inheritance children would be read (and counted) with theirs.
+    pub fn only(&self) -> String {
+        format!("ONLY {}", self.quoted())
+    }
 }
 
 impl fmt::Display for TableName {

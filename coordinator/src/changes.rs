@@ -604,7 +604,8 @@ impl Streamer {
         let started = Instant::now();
         let (insert, _) = stream::wal_positions(&self.source).await?;
         self.drain(insert, None).await?;
-        let sequences = catalog::sequences(&self.source).await?;
+        let sequences =
+            catalog::sequences(&self.source, &self.tables, self.spec.all_tables()).await?;
         catalog::set_sequences(&self.target, &sequences).await?;
         cut.drain_ms = started.elapsed().as_millis() as u64;
 

@@ -16,7 +16,7 @@ use godwit_common::pg::checksum::fingerprint;
 use godwit_common::pg::ledger::{self, JobMarks};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
-use godwit_common::pg::{self, Side, join_snapshot, stream};
+use godwit_common::pg::{self, Side, access, join_snapshot, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
@@ -159,8 +159,15 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         ))));
     }
 
+    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+    let unreadable = access::unreadable_tables(&source, &names)
+        .await
+        .map_err(rejected)?;
+    let role = access::current_role(&source).await.map_err(rejected)?;
+    if let Some(refusal) = access::refusal(&role, &unreadable) {
+        return Err(rejected(refusal));
+    }
     if spec.changes.is_some() {
-        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
         let unstreamable = stream::unstreamable_tables(&source, &names)
             .await
             .map_err(rejected)?;
@@ -525,8 +532,17 @@ impl JobDriver {
         join_snapshot(&source, &snapshot_name)
             .await
             .map_err(failed)?;
+        if copy_data {
+            let views = godwit_common::pg::schema::refresh_materialized_views(&source, &target)
+                .await
+                .map_err(failed)?;
+            tracing::info!(job_id = %job, views, "materialized views refreshed on the target");
+        }
         let phase_start = Instant::now();
-        let sequences = catalog::sequences(&source).await.map_err(failed)?;
+        let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
+        let sequences = catalog::sequences(&source, &names, spec.all_tables())
+            .await
+            .map_err(failed)?;
         catalog::set_sequences(&target, &sequences)
             .await
             .map_err(failed)?;
@@ -605,7 +621,7 @@ impl JobDriver {
         let mut planned = Vec::with_capacity(prepared.tables.len());
         let mut next_partition = 0u32;
         for table in &prepared.tables {
-            let ranges = if copy_data && !table.copy_columns.is_empty() {
+            let ranges = if copy_data {
                 split_table(table.blocks, spec.partition_size.0)
             } else {
                 Vec::new()

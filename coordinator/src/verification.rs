@@ -196,9 +196,15 @@ impl Verifier {
             ),
             None => None,
         };
-        let schema = verify::compare_schema(source, target, &names, sequence_writer.as_ref())
-            .await
-            .map_err(failed)?;
+        let schema = verify::compare_schema(
+            source,
+            target,
+            &names,
+            spec.all_tables(),
+            sequence_writer.as_ref(),
+        )
+        .await
+        .map_err(failed)?;
         let present = catalog::existing_tables(target, &names)
             .await
             .map_err(failed)?;

@@ -31,7 +31,7 @@ pub async fn table_digest(client: &Client, table: &str) -> anyhow::Result<(i64, 
         .query_one(
             &format!(
                 "SELECT count(*), md5(coalesce(string_agg(h, ',' ORDER BY h), '')) \
-                 FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS hashed"
+                 FROM (SELECT md5(t::text) AS h FROM ONLY {table} AS t) AS hashed"
             ),
             &[],
         )
@@ -81,7 +81,7 @@ pub async fn lost_and_duplicated(source: &Client, target: &Client) -> anyhow::Re
             .await?;
         let rows = client
             .query(
-                &format!("SELECT md5(t::text), count(*) FROM {table} AS t GROUP BY 1"),
+                &format!("SELECT md5(t::text), count(*) FROM ONLY {table} AS t GROUP BY 1"),
                 &[],
             )
             .await
@@ -117,9 +117,13 @@ pub async fn clean_read_bytes(source: &Client, spec_path: &std::path::Path) -> a
     let mut total = 0u64;
     for table in catalog::resolve_tables(source, &spec).await? {
         let statement = format!(
-            "COPY (SELECT ctid, {} FROM {}) TO STDOUT {}",
-            table.copy_columns.join(", "),
-            table.name.quoted(),
+            "COPY (SELECT ctid{} FROM {}) TO STDOUT {}",
+            table
+                .copy_columns
+                .iter()
+                .map(|c| format!(", {c}"))
+                .collect::<String>(),
+            table.name.only(),
             table.format.options()
         );
         let stream = source.copy_out(statement.as_str()).await?;

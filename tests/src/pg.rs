@@ -75,8 +75,102 @@ impl PgCluster {
             .with_context(|| format!("creating database {name}"))
     }
 
+    /// Creates the role the README asks customers for, `REPLICATION` and
+    /// `SELECT` on every table and sequence of `db` (no superuser), that
+    /// must log in with a password (SCRAM) over TCP; `attributes` adds role
+    /// attributes such as `BYPASSRLS`. Returns its connection URL.
+    pub async fn least_privileged_role(
+        &self,
+        db: &str,
+        role: &str,
+        attributes: &str,
+    ) -> anyhow::Result<String> {
+        let password = format!("pw-{}-{}", role, self.port);
+        let admin = self.client(db).await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN REPLICATION {attributes} PASSWORD '{password}'; \
+                 DO $$ DECLARE s text; BEGIN \
+                   FOR s IN SELECT quote_ident(nspname) FROM pg_namespace \
+                            WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+                              AND nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%' LOOP \
+                     EXECUTE format('GRANT USAGE ON SCHEMA %s TO {role}', s); \
+                     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %s TO {role}', s); \
+                     EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %s TO {role}', s); \
+                   END LOOP; END $$"
+            ))
+            .await
+            .with_context(|| format!("creating role {role}"))?;
+        let hba = self.dir.path().join("cluster/data/pg_hba.conf");
+        let existing = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+        if !existing.contains(&format!(" {role} ")) {
+            let kind = if existing.contains("hostssl") {
+                "hostssl"
+            } else {
+                "host"
+            };
+            std::fs::write(
+                &hba,
+                format!(
+                    "{kind} all {role} 127.0.0.1/32 scram-sha-256\n\
+                     {kind} replication {role} 127.0.0.1/32 scram-sha-256\n{existing}"
+                ),
+            )
+            .context("writing pg_hba.conf")?;
+            admin
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .context("reloading pg_hba.conf")?;
+        }
+        Ok(format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/{db}",
+            self.port
+        ))
+    }
+
+    /// `pg_dump --schema-only` of `db` without godwit's own schema, owners
+    /// and grants (the target's roles are the platform's, not the
+    /// customer's), and without the dump's comment and `\restrict` lines.
+    pub fn schema_text(&self, db: &str) -> anyhow::Result<String> {
+        let output = Command::new("pg_dump")
+            .args([
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                "--exclude-schema=godwit",
+            ])
+            .arg(format!(
+                "--dbname=host={} port={} user=postgres dbname={db}",
+                self.dir.path().join("cluster").display(),
+                self.port
+            ))
+            .output()
+            .context("running pg_dump")?;
+        if !output.status.success() {
+            bail!(
+                "pg_dump of {db} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            // `\restrict` lines carry a random key per dump.
+            .filter(|line| {
+                !line.starts_with("--")
+                    && !line.starts_with("\\restrict")
+                    && !line.starts_with("\\unrestrict")
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// Loads `tests/fixtures/awkward.sql` at `scale` into `db`.
     pub fn load_fixture(&self, db: &str, scale: u32) -> anyhow::Result<()> {
+        self.load_sql(db, "awkward.sql", scale)
+    }
+
+    /// Runs `tests/fixtures/FILE` with psql (`-v scale=N`) in `db`.
+    pub fn load_sql(&self, db: &str, file: &str, scale: u32) -> anyhow::Result<()> {
         let output = Command::new("psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v"])
             .arg(format!("scale={scale}"))
@@ -87,7 +181,7 @@ impl PgCluster {
                 self.port
             ))
             .arg("-f")
-            .arg(repo_root().join("tests/fixtures/awkward.sql"))
+            .arg(repo_root().join("tests/fixtures").join(file))
             .output()
             .context("running psql")?;
         if !output.status.success() {

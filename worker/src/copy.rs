@@ -105,14 +105,20 @@ pub async fn copy_partition(
         tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");
     }
 
-    let columns = job.table.copy_columns.join(", ");
+    // A table without columns still has rows: `ctid` alone carries them.
+    let columns: String = job
+        .table
+        .copy_columns
+        .iter()
+        .map(|c| format!(", {c}"))
+        .collect();
     let resume_predicate = resume
         .after
         .map(|after| format!(" AND ctid > '{after}'::tid"))
         .unwrap_or_default();
     let statement = format!(
-        "COPY (SELECT ctid, {columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
-        job.table.name.quoted(),
+        "COPY (SELECT ctid{columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
+        job.table.name.only(),
         record.range.predicate(),
         job.table.format.options()
     );

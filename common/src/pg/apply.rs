@@ -224,7 +224,7 @@ impl Applier {
                 let filter = identify(&table, identity, &mut params)?;
                 let sql = format!(
                     "UPDATE {} SET {} WHERE {filter}",
-                    table.name.quoted(),
+                    table.name.only(),
                     sets.join(", ")
                 );
                 let changed = self.run(tx, &sql, &params).await?;
@@ -234,7 +234,7 @@ impl Applier {
                 let table = self.table_for(*relation, old_values(old))?;
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
-                let sql = format!("DELETE FROM {} WHERE {filter}", table.name.quoted());
+                let sql = format!("DELETE FROM {} WHERE {filter}", table.name.only());
                 let changed = self.run(tx, &sql, &params).await?;
                 found_one(changed, "DELETE", &table)
             }
@@ -245,7 +245,8 @@ impl Applier {
             } => {
                 let mut names = Vec::new();
                 for relation in relations {
-                    names.push(self.table(*relation)?.name.quoted());
+                    // Each truncated relation is listed, children too.
+                    names.push(self.table(*relation)?.name.only());
                 }
                 let sql = format!(
                     "TRUNCATE {}{}{}",
@@ -457,7 +458,7 @@ fn identify<'v>(
         // Without a key, duplicates are possible: change exactly one of them.
         Ok(format!(
             "ctid = (SELECT t.ctid FROM {} t WHERE {} LIMIT 1)",
-            table.name.quoted(),
+            table.name.only(),
             conditions.join(" AND ")
         ))
     } else {
@@ -568,7 +569,7 @@ mod tests {
         table.full_identity = true;
         let mut params = Vec::new();
         let filter = identify(&table, &values, &mut params).expect("full row");
-        assert!(filter.starts_with("ctid = (SELECT t.ctid FROM \"public\".\"t\" t WHERE"));
+        assert!(filter.starts_with("ctid = (SELECT t.ctid FROM ONLY \"public\".\"t\" t WHERE"));
         assert!(filter.contains("t.\"v\"::text IS NOT DISTINCT FROM $2::text"));
         assert_eq!(params, vec![Some("4"), None]);
 

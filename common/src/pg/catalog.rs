@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 use crate::pgcopy::CopyFormat;
-use crate::spec::{JobSpec, TableName, quote_ident};
+use crate::spec::{JobSpec, TableName};
 use crate::{Error, Result};
 
 /// Schemas that are never migrated.
@@ -114,22 +114,49 @@ pub async fn existing_tables(client: &Client, tables: &[TableName]) -> Result<Ve
         .collect())
 }
 
-/// Sequences of the source with their current state, as seen by the
-/// caller's transaction.
-pub async fn sequences(client: &Client) -> Result<Vec<(String, i64, bool)>> {
+/// The job's sequences: those its tables own (serial and identity columns)
+/// or draw defaults from, and, when the job takes every table, the
+/// free-standing ones too. Never another job's or the platform's own.
+pub async fn job_sequences(
+    client: &Client,
+    tables: &[TableName],
+    every_table: bool,
+) -> Result<Vec<String>> {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
     let rows = client
         .query(
             &format!(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'S' AND n.nspname NOT IN {SYSTEM_SCHEMAS} ORDER BY 1, 2"
+                "WITH job AS (SELECT to_regclass(x) AS oid FROM unnest($1::text[]) AS x) \
+                 SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'S' AND n.nspname NOT IN {SYSTEM_SCHEMAS} AND ( \
+                   EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype IN ('a', 'i') \
+                           AND d.refobjid IN (SELECT oid FROM job)) \
+                   OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid \
+                              WHERE d.classid = 'pg_attrdef'::regclass AND d.refobjid = c.oid \
+                                AND ad.adrelid IN (SELECT oid FROM job)) \
+                   OR ($2 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype IN ('a', 'i')))) \
+                 ORDER BY 1"
             ),
-            &[],
+            &[&names, &every_table],
         )
         .await
-        .map_err(|e| Error::postgres("cannot list source sequences", e))?;
-    let mut sequences = Vec::with_capacity(rows.len());
-    for row in rows {
-        let name = format!("{}.{}", quote_ident(row.get(0)), quote_ident(row.get(1)));
+        .map_err(|e| Error::postgres("cannot list the job's sequences", e))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// The job's sequences (see [`job_sequences`]) with their current state,
+/// as seen by the caller's transaction.
+pub async fn sequences(
+    client: &Client,
+    tables: &[TableName],
+    every_table: bool,
+) -> Result<Vec<(String, i64, bool)>> {
+    let names = job_sequences(client, tables, every_table).await?;
+    let mut sequences = Vec::with_capacity(names.len());
+    for name in names {
         let state = client
             .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
             .await
@@ -139,15 +166,46 @@ pub async fn sequences(client: &Client) -> Result<Vec<(String, i64, bool)>> {
     Ok(sequences)
 }
 
-/// Sets each sequence that exists on the target to the source's state.
+/// The value a sequence hands out next, widened so no step overflows.
+fn next_value(last_value: i64, is_called: bool, increment: i64) -> i128 {
+    if is_called {
+        i128::from(last_value) + i128::from(increment)
+    } else {
+        i128::from(last_value)
+    }
+}
+
+/// Brings each sequence that exists on the target up to the source's state,
+/// never back: once the platform has drawn values on the target (after
+/// go-live, or for rows of its own), moving a sequence back would hand out
+/// those values again.
 pub async fn set_sequences(target: &Client, sequences: &[(String, i64, bool)]) -> Result<()> {
     for (name, last_value, is_called) in sequences {
-        let exists: bool = target
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[name])
+        let Some(state) = target
+            .query_opt(
+                "SELECT p.seqincrement FROM pg_sequence p WHERE p.seqrelid = to_regclass($1)",
+                &[name],
+            )
             .await
             .map_err(|e| Error::postgres("cannot read the target catalog", e))?
-            .get(0);
-        if !exists {
+        else {
+            continue;
+        };
+        let increment: i64 = state.get(0);
+        let current = target
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(|e| {
+                Error::postgres(format!("cannot read sequence {name} on the target"), e)
+            })?;
+        let at_target = next_value(current.get(0), current.get(1), increment);
+        let at_source = next_value(*last_value, *is_called, increment);
+        let ahead = if increment >= 0 {
+            at_source > at_target
+        } else {
+            at_source < at_target
+        };
+        if !ahead {
             continue;
         }
         target
@@ -197,7 +255,7 @@ pub async fn key_domain(
             .query_one(
                 &format!(
                     "SELECT min({column})::bigint, max({column})::bigint FROM {}",
-                    table.quoted()
+                    table.only()
                 ),
                 &[],
             )

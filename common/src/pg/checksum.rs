@@ -31,7 +31,7 @@ pub async fn fingerprint_where(
         "SELECT count(*)::bigint, \
                 coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text \
          FROM {} AS t WHERE {filter}",
-        table.quoted()
+        table.only()
     );
     let row = client
         .query_one(&sql, &[])

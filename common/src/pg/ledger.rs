@@ -305,10 +305,15 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
     if inserted == 0 {
         return Ok(LoadOutcome::AlreadyApplied);
     }
+    // A zero-column table takes rows of no fields, with no column list.
+    let column_list = if chunk.copy_columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", chunk.copy_columns.join(", "))
+    };
     let statement = format!(
-        "COPY {} ({}) FROM STDIN {}",
+        "COPY {}{column_list} FROM STDIN {}",
         chunk.table_quoted,
-        chunk.copy_columns.join(", "),
         chunk.format.options()
     );
     let sink = tx

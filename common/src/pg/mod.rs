@@ -1,6 +1,7 @@
 //! The PostgreSQL connector: connections, catalog, schema copy, exported
 //! snapshots, the target-side ledger and database-computed checksums.
 
+pub mod access;
 pub mod apply;
 pub mod catalog;
 pub mod checksum;
@@ -58,7 +59,8 @@ pub fn describe(conn: &str) -> String {
 }
 
 /// Opens a connection with the session settings every godwit query assumes:
-/// text output that is identical on both sides for the same value.
+/// text output that is identical on both sides for the same value, and row
+/// security off, so a policy can only make a read fail, never shorten it.
 pub async fn connect(conn: &str, side: Side) -> Result<Client> {
     let (config, tls) = tls::driver_config(conn, side)?;
     let (client, connection) = config
@@ -211,7 +213,8 @@ async fn configure_session(client: Client, side: Side) -> Result<Client> {
     client
         .batch_execute(
             "SET application_name = 'godwit'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-             SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'",
+             SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
+             SET row_security = off",
         )
         .await
         .map_err(|e| Error::postgres(format!("cannot configure the {side} session"), e))?;

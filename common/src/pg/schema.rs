@@ -174,6 +174,65 @@ impl SchemaDump {
     }
 }
 
+/// Fills the target's materialized views that the source has populated: a
+/// schema dump creates them empty (`WITH NO DATA`), and the first query of
+/// one would fail with "has not been populated". A view built on another
+/// view waits for it, so views are refreshed in rounds until none is left
+/// or a round makes no progress (then the last error is returned).
+pub async fn refresh_materialized_views(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+) -> Result<usize> {
+    let populated: Vec<String> = source
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname <> 'godwit' ORDER BY c.oid",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot list the source's materialized views", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let present: Vec<String> = target
+        .query_one(
+            "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x \
+             WHERE to_regclass(x) IS NOT NULL",
+            &[&populated],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+        .get(0);
+    let mut pending: Vec<String> = populated
+        .into_iter()
+        .filter(|v| present.contains(v))
+        .collect();
+    let refreshed = pending.len();
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut last_error = None;
+        for view in std::mem::take(&mut pending) {
+            if let Err(e) = target
+                .batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}"))
+                .await
+            {
+                last_error = Some(Error::postgres(
+                    format!("cannot refresh materialized view {view} on the target"),
+                    e,
+                ));
+                pending.push(view);
+            }
+        }
+        if pending.len() == before
+            && let Some(error) = last_error
+        {
+            return Err(error);
+        }
+    }
+    Ok(refreshed)
+}
+
 fn restore_args(target: &str, section: &str, file: &Path) -> Vec<String> {
     vec![
         format!("--section={section}"),

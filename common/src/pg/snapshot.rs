@@ -28,9 +28,13 @@ pub struct SnapshotHolder {
     pub consistent_lsn: String,
 }
 
-/// The replication slot (and publication) of a job.
+/// The replication slot (and publication) of a job. Slot names allow only
+/// `a-z 0-9 _`, so the readable part folds `-` into `_`; a digest of the
+/// exact id keeps `acme-1` and `acme_1` apart. At most 63 characters.
 pub fn slot_name(job: &crate::ids::JobId) -> String {
-    format!("godwit_{}", job.as_str().replace('-', "_"))
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(job.as_str().as_bytes()));
+    format!("godwit_{}_{}", job.as_str().replace('-', "_"), &digest[..7])
 }
 
 /// Appends `replication=database` to a URL or key=value connection string.
@@ -138,4 +142,27 @@ pub async fn drop_slot(conn: &str, slot: &str) -> Result<()> {
         .await
         .map_err(|e| Error::postgres(format!("cannot drop replication slot {slot}"), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobId;
+
+    #[test]
+    fn slot_names_are_distinct_valid_and_short() {
+        let id = |s: &str| JobId::parse(s).expect("valid job id");
+        let dashed = slot_name(&id("acme-1"));
+        let underscored = slot_name(&id("acme_1"));
+        assert_ne!(dashed, underscored);
+        let longest = slot_name(&id(&"a-".repeat(24)));
+        for name in [&dashed, &underscored, &longest] {
+            assert!(name.len() <= 63, "{name} is too long for a slot name");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+        }
+    }
 }

@@ -184,7 +184,7 @@ async fn bucket_sums(
                 sum(hashtextextended(t::text, 0)::numeric)::text \
          FROM {table} AS t WHERE {filter} GROUP BY 1",
         mask = BUCKETS - 1,
-        table = table.quoted()
+        table = table.only()
     );
     let rows = client
         .query(&sql, &[])
@@ -211,7 +211,7 @@ async fn row_hashes(
     let sql = format!(
         "SELECT ROW({key})::text, ARRAY[{}]::bigint[] FROM {} AS t WHERE {filter}",
         hashes.join(", "),
-        table.quoted()
+        table.only()
     );
     let rows = client
         .query(&sql, &[])

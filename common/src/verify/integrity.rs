@@ -24,10 +24,14 @@ pub async fn orphans(
                     (SELECT array_agg(quote_ident(a.attname) ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(n, ord) \
                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), \
                     (SELECT array_agg(quote_ident(a.attname) ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY k(n, ord) \
-                     JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n) \
+                     JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n), \
+                    (SELECT pc.relkind = 'p' FROM pg_class pc WHERE pc.oid = con.confrelid) \
              FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE con.contype = 'f' AND c.oid IN (SELECT to_regclass(x) FROM unnest($1::text[]) AS x) ORDER BY 2, 1",
+             WHERE con.contype = 'f' AND c.oid IN (SELECT to_regclass(x) FROM unnest($1::text[]) AS x) \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint up \
+                               WHERE up.oid = con.conparentid AND up.conrelid = con.conrelid) \
+             ORDER BY 2, 1",
             &[&names],
         )
         .await
@@ -36,6 +40,10 @@ pub async fn orphans(
     for row in rows {
         let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
         let (from, to): (Vec<String>, Vec<String>) = (row.get(3), row.get(4));
+        // A key referencing a partitioned table finds its rows in the
+        // partitions; any other table holds its own rows only (an
+        // inheritance parent's key does not cover its children).
+        let referenced_partitioned: bool = row.get(5);
         // A table missing on the target is the schema layer's finding;
         // its references cannot be checked.
         let on_target: bool = target
@@ -60,9 +68,14 @@ pub async fn orphans(
             .map(|(f, t)| format!("p.{t} = c.{f}"))
             .collect::<Vec<_>>()
             .join(" AND ");
+        let parent_rows = if referenced_partitioned {
+            parent.clone()
+        } else {
+            format!("ONLY {parent}")
+        };
         let sql = format!(
-            "SELECT count(*) FROM {child} AS c WHERE {not_null} \
-             AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {joined})"
+            "SELECT count(*) FROM ONLY {child} AS c WHERE {not_null} \
+             AND NOT EXISTS (SELECT 1 FROM {parent_rows} AS p WHERE {joined})"
         );
         let count: i64 = target
             .query_one(&sql, &[])

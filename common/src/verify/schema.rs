@@ -1,6 +1,6 @@
 //! The schema layer, and the catalog lookups the other layers share.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
@@ -45,18 +45,14 @@ async fn schema_objects(client: &Client, tables: &[TableName]) -> Result<BTreeMa
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-async fn sequences(client: &Client, tables: &[TableName]) -> Result<BTreeMap<String, Option<i64>>> {
-    let schemas: Vec<String> = tables
-        .iter()
-        .map(|t| t.schema.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+/// The job's sequences as the source defines them (see
+/// `catalog::job_sequences`), each with its value in `client`'s database.
+async fn sequences(client: &Client, names: &[String]) -> Result<BTreeMap<String, Option<i64>>> {
     let rows = client
         .query(
             "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
-             WHERE schemaname = ANY($1)",
-            &[&schemas],
+             WHERE format('%I.%I', schemaname, sequencename) = ANY($1)",
+            &[&names],
         )
         .await
         .map_err(|e| Error::postgres("cannot read sequences", e))?;
@@ -72,6 +68,7 @@ pub async fn compare_schema(
     source: &Client,
     target: &Client,
     tables: &[TableName],
+    every_table: bool,
     sync_sequences: Option<&Client>,
 ) -> Result<SchemaLayer> {
     let at_source = schema_objects(source, tables).await?;
@@ -89,12 +86,13 @@ pub async fn compare_schema(
         .filter(|name| !at_source.contains_key(*name))
         .cloned()
         .collect();
-    let source_sequences = sequences(source, tables).await?;
+    let job_sequences = crate::pg::catalog::job_sequences(source, tables, every_table).await?;
+    let source_sequences = sequences(source, &job_sequences).await?;
     if let Some(writer) = sync_sequences {
-        let current = crate::pg::catalog::sequences(source).await?;
+        let current = crate::pg::catalog::sequences(source, tables, every_table).await?;
         crate::pg::catalog::set_sequences(writer, &current).await?;
     }
-    let target_sequences = sequences(target, tables).await?;
+    let target_sequences = sequences(target, &job_sequences).await?;
     for (name, value) in &source_sequences {
         let there = target_sequences.get(name).copied().flatten();
         let behind = match (value, there) {
