@@ -22,7 +22,7 @@ use godwit_common::pg::apply::{self, Applier, SourceTransaction};
 use godwit_common::pg::pgoutput::{self, format_lsn};
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::stream::{self, RawChange, SnapshotBounds};
-use godwit_common::pg::{self, Side, catalog};
+use godwit_common::pg::{self, Side, catalog, replica};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
@@ -123,6 +123,14 @@ pub(crate) async fn drop_publication(spec: &JobSpec) -> Result<()> {
     stream::drop_publication(&source, &stream::publication_name(&slot_name(&spec.job))).await
 }
 
+/// Puts back the target's triggers and foreign keys the job's stream changed.
+pub(crate) async fn leave_replica_mode(spec: &JobSpec) -> Result<()> {
+    let mut target = pg::connect(&spec.target, Side::Target).await?;
+    replica::leave(&mut target, spec.job.as_str())
+        .await
+        .map(|_| ())
+}
+
 /// Removes the job from the registry when its stream ends, however it ends.
 struct Registered(String);
 
@@ -203,7 +211,9 @@ impl Streamer {
 
     async fn open(setup: StreamSetup, applied: u64) -> Result<Self> {
         let source = pg::connect(&setup.spec.source, Side::Source).await?;
-        let target = pg::connect(&setup.spec.target, Side::Target).await?;
+        let mut target = pg::connect(&setup.spec.target, Side::Target).await?;
+        let changed = replica::enter(&mut target, setup.spec.job.as_str(), &setup.tables).await?;
+        tracing::info!(job_id = %setup.spec.job, objects = changed, "target in replica mode while changes are applied: its triggers quiet, its foreign keys checked at commit");
         Ok(Self {
             publication: stream::publication_name(&setup.slot),
             store: setup.store,
@@ -580,18 +590,22 @@ impl Streamer {
         let freezer = Freezer::freeze(&self.spec, &self.tables, timeout_ms).await?;
         let frozen = Instant::now();
         let outcome = self.frozen_steps(cut, verified).await;
-        match outcome {
-            Ok(()) => {
-                freezer.keep_frozen(&self.spec.job, &self.tables).await?;
-                cut.frozen_ms = frozen.elapsed().as_millis() as u64;
-                Ok(())
-            }
+        let outcome = match outcome {
+            Ok(()) => freezer.keep_frozen(&self.spec, &self.tables).await,
             Err(e) => {
                 freezer.release().await;
-                cut.frozen_ms = frozen.elapsed().as_millis() as u64;
                 Err(e)
             }
+        };
+        cut.frozen_ms = frozen.elapsed().as_millis() as u64;
+        if outcome.is_err() {
+            // Streaming goes on: the target's objects go back to replica mode.
+            let job = self.spec.job.as_str();
+            if let Err(e) = replica::enter(&mut self.target, job, &self.tables).await {
+                tracing::error!(job_id = %job, error = %e, "cannot put the target back in replica mode after a rolled-back cutover");
+            }
         }
+        outcome
     }
 
     /// Drain, sequences, final verification: everything done while the
@@ -604,6 +618,9 @@ impl Streamer {
         let started = Instant::now();
         let (insert, _) = stream::wal_positions(&self.source).await?;
         self.drain(insert, None).await?;
+        // Nothing more is applied: the target's triggers and keys are the
+        // source's again, and the final verification compares them so.
+        replica::leave(&mut self.target, self.spec.job.as_str()).await?;
         let sequences =
             catalog::sequences(&self.source, &self.tables, self.spec.all_tables()).await?;
         catalog::set_sequences(&self.target, &sequences).await?;
@@ -655,6 +672,25 @@ impl Streamer {
             tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
         }
     }
+}
+
+/// Whether every one of `tables` on the source carries this job's
+/// `godwit_migrated` trigger, read in a fresh session.
+async fn refusing_writes(spec: &JobSpec, tables: &[TableName]) -> Result<bool> {
+    let session = pg::connect(&spec.source, Side::Source).await?;
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let marked: i64 = session
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t \
+             WHERE t.tgname = 'godwit_migrated' \
+               AND t.tgrelid IN (SELECT to_regclass(x) FROM unnest($1::text[]) AS x) \
+               AND encode(t.tgargs, 'escape') = $2 || '\\000'",
+            &[&names, &spec.job.as_str()],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the source's triggers", e))?
+        .get(0);
+    Ok(usize::try_from(marked).unwrap_or(0) == tables.len())
 }
 
 /// A read-only snapshot of one side, exported, and the session that must
@@ -712,7 +748,8 @@ impl Freezer {
     /// trigger refuses every write with a message naming the job, so writes
     /// that were waiting, and any later ones, fail instead of landing on a
     /// source that is no longer copied.
-    async fn keep_frozen(self, job: &JobId, tables: &[TableName]) -> Result<()> {
+    async fn keep_frozen(self, spec: &JobSpec, tables: &[TableName]) -> Result<()> {
+        let job = &spec.job;
         let job_literal = job.as_str().replace('\'', "''");
         let mut sql = String::from(
             "CREATE SCHEMA IF NOT EXISTS godwit; \
@@ -735,6 +772,23 @@ impl Freezer {
         sql.push_str("COMMIT");
         if let Err(e) = self.session.batch_execute(&sql).await {
             let _ = self.session.batch_execute("ROLLBACK").await;
+            // The COMMIT may have taken effect with only its reply lost: the
+            // source then refuses writes already, and saying "rolled back"
+            // would send the application back to a source no longer copied.
+            match refusing_writes(spec, tables).await {
+                Ok(true) => {
+                    tracing::warn!(job_id = %job, error = %e, "cutover: the reply to COMMIT was lost, but the source's tables refuse writes: the cutover took effect");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(check) => {
+                    return Err(Error::Catalog(format!(
+                        "cutover outcome unknown: the COMMIT that makes the source refuse writes failed ({e}) \
+                         and whether it took effect cannot be read ({check}); look for trigger godwit_migrated \
+                         on the source's tables before writing anywhere"
+                    )));
+                }
+            }
             return Err(Error::postgres(
                 "cannot leave the source's tables refusing writes (the source role needs CREATE on the \
                  database and must own the tables)",

@@ -168,6 +168,18 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         return Err(rejected(refusal));
     }
     if spec.changes.is_some() {
+        let unlogged = stream::unlogged_tables(&source, &names)
+            .await
+            .map_err(rejected)?;
+        if !unlogged.is_empty() {
+            let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
+            return Err(rejected(Error::Catalog(format!(
+                "the job streams changes, but table(s) {} on the source are unlogged, so their changes \
+                 never reach the WAL and cannot be streamed: run ALTER TABLE … SET LOGGED on the source, \
+                 or leave them out of `tables` and migrate them in a job without `changes`",
+                list.join(", ")
+            ))));
+        }
         let unstreamable = stream::unstreamable_tables(&source, &names)
             .await
             .map_err(rejected)?;
@@ -331,10 +343,15 @@ impl JobDriver {
         {
             tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
         }
-        if prepared.spec.changes.is_some()
-            && let Err(e) = changes::drop_publication(&prepared.spec).await
-        {
-            tracing::warn!(job_id = %job, error = %e, "cannot drop the job's publication; drop it by hand");
+        if prepared.spec.changes.is_some() {
+            if let Err(e) = changes::drop_publication(&prepared.spec).await {
+                tracing::warn!(job_id = %job, error = %e, "cannot drop the job's publication; drop it by hand");
+            }
+            // However the stream ended, the target's triggers and keys are
+            // as the source defines them (a cutover already put them back).
+            if let Err(e) = changes::leave_replica_mode(&prepared.spec).await {
+                tracing::error!(job_id = %job, error = %e, "cannot put the target's triggers and foreign keys back; godwit.replica_mode on the target lists them");
+            }
         }
         record.finished_at_unix_ms = Some(now_unix_ms());
         let result = match outcome {

@@ -134,3 +134,30 @@ pub async fn clean_read_bytes(source: &Client, spec_path: &std::path::Path) -> a
     }
     Ok(total)
 }
+
+/// Lines one schema dump has and the other lacks (as multisets), for an
+/// assertion message; empty when the dumps hold the same lines.
+pub fn schema_difference(source: &str, target: &str) -> String {
+    use std::collections::HashMap;
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for line in source.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    for line in target.lines() {
+        *counts.entry(line).or_default() -= 1;
+    }
+    let mut only: Vec<String> = counts
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(line, n)| {
+            let side = if n > 0 {
+                "only on the source"
+            } else {
+                "only on the target"
+            };
+            format!("{side}: {line}")
+        })
+        .collect();
+    only.sort();
+    only.join("\n")
+}

@@ -17,11 +17,12 @@ use std::path::PathBuf;
 
 pub use chaos::{FaultAt, Figures, MeasuredRun};
 pub use compare::{
-    assert_same_tables, clean_read_bytes, lost_and_duplicated, table_digest, user_tables,
+    assert_same_tables, clean_read_bytes, lost_and_duplicated, schema_difference, table_digest,
+    user_tables,
 };
 pub use etcd::Etcd;
 pub use pg::PgCluster;
-pub use process::{Job, bin, describe, free_port, run_godwit, wait_until};
+pub use process::{Job, bin, describe, free_port, run_godwit, wait_for_streaming, wait_until};
 pub use proxy::{FaultProxy, HttpFault, HttpFaultProxy};
 pub use s3::S3Server;
 pub use service::Service;

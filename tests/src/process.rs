@@ -150,3 +150,19 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// Waits until `godwit status` at `url` shows `job` streaming changes; a
+/// failed job ends the wait with its status.
+pub async fn wait_for_streaming(url: &str, job: &str) -> anyhow::Result<()> {
+    wait_until(
+        "the job to stream changes",
+        Duration::from_secs(120),
+        || async {
+            let output = run_godwit(&["status", "--coordinator", url, job], &[])?;
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            ensure!(!text.contains(" failed"), "{}", describe(&output));
+            Ok(text.contains(&format!("{job} streaming:")).then_some(()))
+        },
+    )
+    .await
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use godwit_tests::{
     Etcd, Job, PgCluster, Service, assert_same_tables, bin, describe, free_port, run_godwit,
-    source_and_target, spec_body, wait_until,
+    source_and_target, spec_body, wait_for_streaming, wait_until,
 };
 
 /// What the simulated application did to the source.
@@ -430,18 +430,4 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
         "{written} of {resumed_at} application transactions arrived"
     );
     Ok(())
-}
-
-async fn wait_for_streaming(url: &str, job: &str) -> anyhow::Result<()> {
-    wait_until(
-        "the job to stream changes",
-        Duration::from_secs(120),
-        || async {
-            let output = godwit(&["status", "--coordinator", url, job])?;
-            let text = String::from_utf8_lossy(&output.stdout).to_string();
-            anyhow::ensure!(!text.contains(" failed"), "{}", describe(&output));
-            Ok(text.contains(&format!("{job} streaming:")).then_some(()))
-        },
-    )
-    .await
 }

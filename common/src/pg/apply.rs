@@ -131,6 +131,11 @@ impl Applier {
             .transaction()
             .await
             .map_err(|e| Error::postgres("cannot begin applying changes on the target", e))?;
+        // The source checked its deferrable constraints once per statement or
+        // transaction, not once per row as the target applies them.
+        tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")
+            .await
+            .map_err(|e| Error::postgres("cannot defer constraints on the target", e))?;
         // The ledger, read under a row lock, is the truth about what was
         // applied: a caller whose idea of it is stale (a lost commit reply,
         // a second streamer) cannot apply a transaction twice.

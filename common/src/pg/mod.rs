@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod ledger;
 pub mod pgoutput;
+pub mod replica;
 pub mod schema;
 pub mod snapshot;
 pub mod stream;

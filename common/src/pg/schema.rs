@@ -96,6 +96,10 @@ impl SchemaDump {
                 "--schema-only".to_owned(),
                 "--format=custom".to_owned(),
                 "--exclude-schema=godwit".to_owned(),
+                // The source's replication setup (godwit's own publication
+                // among it) describes the customer's servers, not its data.
+                "--no-publications".to_owned(),
+                "--no-subscriptions".to_owned(),
                 format!("--snapshot={snapshot}"),
                 format!("--file={}", file.display()),
                 format!("--dbname={source}"),

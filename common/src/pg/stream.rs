@@ -50,6 +50,27 @@ pub async fn unstreamable_tables(client: &Client, tables: &[TableName]) -> Resul
         .collect())
 }
 
+/// Unlogged tables of `tables`: they write no WAL, so no change of theirs
+/// can be streamed (and a publication refuses them).
+pub async fn unlogged_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = ANY($1::text[]::regclass[]) AND c.relpersistence = 'u' ORDER BY 1, 2",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the persistence of the source's tables", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect())
+}
+
 /// Creates the job's publication over `tables`, replacing one a failed
 /// earlier attempt left behind. It must exist before the slot is created:
 /// decoding looks it up as of each change's position.

@@ -72,7 +72,16 @@ pub async fn compare_schema(
     sync_sequences: Option<&Client>,
 ) -> Result<SchemaLayer> {
     let at_source = schema_objects(source, tables).await?;
-    let at_target = schema_objects(target, tables).await?;
+    let mut at_target = schema_objects(target, tables).await?;
+    for key in crate::pg::replica::deferred_keys(target).await? {
+        for (name, definition) in at_target.iter_mut() {
+            if name.starts_with("foreign key ") && name.ends_with(&format!(".{key}")) {
+                // Deferrable only while changes stream; put back as the
+                // source defines it when the stream ends.
+                *definition = definition.trim_end_matches(" DEFERRABLE").to_owned();
+            }
+        }
+    }
     let mut layer = SchemaLayer::default();
     for (name, definition) in &at_source {
         match at_target.get(name) {

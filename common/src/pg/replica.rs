@@ -1,0 +1,192 @@
+//! Replica semantics on the target without superuser. PostgreSQL's own
+//! subscriber applies changes with `session_replication_role = replica`:
+//! the target's own triggers (an `updated_at` stamp, an audit insert) do not
+//! fire on replicated rows, and foreign keys are not checked row by row.
+//! Setting that role needs superuser, which the platform's database rarely
+//! grants. Godwit's target role owns the tables it created, so while changes
+//! stream it does the equivalent itself: it disables the tables' user
+//! triggers and makes their immediate foreign keys deferrable (each batch
+//! defers them to its commit, where the source had checked them per
+//! statement), records in `godwit.replica_mode` how each object was, and
+//! puts every one back exactly so when the stream ends (at cutover, on
+//! cancel or failure). Foreign keys are still checked, at commit. Never
+//! touches an object outside the job's tables (and their partitioned parents).
+
+use tokio_postgres::{Client, Transaction};
+
+use crate::spec::{TableName, quote_ident};
+use crate::{Error, Result};
+
+pub const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS godwit.replica_mode (
+    job_id     text NOT NULL,
+    table_name text NOT NULL,
+    -- 'trigger' or 'foreign key'
+    kind       text NOT NULL,
+    name       text NOT NULL,
+    -- a trigger's pg_trigger.tgenabled (O, R, A); 'immediate' for a key
+    was        text NOT NULL,
+    PRIMARY KEY (job_id, table_name, kind, name)
+);
+";
+
+const TRIGGER: &str = "trigger";
+const FOREIGN_KEY: &str = "foreign key";
+
+/// Switches the target's `tables` to replica mode (see the module docs) in
+/// one transaction. Idempotent: an object already recorded keeps its first
+/// record. Returns how many objects it changed.
+pub async fn enter(target: &mut Client, job: &str, tables: &[TableName]) -> Result<usize> {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let tx = target
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres("cannot begin putting the target in replica mode", e))?;
+    tx.batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(|e| Error::postgres("cannot create godwit.replica_mode on the target", e))?;
+    let rows = tx
+        .query(
+            "WITH job AS (SELECT to_regclass(x) AS oid FROM unnest($1::text[]) AS x), \
+                  owners AS (SELECT oid FROM job UNION \
+                             SELECT a.relid FROM job, pg_partition_ancestors(job.oid) a) \
+             SELECT format('%I.%I', n.nspname, c.relname), 'trigger', t.tgname, t.tgenabled::text \
+             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND c.oid IN (SELECT oid FROM job) \
+             UNION ALL \
+             SELECT format('%I.%I', n.nspname, c.relname), 'foreign key', con.conname, 'immediate' \
+             FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE con.contype = 'f' AND NOT con.condeferrable AND con.conparentid = 0 \
+               AND c.oid IN (SELECT oid FROM owners) \
+             ORDER BY 1, 2, 3",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot list the target's triggers and foreign keys", e))?;
+    for row in &rows {
+        let (table, kind, name, was): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        tx.execute(
+            "INSERT INTO godwit.replica_mode (job_id, table_name, kind, name, was) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&job, &table, &kind, &name, &was],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot record an object in godwit.replica_mode", e))?;
+        let change = if kind == TRIGGER {
+            format!("DISABLE TRIGGER {}", quote_ident(&name))
+        } else {
+            format!(
+                "ALTER CONSTRAINT {} DEFERRABLE INITIALLY IMMEDIATE",
+                quote_ident(&name)
+            )
+        };
+        alter(&tx, &table, &kind, &name, &change).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot commit putting the target in replica mode", e))?;
+    Ok(rows.len())
+}
+
+/// Puts back everything `enter` changed for `job`, as it was; one
+/// transaction, so the target never holds half of it. Returns how many
+/// objects it restored.
+pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
+    let tx = target
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres("cannot begin leaving replica mode on the target", e))?;
+    let known: bool = tx
+        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
+        .get(0);
+    if !known {
+        return Ok(0);
+    }
+    let rows = tx
+        .query(
+            "DELETE FROM godwit.replica_mode WHERE job_id = $1 RETURNING table_name, kind, name, was",
+            &[&job],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read godwit.replica_mode", e))?;
+    let mut restored = 0;
+    for row in &rows {
+        let (table, kind, name, was): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        // The table may have been dropped on the target since.
+        let present: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+            .get(0);
+        if !present {
+            continue;
+        }
+        let change = match (kind.as_str(), was.as_str()) {
+            (TRIGGER, "R") => format!("ENABLE REPLICA TRIGGER {}", quote_ident(&name)),
+            (TRIGGER, "A") => format!("ENABLE ALWAYS TRIGGER {}", quote_ident(&name)),
+            (TRIGGER, _) => format!("ENABLE TRIGGER {}", quote_ident(&name)),
+            (FOREIGN_KEY, _) => format!("ALTER CONSTRAINT {} NOT DEFERRABLE", quote_ident(&name)),
+            (other, _) => {
+                return Err(Error::Corrupt {
+                    what: "godwit.replica_mode on the target".into(),
+                    reason: format!("unknown kind {other:?} for {name} on {table}"),
+                });
+            }
+        };
+        alter(&tx, &table, &kind, &name, &change).await?;
+        restored += 1;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot commit leaving replica mode on the target", e))?;
+    Ok(restored)
+}
+
+async fn alter(
+    tx: &Transaction<'_>,
+    table: &str,
+    kind: &str,
+    name: &str,
+    change: &str,
+) -> Result<()> {
+    // A partitioned table's key is altered with its partitions' clones.
+    let only = if kind == TRIGGER { "ONLY " } else { "" };
+    tx.batch_execute(&format!("ALTER TABLE {only}{table} {change}"))
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                format!(
+                    "cannot change {kind} {name} of {table} on the target (the target role must own the \
+                     table, as it does the tables godwit created)"
+                ),
+                e,
+            )
+        })
+}
+
+/// Names (quoted) of the foreign keys replica mode made deferrable, of any
+/// job: the schema layer compares them as they will be put back.
+pub async fn deferred_keys(target: &Client) -> Result<Vec<String>> {
+    let known: bool = target
+        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
+        .get(0);
+    if !known {
+        return Ok(Vec::new());
+    }
+    let rows = target
+        .query(
+            "SELECT DISTINCT quote_ident(name) FROM godwit.replica_mode WHERE kind = 'foreign key'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read godwit.replica_mode", e))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
