@@ -161,6 +161,15 @@ impl JobPhase {
     }
 }
 
+/// Rows read from somewhere other than a table of the same name on the
+/// source: the relation (for `FROM`) and the expressions selected, in the
+/// order of the target columns (`copy_columns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRelation {
+    pub from: String,
+    pub select: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedTable {
     pub name: TableName,
@@ -173,6 +182,9 @@ pub struct PlannedTable {
     pub partitions: Vec<PartitionNo>,
     pub source_rows: Option<u64>,
     pub checked: bool,
+    /// Set for large objects, read from the source's catalog.
+    #[serde(default)]
+    pub source_relation: Option<SourceRelation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +260,9 @@ pub struct Manifest {
     pub partitions: Vec<StagedPartition>,
     pub sequences: Vec<(String, i64, bool)>,
     pub schema_files: Vec<String>,
+    /// Materialized views the source had populated, in refresh order.
+    #[serde(default)]
+    pub materialized_views: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

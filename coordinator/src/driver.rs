@@ -16,7 +16,7 @@ use godwit_common::pg::checksum::fingerprint;
 use godwit_common::pg::ledger::{self, JobMarks};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
-use godwit_common::pg::{self, Side, access, join_snapshot, stream};
+use godwit_common::pg::{self, Side, access, join_snapshot, large_objects, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
@@ -91,6 +91,7 @@ async fn write_manifest(
     record: &JobRecord,
     dump: &SchemaDump,
     sequences: Vec<(String, i64, bool)>,
+    materialized_views: Vec<String>,
 ) -> Result<()> {
     let job = &record.spec.job;
     let mut partitions = Vec::new();
@@ -120,6 +121,7 @@ async fn write_manifest(
                 .iter()
                 .map(|(name, _)| (*name).to_owned())
                 .collect(),
+            materialized_views,
         })
         .await
 }
@@ -215,11 +217,80 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             ))));
         }
     }
+    let mut tables = tables;
+    if let Some(objects) = large_object_table(&spec, &source, &target, marks.known).await? {
+        tables.push(objects);
+    }
     Ok(Prepared {
         spec,
         tables,
         marks,
     })
+}
+
+/// The source's large objects as one more table to copy, when the job takes
+/// every table and the source has any; refused when they cannot be carried
+/// whole (the job streams, the role cannot read some, or the target already
+/// uses their OIDs).
+async fn large_object_table(
+    spec: &JobSpec,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    known: bool,
+) -> Result<Option<SourceTable>, JobError> {
+    let rejected = JobError::Rejected;
+    if !spec.all_tables() {
+        return Ok(None);
+    }
+    let (count, bytes, blocks) = large_objects::source_extent(source)
+        .await
+        .map_err(rejected)?;
+    if count == 0 {
+        return Ok(None);
+    }
+    if spec.changes.is_some() {
+        return Err(rejected(Error::Catalog(format!(
+            "the source has {count} large object(s), and logical decoding does not carry their changes, so \
+             streaming would lose them silently: migrate without `changes` (in a write freeze), or move \
+             their content into bytea columns first"
+        ))));
+    }
+    let (hidden, some) = large_objects::unreadable(source).await.map_err(rejected)?;
+    if hidden > 0 {
+        let role = access::current_role(source).await.map_err(rejected)?;
+        return Err(rejected(Error::Catalog(format!(
+            "the source role {role} cannot read {hidden} large object(s) (OIDs {some:?} …): GRANT SELECT ON \
+             LARGE OBJECT … TO {role} for each, or migrate as their owner or a superuser"
+        ))));
+    }
+    if !known {
+        let taken = large_objects::taken_on_target(source, target)
+            .await
+            .map_err(rejected)?;
+        if !taken.is_empty() {
+            return Err(rejected(Error::Catalog(format!(
+                "the target already has large object(s) with OIDs {taken:?}, which the source's large objects \
+             use: unlink them on the target or choose an empty target database"
+            ))));
+        }
+    }
+    Ok(Some(SourceTable {
+        name: large_objects::load_table(&spec.job),
+        copy_columns: large_objects::LOAD_COLUMNS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
+        bytes,
+        blocks,
+        format: godwit_common::pgcopy::CopyFormat::Binary,
+        source_relation: Some(godwit_common::state::SourceRelation {
+            from: large_objects::SOURCE_RELATION.into(),
+            select: large_objects::SOURCE_COLUMNS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+        }),
+    }))
 }
 
 /// The plan entry of a source table.
@@ -232,6 +303,7 @@ fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
         partitions,
         source_rows: None,
         checked: false,
+        source_relation: table.source_relation.clone(),
     }
 }
 
@@ -467,6 +539,15 @@ impl JobDriver {
             .await
             .map_err(failed)?;
         ledger::ensure_schema(&target).await.map_err(failed)?;
+        if prepared
+            .tables
+            .iter()
+            .any(|t| large_objects::is_load_table(&t.name))
+        {
+            large_objects::prepare_target(&target, job)
+                .await
+                .map_err(failed)?;
+        }
         let schema_dir = tempfile::tempdir().map_err(|source| {
             failed(Error::Io {
                 what: "cannot create a temporary directory",
@@ -539,6 +620,19 @@ impl JobDriver {
                 .await
                 .map_err(failed)?;
         }
+        if record
+            .tables
+            .iter()
+            .any(|t| large_objects::is_load_table(&t.name))
+        {
+            let mut target = pg::connect(&spec.target, Side::Target)
+                .await
+                .map_err(failed)?;
+            let created = large_objects::materialize(&mut target, job)
+                .await
+                .map_err(failed)?;
+            tracing::info!(job_id = %job, created, "large objects created on the target");
+        }
         record.phases.indexes_ms = millis_since(phase_start);
         // One source session under the snapshot for the sequences and the
         // check: with the snapshot holder, two sessions on the source, never
@@ -549,11 +643,14 @@ impl JobDriver {
         join_snapshot(&source, &snapshot_name)
             .await
             .map_err(failed)?;
+        let views = godwit_common::pg::schema::populated_views(&source)
+            .await
+            .map_err(failed)?;
         if copy_data {
-            let views = godwit_common::pg::schema::refresh_materialized_views(&source, &target)
+            let refreshed = godwit_common::pg::schema::refresh_materialized_views(&target, &views)
                 .await
                 .map_err(failed)?;
-            tracing::info!(job_id = %job, views, "materialized views refreshed on the target");
+            tracing::info!(job_id = %job, refreshed, "materialized views refreshed on the target");
         }
         let phase_start = Instant::now();
         let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
@@ -567,7 +664,7 @@ impl JobDriver {
         let phase_start = Instant::now();
         self.check_tables(&source, &target, record).await?;
         record.phases.check_ms = millis_since(phase_start);
-        write_manifest(&staging, &target, record, &dump, sequences)
+        write_manifest(&staging, &target, record, &dump, sequences, views)
             .await
             .map_err(failed)?;
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
@@ -755,9 +852,15 @@ impl JobDriver {
         let mut mismatches = Vec::new();
         for index in 0..record.tables.len() {
             let name = record.tables[index].name.clone();
-            let (at_source, at_target) =
+            let (at_source, at_target) = if large_objects::is_load_table(&name) {
+                tokio::try_join!(
+                    large_objects::fingerprint(source),
+                    large_objects::fingerprint(target)
+                )
+            } else {
                 tokio::try_join!(fingerprint(source, &name), fingerprint(target, &name))
-                    .map_err(failed)?;
+            }
+            .map_err(failed)?;
             record.tables[index].source_rows = Some(at_source.rows);
             if at_source == at_target {
                 record.tables[index].checked = true;

@@ -36,6 +36,17 @@ fn spec(job: &str, source_url: &str, target: &PgCluster, staging: &str) -> Strin
     )
 }
 
+/// Every large object as (OID, MD5 of its content), computed by the database.
+async fn large_objects(client: &Client) -> anyhow::Result<Vec<(u32, String)>> {
+    let rows = client
+        .query(
+            "SELECT oid, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 async fn one_i64(client: &Client, sql: &str) -> anyhow::Result<i64> {
     Ok(client.query_one(sql, &[]).await?.get(0))
 }
@@ -68,9 +79,58 @@ async fn a_real_world_database_arrives_whole_under_a_least_privileged_role() -> 
         "a refused job created the ledger"
     );
 
+    // Large objects the role may not read: refused, naming the fix.
     src.batch_execute("ALTER ROLE migrator BYPASSRLS").await?;
     let output = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for piece in [
+        "cannot read 3 large object(s)",
+        "GRANT SELECT ON LARGE OBJECT",
+    ] {
+        assert!(stderr.contains(piece), "stderr lacks {piece:?}: {stderr}");
+    }
+    assert!(
+        user_tables(&dst).await?.is_empty(),
+        "a refused job wrote tables"
+    );
+
+    src.batch_execute(
+        "DO $$ DECLARE o oid; BEGIN \
+           FOR o IN SELECT oid FROM pg_largeobject_metadata LOOP \
+             EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO migrator', o); \
+           END LOOP; END $$",
+    )
+    .await?;
+    let output = run_godwit(&["run", job.spec()], &[])?;
     assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        large_objects(&src).await?,
+        large_objects(&dst).await?,
+        "large objects differ"
+    );
+    assert_eq!(large_objects(&dst).await?.len(), 3);
+
+    // A replay from staging alone carries the large objects too.
+    target.create_database("replica").await?;
+    let output = run_godwit(
+        &["replay", job.spec(), "--target", &target.url("replica")],
+        &[],
+    )?;
+    assert!(output.status.success(), "replay: {}", describe(&output));
+    let replica = target.client("replica").await?;
+    assert_eq!(
+        large_objects(&src).await?,
+        large_objects(&replica).await?,
+        "replayed large objects differ"
+    );
+    assert_same_tables(&src, &replica).await?;
+    let views = "SELECT sum(n)::bigint FROM region_totals";
+    assert_eq!(
+        one_i64(&replica, views).await?,
+        3000,
+        "replayed materialized view"
+    );
 
     // Every table (partitions and inheritance children each on its own),
     // by both databases' digests.
@@ -225,6 +285,16 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
         "a refused job wrote to the target"
     );
     src.batch_execute("ALTER TABLE scratch SET LOGGED").await?;
+
+    // Logical decoding carries no large-object writes: refused too.
+    let output = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for piece in ["3 large object(s)", "logical decoding"] {
+        assert!(stderr.contains(piece), "stderr lacks {piece:?}: {stderr}");
+    }
+    src.batch_execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+        .await?;
 
     let port = godwit_tests::free_port()?;
     let url = format!("http://127.0.0.1:{port}");

@@ -106,19 +106,18 @@ pub async fn copy_partition(
     }
 
     // A table without columns still has rows: `ctid` alone carries them.
-    let columns: String = job
-        .table
-        .copy_columns
-        .iter()
-        .map(|c| format!(", {c}"))
-        .collect();
+    let (from, selected) = match &job.table.source_relation {
+        Some(relation) => (format!("ONLY {}", relation.from), &relation.select),
+        None => (job.table.name.only(), &job.table.copy_columns),
+    };
+    let columns: String = selected.iter().map(|c| format!(", {c}")).collect();
     let resume_predicate = resume
         .after
         .map(|after| format!(" AND ctid > '{after}'::tid"))
         .unwrap_or_default();
     let statement = format!(
         "COPY (SELECT ctid{columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
-        job.table.name.only(),
+        from,
         record.range.predicate(),
         job.table.format.options()
     );

@@ -8,7 +8,7 @@ use godwit_common::chunk::{self, ChunkId};
 use godwit_common::keys::{DataKey, Kek};
 use godwit_common::pg::ledger::{self, ChunkLoad};
 use godwit_common::pg::schema::SchemaDump;
-use godwit_common::pg::{self, Side, catalog};
+use godwit_common::pg::{self, Side, catalog, large_objects};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::{ObjectPath, Staging};
 use godwit_common::state::{Manifest, PlannedTable, StagedPartition};
@@ -122,6 +122,15 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     ledger::ensure_schema(&client).await.map_err(failed)?;
     let dump = SchemaDump::from_dir(schema_dir.path());
     dump.restore_pre_data(target).await.map_err(failed)?;
+    let carries_large_objects = manifest
+        .tables
+        .iter()
+        .any(|t| large_objects::is_load_table(&t.name));
+    if carries_large_objects {
+        large_objects::prepare_target(&client, job)
+            .await
+            .map_err(failed)?;
+    }
     let fence = i64::from(std::process::id());
     for partition in &manifest.partitions {
         let table = planned(&manifest, &partition.table).map_err(failed)?;
@@ -165,6 +174,14 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
         }
     }
     dump.restore_post_data(target).await.map_err(failed)?;
+    if carries_large_objects {
+        large_objects::materialize(&mut client, job)
+            .await
+            .map_err(failed)?;
+    }
+    godwit_common::pg::schema::refresh_materialized_views(&client, &manifest.materialized_views)
+        .await
+        .map_err(failed)?;
     catalog::set_sequences(&client, &manifest.sequences)
         .await
         .map_err(failed)?;
@@ -179,10 +196,13 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
             .filter(|p| p.table == table.name)
             .map(|p| p.rows)
             .sum();
-        let loaded = pg::checksum::fingerprint(&client, &table.name)
-            .await
-            .map_err(failed)?
-            .rows;
+        let loaded = if large_objects::is_load_table(&table.name) {
+            large_objects::fingerprint(&client).await
+        } else {
+            pg::checksum::fingerprint(&client, &table.name).await
+        }
+        .map_err(failed)?
+        .rows;
         if loaded != expected {
             return Err(failed(Error::Verification(format!(
                 "{} holds {loaded} rows after the replay, the staged copy has {expected}",

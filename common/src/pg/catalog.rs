@@ -16,6 +16,8 @@ pub struct SourceTable {
     pub bytes: u64,
     pub blocks: u32,
     pub format: CopyFormat,
+    /// Where the rows come from when not the table `name` itself.
+    pub source_relation: Option<crate::state::SourceRelation>,
 }
 
 /// Columns whose binary COPY form embeds a database-specific type OID:
@@ -65,6 +67,7 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
             } else {
                 CopyFormat::Binary
             },
+            source_relation: None,
         });
     }
     if spec.all_tables() {

@@ -178,16 +178,14 @@ impl SchemaDump {
     }
 }
 
-/// Fills the target's materialized views that the source has populated: a
+/// The source's populated materialized views, for
+/// [`refresh_materialized_views`], which fills them on the target: a
 /// schema dump creates them empty (`WITH NO DATA`), and the first query of
 /// one would fail with "has not been populated". A view built on another
 /// view waits for it, so views are refreshed in rounds until none is left
 /// or a round makes no progress (then the last error is returned).
-pub async fn refresh_materialized_views(
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
-) -> Result<usize> {
-    let populated: Vec<String> = source
+pub async fn populated_views(source: &tokio_postgres::Client) -> Result<Vec<String>> {
+    Ok(source
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -198,7 +196,15 @@ pub async fn refresh_materialized_views(
         .map_err(|e| Error::postgres("cannot list the source's materialized views", e))?
         .iter()
         .map(|row| row.get(0))
-        .collect();
+        .collect())
+}
+
+/// Refreshes those of `populated` (see [`populated_views`]) that the target
+/// has, in rounds; returns how many.
+pub async fn refresh_materialized_views(
+    target: &tokio_postgres::Client,
+    populated: &[String],
+) -> Result<usize> {
     let present: Vec<String> = target
         .query_one(
             "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x \
@@ -209,8 +215,9 @@ pub async fn refresh_materialized_views(
         .map_err(|e| Error::postgres("cannot read the target catalog", e))?
         .get(0);
     let mut pending: Vec<String> = populated
-        .into_iter()
+        .iter()
         .filter(|v| present.contains(v))
+        .cloned()
         .collect();
     let refreshed = pending.len();
     while !pending.is_empty() {
