@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ByteSize;
 
 /// Source sessions the coordinator itself keeps open during a job: the one
-/// holding the exported snapshot, and the adaptive probe's when there is
-/// one. Workers share the rest of the cap.
+/// holding the exported snapshot, the one holding the tables' locks under
+/// it, and the adaptive probe's when there is one. Workers share the rest
+/// of the cap.
 pub fn coordinator_sessions(adaptive: bool) -> u32 {
-    1 + u32::from(adaptive)
+    2 + u32::from(adaptive)
 }
 
 /// `throttle:` in a job spec: the customer's limits as the job starts.
@@ -171,7 +172,7 @@ impl ThrottleSpec {
         if self.max_connections.is_some_and(|c| c <= reserved) {
             return Some(format!(
                 "`throttle.max_connections` must be at least {}: the coordinator keeps {reserved} \
-                 (the job's snapshot{}), at least one more reads",
+                 (the job's snapshot and its table locks{}), at least one more reads",
                 reserved + 1,
                 if reserved > 1 {
                     " and the adaptive probe"
@@ -318,14 +319,14 @@ mod tests {
         };
         assert_eq!(fine.problem(), None);
         let probing = ThrottleSpec {
-            max_connections: Some(2),
+            max_connections: Some(3),
             adaptive: Some(AdaptiveSpec {
                 max_active_sessions: Some(10),
                 ..AdaptiveSpec::default()
             }),
             ..fine.clone()
         };
-        assert!(probing.problem().is_some_and(|p| p.contains("at least 3")));
+        assert!(probing.problem().is_some_and(|p| p.contains("at least 4")));
         let no_threshold = ThrottleSpec {
             adaptive: Some(AdaptiveSpec::default()),
             ..fine.clone()

@@ -203,6 +203,17 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         .await
         .map_err(rejected)?;
     if !marks.known {
+        let missing = catalog::extensions_missing_on_target(&source, &target)
+            .await
+            .map_err(rejected)?;
+        if !missing.is_empty() {
+            return Err(rejected(Error::Catalog(format!(
+                "the source uses extension(s) {}, which the target's server {} does not offer: install \
+                 them there (the PostgreSQL package that ships them) before migrating",
+                missing.join(", "),
+                pg::describe(&spec.target)
+            ))));
+        }
         let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
         let existing = catalog::existing_tables(&target, &names)
             .await
@@ -291,6 +302,19 @@ async fn large_object_table(
                 .collect(),
         }),
     }))
+}
+
+/// A source session that joined the job's snapshot and locked `tables`
+/// against DDL (see `snapshot::lock_tables`).
+async fn guard_session(
+    conn: &str,
+    snapshot_name: &str,
+    tables: &[TableName],
+) -> Result<tokio_postgres::Client> {
+    let session = pg::connect(conn, Side::Source).await?;
+    join_snapshot(&session, snapshot_name).await?;
+    snapshot::lock_tables(&session, tables).await?;
+    Ok(session)
 }
 
 /// The plan entry of a source table.
@@ -534,6 +558,18 @@ impl JobDriver {
         let consistent_lsn = holder.consistent_lsn.clone();
         *holder_slot = Some(holder);
         tracing::info!(job_id = %job, slot = %slot, snapshot = %snapshot_name, "holding exported snapshot");
+        let customer_tables: Vec<TableName> = prepared
+            .tables
+            .iter()
+            .filter(|t| t.source_relation.is_none())
+            .map(|t| t.name.clone())
+            .collect();
+        // One source session under the snapshot holds the tables' locks
+        // through the copy, then reads the sequences and runs the check:
+        // with the snapshot holder, two coordinator sessions on the source.
+        let mut source = guard_session(&spec.source, &snapshot_name, &customer_tables)
+            .await
+            .map_err(failed)?;
 
         let target = pg::connect(&spec.target, Side::Target)
             .await
@@ -634,15 +670,15 @@ impl JobDriver {
             tracing::info!(job_id = %job, created, "large objects created on the target");
         }
         record.phases.indexes_ms = millis_since(phase_start);
-        // One source session under the snapshot for the sequences and the
-        // check: with the snapshot holder, two sessions on the source, never
-        // three, whatever cap the customer set.
-        let source = pg::connect(&spec.source, Side::Source)
-            .await
-            .map_err(failed)?;
-        join_snapshot(&source, &snapshot_name)
-            .await
-            .map_err(failed)?;
+        // The guard may have lost its session during a long copy (and its
+        // locks with it): a new one locks again and finds any rewrite
+        // since the snapshot, however long ago.
+        if source.is_closed() {
+            tracing::warn!(job_id = %job, "the source session holding the tables' locks was lost; locking again");
+            source = guard_session(&spec.source, &snapshot_name, &customer_tables)
+                .await
+                .map_err(failed)?;
+        }
         let views = godwit_common::pg::schema::populated_views(&source)
             .await
             .map_err(failed)?;
@@ -667,6 +703,9 @@ impl JobDriver {
         write_manifest(&staging, &target, record, &dump, sequences, views)
             .await
             .map_err(failed)?;
+        // Ends the snapshot's transaction: its locks, and the horizon it
+        // holds back on the source, are not kept through the stream.
+        drop(source);
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
         let cutover = if spec.changes.is_some() {
             // The slot cannot be read while the session that exported the

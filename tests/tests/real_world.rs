@@ -403,3 +403,153 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A `TRUNCATE` committed after the job's snapshot but before godwit locks
+/// the table would make it look empty under the snapshot: found, named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_truncated_between_snapshot_and_lock_is_refused_by_name() -> anyhow::Result<()> {
+    use godwit_common::pg::{self, Side, snapshot};
+    let (source, _target) = godwit_tests::source_and_target(1).await?;
+    let exporter = source.client("shop").await?;
+    exporter
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let exported: String = exporter
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await?
+        .get(0);
+    source
+        .client("shop")
+        .await?
+        .batch_execute("TRUNCATE surveys")
+        .await?;
+    let guard = pg::connect(&source.url("shop"), Side::Source).await?;
+    pg::join_snapshot(&guard, &exported).await?;
+    let tables = ["public.customers", "public.surveys"]
+        .iter()
+        .filter_map(|t| godwit_common::spec::TableName::parse(t))
+        .collect::<Vec<_>>();
+    let refused = snapshot::lock_tables(&guard, &tables)
+        .await
+        .expect_err("a truncated table must be refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("public.surveys") && !message.contains("public.customers"),
+        "{message}"
+    );
+    assert!(message.contains("run the job again"), "{message}");
+    Ok(())
+}
+
+/// While the copy runs, the job's tables are locked against DDL the way
+/// pg_dump locks them: a `TRUNCATE` waits (here: times out) instead of
+/// emptying a table not yet copied; reads and writes go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_on_the_source_waits_for_the_copy() -> anyhow::Result<()> {
+    let (source, target) = godwit_tests::source_and_target(2).await?;
+    let job = Job::create(|staging| {
+        godwit_tests::spec_body("ddl-waits", &source, &target, staging)
+            + "\nthrottle: { bytes_per_sec: 512KiB }"
+    })?;
+    let log = std::fs::File::create(job.dir.path().join("run.log"))?;
+    let mut run = Running(
+        std::process::Command::new(godwit_tests::bin("godwit")?)
+            .args(["run", job.spec()])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let dst = target.client("shop").await?;
+    godwit_tests::wait_until(
+        "the copy to load its first chunk",
+        std::time::Duration::from_secs(60),
+        || async {
+            let started = dst
+                .query_one(
+                    "SELECT to_regclass('godwit.applied_chunks') IS NOT NULL \
+                     AND EXISTS (SELECT 1 FROM godwit.applied_chunks)",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0))
+                .unwrap_or(false);
+            Ok(started.then_some(()))
+        },
+    )
+    .await?;
+    let src = source.client("shop").await?;
+    let truncated = src
+        .batch_execute("SET lock_timeout = '500ms'; TRUNCATE events")
+        .await;
+    let error = truncated.expect_err("TRUNCATE went through during the copy");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{error:?}"
+    );
+    src.batch_execute("RESET lock_timeout; INSERT INTO surveys (id) VALUES (424242)")
+        .await?;
+    let mut status = None;
+    for _ in 0..1200 {
+        status = run.0.try_wait()?;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = status.ok_or_else(|| anyhow::anyhow!("godwit run did not end"))?;
+    let log = std::fs::read_to_string(job.dir.path().join("run.log")).unwrap_or_default();
+    assert!(status.success(), "godwit run exited {status:?}\n{log}");
+    // The insert committed after the snapshot is not the copy's: the copy
+    // matches the snapshot, and the check proved it against the snapshot.
+    let events = "SELECT count(*) FROM events";
+    assert_eq!(one_i64(&src, events).await?, one_i64(&dst, events).await?);
+    Ok(())
+}
+
+/// An extension the target's server does not offer is refused before
+/// anything is written, by name. The extension is made for the test: its
+/// files are removed once the source has installed it, so the target's
+/// server (sharing this machine) no longer offers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_missing_on_the_target_is_refused_by_name() -> anyhow::Result<()> {
+    let (source, target) = godwit_tests::source_and_target(1).await?;
+    let name = format!("godwit_probe_{}", std::process::id());
+    let admin = source.client("shop").await?;
+    let sharedir: String = admin
+        .query_one("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'", &[])
+        .await?
+        .get(0);
+    let share = std::path::Path::new(&sharedir).join("extension");
+    let control = share.join(format!("{name}.control"));
+    let script = share.join(format!("{name}--1.0.sql"));
+    std::fs::write(
+        &control,
+        "comment = 'made by a godwit test'\ndefault_version = '1.0'\nrelocatable = true\n",
+    )?;
+    std::fs::write(
+        &script,
+        format!("CREATE FUNCTION {name}_answer() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n"),
+    )?;
+    let created = admin
+        .batch_execute(&format!("CREATE EXTENSION {name}"))
+        .await;
+    let _ = std::fs::remove_file(&control);
+    let _ = std::fs::remove_file(&script);
+    created?;
+
+    let job = Job::create(|staging| godwit_tests::spec_body("no-ext", &source, &target, staging))?;
+    let output = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("extension(s) {name}")) && stderr.contains("install"),
+        "{stderr}"
+    );
+    let dst = target.client("shop").await?;
+    assert!(
+        user_tables(&dst).await?.is_empty(),
+        "a refused job wrote tables"
+    );
+    Ok(())
+}

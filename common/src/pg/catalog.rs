@@ -98,6 +98,32 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
     Ok(selected)
 }
 
+/// Extensions the source has installed that the target's server does not
+/// offer (`pg_available_extensions`): their restore would fail half-way.
+pub async fn extensions_missing_on_target(source: &Client, target: &Client) -> Result<Vec<String>> {
+    let installed: Vec<String> = source
+        .query_one(
+            "SELECT coalesce(array_agg(extname::text ORDER BY extname), '{}') FROM pg_extension",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot list the source's extensions", e))?
+        .get(0);
+    let offered: Vec<String> = target
+        .query_one(
+            "SELECT coalesce(array_agg(name::text), '{}') FROM pg_available_extensions \
+             WHERE name = ANY($1)",
+            &[&installed],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot list the target's available extensions", e))?
+        .get(0);
+    Ok(installed
+        .into_iter()
+        .filter(|name| !offered.contains(name))
+        .collect())
+}
+
 /// Tables of `tables` that exist in `client`'s database (one query).
 pub async fn existing_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
     let quoted: Vec<String> = tables.iter().map(TableName::quoted).collect();

@@ -131,6 +131,58 @@ impl SnapshotHolder {
     }
 }
 
+/// Locks `tables` against DDL for as long as the caller's transaction (one
+/// that joined the job's snapshot) lasts, as `pg_dump` does, then checks
+/// that none was truncated or rewritten between the snapshot and the lock.
+/// A `TRUNCATE`, `VACUUM FULL`, `CLUSTER` or rewriting `ALTER TABLE` is not
+/// MVCC-safe: under the older snapshot the table would look empty, and the
+/// copy and the check would agree on the missing rows. `ACCESS SHARE`
+/// blocks those statements (and any `ALTER TABLE`) until the job lets go;
+/// reads and writes go on.
+pub async fn lock_tables(
+    client: &tokio_postgres::Client,
+    tables: &[crate::spec::TableName],
+) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = tables.iter().map(crate::spec::TableName::only).collect();
+    client
+        .batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            list.join(", ")
+        ))
+        .await
+        .map_err(|e| {
+            Error::postgres("cannot lock the job's tables on the source against DDL", e)
+        })?;
+    let names: Vec<String> = tables.iter().map(crate::spec::TableName::quoted).collect();
+    // `pg_class` as the snapshot saw it against the catalog as it is now.
+    let rewritten: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid IN (SELECT to_regclass(x) FROM unnest($1::text[]) AS x) \
+               AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid) ORDER BY 1",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot check the job's tables for rewrites", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !rewritten.is_empty() {
+        return Err(Error::Catalog(format!(
+            "table(s) {} on the source were truncated or rewritten (TRUNCATE, VACUUM FULL, CLUSTER or a \
+             rewriting ALTER TABLE) after the job's snapshot was taken: their rows are invisible to it and \
+             would be missing from the copy; run the job again, and hold such statements until it has \
+             copied",
+            rewritten.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Drops the job's slot, so the source does not retain WAL for it.
 pub async fn drop_slot(conn: &str, slot: &str) -> Result<()> {
     let client = connect(conn, Side::Source).await?;
