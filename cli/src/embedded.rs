@@ -181,6 +181,8 @@ pub async fn run(
     let canceller = {
         let store = store.clone();
         let key = keyspace.job_control(&job);
+        let abort_job = job.clone();
+        let abort_source = prepared.spec.source.clone();
         tokio::spawn(async move {
             godwit_common::shutdown::signal().await;
             eprintln!(
@@ -188,6 +190,21 @@ pub async fn run(
             );
             let _ = store.put(&key, b"cancel".to_vec()).await;
             godwit_common::shutdown::signal().await;
+            // Aborting still frees the customer's WAL: the slot goes first.
+            let slot = godwit_common::pg::snapshot::slot_name(&abort_job);
+            match godwit_common::pg::snapshot::drop_slot_now(
+                &abort_source,
+                &slot,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(()) => eprintln!("aborted: replication slot {slot} dropped"),
+                Err(e) => eprintln!(
+                    "aborted without dropping replication slot {slot} ({e}): on the source, run \
+                     SELECT pg_drop_replication_slot('{slot}')"
+                ),
+            }
             std::process::exit(130);
         })
     };

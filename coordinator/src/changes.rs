@@ -42,6 +42,13 @@ const BATCH_MESSAGES: i32 = 5_000;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// Attempts at a batch the target refuses (a constraint, a missing row, a
+/// column it lacks): the same batch fails the same way, so the stream
+/// stops rather than pin the source's WAL while it retries for ever.
+const MAX_REFUSED_ATTEMPTS: u32 = 5;
+/// How long the stream may fail for reasons that can pass (a server away,
+/// a network cut) before the job stops and frees the source's WAL.
+const MAX_STALL: Duration = Duration::from_secs(15 * 60);
 /// PostgreSQL stamps commits in microseconds since 2000-01-01.
 const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
 
@@ -115,6 +122,12 @@ pub(crate) async fn resumable(spec: &JobSpec, slot: &str) -> Result<Option<u64>>
     }
     let target = pg::connect(&spec.target, Side::Target).await?;
     apply::applied_lsn(&target, spec.job.as_str()).await
+}
+
+/// Drops the job's replication slot and publication on the source.
+pub(crate) async fn release_source(spec: &JobSpec, slot: &str) -> Result<()> {
+    godwit_common::pg::snapshot::drop_slot(&spec.source, slot).await?;
+    drop_publication(spec).await
 }
 
 /// Drops the job's publication on the source, once its stream has ended.
@@ -254,6 +267,7 @@ impl Streamer {
 
         let mut wait = Duration::ZERO;
         let mut failures = 0u32;
+        let mut failing_since: Option<Instant> = None;
         let mut last_put = Instant::now();
         loop {
             tokio::select! {
@@ -292,6 +306,7 @@ impl Streamer {
             match polled {
                 Ok(polled) => {
                     failures = 0;
+                    failing_since = None;
                     record.error = None;
                     wait = if polled.truncated {
                         Duration::ZERO
@@ -302,6 +317,18 @@ impl Streamer {
                 }
                 Err(e) => {
                     failures += 1;
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let refused = !e.is_retryable() && failures >= MAX_REFUSED_ATTEMPTS;
+                    if refused || since.elapsed() >= MAX_STALL {
+                        return Err(JobError::Failed(Error::Catalog(format!(
+                            "the change stream stopped after {failures} failed attempts over {:.0?}: {e}; \
+                             the job's replication slot is dropped so the source keeps no WAL for it. Fix \
+                             the cause, then migrate again into an empty target: the target misses the \
+                             changes from {} on",
+                            since.elapsed(),
+                            format_lsn(self.applied)
+                        ))));
+                    }
                     wait = (Duration::from_millis(250) * 2u32.saturating_pow(failures.min(8)))
                         .min(MAX_BACKOFF);
                     tracing::warn!(job_id = %job, error = %e, retry_in = ?wait, "change stream interrupted");

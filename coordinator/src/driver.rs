@@ -549,7 +549,7 @@ impl JobDriver {
                 .await
                 .map_err(failed)?;
         }
-        let holder = SnapshotHolder::create(&spec.source, &slot)
+        let holder = SnapshotHolder::create(&spec.source, &slot, spec.changes.is_none())
             .await
             .map_err(failed)?;
         record.slot = Some(holder.slot.clone());

@@ -3,12 +3,72 @@
 //! the rule), so a coordinator restart is a pause, not a loss.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use godwit_common::Result;
 use godwit_common::lease::LeaseStore;
+use godwit_common::pg::snapshot;
 use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, now_unix_ms};
 
 use crate::driver::{JobDriver, preflight};
+use crate::error::JobError;
+
+/// How long a restarted coordinator waits for a job's databases to be
+/// reachable again before it fails the job (and frees the source's WAL).
+const RESUME_PATIENCE: Duration = Duration::from_secs(15 * 60);
+const RESUME_RETRY: Duration = Duration::from_secs(5);
+
+/// Takes over one unfinished job: its databases may be away for a while
+/// (a restart often comes with a network or server incident), so a
+/// preflight that fails for a reason that can pass is tried again. A job
+/// that cannot be resumed fails, and its replication slot and publication
+/// are dropped so they do not pin the customer's WAL; if they cannot be,
+/// the job's error says how to drop them by hand.
+async fn resume_one(driver: JobDriver, store: &dyn LeaseStore, key: String, mut record: JobRecord) {
+    let job = record.spec.job.clone();
+    let started = Instant::now();
+    let failure = loop {
+        match preflight(record.spec.clone()).await {
+            Ok(prepared) => {
+                if let Err(e) = driver.take_over(&prepared).await {
+                    tracing::error!(job_id = %job, error = %e, "cannot take over job");
+                    return;
+                }
+                let _ = driver.execute(prepared).await;
+                return;
+            }
+            Err(JobError::Rejected(e))
+                if e.is_retryable() && started.elapsed() < RESUME_PATIENCE =>
+            {
+                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; trying again");
+                record.error = Some(format!(
+                    "waiting to resume after a coordinator restart: {e}"
+                ));
+                let _ = store.put(&key, state::encode(&record)).await;
+                tokio::time::sleep(RESUME_RETRY).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    tracing::error!(job_id = %job, error = %failure, "cannot resume job");
+    let slot = record
+        .slot
+        .clone()
+        .unwrap_or_else(|| snapshot::slot_name(&job));
+    let mut error = format!("could not be resumed after a coordinator restart: {failure}");
+    if let Err(e) = crate::changes::release_source(&record.spec, &slot).await {
+        error.push_str(&format!(
+            "; its replication slot could not be dropped ({e}): on the source, run \
+             SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+        ));
+    }
+    record.phase = JobPhase::Failed;
+    record.error = Some(error);
+    record.finished_at_unix_ms = Some(now_unix_ms());
+    if let Err(e) = store.put(&key, state::encode(&record)).await {
+        tracing::error!(job_id = %job, error = %e, "cannot record the job's failure");
+    }
+}
 
 /// Takes over unfinished jobs; returns how many were resumed.
 pub async fn resume_unfinished(store: Arc<dyn LeaseStore>, keyspace: &Keyspace) -> Result<usize> {
@@ -17,31 +77,14 @@ pub async fn resume_unfinished(store: Arc<dyn LeaseStore>, keyspace: &Keyspace) 
         if !key.ends_with("/record") {
             continue;
         }
-        let mut record: JobRecord = state::decode(&key, &bytes)?;
+        let record: JobRecord = state::decode(&key, &bytes)?;
         if record.phase.is_final() {
             continue;
         }
-        let job = record.spec.job.clone();
         let driver = JobDriver::new(store.clone(), keyspace.clone());
-        let prepared = match preflight(record.spec.clone()).await {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                tracing::error!(job_id = %job, error = %e, "cannot resume job");
-                record.phase = JobPhase::Failed;
-                record.error = Some(format!(
-                    "could not be resumed after a coordinator restart: {e}"
-                ));
-                record.finished_at_unix_ms = Some(now_unix_ms());
-                store.put(&key, state::encode(&record)).await?;
-                continue;
-            }
-        };
-        if let Err(e) = driver.take_over(&prepared).await {
-            tracing::error!(job_id = %job, error = %e, "cannot take over job");
-            continue;
-        }
+        let store = store.clone();
         tokio::spawn(async move {
-            let _ = driver.execute(prepared).await;
+            resume_one(driver, store.as_ref(), key, record).await;
         });
         resumed += 1;
     }

@@ -431,3 +431,56 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     );
     Ok(())
 }
+
+/// A batch the target refuses fails the same way every time: the stream
+/// stops after a few attempts, names the table and what to do, and leaves
+/// no slot or publication pinning the customer's WAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
+    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        .await?;
+    let job =
+        Job::create(|staging| spec_body("refused", &source, &target, staging) + "\nchanges: {}")?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = job.dir.path().join("run.log");
+    let mut run = Running(
+        Command::new(bin("godwit")?)
+            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    if let Err(e) = wait_for_streaming(&url, "refused").await {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::bail!("{e}\n--- godwit run log\n{log}");
+    }
+    // The target loses a row behind godwit's back; the source updates it.
+    dst.batch_execute("DELETE FROM surveys WHERE id = 1")
+        .await?;
+    src.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
+        .await?;
+    let status = wait_until("the job to stop", Duration::from_secs(120), || {
+        let done = run.0.try_wait().map(|status| status.map(|s| s.code()));
+        async move { Ok(done?) }
+    })
+    .await?;
+    let log = std::fs::read_to_string(&log_path)?;
+    assert_eq!(status, Some(1), "{log}");
+    for piece in [
+        "change stream stopped after 5 failed attempts",
+        "public.surveys",
+        "migrate again into an empty target",
+    ] {
+        assert!(log.contains(piece), "log lacks {piece:?}:\n{log}");
+    }
+    assert_eq!(
+        stream_leftovers(&src).await?,
+        0,
+        "slot or publication left on the source"
+    );
+    Ok(())
+}

@@ -152,6 +152,10 @@ impl Applier {
         for source_tx in batch.iter().filter(|t| t.end_lsn > recorded) {
             for change in &source_tx.changes {
                 rows += self.apply_one(&tx, change).await.map_err(|e| {
+                    // A connection lost mid-batch can pass; keep it retryable.
+                    if e.is_retryable() {
+                        return e;
+                    }
                     Error::Catalog(format!(
                         "cannot apply source transaction {} (ending at {}) to the target: {e}",
                         source_tx.xid,

@@ -48,7 +48,11 @@ fn replication_conninfo(conn: &str) -> String {
 }
 
 impl SnapshotHolder {
-    pub async fn create(conn: &str, slot: &str) -> Result<Self> {
+    /// Creates the job's slot and exports its snapshot. A `temporary` slot
+    /// (for a job that does not stream) lives only as long as this
+    /// session: however the process ends, it leaves no slot pinning WAL on
+    /// the customer's server.
+    pub async fn create(conn: &str, slot: &str, temporary: bool) -> Result<Self> {
         if !slot
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -74,8 +78,11 @@ impl SnapshotHolder {
             .ok_or_else(|| Error::Catalog("psql stdout unavailable".into()))?;
         stdin
             .write_all(
-                format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export');\n")
-                    .as_bytes(),
+                format!(
+                    "CREATE_REPLICATION_SLOT {slot}{} LOGICAL pgoutput (SNAPSHOT 'export');\n",
+                    if temporary { " TEMPORARY" } else { "" }
+                )
+                .as_bytes(),
             )
             .await
             .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
@@ -181,6 +188,46 @@ pub async fn lock_tables(
         )));
     }
     Ok(())
+}
+
+/// Drops the job's slot at once, ending the session that holds it if one
+/// does (the job is being aborted): a slot left behind would pin the
+/// customer's WAL until its disk fills. Bounded by `limit`.
+pub async fn drop_slot_now(conn: &str, slot: &str, limit: Duration) -> Result<()> {
+    let attempt = async {
+        let client = connect(conn, Side::Source).await?;
+        loop {
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active_pid IS NOT NULL AND active_pid <> pg_backend_pid()",
+                    &[&slot],
+                )
+                .await
+                .map_err(|e| Error::postgres(format!("cannot end the session holding slot {slot}"), e))?;
+            match client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Still active for a moment after its session was ended.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(Error::postgres(format!("cannot drop replication slot {slot}"), e));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(limit, attempt).await.map_err(|_| {
+        Error::Unreachable(format!(
+            "dropping replication slot {slot} took over {limit:?}"
+        ))
+    })?
 }
 
 /// Drops the job's slot, so the source does not retain WAL for it.
