@@ -81,12 +81,13 @@ pub fn changes_line(c: &godwit_proto::v1::Changes) -> String {
         .map(|cut| format!("; last cutover: {}", cutover_line(cut)))
         .unwrap_or_default();
     format!(
-        "applied to {}: {} transactions, {} rows; lag {} / {}{cutover}",
+        "applied to {}: {} transactions, {} rows; lag {} / {}; slot retains {} of source WAL{cutover}",
         c.applied_lsn,
         c.transactions,
         c.rows,
         bytes(c.lag_bytes),
-        duration_ms(c.lag_ms)
+        duration_ms(c.lag_ms),
+        bytes(c.retained_wal_bytes)
     )
 }
 

@@ -216,6 +216,10 @@ pub struct ChangeProgress {
     pub lag_ms: u64,
     pub transactions: u64,
     pub rows: u64,
+    /// Source WAL the job's slot keeps from recycling (from its restart
+    /// position to the current WAL position), at the last poll.
+    #[serde(default)]
+    pub retained_wal_bytes: u64,
     pub updated_at_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cutover: Option<CutoverRecord>,

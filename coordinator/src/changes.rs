@@ -337,6 +337,9 @@ impl Streamer {
                 }
             }
             if last_put.elapsed() >= Duration::from_millis(500) || record.error.is_some() {
+                if let Ok(Some(retained)) = stream::retained_wal(&self.source, &self.slot).await {
+                    progress.retained_wal_bytes = retained;
+                }
                 record.changes = Some(progress.clone());
                 self.put_record(record).await;
                 last_put = Instant::now();

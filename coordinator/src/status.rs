@@ -138,6 +138,7 @@ fn changes(progress: &ChangeProgress) -> Changes {
         transactions: progress.transactions,
         rows: progress.rows,
         last_cutover: progress.last_cutover.as_ref().map(cutover),
+        retained_wal_bytes: progress.retained_wal_bytes,
     }
 }
 

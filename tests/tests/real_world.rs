@@ -327,6 +327,13 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
         let log = std::fs::read_to_string(job.dir.path().join("run.log")).unwrap_or_default();
         anyhow::bail!("{e}\n--- godwit run log\n{log}");
     }
+    // What the slot keeps on the customer's server is in plain sight.
+    let status = run_godwit(&["status", "--coordinator", &url, "real-stream"], &[])?;
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("slot retains") && shown.contains("of source WAL"),
+        "{shown}"
+    );
     // While the stream applies, the target's own triggers stay quiet: the
     // audit rows and stamps are the source's, streamed.
     assert_eq!(

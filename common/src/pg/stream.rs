@@ -148,6 +148,21 @@ pub async fn advance(client: &Client, slot: &str, lsn: u64) -> Result<()> {
     Ok(())
 }
 
+/// Source WAL `slot` keeps from being recycled, in bytes.
+pub async fn retained_wal(client: &Client, slot: &str) -> Result<Option<u64>> {
+    let row = client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read replication slot {slot}"), e))?;
+    Ok(row
+        .and_then(|row| row.get::<_, Option<i64>>(0))
+        .map(|bytes| u64::try_from(bytes).unwrap_or(0)))
+}
+
 /// Where the slot is confirmed to (nothing before it will be decoded again),
 /// and whether a session still holds it.
 pub async fn slot_position(client: &Client, slot: &str) -> Result<Option<(u64, bool)>> {
