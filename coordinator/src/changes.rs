@@ -432,7 +432,12 @@ impl Streamer {
             self.stage(&raw, last.end_lsn).await?;
             polled.rows = self
                 .applier
-                .apply(&mut self.target, self.spec.job.as_str(), &pending)
+                .apply(
+                    &mut self.target,
+                    &self.source,
+                    self.spec.job.as_str(),
+                    &pending,
+                )
                 .await?;
             self.applied = last.end_lsn;
             polled.transactions = pending.len() as u64;

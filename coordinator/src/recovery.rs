@@ -18,16 +18,34 @@ use crate::error::JobError;
 const RESUME_PATIENCE: Duration = Duration::from_secs(15 * 60);
 const RESUME_RETRY: Duration = Duration::from_secs(5);
 
-/// Takes over one unfinished job: its databases may be away for a while
-/// (a restart often comes with a network or server incident), so a
-/// preflight that fails for a reason that can pass is tried again. A job
-/// that cannot be resumed fails, and its replication slot and publication
-/// are dropped so they do not pin the customer's WAL; if they cannot be,
-/// the job's error says how to drop them by hand.
-async fn resume_one(driver: JobDriver, store: &dyn LeaseStore, key: String, mut record: JobRecord) {
+/// Takes over an unfinished job whose first preflight failed: its databases
+/// may be away for a while (a restart often comes with a network or server
+/// incident), so a preflight that fails for a reason that can pass is
+/// tried again. A job that cannot be resumed fails, and its replication
+/// slot and publication are dropped so they do not pin the customer's WAL;
+/// if they cannot be, the job's error says how to drop them by hand.
+async fn resume_later(
+    driver: JobDriver,
+    store: &dyn LeaseStore,
+    key: String,
+    mut record: JobRecord,
+    first: JobError,
+) {
     let job = record.spec.job.clone();
     let started = Instant::now();
+    let mut last = first;
     let failure = loop {
+        match last {
+            JobError::Rejected(e) if e.is_retryable() && started.elapsed() < RESUME_PATIENCE => {
+                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; trying again");
+                record.error = Some(format!(
+                    "waiting to resume after a coordinator restart: {e}"
+                ));
+                let _ = store.put(&key, state::encode(&record)).await;
+                tokio::time::sleep(RESUME_RETRY).await;
+            }
+            other => break other,
+        }
         match preflight(record.spec.clone()).await {
             Ok(prepared) => {
                 if let Err(e) = driver.take_over(&prepared).await {
@@ -37,17 +55,7 @@ async fn resume_one(driver: JobDriver, store: &dyn LeaseStore, key: String, mut 
                 let _ = driver.execute(prepared).await;
                 return;
             }
-            Err(JobError::Rejected(e))
-                if e.is_retryable() && started.elapsed() < RESUME_PATIENCE =>
-            {
-                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; trying again");
-                record.error = Some(format!(
-                    "waiting to resume after a coordinator restart: {e}"
-                ));
-                let _ = store.put(&key, state::encode(&record)).await;
-                tokio::time::sleep(RESUME_RETRY).await;
-            }
-            Err(e) => break e,
+            Err(e) => last = e,
         }
     };
     tracing::error!(job_id = %job, error = %failure, "cannot resume job");
@@ -82,10 +90,25 @@ pub async fn resume_unfinished(store: Arc<dyn LeaseStore>, keyspace: &Keyspace) 
             continue;
         }
         let driver = JobDriver::new(store.clone(), keyspace.clone());
-        let store = store.clone();
-        tokio::spawn(async move {
-            resume_one(driver, store.as_ref(), key, record).await;
-        });
+        match preflight(record.spec.clone()).await {
+            Ok(prepared) => {
+                // Taken over before the coordinator serves: no one reads the
+                // previous coordinator's record as the job's state.
+                if let Err(e) = driver.take_over(&prepared).await {
+                    tracing::error!(job_id = %record.spec.job, error = %e, "cannot take over job");
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let _ = driver.execute(prepared).await;
+                });
+            }
+            Err(first) => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    resume_later(driver, store.as_ref(), key, record, first).await;
+                });
+            }
+        }
         resumed += 1;
     }
     Ok(resumed)

@@ -327,6 +327,36 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
         let log = std::fs::read_to_string(job.dir.path().join("run.log")).unwrap_or_default();
         anyhow::bail!("{e}\n--- godwit run log\n{log}");
     }
+    // Columns the source adds are followed: without a default, and with a
+    // constant one that existing rows take on both sides.
+    src.batch_execute(
+        "ALTER TABLE tickets ADD COLUMN priority integer; \
+         ALTER TABLE staff ADD COLUMN level text DEFAULT 'junior' NOT NULL; \
+         UPDATE tickets SET priority = 3 WHERE id = 5; \
+         INSERT INTO staff VALUES (1000, 1, 'new', 'senior')",
+    )
+    .await?;
+    godwit_tests::wait_until(
+        "the added columns to stream",
+        std::time::Duration::from_secs(60),
+        || async {
+            let arrived = dst
+                .query_one(
+                    "SELECT to_regclass('staff') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute \
+                     WHERE attrelid = 'staff'::regclass AND attname = 'level') \
+                     AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tickets'::regclass \
+                                 AND attname = 'priority')",
+                    &[],
+                )
+                .await?
+                .get::<_, bool>(0);
+            if !arrived {
+                return Ok(None);
+            }
+            Ok((one_i64(&dst, "SELECT count(*) FROM staff WHERE id = 1000").await? == 1).then_some(()))
+        },
+    )
+    .await?;
     // What the slot keeps on the customer's server is in plain sight.
     let status = run_godwit(&["status", "--coordinator", &url, "real-stream"], &[])?;
     let shown = String::from_utf8_lossy(&status.stdout);

@@ -121,6 +121,7 @@ impl Applier {
     pub async fn apply(
         &mut self,
         target: &mut Client,
+        source: &Client,
         job: &str,
         batch: &[SourceTransaction],
     ) -> Result<u64> {
@@ -151,7 +152,7 @@ impl Applier {
         let mut rows = 0u64;
         for source_tx in batch.iter().filter(|t| t.end_lsn > recorded) {
             for change in &source_tx.changes {
-                rows += self.apply_one(&tx, change).await.map_err(|e| {
+                rows += self.apply_one(&tx, source, change).await.map_err(|e| {
                     // A connection lost mid-batch can pass; keep it retryable.
                     if e.is_retryable() {
                         return e;
@@ -178,10 +179,15 @@ impl Applier {
         Ok(rows)
     }
 
-    async fn apply_one(&mut self, tx: &Transaction<'_>, change: &Message) -> Result<u64> {
+    async fn apply_one(
+        &mut self,
+        tx: &Transaction<'_>,
+        source: &Client,
+        change: &Message,
+    ) -> Result<u64> {
         match change {
             Message::Relation(relation) => {
-                self.describe(tx, relation).await?;
+                self.describe(tx, source, relation).await?;
                 Ok(0)
             }
             Message::Insert { relation, new } => {
@@ -301,7 +307,12 @@ impl Applier {
 
     /// Maps a relation of the stream to the target table of the same name,
     /// with the target's column types (what the text values are cast to).
-    async fn describe(&mut self, tx: &Transaction<'_>, relation: &Relation) -> Result<()> {
+    async fn describe(
+        &mut self,
+        tx: &Transaction<'_>,
+        source: &Client,
+        relation: &Relation,
+    ) -> Result<()> {
         let name = TableName {
             schema: if relation.namespace.is_empty() {
                 "pg_catalog".into()
@@ -310,28 +321,23 @@ impl Applier {
             },
             name: relation.name.clone(),
         };
-        let rows = tx
-            .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity = 'a' \
-                 FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&name.quoted()],
-            )
-            .await
-            .map_err(|e| {
-                Error::postgres(
-                    format!("cannot read the columns of {name} on the target"),
-                    e,
-                )
-            })?;
-        let types: HashMap<String, (String, bool)> = rows
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
+        let mut types = target_columns(tx, &name).await?;
         if types.is_empty() {
             return Err(Error::Catalog(format!(
                 "the source changed table {name}, which the target does not have"
             )));
+        }
+        let added: Vec<&str> = relation
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| !types.contains_key(*c))
+            .collect();
+        if !added.is_empty() {
+            for column in added {
+                super::follow::add_column(source, tx, &name, column).await?;
+            }
+            types = target_columns(tx, &name).await?;
         }
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
@@ -382,6 +388,31 @@ impl Applier {
             .await
             .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))
     }
+}
+
+/// Column name → (type, `GENERATED ALWAYS AS IDENTITY`) of a target table.
+async fn target_columns(
+    tx: &Transaction<'_>,
+    name: &TableName,
+) -> Result<HashMap<String, (String, bool)>> {
+    let rows = tx
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity = 'a' \
+             FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&name.quoted()],
+        )
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                format!("cannot read the columns of {name} on the target"),
+                e,
+            )
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 /// An UPDATE or DELETE must find its row: one that does not means the

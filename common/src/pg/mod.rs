@@ -5,6 +5,7 @@ pub mod access;
 pub mod apply;
 pub mod catalog;
 pub mod checksum;
+pub mod follow;
 pub mod large_objects;
 pub mod ledger;
 pub mod pgoutput;
