@@ -59,15 +59,19 @@ pub async fn source_and_target(scale: u32) -> anyhow::Result<(PgCluster, PgClust
     source.create_database("shop").await?;
     target.create_database("shop").await?;
     source.load_fixture("shop", scale)?;
+    source
+        .least_privileged_role("shop", pg::MIGRATOR, "")
+        .await?;
     Ok((source, target))
 }
 
-/// The spec body (everything but `encryption`) of a job between the two clusters.
+/// The spec body (everything but `encryption`) of a job between the two
+/// clusters, read by the least-privileged `migrator` role.
 pub fn spec_body(job: &str, source: &PgCluster, target: &PgCluster, staging: &str) -> String {
     format!(
         "job: {job}\ncustomer: acme\nsource: {}\ntarget: {}\nstaging: {staging}\ntables: [\"*\"]\n\
          partition_size: 512KiB\nchunk_size: 128KiB",
-        source.url("shop"),
+        source.migrator_url("shop"),
         target.url("shop")
     )
 }

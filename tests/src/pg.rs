@@ -9,6 +9,14 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::{free_port, repo_root, shared_tempdir};
 
+/// The least-privileged source role of the end-to-end tests.
+pub const MIGRATOR: &str = "migrator";
+
+/// A throwaway role's password: per cluster, never reused elsewhere.
+fn role_password(role: &str, port: u16) -> String {
+    format!("pw-{role}-{port}")
+}
+
 pub struct PgCluster {
     dir: tempfile::TempDir,
     pub port: u16,
@@ -85,7 +93,7 @@ impl PgCluster {
         role: &str,
         attributes: &str,
     ) -> anyhow::Result<String> {
-        let password = format!("pw-{}-{}", role, self.port);
+        let password = role_password(role, self.port);
         let admin = self.client(db).await?;
         admin
             .batch_execute(&format!(
@@ -97,7 +105,9 @@ impl PgCluster {
                      EXECUTE format('GRANT USAGE ON SCHEMA %s TO {role}', s); \
                      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %s TO {role}', s); \
                      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %s TO {role}', s); \
-                   END LOOP; END $$"
+                   END LOOP; END $$; \
+                 ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {role}; \
+                 ALTER DEFAULT PRIVILEGES GRANT SELECT ON SEQUENCES TO {role}"
             ))
             .await
             .with_context(|| format!("creating role {role}"))?;
@@ -122,10 +132,47 @@ impl PgCluster {
                 .await
                 .context("reloading pg_hba.conf")?;
         }
-        Ok(format!(
-            "postgres://{role}:{password}@127.0.0.1:{}/{db}",
-            self.port
-        ))
+        Ok(self.role_url_at(role, self.port, db))
+    }
+
+    /// The URL of `role` (made by [`Self::least_privileged_role`]) reaching
+    /// this cluster through `port` (its own, or a proxy's in front of it).
+    pub fn role_url_at(&self, role: &str, port: u16, db: &str) -> String {
+        format!(
+            "postgres://{role}:{}@127.0.0.1:{port}/{db}",
+            role_password(role, self.port)
+        )
+    }
+
+    /// The URL the end-to-end tests migrate from: the least-privileged
+    /// `migrator` role that [`crate::source_and_target`] creates.
+    pub fn migrator_url(&self, db: &str) -> String {
+        self.role_url_at(MIGRATOR, self.port, db)
+    }
+
+    /// [`Self::migrator_url`] through a proxy listening on `port`.
+    pub fn migrator_url_at(&self, port: u16, db: &str) -> String {
+        self.role_url_at(MIGRATOR, port, db)
+    }
+
+    /// Makes `migrator` own every table of `db` and lets it create schemas
+    /// there: what streaming changes and cutting over need (publishing the
+    /// tables, leaving them refusing writes).
+    pub async fn hand_tables_to_migrator(&self, db: &str) -> anyhow::Result<()> {
+        self.client(db)
+            .await?
+            .batch_execute(&format!(
+                "DO $$ DECLARE t text; BEGIN \
+                   FOR t IN SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                            JOIN pg_namespace n ON n.oid = c.relnamespace \
+                            WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                              AND n.nspname NOT LIKE 'pg_toast%' LOOP \
+                     EXECUTE format('ALTER TABLE %s OWNER TO {MIGRATOR}', t); \
+                   END LOOP; END $$; \
+                 GRANT CREATE ON DATABASE {db} TO {MIGRATOR}"
+            ))
+            .await
+            .context("handing the tables to the migrator role")
     }
 
     /// `pg_dump --schema-only` of `db` without godwit's own schema, owners

@@ -64,7 +64,7 @@ async fn every_kind_of_bad_input_is_rejected_and_writes_nothing() -> anyhow::Res
     // An unreachable source database: named, without credentials.
     let closed = free_port()?;
     let unreachable = good.replace(
-        &source.url("shop"),
+        &source.migrator_url("shop"),
         &format!("postgres://postgres:s3cret@127.0.0.1:{closed}/shop"),
     );
     let job = job_with(&unreachable)?;

@@ -129,6 +129,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
          INSERT INTO tickets (title) VALUES ('first')",
     )
     .await?;
+    source.hand_tables_to_migrator("shop").await?;
     let job = Job::create(|staging| {
         spec_body("streaming", &source, &target, staging) + "\nchanges: { freeze_timeout_ms: 800 }"
     })?;
@@ -356,6 +357,7 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
          CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text)",
     )
     .await?;
+    source.hand_tables_to_migrator("shop").await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-stream-restart";
     let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
@@ -442,6 +444,7 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
     let dst = target.client("shop").await?;
     src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
         .await?;
+    source.hand_tables_to_migrator("shop").await?;
     let job =
         Job::create(|staging| spec_body("refused", &source, &target, staging) + "\nchanges: {}")?;
     let port = free_port()?;

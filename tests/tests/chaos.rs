@@ -40,8 +40,8 @@ impl Pair {
     fn spec(&self, job: &str, target_url: &str, staging: &str) -> String {
         spec_body(job, &self.source, &self.target, staging)
             .replace(
-                &self.source.url("shop"),
-                &format!("postgres://postgres@127.0.0.1:{}/shop", self.tap.port),
+                &self.source.migrator_url("shop"),
+                &self.source.migrator_url_at(self.tap.port, "shop"),
             )
             .replace(&self.target.url("shop"), target_url)
             .replace("partition_size: 512KiB", "partition_size: 4MiB")

@@ -268,9 +268,14 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
          ALTER TABLE tallies REPLICA IDENTITY USING INDEX tallies_code_key",
     )
     .await?;
+    source.hand_tables_to_migrator("shop").await?;
     let job = Job::create(|staging| {
-        spec("real-stream", &source.url("shop"), &target, staging)
-            + "\nchanges: { freeze_timeout_ms: 5000 }"
+        spec(
+            "real-stream",
+            &source.migrator_url("shop"),
+            &target,
+            staging,
+        ) + "\nchanges: { freeze_timeout_ms: 5000 }"
     })?;
 
     // An unlogged table writes no WAL: its changes could never arrive.

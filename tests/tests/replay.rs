@@ -16,7 +16,8 @@ async fn replay_loads_the_staged_copy_without_the_source_and_refuses_tampering()
 
     // The same spec with an unreachable source: replay must not need it.
     let closed = format!("postgres://postgres@127.0.0.1:{}/shop", free_port()?);
-    let spec = std::fs::read_to_string(&job.spec_path)?.replace(&source.url("shop"), &closed);
+    let spec =
+        std::fs::read_to_string(&job.spec_path)?.replace(&source.migrator_url("shop"), &closed);
     std::fs::write(&job.spec_path, spec)?;
 
     let chunks: Vec<_> = Job::files_under(&job.staging_dir())

@@ -38,8 +38,8 @@ impl Deployment {
         let job = Job::create(|staging| {
             spec_body(job_id, &source, &target, staging)
                 .replace(
-                    &source.url("shop"),
-                    &format!("postgres://postgres@127.0.0.1:{}/shop", tap.port),
+                    &source.migrator_url("shop"),
+                    &source.migrator_url_at(tap.port, "shop"),
                 )
                 .replace(
                     "partition_size: 512KiB",
