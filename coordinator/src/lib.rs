@@ -5,7 +5,9 @@
 pub mod changes;
 pub mod driver;
 pub mod error;
+mod freeze;
 pub mod planner;
+pub mod preflight;
 pub mod service;
 pub mod status;
 pub mod throttle;
