@@ -519,6 +519,29 @@ async fn ddl_on_the_source_waits_for_the_copy() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The source role's password is on no command line: not psql's that
+    // holds the snapshot, not pg_dump's, not godwit's.
+    let password = format!("pw-migrator-{}", source.port);
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        assert!(
+            !cmdline
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "a command line holds the source password: {}",
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+    }
+    let psql_running = std::fs::read_dir("/proc")?.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(20).any(|w| w == b"replication=database"))
+    });
+    assert!(
+        psql_running,
+        "no snapshot-holding psql was running: the scan proved nothing"
+    );
     let src = source.client("shop").await?;
     let truncated = src
         .batch_execute("SET lock_timeout = '500ms'; TRUNCATE events")

@@ -37,17 +37,29 @@ pub struct SchemaDump {
     shared: Option<(PathBuf, PathBuf)>,
 }
 
+/// Runs a libpq tool. The password of a `--dbname=` argument goes to the
+/// tool in `PGPASSWORD`, never on its command line.
 async fn run(program: &str, args: &[String], what: &str) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            Error::Schema(format!(
-                "cannot run {program} (is the PostgreSQL client installed?): {e}"
-            ))
-        })?;
+    let mut command = Command::new(program);
+    for arg in args {
+        match arg.strip_prefix("--dbname=") {
+            Some(conn) => {
+                let (conn, password) = super::tls::split_password(conn);
+                command.arg(format!("--dbname={conn}"));
+                if let Some(password) = password {
+                    command.env("PGPASSWORD", password);
+                }
+            }
+            None => {
+                command.arg(arg);
+            }
+        }
+    }
+    let output = command.stdin(Stdio::null()).output().await.map_err(|e| {
+        Error::Schema(format!(
+            "cannot run {program} (is the PostgreSQL client installed?): {e}"
+        ))
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();

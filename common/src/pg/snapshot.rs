@@ -59,9 +59,16 @@ impl SnapshotHolder {
         {
             return Err(Error::Catalog(format!("slot name {slot:?} is not valid")));
         }
-        let mut child = Command::new("psql")
+        // The password goes in the environment: a command line is visible
+        // to every user of the machine.
+        let (without_password, password) = super::tls::split_password(conn);
+        let mut child = Command::new("psql");
+        if let Some(password) = password {
+            child.env("PGPASSWORD", password);
+        }
+        let mut child = child
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(replication_conninfo(conn))
+            .arg(replication_conninfo(&without_password))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

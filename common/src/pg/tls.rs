@@ -43,6 +43,39 @@ pub fn driver_config(conn: &str, side: Side) -> Result<(Config, MakeRustlsConnec
     Ok((config, MakeRustlsConnect::new(tls)))
 }
 
+/// The connection string without its password, and the password: libpq's
+/// tools get the first on their command line (visible to every user of the
+/// machine in the process list) and the second in `PGPASSWORD`.
+pub fn split_password(conn: &str) -> (String, Option<String>) {
+    if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+        let Ok(mut url) = url::Url::parse(conn) else {
+            return (conn.to_owned(), None);
+        };
+        let Some(encoded) = url.password().map(str::to_owned) else {
+            return (conn.to_owned(), None);
+        };
+        let password = percent_encoding::percent_decode_str(&encoded)
+            .decode_utf8_lossy()
+            .into_owned();
+        if url.set_password(None).is_err() {
+            return (conn.to_owned(), None);
+        }
+        return (url.to_string(), Some(password));
+    }
+    let mut password = None;
+    let kept: Vec<&str> = conn
+        .split_whitespace()
+        .filter(|pair| match pair.strip_prefix("password=") {
+            Some(value) => {
+                password = Some(value.trim_matches('\'').to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(" "), password)
+}
+
 /// Takes `sslrootcert` out (the driver does not know it) and maps the
 /// verifying `sslmode`s to the driver's `require`.
 pub(crate) fn split_tls_options(conn: &str) -> std::result::Result<(String, Verification), String> {
