@@ -12,7 +12,6 @@ use godwit_common::ids::JobId;
 use godwit_common::keys::{DataKey, Kek};
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::catalog::{self, SourceTable};
-use godwit_common::pg::checksum::fingerprint;
 use godwit_common::pg::ledger;
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
@@ -707,14 +706,10 @@ impl JobDriver {
         let mut mismatches = Vec::new();
         for index in 0..record.tables.len() {
             let name = record.tables[index].name.clone();
-            let (at_source, at_target) = if large_objects::is_load_table(&name) {
-                tokio::try_join!(
-                    large_objects::fingerprint(source),
-                    large_objects::fingerprint(target)
-                )
-            } else {
-                tokio::try_join!(fingerprint(source, &name), fingerprint(target, &name))
-            }
+            let (at_source, at_target) = tokio::try_join!(
+                large_objects::fingerprint_of(source, &name),
+                large_objects::fingerprint_of(target, &name)
+            )
             .map_err(failed)?;
             record.tables[index].source_rows = Some(at_source.rows);
             if at_source == at_target {

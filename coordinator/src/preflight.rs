@@ -135,8 +135,8 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     })
 }
 
-/// The source's large objects as one more table to copy, when the job takes
-/// every table and the source has any; refused when they cannot be carried
+/// The source's large objects as one more table to copy, when the source
+/// has any; refused when they cannot be carried
 /// whole (the job streams, the role cannot read some, or the target already
 /// uses their OIDs).
 async fn large_object_table(
@@ -146,9 +146,8 @@ async fn large_object_table(
     known: bool,
 ) -> Result<Option<SourceTable>, JobError> {
     let rejected = JobError::Rejected;
-    if !spec.all_tables() {
-        return Ok(None);
-    }
+    // Carried whatever the table list: an `oid` column of any table may
+    // point at any of them.
     let (count, bytes, blocks) = large_objects::source_extent(source)
         .await
         .map_err(rejected)?;

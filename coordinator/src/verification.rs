@@ -290,13 +290,18 @@ impl Verifier {
         let foreign_keys = verify::orphans(source, target, &names)
             .await
             .map_err(failed)?;
+        let large_objects = verify::compare_large_objects(source, target)
+            .await
+            .map_err(failed)?;
         Ok(Report {
             job: spec.job.to_string(),
             verified_at_unix_ms: now_unix_ms(),
-            matched: verify::all_matched(&schema, &reports, &foreign_keys),
+            matched: verify::all_matched(&schema, &reports, &foreign_keys)
+                && large_objects.as_ref().is_none_or(|o| o.matched),
             schema,
             tables: reports,
             foreign_keys,
+            large_objects,
         })
     }
 

@@ -222,6 +222,24 @@ async fn a_real_world_database_arrives_whole_under_a_least_privileged_role() -> 
         0,
         "replication slot left behind"
     );
+
+    // Independent verification compares the large objects too, and finds
+    // one missing on the target.
+    let output = run_godwit(&["verify", job.spec()], &[])?;
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("large objects: 3 at the source, 3 at the target; content identical"),
+        "{stdout}"
+    );
+    dst.batch_execute("SELECT lo_unlink(424242)").await?;
+    let output = run_godwit(&["verify", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("large objects: 3 at the source, 2 at the target; content DIFFERENT"),
+        "{stdout}"
+    );
     Ok(())
 }
 

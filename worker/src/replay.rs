@@ -196,13 +196,10 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
             .filter(|p| p.table == table.name)
             .map(|p| p.rows)
             .sum();
-        let loaded = if large_objects::is_load_table(&table.name) {
-            large_objects::fingerprint(&client).await
-        } else {
-            pg::checksum::fingerprint(&client, &table.name).await
-        }
-        .map_err(failed)?
-        .rows;
+        let loaded = large_objects::fingerprint_of(&client, &table.name)
+            .await
+            .map_err(failed)?
+            .rows;
         if loaded != expected {
             return Err(failed(Error::Verification(format!(
                 "{} holds {loaded} rows after the replay, the staged copy has {expected}",

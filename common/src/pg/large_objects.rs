@@ -139,6 +139,16 @@ pub async fn materialize(target: &mut Client, job: &JobId) -> Result<u64> {
     Ok(created)
 }
 
+/// The fingerprint of a planned table: its rows, or for a load table every
+/// large object, each computed by the database.
+pub async fn fingerprint_of(client: &Client, table: &TableName) -> Result<TableFingerprint> {
+    if is_load_table(table) {
+        fingerprint(client).await
+    } else {
+        super::checksum::fingerprint(client, table).await
+    }
+}
+
 /// Count and order-independent digest of every large object (its OID and
 /// the MD5 of its content), computed by the database from its own storage.
 pub async fn fingerprint(client: &Client) -> Result<TableFingerprint> {

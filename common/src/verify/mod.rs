@@ -3,7 +3,7 @@
 //! and catalogs, nothing from what the copier staged or recorded. Four
 //! layers, reported separately: schema, row counts, content (per key range
 //! and bucket, narrowed down to the differing primary keys) and referential
-//! integrity of the target.
+//! integrity of the target; large objects are compared by content digest.
 //!
 //! `report` owns the report and its summary, `schema` the catalog layer,
 //! `content` the row comparison of a key range, `integrity` the orphan
@@ -21,8 +21,28 @@ pub use content::{
 };
 pub use integrity::orphans;
 pub use report::{
-    ContentLayer, ForeignKeyReport, Report, RowDifference, SchemaLayer, SequenceBehind,
-    TableReport, all_matched,
+    ContentLayer, ForeignKeyReport, LargeObjectsReport, Report, RowDifference, SchemaLayer,
+    SequenceBehind, TableReport, all_matched,
 };
+
+/// Large objects compared by both databases' own digests of every OID and
+/// content; None when neither side has any.
+pub async fn compare_large_objects(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+) -> crate::Result<Option<LargeObjectsReport>> {
+    let (at_source, at_target) = tokio::try_join!(
+        crate::pg::large_objects::fingerprint(source),
+        crate::pg::large_objects::fingerprint(target)
+    )?;
+    if at_source.rows == 0 && at_target.rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some(LargeObjectsReport {
+        source: at_source.rows,
+        target: at_target.rows,
+        matched: at_source == at_target,
+    }))
+}
 pub use schema::{compare_schema, primary_key};
 pub use store::{load_finding, load_report, store_finding, store_report};

@@ -12,6 +12,17 @@ pub struct Report {
     pub schema: SchemaLayer,
     pub tables: Vec<TableReport>,
     pub foreign_keys: Vec<ForeignKeyReport>,
+    /// Large objects, when either side has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_objects: Option<LargeObjectsReport>,
+}
+
+/// Every large object's OID and content digest, summed by each database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LargeObjectsReport {
+    pub source: u64,
+    pub target: u64,
+    pub matched: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -139,6 +150,18 @@ impl Report {
                 format!("content DIFFERENT: {}", parts.join("; "))
             };
             out.push(format!("{}: {counts}; {content}", t.table));
+        }
+        if let Some(objects) = &self.large_objects {
+            out.push(format!(
+                "large objects: {} at the source, {} at the target; content {}",
+                objects.source,
+                objects.target,
+                if objects.matched {
+                    "identical"
+                } else {
+                    "DIFFERENT"
+                }
+            ));
         }
         for fk in &self.foreign_keys {
             if fk.orphans > 0 {

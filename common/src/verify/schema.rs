@@ -47,16 +47,23 @@ async fn schema_objects(client: &Client, tables: &[TableName]) -> Result<BTreeMa
 
 /// The job's sequences as the source defines them (see
 /// `catalog::job_sequences`), each with its value in `client`'s database.
-async fn sequences(client: &Client, names: &[String]) -> Result<BTreeMap<String, Option<i64>>> {
+/// Each sequence's last value (None before its first use) and increment.
+async fn sequences(
+    client: &Client,
+    names: &[String],
+) -> Result<BTreeMap<String, (Option<i64>, i64)>> {
     let rows = client
         .query(
-            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
+            "SELECT format('%I.%I', schemaname, sequencename), last_value, increment_by FROM pg_sequences \
              WHERE format('%I.%I', schemaname, sequencename) = ANY($1)",
             &[&names],
         )
         .await
         .map_err(|e| Error::postgres("cannot read sequences", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 /// Compares the schema objects of `tables` and their sequences. With
@@ -102,9 +109,12 @@ pub async fn compare_schema(
         crate::pg::catalog::set_sequences(writer, &current).await?;
     }
     let target_sequences = sequences(target, &job_sequences).await?;
-    for (name, value) in &source_sequences {
-        let there = target_sequences.get(name).copied().flatten();
+    for (name, (value, increment)) in &source_sequences {
+        let there = target_sequences.get(name).and_then(|(v, _)| *v);
+        // Behind means not yet as far along as the source, in the
+        // sequence's own direction.
         let behind = match (value, there) {
+            (Some(v), Some(t)) if *increment < 0 => t > *v,
             (Some(v), Some(t)) => t < *v,
             (Some(_), None) => true,
             (None, _) => false,
