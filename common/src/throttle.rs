@@ -52,6 +52,16 @@ pub struct AdaptiveSpec {
 }
 
 impl AdaptiveSpec {
+    /// Whether a threshold reads what other roles' sessions do (their
+    /// states, a replica's lag): PostgreSQL shows that only to superusers
+    /// and members of `pg_read_all_stats`.
+    pub fn reads_others_activity(&self) -> bool {
+        self.max_active_sessions.is_some()
+            || self.critical_active_sessions.is_some()
+            || self.max_replica_lag_ms.is_some()
+            || self.critical_replica_lag_ms.is_some()
+    }
+
     fn has_threshold(&self) -> bool {
         self.max_probe_latency_ms.is_some()
             || self.critical_probe_latency_ms.is_some()

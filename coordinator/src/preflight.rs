@@ -47,6 +47,35 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             pg::describe(&spec.source)
         ))));
     }
+    if spec
+        .throttle
+        .as_ref()
+        .and_then(|t| t.adaptive.as_ref())
+        .is_some_and(|a| a.reads_others_activity())
+    {
+        let sees: bool = source
+            .query_one(
+                "SELECT rolsuper OR pg_has_role('pg_read_all_stats', 'USAGE') FROM pg_roles \
+                 WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                rejected(Error::postgres(
+                    "cannot read the source role's attributes",
+                    e,
+                ))
+            })?
+            .get(0);
+        if !sees {
+            let role = access::current_role(&source).await.map_err(rejected)?;
+            return Err(rejected(Error::Catalog(format!(
+                "`throttle.adaptive` watches the source's active sessions or a replica's lag, which \
+                 PostgreSQL hides from the source role {role} (the probe would always see an idle \
+                 source): GRANT pg_read_all_stats TO {role}, or keep only the probe-latency thresholds"
+            ))));
+        }
+    }
     let tables = catalog::resolve_tables(&source, &spec)
         .await
         .map_err(rejected)?;

@@ -288,12 +288,7 @@ async fn throttle_reason(url: &str, job: &str) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow::Result<()> {
     let (source, target) = source_and_target(4).await?;
-    // Others' sessions' states are hidden from a non-superuser without it.
-    source
-        .client("shop")
-        .await?
-        .batch_execute("GRANT pg_read_all_stats TO migrator")
-        .await?;
+
     let tap = FaultProxy::postgres(source.port).await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-adaptive";
@@ -318,6 +313,20 @@ async fn adaptive_mode_backs_off_and_pauses_under_load_and_recovers() -> anyhow:
             + "\nthrottle: { bytes_per_sec: 256KiB, adaptive: \
                { max_active_sessions: 2, critical_active_sessions: 4 } }"
     })?;
+    // Other roles' session states are hidden from the migrator role: the
+    // probe would see an idle source, so the job is refused until it may.
+    let refused = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("GRANT pg_read_all_stats TO migrator"),
+        "{}",
+        describe(&refused)
+    );
+    source
+        .client("shop")
+        .await?
+        .batch_execute("GRANT pg_read_all_stats TO migrator")
+        .await?;
     // Two busy sessions: at the high threshold, the rate is backed off.
     load_source(&source, 2).await?;
     let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
