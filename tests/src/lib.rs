@@ -22,7 +22,9 @@ pub use compare::{
 };
 pub use etcd::Etcd;
 pub use pg::PgCluster;
-pub use process::{Job, bin, describe, free_port, run_godwit, wait_for_streaming, wait_until};
+pub use process::{
+    Job, Running, bin, describe, free_port, run_godwit, wait_for_streaming, wait_until,
+};
 pub use proxy::{FaultProxy, HttpFault, HttpFaultProxy};
 pub use s3::S3Server;
 pub use service::Service;
@@ -49,6 +51,16 @@ pub fn shared_tempdir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
 /// A source cluster with the awkward fixture loaded into database `shop` at
 /// `scale`, and a target cluster with an empty `shop`.
 pub async fn source_and_target(scale: u32) -> anyhow::Result<(PgCluster, PgCluster)> {
+    pair_with_fixture("awkward.sql", scale).await
+}
+
+/// A source cluster with `tests/fixtures/FIXTURE` loaded into database
+/// `shop` at `scale` and the least-privileged `migrator` role, and a target
+/// cluster with an empty `shop`.
+pub async fn pair_with_fixture(
+    fixture: &str,
+    scale: u32,
+) -> anyhow::Result<(PgCluster, PgCluster)> {
     let (source, target) = std::thread::scope(|s| {
         let source = s.spawn(PgCluster::start);
         let target = s.spawn(PgCluster::start);
@@ -58,7 +70,7 @@ pub async fn source_and_target(scale: u32) -> anyhow::Result<(PgCluster, PgClust
     let target = target.map_err(|_| anyhow::anyhow!("target cluster start panicked"))??;
     source.create_database("shop").await?;
     target.create_database("shop").await?;
-    source.load_fixture("shop", scale)?;
+    source.load_sql("shop", fixture, scale)?;
     source
         .least_privileged_role("shop", pg::MIGRATOR, "")
         .await?;

@@ -166,3 +166,30 @@ pub async fn wait_for_streaming(url: &str, job: &str) -> anyhow::Result<()> {
     )
     .await
 }
+
+/// A child process that is killed and reaped when dropped, so a failing
+/// test leaves nothing running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Waits at most `limit` for the process to end; says what it waited for.
+    pub async fn exit_status(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = &mut self.0;
+        wait_until(what, limit, || {
+            let done = child.try_wait();
+            async move { Ok(done?) }
+        })
+        .await
+    }
+}

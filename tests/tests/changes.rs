@@ -2,14 +2,14 @@
 //! the source through the copy, the streaming, verifications and cutover
 //! attempts; the real `godwit` binary serves the API in-process.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use godwit_tests::{
-    Etcd, Job, PgCluster, Service, assert_same_tables, bin, describe, free_port, run_godwit,
-    source_and_target, spec_body, wait_for_streaming, wait_until,
+    Etcd, Job, PgCluster, Running, Service, assert_same_tables, bin, describe, free_port,
+    run_godwit, source_and_target, spec_body, wait_for_streaming, wait_until,
 };
 
 /// What the simulated application did to the source.
@@ -103,15 +103,6 @@ async fn stream_leftovers(source: &tokio_postgres::Client) -> anyhow::Result<i64
         )
         .await?
         .get(0))
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -261,16 +252,12 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
         "{refusal}"
     );
 
-    let mut status = None;
-    for _ in 0..600 {
-        status = run.0.try_wait()?;
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status =
-        status.ok_or_else(|| anyhow::anyhow!("godwit run did not end after the cutover"))?;
+    let status = run
+        .exit_status(
+            "godwit run to end after the cutover",
+            Duration::from_secs(60),
+        )
+        .await?;
     assert!(status.success(), "godwit run exited {status:?}");
 
     // Independent of the copy path: every row the application committed,
@@ -466,11 +453,10 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
         .await?;
     src.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
         .await?;
-    let status = wait_until("the job to stop", Duration::from_secs(120), || {
-        let done = run.0.try_wait().map(|status| status.map(|s| s.code()));
-        async move { Ok(done?) }
-    })
-    .await?;
+    let status = run
+        .exit_status("the job to stop", Duration::from_secs(120))
+        .await?
+        .code();
     let log = std::fs::read_to_string(&log_path)?;
     assert_eq!(status, Some(1), "{log}");
     for piece in [

@@ -5,26 +5,15 @@
 //! `pg_dump --schema-only` of both sides.
 
 use godwit_tests::{
-    Job, PgCluster, assert_same_tables, describe, run_godwit, table_digest, user_tables,
+    Job, PgCluster, Running, assert_same_tables, describe, run_godwit, table_digest, user_tables,
 };
 use tokio_postgres::Client;
 
-/// Two clusters, the fixture on the source, an empty target; returns them
-/// with the least-privileged source role's URL.
-async fn real_world_pair(attributes: &str) -> anyhow::Result<(PgCluster, PgCluster, String)> {
-    let (source, target) = std::thread::scope(|s| {
-        let source = s.spawn(PgCluster::start);
-        let target = s.spawn(PgCluster::start);
-        (source.join(), target.join())
-    });
-    let source = source.map_err(|_| anyhow::anyhow!("source cluster start panicked"))??;
-    let target = target.map_err(|_| anyhow::anyhow!("target cluster start panicked"))??;
-    source.create_database("shop").await?;
-    target.create_database("shop").await?;
-    source.load_sql("shop", "real_world.sql", 1)?;
-    let url = source
-        .least_privileged_role("shop", "migrator", attributes)
-        .await?;
+/// Two clusters, the real-world fixture on the source, an empty target;
+/// returns them with the least-privileged source role's URL.
+async fn real_world_pair() -> anyhow::Result<(PgCluster, PgCluster, String)> {
+    let (source, target) = godwit_tests::pair_with_fixture("real_world.sql", 1).await?;
+    let url = source.migrator_url("shop");
     Ok((source, target, url))
 }
 
@@ -53,7 +42,7 @@ async fn one_i64(client: &Client, sql: &str) -> anyhow::Result<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_world_database_arrives_whole_under_a_least_privileged_role() -> anyhow::Result<()> {
-    let (source, target, migrator) = real_world_pair("").await?;
+    let (source, target, migrator) = real_world_pair().await?;
     let job = Job::create(|staging| spec("real-world", &migrator, &target, staging))?;
     let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
 
@@ -243,15 +232,6 @@ async fn a_real_world_database_arrives_whole_under_a_least_privileged_role() -> 
     Ok(())
 }
 
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Application changes to the objects that can change: rows of partitioned
 /// and inherited tables (a row moving partitions, a parent's own row), large
 /// values, a subtree deleted in one statement through a self-referencing
@@ -275,7 +255,7 @@ const APPLICATION_CHANGES: &str = "
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Result<()> {
-    let (source, target, _) = real_world_pair("").await?;
+    let (source, target, _) = real_world_pair().await?;
     let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
     // Publishing needs the tables' owner; tables without a key stream
     // their updates with a full replica identity.
@@ -397,16 +377,12 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
 
     let output = run_godwit(&["cutover", "--coordinator", &url, "real-stream"], &[])?;
     assert!(output.status.success(), "cutover: {}", describe(&output));
-    let mut status = None;
-    for _ in 0..600 {
-        status = run.0.try_wait()?;
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let status =
-        status.ok_or_else(|| anyhow::anyhow!("godwit run did not end after the cutover"))?;
+    let status = run
+        .exit_status(
+            "godwit run to end after the cutover",
+            std::time::Duration::from_secs(60),
+        )
+        .await?;
     assert!(status.success(), "godwit run exited {status:?}");
 
     assert_same_tables(&src, &dst).await?;
@@ -572,15 +548,9 @@ async fn ddl_on_the_source_waits_for_the_copy() -> anyhow::Result<()> {
     );
     src.batch_execute("RESET lock_timeout; INSERT INTO surveys (id) VALUES (424242)")
         .await?;
-    let mut status = None;
-    for _ in 0..1200 {
-        status = run.0.try_wait()?;
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let status = status.ok_or_else(|| anyhow::anyhow!("godwit run did not end"))?;
+    let status = run
+        .exit_status("godwit run to end", std::time::Duration::from_secs(120))
+        .await?;
     let log = std::fs::read_to_string(job.dir.path().join("run.log")).unwrap_or_default();
     assert!(status.success(), "godwit run exited {status:?}\n{log}");
     // The insert committed after the snapshot is not the copy's: the copy

@@ -127,20 +127,26 @@ pub async fn extensions_missing_on_target(source: &Client, target: &Client) -> R
 /// Tables of `tables` that exist in `client`'s database (one query).
 pub async fn existing_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
     let quoted: Vec<String> = tables.iter().map(TableName::quoted).collect();
-    let present: Vec<String> = client
+    let present = existing_relations(client, &quoted).await?;
+    Ok(tables
+        .iter()
+        .filter(|t| present.contains(&t.quoted()))
+        .cloned()
+        .collect())
+}
+
+/// The relations of `quoted` (quoted, schema-qualified names) that exist in
+/// `client`'s database, in one query.
+pub async fn existing_relations(client: &Client, quoted: &[String]) -> Result<Vec<String>> {
+    Ok(client
         .query_one(
             "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x \
              WHERE to_regclass(x) IS NOT NULL",
             &[&quoted],
         )
         .await
-        .map_err(|e| Error::postgres("cannot read the target catalog", e))?
-        .get(0);
-    Ok(tables
-        .iter()
-        .filter(|t| present.contains(&t.quoted()))
-        .cloned()
-        .collect())
+        .map_err(|e| Error::postgres("cannot read the catalog", e))?
+        .get(0))
 }
 
 /// The job's sequences: those its tables own (serial and identity columns)

@@ -217,15 +217,7 @@ pub async fn refresh_materialized_views(
     target: &tokio_postgres::Client,
     populated: &[String],
 ) -> Result<usize> {
-    let present: Vec<String> = target
-        .query_one(
-            "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x \
-             WHERE to_regclass(x) IS NOT NULL",
-            &[&populated],
-        )
-        .await
-        .map_err(|e| Error::postgres("cannot read the target catalog", e))?
-        .get(0);
+    let present = super::catalog::existing_relations(target, populated).await?;
     let mut pending: Vec<String> = populated
         .iter()
         .filter(|v| present.contains(v))

@@ -26,42 +26,50 @@ pub fn publication_name(slot: &str) -> String {
 /// identity (no primary key and no REPLICA IDENTITY FULL or USING INDEX).
 /// Publishing them would make the customer's UPDATE and DELETE fail.
 pub async fn unstreamable_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
-    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
-    let rows = client
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = ANY($1::text[]::regclass[]) AND ( \
-                c.relreplident = 'n' \
-                OR (c.relreplident = 'd' AND NOT EXISTS \
-                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
-                OR (c.relreplident = 'i' AND NOT EXISTS \
-                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))) \
-             ORDER BY 1, 2",
-            &[&names],
-        )
-        .await
-        .map_err(|e| Error::postgres("cannot read the replica identity of the source's tables", e))?;
-    Ok(rows
-        .iter()
-        .map(|row| TableName {
-            schema: row.get(0),
-            name: row.get(1),
-        })
-        .collect())
+    tables_where(
+        client,
+        tables,
+        "c.relreplident = 'n' \
+         OR (c.relreplident = 'd' AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+         OR (c.relreplident = 'i' AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))",
+        "cannot read the replica identity of the source's tables",
+    )
+    .await
 }
 
 /// Unlogged tables of `tables`: they write no WAL, so no change of theirs
 /// can be streamed (and a publication refuses them).
 pub async fn unlogged_tables(client: &Client, tables: &[TableName]) -> Result<Vec<TableName>> {
+    tables_where(
+        client,
+        tables,
+        "c.relpersistence = 'u'",
+        "cannot read the persistence of the source's tables",
+    )
+    .await
+}
+
+/// The tables of `tables` for which `condition` (on `pg_class c`) holds,
+/// in name order.
+async fn tables_where(
+    client: &Client,
+    tables: &[TableName],
+    condition: &str,
+    context: &str,
+) -> Result<Vec<TableName>> {
     let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
     let rows = client
         .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = ANY($1::text[]::regclass[]) AND c.relpersistence = 'u' ORDER BY 1, 2",
+            &format!(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1::text[]::regclass[]) AND ({condition}) ORDER BY 1, 2"
+            ),
             &[&names],
         )
         .await
-        .map_err(|e| Error::postgres("cannot read the persistence of the source's tables", e))?;
+        .map_err(|e| Error::postgres(context, e))?;
     Ok(rows
         .iter()
         .map(|row| TableName {
