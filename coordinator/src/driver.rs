@@ -390,11 +390,11 @@ impl JobDriver {
             .await
             .map_err(failed)?;
         ledger::ensure_schema(&target).await.map_err(failed)?;
-        if prepared
+        let carries_large_objects = prepared
             .tables
             .iter()
-            .any(|t| large_objects::is_load_table(&t.name))
-        {
+            .any(|t| large_objects::is_load_table(&t.name));
+        if carries_large_objects {
             large_objects::prepare_target(&target, job)
                 .await
                 .map_err(failed)?;
@@ -471,11 +471,7 @@ impl JobDriver {
                 .await
                 .map_err(failed)?;
         }
-        if record
-            .tables
-            .iter()
-            .any(|t| large_objects::is_load_table(&t.name))
-        {
+        if carries_large_objects {
             let mut target = pg::connect(&spec.target, Side::Target)
                 .await
                 .map_err(failed)?;
@@ -485,14 +481,26 @@ impl JobDriver {
             tracing::info!(job_id = %job, created, "large objects created on the target");
         }
         record.phases.indexes_ms = millis_since(phase_start);
-        // The guard may have lost its session during a long copy (and its
-        // locks with it): a new one locks again and finds any rewrite
-        // since the snapshot, however long ago.
-        if source.is_closed() {
-            tracing::warn!(job_id = %job, "the source session holding the tables' locks was lost; locking again");
-            source = guard_session(&spec.source, &snapshot_name, &customer_tables)
-                .await
-                .map_err(failed)?;
+        // Before the check, the tables are looked at again for a rewrite
+        // since the snapshot. The guard may have lost its session during a
+        // long copy, and its locks with it: a new one locks again, and the
+        // same look finds any rewrite since the snapshot, however long ago.
+        let relocked = if source.is_closed() {
+            Err(Error::Unreachable(
+                "the session holding the locks ended".into(),
+            ))
+        } else {
+            snapshot::lock_tables(&source, &customer_tables).await
+        };
+        match relocked {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(job_id = %job, error = %e, "the source session holding the tables' locks was lost; locking again");
+                source = guard_session(&spec.source, &snapshot_name, &customer_tables)
+                    .await
+                    .map_err(failed)?;
+            }
+            Err(e) => return Err(failed(e)),
         }
         let views = godwit_common::pg::schema::populated_views(&source)
             .await
