@@ -4,9 +4,12 @@
 //! refuses every write, naming the job. Never applies changes.
 
 use godwit_common::pg::{self, Side};
-use godwit_common::spec::{JobSpec, TableName};
+use godwit_common::spec::{JobSpec, TableName, quote_literal};
 use godwit_common::{Error, Result};
+use std::time::{Duration, Instant};
+
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 /// The source's tables locked against writes (reads go on) in one open
 /// transaction: the application's writes wait rather than fail, and if this
@@ -23,22 +26,38 @@ impl Freezer {
     ) -> Result<Self> {
         let session = pg::connect(&spec.source, Side::Source).await?;
         let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
-        session
-            .batch_execute(&format!(
-                "SET lock_timeout = {timeout_ms}; BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
-                list.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                Error::postgres(
-                    format!(
-                        "cannot freeze the source's tables within {timeout_ms} ms (a session holds a \
-                         conflicting lock or a long write transaction is open; see pg_locks on the \
-                         source, then retry the cutover or raise changes.freeze_timeout_ms)"
-                    ),
-                    e,
-                )
-            })?;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            // An application transaction that writes to two of the tables
+            // can hold one while it waits for another this lock already
+            // holds: PostgreSQL then ends one of the two. When it picks the
+            // freeze, the application goes on and the freeze tries again
+            // within what is left of its time.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
+            let locked = session
+                .batch_execute(&format!(
+                    "SET lock_timeout = {left}; BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
+                    list.join(", ")
+                ))
+                .await;
+            let Err(e) = locked else { break };
+            let _ = session.batch_execute("ROLLBACK").await;
+            if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) && Instant::now() < deadline {
+                tracing::info!(job_id = %spec.job, "cutover: the freeze met an application transaction in a deadlock; locking again");
+                continue;
+            }
+            return Err(Error::postgres(
+                format!(
+                    "cannot freeze the source's tables within {timeout_ms} ms (a session holds a \
+                     conflicting lock or a long write transaction is open; see pg_locks on the \
+                     source, then retry the cutover or raise changes.freeze_timeout_ms)"
+                ),
+                e,
+            ));
+        }
         Ok(Self { session })
     }
 
@@ -53,7 +72,7 @@ impl Freezer {
     /// source that is no longer copied.
     pub(crate) async fn keep_frozen(self, spec: &JobSpec, tables: &[TableName]) -> Result<()> {
         let job = &spec.job;
-        let job_literal = job.as_str().replace('\'', "''");
+        let job_literal = quote_literal(job.as_str());
         let mut sql = String::from(
             "CREATE SCHEMA IF NOT EXISTS godwit; \
              CREATE OR REPLACE FUNCTION godwit.refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
@@ -68,7 +87,7 @@ impl Freezer {
             sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS godwit_migrated ON {t}; \
                  CREATE TRIGGER godwit_migrated BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION godwit.refuse_writes('{job_literal}'); ",
+                 FOR EACH STATEMENT EXECUTE FUNCTION godwit.refuse_writes({job_literal}); ",
                 t = table.quoted()
             ));
         }

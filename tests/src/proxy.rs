@@ -65,6 +65,11 @@ struct Connections {
     refusing: AtomicBool,
     /// `CopyData` payload bytes sent by the upstream PostgreSQL server.
     copy_bytes: AtomicU64,
+    /// The next client message holding these bytes is delivered, and the
+    /// server's reply to it is dropped with the connection (once).
+    lose_reply_to: Mutex<Option<Vec<u8>>>,
+    /// Replies lost that way.
+    replies_lost: AtomicU64,
 }
 
 impl Connections {
@@ -141,12 +146,32 @@ impl FaultProxy {
                         // The client's end of stream is passed on: the
                         // server then ends the session as it would without
                         // the proxy.
+                        let losing = AtomicBool::new(false);
                         let upward = async {
-                            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                            let _ = relay_watching_for_query(
+                                &mut from_client,
+                                &mut to_server,
+                                &counted,
+                                &losing,
+                            )
+                            .await;
                             let _ = to_server.shutdown().await;
                         };
-                        let downward = relay_counting_copy_data(from_server, to_client, &counted);
-                        let _ = tokio::join!(upward, downward);
+                        let downward =
+                            relay_counting_copy_data(from_server, to_client, &counted, &losing);
+                        tokio::pin!(upward, downward);
+                        // A lost reply ends the whole connection at once (the
+                        // streams drop with RST), as a broken path would.
+                        tokio::select! {
+                            () = &mut upward => {
+                                let _ = downward.await;
+                            }
+                            relayed = &mut downward => {
+                                if !matches!(relayed, Ok(Relayed::ReplyLost)) {
+                                    upward.await;
+                                }
+                            }
+                        }
                     } else {
                         let (mut client, mut server) = (client, server);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -181,6 +206,21 @@ impl FaultProxy {
     pub fn copy_bytes(&self) -> u64 {
         self.connections.copy_bytes.load(Ordering::SeqCst)
     }
+
+    /// In front of PostgreSQL ([`FaultProxy::postgres`]): the next query
+    /// whose text holds `needle` reaches the server and runs, but its reply
+    /// never reaches the client, whose connection is reset once the server
+    /// has answered (a network path lost at the worst moment).
+    pub fn lose_reply_to(&self, needle: &str) {
+        if let Ok(mut armed) = self.connections.lose_reply_to.lock() {
+            *armed = Some(needle.as_bytes().to_vec());
+        }
+    }
+
+    /// Replies lost by [`FaultProxy::lose_reply_to`].
+    pub fn replies_lost(&self) -> u64 {
+        self.connections.replies_lost.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -201,22 +241,75 @@ async fn connect_upstream(upstream: SocketAddr, small_buffer: bool) -> std::io::
     socket.connect(upstream).await
 }
 
+/// Relays client-to-server bytes; when they hold the armed needle of
+/// [`FaultProxy::lose_reply_to`], marks this connection's reply as lost
+/// before the server can see the query.
+async fn relay_watching_for_query(
+    mut from_client: impl AsyncRead + Unpin,
+    mut to_server: impl AsyncWrite + Unpin,
+    connections: &Connections,
+    losing: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COUNTING_BUFFER];
+    // The needle may straddle two reads: keep the previous read's tail.
+    let mut window: Vec<u8> = Vec::new();
+    loop {
+        let n = from_client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Ok(mut armed) = connections.lose_reply_to.lock()
+            && let Some(needle) = armed.clone()
+        {
+            window.extend_from_slice(&buf[..n]);
+            if window.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                losing.store(true, Ordering::SeqCst);
+                *armed = None;
+            }
+            let keep = needle.len().min(window.len());
+            window.drain(..window.len() - keep);
+        }
+        to_server.write_all(&buf[..n]).await?;
+    }
+}
+
+/// How the server-to-client relay ended.
+enum Relayed {
+    /// The server closed the connection.
+    Closed,
+    /// The server answered a query whose reply was to be lost.
+    ReplyLost,
+}
+
 /// Relays server-to-client PostgreSQL protocol bytes, adding each
-/// `CopyData` ('d') message's payload length to the counter.
+/// `CopyData` ('d') message's payload length to the counter. While the
+/// reply is being lost nothing is passed on; the server's `ReadyForQuery`
+/// ends the relay.
 async fn relay_counting_copy_data(
     mut from_server: impl AsyncRead + Unpin,
     mut to_client: impl AsyncWrite + Unpin,
     connections: &Connections,
-) -> std::io::Result<()> {
+    losing: &AtomicBool,
+) -> std::io::Result<Relayed> {
     let mut parser = BackendMessages::default();
     let mut buf = vec![0u8; COUNTING_BUFFER];
     loop {
         let n = from_server.read(&mut buf).await?;
         if n == 0 {
-            return to_client.shutdown().await;
+            to_client.shutdown().await?;
+            return Ok(Relayed::Closed);
         }
-        let copied = parser.feed(&buf[..n]);
-        connections.copy_bytes.fetch_add(copied, Ordering::SeqCst);
+        let read = parser.feed(&buf[..n]);
+        connections
+            .copy_bytes
+            .fetch_add(read.copy_data, Ordering::SeqCst);
+        if losing.load(Ordering::SeqCst) {
+            if read.ready_for_query {
+                connections.replies_lost.fetch_add(1, Ordering::SeqCst);
+                return Ok(Relayed::ReplyLost);
+            }
+            continue;
+        }
         to_client.write_all(&buf[..n]).await?;
     }
 }
@@ -235,15 +328,15 @@ struct BackendMessages {
 }
 
 impl BackendMessages {
-    /// Consumes `bytes`; returns the `CopyData` payload bytes among them.
-    /// A full header always has body bytes left to read.
-    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
-        let mut copy_data = 0u64;
+    /// Consumes `bytes`; tells what they held. A full header always has
+    /// body bytes left to read.
+    fn feed(&mut self, mut bytes: &[u8]) -> Framed {
+        let mut framed = Framed::default();
         while !bytes.is_empty() && !self.opaque {
             if self.header.len() == 5 {
                 let take = self.body_left.min(bytes.len());
                 if self.header[0] == b'd' {
-                    copy_data += take as u64;
+                    framed.copy_data += take as u64;
                 }
                 self.body_left -= take;
                 bytes = &bytes[take..];
@@ -277,13 +370,23 @@ impl BackendMessages {
                     self.header[4],
                 ]) as usize;
                 self.body_left = length.saturating_sub(4);
+                framed.ready_for_query |= self.header[0] == b'Z';
                 if self.body_left == 0 {
                     self.header.clear();
                 }
             }
         }
-        copy_data
+        framed
     }
+}
+
+/// What a run of server bytes held.
+#[derive(Default)]
+struct Framed {
+    /// `CopyData` payload bytes.
+    copy_data: u64,
+    /// The start of a `ReadyForQuery` message: the server finished a query.
+    ready_for_query: bool,
 }
 
 /// What the HTTP proxy does to the next requests.
@@ -502,7 +605,7 @@ async fn serve_http_connection(
 
 #[cfg(test)]
 mod tests {
-    use super::BackendMessages;
+    use super::{BackendMessages, Framed};
 
     fn message(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![kind];
@@ -523,8 +626,14 @@ mod tests {
         stream.extend(message(b'Z', b"I"));
         for split in 1..stream.len() {
             let mut parser = BackendMessages::default();
-            let counted: u64 = stream.chunks(split).map(|piece| parser.feed(piece)).sum();
+            let framed: Vec<Framed> = stream
+                .chunks(split)
+                .map(|piece| parser.feed(piece))
+                .collect();
+            let counted: u64 = framed.iter().map(|f| f.copy_data).sum();
             assert_eq!(counted, 103, "split every {split} bytes");
+            let ready = framed.iter().filter(|f| f.ready_for_query).count();
+            assert_eq!(ready, 1, "split every {split} bytes");
         }
     }
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use godwit_tests::{
-    Etcd, Job, PgCluster, Running, Service, assert_same_tables, bin, describe, free_port,
-    run_godwit, source_and_target, spec_body, wait_for_streaming, wait_until,
+    Etcd, FaultProxy, Job, PgCluster, Running, Service, assert_same_tables, bin, describe,
+    free_port, run_godwit, source_and_target, spec_body, wait_for_streaming, wait_until,
 };
 
 /// What the simulated application did to the source.
@@ -122,7 +122,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     .await?;
     source.hand_tables_to_migrator("shop").await?;
     let job = Job::create(|staging| {
-        spec_body("streaming", &source, &target, staging) + "\nchanges: { freeze_timeout_ms: 800 }"
+        spec_body("streaming", &source, &target, staging) + "\nchanges: { freeze_timeout_ms: 3000 }"
     })?;
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
@@ -195,7 +195,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     assert!(
         String::from_utf8_lossy(&output.stderr)
-            .contains("cannot freeze the source's tables within 800 ms"),
+            .contains("cannot freeze the source's tables within 3000 ms"),
         "{}",
         describe(&output)
     );
@@ -421,6 +421,59 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     Ok(())
 }
 
+/// `godwit run` of a streaming job serving the API on a free port, its log
+/// in the job's directory; returns once changes stream.
+async fn stream_job(
+    source: &PgCluster,
+    target: &PgCluster,
+    job_id: &str,
+) -> anyhow::Result<(Job, Running, std::path::PathBuf)> {
+    let src = source.client("shop").await?;
+    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        .await?;
+    source.hand_tables_to_migrator("shop").await?;
+    let job = Job::create(|staging| spec_body(job_id, source, target, staging) + "\nchanges: {}")?;
+    let port = free_port()?;
+    let log_path = job.dir.path().join("run.log");
+    let run = Running(
+        Command::new(bin("godwit")?)
+            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    if let Err(e) = wait_for_streaming(&format!("http://127.0.0.1:{port}"), job_id).await {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::bail!("{e}\n--- godwit run log\n{log}");
+    }
+    Ok((job, run, log_path))
+}
+
+/// Waits for a streaming job to stop on its own; asserts it failed, naming
+/// each of `pieces`, and left nothing pinning the source's WAL.
+async fn assert_stream_stops(
+    mut run: Running,
+    log_path: &std::path::Path,
+    source: &tokio_postgres::Client,
+    pieces: &[&str],
+) -> anyhow::Result<()> {
+    let status = run
+        .exit_status("the job to stop", Duration::from_secs(120))
+        .await?
+        .code();
+    let log = std::fs::read_to_string(log_path)?;
+    assert_eq!(status, Some(1), "{log}");
+    for piece in pieces {
+        assert!(log.contains(piece), "log lacks {piece:?}:\n{log}");
+    }
+    assert_eq!(
+        stream_leftovers(source).await?,
+        0,
+        "slot or publication left on the source"
+    );
+    Ok(())
+}
+
 /// A batch the target refuses fails the same way every time: the stream
 /// stops after a few attempts, names the table and what to do, and leaves
 /// no slot or publication pinning the customer's WAL.
@@ -429,11 +482,69 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
     let (source, target) = source_and_target(1).await?;
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
+    let (_job, run, log_path) = stream_job(&source, &target, "refused").await?;
+    // The target loses a row behind godwit's back; the source updates it.
+    dst.batch_execute("DELETE FROM surveys WHERE id = 1")
+        .await?;
+    src.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
+        .await?;
+    assert_stream_stops(
+        run,
+        &log_path,
+        &src,
+        &[
+            "change stream stopped after 5 failed attempts",
+            "public.surveys",
+            "migrate again into an empty target",
+        ],
+    )
+    .await
+}
+
+/// A column's type changed on the source (a wider scale here): applied as
+/// the target's old type, `1.2345` would land rounded to `1.23`. The stream
+/// stops instead, naming the column and the statement to run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_type_changed_on_the_source_stops_the_stream_by_name() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let src = source.client("shop").await?;
+    let (_job, run, log_path) = stream_job(&source, &target, "retyped").await?;
+    src.batch_execute(
+        "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12, 4); \
+         UPDATE orders SET amount = 1.2345 WHERE order_no = (SELECT min(order_no) FROM orders)",
+    )
+    .await?;
+    assert_stream_stops(
+        run,
+        &log_path,
+        &src,
+        &[
+            "changed the type of column amount of public.orders from numeric(12,2) to numeric(12,4)",
+            "ALTER TABLE \"public\".\"orders\" ALTER COLUMN \"amount\" TYPE numeric(12,4)",
+        ],
+    )
+    .await
+}
+
+/// The reply to the cutover's COMMIT is lost on the way back (the source
+/// committed: its tables refuse writes). Reporting "rolled back" would send
+/// the application back to a source that no longer takes writes; the
+/// outcome is read back from the source instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cutover_whose_commit_reply_is_lost_reads_the_outcome_back() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
     src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
         .await?;
     source.hand_tables_to_migrator("shop").await?;
-    let job =
-        Job::create(|staging| spec_body("refused", &source, &target, staging) + "\nchanges: {}")?;
+    let tap = FaultProxy::postgres(source.port).await?;
+    let job = Job::create(|staging| {
+        spec_body("lost-commit", &source, &target, staging).replace(
+            &source.migrator_url("shop"),
+            &source.migrator_url_at(tap.port, "shop"),
+        ) + "\nchanges: {}"
+    })?;
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let log_path = job.dir.path().join("run.log");
@@ -444,28 +555,42 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()?,
     );
-    if let Err(e) = wait_for_streaming(&url, "refused").await {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        anyhow::bail!("{e}\n--- godwit run log\n{log}");
-    }
-    // The target loses a row behind godwit's back; the source updates it.
-    dst.batch_execute("DELETE FROM surveys WHERE id = 1")
-        .await?;
+    wait_for_streaming(&url, "lost-commit").await?;
     src.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
         .await?;
+
+    // The statement that leaves the source refusing writes is delivered
+    // and committed; its answer never comes back.
+    tap.lose_reply_to("FUNCTION godwit.refuse_writes(");
+    let output = godwit(&["cutover", "--coordinator", &url, "lost-commit"])?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(tap.replies_lost(), 1, "no reply was lost:\n{log}");
+    assert!(
+        output.status.success(),
+        "cutover: {}\n{log}",
+        describe(&output)
+    );
+    assert!(log.contains("the reply to COMMIT was lost"), "{log}");
+    let refused = src
+        .batch_execute("INSERT INTO surveys (id, moods) VALUES (424242, '{}')")
+        .await
+        .expect_err("the source took a write after the cutover");
+    assert!(
+        refused
+            .as_db_error()
+            .map(|db| db.message().to_owned())
+            .unwrap_or_default()
+            .contains("migrated by godwit job lost-commit"),
+        "{refused}"
+    );
     let status = run
-        .exit_status("the job to stop", Duration::from_secs(120))
-        .await?
-        .code();
-    let log = std::fs::read_to_string(&log_path)?;
-    assert_eq!(status, Some(1), "{log}");
-    for piece in [
-        "change stream stopped after 5 failed attempts",
-        "public.surveys",
-        "migrate again into an empty target",
-    ] {
-        assert!(log.contains(piece), "log lacks {piece:?}:\n{log}");
-    }
+        .exit_status(
+            "godwit run to end after the cutover",
+            Duration::from_secs(60),
+        )
+        .await?;
+    assert!(status.success(), "godwit run exited {status:?}");
+    assert_same_tables(&src, &dst).await?;
     assert_eq!(
         stream_leftovers(&src).await?,
         0,

@@ -191,7 +191,15 @@ async fn s3_connections_reset_mid_copy_are_retried() -> anyhow::Result<()> {
     let job = Job::create(|_| pair.spec("s3-resets", &target_url, "s3://godwit-chaos/staged"))?;
     let mut reset = 0;
     let (code, stderr, faults) = run_with_faults(&pair, &job, &env, 2, || {
-        reset += proxy.reset_all();
+        // Between two requests the client may hold no connection open: the
+        // fault lands on the next one it opens.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut now_reset = proxy.reset_all();
+        while now_reset == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            now_reset = proxy.reset_all();
+        }
+        reset += now_reset;
     })
     .await?;
     assert!(

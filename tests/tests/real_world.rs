@@ -247,6 +247,10 @@ const APPLICATION_CHANGES: &str = "
     INSERT INTO cars VALUES (9001, 'new car', 4);
     UPDATE blobs SET body = body || '\\x01'::bytea WHERE id = 1;
     INSERT INTO blobs SELECT 3, decode(string_agg(md5(i::text), ''), 'hex') FROM generate_series(1, 200000) AS i;
+    UPDATE blobs SET id = 4 WHERE id = 3;
+    UPDATE wide SET c7 = -1, c1200 = -2 WHERE c1 = 3;
+    INSERT INTO wide (c1, c600, c1200) VALUES (-5, 6, 7);
+    DELETE FROM wide WHERE c1 = 4;
     DELETE FROM staff WHERE id IN (149, 298, 299);
     UPDATE dupes SET b = 'changed' WHERE ctid = (SELECT ctid FROM dupes LIMIT 1);
     UPDATE \"Odd \"\"Schema\"\".x\".\"My Table.v1\" SET \"user\" = 'streamed' WHERE \"Select\" = 7;
@@ -330,36 +334,62 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
         let log = std::fs::read_to_string(job.dir.path().join("run.log")).unwrap_or_default();
         anyhow::bail!("{e}\n--- godwit run log\n{log}");
     }
-    // Columns the source adds are followed: without a default, and with a
-    // constant one that existing rows take on both sides.
+    // Columns the source adds and drops are followed: without a default,
+    // with a constant one, with one evaluated once when it was added (the
+    // source's role, not the target's, in existing rows), through a
+    // partitioned table and an inheritance parent, and a dropped column.
     src.batch_execute(
         "ALTER TABLE tickets ADD COLUMN priority integer; \
          ALTER TABLE staff ADD COLUMN level text DEFAULT 'junior' NOT NULL; \
+         ALTER TABLE staff ADD COLUMN badge text DEFAULT 'b-' || current_user; \
+         ALTER TABLE measurements ADD COLUMN note text DEFAULT 'n/a'; \
+         ALTER TABLE vehicles ADD COLUMN color text; \
+         ALTER TABLE secrets DROP COLUMN note; \
          UPDATE tickets SET priority = 3 WHERE id = 5; \
-         INSERT INTO staff VALUES (1000, 1, 'new', 'senior')",
+         INSERT INTO staff (id, boss, name, level) VALUES (1000, 1, 'new', 'senior'); \
+         INSERT INTO measurements VALUES (6001, 'us', '2024-03-03', 1, 'fresh'); \
+         UPDATE cars SET color = 'red' WHERE id = 3; \
+         UPDATE secrets SET owner_name = 'app' WHERE id = 2",
     )
     .await?;
     godwit_tests::wait_until(
-        "the added columns to stream",
+        "the added and dropped columns to stream",
         std::time::Duration::from_secs(60),
         || async {
-            let arrived = dst
-                .query_one(
-                    "SELECT to_regclass('staff') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute \
-                     WHERE attrelid = 'staff'::regclass AND attname = 'level') \
-                     AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tickets'::regclass \
-                                 AND attname = 'priority')",
-                    &[],
-                )
-                .await?
-                .get::<_, bool>(0);
-            if !arrived {
-                return Ok(None);
-            }
-            Ok((one_i64(&dst, "SELECT count(*) FROM staff WHERE id = 1000").await? == 1).then_some(()))
+            let arrived = one_i64(
+                &dst,
+                "SELECT (SELECT count(*) FROM staff WHERE id = 1000) \
+                      + (SELECT count(*) FROM measurements WHERE id = 6001) \
+                      + (SELECT count(*) FROM pg_attribute WHERE attrelid = 'cars'::regclass \
+                           AND attname = 'color' AND NOT attisdropped) \
+                      + (SELECT count(*) FROM pg_attribute WHERE attrelid = 'secrets'::regclass \
+                           AND attname = 'note' AND NOT attisdropped)",
+            )
+            .await?;
+            Ok((arrived == 3).then_some(()))
         },
     )
     .await?;
+    let badge: String = src
+        .query_one("SELECT 'b-' || current_user", &[])
+        .await?
+        .get(0);
+    let badged = format!("SELECT count(*) FROM staff WHERE badge = '{badge}'");
+    for (what, sql) in [
+        ("rows that existed when a column was added", badged.as_str()),
+        (
+            "a partition's rows with the added default",
+            "SELECT count(*) FROM measurements WHERE note = 'n/a'",
+        ),
+        (
+            "a child's row with its parent's added column",
+            "SELECT count(*) FROM cars WHERE color = 'red'",
+        ),
+    ] {
+        let (at_source, at_target) = (one_i64(&src, sql).await?, one_i64(&dst, sql).await?);
+        assert!(at_source > 0, "{what}: none at the source");
+        assert_eq!(at_source, at_target, "{what}");
+    }
     // What the slot keeps on the customer's server is in plain sight.
     let status = run_godwit(&["status", "--coordinator", &url, "real-stream"], &[])?;
     let shown = String::from_utf8_lossy(&status.stdout);
@@ -398,6 +428,14 @@ async fn a_real_world_database_streams_its_changes_and_cuts_over() -> anyhow::Re
         (
             "a large value",
             "SELECT octet_length(body)::bigint FROM blobs WHERE id = 1",
+        ),
+        (
+            "a large value left alone while its key changed",
+            "SELECT octet_length(body)::bigint FROM blobs WHERE id = 4",
+        ),
+        (
+            "a row of 1,200 columns changed",
+            "SELECT c7 + c1200 + (SELECT count(*) FROM wide) FROM wide WHERE c1 = 3",
         ),
     ] {
         assert_eq!(

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
+use super::follow::target_columns;
 use super::pgoutput::{Message, OldRow, Relation, Value, format_lsn};
 use crate::spec::{TableName, quote_ident};
 use crate::{Error, Result};
@@ -327,21 +328,12 @@ impl Applier {
                 "the source changed table {name}, which the target does not have"
             )));
         }
-        let added: Vec<&str> = relation
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .filter(|c| !types.contains_key(*c))
-            .collect();
-        if !added.is_empty() {
-            for column in added {
-                super::follow::add_column(source, tx, &name, column).await?;
-            }
+        if super::follow::follow_relation(source, tx, &name, relation, &types).await? {
             types = target_columns(tx, &name).await?;
         }
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
-            let Some((type_sql, always_identity)) = types.get(&column.name) else {
+            let Some(attribute) = types.get(&column.name) else {
                 return Err(Error::Catalog(format!(
                     "the source changed column {} of {name}, which the target table lacks",
                     column.name
@@ -349,9 +341,9 @@ impl Applier {
             };
             columns.push(TargetColumn {
                 quoted: quote_ident(&column.name),
-                type_sql: type_sql.clone(),
+                type_sql: attribute.type_sql.clone(),
                 key: column.key,
-                always_identity: *always_identity,
+                always_identity: attribute.always_identity,
             });
         }
         self.relations.insert(
@@ -388,31 +380,6 @@ impl Applier {
             .await
             .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))
     }
-}
-
-/// Column name → (type, `GENERATED ALWAYS AS IDENTITY`) of a target table.
-async fn target_columns(
-    tx: &Transaction<'_>,
-    name: &TableName,
-) -> Result<HashMap<String, (String, bool)>> {
-    let rows = tx
-        .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity = 'a' \
-             FROM pg_attribute a \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&name.quoted()],
-        )
-        .await
-        .map_err(|e| {
-            Error::postgres(
-                format!("cannot read the columns of {name} on the target"),
-                e,
-            )
-        })?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect())
 }
 
 /// An UPDATE or DELETE must find its row: one that does not means the
