@@ -2,14 +2,16 @@
 //! workers run in this process over the in-process lease store: the same
 //! code paths as a distributed deployment, without etcd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_common::lease::{LeaseStore, MemoryStore};
 use godwit_common::spec::JobSpec;
 use godwit_common::state::Keyspace;
+use godwit_coordinator::service::{ListenerFlags, Security};
 use godwit_coordinator::throttle::Allocator;
+use godwit_coordinator::tls::ServerTlsFiles;
 use godwit_coordinator::{JobDriver, Verifier, preflight, status};
 use godwit_worker::{Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -69,19 +71,76 @@ impl InProcessWorkers {
     }
 }
 
-/// Serves the API over the in-process store, so operators reach the job
-/// as they would a coordinator's. Returns the task and the bound address.
-async fn serve_api(
-    listen: &str,
-    store: &Arc<dyn LeaseStore>,
-    keyspace: &Keyspace,
-) -> Result<(ApiServer, std::net::SocketAddr), String> {
+/// How `godwit run` serves the API beside its job.
+pub struct ApiOptions {
+    pub listen: Option<String>,
+    /// Certificate, key and client CA (`--tls-cert`, `--tls-key`, `--tls-ca`).
+    pub tls: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    pub policy: Option<PathBuf>,
+    pub insecure_plaintext: bool,
+}
+
+const RUN_FLAGS: ListenerFlags = ListenerFlags {
+    cert: "--tls-cert",
+    key: "--tls-key",
+    client_ca: "--tls-ca",
+};
+
+/// The API's listener, bound and secured before the job touches anything:
+/// a listener that cannot be served safely refuses the run up front.
+struct BoundApi {
+    listener: tokio::net::TcpListener,
+    security: Security,
+    address: std::net::SocketAddr,
+}
+
+impl BoundApi {
+    fn url(&self) -> String {
+        let scheme = if self.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.address)
+    }
+}
+
+async fn bind_api(listen: &str, options: ApiOptions) -> Result<BoundApi, String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         format!("cannot listen on {listen}: {e} (choose another address with --listen)")
     })?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the address bound for {listen}: {e}"))?;
+    let (cert, key, client_ca) = options.tls;
+    let tls = ServerTlsFiles::from_parts(
+        cert,
+        key,
+        client_ca,
+        [RUN_FLAGS.cert, RUN_FLAGS.key, RUN_FLAGS.client_ca],
+    )
+    .map_err(|e| e.to_string())?;
+    let security = Security::for_listener(
+        address,
+        tls,
+        options.policy.as_deref(),
+        options.insecure_plaintext,
+        &RUN_FLAGS,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(BoundApi {
+        listener,
+        security,
+        address,
+    })
+}
+
+/// Serves the API over the in-process store, so operators reach the job
+/// as they would a coordinator's.
+fn serve_api(api: BoundApi, store: &Arc<dyn LeaseStore>, keyspace: &Keyspace) -> ApiServer {
+    let BoundApi {
+        listener, security, ..
+    } = api;
     let (store, keyspace) = (store.clone(), keyspace.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -89,12 +148,12 @@ async fn serve_api(
             let _ = stopped.await;
         };
         if let Err(e) =
-            godwit_coordinator::service::serve(listener, store, keyspace, shutdown).await
+            godwit_coordinator::service::serve(listener, store, keyspace, security, shutdown).await
         {
             tracing::error!(error = %e, "the API server stopped");
         }
     });
-    Ok((ApiServer { stop, task }, address))
+    ApiServer { stop, task }
 }
 
 /// The API served beside an embedded job.
@@ -112,12 +171,7 @@ impl ApiServer {
     }
 }
 
-pub async fn run(
-    spec_path: &Path,
-    workers: usize,
-    concurrency: usize,
-    listen: Option<&str>,
-) -> i32 {
+pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiOptions) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -127,6 +181,20 @@ pub async fn run(
     };
     let job = spec.job.clone();
     let streams = spec.changes.is_some();
+    let listen = api
+        .listen
+        .clone()
+        .or(streams.then(|| DEFAULT_LISTEN.to_owned()));
+    let bound = match listen {
+        Some(listen) => match bind_api(&listen, api).await {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let prepared = match preflight(spec).await {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -142,26 +210,17 @@ pub async fn run(
         return e.exit_code();
     }
 
-    let listen = listen.or(streams.then_some(DEFAULT_LISTEN));
-    let server = match listen {
-        Some(listen) => match serve_api(listen, &store, &keyspace).await {
-            Ok((task, address)) => {
-                eprintln!("serving the godwit.v1 API on {address}");
-                if streams {
-                    eprintln!(
-                        "once the job streams changes: `godwit verify --coordinator http://{address} {job}` \
-                         compares both sides; `godwit cutover --coordinator http://{address} {job}` ends it"
-                    );
-                }
-                Some(task)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        },
-        None => None,
-    };
+    let server = bound.map(|bound| {
+        let url = bound.url();
+        eprintln!("serving the godwit.v1 API on {url}");
+        if streams {
+            eprintln!(
+                "once the job streams changes: `godwit verify --coordinator {url} {job}` compares both \
+                 sides; `godwit cutover --coordinator {url} {job}` ends it"
+            );
+        }
+        serve_api(bound, &store, &keyspace)
+    });
 
     let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
 

@@ -20,6 +20,17 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM CA that signed the coordinator's certificate (for https://
+    /// coordinators); with `run --listen`, the CA of callers' certificates.
+    #[arg(long, global = true, env = "GODWIT__TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the coordinator (mTLS); with
+    /// `run --listen`, the certificate the API is served with.
+    #[arg(long, global = true, env = "GODWIT__TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "GODWIT__TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +50,13 @@ enum Command {
         /// streams changes always serves it, by default on 127.0.0.1:7400.
         #[arg(long)]
         listen: Option<String>,
+        /// Access policy for the API served with --listen over TLS
+        /// (--tls-cert, --tls-key, --tls-ca as the client CA).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Serve the API without TLS on a non-loopback --listen address.
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Load a finished job's staged copy into a target without touching the source.
     Replay {
@@ -168,6 +186,15 @@ enum KeysCommand {
 fn main() -> ExitCode {
     godwit_common::telemetry::init("warn");
     let cli = Cli::parse();
+    let tls = remote::ClientTlsFiles {
+        ca: cli.tls_ca.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+    };
+    let at = |url: String| remote::Coordinator {
+        url,
+        tls: tls.clone(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -182,7 +209,17 @@ fn main() -> ExitCode {
                 workers,
                 concurrency,
                 listen,
-            } => embedded::run(&spec, workers, concurrency, listen.as_deref()).await,
+                policy,
+                insecure_plaintext,
+            } => {
+                let api = embedded::ApiOptions {
+                    listen,
+                    tls: (cli.tls_cert, cli.tls_key, cli.tls_ca),
+                    policy,
+                    insecure_plaintext,
+                };
+                embedded::run(&spec, workers, concurrency, api).await
+            }
             Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
             Command::Verify {
                 job,
@@ -190,7 +227,15 @@ fn main() -> ExitCode {
                 report,
                 compare_rows_below,
                 ..
-            } => remote::verify(&coordinator, &job, report.as_deref(), compare_rows_below).await,
+            } => {
+                remote::verify(
+                    &at(coordinator),
+                    &job,
+                    report.as_deref(),
+                    compare_rows_below,
+                )
+                .await
+            }
             Command::Verify {
                 job,
                 coordinator: None,
@@ -213,44 +258,46 @@ fn main() -> ExitCode {
                 job,
                 coordinator: Some(coordinator),
                 json,
-            } => remote::report(&coordinator, &job, json).await,
+            } => remote::report(&at(coordinator), &job, json).await,
             Command::Report {
                 job,
                 coordinator: None,
                 json,
             } => embedded::report(Path::new(&job), json).await,
-            Command::Submit { coordinator, spec } => remote::submit(&coordinator, &spec).await,
+            Command::Submit { coordinator, spec } => remote::submit(&at(coordinator), &spec).await,
             Command::Watch {
                 coordinator,
                 job_id,
-            } => remote::watch(&coordinator, &job_id).await,
+            } => remote::watch(&at(coordinator), &job_id).await,
             Command::Status {
                 coordinator,
                 job_id,
-            } => remote::status(&coordinator, job_id.as_deref()).await,
+            } => remote::status(&at(coordinator), job_id.as_deref()).await,
             Command::Cancel {
                 coordinator,
                 job_id,
-            } => remote::cancel(&coordinator, &job_id).await,
+            } => remote::cancel(&at(coordinator), &job_id).await,
             Command::Throttle {
                 coordinator,
                 customer,
                 bytes_per_sec,
                 max_connections,
-            } => remote::throttle(&coordinator, &customer, bytes_per_sec, max_connections).await,
+            } => {
+                remote::throttle(&at(coordinator), &customer, bytes_per_sec, max_connections).await
+            }
             Command::Pause {
                 coordinator,
                 job_id,
-            } => remote::pause(&coordinator, &job_id, true).await,
+            } => remote::pause(&at(coordinator), &job_id, true).await,
             Command::Resume {
                 coordinator,
                 job_id,
-            } => remote::pause(&coordinator, &job_id, false).await,
+            } => remote::pause(&at(coordinator), &job_id, false).await,
             Command::Cutover {
                 coordinator,
                 job_id,
                 report,
-            } => remote::cutover(&coordinator, &job_id, report.as_deref()).await,
+            } => remote::cutover(&at(coordinator), &job_id, report.as_deref()).await,
             Command::Keys {
                 command: KeysCommand::Generate { out },
             } => match godwit_common::keys::Kek::generate_file(&out) {

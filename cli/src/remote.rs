@@ -1,6 +1,6 @@
 //! Commands that talk to a coordinator over gRPC.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
@@ -8,29 +8,111 @@ use godwit_proto::v1::{
     PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
 };
 use tonic::Code;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::render;
 
-async fn connect(url: &str) -> Result<GodwitClient<Channel>, i32> {
-    GodwitClient::connect(url.to_owned()).await.map_err(|e| {
-        eprintln!("error: cannot reach the coordinator at {url}: {e}; check --coordinator and that it is running");
-        1
-    })
+/// A coordinator to talk to, and the TLS material to talk to it with.
+pub struct Coordinator {
+    pub url: String,
+    pub tls: ClientTlsFiles,
 }
 
-/// Prints a gRPC error; rejected input exits 2, everything else 1.
+/// `--tls-ca`, `--tls-cert`, `--tls-key`: the CA that signed the
+/// coordinator's certificate, and this caller's certificate and key.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTlsFiles {
+    fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// tonic's client TLS for `host`, from the files given.
+    fn config(&self, host: &str) -> Result<ClientTlsConfig, String> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+        };
+        let Some(ca) = &self.ca else {
+            return Err("an https:// coordinator needs --tls-ca (or GODWIT__TLS_CA): the CA that signed its \
+                        certificate"
+                .into());
+        };
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?))
+            .domain_name(host.to_owned());
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read(cert, "client certificate")?,
+                    read(key, "client key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err("--tls-cert and --tls-key go together: give both, or neither".into()),
+        }
+        Ok(config)
+    }
+}
+
+async fn connect(coordinator: &Coordinator) -> Result<GodwitClient<Channel>, i32> {
+    let url = coordinator.url.as_str();
+    let refused = |why: String| {
+        eprintln!("error: {why}");
+        2
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| refused(format!("coordinator URL {url} is not a URL: {e}")))?;
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("https") => {
+            let host = endpoint.uri().host().unwrap_or_default().to_owned();
+            let tls = coordinator.tls.config(&host).map_err(refused)?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| refused(format!("unusable TLS material: {e}")))?;
+        }
+        Some("http") if coordinator.tls.any() => {
+            return Err(refused(format!(
+                "TLS files were given but the coordinator URL {url} is plain http://; use https://"
+            )));
+        }
+        Some("http") => {}
+        _ => {
+            return Err(refused(format!(
+                "coordinator URL {url} must start with https:// or http://"
+            )));
+        }
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        use std::error::Error as _;
+        let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        eprintln!("error: cannot reach the coordinator at {url}: {e}{cause}; check --coordinator, the TLS files and that it is running");
+        1
+    })?;
+    Ok(GodwitClient::new(channel))
+}
+
+/// Prints a gRPC error; rejected input and refused callers exit 2 (so a
+/// refused `verify` never reads as "differences found"), everything else 1.
 fn failed(status: &tonic::Status) -> i32 {
     eprintln!("error: {}", status.message());
     match status.code() {
-        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => {
-            2
-        }
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::Unauthenticated
+        | Code::PermissionDenied => 2,
         _ => 1,
     }
 }
 
-pub async fn submit(url: &str, spec_path: &Path) -> i32 {
+pub async fn submit(coordinator: &Coordinator, spec_path: &Path) -> i32 {
     let spec_yaml = match std::fs::read_to_string(spec_path) {
         Ok(text) => text,
         Err(e) => {
@@ -38,7 +120,7 @@ pub async fn submit(url: &str, spec_path: &Path) -> i32 {
             return 2;
         }
     };
-    let mut client = match connect(url).await {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -51,8 +133,8 @@ pub async fn submit(url: &str, spec_path: &Path) -> i32 {
     }
 }
 
-pub async fn watch(url: &str, job_id: &str) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn watch(coordinator: &Coordinator, job_id: &str) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -91,8 +173,8 @@ pub async fn watch(url: &str, job_id: &str) -> i32 {
     }
 }
 
-pub async fn status(url: &str, job_id: Option<&str>) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn status(coordinator: &Coordinator, job_id: Option<&str>) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -119,8 +201,8 @@ pub async fn status(url: &str, job_id: Option<&str>) -> i32 {
     }
 }
 
-pub async fn cancel(url: &str, job_id: &str) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn cancel(coordinator: &Coordinator, job_id: &str) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -143,12 +225,12 @@ pub async fn cancel(url: &str, job_id: &str) -> i32 {
 
 /// Sets a customer's limits on the coordinator; prints them as in force.
 pub async fn throttle(
-    url: &str,
+    coordinator: &Coordinator,
     customer: &str,
     bytes_per_sec: Option<u64>,
     max_connections: Option<u32>,
 ) -> i32 {
-    let mut client = match connect(url).await {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -171,8 +253,8 @@ pub async fn throttle(
 }
 
 /// Pauses or resumes reading for a job.
-pub async fn pause(url: &str, job_id: &str, paused: bool) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn pause(coordinator: &Coordinator, job_id: &str, paused: bool) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -195,12 +277,12 @@ pub async fn pause(url: &str, job_id: &str, paused: bool) -> i32 {
 
 /// Has the coordinator verify a job; exit 0 only when everything matches.
 pub async fn verify(
-    url: &str,
+    coordinator: &Coordinator,
     job_id: &str,
     report_path: Option<&Path>,
     compare_rows_below: i64,
 ) -> i32 {
-    let mut client = match connect(url).await {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -229,8 +311,8 @@ pub async fn verify(
 }
 
 /// Has the coordinator cut a streaming job over; exit 0 only on success.
-pub async fn cutover(url: &str, job_id: &str, report_path: Option<&Path>) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn cutover(coordinator: &Coordinator, job_id: &str, report_path: Option<&Path>) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -272,8 +354,8 @@ pub async fn cutover(url: &str, job_id: &str, report_path: Option<&Path>) -> i32
 }
 
 /// Prints the last report the coordinator stored for a job.
-pub async fn report(url: &str, job_id: &str, json: bool) -> i32 {
-    let mut client = match connect(url).await {
+pub async fn report(coordinator: &Coordinator, job_id: &str, json: bool) -> i32 {
+    let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
     };

@@ -2,6 +2,7 @@
 //! leases, drives each job through its phases and serves the `godwit.v1`
 //! gRPC API. Never copies rows: workers do.
 
+pub mod access;
 pub mod changes;
 pub mod driver;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod preflight;
 pub mod service;
 pub mod status;
 pub mod throttle;
+pub mod tls;
 pub mod verification;
 
 pub mod recovery;

@@ -8,6 +8,8 @@ use clap::Parser;
 use godwit_common::config::{load_file, pick};
 use godwit_common::lease::EtcdStore;
 use godwit_common::state::Keyspace;
+use godwit_coordinator::service::{ListenerFlags, Security};
+use godwit_coordinator::tls::ServerTlsFiles;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,23 @@ struct Args {
     /// Key prefix of the deployment in etcd [default: /godwit].
     #[arg(long, env = "GODWIT__COORDINATOR__ROOT")]
     root: Option<String>,
+    /// PEM certificate (chain) the API is served with.
+    #[arg(long, env = "GODWIT__COORDINATOR__TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GODWIT__COORDINATOR__TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that signs callers' client certificates (mTLS).
+    #[arg(long, env = "GODWIT__COORDINATOR__CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Access policy (YAML): identities, their roles and customers, and
+    /// what each customer's jobs may name. Re-read when it changes.
+    #[arg(long, env = "GODWIT__COORDINATOR__POLICY")]
+    policy: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address: anyone who can reach
+    /// the port can do anything. Logged as a warning at every start.
+    #[arg(long, env = "GODWIT__COORDINATOR__INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -37,7 +56,25 @@ struct FileConfig {
     listen: Option<String>,
     etcd: Option<Vec<String>>,
     root: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
 }
+
+/// How the API is secured, as configured.
+struct ListenerConfig {
+    tls: Option<ServerTlsFiles>,
+    policy: Option<PathBuf>,
+    insecure_plaintext: bool,
+}
+
+const FLAGS: ListenerFlags = ListenerFlags {
+    cert: "--tls-cert",
+    key: "--tls-key",
+    client_ca: "--client-ca",
+};
 
 fn main() -> ExitCode {
     godwit_common::telemetry::init("info");
@@ -52,6 +89,23 @@ fn main() -> ExitCode {
     let listen = pick(args.listen, file.listen, "127.0.0.1:7400".to_owned());
     let root = pick(args.root, file.root, "/godwit".to_owned());
     let etcd = pick(args.etcd, file.etcd, Vec::new());
+    let tls = match ServerTlsFiles::from_parts(
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        args.client_ca.or(file.client_ca),
+        [FLAGS.cert, FLAGS.key, FLAGS.client_ca],
+    ) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let security = ListenerConfig {
+        tls,
+        policy: args.policy.or(file.policy),
+        insecure_plaintext: args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
+    };
     if etcd.is_empty() {
         eprintln!(
             "error: no etcd endpoints: pass --etcd URL, set GODWIT__COORDINATOR__ETCD or `etcd:` in the config file"
@@ -65,17 +119,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, etcd, root)) {
+    match runtime.block_on(serve(listen, etcd, root, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A configuration that cannot be served safely is the operator's
+            // input, as a malformed flag is.
+            match e.downcast_ref::<godwit_common::Error>() {
+                Some(godwit_common::Error::Spec(_) | godwit_common::Error::Io { .. }) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Result<()> {
+async fn serve(
+    listen: String,
+    etcd: Vec<String>,
+    root: String,
+    config: ListenerConfig,
+) -> anyhow::Result<()> {
     use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr().context("listener address")?;
+    let security = Security::for_listener(
+        address,
+        config.tls,
+        config.policy.as_deref(),
+        config.insecure_plaintext,
+        &FLAGS,
+    )?;
     let store: Arc<dyn godwit_common::lease::LeaseStore> = Arc::new(
         EtcdStore::connect(&etcd)
             .await
@@ -93,16 +170,13 @@ async fn serve(listen: String, etcd: Vec<String>, root: String) -> anyhow::Resul
         godwit_coordinator::throttle::Allocator::new(store.clone(), keyspace.clone())
             .run(std::future::pending()),
     );
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let address = listener.local_addr().context("listener address")?;
-    tracing::info!(%address, "coordinator listening");
+    tracing::info!(%address, tls = security.tls.is_some(), "coordinator listening");
     println!("listening on {address}");
     godwit_coordinator::service::serve(
         listener,
         store,
         keyspace,
+        security,
         godwit_common::shutdown::signal(),
     )
     .await

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+use crate::access::{Access, Action};
 use crate::changes;
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
@@ -35,20 +36,37 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 pub struct GodwitService {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
+    access: Access,
 }
 
 impl GodwitService {
-    pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
-        Self { store, keyspace }
+    pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace, access: Access) -> Self {
+        Self {
+            store,
+            keyspace,
+            access,
+        }
+    }
+
+    /// The caller of `request`, allowed to do `action` on job `raw`'s
+    /// customer; returns the job's record.
+    async fn authorized<T>(
+        &self,
+        request: &Request<T>,
+        raw: &str,
+        action: Action,
+    ) -> Result<JobRecord, Status> {
+        let caller = self.access.caller(request)?;
+        self.access.authorize(&caller, action, None)?;
+        let job = Self::job_id(raw)?;
+        let record = self.record(&job).await?;
+        self.access
+            .authorize(&caller, action, Some(record.spec.customer.as_str()))?;
+        Ok(record)
     }
 
     fn job_id(raw: &str) -> Result<JobId, Status> {
         JobId::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
-    }
-
-    /// The spec of a job this coordinator holds.
-    async fn spec(&self, job: &JobId) -> Result<JobSpec, Status> {
-        Ok(self.record(job).await?.spec)
     }
 
     async fn record(&self, job: &JobId) -> Result<JobRecord, Status> {
@@ -126,8 +144,13 @@ impl Godwit for GodwitService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
+        let caller = self.access.caller(&request)?;
+        self.access.authorize(&caller, Action::Submit, None)?;
         let spec = JobSpec::from_yaml(&request.into_inner().spec_yaml, "submitted job spec")
             .map_err(JobError::Rejected)?;
+        self.access
+            .authorize(&caller, Action::Submit, Some(spec.customer.as_str()))?;
+        self.access.admit(&spec)?;
         let prepared = preflight(spec).await?;
         let driver = JobDriver::new(self.store.clone(), self.keyspace.clone());
         driver.register(&prepared).await?;
@@ -143,17 +166,22 @@ impl Godwit for GodwitService {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
-        let job = Self::job_id(&request.into_inner().job_id)?;
-        Ok(Response::new(self.status(&job).await?))
+        let record = self
+            .authorized(&request, &request.get_ref().job_id, Action::Status)
+            .await?;
+        Ok(Response::new(self.status(&record.spec.job).await?))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<ListJobsRequest>,
+        request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let jobs = status::list(self.store.as_ref(), &self.keyspace)
+        let caller = self.access.caller(&request)?;
+        self.access.authorize(&caller, Action::Status, None)?;
+        let mut jobs = status::list(self.store.as_ref(), &self.keyspace)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        jobs.retain(|job| caller.covers(&job.customer));
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
@@ -163,7 +191,11 @@ impl Godwit for GodwitService {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let job = Self::job_id(&request.into_inner().job_id)?;
+        let job = self
+            .authorized(&request, &request.get_ref().job_id, Action::Status)
+            .await?
+            .spec
+            .job;
         let first = self.status(&job).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let service = self.clone();
@@ -194,8 +226,11 @@ impl Godwit for GodwitService {
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
-        let job = Self::job_id(&request.into_inner().job_id)?;
-        let spec = self.spec(&job).await?;
+        let spec = self
+            .authorized(&request, &request.get_ref().job_id, Action::Report)
+            .await?
+            .spec;
+        let job = spec.job.clone();
         let report = godwit_common::verify::load_report(&spec)
             .await
             .map_err(|e| {
@@ -210,9 +245,11 @@ impl Godwit for GodwitService {
         &self,
         request: Request<VerifyJobRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
+        let record = self
+            .authorized(&request, &request.get_ref().job_id, Action::Verify)
+            .await?;
         let request = request.into_inner();
-        let job = Self::job_id(&request.job_id)?;
-        let record = self.record(&job).await?;
+        let job = record.spec.job.clone();
         let options = match request.compare_rows_below {
             Some(rows) => godwit_common::verify::Options {
                 compare_rows_below: rows,
@@ -245,8 +282,10 @@ impl Godwit for GodwitService {
         &self,
         request: Request<CutoverRequest>,
     ) -> Result<Response<CutoverResponse>, Status> {
-        let job = Self::job_id(&request.into_inner().job_id)?;
-        let record = self.record(&job).await?;
+        let record = self
+            .authorized(&request, &request.get_ref().job_id, Action::Cutover)
+            .await?;
+        let job = record.spec.job.clone();
         if record.spec.changes.is_none() {
             return Err(Status::failed_precondition(format!(
                 "job {job} does not stream changes (its spec has no `changes`): it is complete when its copy is"
@@ -295,9 +334,13 @@ impl Godwit for GodwitService {
         &self,
         request: Request<SetThrottleRequest>,
     ) -> Result<Response<SetThrottleResponse>, Status> {
+        let caller = self.access.caller(&request)?;
+        self.access.authorize(&caller, Action::Throttle, None)?;
         let request = request.into_inner();
         let customer = CustomerId::parse(&request.customer)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.access
+            .authorize(&caller, Action::Throttle, Some(customer.as_str()))?;
         let unavailable = |e: godwit_common::Error| Status::unavailable(e.to_string());
         let current =
             crate::throttle::limits(self.store.as_ref(), &self.keyspace, customer.as_str())
@@ -344,6 +387,8 @@ impl Godwit for GodwitService {
         &self,
         request: Request<PauseJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
+        self.authorized(&request, &request.get_ref().job_id, Action::Pause)
+            .await?;
         self.set_paused(&request.into_inner().job_id, true).await
     }
 
@@ -351,6 +396,8 @@ impl Godwit for GodwitService {
         &self,
         request: Request<PauseJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
+        self.authorized(&request, &request.get_ref().job_id, Action::Resume)
+            .await?;
         self.set_paused(&request.into_inner().job_id, false).await
     }
 
@@ -358,7 +405,11 @@ impl Godwit for GodwitService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
-        let job = Self::job_id(&request.into_inner().job_id)?;
+        let job = self
+            .authorized(&request, &request.get_ref().job_id, Action::Cancel)
+            .await?
+            .spec
+            .job;
         let current = self.status(&job).await?;
         if !is_final(current.state) {
             self.store
@@ -373,20 +424,101 @@ impl Godwit for GodwitService {
     }
 }
 
+/// How a listener is secured: TLS with client certificates and access by
+/// policy, or neither (a loopback listener, or one an operator chose to
+/// leave open with `--insecure-plaintext`).
+pub struct Security {
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub access: Access,
+}
+
+impl Security {
+    pub fn plaintext() -> Self {
+        Self {
+            tls: None,
+            access: Access::Open,
+        }
+    }
+
+    /// The security of a listener bound to `address`: TLS and a policy
+    /// together, or neither on loopback, or neither anywhere only when the
+    /// operator says `insecure_plaintext`. Flags are named as `flags` says
+    /// (the coordinator's and `godwit run`'s differ).
+    pub fn for_listener(
+        address: std::net::SocketAddr,
+        tls: Option<crate::tls::ServerTlsFiles>,
+        policy: Option<&std::path::Path>,
+        insecure_plaintext: bool,
+        flags: &ListenerFlags,
+    ) -> godwit_common::Result<Self> {
+        use godwit_common::Error;
+        match (tls, policy) {
+            (Some(tls), Some(policy)) => {
+                if insecure_plaintext {
+                    return Err(Error::Spec(format!(
+                        "--insecure-plaintext contradicts {}: choose one",
+                        flags.cert
+                    )));
+                }
+                Ok(Self {
+                    tls: Some(tls.server_config()?),
+                    access: Access::by_policy(policy)?,
+                })
+            }
+            (Some(_), None) => Err(Error::Spec(
+                "TLS with client certificates needs --policy YAML as well: it says which identity may do what \
+                 for which customers (see the README's security model)"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(Error::Spec(format!(
+                "--policy needs TLS: callers are identified by their client certificates; add {}, {} and {}",
+                flags.cert, flags.key, flags.client_ca
+            ))),
+            (None, None) if address.ip().is_loopback() => Ok(Self::plaintext()),
+            (None, None) if insecure_plaintext => {
+                tracing::warn!(%address, "serving the API WITHOUT TLS or access control on a non-loopback address (--insecure-plaintext): anyone who can reach it can cut over, cancel or throttle any job");
+                Ok(Self::plaintext())
+            }
+            (None, None) => Err(Error::Spec(format!(
+                "refusing to serve the API on {address} without TLS: anyone who could reach it could cut over, \
+                 cancel or throttle any job; pass {}, {}, {} and --policy (or listen on 127.0.0.1, or say \
+                 --insecure-plaintext to accept that risk)",
+                flags.cert, flags.key, flags.client_ca
+            ))),
+        }
+    }
+}
+
+/// How a binary names its TLS flags, for messages.
+pub struct ListenerFlags {
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub client_ca: &'static str,
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<GodwitServer<GodwitService>>()
         .await;
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(health_service)
-        .add_service(GodwitServer::new(GodwitService::new(store, keyspace)))
+        .add_service(GodwitServer::new(GodwitService::new(
+            store,
+            keyspace,
+            security.access,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

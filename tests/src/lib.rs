@@ -8,6 +8,7 @@ pub mod compare;
 pub mod etcd;
 pub mod otlp;
 pub mod pg;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod s3;
@@ -22,6 +23,7 @@ pub use compare::{
 };
 pub use etcd::Etcd;
 pub use pg::PgCluster;
+pub use pki::{CertFiles, Named, Pki};
 pub use process::{
     Job, Running, bin, describe, free_port, run_godwit, wait_for_streaming, wait_until,
 };

@@ -39,26 +39,45 @@ impl std::fmt::Display for Side {
 
 /// `host:port/db` of a connection string, without user or password: safe to log.
 pub fn describe(conn: &str) -> String {
+    endpoints(conn)
+        .ok()
+        .and_then(|all| all.into_iter().next())
+        .unwrap_or_else(|| "<unparsable connection string>".into())
+}
+
+/// Every `host:port/db` a connection string may reach, in the order libpq
+/// tries them (a `hostaddr` in place of the host name it stands beside).
+pub fn endpoints(conn: &str) -> Result<Vec<String>> {
+    use tokio_postgres::config::Host;
     let driver_form = tls::split_tls_options(conn).map(|(form, _)| form);
-    match driver_form
+    let config = driver_form
         .as_deref()
         .map(Config::from_str)
         .unwrap_or_else(|_| Config::from_str(conn))
-    {
-        Ok(config) => {
-            let host = config
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = config.get_ports().first().copied().unwrap_or(5432);
-            format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
-        }
-        Err(_) => "<unparsable connection string>".into(),
-    }
+        .map_err(|e| Error::Spec(format!("unparsable connection string: {e}")))?;
+    let db = config.get_dbname().unwrap_or("");
+    let ports = config.get_ports();
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let addrs = config.get_hostaddrs();
+    let hosts: Vec<String> = if !addrs.is_empty() {
+        addrs.iter().map(|a| a.to_string()).collect()
+    } else if config.get_hosts().is_empty() {
+        vec!["localhost".into()]
+    } else {
+        config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect()
+    };
+    Ok(hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| format!("{host}:{}/{db}", port(i)))
+        .collect())
 }
 
 /// Opens a connection with the session settings every godwit query assumes:
