@@ -165,16 +165,6 @@ impl JobDriver {
     /// twice) before the slower planning starts.
     pub async fn register(&self, prepared: &Prepared) -> Result<(), JobError> {
         let key = self.keyspace.job_record(&prepared.spec.job);
-        if let Some(bytes) = self.store.get(&key).await.map_err(JobError::Failed)? {
-            let existing: JobRecord = state::decode(&key, &bytes).map_err(JobError::Failed)?;
-            if !existing.phase.is_final() {
-                return Err(JobError::AlreadyExists(prepared.spec.job.to_string()));
-            }
-        }
-        self.store
-            .delete_prefix(&self.keyspace.job_prefix(&prepared.spec.job))
-            .await
-            .map_err(JobError::Failed)?;
         let record = JobRecord {
             spec: prepared.spec.clone(),
             phase: JobPhase::Planning,
@@ -187,7 +177,16 @@ impl JobDriver {
             phases: PhaseTimings::default(),
             changes: None,
         };
-        self.put_record(&record).await.map_err(JobError::Failed)?;
+        // One step, so two submissions of one id cannot both run; an id
+        // that exists, finished or not, keeps its record and history.
+        let created = self
+            .store
+            .create(&key, state::encode(&record))
+            .await
+            .map_err(JobError::Failed)?;
+        if !created {
+            return Err(JobError::AlreadyExists(prepared.spec.job.to_string()));
+        }
         crate::throttle::apply_spec_limits(self.store.as_ref(), &self.keyspace, &prepared.spec)
             .await
             .map_err(JobError::Failed)

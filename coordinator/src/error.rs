@@ -9,7 +9,10 @@ pub enum JobError {
     /// The job started and then failed; the message names the table or step.
     #[error("{0}")]
     Failed(godwit_common::Error),
-    #[error("job {0} already exists on this coordinator; choose another `job` id")]
+    #[error(
+        "job {0} already exists on this coordinator (its record, history and staged data are kept); choose \
+         another `job` id"
+    )]
     AlreadyExists(String),
     #[error("job {0} not found")]
     NotFound(String),

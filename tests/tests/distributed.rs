@@ -72,16 +72,25 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
         "distributed"
     );
 
-    // The same id again while it runs is refused.
-    let again = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
-    let again_err = String::from_utf8_lossy(&again.stderr);
-    if job_state(&url, "distributed").await? != JobState::Done as i32 {
+    // The same id again, while it runs or once it is done, is refused: its
+    // record and history stay as they are.
+    let submit_again = || -> anyhow::Result<()> {
+        let again = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
         assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
+        let again_err = String::from_utf8_lossy(&again.stderr);
         assert!(again_err.contains("already exists"), "{again_err}");
-    }
+        Ok(())
+    };
+    submit_again()?;
 
     let watched = run_godwit(&["watch", "--coordinator", &url, "distributed"], &[])?;
     assert!(watched.status.success(), "{}", describe(&watched));
+    submit_again()?;
+    assert_eq!(
+        job_state(&url, "distributed").await?,
+        JobState::Done as i32,
+        "a refused submission changed the finished job"
+    );
     let report = String::from_utf8_lossy(&watched.stdout);
     assert!(
         report.contains("distributed done") && report.contains("public.events"),

@@ -122,6 +122,13 @@ impl LeaseStore for EtcdStore {
         }
     }
 
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<bool> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key, value, None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
     async fn create_leased(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
         let txn = Txn::new()
             .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])

@@ -126,6 +126,16 @@ impl LeaseStore for MemoryStore {
         })
     }
 
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<bool> {
+        self.with(|inner| {
+            if inner.entries.contains_key(key) {
+                return Ok(false);
+            }
+            inner.entries.insert(key.to_owned(), (value, None));
+            Ok(true)
+        })
+    }
+
     async fn create_leased(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
         self.with(|inner| {
             if !inner.leases.contains_key(&lease) {

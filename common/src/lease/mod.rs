@@ -29,6 +29,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Every key under `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Creates `key` if no such key exists, in one step (etcd: a
+    /// transaction on `create_revision == 0`). Returns whether this call
+    /// created it.
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<bool>;
     async fn delete_prefix(&self, prefix: &str) -> Result<()>;
 
     /// Grants a lease that expires `ttl` after its last renewal.

@@ -14,6 +14,7 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(5);
 pub async fn run_all(store: Arc<dyn LeaseStore>, prefix: &str) {
     key_value_round_trip(store.as_ref(), &format!("{prefix}/kv/")).await;
     only_one_creator_wins(store.as_ref(), &format!("{prefix}/create/")).await;
+    a_key_is_created_once(store.as_ref(), &format!("{prefix}/create-once/")).await;
     revoked_lease_frees_its_keys(store.as_ref(), &format!("{prefix}/revoke/")).await;
     unrenewed_lease_expires(store.as_ref(), &format!("{prefix}/expiry/")).await;
     renewed_lease_outlives_its_ttl(store.as_ref(), &format!("{prefix}/renew/")).await;
@@ -66,6 +67,26 @@ pub async fn only_one_creator_wins(store: &dyn LeaseStore, prefix: &str) {
     assert_eq!(store.get(&key).await.expect("get"), Some(b"w1".to_vec()));
     store.revoke(first).await.expect("revoke");
     store.revoke(second).await.expect("revoke");
+}
+
+pub async fn a_key_is_created_once(store: &dyn LeaseStore, prefix: &str) {
+    let key = format!("{prefix}job");
+    let attempts = futures::future::join_all(
+        (0..8).map(|i| store.create(&key, format!("submission {i}").into_bytes())),
+    )
+    .await;
+    let created: Vec<usize> = attempts
+        .iter()
+        .enumerate()
+        .filter(|(_, created)| matches!(created, Ok(true)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(created.len(), 1, "{attempts:?}");
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Some(format!("submission {}", created[0]).into_bytes())
+    );
+    assert!(!store.create(&key, b"again".to_vec()).await.expect("create"));
 }
 
 pub async fn revoked_lease_frees_its_keys(store: &dyn LeaseStore, prefix: &str) {
