@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use godwit_common::config::{load_file, pick};
-use godwit_common::lease::EtcdStore;
+use godwit_common::lease::{EtcdAccess, EtcdStore};
 use godwit_common::state::Keyspace;
 use godwit_coordinator::service::{ListenerFlags, Security};
 use godwit_coordinator::tls::ServerTlsFiles;
@@ -19,7 +19,9 @@ use serde::Deserialize;
     about = "Plans migration jobs and serves the godwit.v1 API"
 )]
 struct Args {
-    /// YAML file with any of: listen, etcd, root.
+    /// YAML file with any of: listen, etcd, etcd_ca, etcd_cert, etcd_key,
+    /// etcd_user, etcd_password_file, root, tls_cert, tls_key, client_ca,
+    /// policy, insecure_plaintext.
     #[arg(long, env = "GODWIT__COORDINATOR__CONFIG")]
     config: Option<PathBuf>,
     /// Address to serve gRPC on; port 0 picks a free port (printed at start) [default: 127.0.0.1:7400].
@@ -31,6 +33,21 @@ struct Args {
     /// Key prefix of the deployment in etcd [default: /godwit].
     #[arg(long, env = "GODWIT__COORDINATOR__ROOT")]
     root: Option<String>,
+    /// PEM CA of etcd's certificate (https:// endpoints).
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (`--client-cert-auth`).
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (with `auth enable`).
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (a mounted Secret).
+    #[arg(long, env = "GODWIT__COORDINATOR__ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// PEM certificate (chain) the API is served with.
     #[arg(long, env = "GODWIT__COORDINATOR__TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -61,6 +78,11 @@ struct FileConfig {
     client_ca: Option<PathBuf>,
     policy: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
 }
 
 /// How the API is secured, as configured.
@@ -89,6 +111,13 @@ fn main() -> ExitCode {
     let listen = pick(args.listen, file.listen, "127.0.0.1:7400".to_owned());
     let root = pick(args.root, file.root, "/godwit".to_owned());
     let etcd = pick(args.etcd, file.etcd, Vec::new());
+    let etcd_access = EtcdAccess {
+        ca: args.etcd_ca.or(file.etcd_ca),
+        cert: args.etcd_cert.or(file.etcd_cert),
+        key: args.etcd_key.or(file.etcd_key),
+        user: args.etcd_user.or(file.etcd_user),
+        password_file: args.etcd_password_file.or(file.etcd_password_file),
+    };
     let tls = match ServerTlsFiles::from_parts(
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
@@ -119,7 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, etcd, root, security)) {
+    match runtime.block_on(serve(listen, (etcd, etcd_access), root, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -137,7 +166,7 @@ fn main() -> ExitCode {
 
 async fn serve(
     listen: String,
-    etcd: Vec<String>,
+    (etcd, etcd_access): (Vec<String>, EtcdAccess),
     root: String,
     config: ListenerConfig,
 ) -> anyhow::Result<()> {
@@ -154,7 +183,7 @@ async fn serve(
         &FLAGS,
     )?;
     let store: Arc<dyn godwit_common::lease::LeaseStore> = Arc::new(
-        EtcdStore::connect(&etcd)
+        EtcdStore::connect_with(&etcd, &etcd_access)
             .await
             .context("coordinator start-up")?,
     );

@@ -1,41 +1,149 @@
 //! A real etcd (Debian's `etcd-server`) on free loopback ports, in its own
 //! data directory; stoppable and restartable for failure tests.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::free_port;
+use godwit_common::lease::EtcdAccess;
+
+use crate::{CertFiles, Named, Pki, free_port};
 
 pub struct Etcd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTls>,
+}
+
+/// What an etcd with `--client-cert-auth` was started with, and what a
+/// client presents to it.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: CertFiles,
+    pub client: CertFiles,
 }
 
 impl Etcd {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// An etcd serving TLS only and requiring client certificates signed
+    /// by `pki` (`--client-cert-auth --trusted-ca-file`).
+    pub fn start_tls(pki: &Pki) -> anyhow::Result<Self> {
+        let tls = EtcdTls {
+            ca: pki.ca_cert(),
+            server: pki.server("etcd")?,
+            client: pki.client("etcd-client", Named::CommonName("godwit"))?,
+        };
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdTls>) -> anyhow::Result<Self> {
         let mut etcd = Self {
             dir: tempfile::tempdir()?,
             child: None,
             client_port: free_port()?,
             peer_port: free_port()?,
+            tls,
         };
         etcd.launch()?;
         Ok(etcd)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// The client side of `--client-cert-auth`, as a godwit process takes it.
+    pub fn access(&self) -> EtcdAccess {
+        self.tls
+            .as_ref()
+            .map_or_else(EtcdAccess::default, |tls| EtcdAccess {
+                ca: Some(tls.ca.clone()),
+                cert: Some(tls.client.cert.clone()),
+                key: Some(tls.client.key.clone()),
+                ..EtcdAccess::default()
+            })
+    }
+
+    /// The environment that points a godwit binary (`COORDINATOR` or
+    /// `WORKER`) at this etcd's TLS.
+    pub fn env(&self, binary: &str) -> Vec<(String, String)> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        [
+            ("ETCD_CA", &tls.ca),
+            ("ETCD_CERT", &tls.client.cert),
+            ("ETCD_KEY", &tls.client.key),
+        ]
+        .iter()
+        .map(|(name, path)| {
+            (
+                format!("GODWIT__{binary}__{name}"),
+                path.display().to_string(),
+            )
+        })
+        .collect()
+    }
+
+    /// Turns on etcd's user authentication: `root` (needed to enable it)
+    /// and `user`, who may read and write keys under `prefix` only. Returns
+    /// a 0600 file holding `user`'s password.
+    pub async fn enable_auth(&self, user: &str, prefix: &str) -> anyhow::Result<PathBuf> {
+        use etcd_client::{Client, Permission};
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let mut client = Client::connect([self.url()], None).await?;
+        client
+            .user_add("root", format!("root-{password}"), None)
+            .await?;
+        client.user_grant_role("root", "root").await?;
+        client.role_add(user).await?;
+        client
+            .role_grant_permission(user, Permission::read_write(prefix).with_prefix())
+            .await?;
+        client.user_add(user, password.clone(), None).await?;
+        client.user_grant_role(user, user).await?;
+        client.auth_enable().await?;
+        let file = self.dir.path().join(format!("{user}.password"));
+        std::fs::write(&file, format!("{password}\n"))?;
+        Ok(file)
+    }
+
+    /// A password file holding a password nobody was given.
+    pub fn wrong_password_file(&self) -> anyhow::Result<PathBuf> {
+        let file = self.dir.path().join("wrong.password");
+        std::fs::write(&file, "not-the-password\n")?;
+        Ok(file)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca);
+        }
+        let child = command
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
@@ -58,7 +166,16 @@ impl Etcd {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let healthy = Command::new("curl")
+            let mut curl = Command::new("curl");
+            if let Some(tls) = &self.tls {
+                curl.arg("--cacert")
+                    .arg(&tls.ca)
+                    .arg("--cert")
+                    .arg(&tls.client.cert)
+                    .arg("--key")
+                    .arg(&tls.client.key);
+            }
+            let healthy = curl
                 .args(["-sf", &format!("{client}/health")])
                 .output()
                 .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))

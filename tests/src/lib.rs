@@ -21,7 +21,7 @@ pub use compare::{
     assert_same_tables, clean_read_bytes, lost_and_duplicated, schema_difference, table_digest,
     user_tables,
 };
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdTls};
 pub use pg::PgCluster;
 pub use pki::{CertFiles, Named, Pki};
 pub use process::{

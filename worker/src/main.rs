@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use godwit_common::config::{load_file, pick};
-use godwit_common::lease::{EtcdStore, LeaseTiming};
+use godwit_common::lease::{EtcdAccess, EtcdStore, LeaseTiming};
 use godwit_common::state::Keyspace;
 use godwit_worker::{Worker, WorkerConfig};
 use serde::Deserialize;
@@ -19,7 +19,8 @@ use serde::Deserialize;
     about = "Copies partitions leased from etcd"
 )]
 struct Args {
-    /// YAML file with any of: coordinator, etcd, root, id, concurrency, lease_ttl_secs.
+    /// YAML file with any of: coordinator, etcd, etcd_ca, etcd_cert, etcd_key,
+    /// etcd_user, etcd_password_file, root, id, concurrency, lease_ttl_secs.
     #[arg(long, env = "GODWIT__WORKER__CONFIG")]
     config: Option<PathBuf>,
     /// Coordinator gRPC URL of the deployment (logged for operators).
@@ -28,6 +29,21 @@ struct Args {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "GODWIT__WORKER__ETCD", value_delimiter = ',')]
     etcd: Option<Vec<String>>,
+    /// PEM CA of etcd's certificate (https:// endpoints).
+    #[arg(long, env = "GODWIT__WORKER__ETCD_CA", alias = "tls-ca")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (`--client-cert-auth`).
+    #[arg(long, env = "GODWIT__WORKER__ETCD_CERT", alias = "tls-cert")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "GODWIT__WORKER__ETCD_KEY", alias = "tls-key")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (with `auth enable`).
+    #[arg(long, env = "GODWIT__WORKER__ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (a mounted Secret).
+    #[arg(long, env = "GODWIT__WORKER__ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// Key prefix of the deployment in etcd [default: /godwit].
     #[arg(long, env = "GODWIT__WORKER__ROOT")]
     root: Option<String>,
@@ -51,6 +67,11 @@ struct FileConfig {
     id: Option<String>,
     concurrency: Option<usize>,
     lease_ttl_secs: Option<u64>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +85,13 @@ fn main() -> ExitCode {
         }
     };
     let etcd = pick(args.etcd, file.etcd, Vec::new());
+    let etcd_access = EtcdAccess {
+        ca: args.etcd_ca.or(file.etcd_ca),
+        cert: args.etcd_cert.or(file.etcd_cert),
+        key: args.etcd_key.or(file.etcd_key),
+        user: args.etcd_user.or(file.etcd_user),
+        password_file: args.etcd_password_file.or(file.etcd_password_file),
+    };
     if etcd.is_empty() {
         eprintln!(
             "error: no etcd endpoints: pass --etcd URL, set GODWIT__WORKER__ETCD or `etcd:` in the config file"
@@ -92,7 +120,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        let store = EtcdStore::connect(&etcd).await?;
+        let store = EtcdStore::connect_with(&etcd, &etcd_access).await?;
         let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
         worker.run(godwit_common::shutdown::signal()).await
     });

@@ -1,10 +1,12 @@
 //! etcd (v3 API) implementation of the lease store.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp,
 };
 
 use super::{LeaseId, LeaseStore};
@@ -19,12 +21,103 @@ pub struct EtcdStore {
     client: Client,
 }
 
-impl EtcdStore {
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = ConnectOptions::new()
+/// How a process proves itself to etcd: TLS (the CA of etcd's certificate,
+/// and a client certificate for `--client-cert-auth`), and etcd's own user
+/// authentication with the password read from a file (a mounted Secret),
+/// never from a flag.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    fn options(&self, endpoints: &[String]) -> Result<ConnectOptions> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), REQUEST_TIMEOUT);
+        let https = endpoints.iter().any(|e| e.starts_with("https://"));
+        match (&self.ca, https) {
+            (Some(ca), true) => {
+                let mut tls =
+                    TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "etcd CA")?));
+                match (&self.cert, &self.key) {
+                    (Some(cert), Some(key)) => {
+                        tls = tls.identity(Identity::from_pem(
+                            read(cert, "etcd client certificate")?,
+                            read(key, "etcd client key")?,
+                        ));
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(Error::Spec(
+                            "the etcd client certificate and its key go together: give both, or neither".into(),
+                        ));
+                    }
+                }
+                options = options.with_tls(tls);
+            }
+            (None, true) => {
+                return Err(Error::Spec(
+                    "https:// etcd endpoints need the CA of etcd's certificate (--etcd-ca)".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::Spec(
+                    "TLS files were given for etcd but its endpoints are http://; use https://"
+                        .into(),
+                ));
+            }
+            (None, false) if self.cert.is_some() || self.key.is_some() => {
+                return Err(Error::Spec(
+                    "an etcd client certificate needs https:// endpoints and --etcd-ca".into(),
+                ));
+            }
+            (None, false) => {}
+        }
+        match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) => {
+                let password = std::fs::read_to_string(file).map_err(|source| Error::Io {
+                    what: "cannot read the etcd password file",
+                    path: file.clone(),
+                    source,
+                })?;
+                options = options.with_user(user.clone(), password.trim_end_matches(['\n', '\r']));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Spec(
+                    "etcd authentication needs both --etcd-user and --etcd-password-file".into(),
+                ));
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        what: match what {
+            "etcd CA" => "cannot read the etcd CA",
+            "etcd client certificate" => "cannot read the etcd client certificate",
+            _ => "cannot read the etcd client key",
+        },
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl EtcdStore {
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        Self::connect_with(endpoints, &EtcdAccess::default()).await
+    }
+
+    pub async fn connect_with(endpoints: &[String], access: &EtcdAccess) -> Result<Self> {
+        let options = access.options(endpoints)?;
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| {

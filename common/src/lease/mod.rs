@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdAccess, EtcdStore};
 pub use holder::{HeldLease, LeaseTiming};
 pub use memory::MemoryStore;
 
