@@ -132,6 +132,22 @@ fn stored_at(job: &JobId, verified: Verified) -> (godwit_common::verify::Report,
     (verified.report, stored_at)
 }
 
+/// A submitted spec is kept in etcd: a password in it would be at rest in
+/// clear there, so it must come from a password file instead.
+fn refuse_stored_passwords(spec: &JobSpec) -> Result<(), Status> {
+    for (field, conn) in [("source", &spec.source), ("target", &spec.target)] {
+        if godwit_common::pg::carries_password(conn) {
+            return Err(Status::invalid_argument(format!(
+                "`{field}` carries a password, which the coordinator would keep in etcd: remove it from the \
+                 connection string and put it in a password file (host:port:database:user:password, mode \
+                 0600) that the coordinator and every worker can read, named by `passfile=PATH` in the \
+                 connection string or by PGPASSFILE"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn is_final(state: i32) -> bool {
     [JobState::Done, JobState::Failed, JobState::Cancelled]
         .iter()
@@ -150,6 +166,7 @@ impl Godwit for GodwitService {
             .map_err(JobError::Rejected)?;
         self.access
             .authorize(&caller, Action::Submit, Some(spec.customer.as_str()))?;
+        refuse_stored_passwords(&spec)?;
         self.access.admit(&spec)?;
         let prepared = preflight(spec).await?;
         let driver = JobDriver::new(self.store.clone(), self.keyspace.clone());

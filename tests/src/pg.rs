@@ -132,15 +132,47 @@ impl PgCluster {
                 .await
                 .context("reloading pg_hba.conf")?;
         }
+        // Its password also goes into the cluster's password file, which
+        // the URLs name instead of carrying it.
+        let passfile = self.passfile();
+        let mut lines = std::fs::read_to_string(&passfile).unwrap_or_default();
+        lines.push_str(&format!("*:*:*:{role}:{password}\n"));
+        std::fs::write(&passfile, lines).context("writing the password file")?;
+        std::fs::set_permissions(
+            &passfile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         Ok(self.role_url_at(role, self.port, db))
     }
 
+    /// The password of `role` (made by [`Self::least_privileged_role`]), for
+    /// tests that look for it where it must not be.
+    pub fn role_password(&self, role: &str) -> String {
+        role_password(role, self.port)
+    }
+
+    /// The cluster's password file (libpq's format, mode 0600).
+    pub fn passfile(&self) -> std::path::PathBuf {
+        self.dir.path().join("pgpass")
+    }
+
     /// The URL of `role` (made by [`Self::least_privileged_role`]) reaching
-    /// this cluster through `port` (its own, or a proxy's in front of it).
+    /// this cluster through `port` (its own, or a proxy's in front of it):
+    /// without the password, naming the password file that holds it.
     pub fn role_url_at(&self, role: &str, port: u16, db: &str) -> String {
         format!(
-            "postgres://{role}:{}@127.0.0.1:{port}/{db}",
-            role_password(role, self.port)
+            "postgres://{role}@127.0.0.1:{port}/{db}?passfile={}",
+            self.passfile().display()
+        )
+    }
+
+    /// Like [`Self::role_url_at`] on the cluster's own port, with the
+    /// password in the URL itself (what an embedded run accepts).
+    pub fn role_url_with_password(&self, role: &str, db: &str) -> String {
+        format!(
+            "postgres://{role}:{}@127.0.0.1:{}/{db}",
+            role_password(role, self.port),
+            self.port
         )
     }
 

@@ -100,6 +100,51 @@ async fn distributed_job_runs_on_etcd_with_two_workers() -> anyhow::Result<()> {
     let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
     assert_same_tables(&src, &dst).await?;
 
+    // The source's password came from its password file: it is nowhere in
+    // etcd's keyspace and nowhere in staging. A spec carrying one inline is
+    // refused, naming the field and the fix.
+    let password = source.role_password(godwit_tests::pg::MIGRATOR);
+    let mut etcd_client = etcd_client::Client::connect([etcd.url()], None).await?;
+    let everything = etcd_client
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await?;
+    assert!(
+        everything.kvs().len() > 10,
+        "etcd holds too little to prove anything"
+    );
+    for kv in everything.kvs() {
+        assert!(
+            !kv.value()
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "etcd key {} holds the source password",
+            String::from_utf8_lossy(kv.key())
+        );
+    }
+    for path in Job::files_under(&job.staging_dir()) {
+        let bytes = std::fs::read(&path)?;
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "{} holds the source password",
+            path.display()
+        );
+    }
+    let inline = Job::create(|staging| {
+        spec_body("inline-password", &source, &target, staging).replace(
+            &source.migrator_url("shop"),
+            &source.role_url_with_password(godwit_tests::pg::MIGRATOR, "shop"),
+        )
+    })?;
+    let refused = run_godwit(&["submit", "--coordinator", &url, inline.spec()], &[])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("`source` carries a password") && message.contains("passfile"),
+        "{message}"
+    );
+
     let status = run_godwit(&["status", "--coordinator", &url], &[])?;
     assert!(status.status.success(), "{}", describe(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("checked"));

@@ -521,9 +521,12 @@ async fn a_table_truncated_between_snapshot_and_lock_is_refused_by_name() -> any
 #[tokio::test(flavor = "multi_thread")]
 async fn ddl_on_the_source_waits_for_the_copy() -> anyhow::Result<()> {
     let (source, target) = godwit_tests::source_and_target(2).await?;
+    // An embedded run may take the password in the URL itself.
     let job = Job::create(|staging| {
-        godwit_tests::spec_body("ddl-waits", &source, &target, staging)
-            + "\nthrottle: { bytes_per_sec: 512KiB }"
+        godwit_tests::spec_body("ddl-waits", &source, &target, staging).replace(
+            &source.migrator_url("shop"),
+            &source.role_url_with_password(godwit_tests::pg::MIGRATOR, "shop"),
+        ) + "\nthrottle: { bytes_per_sec: 512KiB }"
     })?;
     let log = std::fs::File::create(job.dir.path().join("run.log"))?;
     let mut run = Running(

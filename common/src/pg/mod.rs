@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod checksum;
 pub mod follow;
 pub mod large_objects;
+mod passfile;
+pub use passfile::carries_password;
 pub mod ledger;
 pub mod pgoutput;
 pub mod replica;

@@ -35,7 +35,8 @@ pub fn driver_config(conn: &str, side: Side) -> Result<(Config, MakeRustlsConnec
         ))
     };
     let (rewritten, verification) = split_tls_options(conn).map_err(invalid)?;
-    let config = Config::from_str(&rewritten).map_err(|e| invalid(e.to_string()))?;
+    let mut config = Config::from_str(&rewritten).map_err(|e| invalid(e.to_string()))?;
+    super::passfile::fill_password(&mut config, conn)?;
     let tls = match verification {
         Verification::EncryptOnly => encrypt_only(),
         Verification::Full { root_cert } => verifying(root_cert.as_ref(), side)?,
@@ -76,8 +77,8 @@ pub fn split_password(conn: &str) -> (String, Option<String>) {
     (kept.join(" "), password)
 }
 
-/// Takes `sslrootcert` out (the driver does not know it) and maps the
-/// verifying `sslmode`s to the driver's `require`.
+/// Takes `sslrootcert` and `passfile` out (the driver knows neither) and
+/// maps the verifying `sslmode`s to the driver's `require`.
 pub(crate) fn split_tls_options(conn: &str) -> std::result::Result<(String, Verification), String> {
     let mut mode = String::from("prefer");
     let mut root_cert = None;
@@ -88,6 +89,7 @@ pub(crate) fn split_tls_options(conn: &str) -> std::result::Result<(String, Veri
             match key.as_ref() {
                 "sslmode" => mode = value.into_owned(),
                 "sslrootcert" => root_cert = Some(PathBuf::from(value.as_ref())),
+                "passfile" => {}
                 _ => kept.push((key.into_owned(), value.into_owned())),
             }
         }
@@ -100,6 +102,7 @@ pub(crate) fn split_tls_options(conn: &str) -> std::result::Result<(String, Veri
             match pair.split_once('=') {
                 Some(("sslmode", value)) => mode = value.to_owned(),
                 Some(("sslrootcert", value)) => root_cert = Some(PathBuf::from(value)),
+                Some(("passfile", _)) => {}
                 _ => kept.push(pair.to_owned()),
             }
         }
