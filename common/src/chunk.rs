@@ -38,6 +38,16 @@ impl ChunkId {
         }
     }
 
+    /// The identity a job's staged manifest is sealed under.
+    pub fn manifest(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: "manifest".to_owned(),
+            partition: 0,
+            seq: 0,
+        }
+    }
+
     /// The identity the finding of one verification range is sealed under.
     pub fn verification_finding(job_id: &str, run: &str, range: u32) -> Self {
         Self {

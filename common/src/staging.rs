@@ -14,7 +14,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 
+use crate::chunk::ChunkId;
 use crate::ids::JobId;
+use crate::keys::DataKey;
 use crate::state::Manifest;
 use crate::{Error, Result};
 
@@ -137,39 +139,53 @@ impl Staging {
     }
 
     fn manifest_path(&self, job: &JobId) -> ObjectPath {
-        self.job_root(job).join("manifest.json")
+        self.job_root(job).join("manifest.gwc")
     }
 
-    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Corrupt {
+    /// Seals the manifest with the job's data key: its table, partition and
+    /// column lists become SQL on replay, so they are trusted only once
+    /// authenticated.
+    pub async fn put_manifest(&self, manifest: &Manifest, key: &DataKey) -> Result<()> {
+        let bytes = serde_json::to_vec(manifest).map_err(|e| Error::Corrupt {
             what: "manifest".into(),
             reason: e.to_string(),
         })?;
-        self.put(&self.manifest_path(&manifest.job), bytes).await
+        let frame = crate::chunk::seal(&ChunkId::manifest(manifest.job.as_str()), 0, &bytes, key)?;
+        self.put(&self.manifest_path(&manifest.job), frame).await
     }
 
-    /// The manifest of a job whose copy finished, if there is one.
-    pub async fn get_manifest(&self, job: &JobId) -> Result<Option<Manifest>> {
+    /// The manifest of a job whose copy finished, if there is one; a
+    /// manifest that fails authentication (modified, truncated, another
+    /// job's) is refused naming the object.
+    pub async fn get_manifest(&self, job: &JobId, key: &DataKey) -> Result<Option<Manifest>> {
         let path = self.manifest_path(job);
-        match self.store.get(&path).await {
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(Error::Staging {
-                location: format!("{}/{path}", self.url),
-                source,
-            }),
-            Ok(result) => {
-                let bytes = result.bytes().await.map_err(|source| Error::Staging {
-                    location: format!("{}/{path}", self.url),
+        let frame = match self.store.get(&path).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(Error::Staging {
+                    location: self.describe(&path),
                     source,
-                })?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| Error::Corrupt {
-                        what: format!("manifest {}/{path}", self.url),
-                        reason: e.to_string(),
-                    })
+                });
             }
+            Ok(result) => result.bytes().await.map_err(|source| Error::Staging {
+                location: self.describe(&path),
+                source,
+            })?,
+        };
+        let object = self.describe(&path);
+        let (_, plain) =
+            crate::chunk::open(&object, &frame, &ChunkId::manifest(job.as_str()), key)?;
+        let manifest: Manifest = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+            what: format!("manifest {object}"),
+            reason: e.to_string(),
+        })?;
+        if &manifest.job != job {
+            return Err(Error::ChunkRejected {
+                object,
+                reason: format!("it describes job {}, not {job}", manifest.job),
+            });
         }
+        Ok(Some(manifest))
     }
 
     /// Full location of an object, for error messages.

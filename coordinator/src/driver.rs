@@ -85,6 +85,7 @@ async fn write_manifest(
     dump: &SchemaDump,
     sequences: Vec<(String, i64, bool)>,
     materialized_views: Vec<String>,
+    key: &DataKey,
 ) -> Result<()> {
     let job = &record.spec.job;
     let mut partitions = Vec::new();
@@ -104,18 +105,21 @@ async fn write_manifest(
         });
     }
     staging
-        .put_manifest(&Manifest {
-            job: job.clone(),
-            tables: record.tables.clone(),
-            partitions,
-            sequences,
-            schema_files: dump
-                .files()
-                .iter()
-                .map(|(name, _)| (*name).to_owned())
-                .collect(),
-            materialized_views,
-        })
+        .put_manifest(
+            &Manifest {
+                job: job.clone(),
+                tables: record.tables.clone(),
+                partitions,
+                sequences,
+                schema_files: dump
+                    .files()
+                    .iter()
+                    .map(|(name, _)| (*name).to_owned())
+                    .collect(),
+                materialized_views,
+            },
+            key,
+        )
         .await
 }
 
@@ -522,9 +526,11 @@ impl JobDriver {
         let phase_start = Instant::now();
         self.check_tables(&source, &target, record).await?;
         record.phases.check_ms = millis_since(phase_start);
-        write_manifest(&staging, &target, record, &dump, sequences, views)
-            .await
-            .map_err(failed)?;
+        write_manifest(
+            &staging, &target, record, &dump, sequences, views, &data_key,
+        )
+        .await
+        .map_err(failed)?;
         // Ends the snapshot's transaction: its locks, and the horizon it
         // holds back on the source, are not kept through the stream.
         drop(source);

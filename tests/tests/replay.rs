@@ -76,6 +76,64 @@ async fn replay_loads_the_staged_copy_without_the_source_and_refuses_tampering()
         );
     }
 
+    // The manifest's table, partition and column lists become SQL on
+    // replay: a modified, truncated or substituted one is refused before
+    // anything is written, naming it.
+    let manifest = job.staging_dir().join("replayed").join("manifest.gwc");
+    let original_manifest = std::fs::read(&manifest)
+        .map_err(|e| anyhow::anyhow!("no sealed manifest at {}: {e}", manifest.display()))?;
+    assert!(
+        !original_manifest
+            .windows(b"public.events".len())
+            .any(|w| w == b"public.events"),
+        "the manifest is staged in plain text"
+    );
+    let schema_frame = Job::files_under(&job.staging_dir())
+        .into_iter()
+        .find(|p| p.components().any(|c| c.as_os_str() == "schema"))
+        .ok_or_else(|| anyhow::anyhow!("no staged schema file"))?;
+    let mut modified = original_manifest.clone();
+    let last = modified.len() - 1;
+    modified[last] ^= 0x40;
+    let forged_plain =
+        br#"{"job":"replayed","tables":[],"partitions":[],"sequences":[],"schema_files":[]}"#
+            .to_vec();
+    let manifest_cases: [(&str, Vec<u8>); 4] = [
+        ("modified", modified),
+        (
+            "truncated",
+            original_manifest[..original_manifest.len() / 2].to_vec(),
+        ),
+        (
+            "substituted by another sealed object",
+            std::fs::read(&schema_frame)?,
+        ),
+        ("forged in plain text", forged_plain),
+    ];
+    for (n, (case, bytes)) in manifest_cases.into_iter().enumerate() {
+        let db = format!("manifest{n}");
+        target.create_database(&db).await?;
+        std::fs::write(&manifest, &bytes)?;
+        let output = run_godwit(&["replay", job.spec(), "--target", &target.url(&db)], &[])?;
+        std::fs::write(&manifest, &original_manifest)?;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{case}: {}",
+            describe(&output)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("manifest.gwc"),
+            "{case}: the manifest is not named: {stderr}"
+        );
+        let client = target.client(&db).await?;
+        assert!(
+            user_tables(&client).await?.is_empty(),
+            "{case}: the target was written to"
+        );
+    }
+
     target.create_database("replica").await?;
     let output = run_godwit(
         &["replay", job.spec(), "--target", &target.url("replica")],

@@ -50,7 +50,7 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
             )))
         })?;
     let key = kek.unwrap(job, &wrapped).map_err(rejected)?;
-    let manifest = staging.get_manifest(job).await.map_err(rejected)?.ok_or_else(|| {
+    let manifest = staging.get_manifest(job, &key).await.map_err(rejected)?.ok_or_else(|| {
         rejected(Error::Spec(format!(
             "staging {} holds no manifest for job {job}: only a job whose copy finished can be replayed",
             staging.url()
