@@ -3,6 +3,7 @@
 //! commands talk to a coordinator over gRPC.
 
 mod embedded;
+mod lifecycle;
 mod remote;
 mod render;
 
@@ -167,6 +168,14 @@ enum Command {
         coordinator: String,
         job_id: String,
     },
+    /// Delete every staged object of a job and shred its data key.
+    /// Irreversible.
+    Purge {
+        spec: PathBuf,
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -180,6 +189,24 @@ enum KeysCommand {
     Generate {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Re-wrap a job's data key under another key-encryption key (--to, or
+    /// the customer's current key in the keyring), without re-encrypting
+    /// any staged data; the old key can be deleted afterwards.
+    Rotate {
+        /// The job spec (its staging, customer and keys).
+        spec: PathBuf,
+        /// The new key-encryption key file.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Destroy a job's data key: its staged chunks, change batches and
+    /// reports can never be opened again. Irreversible.
+    Shred {
+        spec: PathBuf,
+        /// Confirms the destruction.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -310,6 +337,13 @@ fn main() -> ExitCode {
                     2
                 }
             },
+            Command::Keys {
+                command: KeysCommand::Rotate { spec, to },
+            } => lifecycle::rotate(&spec, to.as_deref()).await,
+            Command::Keys {
+                command: KeysCommand::Shred { spec, yes },
+            } => lifecycle::shred(&spec, yes).await,
+            Command::Purge { spec, yes } => lifecycle::purge(&spec, yes).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

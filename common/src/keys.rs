@@ -32,6 +32,7 @@ impl fmt::Debug for Kek {
 
 impl Kek {
     pub fn from_file(path: &Path) -> Result<Self> {
+        refuse_if_shared(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Key(format!(
                 "cannot read key file {}: {e}; create one with `godwit keys generate --out {}`",
@@ -145,6 +146,25 @@ impl Kek {
     }
 }
 
+/// A key file others can read is refused, saying how to fix its mode.
+fn refuse_if_shared(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        // Not readable at all: reading it says so, naming the file.
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::Key(format!(
+            "key file {} can be read by others (mode {:o}): run chmod 0600 on it (in Kubernetes, mount the \
+             Secret with defaultMode 0400)",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
+}
+
 fn wrap_aad(job: &JobId, key_id: &str) -> String {
     format!("godwit/dek/v1/{job}/{key_id}")
 }
@@ -211,23 +231,6 @@ fn aead_key(bytes: &[u8]) -> Result<LessSafeKey> {
 
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Key("the system random generator failed".into()))
-}
-
-/// Unwraps the job's data key from its staging area with the KEK the spec
-/// names.
-pub async fn job_data_key(
-    spec: &crate::spec::JobSpec,
-    staging: &crate::staging::Staging,
-) -> Result<DataKey> {
-    let kek = Kek::from_file(&spec.encryption.key_file)?;
-    let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
-        Error::Key(format!(
-            "job {} has no wrapped data key in staging {}: the job was not planned there",
-            spec.job,
-            staging.url()
-        ))
-    })?;
-    kek.unwrap(&spec.job, &wrapped)
 }
 
 #[cfg(test)]

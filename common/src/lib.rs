@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod keyring;
 pub mod keys;
 pub mod lease;
 pub mod pg;

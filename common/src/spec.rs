@@ -40,6 +40,19 @@ pub struct JobSpec {
     /// target until an operator cuts over (`godwit cutover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<ChangeSpec>,
+    /// How long staged data is kept after the job ends (`30d`); past it the
+    /// coordinator deletes the job's staged objects and shreds its data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+}
+
+impl JobSpec {
+    /// [`Self::retention`] as a duration (validated when the spec was read).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention
+            .as_deref()
+            .and_then(|r| humantime::parse_duration(r).ok())
+    }
 }
 
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 5_000;
@@ -70,7 +83,37 @@ fn default_freeze_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct EncryptionSpec {
     /// File holding the key-encryption key (`godwit keys generate --out PATH`).
-    pub key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A keyring (YAML: customer → key files, the first one current): the
+    /// job's customer selects its own key-encryption keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+}
+
+/// Where a job's key-encryption keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource<'a> {
+    File(&'a Path),
+    Keyring(&'a Path),
+}
+
+impl EncryptionSpec {
+    pub fn source(&self) -> KeySource<'_> {
+        match (&self.key_file, &self.keyring) {
+            (_, Some(keyring)) => KeySource::Keyring(keyring),
+            (Some(file), None) => KeySource::File(file),
+            // Refused by validation: one of the two is always there.
+            (None, None) => KeySource::File(Path::new("")),
+        }
+    }
+
+    /// The file a caller named (key file or keyring), for allow-lists.
+    pub fn named_file(&self) -> &Path {
+        match self.source() {
+            KeySource::File(path) | KeySource::Keyring(path) => path,
+        }
+    }
 }
 
 fn all_tables() -> Vec<String> {
@@ -154,6 +197,20 @@ impl JobSpec {
             if value.trim().is_empty() {
                 return fail(format!("`{field}` is empty: give a postgres:// URL"));
             }
+        }
+        if self.encryption.key_file.is_some() == self.encryption.keyring.is_some() {
+            return fail(
+                "`encryption` needs exactly one of `key_file` (one key-encryption key) and `keyring` \
+                 (the customer's keys from a keyring file)"
+                    .into(),
+            );
+        }
+        if let Some(retention) = &self.retention
+            && humantime::parse_duration(retention).is_err()
+        {
+            return fail(format!(
+                "`retention` {retention:?} is not a duration: write e.g. 30d, 12h or 90m"
+            ));
         }
         Ok(())
     }

@@ -245,6 +245,50 @@ impl Staging {
         self.put(&self.key_path(job), wrapped.encode_to_vec()).await
     }
 
+    /// Destroys the job's only wrapped data key: what it sealed (chunks,
+    /// change batches, reports) can no longer be opened by anyone.
+    pub async fn delete_wrapped_key(&self, job: &JobId) -> Result<()> {
+        let path = self.key_path(job);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(Error::Staging {
+                location: self.describe(&path),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes every staged object of the job, its data key last but one
+    /// step: returns how many objects were deleted.
+    pub async fn purge_job(&self, job: &JobId) -> Result<usize> {
+        use futures::TryStreamExt;
+        let root = self.job_root(job);
+        let objects: Vec<ObjectPath> = self
+            .store
+            .list(Some(&root))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|source| Error::Staging {
+                location: self.describe(&root),
+                source,
+            })?;
+        let key = self.key_path(job);
+        for path in objects.iter().filter(|p| **p != key) {
+            match self.store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(Error::Staging {
+                        location: self.describe(path),
+                        source,
+                    });
+                }
+            }
+        }
+        self.delete_wrapped_key(job).await?;
+        Ok(objects.len())
+    }
+
     pub async fn get_wrapped_key(&self, job: &JobId) -> Result<Option<WrappedKey>> {
         match self.store.get(&self.key_path(job)).await {
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -39,6 +39,12 @@ impl Keyspace {
         format!("{}/jobs/{job}/control", self.root)
     }
 
+    /// When the job's staged data was purged (its retention ran out, or an
+    /// operator purged it); written once by the coordinator.
+    pub fn job_purged(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/purged", self.root)
+    }
+
     /// Jobs whose partitions are open for leasing; what workers scan.
     pub fn active_prefix(&self) -> String {
         format!("{}/active/", self.root)

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
-use godwit_common::keys::{DataKey, Kek};
+use godwit_common::keyring::CustomerKeys;
+use godwit_common::keys::DataKey;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::ledger;
@@ -309,7 +310,7 @@ impl JobDriver {
         let spec = &prepared.spec;
         let job = &spec.job;
 
-        let kek = Kek::from_file(&spec.encryption.key_file).map_err(failed)?;
+        let kek = CustomerKeys::for_spec(spec).map_err(failed)?;
         let staging = Staging::open(&spec.staging).map_err(failed)?;
         let data_key = match staging.get_wrapped_key(job).await.map_err(failed)? {
             Some(wrapped) => kek.unwrap(job, &wrapped).map_err(failed)?,

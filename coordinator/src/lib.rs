@@ -16,6 +16,7 @@ pub mod tls;
 pub mod verification;
 
 pub mod recovery;
+pub mod retention;
 
 pub use driver::{JobDriver, JobSummary, Prepared, preflight};
 pub use error::JobError;

@@ -199,6 +199,11 @@ async fn serve(
         godwit_coordinator::throttle::Allocator::new(store.clone(), keyspace.clone())
             .run(std::future::pending()),
     );
+    let retention = tokio::spawn(godwit_coordinator::retention::run(
+        store.clone(),
+        keyspace.clone(),
+        std::future::pending(),
+    ));
     tracing::info!(%address, tls = security.tls.is_some(), "coordinator listening");
     println!("listening on {address}");
     godwit_coordinator::service::serve(
@@ -211,6 +216,7 @@ async fn serve(
     .await
     .context("gRPC server")?;
     allocator.abort();
+    retention.abort();
     tracing::info!("coordinator stopped");
     Ok(())
 }

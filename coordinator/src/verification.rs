@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godwit_common::keys::job_data_key;
+use godwit_common::keyring::job_data_key;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::snapshot::slot_name;

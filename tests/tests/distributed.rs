@@ -449,3 +449,41 @@ async fn a_target_that_differs_from_the_source_fails_the_job_naming_the_table() 
     );
     Ok(())
 }
+
+/// A job's `retention` runs out after it ends: the coordinator deletes its
+/// staged objects and shreds its data key, and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_data_is_purged_when_the_retention_runs_out() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let etcd = Etcd::start()?;
+    let root = "/godwit-retention";
+    let (coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    let _worker = Service::worker("worker-1", &etcd.url(), root, &url, &[], &[])?;
+    let job = Job::create(|staging| {
+        spec_body("kept-briefly", &source, &target, staging) + "\nretention: 2s"
+    })?;
+    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let watched = run_godwit(&["watch", "--coordinator", &url, "kept-briefly"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
+    assert!(
+        !Job::files_under(&job.staging_dir()).is_empty(),
+        "nothing was staged"
+    );
+    wait_until(
+        "the retention to purge the staged data",
+        Duration::from_secs(60),
+        || async {
+            Ok(Job::files_under(&job.staging_dir())
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await?;
+    let log = coordinator.log_text();
+    assert!(log.contains("retention ran out"), "{log}");
+    // The target keeps the migrated data; only staging is gone.
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    assert_same_tables(&src, &dst).await?;
+    Ok(())
+}

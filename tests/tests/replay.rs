@@ -156,3 +156,159 @@ async fn replay_loads_the_staged_copy_without_the_source_and_refuses_tampering()
     assert_same_tables(&src, &replica).await?;
     Ok(())
 }
+
+/// Per-customer keys from a keyring, a rotation that lets the old key go,
+/// a key file others can read refused, and a job's data key shredded and
+/// its staged data purged: what its end of life needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotate_per_customer_then_shred_and_purge_end_the_staged_data() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::new("")?;
+    let dir = job.dir.path();
+    let key = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        let made = run_godwit(
+            &["keys", "generate", "--out", &path.display().to_string()],
+            &[],
+        )?;
+        anyhow::ensure!(made.status.success(), "{}", describe(&made));
+        Ok(path)
+    };
+    let (acme_1, acme_2, globex) = (key("acme-1.kek")?, key("acme-2.kek")?, key("globex.kek")?);
+    let keyring = dir.join("keyring.yaml");
+    let write_keyring = |acme: &[&std::path::Path]| {
+        let list: Vec<String> = acme.iter().map(|p| p.display().to_string()).collect();
+        std::fs::write(
+            &keyring,
+            format!(
+                "acme: [{}]\nglobex: [{}]\n",
+                list.join(", "),
+                globex.display()
+            ),
+        )
+    };
+    write_keyring(&[&acme_1])?;
+    let staging = format!("file://{}", job.staging_dir().display());
+    let body = |customer: &str| {
+        spec_body("keyed", &source, &target, &staging)
+            .replace("customer: acme", &format!("customer: {customer}"))
+            + &format!("\nencryption: {{ keyring: {} }}\n", keyring.display())
+    };
+    std::fs::write(&job.spec_path, body("acme"))?;
+    let run = run_godwit(&["run", job.spec()], &[])?;
+    assert!(run.status.success(), "{}", describe(&run));
+    let verified = run_godwit(&["verify", job.spec()], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+
+    // Another customer's keys never open acme's data key.
+    let as_globex = dir.join("as-globex.yaml");
+    std::fs::write(&as_globex, body("globex"))?;
+    target.create_database("globex_try").await?;
+    let refused = run_godwit(
+        &[
+            "replay",
+            as_globex.to_str().unwrap_or_default(),
+            "--target",
+            &target.url("globex_try"),
+        ],
+        &[],
+    )?;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not one of customer globex's keys"),
+        "{}",
+        describe(&refused)
+    );
+
+    // Rotation: the new key goes first in acme's entry, the data key is
+    // re-wrapped, and the old key can be deleted.
+    write_keyring(&[&acme_2, &acme_1])?;
+    let rotated = run_godwit(&["keys", "rotate", job.spec()], &[])?;
+    assert!(rotated.status.success(), "{}", describe(&rotated));
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).contains("re-wrapped"),
+        "{}",
+        describe(&rotated)
+    );
+    write_keyring(&[&acme_2])?;
+    std::fs::remove_file(&acme_1)?;
+    target.create_database("after_rotation").await?;
+    let replayed = run_godwit(
+        &[
+            "replay",
+            job.spec(),
+            "--target",
+            &target.url("after_rotation"),
+        ],
+        &[],
+    )?;
+    assert!(replayed.status.success(), "{}", describe(&replayed));
+    let (src, replica) = (
+        source.client("shop").await?,
+        target.client("after_rotation").await?,
+    );
+    assert_same_tables(&src, &replica).await?;
+    let report = run_godwit(&["report", job.spec()], &[])?;
+    assert!(
+        report.status.success(),
+        "the report no longer opens: {}",
+        describe(&report)
+    );
+
+    // A key file others can read is refused, saying how to fix it.
+    std::fs::set_permissions(&acme_2, std::fs::Permissions::from_mode(0o644))?;
+    let shared = run_godwit(&["report", job.spec()], &[])?;
+    assert_eq!(shared.status.code(), Some(2), "{}", describe(&shared));
+    assert!(
+        String::from_utf8_lossy(&shared.stderr).contains("chmod 0600"),
+        "{}",
+        describe(&shared)
+    );
+    std::fs::set_permissions(&acme_2, std::fs::Permissions::from_mode(0o600))?;
+
+    // Shredding needs --yes; afterwards nothing staged opens.
+    let unconfirmed = run_godwit(&["keys", "shred", job.spec()], &[])?;
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(2),
+        "{}",
+        describe(&unconfirmed)
+    );
+    let shredded = run_godwit(&["keys", "shred", job.spec(), "--yes"], &[])?;
+    assert!(shredded.status.success(), "{}", describe(&shredded));
+    target.create_database("after_shred").await?;
+    let gone = run_godwit(
+        &["replay", job.spec(), "--target", &target.url("after_shred")],
+        &[],
+    )?;
+    assert_eq!(gone.status.code(), Some(2), "{}", describe(&gone));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("shredded"),
+        "{}",
+        describe(&gone)
+    );
+    let unreadable = run_godwit(&["report", job.spec()], &[])?;
+    assert_eq!(
+        unreadable.status.code(),
+        Some(2),
+        "{}",
+        describe(&unreadable)
+    );
+    assert!(
+        user_tables(&target.client("after_shred").await?)
+            .await?
+            .is_empty()
+    );
+
+    // Purging deletes every staged object of the job.
+    assert!(!Job::files_under(&job.staging_dir()).is_empty());
+    let purged = run_godwit(&["purge", job.spec(), "--yes"], &[])?;
+    assert!(purged.status.success(), "{}", describe(&purged));
+    let left = Job::files_under(&job.staging_dir());
+    assert!(
+        left.is_empty(),
+        "staged objects left after the purge: {left:?}"
+    );
+    Ok(())
+}

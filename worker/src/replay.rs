@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use godwit_common::chunk::{self, ChunkId};
-use godwit_common::keys::{DataKey, Kek};
+use godwit_common::keyring::CustomerKeys;
+use godwit_common::keys::DataKey;
 use godwit_common::pg::ledger::{self, ChunkLoad};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, catalog, large_objects};
@@ -37,19 +38,12 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     let rejected = ReplayError::Rejected;
     let failed = ReplayError::Failed;
     let job = &spec.job;
-    let kek = Kek::from_file(&spec.encryption.key_file).map_err(rejected)?;
     let staging = Staging::open(&spec.staging).map_err(rejected)?;
-    let wrapped = staging
-        .get_wrapped_key(job)
-        .await
+    let key = CustomerKeys::for_spec(spec)
         .map_err(rejected)?
-        .ok_or_else(|| {
-            rejected(Error::Spec(format!(
-                "staging {} holds no data key for job {job}: nothing was staged for it there",
-                staging.url()
-            )))
-        })?;
-    let key = kek.unwrap(job, &wrapped).map_err(rejected)?;
+        .job_data_key(job, &staging)
+        .await
+        .map_err(rejected)?;
     let manifest = staging.get_manifest(job, &key).await.map_err(rejected)?.ok_or_else(|| {
         rejected(Error::Spec(format!(
             "staging {} holds no manifest for job {job}: only a job whose copy finished can be replayed",

@@ -60,7 +60,7 @@ pub async fn store_report(
 /// The job's last stored report.
 pub async fn load_report(spec: &JobSpec) -> Result<Report> {
     let staging = Staging::open(&spec.staging)?;
-    let key = crate::keys::job_data_key(spec, &staging).await?;
+    let key = crate::keyring::job_data_key(spec, &staging).await?;
     let path = staging.report_path(&spec.job);
     let id = ChunkId::verification_report(spec.job.as_str());
     get_sealed(&staging, &key, &path, &id).await

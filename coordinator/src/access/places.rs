@@ -18,7 +18,7 @@ pub(super) fn admit(policy: &Policy, spec: &JobSpec) -> Result<(), String> {
              jobs may name no key file, staging location or database; ask an admin to add one"
         ));
     };
-    let key_file = &spec.encryption.key_file;
+    let key_file = spec.encryption.named_file();
     if has_parent_step(key_file.to_string_lossy().as_ref())
         || !rules
             .key_files
@@ -27,7 +27,7 @@ pub(super) fn admit(policy: &Policy, spec: &JobSpec) -> Result<(), String> {
     {
         return Err(format!(
             "key file {} is not one customer {customer} may use (allowed: {}); name one of those in \
-             encryption.key_file",
+             encryption.key_file (or encryption.keyring)",
             key_file.display(),
             listed(rules.key_files.iter().map(String::as_str))
         ));

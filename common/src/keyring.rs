@@ -1,0 +1,215 @@
+//! A customer's key-encryption keys: the one key file a spec names, or the
+//! customer's entry in a keyring file (customer → key files, the first one
+//! current, older ones kept until every data key is re-wrapped). Data keys
+//! are wrapped by the current key and unwrapped by whichever of the
+//! customer's keys wrapped them; another customer's keys are never tried.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use godwit_proto::v1::WrappedKey;
+
+use crate::ids::{CustomerId, JobId};
+use crate::keys::{DataKey, Kek};
+use crate::spec::{JobSpec, KeySource};
+use crate::staging::Staging;
+use crate::{Error, Result};
+
+/// The keys a job may use: its customer's, current first.
+#[derive(Debug)]
+pub struct CustomerKeys {
+    customer: CustomerId,
+    keys: Vec<Kek>,
+}
+
+impl CustomerKeys {
+    pub fn for_spec(spec: &JobSpec) -> Result<Self> {
+        let files = match spec.encryption.source() {
+            KeySource::File(path) => vec![path.to_owned()],
+            KeySource::Keyring(path) => keyring_entry(path, &spec.customer)?,
+        };
+        let keys = files
+            .iter()
+            .map(|file| Kek::from_file(file))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            customer: spec.customer.clone(),
+            keys,
+        })
+    }
+
+    /// The key new data keys are wrapped by.
+    pub fn current(&self) -> &Kek {
+        &self.keys[0]
+    }
+
+    pub fn wrap(&self, job: &JobId, key: &DataKey) -> Result<WrappedKey> {
+        self.current().wrap(job, key)
+    }
+
+    /// Unwraps with the customer's key that wrapped `wrapped`.
+    pub fn unwrap(&self, job: &JobId, wrapped: &WrappedKey) -> Result<DataKey> {
+        let Some(kek) = self.keys.iter().find(|k| k.id() == wrapped.kek_id) else {
+            let held: Vec<&str> = self.keys.iter().map(Kek::id).collect();
+            return Err(Error::Key(format!(
+                "job {job}'s data key was wrapped by key-encryption key {}, which is not one of customer {}'s \
+                 keys ({}): name the key the job was started with (or rotated to)",
+                wrapped.kek_id,
+                self.customer,
+                held.join(", ")
+            )));
+        };
+        kek.unwrap(job, wrapped)
+    }
+
+    /// The job's data key from its staging area.
+    pub async fn job_data_key(&self, job: &JobId, staging: &Staging) -> Result<DataKey> {
+        let wrapped = staging.get_wrapped_key(job).await?.ok_or_else(|| {
+            Error::Key(format!(
+                "job {job} has no data key in staging {}: it was never planned there, or its key was shredded \
+                 (its staged data can no longer be opened)",
+                staging.url()
+            ))
+        })?;
+        self.unwrap(job, &wrapped)
+    }
+}
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotated {
+    pub from: String,
+    pub to: String,
+}
+
+/// Re-wraps the job's data key under `to` (or the customer's current key),
+/// without touching anything the data key sealed. The old key-encryption
+/// key can be deleted afterwards.
+pub async fn rotate(spec: &JobSpec, to: Option<&Path>) -> Result<Rotated> {
+    let staging = Staging::open(&spec.staging)?;
+    let keys = CustomerKeys::for_spec(spec)?;
+    let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
+        Error::Key(format!(
+            "job {} has no data key in staging {}: nothing to rotate",
+            spec.job,
+            staging.url()
+        ))
+    })?;
+    let data_key = keys.unwrap(&spec.job, &wrapped)?;
+    let new_kek = match to {
+        Some(path) => Kek::from_file(path)?,
+        None => Kek::from_file(&match spec.encryption.source() {
+            KeySource::Keyring(path) => keyring_entry(path, &spec.customer)?.remove(0),
+            KeySource::File(path) => path.to_owned(),
+        })?,
+    };
+    let rewrapped = new_kek.wrap(&spec.job, &data_key)?;
+    // Proven to open before it replaces the old one.
+    new_kek.unwrap(&spec.job, &rewrapped)?;
+    staging.put_wrapped_key(&spec.job, &rewrapped).await?;
+    Ok(Rotated {
+        from: wrapped.kek_id,
+        to: rewrapped.kek_id,
+    })
+}
+
+/// The key files a keyring lists for `customer`.
+fn keyring_entry(path: &Path, customer: &CustomerId) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: "cannot read the keyring",
+        path: path.to_owned(),
+        source,
+    })?;
+    let keyring: BTreeMap<String, Vec<PathBuf>> = serde_norway::from_str(&text).map_err(|e| {
+        Error::Spec(format!(
+            "keyring {}: {e}; write one line per customer: `acme: [/keys/acme-current.kek, /keys/acme-old.kek]`",
+            path.display()
+        ))
+    })?;
+    match keyring.get(customer.as_str()) {
+        Some(files) if !files.is_empty() => Ok(files.clone()),
+        _ => Err(Error::Key(format!(
+            "keyring {} has no key for customer {customer}: add `{customer}: [/path/to/key]` (godwit keys \
+             generate --out PATH makes one)",
+            path.display()
+        ))),
+    }
+}
+
+/// Unwraps the job's data key from its staging area with the customer's keys.
+pub async fn job_data_key(spec: &JobSpec, staging: &Staging) -> Result<DataKey> {
+    CustomerKeys::for_spec(spec)?
+        .job_data_key(&spec.job, staging)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(customer: &str, keyring: &Path) -> JobSpec {
+        JobSpec::from_yaml(
+            &format!(
+                "job: j-{customer}\ncustomer: {customer}\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+                 staging: file:///tmp/s\nencryption: {{ keyring: {} }}\n",
+                keyring.display()
+            ),
+            "job.yaml",
+        )
+        .expect("valid spec")
+    }
+
+    #[test]
+    fn each_customer_unwraps_only_what_its_own_keys_wrapped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |name: &str| {
+            let path = dir.path().join(name);
+            Kek::generate_file(&path).expect("key");
+            path
+        };
+        let (acme_new, acme_old, globex) = (key("acme-2"), key("acme-1"), key("globex"));
+        let keyring = dir.path().join("keyring.yaml");
+        std::fs::write(
+            &keyring,
+            format!(
+                "acme: [{}, {}]\nglobex: [{}]\n",
+                acme_new.display(),
+                acme_old.display(),
+                globex.display()
+            ),
+        )
+        .expect("keyring");
+        let acme = CustomerKeys::for_spec(&spec("acme", &keyring)).expect("acme keys");
+        let globex_keys = CustomerKeys::for_spec(&spec("globex", &keyring)).expect("globex keys");
+        let job = JobId::parse("j-1").expect("id");
+        let data_key = DataKey::generate().expect("dek");
+
+        let wrapped = acme.wrap(&job, &data_key).expect("wrap");
+        assert_eq!(wrapped.kek_id, acme.current().id());
+        assert_eq!(
+            acme.unwrap(&job, &wrapped).expect("unwrap").id(),
+            data_key.id()
+        );
+        let refused = globex_keys
+            .unwrap(&job, &wrapped)
+            .expect_err("globex unwrapped acme's key");
+        assert!(
+            refused
+                .to_string()
+                .contains("not one of customer globex's keys"),
+            "{refused}"
+        );
+
+        // A key wrapped by acme's older key still opens while it is listed.
+        let old = Kek::from_file(&acme_old).expect("old key");
+        let wrapped_old = old.wrap(&job, &data_key).expect("wrap");
+        assert!(acme.unwrap(&job, &wrapped_old).is_ok());
+
+        let unknown = spec("initech", &keyring);
+        let err = CustomerKeys::for_spec(&unknown).expect_err("no entry");
+        assert!(
+            err.to_string().contains("no key for customer initech"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Staged data kept no longer than the job's `retention`: once a job has
+//! ended and its retention has run out, the coordinator deletes the job's
+//! staged objects and shreds its data key, then records when. Never touches
+//! a job that has not ended, or one without a retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_common::Result;
+use godwit_common::ids::JobId;
+use godwit_common::lease::LeaseStore;
+use godwit_common::staging::Staging;
+use godwit_common::state::{self, JobRecord, Keyspace, now_unix_ms};
+
+/// How often ended jobs are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Sweeps until `stop` resolves.
+pub async fn run(
+    store: Arc<dyn LeaseStore>,
+    keyspace: Keyspace,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        if let Err(e) = sweep(store.as_ref(), &keyspace).await {
+            tracing::warn!(error = %e, "retention sweep failed; trying again");
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+    }
+}
+
+/// Purges every ended job whose retention has run out; returns how many.
+pub async fn sweep(store: &dyn LeaseStore, keyspace: &Keyspace) -> Result<usize> {
+    let mut purged = 0;
+    for (key, bytes) in store.list(&keyspace.jobs_prefix()).await? {
+        if !key.ends_with("/record") {
+            continue;
+        }
+        let record: JobRecord = state::decode(&key, &bytes)?;
+        if due(&record, now_unix_ms())
+            && store
+                .get(&keyspace.job_purged(&record.spec.job))
+                .await?
+                .is_none()
+        {
+            purge(store, keyspace, &record.spec.job, &record).await?;
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}
+
+/// Whether `record`'s staged data has outlived its retention at `now_ms`.
+fn due(record: &JobRecord, now_ms: u64) -> bool {
+    let (Some(retention), Some(finished)) = (record.spec.retention(), record.finished_at_unix_ms)
+    else {
+        return false;
+    };
+    record.phase.is_final()
+        && now_ms
+            >= finished.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn purge(
+    store: &dyn LeaseStore,
+    keyspace: &Keyspace,
+    job: &JobId,
+    record: &JobRecord,
+) -> Result<()> {
+    let staging = Staging::open(&record.spec.staging)?;
+    let objects = staging.purge_job(job).await?;
+    store
+        .put(
+            &keyspace.job_purged(job),
+            now_unix_ms().to_string().into_bytes(),
+        )
+        .await?;
+    tracing::info!(
+        job_id = %job,
+        customer = %record.spec.customer,
+        objects,
+        action = "retention.purge",
+        "retention ran out: staged data deleted and data key shredded"
+    );
+    Ok(())
+}
