@@ -12,9 +12,12 @@ use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
 use godwit_common::{Error, Result};
 
+/// A job and the id of its data key.
+type CachedKey = (JobId, String);
+
 #[derive(Default, Clone)]
 pub struct KeyCache {
-    keys: Arc<Mutex<HashMap<(JobId, String), Arc<DataKey>>>>,
+    keys: Arc<Mutex<HashMap<CachedKey, Arc<DataKey>>>>,
 }
 
 impl KeyCache {
