@@ -1,8 +1,10 @@
-//! The end of a job's staged data: its data key re-wrapped under another
-//! key-encryption key, shredded, or purged with everything it sealed.
+//! The end of a job's staged data (its data key re-wrapped under another
+//! key-encryption key, shredded, or purged with everything it sealed), each
+//! recorded in the job's audit trail; and that trail, shown and verified.
 
 use std::path::Path;
 
+use godwit_common::audit::{self, AuditEvent, AuditLog};
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
 
@@ -32,7 +34,6 @@ pub async fn rotate(spec_path: &Path, to: Option<&Path>) -> i32 {
                  is no longer needed for this job",
                 spec.job, rotated.from, rotated.to, rotated.from
             );
-            tracing::info!(job_id = %spec.job, from = %rotated.from, to = %rotated.to, action = "keys.rotate", "data key re-wrapped");
             0
         }
         Err(e) => {
@@ -69,7 +70,11 @@ pub async fn shred(spec_path: &Path, yes: bool) -> i32 {
                 spec.job,
                 staging.url()
             );
-            tracing::info!(job_id = %spec.job, action = "keys.shred", "data key shredded");
+            audit::note(
+                &spec,
+                vec![AuditEvent::new("cli", "keys.shred", "ok").object("data key destroyed")],
+            )
+            .await;
             0
         }
         Err(e) => {
@@ -106,7 +111,13 @@ pub async fn purge(spec_path: &Path, yes: bool) -> i32 {
                 spec.job,
                 staging.url()
             );
-            tracing::info!(job_id = %spec.job, objects, action = "purge", "staged data purged");
+            audit::note(
+                &spec,
+                vec![AuditEvent::new("cli", "purge", "ok").object(format!(
+                    "{objects} staged object(s) deleted, data key destroyed"
+                ))],
+            )
+            .await;
             0
         }
         Err(e) => {
@@ -114,4 +125,67 @@ pub async fn purge(spec_path: &Path, yes: bool) -> i32 {
             1
         }
     }
+}
+
+/// `json`: `Some` shows the records (as JSON lines when true), `None` only
+/// verifies. Exit 0 when intact, 1 naming the first bad record, 2 when the
+/// trail cannot be read.
+pub async fn audit(spec_path: &Path, json: Option<bool>) -> i32 {
+    let spec = match load(spec_path) {
+        Ok(spec) => spec,
+        Err(code) => return code,
+    };
+    let checked = match AuditLog::open(&spec).await {
+        Ok(log) => log.verify().await,
+        Err(e) => Err(e),
+    };
+    let records = match checked {
+        Ok(Ok(records)) => records,
+        Ok(Err(broken)) => {
+            println!(
+                "audit trail of job {}: BROKEN at {}: {}",
+                spec.job, broken.at, broken.why
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the audit trail of job {}: {e}",
+                spec.job
+            );
+            return 2;
+        }
+    };
+    match json {
+        None => {}
+        Some(true) => {
+            for record in &records {
+                println!("{}", serde_json::to_string(record).unwrap_or_default());
+            }
+            return 0;
+        }
+        Some(false) => {
+            for r in &records {
+                println!(
+                    "{:>6} {} {:<24} {:<16} {:<12} {}{}",
+                    r.seq,
+                    r.at_unix_ms,
+                    r.actor,
+                    r.action,
+                    r.outcome,
+                    r.object.as_deref().unwrap_or(""),
+                    r.reason
+                        .as_deref()
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    println!(
+        "audit trail of job {}: intact, {} record(s), anchored head matches",
+        spec.job,
+        records.len()
+    );
+    0
 }

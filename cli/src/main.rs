@@ -176,11 +176,31 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// A job's tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the job's audit records (checked first).
+    Show {
+        /// The job spec (its staging, target and keys).
+        spec: PathBuf,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole chain: exit 0 when intact, 1 naming the first bad
+    /// record.
+    Verify { spec: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +364,12 @@ fn main() -> ExitCode {
                 command: KeysCommand::Shred { spec, yes },
             } => lifecycle::shred(&spec, yes).await,
             Command::Purge { spec, yes } => lifecycle::purge(&spec, yes).await,
+            Command::Audit {
+                command: AuditCommand::Show { spec, json },
+            } => lifecycle::audit(&spec, Some(json)).await,
+            Command::Audit {
+                command: AuditCommand::Verify { spec },
+            } => lifecycle::audit(&spec, None).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -53,7 +53,8 @@ impl CustomerKeys {
             let held: Vec<&str> = self.keys.iter().map(Kek::id).collect();
             return Err(Error::Key(format!(
                 "job {job}'s data key was wrapped by key-encryption key {}, which is not one of customer {}'s \
-                 keys ({}): name the key the job was started with (or rotated to)",
+                 keys ({}): point `encryption.key_file` (or the customer's keyring entry) at the key the job was \
+                 started with or rotated to",
                 wrapped.kek_id,
                 self.customer,
                 held.join(", ")
@@ -106,7 +107,31 @@ pub async fn rotate(spec: &JobSpec, to: Option<&Path>) -> Result<Rotated> {
     let rewrapped = new_kek.wrap(&spec.job, &data_key)?;
     // Proven to open before it replaces the old one.
     new_kek.unwrap(&spec.job, &rewrapped)?;
+    // The audit trail's key is wrapped the same way and must follow.
+    let audit_path = crate::audit::key_path(&staging, &spec.job);
+    let audit_key = match staging.get_key_object(&audit_path).await? {
+        Some(audit_wrapped) => {
+            let audit_key = keys.unwrap(&spec.job, &audit_wrapped)?;
+            let audit_rewrapped = new_kek.wrap(&spec.job, &audit_key)?;
+            new_kek.unwrap(&spec.job, &audit_rewrapped)?;
+            staging
+                .put_key_object(&audit_path, &audit_rewrapped)
+                .await?;
+            Some(audit_key)
+        }
+        None => None,
+    };
     staging.put_wrapped_key(&spec.job, &rewrapped).await?;
+    if let Some(audit_key) = audit_key {
+        let event = crate::audit::AuditEvent::new("cli", "keys.rotate", "ok").object(format!(
+            "data and audit keys re-wrapped from key-encryption key {} to {}",
+            wrapped.kek_id,
+            new_kek.id()
+        ));
+        crate::audit::AuditLog::with_key(spec, staging.clone(), &audit_key)
+            .note(vec![event])
+            .await;
+    }
     Ok(Rotated {
         from: wrapped.kek_id,
         to: rewrapped.kek_id,

@@ -214,6 +214,11 @@ impl DataKey {
     pub(crate) fn aead(&self) -> &LessSafeKey {
         &self.key
     }
+
+    /// The key as an HMAC-SHA256 key (the audit trail's use of it).
+    pub(crate) fn hmac_key(&self) -> aws_lc_rs::hmac::Key {
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.bytes)
+    }
 }
 
 impl Drop for DataKey {

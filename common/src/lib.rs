@@ -2,6 +2,7 @@
 //! PostgreSQL connector, the chunk codec and its keys, the lease store, the
 //! staging area and the job state kept in the lease store. Never talks gRPC.
 
+pub mod audit;
 pub mod chunk;
 pub mod config;
 pub mod error;

@@ -197,6 +197,55 @@ impl Staging {
         self.job_root(job).join("data-key.pb")
     }
 
+    /// An object directly under the job's root.
+    pub fn job_object(&self, job: &JobId, name: &str) -> ObjectPath {
+        self.job_root(job).join(name)
+    }
+
+    /// Every object under `prefix`, in name order.
+    pub async fn list_objects(&self, prefix: &ObjectPath) -> Result<Vec<ObjectPath>> {
+        use futures::TryStreamExt;
+        let mut objects: Vec<ObjectPath> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|source| Error::Staging {
+                location: self.describe(prefix),
+                source,
+            })?;
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// A wrapped key stored at `path`, if there is one.
+    pub async fn get_key_object(&self, path: &ObjectPath) -> Result<Option<WrappedKey>> {
+        match self.store.get(path).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Staging {
+                location: self.describe(path),
+                source,
+            }),
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|source| Error::Staging {
+                    location: self.describe(path),
+                    source,
+                })?;
+                WrappedKey::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt {
+                        what: format!("wrapped key {}", self.describe(path)),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub async fn put_key_object(&self, path: &ObjectPath, wrapped: &WrappedKey) -> Result<()> {
+        self.put(path, wrapped.encode_to_vec()).await
+    }
+
     pub async fn put(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<()> {
         let location = || format!("{}/{path}", self.url);
         if bytes.len() <= MULTIPART_THRESHOLD {
@@ -242,7 +291,7 @@ impl Staging {
     /// Stores the job's wrapped data key beside its chunks, so staged data can
     /// be replayed with nothing but the staging area and the KEK.
     pub async fn put_wrapped_key(&self, job: &JobId, wrapped: &WrappedKey) -> Result<()> {
-        self.put(&self.key_path(job), wrapped.encode_to_vec()).await
+        self.put_key_object(&self.key_path(job), wrapped).await
     }
 
     /// Destroys the job's only wrapped data key: what it sealed (chunks,
@@ -258,23 +307,19 @@ impl Staging {
         }
     }
 
-    /// Deletes every staged object of the job, its data key last but one
-    /// step: returns how many objects were deleted.
+    /// Deletes every staged object of the job but its audit trail (which
+    /// must outlive the data it proves), the data key last: returns how many
+    /// objects were deleted.
     pub async fn purge_job(&self, job: &JobId) -> Result<usize> {
-        use futures::TryStreamExt;
-        let root = self.job_root(job);
-        let objects: Vec<ObjectPath> = self
-            .store
-            .list(Some(&root))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-            .map_err(|source| Error::Staging {
-                location: self.describe(&root),
-                source,
-            })?;
+        let objects = self.list_objects(&self.job_root(job)).await?;
         let key = self.key_path(job);
-        for path in objects.iter().filter(|p| **p != key) {
+        let audit_records = crate::audit::records_root(self, job);
+        let audit_key = crate::audit::key_path(self, job);
+        let purged: Vec<&ObjectPath> = objects
+            .iter()
+            .filter(|p| **p != audit_key && !p.prefix_matches(&audit_records))
+            .collect();
+        for path in purged.iter().copied().filter(|p| **p != key) {
             match self.store.delete(path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(source) => {
@@ -286,28 +331,10 @@ impl Staging {
             }
         }
         self.delete_wrapped_key(job).await?;
-        Ok(objects.len())
+        Ok(purged.len())
     }
 
     pub async fn get_wrapped_key(&self, job: &JobId) -> Result<Option<WrappedKey>> {
-        match self.store.get(&self.key_path(job)).await {
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(Error::Staging {
-                location: format!("{}/{}", self.url, self.key_path(job)),
-                source,
-            }),
-            Ok(result) => {
-                let bytes = result.bytes().await.map_err(|source| Error::Staging {
-                    location: self.url.clone(),
-                    source,
-                })?;
-                WrappedKey::decode(bytes)
-                    .map(Some)
-                    .map_err(|e| Error::Corrupt {
-                        what: format!("wrapped data key of job {job}"),
-                        reason: e.to_string(),
-                    })
-            }
-        }
+        self.get_key_object(&self.key_path(job)).await
     }
 }

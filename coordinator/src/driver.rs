@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use godwit_common::audit::{AuditEvent, AuditLog};
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
 use godwit_common::keyring::CustomerKeys;
@@ -56,6 +57,47 @@ struct CopyTotals {
 
 fn millis_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
+}
+
+/// What the audit trail keeps of a job's end: every chunk the target ledger
+/// holds (with its SHA-256 and the data key that sealed it), then the
+/// outcome.
+async fn outcome_events(
+    spec: &godwit_common::spec::JobSpec,
+    result: &Result<JobSummary, JobError>,
+) -> Vec<AuditEvent> {
+    let mut events = Vec::new();
+    let key_id = match Staging::open(&spec.staging) {
+        Ok(staging) => staging
+            .get_wrapped_key(&spec.job)
+            .await
+            .ok()
+            .flatten()
+            .map(|w| w.key_id)
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    if let Ok(target) = pg::connect(&spec.target, Side::Target).await
+        && let Ok(chunks) = ledger::chunk_digests(&target, spec.job.as_str()).await
+    {
+        for (table, partition, seq, sha256, rows) in chunks {
+            events.push(
+                AuditEvent::new("coordinator", "chunk.loaded", "ok").object(format!(
+                    "{table} partition {partition} chunk {seq}: {rows} rows, sha256 {sha256}, data key {key_id}"
+                )),
+            );
+        }
+    }
+    events.push(match result {
+        Ok(summary) => AuditEvent::new("coordinator", "job.end", "done").object(format!(
+            "{} table(s), {} rows, every table's count and checksum matched",
+            summary.tables, summary.rows
+        )),
+        Err(JobError::Cancelled(_)) => AuditEvent::new("coordinator", "job.end", "cancelled")
+            .reason("cancelled by an operator"),
+        Err(e) => AuditEvent::new("coordinator", "job.end", "failed").reason(e.to_string()),
+    });
+    events
 }
 
 /// Seals the schema dump into the staging area, for replays.
@@ -247,6 +289,24 @@ impl JobDriver {
             Some(bytes) => state::decode(&key, &bytes).map_err(JobError::Failed)?,
             None => return Err(JobError::NotFound(job.to_string())),
         };
+        let audit = match AuditLog::open(&prepared.spec).await {
+            Ok(audit) => Some(audit),
+            Err(e) => {
+                tracing::error!(job_id = %job, error = %e, "audit trail not opened: this run is not audited");
+                None
+            }
+        };
+        if let Some(audit) = &audit {
+            audit
+                .note(vec![
+                    AuditEvent::new("coordinator", "job.start", "ok").object(format!(
+                        "{} table(s): {}",
+                        prepared.tables.len(),
+                        prepared.spec.tables.join(", ")
+                    )),
+                ])
+                .await;
+        }
         let mut holder = None;
         let outcome = self.drive(&prepared, &mut record, &mut holder).await;
         if let Some(holder) = holder.take() {
@@ -292,6 +352,11 @@ impl JobDriver {
         };
         if let Err(e) = self.put_record(&record).await {
             tracing::error!(job_id = %job, error = %e, "cannot record the job's outcome");
+        }
+        if let Some(audit) = &audit {
+            audit
+                .note(outcome_events(&prepared.spec, &result).await)
+                .await;
         }
         match &result {
             Ok(_) => tracing::info!(job_id = %job, "job done"),

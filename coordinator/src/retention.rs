@@ -86,5 +86,14 @@ async fn purge(
         action = "retention.purge",
         "retention ran out: staged data deleted and data key shredded"
     );
+    godwit_common::audit::note(
+        &record.spec,
+        vec![
+            godwit_common::audit::AuditEvent::new("coordinator", "retention.purge", "ok").object(
+                format!("{objects} staged object(s) deleted, data key destroyed"),
+            ),
+        ],
+    )
+    .await;
     Ok(())
 }

@@ -23,12 +23,13 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, Action};
+use crate::access::{Access, Action, Caller};
 use crate::changes;
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
 use crate::status;
 use crate::verification::{Verified, Verifier};
+use godwit_common::audit::{self, AuditEvent};
 
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -49,20 +50,56 @@ impl GodwitService {
     }
 
     /// The caller of `request`, allowed to do `action` on job `raw`'s
-    /// customer; returns the job's record.
+    /// customer; returns the caller and the job's record. A refusal about
+    /// a job that exists goes into that job's audit trail.
     async fn authorized<T>(
         &self,
         request: &Request<T>,
         raw: &str,
         action: Action,
-    ) -> Result<JobRecord, Status> {
+    ) -> Result<(Caller, JobRecord), Status> {
         let caller = self.access.caller(request)?;
-        self.access.authorize(&caller, action, None)?;
         let job = Self::job_id(raw)?;
+        if let Err(refused) = self.access.authorize(&caller, action, None) {
+            if let Ok(record) = self.record(&job).await {
+                self.refusal(&caller, &record, action, &refused).await;
+            }
+            return Err(refused);
+        }
         let record = self.record(&job).await?;
-        self.access
-            .authorize(&caller, action, Some(record.spec.customer.as_str()))?;
-        Ok(record)
+        if let Err(refused) =
+            self.access
+                .authorize(&caller, action, Some(record.spec.customer.as_str()))
+        {
+            self.refusal(&caller, &record, action, &refused).await;
+            return Err(refused);
+        }
+        Ok((caller, record))
+    }
+
+    async fn refusal(&self, caller: &Caller, record: &JobRecord, action: Action, refused: &Status) {
+        audit::note(
+            &record.spec,
+            vec![
+                AuditEvent::new(caller.identity(), &format!("call.{action}"), "refused")
+                    .reason(refused.message()),
+            ],
+        )
+        .await;
+    }
+
+    /// Records what `caller` did to a job.
+    async fn audited(
+        &self,
+        caller: &Caller,
+        spec: &JobSpec,
+        action: &str,
+        outcome: &str,
+        object: Option<String>,
+    ) {
+        let mut event = AuditEvent::new(caller.identity(), action, outcome);
+        event.object = object;
+        audit::note(spec, vec![event]).await;
     }
 
     fn job_id(raw: &str) -> Result<JobId, Status> {
@@ -173,6 +210,8 @@ impl Godwit for GodwitService {
         driver.register(&prepared).await?;
         let job_id = prepared.spec.job.to_string();
         tracing::info!(job_id = %job_id, customer = %prepared.spec.customer, "job submitted");
+        self.audited(&caller, &prepared.spec, "job.submit", "accepted", None)
+            .await;
         tokio::spawn(async move {
             let _ = driver.execute(prepared).await;
         });
@@ -183,7 +222,7 @@ impl Godwit for GodwitService {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
-        let record = self
+        let (_, record) = self
             .authorized(&request, &request.get_ref().job_id, Action::Status)
             .await?;
         Ok(Response::new(self.status(&record.spec.job).await?))
@@ -211,6 +250,7 @@ impl Godwit for GodwitService {
         let job = self
             .authorized(&request, &request.get_ref().job_id, Action::Status)
             .await?
+            .1
             .spec
             .job;
         let first = self.status(&job).await?;
@@ -246,6 +286,7 @@ impl Godwit for GodwitService {
         let spec = self
             .authorized(&request, &request.get_ref().job_id, Action::Report)
             .await?
+            .1
             .spec;
         let job = spec.job.clone();
         let report = godwit_common::verify::load_report(&spec)
@@ -262,7 +303,7 @@ impl Godwit for GodwitService {
         &self,
         request: Request<VerifyJobRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
-        let record = self
+        let (caller, record) = self
             .authorized(&request, &request.get_ref().job_id, Action::Verify)
             .await?;
         let request = request.into_inner();
@@ -292,6 +333,15 @@ impl Godwit for GodwitService {
             _ => verifier.verify(&record.spec, options).await?,
         };
         let (report, stored_at) = stored_at(&job, verified);
+        let outcome = if report.matched { "matched" } else { "differs" };
+        self.audited(
+            &caller,
+            &record.spec,
+            "verify",
+            outcome,
+            Some(report.summary()),
+        )
+        .await;
         report_response(&report, stored_at)
     }
 
@@ -299,7 +349,7 @@ impl Godwit for GodwitService {
         &self,
         request: Request<CutoverRequest>,
     ) -> Result<Response<CutoverResponse>, Status> {
-        let record = self
+        let (caller, record) = self
             .authorized(&request, &request.get_ref().job_id, Action::Cutover)
             .await?;
         let job = record.spec.job.clone();
@@ -321,9 +371,33 @@ impl Godwit for GodwitService {
                 )));
             }
         }
-        let outcome = changes::cutover(&job)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let outcome = match changes::cutover(&job).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.audited(
+                    &caller,
+                    &record.spec,
+                    "cutover",
+                    "failed",
+                    Some(e.to_string()),
+                )
+                .await;
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        };
+        let cut = status::cutover(&outcome.record);
+        self.audited(
+            &caller,
+            &record.spec,
+            "cutover",
+            if outcome.record.succeeded {
+                "done"
+            } else {
+                "rolled back"
+            },
+            Some(format!("source frozen {} ms", cut.frozen_ms)),
+        )
+        .await;
         if outcome.record.succeeded {
             // The job ends right after: answer with its final state.
             for _ in 0..100 {
@@ -404,29 +478,36 @@ impl Godwit for GodwitService {
         &self,
         request: Request<PauseJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
-        self.authorized(&request, &request.get_ref().job_id, Action::Pause)
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, Action::Pause)
             .await?;
-        self.set_paused(&request.into_inner().job_id, true).await
+        let paused = self.set_paused(&request.into_inner().job_id, true).await?;
+        self.audited(&caller, &record.spec, "job.pause", "ok", None)
+            .await;
+        Ok(paused)
     }
 
     async fn resume_job(
         &self,
         request: Request<PauseJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
-        self.authorized(&request, &request.get_ref().job_id, Action::Resume)
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, Action::Resume)
             .await?;
-        self.set_paused(&request.into_inner().job_id, false).await
+        let resumed = self.set_paused(&request.into_inner().job_id, false).await?;
+        self.audited(&caller, &record.spec, "job.resume", "ok", None)
+            .await;
+        Ok(resumed)
     }
 
     async fn cancel_job(
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
-        let job = self
+        let (caller, record) = self
             .authorized(&request, &request.get_ref().job_id, Action::Cancel)
-            .await?
-            .spec
-            .job;
+            .await?;
+        let job = record.spec.job.clone();
         let current = self.status(&job).await?;
         if !is_final(current.state) {
             self.store
@@ -434,6 +515,8 @@ impl Godwit for GodwitService {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             tracing::info!(job_id = %job, "cancellation requested");
+            self.audited(&caller, &record.spec, "job.cancel", "requested", None)
+                .await;
         }
         Ok(Response::new(CancelJobResponse {
             state: current.state,

@@ -58,6 +58,12 @@ where
     }
 }
 
+/// A staged file of a job's audit trail (its records or wrapped audit key),
+/// which a purge keeps.
+pub fn is_audit_trail(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str() == "audit") || path.ends_with("audit-key.pb")
+}
+
 /// A job spec and its key file in a temporary directory.
 pub struct Job {
     pub dir: tempfile::TempDir,

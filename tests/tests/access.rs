@@ -362,6 +362,22 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     for piece in ["operator", "cutover", "acme"] {
         assert!(refusal.message().contains(piece), "{}", refusal.message());
     }
+    // Refusals about a job are in its audit trail, with the identity.
+    let trail = run_godwit(&["audit", "show", job.spec(), "--json"], &[])?;
+    assert!(trail.status.success(), "{}", describe(&trail));
+    let trail = String::from_utf8_lossy(&trail.stdout);
+    assert!(
+        trail.lines().any(|r| r.contains(GLOBEX_OPERATOR)
+            && r.contains("call.cutover")
+            && r.contains("refused")),
+        "{trail}"
+    );
+    assert!(
+        trail
+            .lines()
+            .any(|r| r.contains(ADMIN) && r.contains("job.submit")),
+        "{trail}"
+    );
     // Lists show a caller only its customers' jobs.
     for (who, jobs) in [
         (Who::Admin, 1),

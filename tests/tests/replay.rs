@@ -301,14 +301,171 @@ async fn keys_rotate_per_customer_then_shred_and_purge_end_the_staged_data() -> 
             .is_empty()
     );
 
-    // Purging deletes every staged object of the job.
+    // Purging deletes every staged object of the job but its audit trail,
+    // which still proves what happened, shred and purge included.
     assert!(!Job::files_under(&job.staging_dir()).is_empty());
     let purged = run_godwit(&["purge", job.spec(), "--yes"], &[])?;
     assert!(purged.status.success(), "{}", describe(&purged));
-    let left = Job::files_under(&job.staging_dir());
+    let left: Vec<_> = Job::files_under(&job.staging_dir())
+        .into_iter()
+        .filter(|p| !godwit_tests::is_audit_trail(p))
+        .collect();
     assert!(
         left.is_empty(),
         "staged objects left after the purge: {left:?}"
     );
+    let trail = run_godwit(&["audit", "show", job.spec()], &[])?;
+    assert!(trail.status.success(), "{}", describe(&trail));
+    let trail = String::from_utf8_lossy(&trail.stdout);
+    for action in ["keys.rotate", "keys.shred", "purge"] {
+        assert!(trail.contains(action), "no {action} in the trail:\n{trail}");
+    }
+    Ok(())
+}
+
+/// The audit trail of an embedded job: intact after the run, its records
+/// naming what happened, and each kind of tampering with the stored
+/// records or the anchored head found at the first bad record.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_trail_records_a_job_and_finds_every_kind_of_tampering() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::create(|staging| spec_body("audited", &source, &target, staging))?;
+    let run = run_godwit(&["run", job.spec()], &[])?;
+    assert!(run.status.success(), "{}", describe(&run));
+    let new_key = job.dir.path().join("rotated.kek");
+    let made = run_godwit(
+        &["keys", "generate", "--out", &new_key.display().to_string()],
+        &[],
+    )?;
+    assert!(made.status.success(), "{}", describe(&made));
+    let rotated = run_godwit(
+        &[
+            "keys",
+            "rotate",
+            job.spec(),
+            "--to",
+            &new_key.display().to_string(),
+        ],
+        &[],
+    )?;
+    assert!(rotated.status.success(), "{}", describe(&rotated));
+    let spec = std::fs::read_to_string(&job.spec_path)?.replace(
+        &job.key_path.display().to_string(),
+        &new_key.display().to_string(),
+    );
+    std::fs::write(&job.spec_path, spec)?;
+    std::fs::remove_file(&job.key_path)?;
+
+    let verified = run_godwit(&["audit", "verify", job.spec()], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let shown = run_godwit(&["audit", "show", job.spec(), "--json"], &[])?;
+    assert!(shown.status.success(), "{}", describe(&shown));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let actions: Vec<&str> = lines.iter().filter_map(|r| r["action"].as_str()).collect();
+    for expected in ["job.start", "chunk.loaded", "job.end", "keys.rotate"] {
+        assert!(
+            actions.contains(&expected),
+            "no {expected} record in {actions:?}"
+        );
+    }
+    let chunk = lines
+        .iter()
+        .find(|r| r["action"] == "chunk.loaded")
+        .and_then(|r| r["object"].as_str())
+        .unwrap_or_default();
+    assert!(
+        chunk.contains("sha256") && chunk.contains("data key"),
+        "{chunk}"
+    );
+    // Never a row value: the fixture's awkward names are nowhere in it.
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains("toasted"));
+
+    let records_dir = job.staging_dir().join("audited").join("audit");
+    let mut records: Vec<_> = std::fs::read_dir(&records_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    records.sort();
+    assert!(records.len() >= 4, "{records:?}");
+    let name = |i: usize| {
+        records[i]
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let originals: Vec<Vec<u8>> = records
+        .iter()
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()?;
+    let restore = || -> anyhow::Result<()> {
+        for (path, bytes) in records.iter().zip(&originals) {
+            std::fs::write(path, bytes)?;
+        }
+        Ok(())
+    };
+    let broken_at = |case: &str, at: &str| -> anyhow::Result<()> {
+        let output = run_godwit(&["audit", "verify", job.spec()], &[])?;
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{case}: {}",
+            describe(&output)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("BROKEN") && stdout.contains(at),
+            "{case}: expected {at}: {stdout}"
+        );
+        Ok(())
+    };
+    let last = records.len() - 1;
+
+    // A record changed.
+    let changed = String::from_utf8_lossy(&originals[1]).replace("coordinator", "coordinatoR");
+    std::fs::write(&records[1], changed)?;
+    broken_at("modified", &name(1))?;
+    restore()?;
+    // A record deleted from the middle.
+    std::fs::remove_file(&records[1])?;
+    broken_at("deleted", &name(2))?;
+    restore()?;
+    // A record copied in twice (inserted).
+    std::fs::write(records_dir.join("00000002a.json"), &originals[1])?;
+    broken_at("inserted", "00000002a.json")?;
+    std::fs::remove_file(records_dir.join("00000002a.json"))?;
+    // Two records swapped (reordered).
+    std::fs::write(&records[1], &originals[2])?;
+    std::fs::write(&records[2], &originals[1])?;
+    broken_at("reordered", &name(1))?;
+    restore()?;
+    // The tail cut off: the head anchored in the target still names it.
+    std::fs::remove_file(&records[last])?;
+    broken_at("truncated", &format!("record {}", last + 1))?;
+    restore()?;
+    // The anchored head moved back: the records past it are found.
+    let dst = target.client("shop").await?;
+    dst.execute(
+        "UPDATE godwit.audit_head SET seq = seq - 1 WHERE job_id = 'audited'",
+        &[],
+    )
+    .await?;
+    let output = run_godwit(&["audit", "verify", job.spec()], &[])?;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "head rewritten: {}",
+        describe(&output)
+    );
+    dst.execute(
+        "UPDATE godwit.audit_head SET seq = seq + 1 WHERE job_id = 'audited'",
+        &[],
+    )
+    .await?;
+
+    let again = run_godwit(&["audit", "verify", job.spec()], &[])?;
+    assert!(again.status.success(), "restored: {}", describe(&again));
     Ok(())
 }

@@ -209,6 +209,34 @@ pub async fn resume_point(client: &Client, job: &str, partition: u32) -> Result<
 }
 
 /// (partition, chunks, rows) of every partition the ledger holds for `job`.
+/// Every chunk the ledger holds for `job`: table, partition, sequence
+/// number, SHA-256 of its sealed frame (hex) and rows; for the audit trail.
+pub async fn chunk_digests(
+    client: &Client,
+    job: &str,
+) -> Result<Vec<(String, u32, u64, String, u64)>> {
+    let rows = client
+        .query(
+            "SELECT table_name, partition, seq, encode(sha256, 'hex'), rows FROM godwit.applied_chunks \
+             WHERE job_id = $1 ORDER BY partition, seq",
+            &[&job],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+                u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                row.get(3),
+                u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
 pub async fn partition_totals(client: &Client, job: &str) -> Result<Vec<(u32, u64, u64)>> {
     let rows = client
         .query(

@@ -87,7 +87,8 @@ impl Caller {
         }
     }
 
-    fn identity(&self) -> &str {
+    /// The caller's name in logs and the audit trail.
+    pub fn identity(&self) -> &str {
         match self {
             Caller::Local => "local",
             Caller::Certified { identity, .. } => identity,
