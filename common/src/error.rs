@@ -96,18 +96,108 @@ fn describe_postgres(source: &tokio_postgres::Error) -> String {
             None => source.to_string(),
         };
     };
-    let mut text = format!("{}: {}", db.severity(), db.message());
-    if let Some(detail) = db.detail().filter(|d| !d.contains(")=(")) {
+    redacted(
+        db.code().code(),
+        &format!("{}: {}", db.severity(), db.message()),
+        db.detail(),
+        db.hint(),
+        db.where_(),
+    )
+}
+
+/// PostgreSQL's error text without the row values it can quote: a DETAIL
+/// naming key or row values (`Key (email)=(…)`, `Failing row contains (…)`),
+/// the input a data exception (SQLSTATE class 22) quotes in its message,
+/// and the field a `COPY` context quotes.
+fn redacted(
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+    context: Option<&str>,
+) -> String {
+    let data_exception = code.starts_with("22");
+    let mut text = match message.find(": \"") {
+        Some(at) if data_exception => format!("{}: \"…\"", &message[..at]),
+        _ => message.to_owned(),
+    };
+    let quotes_values =
+        |d: &&str| d.contains(")=(") || d.contains("Failing row contains") || d.contains("Key (");
+    if let Some(detail) = detail.filter(|d| !quotes_values(d) && !data_exception) {
         text.push_str(&format!("; detail: {detail}"));
     }
-    if let Some(hint) = db.hint() {
+    if let Some(hint) = hint {
         text.push_str(&format!("; hint: {hint}"));
     }
-    if let Some(context) = db.where_() {
-        text.push_str(&format!("; where: {}", context.replace('\n', " / ")));
+    if let Some(context) = context {
+        let context = context.replace('\n', " / ");
+        let context = match context.find(": \"") {
+            Some(at) if context.contains(", column ") => format!("{}: \"…\"", &context[..at]),
+            _ => context,
+        };
+        text.push_str(&format!("; where: {context}"));
     }
-    text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+    text.push_str(&format!(" (SQLSTATE {code})"));
     text
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted;
+
+    #[test]
+    fn row_values_never_reach_an_error_message() {
+        let secret = "leak-4f2a@example.com";
+        for (code, message, detail, context) in [
+            (
+                "23505",
+                "duplicate key value violates unique constraint \"customers_email_key\"",
+                format!("Key (email)=({secret}) already exists."),
+                None,
+            ),
+            (
+                "23514",
+                "new row for relation \"t\" violates check constraint \"c\"",
+                format!("Failing row contains (1, {secret})."),
+                None,
+            ),
+            (
+                "22P02",
+                &*format!("invalid input syntax for type integer: \"{secret}\""),
+                String::new(),
+                None,
+            ),
+            (
+                "22001",
+                "value too long for type character varying(5)",
+                String::new(),
+                Some(format!(
+                    "COPY customers, line 3, column email: \"{secret}\""
+                )),
+            ),
+        ] {
+            let text = redacted(
+                code,
+                message,
+                Some(&detail).filter(|d| !d.is_empty()).map(String::as_str),
+                None,
+                context.as_deref(),
+            );
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains(code), "{text}");
+        }
+        let kept = redacted(
+            "42P01",
+            "relation \"x\" does not exist",
+            Some("plain detail"),
+            Some("a hint"),
+            None,
+        );
+        assert!(
+            kept.contains("plain detail") && kept.contains("a hint"),
+            "{kept}"
+        );
+    }
 }
 
 impl From<etcd_client::Error> for Error {

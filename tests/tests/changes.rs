@@ -421,13 +421,21 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     Ok(())
 }
 
+/// A streaming job run by `godwit run`, serving the API.
+struct StreamingJob {
+    job: Job,
+    run: Running,
+    log_path: std::path::PathBuf,
+    url: String,
+}
+
 /// `godwit run` of a streaming job serving the API on a free port, its log
 /// in the job's directory; returns once changes stream.
 async fn stream_job(
     source: &PgCluster,
     target: &PgCluster,
     job_id: &str,
-) -> anyhow::Result<(Job, Running, std::path::PathBuf)> {
+) -> anyhow::Result<StreamingJob> {
     let src = source.client("shop").await?;
     src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
         .await?;
@@ -442,11 +450,17 @@ async fn stream_job(
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()?,
     );
-    if let Err(e) = wait_for_streaming(&format!("http://127.0.0.1:{port}"), job_id).await {
+    let url = format!("http://127.0.0.1:{port}");
+    if let Err(e) = wait_for_streaming(&url, job_id).await {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         anyhow::bail!("{e}\n--- godwit run log\n{log}");
     }
-    Ok((job, run, log_path))
+    Ok(StreamingJob {
+        job,
+        run,
+        log_path,
+        url,
+    })
 }
 
 /// Waits for a streaming job to stop on its own; asserts it failed, naming
@@ -482,7 +496,12 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
     let (source, target) = source_and_target(1).await?;
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
-    let (_job, run, log_path) = stream_job(&source, &target, "refused").await?;
+    let StreamingJob {
+        run,
+        log_path,
+        job: _job,
+        ..
+    } = stream_job(&source, &target, "refused").await?;
     // The target loses a row behind godwit's back; the source updates it.
     dst.batch_execute("DELETE FROM surveys WHERE id = 1")
         .await?;
@@ -508,7 +527,12 @@ async fn a_batch_the_target_refuses_stops_the_job_and_frees_the_source() -> anyh
 async fn a_column_type_changed_on_the_source_stops_the_stream_by_name() -> anyhow::Result<()> {
     let (source, target) = source_and_target(1).await?;
     let src = source.client("shop").await?;
-    let (_job, run, log_path) = stream_job(&source, &target, "retyped").await?;
+    let StreamingJob {
+        run,
+        log_path,
+        job: _job,
+        ..
+    } = stream_job(&source, &target, "retyped").await?;
     src.batch_execute(
         "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12, 4); \
          UPDATE orders SET amount = 1.2345 WHERE order_no = (SELECT min(order_no) FROM orders)",
@@ -524,6 +548,60 @@ async fn a_column_type_changed_on_the_source_stops_the_stream_by_name() -> anyho
         ],
     )
     .await
+}
+
+/// A row the target refuses (a unique key the platform already holds)
+/// names its constraint and SQLSTATE, but its values reach neither the
+/// log, nor the status operators read, nor the audit trail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_row_never_shows_its_values() -> anyhow::Result<()> {
+    const SECRET: &str = "leak-4f2a@example.com";
+    let (source, target) = source_and_target(1).await?;
+    let (src, dst) = (source.client("shop").await?, target.client("shop").await?);
+    let StreamingJob {
+        job,
+        run,
+        log_path,
+        url,
+    } = stream_job(&source, &target, "redacted").await?;
+    dst.batch_execute(&format!(
+        "INSERT INTO customers (name, email) VALUES ('platform', '{SECRET}')"
+    ))
+    .await?;
+    src.batch_execute(&format!(
+        "INSERT INTO customers (name, email) VALUES ('customer', '{SECRET}')"
+    ))
+    .await?;
+    // While the stream retries, operators see what failed, not the value.
+    let shown = wait_until(
+        "the refusal to show in the status",
+        Duration::from_secs(60),
+        || async {
+            let status = godwit(&["status", "--coordinator", &url, "redacted"])?;
+            let text = String::from_utf8_lossy(&status.stdout).into_owned();
+            Ok(text.contains("23505").then_some(text))
+        },
+    )
+    .await?;
+    assert!(
+        shown.contains("customers_email_key") && !shown.contains(SECRET),
+        "{shown}"
+    );
+    assert_stream_stops(run, &log_path, &src, &["23505", "customers_email_key"]).await?;
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(!log.contains(SECRET), "the log holds a row value:\n{log}");
+    let trail = godwit(&["audit", "show", job.spec(), "--json"])?;
+    assert!(trail.status.success(), "{}", describe(&trail));
+    let trail = String::from_utf8_lossy(&trail.stdout);
+    assert!(
+        trail.contains("job.end") && trail.contains("failed"),
+        "{trail}"
+    );
+    assert!(
+        !trail.contains(SECRET),
+        "the audit trail holds a row value:\n{trail}"
+    );
+    Ok(())
 }
 
 /// The reply to the cutover's COMMIT is lost on the way back (the source
