@@ -141,6 +141,12 @@ fn redacted(
     text
 }
 
+impl From<etcd_client::Error> for Error {
+    fn from(e: etcd_client::Error) -> Self {
+        Error::LeaseStore(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod redaction_tests {
     use super::redacted;
@@ -197,11 +203,5 @@ mod redaction_tests {
             kept.contains("plain detail") && kept.contains("a hint"),
             "{kept}"
         );
-    }
-}
-
-impl From<etcd_client::Error> for Error {
-    fn from(e: etcd_client::Error) -> Self {
-        Error::LeaseStore(e.to_string())
     }
 }
