@@ -162,6 +162,15 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Approve an action another identity requested and the coordinator's
+    /// policy holds for a second person's sign-off.
+    Approve {
+        #[arg(long, env = "GODWIT_COORDINATOR")]
+        coordinator: String,
+        job_id: String,
+        /// `cutover` or `cancel`.
+        action: String,
+    },
     /// Resume reading a paused job where it stopped.
     Resume {
         #[arg(long, env = "GODWIT_COORDINATOR")]
@@ -340,6 +349,11 @@ fn main() -> ExitCode {
                 coordinator,
                 job_id,
             } => remote::pause(&at(coordinator), &job_id, false).await,
+            Command::Approve {
+                coordinator,
+                job_id,
+                action,
+            } => remote::approve(&at(coordinator), &job_id, &action).await,
             Command::Cutover {
                 coordinator,
                 job_id,

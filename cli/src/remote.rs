@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest, JobState, ListJobsRequest,
-    PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
+    ApproveRequest, CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest, JobState,
+    ListJobsRequest, PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest,
+    WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -269,6 +270,28 @@ pub async fn pause(coordinator: &Coordinator, job_id: &str, paused: bool) -> i32
     match response {
         Ok(status) => {
             println!("{}", render::progress_line(&status.into_inner()));
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+/// Releases an action another identity requested.
+pub async fn approve(coordinator: &Coordinator, job_id: &str, action: &str) -> i32 {
+    let mut client = match connect(coordinator).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = ApproveRequest {
+        job_id: job_id.to_owned(),
+        action: action.to_owned(),
+    };
+    match client.approve(request).await {
+        Ok(response) => {
+            println!(
+                "approved the {action} of job {job_id} requested by {}",
+                response.into_inner().requested_by
+            );
             0
         }
         Err(status) => failed(&status),

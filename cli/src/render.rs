@@ -60,8 +60,15 @@ pub fn progress_line(status: &JobStatus) -> String {
         .as_ref()
         .map(|c| format!("\n  changes {}", changes_line(c)))
         .unwrap_or_default();
+    let approvals: String = status
+        .awaiting_approval
+        .iter()
+        .map(|a| {
+            format!("\n  awaiting approval: {a} (godwit approve JOB ACTION by another identity)")
+        })
+        .collect();
     format!(
-        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}{changes}",
+        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}{changes}{approvals}",
         status.job_id,
         state_name(status.state),
         total.partitions_done,

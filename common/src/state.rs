@@ -45,6 +45,16 @@ impl Keyspace {
         format!("{}/jobs/{job}/purged", self.root)
     }
 
+    /// Actions on the job waiting for a second identity's sign-off, and
+    /// their approvals; written by the coordinator API.
+    pub fn approvals_prefix(&self, job: &JobId) -> String {
+        format!("{}/jobs/{job}/approvals/", self.root)
+    }
+
+    pub fn approval(&self, job: &JobId, action: &str) -> String {
+        format!("{}/jobs/{job}/approvals/{action}", self.root)
+    }
+
     /// Jobs whose partitions are open for leasing; what workers scan.
     pub fn active_prefix(&self) -> String {
         format!("{}/active/", self.root)

@@ -3,6 +3,7 @@
 //! gRPC API. Never copies rows: workers do.
 
 pub mod access;
+pub mod approval;
 pub mod changes;
 pub mod driver;
 pub mod error;

@@ -14,10 +14,10 @@ use godwit_common::state::{self, JobPhase, JobRecord, Keyspace};
 use godwit_common::throttle::CustomerLimits;
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
-    CancelJobRequest, CancelJobResponse, CutoverRequest, CutoverResponse, GetJobRequest,
-    GetReportRequest, JobState, JobStatus, ListJobsRequest, ListJobsResponse, PauseJobRequest,
-    SetThrottleRequest, SetThrottleResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest,
-    VerifyJobResponse, WatchJobRequest,
+    ApproveRequest, ApproveResponse, CancelJobRequest, CancelJobResponse, CutoverRequest,
+    CutoverResponse, GetJobRequest, GetReportRequest, JobState, JobStatus, ListJobsRequest,
+    ListJobsResponse, PauseJobRequest, SetThrottleRequest, SetThrottleResponse, SubmitJobRequest,
+    SubmitJobResponse, VerifyJobRequest, VerifyJobResponse, WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -86,6 +86,61 @@ impl GodwitService {
             ],
         )
         .await;
+    }
+
+    /// Waits for a second identity's sign-off when the policy holds
+    /// `action` for one; both identities go into the audit trail.
+    async fn signed_off(
+        &self,
+        caller: &Caller,
+        spec: &JobSpec,
+        action: &str,
+    ) -> Result<(), Status> {
+        if !self.access.needs_approval(caller, action) {
+            return Ok(());
+        }
+        self.audited(
+            caller,
+            spec,
+            &format!("{action}.requested"),
+            "awaiting approval",
+            None,
+        )
+        .await;
+        tracing::info!(job_id = %spec.job, action, requested_by = caller.identity(), "waiting for a second identity's approval");
+        let approver = crate::approval::request_and_wait(
+            self.store.as_ref(),
+            &self.keyspace,
+            &spec.job,
+            action,
+            caller.identity(),
+            crate::approval::APPROVAL_WAIT,
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        match approver {
+            Some(approver) => {
+                let event = AuditEvent::new(&approver, &format!("{action}.approve"), "approved")
+                    .object(format!("{action} requested by {}", caller.identity()));
+                audit::note(spec, vec![event]).await;
+                Ok(())
+            }
+            None => {
+                self.audited(
+                    caller,
+                    spec,
+                    &format!("{action}.requested"),
+                    "not approved",
+                    None,
+                )
+                .await;
+                Err(Status::deadline_exceeded(format!(
+                    "{action} of job {} was not approved by a second identity within {} minutes; nothing was done",
+                    spec.job,
+                    crate::approval::APPROVAL_WAIT.as_secs() / 60
+                )))
+            }
+        }
     }
 
     /// Records what `caller` did to a job.
@@ -371,6 +426,7 @@ impl Godwit for GodwitService {
                 )));
             }
         }
+        self.signed_off(&caller, &record.spec, "cutover").await?;
         let outcome = match changes::cutover(&job).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -509,6 +565,9 @@ impl Godwit for GodwitService {
             .await?;
         let job = record.spec.job.clone();
         let current = self.status(&job).await?;
+        if !is_final(current.state) && record.spec.changes.is_some() {
+            self.signed_off(&caller, &record.spec, "cancel").await?;
+        }
         if !is_final(current.state) {
             self.store
                 .put(&self.keyspace.job_control(&job), b"cancel".to_vec())
@@ -521,6 +580,53 @@ impl Godwit for GodwitService {
         Ok(Response::new(CancelJobResponse {
             state: current.state,
         }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<ApproveResponse>, Status> {
+        let action = match request.get_ref().action.as_str() {
+            "cutover" => Action::Cutover,
+            "cancel" => Action::Cancel,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "{other:?} is not an action that waits for approval: use cutover or cancel"
+                )));
+            }
+        };
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, action)
+            .await?;
+        let name = request.get_ref().action.clone();
+        let approved = crate::approval::approve(
+            self.store.as_ref(),
+            &self.keyspace,
+            &record.spec.job,
+            &name,
+            caller.identity(),
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        match approved {
+            Ok(requested_by) => Ok(Response::new(ApproveResponse { requested_by })),
+            Err(crate::approval::Refusal::OwnRequest) => {
+                let refused = Status::permission_denied(format!(
+                    "{} requested this {name} and cannot approve it: another identity allowed to {name} \
+                     customer {}'s jobs must",
+                    caller.identity(),
+                    record.spec.customer
+                ));
+                self.refusal(&caller, &record, action, &refused).await;
+                Err(refused)
+            }
+            Err(crate::approval::Refusal::NothingPending) => {
+                Err(Status::failed_precondition(format!(
+                    "no {name} of job {} is waiting for approval",
+                    record.spec.job
+                )))
+            }
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub async fn load(
     let mut status = assemble(&record, &partitions, now_unix_ms());
     status.paused = state::is_paused(store, keyspace, job).await?;
     status.throttle = Some(throttle(store, keyspace, record.spec.customer.as_str()).await?);
+    status.awaiting_approval = crate::approval::pending(store, keyspace, job).await?;
     Ok(Some(status))
 }
 
@@ -127,6 +128,7 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
         paused: false,
         throttle: None,
         changes: record.changes.as_ref().map(changes),
+        awaiting_approval: Vec::new(),
     }
 }
 

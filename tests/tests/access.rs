@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
-    CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest, ListJobsRequest,
-    PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest, WatchJobRequest,
+    ApproveRequest, CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest,
+    ListJobsRequest, PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest,
+    WatchJobRequest,
 };
 use godwit_tests::{
     CertFiles, Etcd, Job, Named, PgCluster, Pki, Service, bin, describe, free_port, run_godwit,
@@ -23,6 +24,7 @@ const ACME_OPERATOR: &str = "spiffe://godwit.test/ops/acme-operator";
 const GLOBEX_OPERATOR: &str = "spiffe://godwit.test/ops/globex-operator";
 const ACME_AUDITOR: &str = "acme-auditor";
 const WORKER: &str = "spiffe://godwit.test/workers/w1";
+const ACME_SECOND: &str = "spiffe://godwit.test/ops/acme-second";
 
 /// The callers of the table, in its column order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +36,8 @@ enum Who {
     GlobexOperator,
     AcmeAuditor,
     Worker,
+    /// A second operator of acme, for sign-offs; not a column of the table.
+    AcmeSecond,
 }
 
 const EVERYONE: [Who; 7] = [
@@ -73,6 +77,10 @@ impl Callers {
                 pki.client("acme-auditor", Named::CommonName(ACME_AUDITOR))?,
             ),
             (Who::Worker, pki.client("worker", Named::Uri(WORKER))?),
+            (
+                Who::AcmeSecond,
+                pki.client("acme-second", Named::Uri(ACME_SECOND))?,
+            ),
         ];
         Ok(Self { pki, certs })
     }
@@ -109,9 +117,11 @@ async fn client_with(
 
 fn policy(job: &Job, source: &PgCluster, target: &PgCluster, extra_grant: &str) -> String {
     format!(
-        "identities:\n\
+        "approvals: [cutover]\n\
+         identities:\n\
          - {{ identity: '{ADMIN}', role: admin }}\n\
          - {{ identity: '{ACME_OPERATOR}', role: operator, customers: [acme] }}\n\
+         - {{ identity: '{ACME_SECOND}', role: operator, customers: [acme] }}\n\
          - {{ identity: '{GLOBEX_OPERATOR}', role: operator, customers: [globex{extra_grant}] }}\n\
          - {{ identity: '{ACME_AUDITOR}', role: auditor, customers: [acme] }}\n\
          - {{ identity: '{WORKER}', role: worker }}\n\
@@ -241,12 +251,24 @@ async fn call_every_rpc(
                 .map(drop),
         ),
     ));
+    codes.push((
+        "Approve",
+        code(
+            client
+                .approve(ApproveRequest {
+                    job_id: job(),
+                    action: "cutover".into(),
+                })
+                .await
+                .map(drop),
+        ),
+    ));
     Ok(codes)
 }
 
 /// What each caller may do: `A` allowed (any answer but a refusal), `U`
 /// unauthenticated, `D` permission denied; columns in [`EVERYONE`]'s order.
-const EXPECTED: [(&str, &str); 11] = [
+const EXPECTED: [(&str, &str); 12] = [
     ("SubmitJob", "UUAADDD"),
     ("GetJob", "UUAADAD"),
     ("ListJobs", "UUAAAAD"),
@@ -258,6 +280,7 @@ const EXPECTED: [(&str, &str); 11] = [
     ("ResumeJob", "UUAADDD"),
     ("Cutover", "UUAADDD"),
     ("CancelJob", "UUAADDD"),
+    ("Approve", "UUAADDD"),
 ];
 
 fn verdict(code: Code) -> char {
@@ -268,54 +291,112 @@ fn verdict(code: Code) -> char {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow::Result<()> {
-    let callers = Callers::new()?;
-    let server = callers.pki.server("coordinator")?;
-    let (source, target) = source_and_target(1).await?;
-    let job = Job::create(|staging| spec_body("secured", &source, &target, staging))?;
-    let policy_path = job.dir.path().join("policy.yaml");
-    std::fs::write(&policy_path, policy(&job, &source, &target, ""))?;
-    let etcd = Etcd::start()?;
-    let tls_env =
-        |name: &str, path: &std::path::Path| (name.to_owned(), path.display().to_string());
-    let (coordinator, url) = Service::coordinator(
-        &etcd.url(),
-        "/godwit-access",
-        &[
+/// A coordinator serving mTLS with the test's policy, a worker, both on
+/// an etcd that takes client certificates only, and a job's clusters.
+struct Deployment {
+    callers: Callers,
+    source: PgCluster,
+    target: PgCluster,
+    job: Job,
+    policy_path: std::path::PathBuf,
+    _etcd: Etcd,
+    coordinator: Service,
+    _worker: Service,
+    url: String,
+}
+
+impl Deployment {
+    async fn start(job_id: &str, spec_extra: &str) -> anyhow::Result<Self> {
+        let callers = Callers::new()?;
+        let server = callers.pki.server("coordinator")?;
+        let (source, target) = source_and_target(1).await?;
+        let job = Job::create(|staging| spec_body(job_id, &source, &target, staging) + spec_extra)?;
+        let policy_path = job.dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy(&job, &source, &target, ""))?;
+        let etcd = Etcd::start_tls(&callers.pki)?;
+        let tls_env =
+            |name: &str, path: &std::path::Path| (name.to_owned(), path.display().to_string());
+        let mut env = etcd.env("COORDINATOR");
+        env.extend([
             tls_env("GODWIT__COORDINATOR__TLS_CERT", &server.cert),
             tls_env("GODWIT__COORDINATOR__TLS_KEY", &server.key),
             tls_env("GODWIT__COORDINATOR__CLIENT_CA", &callers.pki.ca_cert()),
             tls_env("GODWIT__COORDINATOR__POLICY", &policy_path),
-        ],
-    )?;
-    let url = url.replace("http://", "https://");
-    let _worker = Service::worker("worker-1", &etcd.url(), "/godwit-access", &url, &[], &[])?;
+        ]);
+        let root = format!("/godwit-{job_id}");
+        let (coordinator, url) = Service::coordinator(&etcd.url(), &root, &env)?;
+        let url = url.replace("http://", "https://");
+        let worker = Service::worker(
+            "worker-1",
+            &etcd.url(),
+            &root,
+            &url,
+            &[],
+            &etcd.env("WORKER"),
+        )?;
+        Ok(Self {
+            callers,
+            source,
+            target,
+            job,
+            policy_path,
+            _etcd: etcd,
+            coordinator,
+            _worker: worker,
+            url,
+        })
+    }
+
+    /// The CLI as `who`, over mTLS.
+    fn cli(&self, who: Who, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.cli_command(who, args)?.output().map_err(Into::into)
+    }
+
+    fn cli_command(&self, who: Who, args: &[&str]) -> anyhow::Result<Command> {
+        let cert = self
+            .callers
+            .cert(who)
+            .ok_or_else(|| anyhow::anyhow!("no certificate for {who:?}"))?;
+        let mut command = Command::new(bin("godwit")?);
+        command
+            .arg("--tls-ca")
+            .arg(self.callers.pki.ca_cert())
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key)
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        Ok(command)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow::Result<()> {
+    let deployment = Deployment::start("secured", "").await?;
+    let Deployment {
+        callers,
+        source,
+        target,
+        job,
+        policy_path,
+        coordinator,
+        url,
+        ..
+    } = &deployment;
+    let url = url.as_str();
 
     // The CLI over mTLS: the admin submits and watches the job to its end.
-    let admin = callers.cert(Who::Admin).expect("admin certificate");
-    let ca = callers.pki.ca_cert().display().to_string();
-    let as_admin = |args: &[&str]| {
-        let mut all = vec![
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            admin.cert.to_str().unwrap_or_default(),
-            "--tls-key",
-            admin.key.to_str().unwrap_or_default(),
-        ];
-        all.extend_from_slice(args);
-        run_godwit(&all, &[])
-    };
-    let submitted = as_admin(&["submit", "--coordinator", &url, job.spec()])?;
+    let submitted = deployment.cli(Who::Admin, &["submit", "--coordinator", url, job.spec()])?;
     assert!(
         submitted.status.success(),
         "{}\n{}",
         describe(&submitted),
         coordinator.log_text()
     );
-    let watched = as_admin(&["watch", "--coordinator", &url, "secured"])?;
+    let watched = deployment.cli(Who::Admin, &["watch", "--coordinator", url, "secured"])?;
     assert!(watched.status.success(), "{}", describe(&watched));
+    let ca = callers.pki.ca_cert().display().to_string();
     // Without a certificate the CLI is refused, saying what to present.
     let anonymous = run_godwit(
         &["--tls-ca", &ca, "status", "--coordinator", &url, "secured"],
@@ -545,5 +626,130 @@ async fn a_listener_open_to_the_network_needs_tls_or_an_explicit_insecure_flag()
         godwit_tests::user_tables(&dst).await?.is_empty(),
         "the refused run wrote to the target"
     );
+    Ok(())
+}
+
+/// A cutover the policy holds for sign-off waits, shown in the status,
+/// until a second identity approves it; the requester cannot approve its
+/// own request; both identities are in the audit trail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cutover_waits_for_a_second_identity() -> anyhow::Result<()> {
+    let deployment = Deployment::start("signed", "\nchanges: {}").await?;
+    let src = deployment.source.client("shop").await?;
+    src.batch_execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        .await?;
+    deployment.source.hand_tables_to_migrator("shop").await?;
+    let url = deployment.url.as_str();
+    let submitted = deployment.cli(
+        Who::AcmeOperator,
+        &["submit", "--coordinator", url, deployment.job.spec()],
+    )?;
+    assert!(submitted.status.success(), "{}", describe(&submitted));
+    let mut admin = deployment.callers.client(url, Who::Admin).await?;
+    wait_until("the job to stream", Duration::from_secs(60), || {
+        let mut admin = admin.clone();
+        async move {
+            let state = admin
+                .get_job(GetJobRequest {
+                    job_id: "signed".into(),
+                })
+                .await?
+                .into_inner()
+                .state;
+            Ok((state == godwit_proto::v1::JobState::Streaming as i32).then_some(()))
+        }
+    })
+    .await?;
+
+    let mut cutover = godwit_tests::Running(
+        deployment
+            .cli_command(
+                Who::AcmeOperator,
+                &["cutover", "--coordinator", url, "signed"],
+            )?
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let status = wait_until(
+        "the request to show in the status",
+        Duration::from_secs(30),
+        || async {
+            let status = deployment.cli(
+                Who::AcmeAuditor,
+                &["status", "--coordinator", url, "signed"],
+            );
+            let text = String::from_utf8_lossy(&status?.stdout).into_owned();
+            Ok(text.contains("awaiting approval").then_some(text))
+        },
+    )
+    .await?;
+    assert!(
+        status.contains(&format!("cutover requested by {ACME_OPERATOR}")),
+        "{status}"
+    );
+    assert!(
+        cutover.0.try_wait()?.is_none(),
+        "the cutover went ahead without approval"
+    );
+
+    let own = deployment.cli(
+        Who::AcmeOperator,
+        &["approve", "--coordinator", url, "signed", "cutover"],
+    )?;
+    assert_eq!(own.status.code(), Some(2), "{}", describe(&own));
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("cannot approve it"),
+        "{}",
+        describe(&own)
+    );
+    let auditor = deployment.cli(
+        Who::AcmeAuditor,
+        &["approve", "--coordinator", url, "signed", "cutover"],
+    )?;
+    assert_eq!(
+        auditor.status.code(),
+        Some(2),
+        "an auditor approved: {}",
+        describe(&auditor)
+    );
+
+    let approved = deployment.cli(
+        Who::AcmeSecond,
+        &["approve", "--coordinator", url, "signed", "cutover"],
+    )?;
+    assert!(approved.status.success(), "{}", describe(&approved));
+    let finished = cutover
+        .exit_status("the approved cutover to finish", Duration::from_secs(120))
+        .await?;
+    assert!(
+        finished.success(),
+        "cutover exited {finished:?}\n{}",
+        deployment.coordinator.log_text()
+    );
+    let state = admin
+        .get_job(GetJobRequest {
+            job_id: "signed".into(),
+        })
+        .await?
+        .into_inner()
+        .state;
+    assert_eq!(state, godwit_proto::v1::JobState::Done as i32);
+    let dst = deployment.target.client("shop").await?;
+    godwit_tests::assert_same_tables(&src, &dst).await?;
+
+    let trail = run_godwit(&["audit", "show", deployment.job.spec(), "--json"], &[])?;
+    let trail = String::from_utf8_lossy(&trail.stdout);
+    for (who, action) in [
+        (ACME_OPERATOR, "cutover.requested"),
+        (ACME_OPERATOR, "call.cutover"),
+        (ACME_SECOND, "cutover.approve"),
+        (ACME_OPERATOR, "\"cutover\""),
+    ] {
+        assert!(
+            trail.lines().any(|r| r.contains(who) && r.contains(action)),
+            "no {action} by {who} in the trail:\n{trail}"
+        );
+    }
     Ok(())
 }

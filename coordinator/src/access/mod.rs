@@ -184,6 +184,16 @@ impl Access {
         Ok(())
     }
 
+    /// Whether the policy holds `action` for a second identity's sign-off.
+    pub fn needs_approval(&self, caller: &Caller, action: &str) -> bool {
+        match (self, caller) {
+            (Access::ByPolicy(file), Caller::Certified { .. }) => {
+                file.current().approvals.iter().any(|a| a == action)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `spec` names only what its customer's rules allow; every
     /// place it names is checked before anything is written.
     pub fn admit(&self, spec: &JobSpec) -> Result<(), Status> {

@@ -86,6 +86,10 @@ pub struct CustomerRules {
 pub struct Policy {
     #[serde(default)]
     pub identities: Vec<Grant>,
+    /// Actions that wait for a second identity's sign-off: `cutover`,
+    /// `cancel` (of a job that streams changes).
+    #[serde(default)]
+    pub approvals: Vec<String>,
     #[serde(default)]
     pub customers: BTreeMap<String, CustomerRules>,
 }
@@ -103,6 +107,17 @@ impl Policy {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let policy: Policy = serde_norway::from_str(text)
             .map_err(|e| Error::Spec(format!("access policy {}: {e}", path.display())))?;
+        if let Some(unknown) = policy
+            .approvals
+            .iter()
+            .find(|a| !["cutover", "cancel"].contains(&a.as_str()))
+        {
+            return Err(Error::Spec(format!(
+                "access policy {}: `approvals` entry {unknown:?} is not an action that can wait for sign-off \
+                 (cutover, cancel)",
+                path.display()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for grant in &policy.identities {
             if !seen.insert(grant.identity.as_str()) {
