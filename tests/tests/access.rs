@@ -399,7 +399,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     let ca = callers.pki.ca_cert().display().to_string();
     // Without a certificate the CLI is refused, saying what to present.
     let anonymous = run_godwit(
-        &["--tls-ca", &ca, "status", "--coordinator", &url, "secured"],
+        &["--tls-ca", &ca, "status", "--coordinator", url, "secured"],
         &[],
     )?;
     assert_eq!(anonymous.status.code(), Some(2), "{}", describe(&anonymous));
@@ -413,7 +413,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     let spec_yaml = std::fs::read_to_string(&job.spec_path)?;
     let mut mismatches = Vec::new();
     for (column, who) in EVERYONE.iter().enumerate() {
-        let codes = call_every_rpc(&callers, &url, *who, "secured", &spec_yaml).await?;
+        let codes = call_every_rpc(callers, url, *who, "secured", &spec_yaml).await?;
         for ((rpc, code), (expected_rpc, row)) in codes.iter().zip(EXPECTED) {
             assert_eq!(*rpc, expected_rpc);
             let expected = row.chars().nth(column).unwrap_or('?');
@@ -433,7 +433,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
 
     // A refusal names the role, the action and the customer.
     let refusal = callers
-        .client(&url, Who::GlobexOperator)
+        .client(url, Who::GlobexOperator)
         .await?
         .cutover(CutoverRequest {
             job_id: "secured".into(),
@@ -466,7 +466,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
         (Who::GlobexOperator, 0),
     ] {
         let listed = callers
-            .client(&url, who)
+            .client(url, who)
             .await?
             .list_jobs(ListJobsRequest {})
             .await?
@@ -478,7 +478,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     // A certificate from another CA does not get through the handshake.
     let stranger_ca = Pki::new("stranger")?;
     let stranger = stranger_ca.client("admin-lookalike", Named::Uri(ADMIN))?;
-    let handshake = match client_with(&url, &callers.pki, Some(&stranger)).await {
+    let handshake = match client_with(url, &callers.pki, Some(&stranger)).await {
         Ok(mut client) => client
             .get_job(GetJobRequest {
                 job_id: "secured".into(),
@@ -504,7 +504,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
         &platform_key.key_path.display().to_string(),
     );
     let refused = callers
-        .client(&url, Who::Admin)
+        .client(url, Who::Admin)
         .await?
         .submit_job(SubmitJobRequest { spec_yaml: stolen })
         .await
@@ -518,7 +518,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
         refused.message()
     );
     let absent = callers
-        .client(&url, Who::Admin)
+        .client(url, Who::Admin)
         .await?
         .get_job(GetJobRequest {
             job_id: "secured-2".into(),
@@ -527,13 +527,13 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     assert_eq!(absent.err().map(|s| s.code()), Some(Code::NotFound));
 
     // The policy is re-read when its file changes.
-    std::fs::write(&policy_path, policy(&job, &source, &target, ", acme"))?;
+    std::fs::write(policy_path, policy(job, source, target, ", acme"))?;
     wait_until(
         "the changed policy to take effect",
         Duration::from_secs(15),
         || async {
             let answer = callers
-                .client(&url, Who::GlobexOperator)
+                .client(url, Who::GlobexOperator)
                 .await?
                 .get_job(GetJobRequest {
                     job_id: "secured".into(),
