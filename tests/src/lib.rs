@@ -59,7 +59,7 @@ pub async fn source_and_target(scale: u32) -> anyhow::Result<(PgCluster, PgClust
 
 /// A source cluster with `tests/fixtures/FIXTURE` loaded into database
 /// `shop` at `scale` and the least-privileged `migrator` role, and a target
-/// cluster with an empty `shop`.
+/// cluster with an empty `shop` owned by the non-superuser `loader`.
 pub async fn pair_with_fixture(
     fixture: &str,
     scale: u32,
@@ -77,16 +77,18 @@ pub async fn pair_with_fixture(
     source
         .least_privileged_role("shop", pg::MIGRATOR, "")
         .await?;
+    target.database_owner("shop", pg::LOADER).await?;
     Ok((source, target))
 }
 
 /// The spec body (everything but `encryption`) of a job between the two
-/// clusters, read by the least-privileged `migrator` role.
+/// clusters, read by the least-privileged `migrator` role and loaded by
+/// the target database's non-superuser owner `loader`.
 pub fn spec_body(job: &str, source: &PgCluster, target: &PgCluster, staging: &str) -> String {
     format!(
         "job: {job}\ncustomer: acme\nsource: {}\ntarget: {}\nstaging: {staging}\ntables: [\"*\"]\n\
          partition_size: 512KiB\nchunk_size: 128KiB",
         source.migrator_url("shop"),
-        target.url("shop")
+        target.loader_url("shop")
     )
 }

@@ -11,6 +11,9 @@ use crate::{free_port, repo_root, shared_tempdir};
 
 /// The least-privileged source role of the end-to-end tests.
 pub const MIGRATOR: &str = "migrator";
+/// The target role the end-to-end tests load as: no superuser, the owner
+/// of the target database.
+pub const LOADER: &str = "loader";
 
 /// A throwaway role's password: per cluster, never reused elsewhere.
 fn role_password(role: &str, port: u16) -> String {
@@ -111,6 +114,28 @@ impl PgCluster {
             ))
             .await
             .with_context(|| format!("creating role {role}"))?;
+        self.allow_password_login(role, &password).await?;
+        Ok(self.role_url_at(role, self.port, db))
+    }
+
+    /// A role that owns database `db` and nothing else (no superuser), as a
+    /// platform's loading role would; it logs in with a SCRAM password.
+    pub async fn database_owner(&self, db: &str, role: &str) -> anyhow::Result<String> {
+        let password = role_password(role, self.port);
+        self.client("postgres")
+            .await?
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD '{password}'; ALTER DATABASE {db} OWNER TO {role}"
+            ))
+            .await
+            .with_context(|| format!("creating role {role}"))?;
+        self.allow_password_login(role, &password).await?;
+        Ok(self.role_url_at(role, self.port, db))
+    }
+
+    /// Lets `role` log in over TCP with its SCRAM password only, and puts
+    /// the password in the cluster's password file.
+    async fn allow_password_login(&self, role: &str, password: &str) -> anyhow::Result<()> {
         let hba = self.dir.path().join("cluster/data/pg_hba.conf");
         let existing = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
         if !existing.contains(&format!(" {role} ")) {
@@ -127,7 +152,8 @@ impl PgCluster {
                 ),
             )
             .context("writing pg_hba.conf")?;
-            admin
+            self.client("postgres")
+                .await?
                 .batch_execute("SELECT pg_reload_conf()")
                 .await
                 .context("reloading pg_hba.conf")?;
@@ -142,7 +168,7 @@ impl PgCluster {
             &passfile,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
-        Ok(self.role_url_at(role, self.port, db))
+        Ok(())
     }
 
     /// The password of `role` (made by [`Self::least_privileged_role`]), for
@@ -180,6 +206,12 @@ impl PgCluster {
     /// `migrator` role that [`crate::source_and_target`] creates.
     pub fn migrator_url(&self, db: &str) -> String {
         self.role_url_at(MIGRATOR, self.port, db)
+    }
+
+    /// The URL the end-to-end tests load into: the target database's
+    /// owner `loader` that [`crate::source_and_target`] creates.
+    pub fn loader_url(&self, db: &str) -> String {
+        self.role_url_at(LOADER, self.port, db)
     }
 
     /// [`Self::migrator_url`] through a proxy listening on `port`.

@@ -84,7 +84,7 @@ async fn every_kind_of_bad_input_is_rejected_and_writes_nothing() -> anyhow::Res
 
     // An unreachable target database.
     let job = job_with(&good.replace(
-        &target.url("shop"),
+        &target.loader_url("shop"),
         &format!("postgres://postgres@127.0.0.1:{closed}/shop"),
     ))?;
     rejected(&job, &["cannot connect to the target", "check `target`"])?;
@@ -125,7 +125,7 @@ async fn a_wrong_key_for_staged_data_is_refused() -> anyhow::Result<()> {
     // The same job and staging area, another target, another key.
     target.create_database("shop2").await?;
     let body = spec_body("keyed", &source, &target, &staging).replace(
-        &format!("target: {}", target.url("shop")),
+        &format!("target: {}", target.loader_url("shop")),
         &format!("target: {}", target.url("shop2")),
     );
     let second = job_with(&body)?;

@@ -43,7 +43,7 @@ impl Pair {
                 &self.source.migrator_url("shop"),
                 &self.source.migrator_url_at(self.tap.port, "shop"),
             )
-            .replace(&self.target.url("shop"), target_url)
+            .replace(&self.target.loader_url("shop"), target_url)
             .replace("partition_size: 512KiB", "partition_size: 4MiB")
             .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
     }
@@ -152,7 +152,9 @@ async fn target_connections_reset_mid_copy_are_retried_without_loss_or_duplicate
 -> anyhow::Result<()> {
     let pair = Pair::start().await?;
     let proxy = FaultProxy::start(pair.target.port).await?;
-    let through_proxy = format!("postgres://postgres@127.0.0.1:{}/shop", proxy.port);
+    let through_proxy = pair
+        .target
+        .role_url_at(godwit_tests::pg::LOADER, proxy.port, "shop");
     let job = Job::create(|staging| pair.spec("target-resets", &through_proxy, staging))?;
     let mut reset = 0;
     let (code, stderr, faults) = run_with_faults(&pair, &job, &[], 2, || {
@@ -187,7 +189,7 @@ async fn s3_connections_reset_mid_copy_are_retried() -> anyhow::Result<()> {
     s3.create_bucket("godwit-chaos")?;
     let proxy = FaultProxy::start(s3.port()?).await?;
     let env = s3.env_via(proxy.port)?;
-    let target_url = pair.target.url("shop");
+    let target_url = pair.target.loader_url("shop");
     let job = Job::create(|_| pair.spec("s3-resets", &target_url, "s3://godwit-chaos/staged"))?;
     let mut reset = 0;
     let (code, stderr, faults) = run_with_faults(&pair, &job, &env, 2, || {
@@ -223,7 +225,7 @@ async fn s3_connections_reset_mid_copy_are_retried() -> anyhow::Result<()> {
 async fn s3_answering_503_is_retried_with_backoff() -> anyhow::Result<()> {
     let pair = Pair::start().await?;
     let (_s3, proxy, env) = s3_behind_proxy("godwit-503").await?;
-    let target_url = pair.target.url("shop");
+    let target_url = pair.target.loader_url("shop");
     let job = Job::create(|_| pair.spec("s3-503", &target_url, "s3://godwit-503/staged"))?;
     let (code, stderr, faults) = run_with_faults(&pair, &job, &env, 2, || {
         proxy.inject(HttpFault::Unavailable, 4);
@@ -253,7 +255,7 @@ async fn s3_requests_left_unanswered_time_out_and_are_retried() -> anyhow::Resul
     let (_s3, proxy, mut env) = s3_behind_proxy("godwit-stall").await?;
     // The object-store client's request timeout (30 s by default).
     env.push(("AWS_TIMEOUT".to_owned(), "2s".to_owned()));
-    let target_url = pair.target.url("shop");
+    let target_url = pair.target.loader_url("shop");
     let job = Job::create(|_| pair.spec("s3-stall", &target_url, "s3://godwit-stall/staged"))?;
     let hold = Duration::from_secs(20);
     let (code, stderr, faults) = run_with_faults(&pair, &job, &env, 1, || {
@@ -279,7 +281,9 @@ async fn a_target_gone_past_the_retry_budget_fails_the_job_cleanly_and_a_rerun_c
 -> anyhow::Result<()> {
     let pair = Pair::start().await?;
     let proxy = FaultProxy::start(pair.target.port).await?;
-    let through_proxy = format!("postgres://postgres@127.0.0.1:{}/shop", proxy.port);
+    let through_proxy = pair
+        .target
+        .role_url_at(godwit_tests::pg::LOADER, proxy.port, "shop");
     let job = Job::create(|staging| pair.spec("target-gone", &through_proxy, staging))?;
     let (code, stderr, _) = run_with_faults(&pair, &job, &[], 1, || {
         proxy.refuse_connections(true);

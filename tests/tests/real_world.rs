@@ -21,7 +21,7 @@ fn spec(job: &str, source_url: &str, target: &PgCluster, staging: &str) -> Strin
     format!(
         "job: {job}\ncustomer: acme\nsource: {source_url}\ntarget: {}\nstaging: {staging}\n\
          tables: [\"*\"]\npartition_size: 256KiB\nchunk_size: 128KiB",
-        target.url("shop")
+        target.loader_url("shop")
     )
 }
 

@@ -422,7 +422,7 @@ async fn one_customers_limit_leaves_another_customers_job_alone() -> anyhow::Res
     let beta = Job::create(|staging| {
         spec_body("beta-job", &source, &target, staging)
             .replace(&source.migrator_url("shop"), &through(&beta_tap))
-            .replace(&target.url("shop"), &target.url("other"))
+            .replace(&target.loader_url("shop"), &target.url("other"))
             .replace("customer: acme", "customer: beta")
     })?;
     let started = Instant::now();
