@@ -32,7 +32,7 @@ impl fmt::Debug for Kek {
 
 impl Kek {
     pub fn from_file(path: &Path) -> Result<Self> {
-        refuse_if_shared(path)?;
+        refuse_if_shared(path, "key file")?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Key(format!(
                 "cannot read key file {}: {e}; create one with `godwit keys generate --out {}`",
@@ -146,18 +146,23 @@ impl Kek {
     }
 }
 
-/// A key file others can read is refused, saying how to fix its mode.
-fn refuse_if_shared(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// A secret file others can read is refused, saying how to fix its mode.
+/// The rule is libpq's: readable by its owner only, or also by its group
+/// when root owns it (Kubernetes mounts Secret files as root, group-readable
+/// by the pod's `fsGroup`).
+pub(crate) fn refuse_if_shared(path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(metadata) = std::fs::metadata(path) else {
         // Not readable at all: reading it says so, naming the file.
         return Ok(());
     };
     let mode = metadata.permissions().mode();
-    if mode & 0o077 != 0 {
+    let by_others = mode & 0o007 != 0;
+    let by_group = mode & 0o070 != 0 && metadata.uid() != 0;
+    if by_others || by_group {
         return Err(Error::Key(format!(
-            "key file {} can be read by others (mode {:o}): run chmod 0600 on it (in Kubernetes, mount the \
-             Secret with defaultMode 0400)",
+            "{what} {} can be read by others (mode {:o}): run chmod 0600 on it (or 0640 when root owns it, \
+             as Kubernetes mounts Secrets)",
             path.display(),
             mode & 0o777
         )));

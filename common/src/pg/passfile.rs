@@ -65,7 +65,9 @@ pub(crate) fn fill_password(config: &mut Config, conn: &str) -> Result<()> {
             });
         }
     };
-    refuse_if_shared(&path)?;
+    // libpq ignores a password file others can read; godwit refuses it, so
+    // the mistake is named instead of surfacing as a failed login.
+    crate::keys::refuse_if_shared(&path, "password file")?;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         // libpq matches a socket directory as `localhost`.
@@ -81,29 +83,6 @@ pub(crate) fn fill_password(config: &mut Config, conn: &str) -> Result<()> {
     let database = config.get_dbname().unwrap_or(&user).to_owned();
     if let Some(password) = lookup(&text, [&host, &port, &database, &user]) {
         config.password(password);
-    }
-    Ok(())
-}
-
-/// libpq ignores a password file others can read; godwit refuses it, so the
-/// mistake is named instead of surfacing as a failed login.
-fn refuse_if_shared(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|source| Error::Io {
-            what: "cannot read the password file",
-            path: path.to_owned(),
-            source,
-        })?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(Error::Spec(format!(
-            "password file {} can be read by others (mode {:o}): run chmod 0600 on it (in Kubernetes, mount \
-             the Secret with defaultMode 0400)",
-            path.display(),
-            mode & 0o777
-        )));
     }
     Ok(())
 }

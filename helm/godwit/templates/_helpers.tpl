@@ -103,7 +103,43 @@ etcd endpoints as one comma-separated flag value.
 In-cluster URL of the coordinator's gRPC API.
 */}}
 {{- define "godwit.coordinator.url" -}}
-{{- printf "http://%s.%s.svc:%v" (include "godwit.coordinator.fullname" .) .Release.Namespace .Values.coordinator.port }}
+{{- $scheme := ternary "https" "http" (ne .Values.tls.secretName "") }}
+{{- printf "%s://%s.%s.svc:%v" $scheme (include "godwit.coordinator.fullname" .) .Release.Namespace .Values.coordinator.port }}
+{{- end }}
+
+{{/*
+Flags for etcd's TLS and user authentication, shared by every binary.
+*/}}
+{{- define "godwit.etcdArgs" -}}
+{{- with .Values.etcd.tls.secretName }}
+- --etcd-ca=/etc/godwit/etcd-tls/ca.crt
+- --etcd-cert=/etc/godwit/etcd-tls/tls.crt
+- --etcd-key=/etc/godwit/etcd-tls/tls.key
+{{- end }}
+{{- if .Values.etcd.auth.user }}
+- --etcd-user={{ .Values.etcd.auth.user }}
+- --etcd-password-file=/etc/godwit/etcd-auth/password
+{{- end }}
+{{- end }}
+
+{{/*
+The coordinator's API security flags: mTLS with a policy, or an explicit
+choice of plain gRPC.
+*/}}
+{{- define "godwit.apiArgs" -}}
+{{- if .Values.tls.secretName }}
+- --tls-cert=/etc/godwit/tls/tls.crt
+- --tls-key=/etc/godwit/tls/tls.key
+- --client-ca=/etc/godwit/tls/ca.crt
+- --policy=/etc/godwit/policy/policy.yaml
+{{- if not (or .Values.policy.existingConfigMap .Values.policy.content) }}
+{{- fail "tls.secretName needs an access policy: set policy.existingConfigMap or policy.content (see the README's security model)" }}
+{{- end }}
+{{- else if .Values.tls.insecurePlaintext }}
+- --insecure-plaintext
+{{- else }}
+{{- fail "the coordinator's API needs TLS: set tls.secretName (tls.crt, tls.key, ca.crt) and a policy, or tls.insecurePlaintext=true to accept that anyone reaching the port can act on every job" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -131,6 +167,10 @@ Environment shared by the coordinator and the workers. Call with
 {{- define "godwit.env" -}}
 - name: GODWIT_LOG
   value: {{ .logLevel | quote }}
+{{- if .ctx.Values.pgpass.existingSecret }}
+- name: PGPASSFILE
+  value: /etc/godwit/pgpass/pgpass
+{{- end }}
 {{- with .ctx.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -147,6 +187,30 @@ Volumes every pod mounts: the KEK, scratch space, optional staging, extras.
     items:
       - key: {{ required "kek.key is required: the key of the key-encryption key inside kek.existingSecret" .Values.kek.key }}
         path: {{ include "godwit.kekPath" . | base }}
+{{- with .Values.etcd.tls.secretName }}
+- name: etcd-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.etcd.auth.passwordSecret }}
+- name: etcd-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: password
+        path: password
+{{- end }}
+{{- with .Values.pgpass.existingSecret }}
+- name: pgpass
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: pgpass
+        path: pgpass
+{{- end }}
 - name: tmp
   {{- if .Values.tmp.sizeLimit }}
   emptyDir:
@@ -172,6 +236,21 @@ specs resolve everywhere.
 - name: kek
   mountPath: {{ include "godwit.kekPath" . | dir }}
   readOnly: true
+{{- if .Values.etcd.tls.secretName }}
+- name: etcd-tls
+  mountPath: /etc/godwit/etcd-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.etcd.auth.passwordSecret }}
+- name: etcd-auth
+  mountPath: /etc/godwit/etcd-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.pgpass.existingSecret }}
+- name: pgpass
+  mountPath: /etc/godwit/pgpass
+  readOnly: true
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- if .Values.staging.enabled }}
