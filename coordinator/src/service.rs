@@ -525,6 +525,39 @@ impl Godwit for GodwitService {
         let throttle = status::throttle(self.store.as_ref(), &self.keyspace, customer.as_str())
             .await
             .map_err(unavailable)?;
+        // The change bears on every running job of the customer: each
+        // one's trail records it.
+        let limits_text = format!(
+            "bytes/s {}, sessions {}",
+            limits
+                .bytes_per_sec
+                .map_or("unlimited".into(), |b| b.to_string()),
+            limits
+                .max_connections
+                .map_or("uncapped".into(), |c| c.to_string())
+        );
+        if let Ok(jobs) = status::list(self.store.as_ref(), &self.keyspace).await {
+            for job in jobs
+                .iter()
+                .filter(|j| j.customer == customer.as_str() && !is_final(j.state))
+            {
+                if let Ok(record) = self
+                    .record(
+                        &JobId::parse(&job.job_id).map_err(|e| Status::internal(e.to_string()))?,
+                    )
+                    .await
+                {
+                    self.audited(
+                        &caller,
+                        &record.spec,
+                        "throttle",
+                        "ok",
+                        Some(limits_text.clone()),
+                    )
+                    .await;
+                }
+            }
+        }
         Ok(Response::new(SetThrottleResponse {
             throttle: Some(throttle),
         }))

@@ -365,7 +365,14 @@ async fn the_audit_trail_records_a_job_and_finds_every_kind_of_tampering() -> an
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let actions: Vec<&str> = lines.iter().filter_map(|r| r["action"].as_str()).collect();
-    for expected in ["job.start", "chunk.loaded", "job.end", "keys.rotate"] {
+    for expected in [
+        "job.start",
+        "lease.taken",
+        "partition.copied",
+        "chunk.loaded",
+        "job.end",
+        "keys.rotate",
+    ] {
         assert!(
             actions.contains(&expected),
             "no {expected} record in {actions:?}"
@@ -424,7 +431,8 @@ async fn the_audit_trail_records_a_job_and_finds_every_kind_of_tampering() -> an
     let last = records.len() - 1;
 
     // A record changed.
-    let changed = String::from_utf8_lossy(&originals[1]).replace("coordinator", "coordinatoR");
+    let changed =
+        String::from_utf8_lossy(&originals[1]).replace("\"outcome\":\"", "\"outcome\":\"x");
     std::fs::write(&records[1], changed)?;
     broken_at("modified", &name(1))?;
     restore()?;

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use godwit_common::audit::{AuditEvent, AuditLog};
 use godwit_common::ids::JobId;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::staging::Staging;
@@ -340,6 +341,15 @@ impl Worker {
         following: Following,
     ) {
         tracing::info!(worker = %self.config.id, "copying partition");
+        let partition = format!("{} partition {}", record.table, record.partition);
+        let audit = AuditLog::open(&job.spec).await;
+        if let Ok(audit) = &audit {
+            audit
+                .note(vec![
+                    AuditEvent::new(&self.config.id, "lease.taken", "ok").object(partition.clone()),
+                ])
+                .await;
+        }
         let active = self.keyspace.active(&job.spec.job);
         let outcome = tokio::select! {
             outcome = self.copy(job, &mut record, &lease, progress_key, &following) => outcome,
@@ -376,11 +386,34 @@ impl Worker {
                 tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
             }
         }
+        let mut outcome = match record.state {
+            PartitionState::Copied => AuditEvent::new(&self.config.id, "partition.copied", "ok")
+                .object(format!(
+                    "{partition}: {} chunk(s), {} rows",
+                    record.chunks_applied, record.rows
+                )),
+            PartitionState::Failed => {
+                AuditEvent::new(&self.config.id, "partition.copied", "failed")
+            }
+            _ => AuditEvent::new(&self.config.id, "lease.released", "handed back").object(format!(
+                "{partition} after {} chunk(s)",
+                record.chunks_applied
+            )),
+        };
+        if let Some(error) = &record.error {
+            outcome = outcome.reason(error.clone());
+        }
         if let Err(e) = lease.put_fenced(progress_key, state::encode(&record)).await {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
+            outcome = AuditEvent::new(&self.config.id, "lease.lost", "fenced")
+                .object(partition)
+                .reason(e.to_string());
         }
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
+        }
+        if let Ok(audit) = &audit {
+            audit.note(vec![outcome]).await;
         }
     }
 
