@@ -1,0 +1,121 @@
+//! The Helm chart as rendered by a real `helm`: the API served over mTLS
+//! with its policy, etcd reached with TLS and a user, a password file on
+//! every pod, the NetworkPolicy on by default; and an API left open only
+//! when asked for.
+
+use std::process::Command;
+
+use godwit_tests::{describe, repo_root};
+
+fn helm(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new("helm")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run helm (scripts/setup installs it): {e}"))
+}
+
+fn render(values: &str) -> anyhow::Result<std::process::Output> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values)?;
+    let chart = repo_root().join("helm/godwit");
+    helm(&[
+        "template",
+        "g",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        file.to_str().unwrap_or_default(),
+    ])
+}
+
+const SECURED: &str = "
+kek: { existingSecret: godwit-kek }
+tls: { secretName: godwit-api-tls }
+policy:
+  content: |
+    identities:
+      - { identity: 'spiffe://platform/ops/root', role: admin }
+etcd:
+  endpoints: [https://etcd-0.etcd:2379]
+  tls: { secretName: godwit-etcd-tls }
+  auth: { user: godwit, passwordSecret: godwit-etcd-auth }
+pgpass: { existingSecret: godwit-pgpass }
+";
+
+#[test]
+fn the_chart_wires_tls_for_the_api_and_etcd_and_restricts_ingress() -> anyhow::Result<()> {
+    let output = render(SECURED)?;
+    assert!(output.status.success(), "{}", describe(&output));
+    let manifests = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "kind: NetworkPolicy",
+        "--tls-cert=/etc/godwit/tls/tls.crt",
+        "--tls-key=/etc/godwit/tls/tls.key",
+        "--client-ca=/etc/godwit/tls/ca.crt",
+        "--policy=/etc/godwit/policy/policy.yaml",
+        "secretName: godwit-api-tls",
+        "name: g-godwit-coordinator-policy",
+        "spiffe://platform/ops/root",
+        "--etcd-ca=/etc/godwit/etcd-tls/ca.crt",
+        "--etcd-cert=/etc/godwit/etcd-tls/tls.crt",
+        "--etcd-password-file=/etc/godwit/etcd-auth/password",
+        "secretName: godwit-etcd-tls",
+        "name: PGPASSFILE",
+        "secretName: godwit-pgpass",
+        "--coordinator=https://g-godwit-coordinator.default.svc:7400",
+    ] {
+        assert!(
+            manifests.contains(expected),
+            "rendered chart lacks {expected:?}"
+        );
+    }
+    // Both kinds of pod reach etcd the same way.
+    assert_eq!(
+        manifests
+            .matches("--etcd-key=/etc/godwit/etcd-tls/tls.key")
+            .count(),
+        2
+    );
+    assert!(!manifests.contains("--insecure-plaintext"));
+    // No secret value in the manifests: only names of Secrets.
+    assert!(!manifests.contains("password:"));
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, SECURED)?;
+    let chart = repo_root().join("helm/godwit");
+    let lint = helm(&[
+        "lint",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        file.to_str().unwrap_or_default(),
+    ])?;
+    assert!(lint.status.success(), "{}", describe(&lint));
+    Ok(())
+}
+
+#[test]
+fn an_api_without_tls_renders_only_when_asked_for() -> anyhow::Result<()> {
+    let refused = render("kek: { existingSecret: godwit-kek }\n")?;
+    assert!(!refused.status.success(), "an open API rendered by default");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("tls.insecurePlaintext=true"),
+        "{}",
+        describe(&refused)
+    );
+    let without_policy =
+        render("kek: { existingSecret: godwit-kek }\ntls: { secretName: api-tls }\n")?;
+    assert!(!without_policy.status.success());
+    assert!(String::from_utf8_lossy(&without_policy.stderr).contains("access policy"));
+
+    let open = render("kek: { existingSecret: godwit-kek }\ntls: { insecurePlaintext: true }\n")?;
+    assert!(open.status.success(), "{}", describe(&open));
+    let manifests = String::from_utf8_lossy(&open.stdout);
+    assert!(manifests.contains("--insecure-plaintext"));
+    assert!(manifests.contains("--coordinator=http://"));
+    assert!(
+        manifests.contains("kind: NetworkPolicy"),
+        "the NetworkPolicy is off by default"
+    );
+    Ok(())
+}
