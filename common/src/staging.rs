@@ -246,6 +246,42 @@ impl Staging {
         self.put(path, wrapped.encode_to_vec()).await
     }
 
+    /// Stores `wrapped` at `path` unless a key is there already, in one
+    /// step where the store can (so two processes starting together keep
+    /// one key); returns the key that is there now.
+    pub async fn put_key_object_if_absent(
+        &self,
+        path: &ObjectPath,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey> {
+        let created = self
+            .store
+            .put_opts(
+                path,
+                Bytes::from(wrapped.encode_to_vec()).into(),
+                object_store::PutMode::Create.into(),
+            )
+            .await;
+        match created {
+            Ok(_) => Ok(wrapped.clone()),
+            Err(object_store::Error::AlreadyExists { .. }) => self
+                .get_key_object(path)
+                .await?
+                .ok_or_else(|| Error::Corrupt {
+                    what: format!("wrapped key {}", self.describe(path)),
+                    reason: "it exists and cannot be read".into(),
+                }),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.put_key_object(path, wrapped).await?;
+                Ok(wrapped.clone())
+            }
+            Err(source) => Err(Error::Staging {
+                location: self.describe(path),
+                source,
+            }),
+        }
+    }
+
     pub async fn put(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<()> {
         let location = || format!("{}/{path}", self.url);
         if bytes.len() <= MULTIPART_THRESHOLD {

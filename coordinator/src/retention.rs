@@ -12,8 +12,8 @@ use godwit_common::lease::LeaseStore;
 use godwit_common::staging::Staging;
 use godwit_common::state::{self, JobRecord, Keyspace, now_unix_ms};
 
-/// How often ended jobs are looked at.
-const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often ended jobs are looked at (a listing of the jobs' keys).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Sweeps until `stop` resolves.
 pub async fn run(

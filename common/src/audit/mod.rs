@@ -52,10 +52,11 @@ impl AuditLog {
         let key = match staging.get_key_object(&path).await? {
             Some(wrapped) => keys.unwrap(&spec.job, &wrapped)?,
             None => {
-                let key = DataKey::generate()?;
-                let wrapped = keys.wrap(&spec.job, &key)?;
-                staging.put_key_object(&path, &wrapped).await?;
-                key
+                // Another process may create it at the same moment: the
+                // key that landed is the one every record is sealed with.
+                let wrapped = keys.wrap(&spec.job, &DataKey::generate()?)?;
+                let kept = staging.put_key_object_if_absent(&path, &wrapped).await?;
+                keys.unwrap(&spec.job, &kept)?
             }
         };
         Ok(Self::with_key(spec, staging, &key))
