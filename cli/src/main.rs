@@ -180,7 +180,11 @@ enum Command {
     /// Delete every staged object of a job and shred its data key.
     /// Irreversible.
     Purge {
-        spec: PathBuf,
+        /// The job spec, or the job id with --coordinator.
+        job: String,
+        /// Ask this coordinator to do it (subject to its sign-off rules).
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Confirms the deletion.
         #[arg(long)]
         yes: bool,
@@ -232,7 +236,11 @@ enum KeysCommand {
     /// Destroy a job's data key: its staged chunks, change batches and
     /// reports can never be opened again. Irreversible.
     Shred {
-        spec: PathBuf,
+        /// The job spec, or the job id with --coordinator.
+        job: String,
+        /// Ask this coordinator to do it (subject to its sign-off rules).
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Confirms the destruction.
         #[arg(long)]
         yes: bool,
@@ -375,9 +383,31 @@ fn main() -> ExitCode {
                 command: KeysCommand::Rotate { spec, to },
             } => lifecycle::rotate(&spec, to.as_deref()).await,
             Command::Keys {
-                command: KeysCommand::Shred { spec, yes },
-            } => lifecycle::shred(&spec, yes).await,
-            Command::Purge { spec, yes } => lifecycle::purge(&spec, yes).await,
+                command:
+                    KeysCommand::Shred {
+                        job,
+                        coordinator: Some(coordinator),
+                        yes,
+                    },
+            } => remote::purge(&at(coordinator), &job, true, yes).await,
+            Command::Keys {
+                command:
+                    KeysCommand::Shred {
+                        job,
+                        coordinator: None,
+                        yes,
+                    },
+            } => lifecycle::shred(Path::new(&job), yes).await,
+            Command::Purge {
+                job,
+                coordinator: Some(coordinator),
+                yes,
+            } => remote::purge(&at(coordinator), &job, false, yes).await,
+            Command::Purge {
+                job,
+                coordinator: None,
+                yes,
+            } => lifecycle::purge(Path::new(&job), yes).await,
             Command::Audit {
                 command: AuditCommand::Show { spec, json },
             } => lifecycle::audit(&spec, Some(json)).await,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
     ApproveRequest, CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest, JobState,
-    ListJobsRequest, PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest,
-    WatchJobRequest,
+    ListJobsRequest, PauseJobRequest, PurgeJobRequest, SetThrottleRequest, SubmitJobRequest,
+    VerifyJobRequest, WatchJobRequest,
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -270,6 +270,41 @@ pub async fn pause(coordinator: &Coordinator, job_id: &str, paused: bool) -> i32
     match response {
         Ok(status) => {
             println!("{}", render::progress_line(&status.into_inner()));
+            0
+        }
+        Err(status) => failed(&status),
+    }
+}
+
+/// Has the coordinator purge an ended job's staged data, or shred its
+/// data key alone; waits for a sign-off when its policy asks for one.
+pub async fn purge(coordinator: &Coordinator, job_id: &str, shred_only: bool, yes: bool) -> i32 {
+    let what = if shred_only { "shred" } else { "purge" };
+    if !yes {
+        eprintln!(
+            "error: to {what} job {job_id}'s staged data is irreversible; run again with --yes to do it"
+        );
+        return 2;
+    }
+    let mut client = match connect(coordinator).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = PurgeJobRequest {
+        job_id: job_id.to_owned(),
+        shred_only,
+    };
+    match client.purge_job(request).await {
+        Ok(response) if shred_only => {
+            let _ = response;
+            println!("shredded job {job_id}'s data key: its staged data can no longer be opened");
+            0
+        }
+        Ok(response) => {
+            println!(
+                "purged job {job_id}: {} staged object(s) deleted, data key shredded, audit trail kept",
+                response.into_inner().objects_deleted
+            );
             0
         }
         Err(status) => failed(&status),

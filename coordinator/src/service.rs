@@ -16,8 +16,9 @@ use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
     ApproveRequest, ApproveResponse, CancelJobRequest, CancelJobResponse, CutoverRequest,
     CutoverResponse, GetJobRequest, GetReportRequest, JobState, JobStatus, ListJobsRequest,
-    ListJobsResponse, PauseJobRequest, SetThrottleRequest, SetThrottleResponse, SubmitJobRequest,
-    SubmitJobResponse, VerifyJobRequest, VerifyJobResponse, WatchJobRequest,
+    ListJobsResponse, PauseJobRequest, PurgeJobRequest, PurgeJobResponse, SetThrottleRequest,
+    SetThrottleResponse, SubmitJobRequest, SubmitJobResponse, VerifyJobRequest, VerifyJobResponse,
+    WatchJobRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -622,9 +623,10 @@ impl Godwit for GodwitService {
         let action = match request.get_ref().action.as_str() {
             "cutover" => Action::Cutover,
             "cancel" => Action::Cancel,
+            "purge" | "shred" => Action::Purge,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "{other:?} is not an action that waits for approval: use cutover or cancel"
+                    "{other:?} is not an action that waits for approval: use cutover, cancel, purge or shred"
                 )));
             }
         };
@@ -660,6 +662,45 @@ impl Godwit for GodwitService {
                 )))
             }
         }
+    }
+
+    async fn purge_job(
+        &self,
+        request: Request<PurgeJobRequest>,
+    ) -> Result<Response<PurgeJobResponse>, Status> {
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, Action::Purge)
+            .await?;
+        let shred_only = request.get_ref().shred_only;
+        let action = if shred_only { "shred" } else { "purge" };
+        if !record.phase.is_final() {
+            return Err(Status::failed_precondition(format!(
+                "job {} has not ended: its staged data is still in use; cancel it or wait for its end first",
+                record.spec.job
+            )));
+        }
+        self.signed_off(&caller, &record.spec, action).await?;
+        let staging = godwit_common::staging::Staging::open(&record.spec.staging)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let deleted = if shred_only {
+            staging
+                .delete_wrapped_key(&record.spec.job)
+                .await
+                .map(|()| 1)
+        } else {
+            staging.purge_job(&record.spec.job).await
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let what = if shred_only {
+            "data key destroyed".to_owned()
+        } else {
+            format!("{deleted} staged object(s) deleted, data key destroyed")
+        };
+        self.audited(&caller, &record.spec, action, "ok", Some(what))
+            .await;
+        Ok(Response::new(PurgeJobResponse {
+            objects_deleted: deleted as u64,
+        }))
     }
 }
 

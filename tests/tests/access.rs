@@ -9,8 +9,8 @@ use std::time::Duration;
 use godwit_proto::v1::godwit_client::GodwitClient;
 use godwit_proto::v1::{
     ApproveRequest, CancelJobRequest, CutoverRequest, GetJobRequest, GetReportRequest,
-    ListJobsRequest, PauseJobRequest, SetThrottleRequest, SubmitJobRequest, VerifyJobRequest,
-    WatchJobRequest,
+    ListJobsRequest, PauseJobRequest, PurgeJobRequest, SetThrottleRequest, SubmitJobRequest,
+    VerifyJobRequest, WatchJobRequest,
 };
 use godwit_tests::{
     CertFiles, Etcd, Job, Named, PgCluster, Pki, Service, bin, describe, free_port, run_godwit,
@@ -117,7 +117,7 @@ async fn client_with(
 
 fn policy(job: &Job, source: &PgCluster, target: &PgCluster, extra_grant: &str) -> String {
     format!(
-        "approvals: [cutover]\n\
+        "approvals: [cutover, purge]\n\
          identities:\n\
          - {{ identity: '{ADMIN}', role: admin }}\n\
          - {{ identity: '{ACME_OPERATOR}', role: operator, customers: [acme] }}\n\
@@ -263,12 +263,24 @@ async fn call_every_rpc(
                 .map(drop),
         ),
     ));
+    codes.push((
+        "PurgeJob",
+        code(
+            client
+                .purge_job(PurgeJobRequest {
+                    job_id: job(),
+                    shred_only: true,
+                })
+                .await
+                .map(drop),
+        ),
+    ));
     Ok(codes)
 }
 
 /// What each caller may do: `A` allowed (any answer but a refusal), `U`
 /// unauthenticated, `D` permission denied; columns in [`EVERYONE`]'s order.
-const EXPECTED: [(&str, &str); 12] = [
+const EXPECTED: [(&str, &str); 13] = [
     ("SubmitJob", "UUAADDD"),
     ("GetJob", "UUAADAD"),
     ("ListJobs", "UUAAAAD"),
@@ -281,6 +293,7 @@ const EXPECTED: [(&str, &str); 12] = [
     ("Cutover", "UUAADDD"),
     ("CancelJob", "UUAADDD"),
     ("Approve", "UUAADDD"),
+    ("PurgeJob", "UUAADDD"),
 ];
 
 fn verdict(code: Code) -> char {
@@ -738,12 +751,56 @@ async fn a_cutover_waits_for_a_second_identity() -> anyhow::Result<()> {
     let dst = deployment.target.client("shop").await?;
     godwit_tests::assert_same_tables(&src, &dst).await?;
 
+    // Purging the ended job's staged data waits for a sign-off too.
+    let mut purge = godwit_tests::Running(
+        deployment
+            .cli_command(
+                Who::AcmeOperator,
+                &["purge", "--coordinator", url, "signed", "--yes"],
+            )?
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    wait_until(
+        "the purge request to show",
+        Duration::from_secs(30),
+        || async {
+            let status = deployment.cli(
+                Who::AcmeAuditor,
+                &["status", "--coordinator", url, "signed"],
+            );
+            let text = String::from_utf8_lossy(&status?.stdout).into_owned();
+            Ok(text.contains("purge requested by").then_some(()))
+        },
+    )
+    .await?;
+    let staged_data = || {
+        godwit_tests::Job::files_under(&deployment.job.staging_dir())
+            .into_iter()
+            .filter(|p| !godwit_tests::is_audit_trail(p))
+            .count()
+    };
+    assert!(staged_data() > 0, "purged before the approval");
+    let approved = deployment.cli(
+        Who::AcmeSecond,
+        &["approve", "--coordinator", url, "signed", "purge"],
+    )?;
+    assert!(approved.status.success(), "{}", describe(&approved));
+    let purged = purge
+        .exit_status("the approved purge to finish", Duration::from_secs(60))
+        .await?;
+    assert!(purged.success(), "purge exited {purged:?}");
+    assert_eq!(staged_data(), 0, "staged data left after the purge");
+
     let trail = run_godwit(&["audit", "show", deployment.job.spec(), "--json"], &[])?;
     let trail = String::from_utf8_lossy(&trail.stdout);
     for (who, action) in [
         (ACME_OPERATOR, "cutover.requested"),
         (ACME_OPERATOR, "call.cutover"),
         (ACME_SECOND, "cutover.approve"),
+        (ACME_SECOND, "purge.approve"),
+        (ACME_OPERATOR, "\"purge\""),
         (ACME_OPERATOR, "\"cutover\""),
     ] {
         assert!(

@@ -35,6 +35,8 @@ pub enum Action {
     Cancel,
     Verify,
     Report,
+    /// Purge a job's staged data or shred its data key.
+    Purge,
 }
 
 impl std::fmt::Display for Action {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Action {
             Action::Cancel => "cancel",
             Action::Verify => "verify",
             Action::Report => "report",
+            Action::Purge => "purge",
         })
     }
 }

@@ -17,7 +17,7 @@ pub enum Role {
     /// Everything, for every customer.
     Admin,
     /// Runs its customers' jobs: submit, watch, status, pause, resume,
-    /// throttle, cutover, cancel, verify, report.
+    /// throttle, cutover, cancel, verify, report, purge.
     Operator,
     /// Reads its customers' status and reports; changes nothing.
     Auditor,
@@ -87,7 +87,7 @@ pub struct Policy {
     #[serde(default)]
     pub identities: Vec<Grant>,
     /// Actions that wait for a second identity's sign-off: `cutover`,
-    /// `cancel` (of a job that streams changes).
+    /// `cancel` (of a job that streams changes), `purge`, `shred`.
     #[serde(default)]
     pub approvals: Vec<String>,
     #[serde(default)]
@@ -110,11 +110,11 @@ impl Policy {
         if let Some(unknown) = policy
             .approvals
             .iter()
-            .find(|a| !["cutover", "cancel"].contains(&a.as_str()))
+            .find(|a| !["cutover", "cancel", "purge", "shred"].contains(&a.as_str()))
         {
             return Err(Error::Spec(format!(
                 "access policy {}: `approvals` entry {unknown:?} is not an action that can wait for sign-off \
-                 (cutover, cancel)",
+                 (cutover, cancel, purge, shred)",
                 path.display()
             )));
         }
