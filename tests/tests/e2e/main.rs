@@ -1,0 +1,20 @@
+//! The end-to-end tests, as modules of one test binary (one link instead
+//! of one per file): each runs against real PostgreSQL clusters, etcd, an
+//! S3-compatible server, helm and the real `godwit` binaries.
+
+mod access;
+mod bad_input;
+mod changes;
+mod chaos;
+mod chart;
+mod distributed;
+mod embedded;
+mod lease_store;
+mod ledger;
+mod real_world;
+mod replay;
+mod resume;
+mod s3_staging;
+mod throttle;
+mod tls;
+mod verify;
