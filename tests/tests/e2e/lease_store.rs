@@ -7,12 +7,22 @@ use std::time::Duration;
 use godwit_common::lease::{EtcdAccess, EtcdStore, HeldLease, LeaseStore, LeaseTiming, suite};
 use godwit_tests::{Etcd, Named, Pki};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn etcd_store_passes_the_suite() -> anyhow::Result<()> {
-    let etcd = Etcd::start()?;
-    let store: Arc<dyn LeaseStore> = Arc::new(EtcdStore::connect(&[etcd.url()]).await?);
-    suite::run_all(store, "/suite").await;
-    Ok(())
+/// The backend-neutral suite against a real etcd, one test per case.
+mod etcd_store {
+    use std::sync::Arc;
+
+    use godwit_common::lease::{EtcdStore, LeaseStore};
+    use godwit_tests::Etcd;
+
+    async fn started() -> (Arc<dyn LeaseStore>, Etcd) {
+        let etcd = Etcd::start().expect("etcd starts");
+        let store = EtcdStore::connect(&[etcd.url()])
+            .await
+            .expect("etcd reachable");
+        (Arc::new(store), etcd)
+    }
+
+    godwit_common::lease_store_suite!(started());
 }
 
 #[tokio::test(flavor = "multi_thread")]
