@@ -13,6 +13,7 @@ pub mod lease;
 pub mod pg;
 pub mod pgcopy;
 pub mod shutdown;
+pub mod size;
 pub mod spec;
 pub mod staging;
 pub mod state;

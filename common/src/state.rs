@@ -540,8 +540,22 @@ pub async fn keys_under(store: &dyn crate::lease::LeaseStore, prefix: &str) -> R
         .collect())
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+/// Stores `value` at `key`, encoded as every record is.
+pub async fn save<T: Serialize>(
+    store: &dyn crate::lease::LeaseStore,
+    key: &str,
+    value: &T,
+) -> Result<()> {
+    store.put(key, encode(value)?).await
+}
+
+/// A record as stored; a value that cannot be encoded is an error, never
+/// empty bytes that would read back as corrupt.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+        what: "a record to store".into(),
+        reason: e.to_string(),
+    })
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::ByteSize;
+use crate::size::ByteSize;
 
 /// Source sessions the coordinator itself keeps open during a job: the one
 /// holding the exported snapshot, the one holding the tables' locks under

@@ -48,7 +48,7 @@ pub async fn request_and_wait(
         requested_at_unix_ms: now_unix_ms(),
         approved_by: None,
     };
-    store.put(&key, state::encode(&request)).await?;
+    state::save(store, &key, &request).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         tokio::time::sleep(POLL).await;
@@ -87,7 +87,7 @@ pub async fn approve(
         return Ok(Err(Refusal::OwnRequest));
     }
     request.approved_by = Some(approver.to_owned());
-    store.put(&key, state::encode(&request)).await?;
+    state::save(store, &key, &request).await?;
     Ok(Ok(request.requested_by))
 }
 

@@ -697,13 +697,12 @@ impl Streamer {
     }
 
     async fn put_record(&self, record: &JobRecord) {
-        if let Err(e) = self
-            .store
-            .put(
-                &self.keyspace.job_record(&record.spec.job),
-                state::encode(record),
-            )
-            .await
+        if let Err(e) = state::save(
+            self.store.as_ref(),
+            &self.keyspace.job_record(&record.spec.job),
+            record,
+        )
+        .await
         {
             tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
         }

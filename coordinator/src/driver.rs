@@ -228,7 +228,7 @@ impl JobDriver {
         // that exists, finished or not, keeps its record and history.
         let created = self
             .store
-            .create(&key, state::encode(&record))
+            .create(&key, state::encode(&record).map_err(JobError::Failed)?)
             .await
             .map_err(JobError::Failed)?;
         if !created {
@@ -693,7 +693,7 @@ impl JobDriver {
                 self.store
                     .put(
                         &self.keyspace.partition(&spec.job, next_partition),
-                        state::encode(&record),
+                        state::encode(&record)?,
                     )
                     .await?;
                 partitions.push(next_partition);
@@ -835,11 +835,11 @@ impl JobDriver {
     }
 
     async fn put_record(&self, record: &JobRecord) -> Result<()> {
-        self.store
-            .put(
-                &self.keyspace.job_record(&record.spec.job),
-                state::encode(record),
-            )
-            .await
+        state::save(
+            self.store.as_ref(),
+            &self.keyspace.job_record(&record.spec.job),
+            record,
+        )
+        .await
     }
 }

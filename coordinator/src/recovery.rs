@@ -41,7 +41,7 @@ async fn resume_later(
                 record.error = Some(format!(
                     "waiting to resume after a coordinator restart: {e}"
                 ));
-                let _ = store.put(&key, state::encode(&record)).await;
+                let _ = state::save(store, &key, &record).await;
                 tokio::time::sleep(RESUME_RETRY).await;
             }
             other => break other,
@@ -73,7 +73,7 @@ async fn resume_later(
     record.phase = JobPhase::Failed;
     record.error = Some(error);
     record.finished_at_unix_ms = Some(now_unix_ms());
-    if let Err(e) = store.put(&key, state::encode(&record)).await {
+    if let Err(e) = state::save(store, &key, &record).await {
         tracing::error!(job_id = %job, error = %e, "cannot record the job's failure");
     }
 }

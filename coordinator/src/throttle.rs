@@ -54,9 +54,7 @@ pub async fn set_limits(
         set_by = %limits.set_by,
         "customer limits set"
     );
-    store
-        .put(&keyspace.customer_limits(customer), state::encode(limits))
-        .await
+    state::save(store, &keyspace.customer_limits(customer), limits).await
 }
 
 pub async fn limits(
@@ -357,7 +355,7 @@ impl Allocator {
             self.store
                 .put(
                     &self.keyspace.customer_allocation(&customer),
-                    state::encode(&allocation),
+                    state::encode(&allocation)?,
                 )
                 .await?;
             self.written.insert(customer, allocation);
@@ -437,8 +435,7 @@ mod tests {
     ) -> Vec<godwit_common::lease::HeldLease> {
         let record = record(job, customer);
         let id = record.spec.job.clone();
-        store
-            .put(&keyspace.job_record(&id), state::encode(&record))
+        state::save(store.as_ref(), &keyspace.job_record(&id), &record)
             .await
             .expect("record");
         store

@@ -144,7 +144,7 @@ impl Verifier {
         let Some(marker) = HeldLease::try_acquire(
             self.store.clone(),
             &self.keyspace.verifying(&spec.job),
-            state::encode(&run),
+            state::encode(&run).map_err(failed)?,
             LeaseTiming::DEFAULT,
         )
         .await
@@ -245,7 +245,7 @@ impl Verifier {
                 self.store
                     .put(
                         &self.keyspace.verify_range(&spec.job, next),
-                        state::encode(&range),
+                        state::encode(&range).map_err(failed)?,
                     )
                     .await
                     .map_err(failed)?;

@@ -247,7 +247,7 @@ pub async fn copy_partition(
             record.chunks_applied = resume.next_seq + stats.chunks_applied;
             record.timings = stats.timings;
             job.lease
-                .put_fenced(job.progress_key, godwit_common::state::encode(record))
+                .put_fenced(job.progress_key, godwit_common::state::encode(record)?)
                 .await?;
             // A stopping worker hands the partition back here, before the
             // reader pulls another chunk from the source.

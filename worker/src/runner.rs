@@ -403,7 +403,11 @@ impl Worker {
         if let Some(error) = &record.error {
             outcome = outcome.reason(error.clone());
         }
-        if let Err(e) = lease.put_fenced(progress_key, state::encode(&record)).await {
+        let written = match state::encode(&record) {
+            Ok(bytes) => lease.put_fenced(progress_key, bytes).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
             outcome = AuditEvent::new(&self.config.id, "lease.lost", "fenced")
                 .object(partition)
@@ -515,7 +519,11 @@ impl Worker {
                     tracing::warn!(error = %e, attempts = range.attempts, give_up, "range comparison failed");
                 }
             }
-            if let Err(e) = lease.put_fenced(&progress_key, state::encode(&range)).await {
+            let written = match state::encode(&range) {
+                Ok(bytes) => lease.put_fenced(&progress_key, bytes).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 tracing::warn!(error = %e, "cannot record the range's outcome; the lease's next holder will redo it");
             }
             if let Err(e) = lease.release().await {

@@ -464,10 +464,13 @@ mod tests {
             reason: String::new(),
             decided_at_unix_ms: 42,
         };
-        store
-            .put(&keyspace.customer_allocation("acme"), state::encode(&split))
-            .await
-            .expect("allocation");
+        state::save(
+            store.as_ref(),
+            &keyspace.customer_allocation("acme"),
+            &split,
+        )
+        .await
+        .expect("allocation");
         let job = JobId::parse("j").expect("job id");
         let mut following = follow(
             store.clone(),
