@@ -8,7 +8,28 @@ use crate::ids::{JobId, PartitionNo};
 use crate::spec::{JobSpec, TableName};
 use crate::{Error, Result};
 
-/// Key layout under one root per deployment (default `/godwit`).
+/// Key layout under one root per deployment (default `/godwit`): every key,
+/// who writes it, and whether the write is fenced by a lease.
+///
+/// ```text
+/// ROOT/jobs/JOB/record                 job record (spec, phase, plan)     coordinator (API, driver, recovery)
+/// ROOT/jobs/JOB/control                operator requests (cancel)         coordinator API
+/// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
+/// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention)
+/// ROOT/jobs/JOB/approvals/ACTION       sign-off request and its approval  coordinator API
+/// ROOT/jobs/JOB/partitions/NNNNNN      a partition's state and progress  coordinator (plan); worker (fenced)
+/// ROOT/jobs/JOB/leases/NNNNNN          who holds the partition            worker (create-if-absent, leased)
+/// ROOT/jobs/JOB/verify/ranges/NNNNNN   a verification range's outcome     coordinator (plan); worker (fenced)
+/// ROOT/jobs/JOB/verify/leases/NNNNNN   who compares the range             worker (create-if-absent, leased)
+/// ROOT/active/JOB                      job open for leasing               coordinator
+/// ROOT/verifying/JOB                   the one running verification       coordinator (leased)
+/// ROOT/customers/C/limits              a customer's throttle limits       coordinator (spec, API)
+/// ROOT/customers/C/allocation          the budget split among leases      coordinator (allocator)
+/// ROOT/customers/C/sessions/NNNN       a source session slot              worker (create-if-absent, leased)
+/// ```
+///
+/// No secret is ever written here: connection strings carry no password
+/// (a coordinator refuses specs that do) and keys stay in files.
 #[derive(Debug, Clone)]
 pub struct Keyspace {
     root: String,
