@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::audit::{AuditEvent, AuditLog};
-use godwit_common::chunk::{self, ChunkId};
-use godwit_common::ids::JobId;
 use godwit_common::keyring::CustomerKeys;
 use godwit_common::keys::DataKey;
 use godwit_common::lease::LeaseStore;
@@ -21,8 +19,8 @@ use godwit_common::pg::{self, Side, join_snapshot, large_objects, stream};
 use godwit_common::spec::TableName;
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, CutoverRecord, JobPhase, JobRecord, Keyspace, Manifest, PartitionRecord, PartitionState,
-    PhaseTimings, PlannedTable, StageTimings, StagedPartition, now_unix_ms,
+    self, CutoverRecord, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState,
+    PhaseTimings, PlannedTable, StageTimings, now_unix_ms,
 };
 use godwit_common::{Error, Result};
 
@@ -30,6 +28,7 @@ use crate::changes::{self, StreamSetup, Streamer};
 use crate::error::JobError;
 use crate::planner::split_table;
 pub use crate::preflight::{Prepared, preflight};
+use crate::staged::{outcome_events, stage_schema, write_manifest};
 
 /// What a finished job did, for the operator's summary.
 #[derive(Debug, Clone)]
@@ -57,113 +56,6 @@ struct CopyTotals {
 
 fn millis_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
-}
-
-/// What the audit trail keeps of a job's end: every chunk the target ledger
-/// holds (with its SHA-256 and the data key that sealed it), then the
-/// outcome.
-async fn outcome_events(
-    spec: &godwit_common::spec::JobSpec,
-    result: &Result<JobSummary, JobError>,
-) -> Vec<AuditEvent> {
-    let mut events = Vec::new();
-    let key_id = match Staging::open(&spec.staging) {
-        Ok(staging) => staging
-            .get_wrapped_key(&spec.job)
-            .await
-            .ok()
-            .flatten()
-            .map(|w| w.key_id)
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    if let Ok(target) = pg::connect(&spec.target, Side::Target).await
-        && let Ok(chunks) = ledger::chunk_digests(&target, spec.job.as_str()).await
-    {
-        for (table, partition, seq, sha256, rows) in chunks {
-            events.push(
-                AuditEvent::new("coordinator", "chunk.loaded", "ok").object(format!(
-                    "{table} partition {partition} chunk {seq}: {rows} rows, sha256 {sha256}, data key {key_id}"
-                )),
-            );
-        }
-    }
-    events.push(match result {
-        Ok(summary) => AuditEvent::new("coordinator", "job.end", "done").object(format!(
-            "{} table(s), {} rows, every table's count and checksum matched",
-            summary.tables, summary.rows
-        )),
-        Err(JobError::Cancelled(_)) => AuditEvent::new("coordinator", "job.end", "cancelled")
-            .reason("cancelled by an operator"),
-        Err(e) => AuditEvent::new("coordinator", "job.end", "failed").reason(e.to_string()),
-    });
-    events
-}
-
-/// Seals the schema dump into the staging area, for replays.
-async fn stage_schema(
-    staging: &Staging,
-    job: &JobId,
-    dump: &SchemaDump,
-    key: &DataKey,
-) -> Result<()> {
-    for (name, path) in dump.files() {
-        let bytes = tokio::fs::read(path).await.map_err(|source| Error::Io {
-            what: "cannot read schema dump",
-            path: path.to_owned(),
-            source,
-        })?;
-        let frame = chunk::seal(&ChunkId::schema_file(job.as_str(), name), 0, &bytes, key)?;
-        staging.put(&staging.schema_path(job, name), frame).await?;
-    }
-    Ok(())
-}
-
-/// Records what the staging area holds of a finished copy, with chunk counts
-/// from the target ledger (the truth about what was loaded).
-async fn write_manifest(
-    staging: &Staging,
-    target: &tokio_postgres::Client,
-    record: &JobRecord,
-    dump: &SchemaDump,
-    sequences: Vec<(String, i64, bool)>,
-    materialized_views: Vec<String>,
-    key: &DataKey,
-) -> Result<()> {
-    let job = &record.spec.job;
-    let mut partitions = Vec::new();
-    for (partition, chunks, rows) in ledger::partition_totals(target, job.as_str()).await? {
-        let Some(table) = record
-            .tables
-            .iter()
-            .find(|t| t.partitions.contains(&partition))
-        else {
-            continue;
-        };
-        partitions.push(StagedPartition {
-            partition,
-            table: table.name.clone(),
-            chunks,
-            rows,
-        });
-    }
-    staging
-        .put_manifest(
-            &Manifest {
-                job: job.clone(),
-                tables: record.tables.clone(),
-                partitions,
-                sequences,
-                schema_files: dump
-                    .files()
-                    .iter()
-                    .map(|(name, _)| (*name).to_owned())
-                    .collect(),
-                materialized_views,
-            },
-            key,
-        )
-        .await
 }
 
 /// A source session that joined the job's snapshot and locked `tables`

@@ -15,6 +15,7 @@ mod real_world;
 mod replay;
 mod resume;
 mod s3_staging;
+mod signoff;
 mod throttle;
 mod tls;
 mod verify;
