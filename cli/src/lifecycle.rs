@@ -43,25 +43,30 @@ pub async fn rotate(spec_path: &Path, to: Option<&Path>) -> i32 {
     }
 }
 
-pub async fn shred(spec_path: &Path, yes: bool) -> i32 {
-    let spec = match load(spec_path) {
-        Ok(spec) => spec,
-        Err(code) => return code,
-    };
+/// The spec and its staging area for an irreversible step, once `--yes`
+/// confirmed it (`what` says what would be lost).
+fn confirmed(spec_path: &Path, yes: bool, what: &str) -> Result<(JobSpec, Staging), i32> {
+    let spec = load(spec_path)?;
     if !yes {
         eprintln!(
-            "error: shredding job {}'s data key makes its staged chunks, change batches and reports unreadable \
-             for ever; run again with --yes to do it",
+            "error: {what} of job {} cannot be undone; run again with --yes to do it",
             spec.job
         );
-        return 2;
+        return Err(2);
     }
-    let staging = match Staging::open(&spec.staging) {
-        Ok(staging) => staging,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+    let staging = Staging::open(&spec.staging).map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })?;
+    Ok((spec, staging))
+}
+
+pub async fn shred(spec_path: &Path, yes: bool) -> i32 {
+    let what =
+        "shredding the data key (its staged chunks, change batches and reports become unreadable)";
+    let (spec, staging) = match confirmed(spec_path, yes, what) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     match staging.delete_wrapped_key(&spec.job).await {
         Ok(()) => {
@@ -85,29 +90,15 @@ pub async fn shred(spec_path: &Path, yes: bool) -> i32 {
 }
 
 pub async fn purge(spec_path: &Path, yes: bool) -> i32 {
-    let spec = match load(spec_path) {
-        Ok(spec) => spec,
+    let what = "purging every staged object and the data key";
+    let (spec, staging) = match confirmed(spec_path, yes, what) {
+        Ok(found) => found,
         Err(code) => return code,
-    };
-    if !yes {
-        eprintln!(
-            "error: purging deletes every staged object of job {} and shreds its data key; run again with --yes \
-             to do it",
-            spec.job
-        );
-        return 2;
-    }
-    let staging = match Staging::open(&spec.staging) {
-        Ok(staging) => staging,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
     };
     match staging.purge_job(&spec.job).await {
         Ok(objects) => {
             println!(
-                "purged job {}: {objects} staged object(s) deleted from {}, data key shredded",
+                "purged job {}: {objects} staged object(s) deleted from {}, data key shredded, audit trail kept",
                 spec.job,
                 staging.url()
             );
