@@ -403,21 +403,26 @@ impl Worker {
         if let Some(error) = &record.error {
             outcome = outcome.reason(error.clone());
         }
+        // Recorded before the partition's state is published: once the
+        // coordinator sees it copied, the trail already says so.
+        if let Ok(audit) = &audit {
+            audit.note(vec![outcome]).await;
+        }
         let written = match state::encode(&record) {
             Ok(bytes) => lease.put_fenced(progress_key, bytes).await,
             Err(e) => Err(e),
         };
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
-            outcome = AuditEvent::new(&self.config.id, "lease.lost", "fenced")
-                .object(partition)
-                .reason(e.to_string());
+            if let Ok(audit) = &audit {
+                let lost = AuditEvent::new(&self.config.id, "lease.lost", "fenced")
+                    .object(partition)
+                    .reason(e.to_string());
+                audit.note(vec![lost]).await;
+            }
         }
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
-        }
-        if let Ok(audit) = &audit {
-            audit.note(vec![outcome]).await;
         }
     }
 
