@@ -52,16 +52,31 @@ pub fn split_password(conn: &str) -> (String, Option<String>) {
         let Ok(mut url) = url::Url::parse(conn) else {
             return (conn.to_owned(), None);
         };
-        let Some(encoded) = url.password().map(str::to_owned) else {
-            return (conn.to_owned(), None);
-        };
-        let password = percent_encoding::percent_decode_str(&encoded)
-            .decode_utf8_lossy()
-            .into_owned();
-        if url.set_password(None).is_err() {
+        // libpq takes the password from the user info or from a
+        // `password=` query parameter: both leave the string.
+        let mut password = url.password().map(|encoded| {
+            percent_encoding::percent_decode_str(encoded)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        if password.is_some() && url.set_password(None).is_err() {
             return (conn.to_owned(), None);
         }
-        return (url.to_string(), Some(password));
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if let Some((_, value)) = query.iter().find(|(key, _)| key == "password") {
+            password = Some(value.clone());
+            let kept: Vec<&(String, String)> =
+                query.iter().filter(|(key, _)| key != "password").collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
+        return (url.to_string(), password);
     }
     let mut password = None;
     let kept: Vec<&str> = conn
@@ -267,6 +282,30 @@ mod tests {
 
         let (url, _) = split_tls_options("postgres://u@h/db").expect("valid");
         assert!(url.ends_with("sslmode=prefer"), "{url}");
+    }
+
+    #[test]
+    fn a_password_leaves_the_string_in_every_form() {
+        for (conn, left) in [
+            (
+                "postgres://u:s%40cret@h:5432/db?sslmode=require",
+                "postgres://u@h:5432/db?sslmode=require",
+            ),
+            (
+                "postgres://u@h/db?password=s%40cret&sslmode=require",
+                "postgres://u@h/db?sslmode=require",
+            ),
+            ("postgres://u@h/db?password=s%40cret", "postgres://u@h/db"),
+            (
+                "host=h user=u password=s@cret dbname=db",
+                "host=h user=u dbname=db",
+            ),
+        ] {
+            let (without, password) = split_password(conn);
+            assert_eq!(without, left, "{conn}");
+            assert_eq!(password.as_deref(), Some("s@cret"), "{conn}");
+        }
+        assert_eq!(split_password("postgres://u@h/db").1, None);
     }
 
     #[test]
