@@ -15,13 +15,14 @@ use crate::{Error, Result};
 /// ROOT/jobs/JOB/record                 job record (spec, phase, plan)     coordinator (API, driver, recovery)
 /// ROOT/jobs/JOB/control                operator requests (cancel)         coordinator API
 /// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
-/// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention)
+/// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention sweep)
 /// ROOT/jobs/JOB/approvals/ACTION       sign-off request and its approval  coordinator API
 /// ROOT/jobs/JOB/partitions/NNNNNN      a partition's state and progress  coordinator (plan); worker (fenced)
 /// ROOT/jobs/JOB/leases/NNNNNN          who holds the partition            worker (create-if-absent, leased)
 /// ROOT/jobs/JOB/verify/ranges/NNNNNN   a verification range's outcome     coordinator (plan); worker (fenced)
 /// ROOT/jobs/JOB/verify/leases/NNNNNN   who compares the range             worker (create-if-absent, leased)
 /// ROOT/active/JOB                      job open for leasing               coordinator
+/// ROOT/retention/JOB                   when an ended job's staging goes   coordinator (job end; sweep)
 /// ROOT/verifying/JOB                   the one running verification       coordinator (leased)
 /// ROOT/customers/C/limits              a customer's throttle limits       coordinator (spec, API)
 /// ROOT/customers/C/allocation          the budget split among leases      coordinator (allocator)
@@ -74,6 +75,16 @@ impl Keyspace {
 
     pub fn approval(&self, job: &JobId, action: &str) -> String {
         format!("{}/jobs/{job}/approvals/{action}", self.root)
+    }
+
+    /// Ended jobs with a retention, each with the time (unix ms) its staged
+    /// data is due to go; what the retention sweep lists.
+    pub fn retention_prefix(&self) -> String {
+        format!("{}/retention/", self.root)
+    }
+
+    pub fn retention(&self, job: &JobId) -> String {
+        format!("{}/retention/{job}", self.root)
     }
 
     /// Jobs whose partitions are open for leasing; what workers scan.

@@ -92,6 +92,10 @@ pub struct JobDriver {
 }
 
 impl JobDriver {
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
     pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
         Self {
             store,
@@ -244,6 +248,11 @@ impl JobDriver {
         };
         if let Err(e) = self.put_record(&record).await {
             tracing::error!(job_id = %job, error = %e, "cannot record the job's outcome");
+        }
+        if let Err(e) =
+            crate::retention::schedule(self.store.as_ref(), &self.keyspace, &record).await
+        {
+            tracing::error!(job_id = %job, error = %e, "cannot schedule the job's retention; purge it with godwit purge");
         }
         if let Some(audit) = &audit {
             audit

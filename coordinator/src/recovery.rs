@@ -76,6 +76,9 @@ async fn resume_later(
     if let Err(e) = state::save(store, &key, &record).await {
         tracing::error!(job_id = %job, error = %e, "cannot record the job's failure");
     }
+    if let Err(e) = crate::retention::schedule(store, driver.keyspace(), &record).await {
+        tracing::error!(job_id = %job, error = %e, "cannot schedule the job's retention; purge it with godwit purge");
+    }
 }
 
 /// Takes over unfinished jobs; returns how many were resumed.

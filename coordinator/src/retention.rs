@@ -33,36 +33,50 @@ pub async fn run(
     }
 }
 
+/// Files an ended job for purging once its retention runs out (nothing
+/// for a job without one). The sweep lists these entries only, not every
+/// job's keys.
+pub async fn schedule(
+    store: &dyn LeaseStore,
+    keyspace: &Keyspace,
+    record: &JobRecord,
+) -> Result<()> {
+    let (Some(retention), Some(finished)) = (record.spec.retention(), record.finished_at_unix_ms)
+    else {
+        return Ok(());
+    };
+    let due = finished.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+    store
+        .put(
+            &keyspace.retention(&record.spec.job),
+            due.to_string().into_bytes(),
+        )
+        .await
+}
+
 /// Purges every ended job whose retention has run out; returns how many.
 pub async fn sweep(store: &dyn LeaseStore, keyspace: &Keyspace) -> Result<usize> {
     let mut purged = 0;
-    for (key, bytes) in store.list(&keyspace.jobs_prefix()).await? {
-        if !key.ends_with("/record") {
+    let now = now_unix_ms();
+    for (key, bytes) in store.list(&keyspace.retention_prefix()).await? {
+        let due: u64 = String::from_utf8_lossy(&bytes).trim().parse().unwrap_or(0);
+        let Some(job) = key.rsplit('/').next().and_then(|id| JobId::parse(id).ok()) else {
+            continue;
+        };
+        if due > now {
             continue;
         }
-        let record: JobRecord = state::decode(&key, &bytes)?;
-        if due(&record, now_unix_ms())
-            && store
-                .get(&keyspace.job_purged(&record.spec.job))
-                .await?
-                .is_none()
-        {
-            purge(store, keyspace, &record.spec.job, &record).await?;
-            purged += 1;
+        match state::load::<JobRecord>(store, &keyspace.job_record(&job)).await? {
+            Some(record) if record.phase.is_final() => {
+                purge(store, keyspace, &job, &record).await?;
+                purged += 1;
+            }
+            Some(_) => continue,
+            None => {}
         }
+        store.delete(&key).await?;
     }
     Ok(purged)
-}
-
-/// Whether `record`'s staged data has outlived its retention at `now_ms`.
-fn due(record: &JobRecord, now_ms: u64) -> bool {
-    let (Some(retention), Some(finished)) = (record.spec.retention(), record.finished_at_unix_ms)
-    else {
-        return false;
-    };
-    record.phase.is_final()
-        && now_ms
-            >= finished.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn purge(
