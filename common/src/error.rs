@@ -51,6 +51,9 @@ pub enum Error {
     Verification(String),
     #[error("cancelled")]
     Cancelled,
+    /// A unit of leased work failed for good; the message names it.
+    #[error("{0}")]
+    WorkFailed(String),
 }
 
 impl Error {

@@ -20,5 +20,6 @@ pub mod state;
 pub mod telemetry;
 pub mod throttle;
 pub mod verify;
+pub mod work;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, PartitionNo};
 use crate::spec::{JobSpec, TableName};
+use crate::work::WorkKind;
 use crate::{Error, Result};
 
 /// Key layout under one root per deployment (default `/godwit`): every key,
@@ -17,10 +18,9 @@ use crate::{Error, Result};
 /// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
 /// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention sweep)
 /// ROOT/jobs/JOB/approvals/ACTION       sign-off request and its approval  coordinator API
-/// ROOT/jobs/JOB/partitions/NNNNNN      a partition's state and progress  coordinator (plan); worker (fenced)
-/// ROOT/jobs/JOB/leases/NNNNNN          who holds the partition            worker (create-if-absent, leased)
-/// ROOT/jobs/JOB/verify/ranges/NNNNNN   a verification range's outcome     coordinator (plan); worker (fenced)
-/// ROOT/jobs/JOB/verify/leases/NNNNNN   who compares the range             worker (create-if-absent, leased)
+/// ROOT/jobs/JOB/work/KIND/items/NNNNNN   a unit of leased work (KIND: copy, verify): its state and progress
+///                                        coordinator (publishes); worker (fenced by the lease)
+/// ROOT/jobs/JOB/work/KIND/leases/NNNNNN  who holds the unit          worker (create-if-absent, leased)
 /// ROOT/active/JOB                      job open for leasing               coordinator
 /// ROOT/retention/JOB                   when an ended job's staging goes   coordinator (job end; sweep)
 /// ROOT/verifying/JOB                   the one running verification       coordinator (leased)
@@ -41,6 +41,11 @@ impl Keyspace {
         Self {
             root: root.trim_end_matches('/').to_owned(),
         }
+    }
+
+    /// Every key of the deployment.
+    pub fn root_prefix(&self) -> String {
+        format!("{}/", self.root)
     }
 
     pub fn jobs_prefix(&self) -> String {
@@ -96,20 +101,25 @@ impl Keyspace {
         format!("{}/active/{job}", self.root)
     }
 
-    pub fn partitions_prefix(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/partitions/", self.root)
+    /// Every unit of leased work of the kind the job has.
+    pub fn work_prefix(&self, job: &JobId, kind: WorkKind) -> String {
+        format!("{}/jobs/{job}/work/{}/", self.root, kind.segment())
     }
 
-    pub fn partition(&self, job: &JobId, partition: PartitionNo) -> String {
-        format!("{}/jobs/{job}/partitions/{partition:06}", self.root)
+    pub fn work_items_prefix(&self, job: &JobId, kind: WorkKind) -> String {
+        format!("{}items/", self.work_prefix(job, kind))
     }
 
-    pub fn leases_prefix(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/leases/", self.root)
+    pub fn work_item(&self, job: &JobId, kind: WorkKind, number: u32) -> String {
+        format!("{}items/{number:06}", self.work_prefix(job, kind))
     }
 
-    pub fn lease(&self, job: &JobId, partition: PartitionNo) -> String {
-        format!("{}/jobs/{job}/leases/{partition:06}", self.root)
+    pub fn work_leases_prefix(&self, job: &JobId, kind: WorkKind) -> String {
+        format!("{}leases/", self.work_prefix(job, kind))
+    }
+
+    pub fn work_lease(&self, job: &JobId, kind: WorkKind, number: u32) -> String {
+        format!("{}leases/{number:06}", self.work_prefix(job, kind))
     }
 
     /// A job's pause flag: while present, no partition of it is read.
@@ -146,26 +156,6 @@ impl Keyspace {
 
     pub fn verifying(&self, job: &JobId) -> String {
         format!("{}/verifying/{job}", self.root)
-    }
-
-    pub fn verify_prefix(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/verify/", self.root)
-    }
-
-    pub fn verify_ranges_prefix(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/verify/ranges/", self.root)
-    }
-
-    pub fn verify_range(&self, job: &JobId, range: u32) -> String {
-        format!("{}/jobs/{job}/verify/ranges/{range:06}", self.root)
-    }
-
-    pub fn verify_leases_prefix(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/verify/leases/", self.root)
-    }
-
-    pub fn verify_lease(&self, job: &JobId, range: u32) -> String {
-        format!("{}/jobs/{job}/verify/leases/{range:06}", self.root)
     }
 }
 
@@ -397,91 +387,6 @@ pub struct VerifyRun {
 pub struct PinnedSnapshots {
     pub source: String,
     pub target: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RangeState {
-    Pending,
-    Compared,
-    Failed,
-}
-
-/// A leased unit of verification: one key range of a table (or the whole
-/// table when it has no primary key), compared on both databases.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyRange {
-    pub range: u32,
-    pub table: TableName,
-    /// None: the whole table, which has no primary key to range over.
-    pub keys: Option<KeyRange>,
-    /// The range's share of the table's size at the source, what
-    /// throttling charges for comparing it.
-    #[serde(default)]
-    pub estimated_bytes: u64,
-    pub state: RangeState,
-    pub source_rows: u64,
-    pub target_rows: u64,
-    /// Whether both databases hold the same rows in the range; when not,
-    /// the worker stored the sealed finding in staging.
-    pub matched: bool,
-    pub attempts: u32,
-    pub error: Option<String>,
-    #[serde(default)]
-    pub retry_after_unix_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionState {
-    Pending,
-    Copied,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionRecord {
-    pub job: JobId,
-    pub partition: PartitionNo,
-    pub table: TableName,
-    pub range: BlockRange,
-    pub state: PartitionState,
-    pub rows: u64,
-    pub bytes_read: u64,
-    pub bytes_staged: u64,
-    /// Chunks the target ledger has confirmed, i.e. the resume point.
-    pub chunks_applied: u64,
-    #[serde(default)]
-    pub timings: StageTimings,
-    pub attempts: u32,
-    pub error: Option<String>,
-    /// After a retryable failure: not to be taken again before this time.
-    #[serde(default)]
-    pub retry_after_unix_ms: Option<u64>,
-}
-
-/// Where a partition's copy time went, in milliseconds. Summed over
-/// partitions running at once, and the source keeps filling the socket
-/// buffer while a chunk loads, so they do not add up to wall time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageTimings {
-    /// Waiting for the source's COPY stream.
-    pub read_ms: u64,
-    /// Compressing, encrypting and hashing chunks.
-    pub seal_ms: u64,
-    /// Writing sealed chunks to the staging area.
-    pub stage_ms: u64,
-    /// Loading chunks and their ledger rows into the target.
-    pub load_ms: u64,
-}
-
-impl StageTimings {
-    pub fn add(&mut self, other: &StageTimings) {
-        self.read_ms += other.read_ms;
-        self.seal_ms += other.seal_ms;
-        self.stage_ms += other.stage_ms;
-        self.load_ms += other.load_ms;
-    }
 }
 
 /// Wall time of each job phase, in milliseconds.

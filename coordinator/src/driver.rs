@@ -19,9 +19,9 @@ use godwit_common::pg::{self, Side, join_snapshot, large_objects, stream};
 use godwit_common::spec::TableName;
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, CutoverRecord, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState,
-    PhaseTimings, PlannedTable, StageTimings, now_unix_ms,
+    self, CutoverRecord, JobPhase, JobRecord, Keyspace, PhaseTimings, PlannedTable, now_unix_ms,
 };
+use godwit_common::work::{self, PartitionRecord, StageTimings, WorkKind};
 use godwit_common::{Error, Result};
 
 use crate::changes::{self, StreamSetup, Streamer};
@@ -88,7 +88,6 @@ fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
 pub struct JobDriver {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
-    poll_interval: Duration,
 }
 
 impl JobDriver {
@@ -97,11 +96,7 @@ impl JobDriver {
     }
 
     pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
-        Self {
-            store,
-            keyspace,
-            poll_interval: Duration::from_millis(250),
-        }
+        Self { store, keyspace }
     }
 
     /// Publishes the job's first record so it is visible (and not submitted
@@ -149,15 +144,10 @@ impl JobDriver {
             return Err(JobError::NotFound(job.to_string()));
         };
         let previous: JobRecord = state::decode(&key, &bytes).map_err(JobError::Failed)?;
-        for prefix in [
-            self.keyspace.partitions_prefix(job),
-            self.keyspace.leases_prefix(job),
-        ] {
-            self.store
-                .delete_prefix(&prefix)
-                .await
-                .map_err(JobError::Failed)?;
-        }
+        self.store
+            .delete_prefix(&self.keyspace.work_prefix(job, WorkKind::Copy))
+            .await
+            .map_err(JobError::Failed)?;
         self.store
             .delete(&self.keyspace.active(job))
             .await
@@ -574,32 +564,20 @@ impl JobDriver {
             } else {
                 Vec::new()
             };
-            let mut partitions = Vec::with_capacity(ranges.len());
-            for range in ranges {
-                let record = PartitionRecord {
-                    job: spec.job.clone(),
-                    partition: next_partition,
-                    table: table.name.clone(),
-                    range,
-                    state: PartitionState::Pending,
-                    rows: 0,
-                    bytes_read: 0,
-                    bytes_staged: 0,
-                    chunks_applied: 0,
-                    timings: StageTimings::default(),
-                    attempts: 0,
-                    error: None,
-                    retry_after_unix_ms: None,
-                };
-                self.store
-                    .put(
-                        &self.keyspace.partition(&spec.job, next_partition),
-                        state::encode(&record)?,
+            let items: Vec<PartitionRecord> = ranges
+                .into_iter()
+                .map(|range| {
+                    next_partition += 1;
+                    PartitionRecord::pending(
+                        spec.job.clone(),
+                        next_partition - 1,
+                        table.name.clone(),
+                        range,
                     )
-                    .await?;
-                partitions.push(next_partition);
-                next_partition += 1;
-            }
+                })
+                .collect();
+            work::publish(self.store.as_ref(), &self.keyspace, &spec.job, &items).await?;
+            let partitions = items.iter().map(|p| p.partition).collect();
             planned.push(planned_table(table, partitions));
         }
         tracing::info!(job_id = %spec.job, tables = planned.len(), partitions = next_partition, "plan published");
@@ -612,56 +590,27 @@ impl JobDriver {
         job: &godwit_common::ids::JobId,
         record: &JobRecord,
     ) -> Result<CopyTotals, JobError> {
-        let prefix = self.keyspace.partitions_prefix(job);
-        loop {
-            // The lease store may be away for a while (etcd restarting): the
-            // job waits for it rather than failing.
-            let observed = async {
-                Ok::<_, Error>((
-                    self.cancel_requested(job).await?,
-                    self.store.list(&prefix).await?,
-                ))
-            };
-            let (cancelled, partitions) = match observed.await {
-                Ok(observed) => observed,
-                Err(e) => {
-                    tracing::warn!(job_id = %job, error = %e, "lease store unavailable; waiting for it");
-                    tokio::time::sleep(self.poll_interval * 4).await;
-                    continue;
-                }
-            };
-            if cancelled {
-                return Err(JobError::Cancelled(job.to_string()));
-            }
-            let mut done = 0usize;
-            let mut totals = CopyTotals::default();
-            for (key, bytes) in &partitions {
-                let partition: PartitionRecord =
-                    state::decode(key, bytes).map_err(JobError::Failed)?;
-                totals.rows += partition.rows;
-                totals.bytes_read += partition.bytes_read;
-                totals.bytes_staged += partition.bytes_staged;
-                totals.stages.add(&partition.timings);
-                match partition.state {
-                    PartitionState::Copied => done += 1,
-                    PartitionState::Failed => {
-                        return Err(JobError::Failed(Error::Catalog(format!(
-                            "table {} partition {} failed after {} attempt(s): {}",
-                            partition.table,
-                            partition.partition,
-                            partition.attempts,
-                            partition.error.unwrap_or_default()
-                        ))));
-                    }
-                    PartitionState::Pending => {}
-                }
-            }
-            let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
-            if done == expected {
-                return Ok(totals);
-            }
-            tokio::time::sleep(self.poll_interval).await;
+        let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
+        let partitions = work::await_done::<PartitionRecord, _, _>(
+            self.store.clone(),
+            &self.keyspace,
+            job,
+            expected,
+            || self.cancel_requested(job),
+        )
+        .await
+        .map_err(|stopped| match stopped {
+            work::Stopped::Cancelled => JobError::Cancelled(job.to_string()),
+            work::Stopped::Failed(e) => JobError::Failed(e),
+        })?;
+        let mut totals = CopyTotals::default();
+        for partition in &partitions {
+            totals.rows += partition.rows;
+            totals.bytes_read += partition.bytes_read;
+            totals.bytes_staged += partition.bytes_staged;
+            totals.stages.add(&partition.timings);
         }
+        Ok(totals)
     }
 
     async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {

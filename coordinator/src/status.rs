@@ -5,9 +5,9 @@ use godwit_common::Result;
 use godwit_common::ids::JobId;
 use godwit_common::lease::LeaseStore;
 use godwit_common::state::{
-    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PartitionRecord,
-    PartitionState, now_unix_ms,
+    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, now_unix_ms,
 };
+use godwit_common::work::{self, PartitionRecord, WorkState};
 use godwit_proto::v1::{Changes, Cutover, JobState, JobStatus, Progress, TableStatus, Throttle};
 
 pub fn job_state(phase: JobPhase) -> JobState {
@@ -32,10 +32,7 @@ pub async fn load(
     else {
         return Ok(None);
     };
-    let mut partitions = Vec::new();
-    for (key, bytes) in store.list(&keyspace.partitions_prefix(job)).await? {
-        partitions.push(state::decode::<PartitionRecord>(&key, &bytes)?);
-    }
+    let partitions: Vec<PartitionRecord> = work::list(store, keyspace, job).await?;
     let mut status = assemble(&record, &partitions, now_unix_ms());
     status.paused = state::is_paused(store, keyspace, job).await?;
     status.throttle = Some(throttle(store, keyspace, record.spec.customer.as_str()).await?);
@@ -92,7 +89,7 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
         };
         for partition in partitions.iter().filter(|p| p.table == table.name) {
             progress.partitions_total += 1;
-            if partition.state == PartitionState::Copied {
+            if partition.state == WorkState::Done {
                 progress.partitions_done += 1;
             }
             progress.rows += partition.rows;

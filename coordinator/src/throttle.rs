@@ -17,6 +17,7 @@ use godwit_common::state::{self, Keyspace, now_unix_ms};
 use godwit_common::throttle::{
     AdaptiveSpec, Allocation, Backoff, CustomerLimits, Load, Probe, split,
 };
+use godwit_common::work::WorkKind;
 use godwit_common::{Error, Result};
 
 /// How often budgets are split again. Workers re-read their shares as
@@ -278,7 +279,9 @@ impl Allocator {
         for record in state::active_jobs(self.store.as_ref(), &self.keyspace).await? {
             let held = state::keys_under(
                 self.store.as_ref(),
-                &self.keyspace.leases_prefix(&record.spec.job),
+                &self
+                    .keyspace
+                    .work_leases_prefix(&record.spec.job, WorkKind::Copy),
             )
             .await?;
             let customer = record.spec.customer.to_string();
@@ -290,7 +293,9 @@ impl Allocator {
         for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
             let held = state::keys_under(
                 self.store.as_ref(),
-                &self.keyspace.verify_leases_prefix(&run.spec.job),
+                &self
+                    .keyspace
+                    .work_leases_prefix(&run.spec.job, WorkKind::Verify),
             )
             .await?;
             let customer = run.spec.customer.to_string();
@@ -446,7 +451,7 @@ mod tests {
         for n in 0..leases {
             let lease = godwit_common::lease::HeldLease::try_acquire(
                 store.clone(),
-                &keyspace.lease(&id, n),
+                &keyspace.work_lease(&id, WorkKind::Copy, n),
                 b"w".to_vec(),
                 LeaseTiming::DEFAULT,
             )
@@ -491,7 +496,10 @@ mod tests {
             .expect("beta allocated");
         assert_eq!(beta.bytes_per_sec, None);
         let b1 = JobId::parse("b1").expect("id");
-        assert_eq!(beta.share(&keyspace.lease(&b1, 0)), None);
+        assert_eq!(
+            beta.share(&keyspace.work_lease(&b1, WorkKind::Copy, 0)),
+            None
+        );
 
         // A worker's lease ends: its share returns to the others.
         let gone = acme.pop().expect("a lease");

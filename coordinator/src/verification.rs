@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use godwit_common::keyring::job_data_key;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
@@ -16,10 +15,9 @@ use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::{self, Side, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
-use godwit_common::state::{
-    self, Keyspace, PinnedSnapshots, RangeState, VerifyRange, VerifyRun, now_unix_ms,
-};
+use godwit_common::state::{self, Keyspace, PinnedSnapshots, VerifyRun, now_unix_ms};
 use godwit_common::verify::{self, ContentLayer, Options, RangeFinding, Report, TableReport};
+use godwit_common::work::{self, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};
 
 use crate::error::JobError;
@@ -38,7 +36,6 @@ pub struct Verified {
 pub struct Verifier {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
-    poll_interval: Duration,
 }
 
 /// A table's place in the run: its report when the coordinator made it
@@ -50,11 +47,7 @@ enum Planned {
 
 impl Verifier {
     pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
-        Self {
-            store,
-            keyspace,
-            poll_interval: Duration::from_millis(100),
-        }
+        Self { store, keyspace }
     }
 
     /// Verifies the job `spec` describes, as the databases are now. Refused
@@ -155,7 +148,7 @@ impl Verifier {
                 spec.job
             )));
         };
-        let ranges_prefix = self.keyspace.verify_prefix(&spec.job);
+        let ranges_prefix = self.keyspace.work_prefix(&spec.job, WorkKind::Verify);
         // Ranges a run cut short left behind would count as this run's.
         let outcome = match self.store.delete_prefix(&ranges_prefix).await {
             Ok(()) => tokio::select! {
@@ -222,36 +215,22 @@ impl Verifier {
                 .bytes
                 .div_ceil(spec.partition_size.0.max(1))
                 .clamp(1, MAX_RANGES_PER_TABLE) as usize;
-            let mut numbers = Vec::new();
             let ranges = self
                 .key_ranges(source, &table.name, pieces)
                 .await
                 .map_err(failed)?;
             let estimated_bytes = table.bytes / ranges.len().max(1) as u64;
-            for keys in ranges {
-                let range = VerifyRange {
-                    range: next,
-                    table: table.name.clone(),
-                    keys,
-                    estimated_bytes,
-                    state: RangeState::Pending,
-                    source_rows: 0,
-                    target_rows: 0,
-                    matched: false,
-                    attempts: 0,
-                    error: None,
-                    retry_after_unix_ms: None,
-                };
-                self.store
-                    .put(
-                        &self.keyspace.verify_range(&spec.job, next),
-                        state::encode(&range).map_err(failed)?,
-                    )
-                    .await
-                    .map_err(failed)?;
-                numbers.push(next);
-                next += 1;
-            }
+            let items: Vec<VerifyRange> = ranges
+                .into_iter()
+                .map(|keys| {
+                    next += 1;
+                    VerifyRange::pending(next - 1, table.name.clone(), keys, estimated_bytes)
+                })
+                .collect();
+            work::publish(self.store.as_ref(), &self.keyspace, &spec.job, &items)
+                .await
+                .map_err(failed)?;
+            let numbers = items.iter().map(|r| r.range).collect();
             plan.push(Planned::Ranges(table.name.clone(), numbers));
         }
         tracing::info!(job_id = %spec.job, tables = tables.len(), ranges = next, "verification ranges published");
@@ -324,42 +303,25 @@ impl Verifier {
             .collect())
     }
 
-    /// Waits until every range is compared (by number); fails naming the first range
-    /// that failed for good.
+    /// Waits until every range is compared (by number); fails naming the
+    /// first range that failed for good.
     async fn wait_for_ranges(
         &self,
         run: &VerifyRun,
         expected: usize,
     ) -> Result<BTreeMap<u32, VerifyRange>, JobError> {
-        let prefix = self.keyspace.verify_ranges_prefix(&run.spec.job);
-        loop {
-            let listed = match self.store.list(&prefix).await {
-                Ok(listed) => listed,
-                Err(e) => {
-                    tracing::warn!(job_id = %run.spec.job, error = %e, "lease store unavailable; waiting for it");
-                    tokio::time::sleep(self.poll_interval * 10).await;
-                    continue;
-                }
-            };
-            let mut ranges = BTreeMap::new();
-            for (key, bytes) in &listed {
-                let range: VerifyRange = state::decode(key, bytes).map_err(JobError::Failed)?;
-                if range.state == RangeState::Failed {
-                    return Err(JobError::Failed(Error::Verification(format!(
-                        "cannot compare {} range {} after {} attempt(s): {}",
-                        range.table,
-                        range.range,
-                        range.attempts,
-                        range.error.unwrap_or_default()
-                    ))));
-                }
-                ranges.insert(range.range, range);
-            }
-            if ranges.len() == expected && ranges.values().all(|r| r.state == RangeState::Compared)
-            {
-                return Ok(ranges);
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
+        let ranges = work::await_done::<VerifyRange, _, _>(
+            self.store.clone(),
+            &self.keyspace,
+            &run.spec.job,
+            expected,
+            || async { Ok(false) },
+        )
+        .await
+        .map_err(|stopped| match stopped {
+            work::Stopped::Cancelled => JobError::Cancelled(run.spec.job.to_string()),
+            work::Stopped::Failed(e) => JobError::Failed(e),
+        })?;
+        Ok(ranges.into_iter().map(|r| (r.range, r)).collect())
     }
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use godwit_common::audit::{AuditEvent, AuditLog};
 use godwit_common::ids::JobId;
-use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
+use godwit_common::lease::{Change, HeldLease, LeaseStore, LeaseTiming, Wakeups};
 use godwit_common::staging::Staging;
-use godwit_common::state::{
-    self, JobPhase, JobRecord, Keyspace, PartitionRecord, PartitionState, RangeState, VerifyRange,
-    VerifyRun,
+use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, VerifyRun};
+use godwit_common::work::{
+    self, Claimed, PartitionRecord, RetryPolicy, Settled, VerifyRange, WorkItem,
 };
 use godwit_common::{Error, Result};
 use tokio::sync::{Semaphore, watch};
@@ -25,10 +25,25 @@ use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
 use crate::throttle::{Following, Place, ReadPacer, Spares, follow, take_session_slot};
 
-/// A unit of work a worker can lease.
-enum Task {
+/// Work open for the taking, as listed.
+enum Open {
     Copy(Arc<JobRecord>, PartitionRecord),
     Verify(Arc<VerifyRun>, VerifyRange),
+}
+
+/// Work whose lease this worker holds.
+enum Task {
+    Copy(Arc<JobRecord>, Claimed<PartitionRecord>),
+    Verify(Arc<VerifyRun>, Claimed<VerifyRange>),
+}
+
+impl Open {
+    fn spec(&self) -> &godwit_common::spec::JobSpec {
+        match self {
+            Open::Copy(job, _) => &job.spec,
+            Open::Verify(run, _) => &run.spec,
+        }
+    }
 }
 
 impl Task {
@@ -39,17 +54,24 @@ impl Task {
         }
     }
 
-    fn lease_key(&self, keyspace: &Keyspace) -> String {
+    fn lease(&self) -> &HeldLease {
         match self {
-            Task::Copy(job, partition) => keyspace.lease(&job.spec.job, partition.partition),
-            Task::Verify(run, range) => keyspace.verify_lease(&run.spec.job, range.range),
+            Task::Copy(_, claimed) => claimed.lease(),
+            Task::Verify(_, claimed) => claimed.lease(),
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Task::Copy(_, claimed) => claimed.release().await,
+            Task::Verify(_, claimed) => claimed.release().await,
         }
     }
 }
 
-/// Backoff before failed work is retried (full jitter, doubling).
-const RETRY_BASE: Duration = Duration::from_millis(500);
-const RETRY_CAP: Duration = Duration::from_secs(30);
+/// At most one look at the keyspace per this long, however busy it is
+/// (every chunk of every partition writes progress).
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -58,9 +80,10 @@ pub struct WorkerConfig {
     /// worker, per customer.
     pub concurrency: usize,
     pub timing: LeaseTiming,
+    /// Longest time between two looks for work when no change woke the
+    /// worker (a lost watch, a backoff running out).
     pub poll_interval: Duration,
-    /// Attempts at a partition before it is marked failed.
-    pub max_attempts: u32,
+    pub retry: RetryPolicy,
     /// How long running partitions may take to finish after shutdown is asked.
     pub shutdown_grace: Duration,
 }
@@ -71,8 +94,8 @@ impl WorkerConfig {
             id,
             concurrency: 2,
             timing: LeaseTiming::DEFAULT,
-            poll_interval: Duration::from_millis(250),
-            max_attempts: 5,
+            poll_interval: Duration::from_secs(1),
+            retry: RetryPolicy::DEFAULT,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -110,66 +133,66 @@ impl Worker {
         // Finished work wakes the loop at once: the next lease then starts
         // while the finished one's share can still be handed over to it.
         let finished = Arc::new(tokio::sync::Notify::new());
+        let mut wakeups = Wakeups::open(
+            self.store.clone(),
+            &self.keyspace.root_prefix(),
+            self.config.poll_interval,
+        )
+        .await
+        .only(|change| !is_throttle_bookkeeping(change));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = wakeups.wait() => {}
                 () = finished.notified() => {}
             }
             while running.try_join_next().is_some() {}
-            let candidates = match self.pending_tasks().await {
+            let candidates = match self.open_work().await {
                 Ok(candidates) => candidates,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list pending work");
                     continue;
                 }
             };
-            for task in candidates {
+            for open in candidates {
                 let pool = slots
-                    .entry(task.spec().customer.to_string())
+                    .entry(open.spec().customer.to_string())
                     .or_insert_with(|| Arc::new(Semaphore::new(self.config.concurrency)));
                 let Ok(slot) = pool.clone().try_acquire_owned() else {
                     continue;
                 };
-                let lease_key = task.lease_key(&self.keyspace);
-                let owner = self.config.id.clone().into_bytes();
-                match HeldLease::try_acquire(
-                    self.store.clone(),
-                    &lease_key,
-                    owner,
-                    self.config.timing,
-                )
-                .await
-                {
-                    Ok(Some(lease)) => {
-                        let worker = self.clone();
-                        let finished = finished.clone();
-                        running.spawn(async move {
-                            let spec = task.spec();
-                            let Some(following) = worker
-                                .admit(spec.customer.as_str(), &spec.job, &lease, &lease_key)
-                                .await
-                            else {
-                                let _ = lease.release().await;
-                                return;
-                            };
-                            match task {
-                                Task::Copy(job, partition) => {
-                                    worker.work_on(job, partition, lease, following).await;
-                                }
-                                Task::Verify(run, range) => {
-                                    worker.verify_range(run, range, lease, following).await;
-                                }
-                            }
-                            drop(slot);
-                            finished.notify_one();
-                        });
+                let task = match self.claim(open).await {
+                    Ok(Some(task)) => task,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take lease");
+                        continue;
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, lease = %lease_key, "cannot take lease"),
-                }
+                };
+                let worker = self.clone();
+                let finished = finished.clone();
+                running.spawn(async move {
+                    let spec = task.spec();
+                    let lease_key = task.lease().key().to_owned();
+                    let Some(following) = worker
+                        .admit(spec.customer.as_str(), &spec.job, task.lease(), &lease_key)
+                        .await
+                    else {
+                        task.release().await;
+                        return;
+                    };
+                    match task {
+                        Task::Copy(job, claimed) => worker.work_on(job, claimed, following).await,
+                        Task::Verify(run, claimed) => {
+                            worker.verify_range(run, claimed, following).await;
+                        }
+                    }
+                    drop(slot);
+                    finished.notify_one();
+                });
             }
+            tokio::time::sleep(MIN_LOOK_INTERVAL).await;
         }
         tracing::info!(worker = %self.config.id, running = running.len(), "worker stopping: no new leases, handing partitions back after their current chunk");
         self.stopping.send_replace(true);
@@ -185,58 +208,52 @@ impl Worker {
         Ok(())
     }
 
-    async fn pending_tasks(&self) -> Result<Vec<Task>> {
-        let mut pending = Vec::new();
-        for record in state::active_jobs(self.store.as_ref(), &self.keyspace).await? {
+    async fn open_work(&self) -> Result<Vec<Open>> {
+        let store = self.store.as_ref();
+        let mut open = Vec::new();
+        for record in state::active_jobs(store, &self.keyspace).await? {
             let job = record.spec.job.clone();
             if record.phase != JobPhase::Copying
-                || self
-                    .store
-                    .get(&self.keyspace.job_paused(&job))
-                    .await?
-                    .is_some()
+                || state::is_paused(store, &self.keyspace, &job).await?
             {
                 continue;
             }
             let record = Arc::new(record);
-            let leased =
-                state::keys_under(self.store.as_ref(), &self.keyspace.leases_prefix(&job)).await?;
-            let prefix = self.keyspace.partitions_prefix(&job);
-            for (key, bytes) in self.store.list(&prefix).await? {
-                let partition: PartitionRecord = state::decode(&key, &bytes)?;
-                let lease_key = self.keyspace.lease(&job, partition.partition);
-                if partition.state == PartitionState::Pending
-                    && !leased.contains(&lease_key)
-                    && !backing_off(partition.retry_after_unix_ms)
-                {
-                    pending.push(Task::Copy(record.clone(), partition));
-                }
+            for partition in work::pending::<PartitionRecord>(store, &self.keyspace, &job).await? {
+                open.push(Open::Copy(record.clone(), partition));
             }
         }
-        for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
-            if state::is_paused(self.store.as_ref(), &self.keyspace, &run.spec.job).await? {
+        for run in state::verify_runs(store, &self.keyspace).await? {
+            if state::is_paused(store, &self.keyspace, &run.spec.job).await? {
                 continue;
             }
             let run = Arc::new(run);
-            let job = &run.spec.job;
-            let leased = state::keys_under(
-                self.store.as_ref(),
-                &self.keyspace.verify_leases_prefix(job),
-            )
-            .await?;
-            let prefix = self.keyspace.verify_ranges_prefix(job);
-            for (key, bytes) in self.store.list(&prefix).await? {
-                let range: VerifyRange = state::decode(&key, &bytes)?;
-                let lease_key = self.keyspace.verify_lease(job, range.range);
-                if range.state == RangeState::Pending
-                    && !leased.contains(&lease_key)
-                    && !backing_off(range.retry_after_unix_ms)
-                {
-                    pending.push(Task::Verify(run.clone(), range));
-                }
+            for range in work::pending::<VerifyRange>(store, &self.keyspace, &run.spec.job).await? {
+                open.push(Open::Verify(run.clone(), range));
             }
         }
-        Ok(pending)
+        Ok(open)
+    }
+
+    async fn claim(&self, open: Open) -> Result<Option<Task>> {
+        let (store, keyspace, owner, timing) = (
+            self.store.clone(),
+            &self.keyspace,
+            self.config.id.as_str(),
+            self.config.timing,
+        );
+        Ok(match open {
+            Open::Copy(job, listed) => {
+                work::claim(store, keyspace, &job.spec.job, listed, owner, timing)
+                    .await?
+                    .map(|claimed| Task::Copy(job, claimed))
+            }
+            Open::Verify(run, listed) => {
+                work::claim(store, keyspace, &run.spec.job, listed, owner, timing)
+                    .await?
+                    .map(|claimed| Task::Verify(run, claimed))
+            }
+        })
     }
 
     /// Takes one of the customer's source session slots for the lease, if
@@ -287,47 +304,15 @@ impl Worker {
         ))
     }
 
-    /// The record at `key` now that its lease is ours (the listing it came
-    /// from may be stale), if it is still `pending`; the listed one when
-    /// the store cannot say.
-    async fn still_pending<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-        listed: T,
-        pending: impl Fn(&T) -> bool,
-    ) -> Option<T> {
-        match state::load::<T>(self.store.as_ref(), key).await {
-            Ok(Some(current)) => pending(&current).then_some(current),
-            Ok(None) => Some(listed),
-            Err(e @ Error::Corrupt { .. }) => {
-                tracing::error!(error = %e, key, "unreadable work record");
-                None
-            }
-            Err(_) => Some(listed),
-        }
-    }
-
     async fn work_on(
         &self,
         job: Arc<JobRecord>,
-        partition: PartitionRecord,
-        lease: HeldLease,
+        claimed: Claimed<PartitionRecord>,
         following: Following,
     ) {
-        let job_id = job.spec.job.clone();
-        let partition_no = partition.partition;
-        let progress_key = self.keyspace.partition(&job_id, partition_no);
-        let Some(record) = self
-            .still_pending(&progress_key, partition, |p: &PartitionRecord| {
-                p.state == PartitionState::Pending
-            })
-            .await
-        else {
-            let _ = lease.release().await;
-            return;
-        };
-        let span = tracing::info_span!("partition", job_id = %job_id, partition = partition_no, table = %record.table);
-        self.finish_partition(&job, record, lease, &progress_key, following)
+        let item = &claimed.item;
+        let span = tracing::info_span!("partition", job_id = %job.spec.job, partition = item.partition, table = %item.table);
+        self.finish_partition(&job, claimed, following)
             .instrument(span)
             .await;
     }
@@ -335,13 +320,11 @@ impl Worker {
     async fn finish_partition(
         &self,
         job: &JobRecord,
-        mut record: PartitionRecord,
-        lease: HeldLease,
-        progress_key: &str,
+        mut claimed: Claimed<PartitionRecord>,
         following: Following,
     ) {
         tracing::info!(worker = %self.config.id, "copying partition");
-        let partition = format!("{} partition {}", record.table, record.partition);
+        let partition = claimed.item.describe();
         let audit = AuditLog::open(&job.spec).await;
         if let Ok(audit) = &audit {
             audit
@@ -352,67 +335,56 @@ impl Worker {
         }
         let active = self.keyspace.active(&job.spec.job);
         let outcome = tokio::select! {
-            outcome = self.copy(job, &mut record, &lease, progress_key, &following) => outcome,
+            outcome = self.copy(job, &mut claimed, &following) => outcome,
             () = self.gone(&active) => {
                 tracing::info!("job no longer copying: abandoning the partition");
-                let _ = lease.release().await;
+                claimed.release().await;
                 return;
             }
         };
-        match outcome {
-            Ok(()) => {
+        let settled = claimed.settle(&outcome, &self.config.retry);
+        let record = &claimed.item;
+        match (&outcome, settled) {
+            (_, Settled::Done) => {
                 following.completed();
-                record.state = PartitionState::Copied;
-                record.error = None;
                 tracing::info!(
                     rows = record.rows,
                     bytes_read = record.bytes_read,
                     "partition copied"
                 );
             }
-            Err(Error::Cancelled) => {
+            (_, Settled::HandedBack) => {
                 tracing::info!(chunks = record.chunks_applied, "handing the partition back");
             }
-            Err(e) => {
-                let give_up = self.note_failure(
-                    &e,
-                    &mut record.attempts,
-                    &mut record.error,
-                    &mut record.retry_after_unix_ms,
-                );
-                if give_up {
-                    record.state = PartitionState::Failed;
-                }
-                tracing::warn!(error = %e, attempts = record.attempts, give_up, "partition copy failed");
+            (Err(e), _) => {
+                tracing::warn!(error = %e, attempts = record.attempts.attempts, give_up = settled == Settled::GaveUp, "partition copy failed");
             }
+            (Ok(()), _) => {}
         }
-        let mut outcome = match record.state {
-            PartitionState::Copied => AuditEvent::new(&self.config.id, "partition.copied", "ok")
-                .object(format!(
+        let mut event = match settled {
+            Settled::Done => {
+                AuditEvent::new(&self.config.id, "partition.copied", "ok").object(format!(
                     "{partition}: {} chunk(s), {} rows",
                     record.chunks_applied, record.rows
-                )),
-            PartitionState::Failed => {
-                AuditEvent::new(&self.config.id, "partition.copied", "failed")
+                ))
             }
-            _ => AuditEvent::new(&self.config.id, "lease.released", "handed back").object(format!(
-                "{partition} after {} chunk(s)",
-                record.chunks_applied
-            )),
+            Settled::GaveUp => AuditEvent::new(&self.config.id, "partition.copied", "failed"),
+            Settled::HandedBack | Settled::Retrying => {
+                AuditEvent::new(&self.config.id, "lease.released", "handed back").object(format!(
+                    "{partition} after {} chunk(s)",
+                    record.chunks_applied
+                ))
+            }
         };
-        if let Some(error) = &record.error {
-            outcome = outcome.reason(error.clone());
+        if let Some(error) = &record.attempts.error {
+            event = event.reason(error.clone());
         }
         // Recorded before the partition's state is published: once the
         // coordinator sees it copied, the trail already says so.
         if let Ok(audit) = &audit {
-            audit.note(vec![outcome]).await;
+            audit.note(vec![event]).await;
         }
-        let written = match state::encode(&record) {
-            Ok(bytes) => lease.put_fenced(progress_key, bytes).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
+        if let Err(e) = claimed.finish().await {
             tracing::warn!(error = %e, "cannot record partition outcome; the lease's next holder will redo it");
             if let Ok(audit) = &audit {
                 let lost = AuditEvent::new(&self.config.id, "lease.lost", "fenced")
@@ -421,68 +393,36 @@ impl Worker {
                 audit.note(vec![lost]).await;
             }
         }
-        if let Err(e) = lease.release().await {
-            tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
-        }
-    }
-
-    /// Counts a failed attempt at leased work and schedules its retry;
-    /// returns whether to give up on it instead.
-    fn note_failure(
-        &self,
-        error: &Error,
-        attempts: &mut u32,
-        last_error: &mut Option<String>,
-        retry_after_unix_ms: &mut Option<u64>,
-    ) -> bool {
-        *attempts += 1;
-        *last_error = Some(error.to_string());
-        if !error.is_retryable() || *attempts >= self.config.max_attempts {
-            *retry_after_unix_ms = None;
-            return true;
-        }
-        let wait = state::backoff(*attempts, RETRY_BASE, RETRY_CAP, rand::random::<f64>());
-        *retry_after_unix_ms = Some(state::now_unix_ms() + wait.as_millis() as u64);
-        false
     }
 
     /// Resolves once `key` is gone: the job is no longer open for copying
     /// (cancelled, failed) or its verification run ended. Its work is then
     /// abandoned, which the ledger (or the run's end) makes safe.
     async fn gone(&self, key: &str) {
+        let mut wakeups = Wakeups::open(self.store.clone(), key, self.config.poll_interval).await;
         loop {
-            tokio::time::sleep(self.config.poll_interval * 4).await;
             if let Ok(None) = self.store.get(key).await {
                 return;
             }
+            wakeups.wait().await;
         }
     }
 
     async fn verify_range(
         &self,
         run: Arc<VerifyRun>,
-        listed: VerifyRange,
-        lease: HeldLease,
+        mut claimed: Claimed<VerifyRange>,
         following: Following,
     ) {
         let job = &run.spec.job;
-        let progress_key = self.keyspace.verify_range(job, listed.range);
-        let Some(mut range) = self
-            .still_pending(&progress_key, listed, |r: &VerifyRange| {
-                r.state == RangeState::Pending
-            })
-            .await
-        else {
-            let _ = lease.release().await;
-            return;
-        };
-        let span = tracing::info_span!("verify_range", job_id = %job, range = range.range, table = %range.table);
+        let span = tracing::info_span!("verify_range", job_id = %job, range = claimed.item.range, table = %claimed.item.table);
         let open = self.keyspace.verifying(job);
         async {
             // The databases scan the range at their own speed; the customer's
             // budget is paid for the range's estimated size beforehand, so
             // verification keeps to the rate on average.
             let mut pacer = ReadPacer::new(following.share.clone());
+            let range = claimed.item.clone();
             let compare = async {
                 pacer.consume(range.estimated_bytes).await;
                 crate::verify::compare(&run, &range, &self.keys).await
@@ -492,47 +432,34 @@ impl Worker {
                 compared = compare => compared,
                 () = self.gone(&open) => {
                     tracing::info!("verification run ended: abandoning the range");
-                    let _ = lease.release().await;
+                    claimed.release().await;
                     return;
                 }
                 () = async { let _ = hand_back.wait_for(|back| *back).await; } => {
                     tracing::info!("handing the range back");
-                    let _ = lease.release().await;
+                    claimed.release().await;
                     return;
                 }
             };
-            match compared {
-                Ok(finding) => {
+            let outcome = compared.map(|finding| {
+                let range = &mut claimed.item;
+                range.source_rows = finding.source_rows;
+                range.target_rows = finding.target_rows;
+                range.matched = finding.content.matched;
+            });
+            let settled = claimed.settle(&outcome, &self.config.retry);
+            let range = &claimed.item;
+            match &outcome {
+                Ok(()) => {
                     following.completed();
-                    range.state = RangeState::Compared;
-                    range.source_rows = finding.source_rows;
-                    range.target_rows = finding.target_rows;
-                    range.matched = finding.content.matched;
-                    range.error = None;
                     tracing::info!(rows = range.source_rows, matched = range.matched, "range compared");
                 }
                 Err(e) => {
-                    let give_up = self.note_failure(
-                        &e,
-                        &mut range.attempts,
-                        &mut range.error,
-                        &mut range.retry_after_unix_ms,
-                    );
-                    if give_up {
-                        range.state = RangeState::Failed;
-                    }
-                    tracing::warn!(error = %e, attempts = range.attempts, give_up, "range comparison failed");
+                    tracing::warn!(error = %e, attempts = range.attempts.attempts, give_up = settled == Settled::GaveUp, "range comparison failed");
                 }
             }
-            let written = match state::encode(&range) {
-                Ok(bytes) => lease.put_fenced(&progress_key, bytes).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
+            if let Err(e) = claimed.finish().await {
                 tracing::warn!(error = %e, "cannot record the range's outcome; the lease's next holder will redo it");
-            }
-            if let Err(e) = lease.release().await {
-                tracing::warn!(error = %e, "cannot release lease; it expires with its TTL");
             }
         }
         .instrument(span)
@@ -542,11 +469,10 @@ impl Worker {
     async fn copy(
         &self,
         job: &JobRecord,
-        record: &mut PartitionRecord,
-        lease: &HeldLease,
-        progress_key: &str,
+        claimed: &mut Claimed<PartitionRecord>,
         following: &Following,
     ) -> Result<()> {
+        let (record, lease, progress_key) = claimed.parts();
         let snapshot = job.snapshot.as_deref().ok_or_else(|| {
             Error::Catalog(format!(
                 "job {} has no snapshot to read under",
@@ -584,6 +510,10 @@ impl Worker {
     }
 }
 
-fn backing_off(retry_after_unix_ms: Option<u64>) -> bool {
-    retry_after_unix_ms.is_some_and(|at| at > state::now_unix_ms())
+/// Allocation and limit updates change only how fast work runs, never
+/// what is open for the taking: they do not wake the lease loop.
+fn is_throttle_bookkeeping(change: &Change) -> bool {
+    change.key().is_some_and(|key| {
+        key.contains("/customers/") && (key.ends_with("/allocation") || key.ends_with("/limits"))
+    })
 }

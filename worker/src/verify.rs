@@ -7,8 +7,9 @@
 use godwit_common::Result;
 use godwit_common::pg::{self, Side};
 use godwit_common::staging::Staging;
-use godwit_common::state::{VerifyRange, VerifyRun};
+use godwit_common::state::VerifyRun;
 use godwit_common::verify::{self, Options, RangeFinding};
+use godwit_common::work::VerifyRange;
 
 use crate::keys::KeyCache;
 

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
+use futures::StreamExt;
 
-use super::{LeaseId, LeaseStore};
+use super::{Change, LeaseId, LeaseStore, Watch};
 use crate::{Error, Result};
 
 /// Bounds every etcd call, so an unreachable etcd surfaces as an error the
@@ -248,5 +249,59 @@ impl LeaseStore for EtcdStore {
             .when(vec![Compare::lease(guard, CompareOp::Equal, lease.0)])
             .and_then(vec![TxnOp::put(key, value, None)]);
         Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<Watch> {
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(prefix, Some(WatchOptions::new().with_prefix()))
+            .await?;
+        // The first answer confirms the watch exists on the server: only
+        // then is a following `list` sure not to miss a change.
+        match stream.message().await? {
+            Some(created) if created.created() && !created.canceled() => {}
+            other => {
+                return Err(Error::LeaseStore(format!(
+                    "etcd did not open a watch on {prefix}: {other:?}"
+                )));
+            }
+        }
+        let changes = futures::stream::unfold(stream, |mut stream| async move {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return None,
+                Err(e) => return Some((vec![Err(Error::from(e))], stream)),
+            };
+            if response.canceled() {
+                // Compacted past where the watch stood: changes were lost.
+                let reason = response.cancel_reason().to_owned();
+                return Some((
+                    vec![
+                        Ok(Change::Missed),
+                        Err(Error::LeaseStore(format!("etcd ended the watch: {reason}"))),
+                    ],
+                    stream,
+                ));
+            }
+            let changes = response
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    let key = kv.key_str().ok()?.to_owned();
+                    Some(Ok(match event.event_type() {
+                        EventType::Put => Change::Put {
+                            key,
+                            value: kv.value().to_vec(),
+                        },
+                        EventType::Delete => Change::Delete { key },
+                    }))
+                })
+                .collect::<Vec<_>>();
+            Some((changes, stream))
+        })
+        .flat_map(futures::stream::iter);
+        Ok(Box::pin(changes))
     }
 }

@@ -78,6 +78,11 @@ impl HeldLease {
         }))
     }
 
+    /// The key this lease holds.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     pub fn lease_id(&self) -> LeaseId {
         self.lease
     }

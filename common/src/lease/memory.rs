@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::{LeaseId, LeaseStore};
+use super::{Change, LeaseId, LeaseStore, Watch};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -16,6 +17,8 @@ struct Inner {
     entries: BTreeMap<String, (Vec<u8>, Option<LeaseId>)>,
     leases: HashMap<LeaseId, (Instant, Duration)>,
     next_lease: i64,
+    /// Changes made under the lock, sent to watchers once it is released.
+    changed: Vec<Change>,
 }
 
 impl Inner {
@@ -34,14 +37,51 @@ impl Inner {
 
     fn drop_lease(&mut self, lease: LeaseId) {
         self.leases.remove(&lease);
-        self.entries
-            .retain(|_, (_, attached)| *attached != Some(lease));
+        let changed = &mut self.changed;
+        self.entries.retain(|key, (_, attached)| {
+            let keep = *attached != Some(lease);
+            if !keep {
+                changed.push(Change::Delete { key: key.clone() });
+            }
+            keep
+        });
+    }
+
+    fn insert(&mut self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) {
+        self.changed.push(Change::Put {
+            key: key.to_owned(),
+            value: value.clone(),
+        });
+        self.entries.insert(key.to_owned(), (value, lease));
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.entries.remove(key).is_some() {
+            self.changed.push(Change::Delete {
+                key: key.to_owned(),
+            });
+        }
     }
 }
 
-#[derive(Default)]
+/// How many changes a watcher may fall behind before it is told it
+/// missed some.
+const WATCH_BACKLOG: usize = 4096;
+
+/// Expiry is noticed on the next call to the store (any call), and then
+/// reported to watchers like any other delete.
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -50,12 +90,20 @@ impl MemoryStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| Error::LeaseStore("in-process store poisoned by a panic".into()))?;
-        inner.expire();
-        f(&mut inner)
+        let (result, changed) = {
+            let mut inner = self
+                .inner
+                .lock()
+                .map_err(|_| Error::LeaseStore("in-process store poisoned by a panic".into()))?;
+            inner.expire();
+            let result = f(&mut inner);
+            (result, std::mem::take(&mut inner.changed))
+        };
+        for change in changed {
+            // No receiver is no watcher: nothing to tell.
+            let _ = self.changes.send(change);
+        }
+        result
     }
 }
 
@@ -67,7 +115,7 @@ impl LeaseStore for MemoryStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.with(|inner| {
-            inner.entries.insert(key.to_owned(), (value, None));
+            inner.insert(key, value, None);
             Ok(())
         })
     }
@@ -85,14 +133,22 @@ impl LeaseStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         self.with(|inner| {
-            inner.entries.remove(key);
+            inner.remove(key);
             Ok(())
         })
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         self.with(|inner| {
-            inner.entries.retain(|key, _| !key.starts_with(prefix));
+            let doomed: Vec<String> = inner
+                .entries
+                .range(prefix.to_owned()..)
+                .take_while(|(key, _)| key.starts_with(prefix))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in doomed {
+                inner.remove(&key);
+            }
             Ok(())
         })
     }
@@ -131,7 +187,7 @@ impl LeaseStore for MemoryStore {
             if inner.entries.contains_key(key) {
                 return Ok(false);
             }
-            inner.entries.insert(key.to_owned(), (value, None));
+            inner.insert(key, value, None);
             Ok(true)
         })
     }
@@ -147,7 +203,7 @@ impl LeaseStore for MemoryStore {
             if inner.entries.contains_key(key) {
                 return Ok(false);
             }
-            inner.entries.insert(key.to_owned(), (value, Some(lease)));
+            inner.insert(key, value, Some(lease));
             Ok(true)
         })
     }
@@ -163,10 +219,31 @@ impl LeaseStore for MemoryStore {
             let held =
                 matches!(inner.entries.get(guard), Some((_, Some(attached))) if *attached == lease);
             if held {
-                inner.entries.insert(key.to_owned(), (value, None));
+                inner.insert(key, value, None);
             }
             Ok(held)
         })
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<Watch> {
+        let prefix = prefix.to_owned();
+        let receiver = self.changes.subscribe();
+        let changes = futures::stream::unfold(receiver, |mut receiver| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            match receiver.recv().await {
+                Ok(change) => Some((Ok(change), receiver)),
+                Err(RecvError::Lagged(_)) => Some((Ok(Change::Missed), receiver)),
+                Err(RecvError::Closed) => None,
+            }
+        })
+        .filter(move |change| {
+            let wanted = change
+                .as_ref()
+                .map(|c| c.key().is_none_or(|key| key.starts_with(&prefix)))
+                .unwrap_or(true);
+            std::future::ready(wanted)
+        });
+        Ok(Box::pin(changes))
     }
 }
 

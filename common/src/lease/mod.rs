@@ -7,6 +7,7 @@ mod etcd;
 mod holder;
 mod memory;
 pub mod suite;
+mod watch;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 pub use etcd::{EtcdAccess, EtcdStore};
 pub use holder::{HeldLease, LeaseTiming};
 pub use memory::MemoryStore;
+pub use watch::{Change, Wakeups, Watch};
 
 use crate::Result;
 
@@ -54,4 +56,9 @@ pub trait LeaseStore: Send + Sync + 'static {
         key: &str,
         value: Vec<u8>,
     ) -> Result<bool>;
+
+    /// Every change under `prefix` from the moment this call returns
+    /// (the watch is in place by then: a `list` after it misses nothing).
+    /// A key removed because its lease ended shows as a `Delete`.
+    async fn watch_prefix(&self, prefix: &str) -> Result<Watch>;
 }

@@ -20,6 +20,7 @@ pub async fn run_all(store: Arc<dyn LeaseStore>, prefix: &str) {
     renewed_lease_outlives_its_ttl(store.as_ref(), &format!("{prefix}/renew/")).await;
     fenced_writes_stop_with_the_lease(store.as_ref(), &format!("{prefix}/fence/")).await;
     holder_steps_down_when_lease_is_gone(store.clone(), &format!("{prefix}/holder/")).await;
+    a_watch_sees_every_change_under_its_prefix(store.as_ref(), &format!("{prefix}/watch/")).await;
 }
 
 pub async fn key_value_round_trip(store: &dyn LeaseStore, prefix: &str) {
@@ -236,6 +237,84 @@ pub async fn holder_steps_down_when_lease_is_gone(store: Arc<dyn LeaseStore>, pr
     );
 }
 
+pub async fn a_watch_sees_every_change_under_its_prefix(store: &dyn LeaseStore, prefix: &str) {
+    use futures::StreamExt;
+
+    use super::Change;
+    let key = |name: &str| format!("{prefix}{name}");
+    let mut watch = store.watch_prefix(&key("in/")).await.expect("watch");
+    store.put(&key("in/a"), b"1".to_vec()).await.expect("put");
+    store.put(&key("out"), b"x".to_vec()).await.expect("put");
+    assert!(
+        store
+            .create(&key("in/b"), b"2".to_vec())
+            .await
+            .expect("create")
+    );
+    store.delete(&key("in/a")).await.expect("delete");
+    let lease = store.grant(Duration::from_secs(10)).await.expect("grant");
+    assert!(
+        store
+            .create_leased(&key("in/held"), b"w".to_vec(), lease)
+            .await
+            .expect("create")
+    );
+    // A key leaving with its lease is a change like any other.
+    store.revoke(lease).await.expect("revoke");
+    store
+        .delete_prefix(&key("in/"))
+        .await
+        .expect("delete prefix");
+    let expected = vec![
+        Change::Put {
+            key: key("in/a"),
+            value: b"1".to_vec(),
+        },
+        Change::Put {
+            key: key("in/b"),
+            value: b"2".to_vec(),
+        },
+        Change::Delete { key: key("in/a") },
+        Change::Put {
+            key: key("in/held"),
+            value: b"w".to_vec(),
+        },
+        Change::Delete {
+            key: key("in/held"),
+        },
+        Change::Delete { key: key("in/b") },
+    ];
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        match tokio::time::timeout(EXPIRY_GRACE, watch.next()).await {
+            Ok(Some(change)) => seen.push(change.expect("change")),
+            Ok(None) => panic!("watch ended after {seen:?}"),
+            Err(_) => panic!("only {seen:?} seen within {EXPIRY_GRACE:?}"),
+        }
+    }
+    assert_eq!(seen, expected);
+    // Quiet now: nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.next())
+            .await
+            .is_err(),
+        "a change nobody made was reported"
+    );
+    // A watch outlives any per-request timeout of the store's client.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    store
+        .put(&key("in/late"), b"3".to_vec())
+        .await
+        .expect("put");
+    let late = tokio::time::timeout(EXPIRY_GRACE, watch.next()).await;
+    assert!(
+        matches!(late, Ok(Some(Ok(Change::Put { ref key, .. }))) if key.ends_with("in/late")),
+        "a change 3.5 s after the watch opened: {late:?}"
+    );
+    store.delete(&key("in/late")).await.expect("delete");
+    store.delete(&key("out")).await.expect("delete");
+}
+
 /// One test per case of the suite against the store `make` (an async
 /// block yielding `(Arc<dyn LeaseStore>, guard)`, the guard keeping its
 /// server alive), so a failure names its case and backend.
@@ -249,6 +328,7 @@ macro_rules! lease_store_suite {
         $crate::lease_store_suite!(@case $make, unrenewed_lease_expires, "/suite/expiry/");
         $crate::lease_store_suite!(@case $make, renewed_lease_outlives_its_ttl, "/suite/renew/");
         $crate::lease_store_suite!(@case $make, fenced_writes_stop_with_the_lease, "/suite/fence/");
+        $crate::lease_store_suite!(@case $make, a_watch_sees_every_change_under_its_prefix, "/suite/watch/");
         #[tokio::test(flavor = "multi_thread")]
         async fn holder_steps_down_when_lease_is_gone() {
             let (store, _guard) = $make.await;

@@ -1,0 +1,107 @@
+//! Changes under a prefix, as the lease store reports them, and the waiter
+//! built on them: what replaces polling every key of a job on a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+
+use super::LeaseStore;
+use crate::Result;
+
+/// One change under a watched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Changes were missed (the watcher fell behind, or the store compacted
+    /// the history it was reading); whoever cares lists the prefix again.
+    Missed,
+}
+
+impl Change {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key } => Some(key),
+            Change::Missed => None,
+        }
+    }
+}
+
+/// A stream of changes; it ends (or yields an error) when the store's
+/// connection does, after which a new watch is needed.
+pub type Watch = BoxStream<'static, Result<Change>>;
+
+/// Wakes a waiter when something under a prefix changes, and at the
+/// latest after `fallback`: a lost watch (etcd restarting, a network
+/// partition) costs latency, never a missed wake-up. Open it before the
+/// first look at the prefix, so nothing between that look and the first
+/// wait goes unnoticed.
+pub struct Wakeups {
+    store: Arc<dyn LeaseStore>,
+    prefix: String,
+    watch: Option<Watch>,
+    fallback: Duration,
+    wanted: fn(&Change) -> bool,
+}
+
+impl Wakeups {
+    pub async fn open(store: Arc<dyn LeaseStore>, prefix: &str, fallback: Duration) -> Self {
+        let watch = match store.watch_prefix(prefix).await {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::debug!(prefix, error = %e, "no watch yet; looking again on a timer");
+                None
+            }
+        };
+        Self {
+            store,
+            prefix: prefix.to_owned(),
+            watch,
+            fallback,
+            wanted: |_| true,
+        }
+    }
+
+    /// Wakes only for the changes `wanted` accepts (a missed change
+    /// always wakes).
+    pub fn only(self, wanted: fn(&Change) -> bool) -> Self {
+        Self { wanted, ..self }
+    }
+
+    /// Returns once something under the prefix changed, or `fallback` passed.
+    pub async fn wait(&mut self) {
+        let Some(watch) = self.watch.as_mut() else {
+            tokio::time::sleep(self.fallback).await;
+            self.watch = self.store.watch_prefix(&self.prefix).await.ok();
+            return;
+        };
+        let wanted = self.wanted;
+        let woken = tokio::time::timeout(self.fallback, async {
+            loop {
+                match watch.next().await {
+                    Some(Ok(change)) if change == Change::Missed || wanted(&change) => {
+                        return true;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return false,
+                }
+            }
+        })
+        .await;
+        if woken == Ok(false) {
+            // The watch is gone; the caller looks again now, and the next
+            // wait opens a new one.
+            self.watch = None;
+            return;
+        }
+        // Drain what else is already queued: one look covers them all.
+        while let Some(Some(Ok(_))) = watch.next().now_or_never() {}
+    }
+}

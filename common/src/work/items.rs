@@ -1,0 +1,162 @@
+//! The kinds of leased work, as stored: what each carries beyond the
+//! engine's state and attempts.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attempts, WorkItem, WorkKind, WorkState};
+use crate::ids::{JobId, PartitionNo};
+use crate::spec::TableName;
+use crate::state::{BlockRange, KeyRange};
+
+/// A block range of a table to copy under the job's snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub job: JobId,
+    pub partition: PartitionNo,
+    pub table: TableName,
+    pub range: BlockRange,
+    pub state: WorkState,
+    pub rows: u64,
+    pub bytes_read: u64,
+    pub bytes_staged: u64,
+    /// Chunks the target ledger has confirmed, i.e. the resume point.
+    pub chunks_applied: u64,
+    #[serde(default)]
+    pub timings: StageTimings,
+    #[serde(flatten)]
+    pub attempts: Attempts,
+}
+
+impl PartitionRecord {
+    pub fn pending(
+        job: JobId,
+        partition: PartitionNo,
+        table: TableName,
+        range: BlockRange,
+    ) -> Self {
+        Self {
+            job,
+            partition,
+            table,
+            range,
+            state: WorkState::Pending,
+            rows: 0,
+            bytes_read: 0,
+            bytes_staged: 0,
+            chunks_applied: 0,
+            timings: StageTimings::default(),
+            attempts: Attempts::default(),
+        }
+    }
+}
+
+impl WorkItem for PartitionRecord {
+    const KIND: WorkKind = WorkKind::Copy;
+    fn number(&self) -> u32 {
+        self.partition
+    }
+    fn state(&self) -> WorkState {
+        self.state
+    }
+    fn set_state(&mut self, state: WorkState) {
+        self.state = state;
+    }
+    fn attempts(&self) -> &Attempts {
+        &self.attempts
+    }
+    fn attempts_mut(&mut self) -> &mut Attempts {
+        &mut self.attempts
+    }
+    fn describe(&self) -> String {
+        format!("table {} partition {}", self.table, self.partition)
+    }
+}
+
+/// Where a partition's copy time went, in milliseconds. Summed over
+/// partitions running at once, and the source keeps filling the socket
+/// buffer while a chunk loads, so they do not add up to wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Waiting for the source's COPY stream.
+    pub read_ms: u64,
+    /// Compressing, encrypting and hashing chunks.
+    pub seal_ms: u64,
+    /// Writing sealed chunks to the staging area.
+    pub stage_ms: u64,
+    /// Loading chunks and their ledger rows into the target.
+    pub load_ms: u64,
+}
+
+impl StageTimings {
+    pub fn add(&mut self, other: &StageTimings) {
+        self.read_ms += other.read_ms;
+        self.seal_ms += other.seal_ms;
+        self.stage_ms += other.stage_ms;
+        self.load_ms += other.load_ms;
+    }
+}
+
+/// One key range of a table (or the whole table when it has no primary
+/// key), compared on both databases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyRange {
+    pub range: u32,
+    pub table: TableName,
+    /// None: the whole table, which has no primary key to range over.
+    pub keys: Option<KeyRange>,
+    /// The range's share of the table's size at the source, what
+    /// throttling charges for comparing it.
+    #[serde(default)]
+    pub estimated_bytes: u64,
+    pub state: WorkState,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    /// Whether both databases hold the same rows in the range; when not,
+    /// the worker stored the sealed finding in staging.
+    pub matched: bool,
+    #[serde(flatten)]
+    pub attempts: Attempts,
+}
+
+impl VerifyRange {
+    pub fn pending(
+        range: u32,
+        table: TableName,
+        keys: Option<KeyRange>,
+        estimated_bytes: u64,
+    ) -> Self {
+        Self {
+            range,
+            table,
+            keys,
+            estimated_bytes,
+            state: WorkState::Pending,
+            source_rows: 0,
+            target_rows: 0,
+            matched: false,
+            attempts: Attempts::default(),
+        }
+    }
+}
+
+impl WorkItem for VerifyRange {
+    const KIND: WorkKind = WorkKind::Verify;
+    fn number(&self) -> u32 {
+        self.range
+    }
+    fn state(&self) -> WorkState {
+        self.state
+    }
+    fn set_state(&mut self, state: WorkState) {
+        self.state = state;
+    }
+    fn attempts(&self) -> &Attempts {
+        &self.attempts
+    }
+    fn attempts_mut(&mut self) -> &mut Attempts {
+        &mut self.attempts
+    }
+    fn describe(&self) -> String {
+        format!("table {} range {}", self.table, self.range)
+    }
+}
