@@ -223,6 +223,26 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiO
     });
 
     let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
+    // Jobs submitted through the API beside this run are driven as a
+    // coordinator would; this run's own job is driven below.
+    let dispatcher = {
+        let (store, keyspace, own) = (store.clone(), keyspace.clone(), job.clone());
+        tokio::spawn(godwit_coordinator::leadership::lead(
+            store.clone(),
+            keyspace.clone(),
+            "embedded".into(),
+            godwit_common::lease::LeaseTiming::DEFAULT,
+            move |records| {
+                godwit_coordinator::dispatch::drive_unfinished(
+                    store.clone(),
+                    keyspace.clone(),
+                    records,
+                    Some(own.clone()),
+                )
+            },
+            std::future::pending(),
+        ))
+    };
 
     let reporter = {
         let store = store.clone();
@@ -269,6 +289,7 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiO
     };
 
     let outcome = driver.execute(prepared).await;
+    dispatcher.abort();
     reporter.abort();
     canceller.abort();
     workers.stop().await;

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 /// who writes it, and whether the write is fenced by a lease.
 ///
 /// ```text
-/// ROOT/jobs/JOB/record                 job record (spec, phase, plan)     coordinator (API, driver, recovery)
+/// ROOT/jobs/JOB/record                 job record (spec, phase, plan)     coordinator: created by the API on submission
+///                                      (create-if-absent), then written by the leader only (fenced by ROOT/leader)
 /// ROOT/jobs/JOB/control                operator requests (cancel)         coordinator API
 /// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
 /// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention sweep)
@@ -21,6 +22,8 @@ use crate::{Error, Result};
 /// ROOT/jobs/JOB/work/KIND/items/NNNNNN   a unit of leased work (KIND: copy, verify): its state and progress
 ///                                        coordinator (publishes); worker (fenced by the lease)
 /// ROOT/jobs/JOB/work/KIND/leases/NNNNNN  who holds the unit          worker (create-if-absent, leased)
+/// ROOT/leader                          the leading coordinator's identity coordinator (create-if-absent, leased)
+/// ROOT/leader-term                     the last election: term, winner    the leader (fenced by ROOT/leader)
 /// ROOT/active/JOB                      job open for leasing               coordinator
 /// ROOT/retention/JOB                   when an ended job's staging goes   coordinator (job end; sweep)
 /// ROOT/verifying/JOB                   the one running verification       coordinator (leased)
@@ -41,6 +44,16 @@ impl Keyspace {
         Self {
             root: root.trim_end_matches('/').to_owned(),
         }
+    }
+
+    /// The leading coordinator's key, held on its lease.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.root)
+    }
+
+    /// Who won the last election, and its number.
+    pub fn leader_term(&self) -> String {
+        format!("{}/leader-term", self.root)
     }
 
     /// Every key of the deployment.

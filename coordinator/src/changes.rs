@@ -11,7 +11,7 @@
 //! writes on success and untouched on any failure).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::chunk::{self, ChunkId};
@@ -26,16 +26,15 @@ use godwit_common::pg::{self, Side, catalog, replica};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{
-    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PinnedSnapshots,
-    now_unix_ms,
+    ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PinnedSnapshots, now_unix_ms,
 };
 use godwit_common::verify::Options;
 use godwit_common::{Error, Result};
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use crate::error::JobError;
 use crate::freeze::Freezer;
+use crate::requests::{CutoverAnswer, Inbox, Incoming, PinAnswer};
 use crate::verification::{Verified, Verifier};
 
 /// About how many messages one read of the slot returns (whole transactions).
@@ -53,15 +52,6 @@ const MAX_STALL: Duration = Duration::from_secs(15 * 60);
 /// PostgreSQL stamps commits in microseconds since 2000-01-01.
 const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
 
-enum Request {
-    Pin(oneshot::Sender<Result<Pinned>>),
-    Cutover(oneshot::Sender<CutoverOutcome>),
-}
-
-/// The jobs whose changes this process streams, by job id.
-static STREAMS: LazyLock<Mutex<HashMap<String, mpsc::Sender<Request>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
 /// A source and a target snapshot that hold the same data. The sessions
 /// that exported them stay open as long as this lives.
 pub struct Pinned {
@@ -75,43 +65,6 @@ pub struct CutoverOutcome {
     pub record: CutoverRecord,
     /// The final verification, when the attempt got that far.
     pub verified: Option<Verified>,
-}
-
-fn stream_of(job: &JobId) -> Option<mpsc::Sender<Request>> {
-    STREAMS
-        .lock()
-        .ok()
-        .and_then(|streams| streams.get(job.as_str()).cloned())
-}
-
-fn not_streamed(job: &JobId) -> Error {
-    Error::Verification(format!(
-        "job {job} is not streaming changes in this process (it has not reached streaming, \
-         has ended, or another process runs it)"
-    ))
-}
-
-/// Pins snapshots for a verification of a job this process streams.
-pub async fn pin(job: &JobId) -> Result<Pinned> {
-    let stream = stream_of(job).ok_or_else(|| not_streamed(job))?;
-    let (reply, answer) = oneshot::channel();
-    stream
-        .send(Request::Pin(reply))
-        .await
-        .map_err(|_| not_streamed(job))?;
-    answer.await.map_err(|_| not_streamed(job))?
-}
-
-/// Asks the stream of `job` to cut over; returns when it succeeded or
-/// rolled back.
-pub async fn cutover(job: &JobId) -> Result<CutoverOutcome> {
-    let stream = stream_of(job).ok_or_else(|| not_streamed(job))?;
-    let (reply, answer) = oneshot::channel();
-    stream
-        .send(Request::Cutover(reply))
-        .await
-        .map_err(|_| not_streamed(job))?;
-    answer.await.map_err(|_| not_streamed(job))
 }
 
 /// Where a stream left off, when it can go on: the target ledger holds its
@@ -145,17 +98,6 @@ pub(crate) async fn leave_replica_mode(spec: &JobSpec) -> Result<()> {
         .map(|_| ())
 }
 
-/// Removes the job from the registry when its stream ends, however it ends.
-struct Registered(String);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if let Ok(mut streams) = STREAMS.lock() {
-            streams.remove(&self.0);
-        }
-    }
-}
-
 /// What one read of the slot did.
 #[derive(Debug, Default)]
 struct Polled {
@@ -171,6 +113,7 @@ struct Polled {
 
 /// What a stream needs besides its position.
 pub struct StreamSetup {
+    pub records: crate::leadership::JobRecords,
     pub store: Arc<dyn LeaseStore>,
     pub keyspace: Keyspace,
     pub spec: JobSpec,
@@ -181,6 +124,7 @@ pub struct StreamSetup {
 }
 
 pub struct Streamer {
+    records: crate::leadership::JobRecords,
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
     spec: JobSpec,
@@ -230,6 +174,7 @@ impl Streamer {
         tracing::info!(job_id = %setup.spec.job, objects = changed, "target in replica mode while changes are applied: its triggers quiet, its foreign keys checked at commit");
         Ok(Self {
             publication: stream::publication_name(&setup.slot),
+            records: setup.records,
             store: setup.store,
             keyspace: setup.keyspace,
             spec: setup.spec,
@@ -249,11 +194,9 @@ impl Streamer {
     /// Streams until a cutover succeeds (Ok) or the job is cancelled.
     pub async fn run(mut self, record: &mut JobRecord) -> Result<CutoverRecord, JobError> {
         let job = self.spec.job.clone();
-        let (sender, mut requests) = mpsc::channel(4);
-        if let Ok(mut streams) = STREAMS.lock() {
-            streams.insert(job.to_string(), sender);
-        }
-        let _registered = Registered(job.to_string());
+        let mut inbox = Inbox::open(self.store.clone(), self.keyspace.clone(), job.clone()).await;
+        // Pins held for verifications in progress, by request.
+        let mut pins: HashMap<String, Pinned> = HashMap::new();
         record
             .transition(JobPhase::Streaming)
             .map_err(JobError::Failed)?;
@@ -271,27 +214,17 @@ impl Streamer {
         let mut failing_since: Option<Instant> = None;
         let mut last_put = Instant::now();
         loop {
-            tokio::select! {
+            let asked = tokio::select! {
                 biased;
-                Some(request) = requests.recv() => match request {
-                    Request::Pin(reply) => {
-                        let pinned = self.pin().await;
-                        if let Err(e) = &pinned {
-                            tracing::warn!(job_id = %job, error = %e, "cannot pin snapshots for a verification");
-                        }
-                        let _ = reply.send(pinned);
-                    }
-                    Request::Cutover(reply) => {
-                        let outcome = self.cutover(record, &mut progress).await;
-                        let succeeded = outcome.record.succeeded;
-                        let cut = outcome.record.clone();
-                        let _ = reply.send(outcome);
-                        if succeeded {
-                            return Ok(cut);
-                        }
-                    }
-                },
-                _ = tokio::time::sleep(wait) => {}
+                () = inbox.changed() => true,
+                _ = tokio::time::sleep(wait) => false,
+            };
+            if asked
+                && let Some(cut) = self
+                    .serve(&mut inbox, &mut pins, record, &mut progress)
+                    .await
+            {
+                return Ok(cut);
             }
             if self.cancel_requested(&job).await {
                 return Err(JobError::Cancelled(job.to_string()));
@@ -346,6 +279,70 @@ impl Streamer {
                 last_put = Instant::now();
             }
         }
+    }
+
+    /// Answers the requests open for the job: pins for verifications (let
+    /// go once their request is), and a cutover. Returns the cutover that
+    /// succeeded, which ends the stream.
+    async fn serve(
+        &mut self,
+        inbox: &mut Inbox,
+        pins: &mut HashMap<String, Pinned>,
+        record: &mut JobRecord,
+        progress: &mut ChangeProgress,
+    ) -> Option<CutoverRecord> {
+        let job = self.spec.job.clone();
+        let open = match inbox.open_requests().await {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = %e, "cannot read the stream's requests");
+                return None;
+            }
+        };
+        pins.retain(|name, _| open.contains(&Incoming::Pin(name.clone())));
+        for request in open {
+            let name = match &request {
+                Incoming::Pin(name) => name.clone(),
+                Incoming::Cutover => "cutover".to_owned(),
+            };
+            if pins.contains_key(&name) || inbox.answered(&name).await.unwrap_or(true) {
+                continue;
+            }
+            let answered = match request {
+                Incoming::Pin(_) => {
+                    let answer = match self.pin().await {
+                        Ok(pinned) => {
+                            let answer = PinAnswer::Pinned(pinned.snapshots.clone());
+                            pins.insert(name.clone(), pinned);
+                            answer
+                        }
+                        Err(e) => {
+                            tracing::warn!(job_id = %job, error = %e, "cannot pin snapshots for a verification");
+                            PinAnswer::Refused(e.to_string())
+                        }
+                    };
+                    inbox.answer(&name, &answer).await
+                }
+                Incoming::Cutover => {
+                    let outcome = self.cutover(record, progress).await;
+                    let cut = outcome.record.clone();
+                    let answered = inbox
+                        .answer(&name, &CutoverAnswer::new(outcome.record, outcome.verified))
+                        .await;
+                    if let Err(e) = &answered {
+                        tracing::warn!(job_id = %job, error = %e, "cannot answer the cutover request; its outcome is in the job's record");
+                    }
+                    if cut.succeeded {
+                        return Some(cut);
+                    }
+                    answered
+                }
+            };
+            if let Err(e) = answered {
+                tracing::warn!(job_id = %job, error = %e, "cannot answer a request to the stream");
+            }
+        }
+        None
     }
 
     /// Updates what operators see after a read of the slot.
@@ -697,13 +694,7 @@ impl Streamer {
     }
 
     async fn put_record(&self, record: &JobRecord) {
-        if let Err(e) = state::save(
-            self.store.as_ref(),
-            &self.keyspace.job_record(&record.spec.job),
-            record,
-        )
-        .await
-        {
+        if let Err(e) = self.records.save(record).await {
             tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
         }
     }

@@ -26,6 +26,7 @@ use godwit_common::{Error, Result};
 
 use crate::changes::{self, StreamSetup, Streamer};
 use crate::error::JobError;
+use crate::leadership::JobRecords;
 use crate::planner::split_table;
 pub use crate::preflight::{Prepared, preflight};
 use crate::staged::{outcome_events, stage_schema, write_manifest};
@@ -88,6 +89,7 @@ fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
 pub struct JobDriver {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
+    records: JobRecords,
 }
 
 impl JobDriver {
@@ -95,8 +97,33 @@ impl JobDriver {
         &self.keyspace
     }
 
+    pub(crate) fn store(&self) -> &dyn LeaseStore {
+        self.store.as_ref()
+    }
+
+    pub(crate) fn records(&self) -> &JobRecords {
+        &self.records
+    }
+
+    /// A driver whose record writes are not fenced: the one process of an
+    /// embedded run, or a submission's first record.
     pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace) -> Self {
-        Self { store, keyspace }
+        let records = JobRecords::unfenced(store.clone(), keyspace.clone());
+        Self {
+            store,
+            keyspace,
+            records,
+        }
+    }
+
+    /// A driver of the leading coordinator: its record writes fail once
+    /// leadership is lost.
+    pub fn fenced(store: Arc<dyn LeaseStore>, keyspace: Keyspace, records: JobRecords) -> Self {
+        Self {
+            store,
+            keyspace,
+            records,
+        }
     }
 
     /// Publishes the job's first record so it is visible (and not submitted
@@ -152,6 +179,9 @@ impl JobDriver {
             .delete(&self.keyspace.active(job))
             .await
             .map_err(JobError::Failed)?;
+        if previous.phase != JobPhase::Planning || previous.snapshot.is_some() {
+            tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
+        }
         let record = JobRecord {
             phase: JobPhase::Planning,
             error: None,
@@ -162,7 +192,6 @@ impl JobDriver {
             changes: None,
             ..previous
         };
-        tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
         self.put_record(&record).await.map_err(JobError::Failed)
     }
 
@@ -674,6 +703,7 @@ impl JobDriver {
         key: DataKey,
     ) -> StreamSetup {
         StreamSetup {
+            records: self.records.clone(),
             store: self.store.clone(),
             keyspace: self.keyspace.clone(),
             spec: record.spec.clone(),
@@ -685,11 +715,6 @@ impl JobDriver {
     }
 
     async fn put_record(&self, record: &JobRecord) -> Result<()> {
-        state::save(
-            self.store.as_ref(),
-            &self.keyspace.job_record(&record.spec.job),
-            record,
-        )
-        .await
+        self.records.save(record).await
     }
 }

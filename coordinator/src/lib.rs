@@ -1,6 +1,7 @@
-//! The coordinator: plans jobs (catalog → partitions), publishes them as
-//! leases, drives each job through its phases and serves the `godwit.v1`
-//! gRPC API. Never copies rows: workers do.
+//! The coordinator: serves the `godwit.v1` gRPC API and, while it leads
+//! the deployment (one coordinator at a time, see `leadership`), plans jobs
+//! (catalog → partitions), publishes them as leased work and drives each
+//! job through its phases. Never copies rows: workers do.
 
 pub mod access;
 pub mod approval;
@@ -11,6 +12,7 @@ mod freeze;
 mod listener;
 pub mod planner;
 pub mod preflight;
+pub mod requests;
 pub mod service;
 mod staged;
 pub mod status;
@@ -18,7 +20,8 @@ pub mod throttle;
 pub mod tls;
 pub mod verification;
 
-pub mod recovery;
+pub mod dispatch;
+pub mod leadership;
 pub mod retention;
 
 pub use driver::{JobDriver, JobSummary, Prepared, preflight};

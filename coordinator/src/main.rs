@@ -189,20 +189,22 @@ async fn serve(
     );
     let keyspace = Keyspace::new(&root);
     let _metrics = godwit_common::telemetry::init_metrics("godwit-coordinator");
-    let resumed = godwit_coordinator::recovery::resume_unfinished(store.clone(), &keyspace)
-        .await
-        .context("resuming unfinished jobs")?;
-    if resumed > 0 {
-        tracing::info!(jobs = resumed, "resumed unfinished jobs");
-    }
-    let allocator = tokio::spawn(
-        godwit_coordinator::throttle::Allocator::new(store.clone(), keyspace.clone())
-            .run(std::future::pending()),
+    let identity = format!(
+        "{}:{} (pid {})",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into()),
+        address.port(),
+        std::process::id()
     );
-    let retention = tokio::spawn(godwit_coordinator::retention::run(
+    let (stop_leading, leading_stopped) = tokio::sync::oneshot::channel::<()>();
+    let leader = tokio::spawn(godwit_coordinator::leadership::lead(
         store.clone(),
         keyspace.clone(),
-        std::future::pending(),
+        identity,
+        godwit_common::lease::LeaseTiming::DEFAULT,
+        leader_duties(store.clone(), keyspace.clone()),
+        async {
+            let _ = leading_stopped.await;
+        },
     ));
     tracing::info!(%address, tls = security.tls.is_some(), "coordinator listening");
     println!("listening on {address}");
@@ -215,8 +217,35 @@ async fn serve(
     )
     .await
     .context("gRPC server")?;
-    allocator.abort();
-    retention.abort();
+    // Resigning lets a follower lead at once instead of after the TTL.
+    let _ = stop_leading.send(());
+    let _ = leader.await;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// What only the leader does: drive every unfinished job, split the
+/// customers' throttle budgets, sweep expired staging.
+fn leader_duties(
+    store: Arc<dyn godwit_common::lease::LeaseStore>,
+    keyspace: Keyspace,
+) -> impl Fn(
+    godwit_coordinator::leadership::JobRecords,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    move |records| {
+        let (store, keyspace) = (store.clone(), keyspace.clone());
+        Box::pin(async move {
+            tokio::join!(
+                godwit_coordinator::dispatch::drive_unfinished(
+                    store.clone(),
+                    keyspace.clone(),
+                    records,
+                    None
+                ),
+                godwit_coordinator::throttle::Allocator::new(store.clone(), keyspace.clone())
+                    .run(std::future::pending()),
+                godwit_coordinator::retention::run(store, keyspace, std::future::pending()),
+            );
+        })
+    }
 }

@@ -25,10 +25,10 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Action, Caller};
-use crate::changes;
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
 pub use crate::listener::{ListenerFlags, Security};
+use crate::requests;
 use crate::status;
 use crate::verification::{Verified, Verifier};
 use godwit_common::audit::{self, AuditEvent};
@@ -269,9 +269,8 @@ impl Godwit for GodwitService {
         tracing::info!(job_id = %job_id, customer = %prepared.spec.customer, "job submitted");
         self.audited(&caller, &prepared.spec, "job.submit", "accepted", None)
             .await;
-        tokio::spawn(async move {
-            let _ = driver.execute(prepared).await;
-        });
+        // The leading coordinator (this one or another) sees the new record
+        // and drives the job.
         Ok(Response::new(SubmitJobResponse { job_id }))
     }
 
@@ -375,12 +374,15 @@ impl Godwit for GodwitService {
         let verified = match record.phase {
             JobPhase::Streaming => {
                 // Held until the comparison ends: both snapshots stay importable.
-                let pinned = changes::pin(&job)
-                    .await
-                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
-                verifier
-                    .verify_pinned(&record.spec, options, pinned.snapshots.clone())
-                    .await?
+                let (snapshots, pin) =
+                    requests::pin(&self.store, &self.keyspace, &job, caller.identity())
+                        .await
+                        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                let verified = verifier
+                    .verify_pinned(&record.spec, options, snapshots)
+                    .await;
+                pin.end().await;
+                verified?
             }
             JobPhase::CuttingOver => {
                 return Err(Status::failed_precondition(format!(
@@ -429,20 +431,21 @@ impl Godwit for GodwitService {
             }
         }
         self.signed_off(&caller, &record.spec, "cutover").await?;
-        let outcome = match changes::cutover(&job).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.audited(
-                    &caller,
-                    &record.spec,
-                    "cutover",
-                    "failed",
-                    Some(e.to_string()),
-                )
-                .await;
-                return Err(Status::failed_precondition(e.to_string()));
-            }
-        };
+        let outcome =
+            match requests::cutover(&self.store, &self.keyspace, &job, caller.identity()).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    self.audited(
+                        &caller,
+                        &record.spec,
+                        "cutover",
+                        "failed",
+                        Some(e.to_string()),
+                    )
+                    .await;
+                    return Err(Status::failed_precondition(e.to_string()));
+                }
+            };
         let cut = status::cutover(&outcome.record);
         self.audited(
             &caller,
@@ -465,10 +468,13 @@ impl Godwit for GodwitService {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let verification = match outcome.verified {
-            Some(verified) => {
-                let (report, stored_at) = stored_at(&job, verified);
-                Some(verify_response(&report, stored_at)?)
+        let verification = match &outcome.report {
+            Some(report) => {
+                let stored_at = outcome.stored_at.clone().unwrap_or_else(|e| {
+                    tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+                    String::new()
+                });
+                Some(verify_response(report, stored_at)?)
             }
             None => None,
         };

@@ -53,7 +53,7 @@ impl Verifier {
     /// Verifies the job `spec` describes, as the databases are now. Refused
     /// (`JobError::Rejected`) when it cannot start: a database unreachable,
     /// a table unknown, the job already being verified, its changes being
-    /// streamed (only the streaming process can line both sides up).
+    /// streamed (only the stream can line both sides up: see `verify_pinned`).
     pub async fn verify(&self, spec: &JobSpec, options: Options) -> Result<Verified, JobError> {
         self.run(spec, options, None).await
     }
@@ -101,8 +101,8 @@ impl Verifier {
                 {
                     return Err(rejected(Error::Verification(format!(
                         "job {} is streaming changes (slot {slot} on the source): compared as they are now, \
-                         both sides would differ by the changes in flight; verify through the process that \
-                         streams them: godwit verify --coordinator URL {}",
+                         both sides would differ by the changes in flight; verify through a coordinator, \
+                         which pins both sides first: godwit verify --coordinator URL {}",
                         spec.job, spec.job
                     ))));
                 }

@@ -107,6 +107,15 @@ impl Service {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the service's log says `text` (within `limit`).
+    pub async fn logged(&self, text: &str, limit: std::time::Duration) -> anyhow::Result<()> {
+        crate::process::wait_until(&format!("the log to say {text:?}"), limit, || async {
+            Ok(self.log_text().contains(text).then_some(()))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n--- log\n{}", self.log_text()))
+    }
 }
 
 impl Drop for Service {

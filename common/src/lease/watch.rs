@@ -46,7 +46,9 @@ pub type Watch = BoxStream<'static, Result<Change>>;
 pub struct Wakeups {
     store: Arc<dyn LeaseStore>,
     prefix: String,
-    watch: Option<Watch>,
+    /// Behind a mutex only so a `&Wakeups` can cross threads; `wait` takes
+    /// `&mut self` and never locks it.
+    watch: std::sync::Mutex<Option<Watch>>,
     fallback: Duration,
     wanted: fn(&Change) -> bool,
 }
@@ -63,7 +65,7 @@ impl Wakeups {
         Self {
             store,
             prefix: prefix.to_owned(),
-            watch,
+            watch: std::sync::Mutex::new(watch),
             fallback,
             wanted: |_| true,
         }
@@ -77,9 +79,13 @@ impl Wakeups {
 
     /// Returns once something under the prefix changed, or `fallback` passed.
     pub async fn wait(&mut self) {
-        let Some(watch) = self.watch.as_mut() else {
+        let slot = match self.watch.get_mut() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(watch) = slot.as_mut() else {
             tokio::time::sleep(self.fallback).await;
-            self.watch = self.store.watch_prefix(&self.prefix).await.ok();
+            *slot = self.store.watch_prefix(&self.prefix).await.ok();
             return;
         };
         let wanted = self.wanted;
@@ -98,7 +104,7 @@ impl Wakeups {
         if woken == Ok(false) {
             // The watch is gone; the caller looks again now, and the next
             // wait opens a new one.
-            self.watch = None;
+            *slot = None;
             return;
         }
         // Drain what else is already queued: one look covers them all.

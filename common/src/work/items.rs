@@ -8,6 +8,37 @@ use crate::ids::{JobId, PartitionNo};
 use crate::spec::TableName;
 use crate::state::{BlockRange, KeyRange};
 
+/// The engine's view of a kind of work: its number, state and attempts
+/// fields, and how errors name it (`table T NOUN N`).
+macro_rules! work_item {
+    ($type:ty, $kind:expr, $number:ident, $noun:literal) => {
+        impl WorkItem for $type {
+            const KIND: WorkKind = $kind;
+            fn number(&self) -> u32 {
+                self.$number
+            }
+            fn state(&self) -> WorkState {
+                self.state
+            }
+            fn set_state(&mut self, state: WorkState) {
+                self.state = state;
+            }
+            fn attempts(&self) -> &Attempts {
+                &self.attempts
+            }
+            fn attempts_mut(&mut self) -> &mut Attempts {
+                &mut self.attempts
+            }
+            fn describe(&self) -> String {
+                format!("table {} {} {}", self.table, $noun, self.$number)
+            }
+        }
+    };
+}
+
+work_item!(PartitionRecord, WorkKind::Copy, partition, "partition");
+work_item!(VerifyRange, WorkKind::Verify, range, "range");
+
 /// A block range of a table to copy under the job's snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionRecord {
@@ -47,28 +78,6 @@ impl PartitionRecord {
             timings: StageTimings::default(),
             attempts: Attempts::default(),
         }
-    }
-}
-
-impl WorkItem for PartitionRecord {
-    const KIND: WorkKind = WorkKind::Copy;
-    fn number(&self) -> u32 {
-        self.partition
-    }
-    fn state(&self) -> WorkState {
-        self.state
-    }
-    fn set_state(&mut self, state: WorkState) {
-        self.state = state;
-    }
-    fn attempts(&self) -> &Attempts {
-        &self.attempts
-    }
-    fn attempts_mut(&mut self) -> &mut Attempts {
-        &mut self.attempts
-    }
-    fn describe(&self) -> String {
-        format!("table {} partition {}", self.table, self.partition)
     }
 }
 
@@ -136,27 +145,5 @@ impl VerifyRange {
             matched: false,
             attempts: Attempts::default(),
         }
-    }
-}
-
-impl WorkItem for VerifyRange {
-    const KIND: WorkKind = WorkKind::Verify;
-    fn number(&self) -> u32 {
-        self.range
-    }
-    fn state(&self) -> WorkState {
-        self.state
-    }
-    fn set_state(&mut self, state: WorkState) {
-        self.state = state;
-    }
-    fn attempts(&self) -> &Attempts {
-        &self.attempts
-    }
-    fn attempts_mut(&mut self) -> &mut Attempts {
-        &mut self.attempts
-    }
-    fn describe(&self) -> String {
-        format!("table {} range {}", self.table, self.range)
     }
 }

@@ -335,7 +335,8 @@ async fn a_table_without_replica_identity_is_refused_before_anything_is_written(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> anyhow::Result<()> {
+async fn the_standby_coordinator_resumes_the_stream_when_the_leader_dies_without_copying_again()
+-> anyhow::Result<()> {
     let (source, target) = source_and_target(2).await?;
     let src = source.client("shop").await?;
     let dst = target.client("shop").await?;
@@ -348,10 +349,21 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
     let etcd = Etcd::start()?;
     let root = "/godwit-stream-restart";
     let (mut coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    coordinator
+        .logged("leading the deployment", Duration::from_secs(30))
+        .await?;
+    let (standby, standby_url) = Service::coordinator(&etcd.url(), root, &[])?;
+    standby
+        .logged(
+            "another coordinator leads; following",
+            Duration::from_secs(30),
+        )
+        .await?;
     let worker = Service::worker("worker-1", &etcd.url(), root, &url, &[], &[])?;
     let job =
         Job::create(|staging| spec_body("restart", &source, &target, staging) + "\nchanges: {}")?;
-    let submitted = godwit(&["submit", "--coordinator", &url, job.spec()])?;
+    // Any coordinator takes a submission; the leader drives it.
+    let submitted = godwit(&["submit", "--coordinator", &standby_url, job.spec()])?;
     assert!(submitted.status.success(), "{}", describe(&submitted));
     let (writes, writer) = start_writer(&source)?;
     wait_for_streaming(&url, "restart").await?;
@@ -367,14 +379,27 @@ async fn a_restarted_coordinator_resumes_the_stream_without_copying_again() -> a
 
     // Killed while changes stream and the application writes.
     writes.commits_after(20, "writes while streaming").await?;
-    coordinator.kill();
-    let (restarted, url) = Service::coordinator(&etcd.url(), root, &[])?;
-    wait_for_streaming(&url, "restart").await?;
     assert!(
-        restarted.log_text().contains("resuming the change stream"),
-        "{}",
-        restarted.log_text()
+        !standby.log_text().contains("taking over"),
+        "the standby drove a job while another coordinator led:\n{}",
+        standby.log_text()
     );
+    // A coordinator that does not stream the job still verifies it: the
+    // pin travels to the stream through the keyspace.
+    let output = godwit(&["verify", "--coordinator", &standby_url, "restart"])?;
+    assert!(
+        output.status.success(),
+        "verify through the standby: {}\n{}",
+        describe(&output),
+        coordinator.log_text()
+    );
+    coordinator.kill();
+    // The standby leads once the killed coordinator's lease has run out.
+    let (restarted, url) = (standby, standby_url);
+    restarted
+        .logged("resuming the change stream", Duration::from_secs(60))
+        .await?;
+    wait_for_streaming(&url, "restart").await?;
     let resumed_at = writes.commits_after(20, "writes after the restart").await?;
     let output = godwit(&["verify", "--coordinator", &url, "restart"])?;
     assert!(

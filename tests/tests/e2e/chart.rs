@@ -77,6 +77,13 @@ fn the_chart_wires_tls_for_the_api_and_etcd_and_restricts_ingress() -> anyhow::R
         2
     );
     assert!(!manifests.contains("--insecure-plaintext"));
+    // Two coordinators by default: one leads, one stands by.
+    let coordinator = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Deployment") && doc.contains("godwit-coordinator\n"))
+        .ok_or_else(|| anyhow::anyhow!("no coordinator Deployment:\n{manifests}"))?;
+    assert!(coordinator.contains("replicas: 2"), "{coordinator}");
+    assert!(coordinator.contains("type: RollingUpdate"), "{coordinator}");
     // No secret value in the manifests: only names of Secrets.
     assert!(!manifests.contains("password:"));
 

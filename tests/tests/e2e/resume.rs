@@ -332,6 +332,44 @@ async fn a_restarted_coordinator_takes_over_its_unfinished_job() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_standby_coordinator_takes_over_when_the_leader_dies_mid_copy() -> anyhow::Result<()> {
+    let mut deployment = Deployment::start("standby", "512KiB").await?;
+    let (standby, standby_url) =
+        Service::coordinator(&deployment.etcd.url(), &deployment.root, &[])?;
+    standby
+        .logged(
+            "another coordinator leads; following",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let worker = deployment.worker("worker-1", &["--concurrency", "1", "--lease-ttl-secs", "2"])?;
+    deployment.wait_for_events_chunks(3).await?;
+    assert!(
+        !standby.log_text().contains("taking over"),
+        "the standby drove a job while another coordinator led:\n{}",
+        standby.log_text()
+    );
+    deployment.coordinator.signal("KILL")?;
+    let killed_at = FaultAt::now(&deployment.ledger).await?;
+    deployment.coordinator.kill();
+
+    standby
+        .logged("taking over an unfinished job", Duration::from_secs(60))
+        .await?;
+    deployment.url = standby_url;
+    deployment.finish(&[&standby, &worker]).await?;
+    deployment.coordinator = standby;
+    deployment
+        .figures(
+            "leader killed, standby takes over",
+            "SIGKILL of the leading coordinator mid-copy; a standby on the same etcd",
+            &[killed_at],
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_job_survives_etcd_going_away_and_coming_back() -> anyhow::Result<()> {
     let mut deployment = Deployment::start("outage", "1GiB").await?;
     let worker = deployment.worker("worker-1", &["--concurrency", "1", "--lease-ttl-secs", "3"])?;
