@@ -1,5 +1,7 @@
-//! The one error type of the shared library. Each variant says whether
-//! retrying the same operation can succeed; callers decide what to do with it.
+//! The one error type of the shared library. Every variant has a kind
+//! ([`ErrorKind`]), and the kind alone decides what callers do with it:
+//! retry or not, the CLI's exit code, the gRPC status (see
+//! [`ErrorKind::exit_code`]; the coordinator maps kinds to statuses).
 
 use std::path::PathBuf;
 
@@ -28,8 +30,23 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The databases or the machine do not meet a requirement of the job
+    /// (a setting, a privilege, an empty target); the message says the fix.
     #[error("{0}")]
-    Catalog(String),
+    Precondition(String),
+    /// Something the input names does not exist (a table, a job).
+    #[error("{0}")]
+    NotFound(String),
+    /// The target no longer matches the source where a change lands.
+    #[error("{0}")]
+    Diverged(String),
+    /// A server answered what it never should (a malformed LSN, a change
+    /// outside a transaction): a defect here or there, not the input's.
+    #[error("{0}")]
+    Internal(String),
+    /// A failure that outlasted every retry it was given.
+    #[error("{0}")]
+    Exhausted(String),
     /// A server could not be reached at the network level.
     #[error("{0}")]
     Unreachable(String),
@@ -51,33 +68,87 @@ pub enum Error {
     Verification(String),
     #[error("cancelled")]
     Cancelled,
-    /// A unit of leased work failed for good; the message names it.
-    #[error("{0}")]
-    WorkFailed(String),
+}
+
+/// What an error means for whoever meets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The same operation may succeed if tried again: a network cut, a lost
+    /// lease, a server restarting, a transient server-side conflict.
+    Retryable,
+    /// The spec, a flag or a file the operator gave is wrong.
+    BadInput,
+    NotFound,
+    /// The thing exists already, or is being done by someone else.
+    Conflict,
+    /// The databases or the machine must change before this can run.
+    Precondition,
+    /// Data failed a check: a tampered object, a difference found.
+    Integrity,
+    /// Retries are spent.
+    Exhausted,
+    Cancelled,
+    /// A defect; the message is all there is.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The CLI's exit code: 2 when the operator's input or environment must
+    /// change before a run can succeed, 1 for a run that failed.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::BadInput
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict
+            | ErrorKind::Precondition => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl Error {
-    /// Whether the same operation may succeed if tried again (network, lost
-    /// lease, transient server errors) as opposed to a fault in the input.
-    pub fn is_retryable(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Postgres { source, .. } => match source.as_db_error() {
-                None => true,
+                None => ErrorKind::Retryable,
                 // Transient server-side conditions: serialization failures and
                 // deadlocks, the server shutting down or out of connections.
                 Some(db) => {
                     let code = db.code().code();
-                    ["40001", "40P01", "57P01", "57P02", "57P03", "53300"].contains(&code)
+                    if ["40001", "40P01", "57P01", "57P02", "57P03", "53300"].contains(&code)
                         || code.starts_with("08")
+                    {
+                        ErrorKind::Retryable
+                    } else if code.starts_with("42") || code.starts_with("28") {
+                        // Syntax, undefined objects, privileges; authentication.
+                        ErrorKind::Precondition
+                    } else {
+                        ErrorKind::Internal
+                    }
                 }
             },
             Error::Staging { .. }
             | Error::LeaseStore(_)
             | Error::LeaseLost { .. }
-            | Error::Unreachable(_) => true,
-            Error::Io { .. } => true,
-            _ => false,
+            | Error::Unreachable(_)
+            | Error::Io { .. } => ErrorKind::Retryable,
+            Error::Spec(_) | Error::Key(_) => ErrorKind::BadInput,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Precondition(_) | Error::Schema(_) => ErrorKind::Precondition,
+            Error::ChunkRejected { .. }
+            | Error::Corrupt { .. }
+            | Error::Verification(_)
+            | Error::Diverged(_) => ErrorKind::Integrity,
+            Error::Exhausted(_) => ErrorKind::Exhausted,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Internal(_) => ErrorKind::Internal,
         }
+    }
+
+    /// Whether the same operation may succeed if tried again (network, lost
+    /// lease, transient server errors) as opposed to a fault in the input.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Retryable
     }
 
     pub fn postgres(context: impl Into<String>, source: tokio_postgres::Error) -> Self {

@@ -22,4 +22,4 @@ pub mod throttle;
 pub mod verify;
 pub mod work;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

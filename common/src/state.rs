@@ -294,7 +294,7 @@ pub struct CutoverRecord {
 impl JobRecord {
     pub fn transition(&mut self, next: JobPhase) -> Result<()> {
         if !self.phase.can_become(next) {
-            return Err(Error::LeaseStore(format!(
+            return Err(Error::Internal(format!(
                 "job {} cannot go from {:?} to {next:?}",
                 self.spec.job, self.phase
             )));
@@ -534,6 +534,34 @@ mod tests {
         assert!(!Done.can_become(Failed));
         assert!(!Copying.can_become(Planning));
         assert!(!Planning.can_become(Done));
+    }
+
+    #[test]
+    fn an_illegal_phase_change_is_a_defect_not_a_retry() {
+        let spec = JobSpec::from_yaml(
+            "job: j1\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+             staging: file:///tmp/s\nencryption: { key_file: /tmp/k }",
+            "test",
+        )
+        .expect("valid spec");
+        let mut record = JobRecord {
+            spec,
+            phase: JobPhase::Done,
+            error: None,
+            slot: None,
+            snapshot: None,
+            tables: Vec::new(),
+            started_at_unix_ms: 0,
+            finished_at_unix_ms: None,
+            phases: PhaseTimings::default(),
+            changes: None,
+        };
+        let refused = record
+            .transition(JobPhase::Copying)
+            .expect_err("Done is final");
+        assert_eq!(refused.kind(), crate::ErrorKind::Internal);
+        assert!(!refused.is_retryable());
+        assert_eq!(record.phase, JobPhase::Done);
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Streamer {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let refused = !e.is_retryable() && failures >= MAX_REFUSED_ATTEMPTS;
                     if refused || since.elapsed() >= MAX_STALL {
-                        return Err(JobError::Failed(Error::Catalog(format!(
+                        return Err(JobError::Failed(Error::Exhausted(format!(
                             "the change stream stopped after {failures} failed attempts over {:.0?}: {e}; \
                              the job's replication slot is dropped so the source keeps no WAL for it. Fix \
                              the cause, then migrate again into an empty target: the target misses the \
@@ -486,7 +486,7 @@ impl Streamer {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Catalog(format!(
+                return Err(Error::Unreachable(format!(
                     "the source did not flush its WAL to {} within {FLUSH_DEADLINE:?}",
                     format_lsn(lsn)
                 )));
@@ -529,7 +529,7 @@ impl Streamer {
                 .map_err(|e| Error::postgres("cannot read the source snapshot's bounds", e))?;
             let bounds_text: String = row.get(0);
             let bounds = SnapshotBounds::parse(&bounds_text).ok_or_else(|| {
-                Error::Catalog(format!("source returned snapshot {bounds_text:?}"))
+                Error::Internal(format!("source returned snapshot {bounds_text:?}"))
             })?;
             // A transaction applied just now whose commit the snapshot does
             // not see yet (committed, not yet visible): the target is ahead
@@ -540,7 +540,7 @@ impl Streamer {
             }
             let insert_text: String = row.get(1);
             let insert = pgoutput::parse_lsn(&insert_text)
-                .ok_or_else(|| Error::Catalog(format!("source returned LSN {insert_text:?}")))?;
+                .ok_or_else(|| Error::Internal(format!("source returned LSN {insert_text:?}")))?;
             self.drain(insert, Some(&bounds)).await?;
             let target = export_snapshot(&self.spec.target, Side::Target).await?;
             return Ok(Pinned {

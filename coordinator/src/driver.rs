@@ -529,7 +529,7 @@ impl JobDriver {
             }
             let start =
                 godwit_common::pg::pgoutput::parse_lsn(&consistent_lsn).ok_or_else(|| {
-                    failed(Error::Catalog(format!(
+                    failed(Error::Internal(format!(
                         "the slot's consistent point {consistent_lsn:?} is not an LSN"
                     )))
                 })?;

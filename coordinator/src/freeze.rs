@@ -104,7 +104,7 @@ impl Freezer {
                 }
                 Ok(false) => {}
                 Err(check) => {
-                    return Err(Error::Catalog(format!(
+                    return Err(Error::Internal(format!(
                         "cutover outcome unknown: the COMMIT that makes the source refuse writes failed ({e}) \
                          and whether it took effect cannot be read ({check}); look for trigger godwit_migrated \
                          on the source's tables before writing anywhere"

@@ -41,7 +41,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         .map_err(|e| rejected(Error::postgres("cannot read the source's wal_level", e)))?
         .get(0);
     if wal_level != "logical" {
-        return Err(rejected(Error::Catalog(format!(
+        return Err(rejected(Error::Precondition(format!(
             "the source {} has wal_level = {wal_level}; godwit reads under a snapshot exported by a logical \
              replication slot: set wal_level = logical on the source and restart it",
             pg::describe(&spec.source)
@@ -69,7 +69,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             .get(0);
         if !sees {
             let role = access::current_role(&source).await.map_err(rejected)?;
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "`throttle.adaptive` watches the source's active sessions or a replica's lag, which \
                  PostgreSQL hides from the source role {role} (the probe would always see an idle \
                  source): GRANT pg_read_all_stats TO {role}, or keep only the probe-latency thresholds"
@@ -80,7 +80,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
         .await
         .map_err(rejected)?;
     if tables.is_empty() {
-        return Err(rejected(Error::Catalog(format!(
+        return Err(rejected(Error::Precondition(format!(
             "the source {} has no tables to migrate",
             pg::describe(&spec.source)
         ))));
@@ -100,7 +100,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             .map_err(rejected)?;
         if !unlogged.is_empty() {
             let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "the job streams changes, but table(s) {} on the source are unlogged, so their changes \
                  never reach the WAL and cannot be streamed: run ALTER TABLE … SET LOGGED on the source, \
                  or leave them out of `tables` and migrate them in a job without `changes`",
@@ -112,7 +112,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             .map_err(rejected)?;
         if !unstreamable.is_empty() {
             let list: Vec<String> = unstreamable.iter().map(ToString::to_string).collect();
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "the job streams changes, but table(s) {} on the source have no replica identity, so their \
                  updates and deletes cannot be streamed (and publishing them would make those statements \
                  fail on the source): add a primary key, or run ALTER TABLE … REPLICA IDENTITY FULL, or \
@@ -132,7 +132,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             .await
             .map_err(rejected)?;
         if !missing.is_empty() {
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "the source uses extension(s) {}, which the target's server {} does not offer: install \
                  them there (the PostgreSQL package that ships them) before migrating",
                 missing.join(", "),
@@ -145,7 +145,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
             .map_err(rejected)?;
         if !existing.is_empty() {
             let list: Vec<String> = existing.iter().map(ToString::to_string).collect();
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "the target {} already has table(s) {}: godwit never writes into tables it did not create; \
                  drop them or choose an empty target database",
                 pg::describe(&spec.target),
@@ -184,7 +184,7 @@ async fn large_object_table(
         return Ok(None);
     }
     if spec.changes.is_some() {
-        return Err(rejected(Error::Catalog(format!(
+        return Err(rejected(Error::Precondition(format!(
             "the source has {count} large object(s), and logical decoding does not carry their changes, so \
              streaming would lose them silently: migrate without `changes` (in a write freeze), or move \
              their content into bytea columns first"
@@ -193,7 +193,7 @@ async fn large_object_table(
     let (hidden, some) = large_objects::unreadable(source).await.map_err(rejected)?;
     if hidden > 0 {
         let role = access::current_role(source).await.map_err(rejected)?;
-        return Err(rejected(Error::Catalog(format!(
+        return Err(rejected(Error::Precondition(format!(
             "the source role {role} cannot read {hidden} large object(s) (OIDs {some:?} …): GRANT SELECT ON \
              LARGE OBJECT … TO {role} for each, or migrate as their owner or a superuser"
         ))));
@@ -203,7 +203,7 @@ async fn large_object_table(
             .await
             .map_err(rejected)?;
         if !taken.is_empty() {
-            return Err(rejected(Error::Catalog(format!(
+            return Err(rejected(Error::Precondition(format!(
                 "the target already has large object(s) with OIDs {taken:?}, which the source's large objects \
              use: unlink them on the target or choose an empty target database"
             ))));

@@ -58,7 +58,7 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
         .map_err(rejected)?;
     if !existing.is_empty() {
         let list: Vec<String> = existing.iter().map(ToString::to_string).collect();
-        return Err(rejected(Error::Catalog(format!(
+        return Err(rejected(Error::Precondition(format!(
             "the target {} already has table(s) {}: replay only into a database without them",
             pg::describe(target),
             list.join(", ")

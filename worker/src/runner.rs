@@ -474,7 +474,7 @@ impl Worker {
     ) -> Result<()> {
         let (record, lease, progress_key) = claimed.parts();
         let snapshot = job.snapshot.as_deref().ok_or_else(|| {
-            Error::Catalog(format!(
+            Error::Internal(format!(
                 "job {} has no snapshot to read under",
                 job.spec.job
             ))
@@ -484,7 +484,7 @@ impl Worker {
             .iter()
             .find(|t| t.name == record.table)
             .ok_or_else(|| {
-                Error::Catalog(format!(
+                Error::Internal(format!(
                     "partition {} names unplanned table {}",
                     record.partition, record.table
                 ))

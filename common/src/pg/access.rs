@@ -84,7 +84,7 @@ pub fn refusal(role: &str, unreadable: &[Unreadable]) -> Option<Error> {
             row_security.join(", ")
         ));
     }
-    (!problems.is_empty()).then(|| Error::Catalog(problems.join("; ")))
+    (!problems.is_empty()).then(|| Error::Precondition(problems.join("; ")))
 }
 
 /// The role a session runs as, for messages.

@@ -51,7 +51,7 @@ pub fn transactions(messages: Vec<Message>) -> Result<Vec<SourceTransaction>> {
                 ..
             } => {
                 if open.is_some() {
-                    return Err(Error::Catalog(format!(
+                    return Err(Error::Internal(format!(
                         "change stream: transaction {xid} began inside another"
                     )));
                 }
@@ -64,7 +64,7 @@ pub fn transactions(messages: Vec<Message>) -> Result<Vec<SourceTransaction>> {
             }
             Message::Commit { end_lsn, .. } => {
                 let Some(mut tx) = open.take() else {
-                    return Err(Error::Catalog(
+                    return Err(Error::Internal(
                         "change stream: commit without a transaction".into(),
                     ));
                 };
@@ -75,7 +75,7 @@ pub fn transactions(messages: Vec<Message>) -> Result<Vec<SourceTransaction>> {
             change => match open.as_mut() {
                 Some(tx) => tx.changes.push(change),
                 None => {
-                    return Err(Error::Catalog(
+                    return Err(Error::Internal(
                         "change stream: a change outside any transaction".into(),
                     ));
                 }
@@ -158,7 +158,7 @@ impl Applier {
                     if e.is_retryable() {
                         return e;
                     }
-                    Error::Catalog(format!(
+                    Error::Diverged(format!(
                         "cannot apply source transaction {} (ending at {}) to the target: {e}",
                         source_tx.xid,
                         format_lsn(source_tx.end_lsn)
@@ -285,7 +285,7 @@ impl Applier {
 
     fn table(&self, relation: u32) -> Result<&TargetTable> {
         self.relations.get(&relation).ok_or_else(|| {
-            Error::Catalog(format!(
+            Error::Internal(format!(
                 "change stream: relation {relation} was not described before its changes"
             ))
         })
@@ -296,7 +296,7 @@ impl Applier {
     fn table_for(&self, relation: u32, row: &[Value]) -> Result<TargetTable> {
         let table = self.table(relation)?;
         if row.len() != table.columns.len() {
-            return Err(Error::Catalog(format!(
+            return Err(Error::Internal(format!(
                 "change stream: a row of {} has {} values for {} columns",
                 table.name,
                 row.len(),
@@ -324,7 +324,7 @@ impl Applier {
         };
         let mut types = target_columns(tx, &name).await?;
         if types.is_empty() {
-            return Err(Error::Catalog(format!(
+            return Err(Error::Diverged(format!(
                 "the source changed table {name}, which the target does not have"
             )));
         }
@@ -334,7 +334,7 @@ impl Applier {
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
             let Some(attribute) = types.get(&column.name) else {
-                return Err(Error::Catalog(format!(
+                return Err(Error::Diverged(format!(
                     "the source changed column {} of {name}, which the target table lacks",
                     column.name
                 )));
@@ -388,7 +388,7 @@ fn found_one(changed: u64, what: &str, table: &TargetTable) -> Result<u64> {
     if changed == 1 {
         return Ok(1);
     }
-    Err(Error::Catalog(format!(
+    Err(Error::Diverged(format!(
         "change stream: a source {what} of {} matched {changed} rows on the target instead of one: \
          the target no longer matches the source there (run godwit verify to see where)",
         table.name
@@ -412,7 +412,7 @@ fn text<'v>(
         Value::Null => Ok(Some(None)),
         Value::Unchanged => Ok(None),
         Value::Text(text) => Ok(Some(Some(text))),
-        Value::Binary(_) => Err(Error::Catalog(format!(
+        Value::Binary(_) => Err(Error::Internal(format!(
             "column {} of {} arrived in binary form; the stream asks for text",
             column.quoted, table.name
         ))),
@@ -441,7 +441,7 @@ fn identify<'v>(
             ));
         } else if column.key {
             let Some(Some(param)) = text(value, table, column)? else {
-                return Err(Error::Catalog(format!(
+                return Err(Error::Internal(format!(
                     "change stream: key column {} of {} has no value",
                     column.quoted, table.name
                 )));
@@ -456,7 +456,7 @@ fn identify<'v>(
         }
     }
     if conditions.is_empty() {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Internal(format!(
             "change stream: no identity for a row of {}",
             table.name
         )));

@@ -89,7 +89,7 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
         }
     }
     if !missing.is_empty() {
-        return Err(Error::Catalog(format!(
+        return Err(Error::NotFound(format!(
             "table(s) {} listed in `tables` do not exist in the source (or are not ordinary tables); \
              check the names, written as \"schema.table\"",
             missing.join(", ")

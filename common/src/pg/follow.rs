@@ -88,7 +88,7 @@ pub(super) async fn follow_relation(
         .collect();
     removed.sort_unstable();
     if !added.is_empty() && !removed.is_empty() {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Precondition(format!(
             "the source renamed or replaced column(s) {} of {table} (it now has {}): the stream cannot \
              tell a rename from a drop and an add; run the same ALTER TABLE on the target (RENAME COLUMN, \
              or DROP COLUMN and ADD COLUMN), make the rows match (godwit verify shows where they differ), \
@@ -134,7 +134,7 @@ async fn changed_types(
             continue;
         };
         if &target.type_sql != source_type {
-            return Err(Error::Catalog(format!(
+            return Err(Error::Precondition(format!(
                 "the source changed the type of column {} of {table} from {} to {source_type}, which the \
                  stream cannot follow exactly (the source may have rewritten its values); run ALTER TABLE \
                  {} ALTER COLUMN {} TYPE {source_type} on the target with the source's USING clause, make \
@@ -198,7 +198,7 @@ async fn add_column(
         .await
         .map_err(|e| Error::postgres(format!("cannot read column {column} of {table} on the source"), e))?;
     let Some(row) = row else {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Precondition(format!(
             "the source added column {column} to {table} and has dropped it again since: add it on the \
              target by hand as it was, then migrate again"
         )));
@@ -234,7 +234,7 @@ async fn add_column(
         if not_null { " NOT NULL" } else { "" }
     );
     if computed || (default.is_some() && existing_rows.is_none()) {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Precondition(format!(
             "the source added column {column} to {table}, which cannot be followed exactly (a generated or \
              identity column, or a default that gave each existing row its own value, fills rows with values \
              the stream never sees): run {as_source} on the target, make the existing rows match (godwit \
@@ -271,7 +271,7 @@ async fn drop_column(
     column: &str,
 ) -> Result<()> {
     if topmost_with_column(source, table, column).await?.is_some() {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Precondition(format!(
             "the source stopped sending column {column} of {table} but still has it: run the same ALTER \
              TABLE on the target as on the source, then migrate again"
         )));

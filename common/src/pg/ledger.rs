@@ -125,7 +125,7 @@ pub async fn take_partition(
     token: i64,
 ) -> Result<()> {
     let partition = i32::try_from(partition)
-        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
+        .map_err(|_| Error::Internal("partition number overflows".into()))?;
     let own_pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -175,7 +175,7 @@ pub struct ResumePoint {
 
 pub async fn resume_point(client: &Client, job: &str, partition: u32) -> Result<ResumePoint> {
     let partition = i32::try_from(partition)
-        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
+        .map_err(|_| Error::Internal("partition number overflows".into()))?;
     let row = client
         .query_one(
             "SELECT count(*), coalesce(sum(rows), 0)::bigint, \
@@ -291,11 +291,11 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
         )
     };
     let partition = i32::try_from(chunk.partition)
-        .map_err(|_| Error::Catalog("partition number overflows".into()))?;
+        .map_err(|_| Error::Internal("partition number overflows".into()))?;
     let seq =
-        i64::try_from(chunk.seq).map_err(|_| Error::Catalog("chunk number overflows".into()))?;
+        i64::try_from(chunk.seq).map_err(|_| Error::Internal("chunk number overflows".into()))?;
     let rows =
-        i64::try_from(chunk.rows).map_err(|_| Error::Catalog("row count overflows".into()))?;
+        i64::try_from(chunk.rows).map_err(|_| Error::Internal("row count overflows".into()))?;
     let tx = client
         .transaction()
         .await

@@ -249,7 +249,7 @@ async fn configure_session(client: Client, side: Side) -> Result<Client> {
 /// exported snapshot `snapshot`.
 pub async fn join_snapshot(client: &Client, snapshot: &str) -> Result<()> {
     if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Internal(format!(
             "snapshot name {snapshot:?} is malformed"
         )));
     }

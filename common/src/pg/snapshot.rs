@@ -57,7 +57,7 @@ impl SnapshotHolder {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
-            return Err(Error::Catalog(format!("slot name {slot:?} is not valid")));
+            return Err(Error::Internal(format!("slot name {slot:?} is not valid")));
         }
         // The password goes in the environment: a command line is visible
         // to every user of the machine.
@@ -74,15 +74,15 @@ impl SnapshotHolder {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| Error::Catalog(format!("cannot start psql to hold the snapshot (is the PostgreSQL client installed?): {e}")))?;
+            .map_err(|e| Error::Precondition(format!("cannot start psql to hold the snapshot (is the PostgreSQL client installed?): {e}")))?;
         let mut stdin = child
             .stdin
             .take()
-            .ok_or_else(|| Error::Catalog("psql stdin unavailable".into()))?;
+            .ok_or_else(|| Error::Internal("psql stdin unavailable".into()))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Catalog("psql stdout unavailable".into()))?;
+            .ok_or_else(|| Error::Internal("psql stdout unavailable".into()))?;
         stdin
             .write_all(
                 format!(
@@ -92,11 +92,11 @@ impl SnapshotHolder {
                 .as_bytes(),
             )
             .await
-            .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot talk to psql: {e}")))?;
         stdin
             .flush()
             .await
-            .map_err(|e| Error::Catalog(format!("cannot talk to psql: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot talk to psql: {e}")))?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
         let line = match line {
@@ -118,7 +118,7 @@ impl SnapshotHolder {
                     Err(_) => format!("timed out after {CREATE_TIMEOUT:?}"),
                     _ => stderr,
                 };
-                return Err(Error::Catalog(format!(
+                return Err(Error::Precondition(format!(
                     "cannot create replication slot {slot} on the source {}: {detail}{hint}",
                     describe(conn)
                 )));
@@ -126,7 +126,7 @@ impl SnapshotHolder {
         };
         let fields: Vec<&str> = line.trim().split('|').collect();
         let [slot_name, lsn, snapshot, _plugin] = fields[..] else {
-            return Err(Error::Catalog(format!(
+            return Err(Error::Internal(format!(
                 "unexpected CREATE_REPLICATION_SLOT answer {line:?}"
             )));
         };
@@ -186,7 +186,7 @@ pub async fn lock_tables(
         .map(|row| row.get(0))
         .collect();
     if !rewritten.is_empty() {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Precondition(format!(
             "table(s) {} on the source were truncated or rewritten (TRUNCATE, VACUUM FULL, CLUSTER or a \
              rewriting ALTER TABLE) after the job's snapshot was taken: their rows are invisible to it and \
              would be missing from the copy; run the job again, and hold such statements until it has \

@@ -134,7 +134,7 @@ pub async fn peek(
         .map(|row| {
             let text: String = row.get(0);
             let lsn = parse_lsn(&text)
-                .ok_or_else(|| Error::Catalog(format!("slot {slot} returned LSN {text:?}")))?;
+                .ok_or_else(|| Error::Internal(format!("slot {slot} returned LSN {text:?}")))?;
             Ok(RawChange {
                 lsn,
                 data: row.get(1),
@@ -200,7 +200,7 @@ pub async fn wal_positions(client: &Client) -> Result<(u64, u64)> {
         .map_err(|e| Error::postgres("cannot read the source's WAL position", e))?;
     let parse = |i: usize| {
         let text: String = row.get(i);
-        parse_lsn(&text).ok_or_else(|| Error::Catalog(format!("source returned LSN {text:?}")))
+        parse_lsn(&text).ok_or_else(|| Error::Internal(format!("source returned LSN {text:?}")))
     };
     Ok((parse(0)?, parse(1)?))
 }

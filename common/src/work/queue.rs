@@ -218,7 +218,7 @@ where
             Ok((false, items)) => {
                 if let Some(failed) = items.iter().find(|i| i.state() == WorkState::Failed) {
                     let attempts = failed.attempts();
-                    return Err(Stopped::Failed(Error::WorkFailed(format!(
+                    return Err(Stopped::Failed(Error::Exhausted(format!(
                         "{} failed after {} attempt(s): {}",
                         failed.describe(),
                         attempts.attempts,
