@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{LeaseStore, MemoryStore};
 use godwit_common::spec::JobSpec;
-use godwit_common::state::Keyspace;
 use godwit_coordinator::service::{ListenerFlags, Security};
 use godwit_coordinator::throttle::Allocator;
 use godwit_coordinator::tls::ServerTlsFiles;

@@ -44,6 +44,9 @@ pub enum Error {
     /// outside a transaction): a defect here or there, not the input's.
     #[error("{0}")]
     Internal(String),
+    /// Someone else changed or holds what this call meant to change.
+    #[error("{0}")]
+    Conflict(String),
     /// A failure that outlasted every retry it was given.
     #[error("{0}")]
     Exhausted(String),
@@ -140,6 +143,7 @@ impl Error {
             | Error::Verification(_)
             | Error::Diverged(_) => ErrorKind::Integrity,
             Error::Exhausted(_) => ErrorKind::Exhausted,
+            Error::Conflict(_) => ErrorKind::Conflict,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Internal(_) => ErrorKind::Internal,
         }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use godwit_common::Result;
 use godwit_common::ids::JobId;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::state::{self, Keyspace, now_unix_ms};
+use godwit_common::state::{self, now_unix_ms};
 use serde::{Deserialize, Serialize};
 
 /// How long a request waits for its sign-off before it is dropped.

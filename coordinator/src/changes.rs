@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
+use godwit_common::job::{ChangeProgress, CutoverRecord, JobRecord, Phase};
 use godwit_common::keys::DataKey;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::apply::{self, Applier, SourceTransaction};
 use godwit_common::pg::pgoutput::{self, format_lsn};
@@ -25,9 +27,7 @@ use godwit_common::pg::stream::{self, RawChange, SnapshotBounds};
 use godwit_common::pg::{self, Side, catalog, replica};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
-use godwit_common::state::{
-    ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, PinnedSnapshots, now_unix_ms,
-};
+use godwit_common::state::{PinnedSnapshots, now_unix_ms};
 use godwit_common::verify::Options;
 use godwit_common::{Error, Result};
 use tokio_postgres::Client;
@@ -136,6 +136,10 @@ pub struct Streamer {
     source: Client,
     target: Client,
     applier: Applier,
+    /// Where this run of the stream began applying.
+    from_lsn: String,
+    /// Set when the job's record turned out to be another coordinator's.
+    disowned: Option<Error>,
     /// End of the last source transaction the target committed.
     applied: u64,
     /// Where the slot was last moved to.
@@ -185,6 +189,8 @@ impl Streamer {
             source,
             target,
             applier: Applier::new(),
+            from_lsn: format_lsn(applied),
+            disowned: None,
             applied,
             advanced: applied,
             recent: Vec::new(),
@@ -197,9 +203,14 @@ impl Streamer {
         let mut inbox = Inbox::open(self.store.clone(), self.keyspace.clone(), job.clone()).await;
         // Pins held for verifications in progress, by request.
         let mut pins: HashMap<String, Pinned> = HashMap::new();
-        record
-            .transition(JobPhase::Streaming)
-            .map_err(JobError::Failed)?;
+        // A job taken over while streaming is streaming already.
+        if record.phase() != godwit_common::job::JobPhase::Streaming {
+            record
+                .advance(Phase::Streaming {
+                    from_lsn: self.from_lsn.clone(),
+                })
+                .map_err(JobError::Failed)?;
+        }
         let mut progress = ChangeProgress {
             applied_lsn: format_lsn(self.applied),
             updated_at_unix_ms: now_unix_ms(),
@@ -225,6 +236,9 @@ impl Streamer {
                     .await
             {
                 return Ok(cut);
+            }
+            if let Some(e) = self.disowned.take() {
+                return Err(JobError::Failed(e));
             }
             if self.cancel_requested(&job).await {
                 return Err(JobError::Cancelled(job.to_string()));
@@ -566,7 +580,10 @@ impl Streamer {
             ..CutoverRecord::default()
         };
         let mut verified = None;
-        if let Err(e) = record.transition(JobPhase::CuttingOver) {
+        let from_lsn = self.from_lsn.clone();
+        if let Err(e) = record.advance(Phase::CuttingOver {
+            from_lsn: from_lsn.clone(),
+        }) {
             cut.error = Some(e.to_string());
             return CutoverOutcome {
                 record: cut,
@@ -584,7 +601,7 @@ impl Streamer {
             Err(e) => {
                 tracing::warn!(job_id = %job, error = %e, "cutover rolled back; the source was unfrozen and changes stream on");
                 cut.error = Some(e.to_string());
-                if let Err(e) = record.transition(JobPhase::Streaming) {
+                if let Err(e) = record.advance(Phase::Streaming { from_lsn }) {
                     tracing::error!(job_id = %job, error = %e, "cannot return to streaming");
                 }
             }
@@ -693,9 +710,19 @@ impl Streamer {
         )
     }
 
-    async fn put_record(&self, record: &JobRecord) {
-        if let Err(e) = self.records.save(record).await {
-            tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
+    /// Records the stream's progress. A record that another coordinator
+    /// now writes means the job is no longer this one's: the stream stops
+    /// at its next turn (see `disowned`).
+    async fn put_record(&mut self, record: &JobRecord) {
+        match self.records.save(record).await {
+            Ok(()) => {}
+            Err(e @ (Error::Conflict(_) | Error::LeaseLost { .. })) => {
+                tracing::warn!(job_id = %record.spec.job, error = %e, "the job is no longer this coordinator's: stopping its stream");
+                self.disowned = Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %record.spec.job, error = %e, "cannot record the change stream's progress");
+            }
         }
     }
 }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::ids::JobId;
+use godwit_common::job::{JobRecord, Phase};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{LeaseStore, Wakeups};
 use godwit_common::pg::snapshot;
-use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, now_unix_ms};
+use godwit_common::state::{self, now_unix_ms};
 use tokio::task::JoinSet;
 
 use crate::driver::{JobDriver, preflight};
@@ -79,7 +81,7 @@ async fn unfinished(
             continue;
         }
         let record: JobRecord = state::decode(&key, &bytes)?;
-        if !record.phase.is_final() {
+        if !record.phase().is_final() {
             records.push(record);
         }
     }
@@ -136,10 +138,7 @@ async fn resume_later(driver: JobDriver, mut record: JobRecord, first: JobError)
         }
     };
     tracing::error!(job_id = %job, error = %failure, "cannot resume job");
-    let slot = record
-        .slot
-        .clone()
-        .unwrap_or_else(|| snapshot::slot_name(&job));
+    let slot = snapshot::slot_name(&job);
     let mut error = format!("could not be resumed after a coordinator change: {failure}");
     if let Err(e) = crate::changes::release_source(&record.spec, &slot).await {
         error.push_str(&format!(
@@ -147,7 +146,9 @@ async fn resume_later(driver: JobDriver, mut record: JobRecord, first: JobError)
              SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
         ));
     }
-    record.phase = JobPhase::Failed;
+    if let Err(e) = record.advance(Phase::Failed) {
+        tracing::error!(job_id = %job, error = %e, "cannot fail the job");
+    }
     record.error = Some(error);
     record.finished_at_unix_ms = Some(now_unix_ms());
     if let Err(e) = driver.records().save(&record).await {

@@ -1,35 +1,29 @@
-//! The job driver: takes a job from spec to done. After preflight (see
-//! `preflight`) has checked everything the spec names, it holds the
-//! job's snapshot, copies the schema, publishes the partitions for workers
-//! to lease, waits for them, builds indexes and constraints, sets sequences
-//! and compares every table on both databases.
+//! The job driver: registers a job, takes over one a previous leader left,
+//! and runs a job through its phases (see `phases`) to its end, then
+//! releases what it held on the source and records the outcome. Also the
+//! pieces the phases share: the plan's publication, the wait for the
+//! copy, the final check.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::audit::{AuditEvent, AuditLog};
-use godwit_common::keyring::CustomerKeys;
-use godwit_common::keys::DataKey;
+use godwit_common::job::{CutoverRecord, JobRecord, Phase, PhaseTimings, PlannedTable};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::pg::catalog::{self, SourceTable};
-use godwit_common::pg::ledger;
-use godwit_common::pg::schema::SchemaDump;
-use godwit_common::pg::snapshot::{self, SnapshotHolder};
-use godwit_common::pg::{self, Side, join_snapshot, large_objects, stream};
-use godwit_common::spec::TableName;
-use godwit_common::staging::Staging;
-use godwit_common::state::{
-    self, CutoverRecord, JobPhase, JobRecord, Keyspace, PhaseTimings, PlannedTable, now_unix_ms,
-};
+use godwit_common::pg::{large_objects, snapshot};
+use godwit_common::state;
+use godwit_common::state::now_unix_ms;
 use godwit_common::work::{self, PartitionRecord, StageTimings, WorkKind};
 use godwit_common::{Error, Result};
 
-use crate::changes::{self, StreamSetup, Streamer};
+use crate::changes;
 use crate::error::JobError;
 use crate::leadership::JobRecords;
+use crate::phases::{Run, planned_table};
 use crate::planner::split_table;
 pub use crate::preflight::{Prepared, preflight};
-use crate::staged::{outcome_events, stage_schema, write_manifest};
+use crate::staged::outcome_events;
 
 /// What a finished job did, for the operator's summary.
 #[derive(Debug, Clone)]
@@ -48,46 +42,15 @@ pub struct JobSummary {
 
 /// Copy progress summed over a job's partitions.
 #[derive(Debug, Clone, Copy, Default)]
-struct CopyTotals {
-    rows: u64,
-    bytes_read: u64,
-    bytes_staged: u64,
-    stages: StageTimings,
-}
-
-fn millis_since(start: Instant) -> u64 {
-    start.elapsed().as_millis() as u64
-}
-
-/// A source session that joined the job's snapshot and locked `tables`
-/// against DDL (see `snapshot::lock_tables`).
-async fn guard_session(
-    conn: &str,
-    snapshot_name: &str,
-    tables: &[TableName],
-) -> Result<tokio_postgres::Client> {
-    let session = pg::connect(conn, Side::Source).await?;
-    join_snapshot(&session, snapshot_name).await?;
-    snapshot::lock_tables(&session, tables).await?;
-    Ok(session)
-}
-
-/// The plan entry of a source table.
-fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
-    PlannedTable {
-        name: table.name.clone(),
-        copy_columns: table.copy_columns.clone(),
-        format: table.format,
-        estimated_bytes: table.bytes,
-        partitions,
-        source_rows: None,
-        checked: false,
-        source_relation: table.source_relation.clone(),
-    }
+pub(crate) struct CopyTotals {
+    pub(crate) rows: u64,
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_staged: u64,
+    pub(crate) stages: StageTimings,
 }
 
 pub struct JobDriver {
-    store: Arc<dyn LeaseStore>,
+    pub(crate) store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
     records: JobRecords,
 }
@@ -130,18 +93,7 @@ impl JobDriver {
     /// twice) before the slower planning starts.
     pub async fn register(&self, prepared: &Prepared) -> Result<(), JobError> {
         let key = self.keyspace.job_record(&prepared.spec.job);
-        let record = JobRecord {
-            spec: prepared.spec.clone(),
-            phase: JobPhase::Planning,
-            error: None,
-            slot: None,
-            snapshot: None,
-            tables: Vec::new(),
-            started_at_unix_ms: now_unix_ms(),
-            finished_at_unix_ms: None,
-            phases: PhaseTimings::default(),
-            changes: None,
-        };
+        let record = JobRecord::submitted(prepared.spec.clone(), now_unix_ms());
         // One step, so two submissions of one id cannot both run; an id
         // that exists, finished or not, keeps its record and history.
         let created = self
@@ -157,20 +109,34 @@ impl JobDriver {
             .map_err(JobError::Failed)
     }
 
-    /// Takes over a job a previous coordinator left unfinished. Its exported
-    /// snapshot died with that coordinator, so the job is planned again under
-    /// a new snapshot and every table it had started is reloaded (without
+    /// Takes over a job a previous leader left unfinished (or starts one
+    /// just submitted). A job that was streaming streams on from the target
+    /// ledger: it goes back to streaming (a cutover in flight was rolled back
+    /// by PostgreSQL when its session ended). Any other job is planned again
+    /// under a new snapshot, since its exported snapshot died with the
+    /// previous leader, and every table it had started is reloaded (without
     /// change replay, rows copied under the old snapshot cannot be brought
-    /// to the new one). The old plan's partition and lease keys are removed,
+    /// to the new one). The old plan's work items and leases are removed,
     /// which fences progress writes of workers still busy with it; their
     /// target writes are fenced by the reset of the target ledger.
     pub async fn take_over(&self, prepared: &Prepared) -> Result<(), JobError> {
         let job = &prepared.spec.job;
-        let key = self.keyspace.job_record(job);
-        let Some(bytes) = self.store.get(&key).await.map_err(JobError::Failed)? else {
+        let Some(mut record) = self.records.load(job).await.map_err(JobError::Failed)? else {
             return Err(JobError::NotFound(job.to_string()));
         };
-        let previous: JobRecord = state::decode(&key, &bytes).map_err(JobError::Failed)?;
+        match record.current().clone() {
+            Phase::Streaming { .. } => return Ok(()),
+            Phase::CuttingOver { from_lsn } => {
+                record
+                    .advance(Phase::Streaming { from_lsn })
+                    .map_err(JobError::Failed)?;
+                return self.put_record(&record).await.map_err(JobError::Failed);
+            }
+            Phase::Planning if record.tables.is_empty() => {}
+            _ => {
+                tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
+            }
+        }
         self.store
             .delete_prefix(&self.keyspace.work_prefix(job, WorkKind::Copy))
             .await
@@ -179,19 +145,12 @@ impl JobDriver {
             .delete(&self.keyspace.active(job))
             .await
             .map_err(JobError::Failed)?;
-        if previous.phase != JobPhase::Planning || previous.snapshot.is_some() {
-            tracing::warn!(job_id = %job, "taking over an unfinished job: new snapshot, its tables reloaded");
-        }
-        let record = JobRecord {
-            phase: JobPhase::Planning,
-            error: None,
-            snapshot: None,
-            tables: Vec::new(),
-            finished_at_unix_ms: None,
-            phases: PhaseTimings::default(),
-            changes: None,
-            ..previous
-        };
+        record.advance(Phase::Planning).map_err(JobError::Failed)?;
+        record.error = None;
+        record.tables = Vec::new();
+        record.finished_at_unix_ms = None;
+        record.phases = PhaseTimings::default();
+        record.changes = None;
         self.put_record(&record).await.map_err(JobError::Failed)
     }
 
@@ -199,10 +158,8 @@ impl JobDriver {
     pub async fn execute(&self, prepared: Prepared) -> Result<JobSummary, JobError> {
         let started = Instant::now();
         let job = prepared.spec.job.clone();
-        let key = self.keyspace.job_record(&job);
-        let mut record: JobRecord = match self.store.get(&key).await.map_err(JobError::Failed)? {
-            Some(bytes) => state::decode(&key, &bytes).map_err(JobError::Failed)?,
-            None => return Err(JobError::NotFound(job.to_string())),
+        let Some(mut record) = self.records.load(&job).await.map_err(JobError::Failed)? else {
+            return Err(JobError::NotFound(job.to_string()));
         };
         let audit = match AuditLog::open(&prepared.spec).await {
             Ok(audit) => Some(audit),
@@ -222,15 +179,26 @@ impl JobDriver {
                 ])
                 .await;
         }
-        let mut holder = None;
-        let outcome = self.drive(&prepared, &mut record, &mut holder).await;
-        if let Some(holder) = holder.take() {
-            holder.release().await;
+        let outcome = match Run::open(&prepared).await {
+            Ok(mut run) => {
+                let outcome = self.drive(&prepared, &mut record, &mut run).await;
+                if let Some(holder) = run.holder.take() {
+                    holder.release().await;
+                }
+                outcome
+            }
+            Err(e) => Err(JobError::Failed(e)),
+        };
+        if let Err(JobError::Failed(e @ (Error::Conflict(_) | Error::LeaseLost { .. }))) = &outcome
+        {
+            // Another coordinator drives the job now: its slot, publication
+            // and record are that one's to keep.
+            tracing::warn!(job_id = %job, error = %e, "this coordinator no longer drives the job");
+            return Err(JobError::Failed(Error::Conflict(e.to_string())));
         }
         let _ = self.store.delete(&self.keyspace.active(&job)).await;
-        if let Some(slot) = &record.slot
-            && let Err(e) = snapshot::drop_slot(&prepared.spec.source, slot).await
-        {
+        let slot = snapshot::slot_name(&job);
+        if let Err(e) = snapshot::drop_slot(&prepared.spec.source, &slot).await {
             tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
         }
         if prepared.spec.changes.is_some() {
@@ -246,21 +214,19 @@ impl JobDriver {
         record.finished_at_unix_ms = Some(now_unix_ms());
         let result = match outcome {
             Ok(summary) => {
-                record
-                    .transition(JobPhase::Done)
-                    .map_err(JobError::Failed)?;
+                record.advance(Phase::Done).map_err(JobError::Failed)?;
                 Ok(JobSummary {
                     duration: started.elapsed(),
                     ..summary
                 })
             }
             Err(JobError::Cancelled(id)) => {
-                record.phase = JobPhase::Cancelled;
+                let _ = record.advance(Phase::Cancelled);
                 record.error = Some("cancelled by an operator".into());
                 Err(JobError::Cancelled(id))
             }
             Err(e) => {
-                record.phase = JobPhase::Failed;
+                let _ = record.advance(Phase::Failed);
                 record.error = Some(e.to_string());
                 Err(e)
             }
@@ -285,277 +251,11 @@ impl JobDriver {
         result
     }
 
-    async fn drive(
-        &self,
-        prepared: &Prepared,
-        record: &mut JobRecord,
-        holder_slot: &mut Option<SnapshotHolder>,
-    ) -> Result<JobSummary, JobError> {
-        let failed = JobError::Failed;
-        let spec = &prepared.spec;
-        let job = &spec.job;
-
-        let kek = CustomerKeys::for_spec(spec).map_err(failed)?;
-        let staging = Staging::open(&spec.staging).map_err(failed)?;
-        let data_key = match staging.get_wrapped_key(job).await.map_err(failed)? {
-            Some(wrapped) => kek.unwrap(job, &wrapped).map_err(failed)?,
-            None => {
-                let data_key = DataKey::generate().map_err(failed)?;
-                let wrapped = kek.wrap(job, &data_key).map_err(failed)?;
-                staging
-                    .put_wrapped_key(job, &wrapped)
-                    .await
-                    .map_err(failed)?;
-                data_key
-            }
-        };
-
-        let slot = snapshot::slot_name(job);
-        if spec.changes.is_some()
-            && prepared.marks.post_data_done
-            && let Some(applied) = changes::resumable(spec, &slot).await.map_err(failed)?
-        {
-            // A copy finished and its stream was applied up to `applied`; the
-            // slot still holds every change after it. Nothing is copied again.
-            tracing::warn!(job_id = %job, from = %godwit_common::pg::pgoutput::format_lsn(applied), "resuming the change stream of a job taken over");
-            record.slot = Some(slot.clone());
-            record.tables = prepared
-                .tables
-                .iter()
-                .map(|t| PlannedTable {
-                    checked: true,
-                    ..planned_table(t, Vec::new())
-                })
-                .collect();
-            let setup = self.stream_setup(record, &slot, staging, data_key);
-            let streamer = Streamer::resume(setup, applied).await.map_err(failed)?;
-            return Ok(JobSummary {
-                tables: record.tables.len(),
-                rows: 0,
-                bytes_read: 0,
-                bytes_staged: 0,
-                duration: Duration::ZERO,
-                phases: record.phases,
-                stages: StageTimings::default(),
-                cutover: Some(streamer.run(record).await?),
-            });
-        }
-        let phase_start = Instant::now();
-        snapshot::drop_slot(&spec.source, &slot)
-            .await
-            .map_err(failed)?;
-        if spec.changes.is_some() {
-            let source = pg::connect(&spec.source, Side::Source)
-                .await
-                .map_err(failed)?;
-            let names: Vec<TableName> = prepared.tables.iter().map(|t| t.name.clone()).collect();
-            stream::create_publication(&source, &stream::publication_name(&slot), &names)
-                .await
-                .map_err(failed)?;
-        }
-        let holder = SnapshotHolder::create(&spec.source, &slot, spec.changes.is_none())
-            .await
-            .map_err(failed)?;
-        record.slot = Some(holder.slot.clone());
-        record.snapshot = Some(holder.snapshot.clone());
-        let snapshot_name = holder.snapshot.clone();
-        let consistent_lsn = holder.consistent_lsn.clone();
-        *holder_slot = Some(holder);
-        tracing::info!(job_id = %job, slot = %slot, snapshot = %snapshot_name, "holding exported snapshot");
-        let customer_tables: Vec<TableName> = prepared
-            .tables
-            .iter()
-            .filter(|t| t.source_relation.is_none())
-            .map(|t| t.name.clone())
-            .collect();
-        // One source session under the snapshot holds the tables' locks
-        // through the copy, then reads the sequences and runs the check:
-        // with the snapshot holder, two coordinator sessions on the source.
-        let mut source = guard_session(&spec.source, &snapshot_name, &customer_tables)
-            .await
-            .map_err(failed)?;
-
-        let target = pg::connect(&spec.target, Side::Target)
-            .await
-            .map_err(failed)?;
-        ledger::ensure_schema(&target).await.map_err(failed)?;
-        let carries_large_objects = prepared
-            .tables
-            .iter()
-            .any(|t| large_objects::is_load_table(&t.name));
-        if carries_large_objects {
-            large_objects::prepare_target(&target, job)
-                .await
-                .map_err(failed)?;
-        }
-        let schema_dir = tempfile::tempdir().map_err(|source| {
-            failed(Error::Io {
-                what: "cannot create a temporary directory",
-                path: std::env::temp_dir(),
-                source,
-            })
-        })?;
-        let selection: Option<Vec<TableName>> =
-            (!spec.all_tables()).then(|| prepared.tables.iter().map(|t| t.name.clone()).collect());
-        let dump = SchemaDump::create(
-            &spec.source,
-            &snapshot_name,
-            selection.as_deref(),
-            schema_dir.path(),
-        )
-        .await
-        .map_err(failed)?;
-        stage_schema(&staging, job, &dump, &data_key)
-            .await
-            .map_err(failed)?;
-
-        record.phases.snapshot_ms = millis_since(phase_start);
-        let phase_start = Instant::now();
-        let copy_data = !prepared.marks.post_data_done;
-        if !prepared.marks.pre_data_done {
-            dump.restore_pre_data(&spec.target).await.map_err(failed)?;
-            ledger::mark_job(&target, job.as_str(), true, false)
-                .await
-                .map_err(failed)?;
-        } else if copy_data {
-            // A half-finished earlier run: its snapshot is gone, so its rows may not
-            // match this run's snapshot. Reload those tables from scratch.
-            self.reset_partial_tables(&target, prepared)
-                .await
-                .map_err(failed)?;
-        }
-
-        record.phases.schema_ms = millis_since(phase_start);
-        let phase_start = Instant::now();
-        record.tables = self
-            .publish_plan(prepared, copy_data)
-            .await
-            .map_err(failed)?;
-        record.transition(JobPhase::Copying).map_err(failed)?;
-        self.put_record(record).await.map_err(failed)?;
-        self.store
-            .put(&self.keyspace.active(job), Vec::new())
-            .await
-            .map_err(failed)?;
-        let totals = self.wait_for_partitions(job, record).await?;
-        self.store
-            .delete(&self.keyspace.active(job))
-            .await
-            .map_err(failed)?;
-        record.phases.copy_ms = millis_since(phase_start);
-        tracing::info!(job_id = %job, copy_ms = record.phases.copy_ms, rows = totals.rows, "all partitions copied");
-
-        record.transition(JobPhase::Finalizing).map_err(failed)?;
-        self.put_record(record).await.map_err(failed)?;
-        // The copy can take hours; a fresh session does not depend on the one
-        // opened before it surviving every network hiccup in between.
-        let target = pg::connect(&spec.target, Side::Target)
-            .await
-            .map_err(failed)?;
-        let phase_start = Instant::now();
-        if copy_data {
-            tracing::info!(job_id = %job, "building indexes and constraints");
-            dump.restore_post_data(&spec.target).await.map_err(failed)?;
-            ledger::mark_job(&target, job.as_str(), true, true)
-                .await
-                .map_err(failed)?;
-        }
-        if carries_large_objects {
-            let mut target = pg::connect(&spec.target, Side::Target)
-                .await
-                .map_err(failed)?;
-            let created = large_objects::materialize(&mut target, job)
-                .await
-                .map_err(failed)?;
-            tracing::info!(job_id = %job, created, "large objects created on the target");
-        }
-        record.phases.indexes_ms = millis_since(phase_start);
-        // Before the check, the tables are looked at again for a rewrite
-        // since the snapshot. The guard may have lost its session during a
-        // long copy, and its locks with it: a new one locks again, and the
-        // same look finds any rewrite since the snapshot, however long ago.
-        let relocked = if source.is_closed() {
-            Err(Error::Unreachable(
-                "the session holding the locks ended".into(),
-            ))
-        } else {
-            snapshot::lock_tables(&source, &customer_tables).await
-        };
-        match relocked {
-            Ok(()) => {}
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(job_id = %job, error = %e, "the source session holding the tables' locks was lost; locking again");
-                source = guard_session(&spec.source, &snapshot_name, &customer_tables)
-                    .await
-                    .map_err(failed)?;
-            }
-            Err(e) => return Err(failed(e)),
-        }
-        let views = godwit_common::pg::schema::populated_views(&source)
-            .await
-            .map_err(failed)?;
-        if copy_data {
-            let refreshed = godwit_common::pg::schema::refresh_materialized_views(&target, &views)
-                .await
-                .map_err(failed)?;
-            tracing::info!(job_id = %job, refreshed, "materialized views refreshed on the target");
-        }
-        let phase_start = Instant::now();
-        let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
-        let sequences = catalog::sequences(&source, &names, spec.all_tables())
-            .await
-            .map_err(failed)?;
-        catalog::set_sequences(&target, &sequences)
-            .await
-            .map_err(failed)?;
-        record.phases.sequences_ms = millis_since(phase_start);
-        let phase_start = Instant::now();
-        self.check_tables(&source, &target, record).await?;
-        record.phases.check_ms = millis_since(phase_start);
-        write_manifest(
-            &staging, &target, record, &dump, sequences, views, &data_key,
-        )
-        .await
-        .map_err(failed)?;
-        // Ends the snapshot's transaction: its locks, and the horizon it
-        // holds back on the source, are not kept through the stream.
-        drop(source);
-        tracing::info!(job_id = %job, phases = ?record.phases, stages = ?totals.stages, "job timings");
-        let cutover = if spec.changes.is_some() {
-            // The slot cannot be read while the session that exported the
-            // snapshot still holds it.
-            if let Some(holder) = holder_slot.take() {
-                holder.release().await;
-            }
-            let start =
-                godwit_common::pg::pgoutput::parse_lsn(&consistent_lsn).ok_or_else(|| {
-                    failed(Error::Internal(format!(
-                        "the slot's consistent point {consistent_lsn:?} is not an LSN"
-                    )))
-                })?;
-            let setup = self.stream_setup(record, &slot, staging, data_key);
-            let streamer = Streamer::start(setup, start).await.map_err(failed)?;
-            Some(streamer.run(record).await?)
-        } else {
-            None
-        };
-        Ok(JobSummary {
-            tables: record.tables.len(),
-            rows: totals.rows,
-            bytes_read: totals.bytes_read,
-            bytes_staged: totals.bytes_staged,
-            duration: Duration::ZERO,
-            phases: record.phases,
-            stages: totals.stages,
-            cutover,
-        })
-    }
-
     /// Empties the tables an unfinished earlier run (or a coordinator that
     /// died) had started, in one transaction. Ownership goes first: a worker
     /// still loading under the old plan is waited for, then fenced out, so
     /// no old chunk can land after the tables were emptied.
-    async fn reset_partial_tables(
+    pub(crate) async fn reset_partial_tables(
         &self,
         target: &tokio_postgres::Client,
         prepared: &Prepared,
@@ -579,7 +279,7 @@ impl JobDriver {
             })
     }
 
-    async fn publish_plan(
+    pub(crate) async fn publish_plan(
         &self,
         prepared: &Prepared,
         copy_data: bool,
@@ -614,7 +314,7 @@ impl JobDriver {
     }
 
     /// Waits until every partition is copied.
-    async fn wait_for_partitions(
+    pub(crate) async fn wait_for_partitions(
         &self,
         job: &godwit_common::ids::JobId,
         record: &JobRecord,
@@ -654,7 +354,7 @@ impl JobDriver {
     /// Compares row count and content checksum of every table, computed by
     /// each database: the source (a session under the job's snapshot), the
     /// target as is.
-    async fn check_tables(
+    pub(crate) async fn check_tables(
         &self,
         source: &tokio_postgres::Client,
         target: &tokio_postgres::Client,
@@ -695,26 +395,7 @@ impl JobDriver {
         Ok(())
     }
 
-    fn stream_setup(
-        &self,
-        record: &JobRecord,
-        slot: &str,
-        staging: Staging,
-        key: DataKey,
-    ) -> StreamSetup {
-        StreamSetup {
-            records: self.records.clone(),
-            store: self.store.clone(),
-            keyspace: self.keyspace.clone(),
-            spec: record.spec.clone(),
-            tables: record.tables.iter().map(|t| t.name.clone()).collect(),
-            slot: slot.to_owned(),
-            staging,
-            key,
-        }
-    }
-
-    async fn put_record(&self, record: &JobRecord) -> Result<()> {
+    pub(crate) async fn put_record(&self, record: &JobRecord) -> Result<()> {
         self.records.save(record).await
     }
 }

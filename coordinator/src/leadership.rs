@@ -14,12 +14,16 @@
 //! they were. If another coordinator holds the key, or led in between, its
 //! jobs stop at once and the new leader takes them over.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use godwit_common::ids::JobId;
+use godwit_common::job::JobRecord;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming, Wakeups};
-use godwit_common::state::{self, JobRecord, Keyspace};
+use godwit_common::state;
 use godwit_common::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -45,12 +49,17 @@ struct Term {
     identity: String,
 }
 
-/// Writes job records; while leading, only while the leadership is held.
+/// Reads and writes job records. Every write is a compare-and-swap
+/// against the version this process last read or wrote, so a record that
+/// changed under its driver is a conflict, never silently overwritten; and
+/// while leading, a write happens only while the leadership is held.
 #[derive(Clone)]
 pub struct JobRecords {
     store: Arc<dyn LeaseStore>,
     keyspace: Keyspace,
     standing: Option<watch::Receiver<Standing>>,
+    /// Each job's record as this process last read or wrote it.
+    versions: Arc<Mutex<HashMap<JobId, Vec<u8>>>>,
 }
 
 impl JobRecords {
@@ -60,24 +69,97 @@ impl JobRecords {
             store,
             keyspace,
             standing: None,
+            versions: Arc::default(),
         }
     }
 
+    fn remember(&self, job: &JobId, bytes: Vec<u8>) {
+        if let Ok(mut versions) = self.versions.lock() {
+            versions.insert(job.clone(), bytes);
+        }
+    }
+
+    /// The job's record as stored now; later writes compare against it.
+    pub async fn load(&self, job: &JobId) -> Result<Option<JobRecord>> {
+        let key = self.keyspace.job_record(job);
+        let Some(bytes) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let record = state::decode(&key, &bytes)?;
+        self.remember(job, bytes);
+        Ok(Some(record))
+    }
+
+    /// The version to compare against: the last one seen, else the stored one.
+    async fn expected(&self, job: &JobId) -> Result<Vec<u8>> {
+        let known = self
+            .versions
+            .lock()
+            .ok()
+            .and_then(|versions| versions.get(job).cloned());
+        match known {
+            Some(bytes) => Ok(bytes),
+            None => Ok(self
+                .store
+                .get(&self.keyspace.job_record(job))
+                .await?
+                .unwrap_or_default()),
+        }
+    }
+
+    /// One compare-and-swap of the record.
+    async fn swap(&self, record: &JobRecord, guard: Option<&HeldLease>) -> Result<bool> {
+        let job = &record.spec.job;
+        let bytes = state::encode(record)?;
+        let expected = self.expected(job).await?;
+        let leader = self.keyspace.leader();
+        let fence = guard.map(|lease| (leader.as_str(), lease.lease_id()));
+        if let Some(lease) = guard {
+            lease.check()?;
+        }
+        let swapped = self
+            .store
+            .swap(
+                &self.keyspace.job_record(job),
+                &expected,
+                bytes.clone(),
+                fence,
+            )
+            .await?;
+        if swapped {
+            self.remember(job, bytes);
+        }
+        Ok(swapped)
+    }
+
+    fn conflict(&self, job: &JobId) -> Error {
+        Error::Conflict(format!(
+            "the record of job {job} changed under its driver (another coordinator drives it); this one stops"
+        ))
+    }
+
     /// Writes the record while this coordinator leads; waits while its
-    /// leadership is suspended; fails once another coordinator leads.
+    /// leadership is suspended; fails once another coordinator leads or
+    /// the record changed since this process last saw it.
     pub async fn save(&self, record: &JobRecord) -> Result<()> {
-        let key = self.keyspace.job_record(&record.spec.job);
+        let job = &record.spec.job;
         let Some(standing) = &self.standing else {
-            return state::save(self.store.as_ref(), &key, record).await;
+            return match self.swap(record, None).await? {
+                true => Ok(()),
+                false => Err(self.conflict(job)),
+            };
         };
         let mut standing = standing.clone();
-        let bytes = state::encode(record)?;
         loop {
             let now = standing.borrow_and_update().clone();
             match now {
-                Standing::Leading(lease) => match lease.put_fenced(&key, bytes.clone()).await {
-                    Err(Error::LeaseLost { .. }) => {}
-                    written => return written,
+                Standing::Leading(lease) => match self.swap(record, Some(&lease)).await {
+                    Ok(true) => return Ok(()),
+                    // Refused: the lease is gone (wait for the standing to
+                    // change), or the record moved on.
+                    Ok(false) if lease.check().is_ok() => return Err(self.conflict(job)),
+                    Ok(false) | Err(Error::LeaseLost { .. }) => {}
+                    Err(e) => return Err(e),
                 },
                 Standing::Suspended => {}
                 Standing::Deposed => {
@@ -220,6 +302,7 @@ pub async fn lead<D, F>(
                     store: store.clone(),
                     keyspace: keyspace.clone(),
                     standing: Some(watcher),
+                    versions: Arc::default(),
                 };
                 running = Some((tokio::spawn(duties(records)), standing));
             }
@@ -338,6 +421,7 @@ mod tests {
             store: store.clone(),
             keyspace: keyspace.clone(),
             standing: Some(watcher),
+            versions: Arc::default(),
         };
         let spec = godwit_common::spec::JobSpec::from_yaml(
             "job: j1\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
@@ -345,18 +429,7 @@ mod tests {
             "test",
         )
         .expect("valid spec");
-        let record = JobRecord {
-            spec,
-            phase: state::JobPhase::Planning,
-            error: None,
-            slot: None,
-            snapshot: None,
-            tables: Vec::new(),
-            started_at_unix_ms: 0,
-            finished_at_unix_ms: None,
-            phases: Default::default(),
-            changes: None,
-        };
+        let record = JobRecord::submitted(spec, 0);
         assert!(matches!(
             records.save(&record).await,
             Err(Error::LeaseLost { .. })

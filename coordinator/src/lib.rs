@@ -10,6 +10,7 @@ pub mod driver;
 pub mod error;
 mod freeze;
 mod listener;
+mod phases;
 pub mod planner;
 pub mod preflight;
 pub mod requests;

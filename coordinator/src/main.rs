@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use godwit_common::config::{load_file, pick};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{EtcdAccess, EtcdStore};
-use godwit_common::state::Keyspace;
 use godwit_coordinator::service::{ListenerFlags, Security};
 use godwit_coordinator::tls::ServerTlsFiles;
 use serde::Deserialize;

@@ -218,7 +218,7 @@ async fn large_object_table(
         bytes,
         blocks,
         format: godwit_common::pgcopy::CopyFormat::Binary,
-        source_relation: Some(godwit_common::state::SourceRelation {
+        source_relation: Some(godwit_common::job::SourceRelation {
             from: large_objects::SOURCE_RELATION.into(),
             select: large_objects::SOURCE_COLUMNS
                 .iter()

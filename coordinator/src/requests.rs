@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_common::ids::JobId;
+use godwit_common::job::CutoverRecord;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming, Wakeups};
-use godwit_common::state::{self, CutoverRecord, Keyspace, PinnedSnapshots, now_unix_ms};
+use godwit_common::state::{self, PinnedSnapshots, now_unix_ms};
 use godwit_common::verify::Report;
 use godwit_common::{Error, Result};
 use serde::{Deserialize, Serialize};

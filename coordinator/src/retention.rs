@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use godwit_common::Result;
 use godwit_common::ids::JobId;
+use godwit_common::job::JobRecord;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::staging::Staging;
-use godwit_common::state::{self, JobRecord, Keyspace, now_unix_ms};
+use godwit_common::state::{self, now_unix_ms};
 
 /// How often ended jobs are looked at (a listing of the jobs' keys).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -67,7 +69,7 @@ pub async fn sweep(store: &dyn LeaseStore, keyspace: &Keyspace) -> Result<usize>
             continue;
         }
         match state::load::<JobRecord>(store, &keyspace.job_record(&job)).await? {
-            Some(record) if record.phase.is_final() => {
+            Some(record) if record.phase().is_final() => {
                 purge(store, keyspace, &job, &record).await?;
                 purged += 1;
             }

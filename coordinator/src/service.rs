@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use futures::Stream;
 use godwit_common::ids::{CustomerId, JobId};
+use godwit_common::job::{JobPhase, JobRecord};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::spec::JobSpec;
-use godwit_common::state::{self, JobPhase, JobRecord, Keyspace};
+use godwit_common::state;
 use godwit_common::throttle::CustomerLimits;
 use godwit_proto::v1::godwit_server::{Godwit, GodwitServer};
 use godwit_proto::v1::{
@@ -371,7 +373,7 @@ impl Godwit for GodwitService {
             None => godwit_common::verify::Options::default(),
         };
         let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
-        let verified = match record.phase {
+        let verified = match record.phase() {
             JobPhase::Streaming => {
                 // Held until the comparison ends: both snapshots stay importable.
                 let (snapshots, pin) =
@@ -417,7 +419,7 @@ impl Godwit for GodwitService {
                 "job {job} does not stream changes (its spec has no `changes`): it is complete when its copy is"
             )));
         }
-        match record.phase {
+        match record.phase() {
             JobPhase::Streaming => {}
             JobPhase::CuttingOver => {
                 return Err(Status::failed_precondition(format!(
@@ -462,7 +464,7 @@ impl Godwit for GodwitService {
         if outcome.record.succeeded {
             // The job ends right after: answer with its final state.
             for _ in 0..100 {
-                if self.record(&job).await?.phase.is_final() {
+                if self.record(&job).await?.phase().is_final() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -680,7 +682,7 @@ impl Godwit for GodwitService {
             .await?;
         let shred_only = request.get_ref().shred_only;
         let action = if shred_only { "shred" } else { "purge" };
-        if !record.phase.is_final() {
+        if !record.phase().is_final() {
             return Err(Status::failed_precondition(format!(
                 "job {} has not ended: its staged data is still in use; cancel it or wait for its end first",
                 record.spec.job

@@ -5,11 +5,12 @@
 use godwit_common::audit::AuditEvent;
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
+use godwit_common::job::JobRecord;
 use godwit_common::keys::DataKey;
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, ledger};
 use godwit_common::staging::Staging;
-use godwit_common::state::{JobRecord, Manifest, StagedPartition};
+use godwit_common::state::{Manifest, StagedPartition};
 use godwit_common::{Error, Result};
 
 use crate::driver::JobSummary;

@@ -3,10 +3,10 @@
 
 use godwit_common::Result;
 use godwit_common::ids::JobId;
+use godwit_common::job::{ChangeProgress, CutoverRecord, JobPhase, JobRecord};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::state::{
-    self, ChangeProgress, CutoverRecord, JobPhase, JobRecord, Keyspace, now_unix_ms,
-};
+use godwit_common::state::{self, now_unix_ms};
 use godwit_common::work::{self, PartitionRecord, WorkState};
 use godwit_proto::v1::{Changes, Cutover, JobState, JobStatus, Progress, TableStatus, Throttle};
 
@@ -111,11 +111,11 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
     }
     let end_ms = record.finished_at_unix_ms.unwrap_or(now_ms);
     let elapsed_ms = end_ms.saturating_sub(record.started_at_unix_ms);
-    let eta_ms = eta(record.phase, &total, elapsed_ms);
+    let eta_ms = eta(record.phase(), &total, elapsed_ms);
     JobStatus {
         job_id: record.spec.job.to_string(),
         customer: record.spec.customer.to_string(),
-        state: job_state(record.phase) as i32,
+        state: job_state(record.phase()) as i32,
         error: record.error.clone().unwrap_or_default(),
         total: Some(total),
         tables,

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::ids::JobId;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::{self, Side};
 use godwit_common::spec::{ByteSize, JobSpec};
-use godwit_common::state::{self, Keyspace, now_unix_ms};
+use godwit_common::state::{self, now_unix_ms};
 use godwit_common::throttle::{
     AdaptiveSpec, Allocation, Backoff, CustomerLimits, Load, Probe, split,
 };
@@ -406,8 +407,8 @@ pub fn check_limits(
 
 #[cfg(test)]
 mod tests {
+    use godwit_common::job::{JobRecord, Phase, SnapshotAt};
     use godwit_common::lease::{LeaseTiming, MemoryStore};
-    use godwit_common::state::{JobPhase, JobRecord, PhaseTimings};
 
     use super::*;
 
@@ -416,18 +417,15 @@ mod tests {
             "job: {job}\ncustomer: {customer}\nsource: postgres://s/db\ntarget: postgres://t/db\n\
              staging: file:///tmp/s\nencryption: {{ key_file: /tmp/k }}"
         );
-        JobRecord {
-            spec: JobSpec::from_yaml(&yaml, "test").expect("valid spec"),
-            phase: JobPhase::Copying,
-            error: None,
-            slot: None,
-            snapshot: None,
-            tables: Vec::new(),
-            started_at_unix_ms: 0,
-            finished_at_unix_ms: None,
-            phases: PhaseTimings::default(),
-            changes: None,
-        }
+        let mut record =
+            JobRecord::submitted(JobSpec::from_yaml(&yaml, "test").expect("valid spec"), 0);
+        record
+            .advance(Phase::Copying(SnapshotAt {
+                snapshot: "00000003-00000002-1".into(),
+                consistent_lsn: "0/1".into(),
+            }))
+            .expect("planning → copying");
+        record
     }
 
     /// Publishes a copying job and takes `leases` of its partitions.

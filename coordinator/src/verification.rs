@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use godwit_common::keyring::job_data_key;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::{self, Side, stream};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
-use godwit_common::state::{self, Keyspace, PinnedSnapshots, VerifyRun, now_unix_ms};
+use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
 use godwit_common::verify::{self, ContentLayer, Options, RangeFinding, Report, TableReport};
 use godwit_common::work::{self, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use godwit_common::config::{load_file, pick};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{EtcdAccess, EtcdStore, LeaseTiming};
-use godwit_common::state::Keyspace;
 use godwit_worker::{Worker, WorkerConfig};
 use serde::Deserialize;
 

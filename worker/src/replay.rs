@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use godwit_common::chunk::{self, ChunkId};
+use godwit_common::job::PlannedTable;
 use godwit_common::keyring::CustomerKeys;
 use godwit_common::keys::DataKey;
 use godwit_common::pg::ledger::{self, ChunkLoad};
@@ -12,7 +13,7 @@ use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, catalog, large_objects};
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::{ObjectPath, Staging};
-use godwit_common::state::{Manifest, PlannedTable, StagedPartition};
+use godwit_common::state::{Manifest, StagedPartition};
 use godwit_common::{Error, Result};
 use sha2::{Digest, Sha256};
 

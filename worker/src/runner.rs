@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use godwit_common::audit::{AuditEvent, AuditLog};
 use godwit_common::ids::JobId;
+use godwit_common::job::{JobPhase, JobRecord};
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{Change, HeldLease, LeaseStore, LeaseTiming, Wakeups};
 use godwit_common::staging::Staging;
-use godwit_common::state::{self, JobPhase, JobRecord, Keyspace, VerifyRun};
+use godwit_common::state::{self, VerifyRun};
 use godwit_common::work::{
     self, Claimed, PartitionRecord, RetryPolicy, Settled, VerifyRange, WorkItem,
 };
@@ -213,7 +215,7 @@ impl Worker {
         let mut open = Vec::new();
         for record in state::active_jobs(store, &self.keyspace).await? {
             let job = record.spec.job.clone();
-            if record.phase != JobPhase::Copying
+            if record.phase() != JobPhase::Copying
                 || state::is_paused(store, &self.keyspace, &job).await?
             {
                 continue;
@@ -473,12 +475,16 @@ impl Worker {
         following: &Following,
     ) -> Result<()> {
         let (record, lease, progress_key) = claimed.parts();
-        let snapshot = job.snapshot.as_deref().ok_or_else(|| {
-            Error::Internal(format!(
-                "job {} has no snapshot to read under",
-                job.spec.job
-            ))
-        })?;
+        let snapshot = job
+            .current()
+            .snapshot()
+            .map(|at| at.snapshot.as_str())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "job {} has no snapshot to read under",
+                    job.spec.job
+                ))
+            })?;
         let table = job
             .tables
             .iter()

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use godwit_common::ids::JobId;
+use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseId, LeaseStore};
-use godwit_common::state::{self, Keyspace};
+use godwit_common::state;
 use godwit_common::throttle::{Allocation, CustomerLimits};
 use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;

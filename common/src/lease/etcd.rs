@@ -251,6 +251,23 @@ impl LeaseStore for EtcdStore {
         Ok(self.client.kv_client().txn(txn).await?.succeeded())
     }
 
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Vec<u8>,
+        guard: Option<(&str, LeaseId)>,
+    ) -> Result<bool> {
+        let mut compares = vec![Compare::value(key, CompareOp::Equal, expected)];
+        if let Some((guard, lease)) = guard {
+            compares.push(Compare::lease(guard, CompareOp::Equal, lease.0));
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(vec![TxnOp::put(key, value, None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
     async fn watch_prefix(&self, prefix: &str) -> Result<Watch> {
         let mut stream = self
             .client

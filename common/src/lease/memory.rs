@@ -225,6 +225,26 @@ impl LeaseStore for MemoryStore {
         })
     }
 
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Vec<u8>,
+        guard: Option<(&str, LeaseId)>,
+    ) -> Result<bool> {
+        self.with(|inner| {
+            let held = guard.is_none_or(|(guard, lease)| {
+                matches!(inner.entries.get(guard), Some((_, Some(attached))) if *attached == lease)
+            });
+            let current =
+                matches!(inner.entries.get(key), Some((now, _)) if now.as_slice() == expected);
+            if held && current {
+                inner.insert(key, value, None);
+            }
+            Ok(held && current)
+        })
+    }
+
     async fn watch_prefix(&self, prefix: &str) -> Result<Watch> {
         let prefix = prefix.to_owned();
         let receiver = self.changes.subscribe();

@@ -57,6 +57,18 @@ pub trait LeaseStore: Send + Sync + 'static {
         value: Vec<u8>,
     ) -> Result<bool>;
 
+    /// Replaces `key`'s value with `value` only if it holds `expected` now
+    /// and, with a `guard`, only while that key is attached to that lease:
+    /// a compare-and-swap for records one writer owns. Returns whether it
+    /// wrote.
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Vec<u8>,
+        guard: Option<(&str, LeaseId)>,
+    ) -> Result<bool>;
+
     /// Every change under `prefix` from the moment this call returns
     /// (the watch is in place by then: a `list` after it misses nothing).
     /// A key removed because its lease ended shows as a `Delete`.

@@ -21,6 +21,7 @@ pub async fn run_all(store: Arc<dyn LeaseStore>, prefix: &str) {
     fenced_writes_stop_with_the_lease(store.as_ref(), &format!("{prefix}/fence/")).await;
     holder_steps_down_when_lease_is_gone(store.clone(), &format!("{prefix}/holder/")).await;
     a_watch_sees_every_change_under_its_prefix(store.as_ref(), &format!("{prefix}/watch/")).await;
+    a_swap_writes_only_over_what_it_read(store.as_ref(), &format!("{prefix}/swap/")).await;
 }
 
 pub async fn key_value_round_trip(store: &dyn LeaseStore, prefix: &str) {
@@ -315,6 +316,56 @@ pub async fn a_watch_sees_every_change_under_its_prefix(store: &dyn LeaseStore, 
     store.delete(&key("out")).await.expect("delete");
 }
 
+pub async fn a_swap_writes_only_over_what_it_read(store: &dyn LeaseStore, prefix: &str) {
+    let key = format!("{prefix}record");
+    let guard = format!("{prefix}leader");
+    store.put(&key, b"v1".to_vec()).await.expect("put");
+    assert!(
+        store
+            .swap(&key, b"v1", b"v2".to_vec(), None)
+            .await
+            .expect("swap")
+    );
+    // Someone read v1 too and writes after: refused, v2 stays.
+    assert!(
+        !store
+            .swap(&key, b"v1", b"v3".to_vec(), None)
+            .await
+            .expect("swap")
+    );
+    assert_eq!(store.get(&key).await.expect("get"), Some(b"v2".to_vec()));
+    // Fenced as well: only while the guard is held on that lease.
+    let lease = store.grant(Duration::from_secs(10)).await.expect("grant");
+    assert!(
+        store
+            .create_leased(&guard, b"me".to_vec(), lease)
+            .await
+            .expect("create")
+    );
+    assert!(
+        store
+            .swap(&key, b"v2", b"v4".to_vec(), Some((&guard, lease)))
+            .await
+            .expect("swap")
+    );
+    store.revoke(lease).await.expect("revoke");
+    assert!(
+        !store
+            .swap(&key, b"v4", b"v5".to_vec(), Some((&guard, lease)))
+            .await
+            .expect("swap")
+    );
+    assert_eq!(store.get(&key).await.expect("get"), Some(b"v4".to_vec()));
+    // A key that is not there holds nothing to compare with.
+    assert!(
+        !store
+            .swap(&format!("{prefix}absent"), b"", b"x".to_vec(), None)
+            .await
+            .expect("swap")
+    );
+    store.delete_prefix(prefix).await.expect("clean up");
+}
+
 /// One test per case of the suite against the store `make` (an async
 /// block yielding `(Arc<dyn LeaseStore>, guard)`, the guard keeping its
 /// server alive), so a failure names its case and backend.
@@ -329,6 +380,7 @@ macro_rules! lease_store_suite {
         $crate::lease_store_suite!(@case $make, renewed_lease_outlives_its_ttl, "/suite/renew/");
         $crate::lease_store_suite!(@case $make, fenced_writes_stop_with_the_lease, "/suite/fence/");
         $crate::lease_store_suite!(@case $make, a_watch_sees_every_change_under_its_prefix, "/suite/watch/");
+        $crate::lease_store_suite!(@case $make, a_swap_writes_only_over_what_it_read, "/suite/swap/");
         #[tokio::test(flavor = "multi_thread")]
         async fn holder_steps_down_when_lease_is_gone() {
             let (store, _guard) = $make.await;

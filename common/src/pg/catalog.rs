@@ -17,7 +17,7 @@ pub struct SourceTable {
     pub blocks: u32,
     pub format: CopyFormat,
     /// Where the rows come from when not the table `name` itself.
-    pub source_relation: Option<crate::state::SourceRelation>,
+    pub source_relation: Option<crate::job::SourceRelation>,
 }
 
 /// Columns whose binary COPY form embeds a database-specific type OID:

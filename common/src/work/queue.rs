@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use super::{RetryPolicy, WorkItem, WorkState};
 use crate::ids::JobId;
+use crate::keyspace::Keyspace;
 use crate::lease::{HeldLease, LeaseStore, LeaseTiming, Wakeups};
-use crate::state::{self, Keyspace, now_unix_ms};
+use crate::state::{self, now_unix_ms};
 use crate::{Error, Result};
 
 /// How long an awaiting coordinator goes without looking, whatever its

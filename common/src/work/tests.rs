@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::ids::JobId;
+use crate::keyspace::Keyspace;
 use crate::lease::{LeaseStore, LeaseTiming, MemoryStore};
 use crate::spec::TableName;
-use crate::state::{BlockRange, Keyspace};
+use crate::state::BlockRange;
 
 fn partition(n: u32) -> PartitionRecord {
     PartitionRecord::pending(

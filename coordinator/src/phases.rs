@@ -1,0 +1,503 @@
+//! The job's phases. Each step starts from the phase the record holds and
+//! ends by writing the next one (a compare-and-swap, see `JobRecords`):
+//! planning (snapshot, schema, plan) → copying → finalizing → streaming →
+//! cutting over. What a step needs beyond the record lives in [`Run`], which
+//! dies with the process; that is why a job taken over while planning,
+//! copying or finalizing plans again (its snapshot died with its holder),
+//! while one taken over streaming simply streams on.
+
+use std::time::{Duration, Instant};
+
+use godwit_common::job::{JobPhase, JobRecord, Phase, PlannedTable, SnapshotAt};
+use godwit_common::keyring::CustomerKeys;
+use godwit_common::keys::DataKey;
+use godwit_common::pg::catalog::{self, SourceTable};
+use godwit_common::pg::pgoutput::{format_lsn, parse_lsn};
+use godwit_common::pg::schema::SchemaDump;
+use godwit_common::pg::snapshot::{self, SnapshotHolder};
+use godwit_common::pg::{self, Side, join_snapshot, large_objects, ledger, stream};
+use godwit_common::spec::TableName;
+use godwit_common::staging::Staging;
+use godwit_common::{Error, Result};
+
+use crate::changes::{self, Streamer};
+use crate::driver::{CopyTotals, JobDriver, JobSummary};
+use crate::error::JobError;
+use crate::preflight::Prepared;
+use crate::staged::{stage_schema, write_manifest};
+
+fn millis_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// A source session that joined the job's snapshot and locked `tables`
+/// against DDL (see `snapshot::lock_tables`).
+async fn guard_session(
+    conn: &str,
+    snapshot_name: &str,
+    tables: &[TableName],
+) -> Result<tokio_postgres::Client> {
+    let session = pg::connect(conn, Side::Source).await?;
+    join_snapshot(&session, snapshot_name).await?;
+    snapshot::lock_tables(&session, tables).await?;
+    Ok(session)
+}
+
+/// The plan entry of a source table.
+pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> PlannedTable {
+    PlannedTable {
+        name: table.name.clone(),
+        copy_columns: table.copy_columns.clone(),
+        format: table.format,
+        estimated_bytes: table.bytes,
+        partitions,
+        source_rows: None,
+        checked: false,
+        source_relation: table.source_relation.clone(),
+    }
+}
+
+/// What one run of a job holds between its phases, in this process only.
+pub(crate) struct Run {
+    staging: Staging,
+    /// Taken by the change stream when the copy hands over to it.
+    data_key: Option<DataKey>,
+    /// The session that exported the snapshot, while partitions need it.
+    pub(crate) holder: Option<SnapshotHolder>,
+    /// A source session under the snapshot holding the tables' locks.
+    guard: Option<tokio_postgres::Client>,
+    dump: Option<(tempfile::TempDir, SchemaDump)>,
+    /// Whether rows are copied (false when an earlier run's copy finished).
+    copy_data: bool,
+    totals: CopyTotals,
+}
+
+impl Run {
+    /// Opens the job's staging area and its data key (created on first use).
+    pub(crate) async fn open(prepared: &Prepared) -> Result<Self> {
+        let spec = &prepared.spec;
+        let kek = CustomerKeys::for_spec(spec)?;
+        let staging = Staging::open(&spec.staging)?;
+        let data_key = match staging.get_wrapped_key(&spec.job).await? {
+            Some(wrapped) => kek.unwrap(&spec.job, &wrapped)?,
+            None => {
+                let data_key = DataKey::generate()?;
+                let wrapped = kek.wrap(&spec.job, &data_key)?;
+                staging.put_wrapped_key(&spec.job, &wrapped).await?;
+                data_key
+            }
+        };
+        Ok(Self {
+            staging,
+            data_key: Some(data_key),
+            holder: None,
+            guard: None,
+            dump: None,
+            copy_data: !prepared.marks.post_data_done,
+            totals: CopyTotals::default(),
+        })
+    }
+}
+
+impl Run {
+    fn key(&self) -> Result<&DataKey> {
+        self.data_key
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the job's data key went to its stream".into()))
+    }
+}
+
+fn customer_tables(prepared: &Prepared) -> Vec<TableName> {
+    prepared
+        .tables
+        .iter()
+        .filter(|t| t.source_relation.is_none())
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+impl JobDriver {
+    /// Runs the job from the phase its record holds to its end.
+    pub(crate) async fn drive(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        run: &mut Run,
+    ) -> Result<JobSummary, JobError> {
+        loop {
+            match record.current().clone() {
+                Phase::Planning => self.plan(prepared, record, run).await?,
+                Phase::Copying(at) => self.copy(prepared, record, run, at).await?,
+                Phase::Finalizing(at) => {
+                    self.finalize(prepared, record, run, &at).await?;
+                    let cutover = match prepared.spec.changes {
+                        Some(_) => Some(self.stream_from_copy(record, run, &at).await?),
+                        None => None,
+                    };
+                    return Ok(self.summary(record, run, cutover));
+                }
+                Phase::Streaming { .. } | Phase::CuttingOver { .. } => {
+                    let cutover = self.stream_on(prepared, record, run).await?;
+                    return Ok(self.summary(record, run, Some(cutover)));
+                }
+                Phase::Done | Phase::Failed | Phase::Cancelled => {
+                    return Err(JobError::Failed(Error::Internal(format!(
+                        "job {} has already ended ({:?})",
+                        prepared.spec.job,
+                        record.phase()
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn summary(
+        &self,
+        record: &JobRecord,
+        run: &Run,
+        cutover: Option<godwit_common::job::CutoverRecord>,
+    ) -> JobSummary {
+        JobSummary {
+            tables: record.tables.len(),
+            rows: run.totals.rows,
+            bytes_read: run.totals.bytes_read,
+            bytes_staged: run.totals.bytes_staged,
+            duration: Duration::ZERO,
+            phases: record.phases,
+            stages: run.totals.stages,
+            cutover,
+        }
+    }
+
+    /// Planning: the snapshot held, the schema dumped and created on the
+    /// target, the partitions published; ends copying.
+    async fn plan(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        run: &mut Run,
+    ) -> Result<(), JobError> {
+        let failed = JobError::Failed;
+        let spec = &prepared.spec;
+        let job = &spec.job;
+        let phase_start = Instant::now();
+        let slot = snapshot::slot_name(job);
+        snapshot::drop_slot(&spec.source, &slot)
+            .await
+            .map_err(failed)?;
+        if spec.changes.is_some() {
+            let source = pg::connect(&spec.source, Side::Source)
+                .await
+                .map_err(failed)?;
+            let names: Vec<TableName> = prepared.tables.iter().map(|t| t.name.clone()).collect();
+            stream::create_publication(&source, &stream::publication_name(&slot), &names)
+                .await
+                .map_err(failed)?;
+        }
+        let holder = SnapshotHolder::create(&spec.source, &slot, spec.changes.is_none())
+            .await
+            .map_err(failed)?;
+        let at = SnapshotAt {
+            snapshot: holder.snapshot.clone(),
+            consistent_lsn: holder.consistent_lsn.clone(),
+        };
+        run.holder = Some(holder);
+        tracing::info!(job_id = %job, slot = %slot, snapshot = %at.snapshot, "holding exported snapshot");
+        // One source session under the snapshot holds the tables' locks
+        // through the copy, then reads the sequences and runs the check:
+        // with the snapshot holder, two coordinator sessions on the source.
+        run.guard = Some(
+            guard_session(&spec.source, &at.snapshot, &customer_tables(prepared))
+                .await
+                .map_err(failed)?,
+        );
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(failed)?;
+        ledger::ensure_schema(&target).await.map_err(failed)?;
+        if prepared
+            .tables
+            .iter()
+            .any(|t| large_objects::is_load_table(&t.name))
+        {
+            large_objects::prepare_target(&target, job)
+                .await
+                .map_err(failed)?;
+        }
+        let schema_dir = tempfile::tempdir().map_err(|source| {
+            failed(Error::Io {
+                what: "cannot create a temporary directory",
+                path: std::env::temp_dir(),
+                source,
+            })
+        })?;
+        let selection: Option<Vec<TableName>> =
+            (!spec.all_tables()).then(|| prepared.tables.iter().map(|t| t.name.clone()).collect());
+        let dump = SchemaDump::create(
+            &spec.source,
+            &at.snapshot,
+            selection.as_deref(),
+            schema_dir.path(),
+        )
+        .await
+        .map_err(failed)?;
+        stage_schema(&run.staging, job, &dump, run.key().map_err(failed)?)
+            .await
+            .map_err(failed)?;
+        record.phases.snapshot_ms = millis_since(phase_start);
+
+        let phase_start = Instant::now();
+        if !prepared.marks.pre_data_done {
+            dump.restore_pre_data(&spec.target).await.map_err(failed)?;
+            ledger::mark_job(&target, job.as_str(), true, false)
+                .await
+                .map_err(failed)?;
+        } else if run.copy_data {
+            // A half-finished earlier run: its snapshot is gone, so its rows may not
+            // match this run's snapshot. Reload those tables from scratch.
+            self.reset_partial_tables(&target, prepared)
+                .await
+                .map_err(failed)?;
+        }
+        run.dump = Some((schema_dir, dump));
+        record.phases.schema_ms = millis_since(phase_start);
+        record.tables = self
+            .publish_plan(prepared, run.copy_data)
+            .await
+            .map_err(failed)?;
+        record.advance(Phase::Copying(at)).map_err(failed)?;
+        self.put_record(record).await.map_err(failed)?;
+        self.store
+            .put(&self.keyspace().active(job), Vec::new())
+            .await
+            .map_err(failed)
+    }
+
+    /// Copying: workers copy the partitions; ends finalizing once all are.
+    async fn copy(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        run: &mut Run,
+        at: SnapshotAt,
+    ) -> Result<(), JobError> {
+        let failed = JobError::Failed;
+        let job = &prepared.spec.job;
+        let phase_start = Instant::now();
+        run.totals = self.wait_for_partitions(job, record).await?;
+        self.store
+            .delete(&self.keyspace().active(job))
+            .await
+            .map_err(failed)?;
+        record.phases.copy_ms = millis_since(phase_start);
+        tracing::info!(job_id = %job, copy_ms = record.phases.copy_ms, rows = run.totals.rows, "all partitions copied");
+        record.advance(Phase::Finalizing(at)).map_err(failed)?;
+        self.put_record(record).await.map_err(failed)
+    }
+
+    /// Finalizing: indexes and constraints, large objects, materialized
+    /// views, sequences, the final check and the staged manifest.
+    async fn finalize(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        run: &mut Run,
+        at: &SnapshotAt,
+    ) -> Result<(), JobError> {
+        let failed = JobError::Failed;
+        let spec = &prepared.spec;
+        let job = &spec.job;
+        let Some((_dir, dump)) = run.dump.take() else {
+            return Err(failed(Error::Internal(format!(
+                "job {job} reached finalizing without its schema dump"
+            ))));
+        };
+        // The copy can take hours; a fresh session does not depend on the one
+        // opened before it surviving every network hiccup in between.
+        let target = pg::connect(&spec.target, Side::Target)
+            .await
+            .map_err(failed)?;
+        let phase_start = Instant::now();
+        if run.copy_data {
+            tracing::info!(job_id = %job, "building indexes and constraints");
+            dump.restore_post_data(&spec.target).await.map_err(failed)?;
+            ledger::mark_job(&target, job.as_str(), true, true)
+                .await
+                .map_err(failed)?;
+        }
+        if prepared
+            .tables
+            .iter()
+            .any(|t| large_objects::is_load_table(&t.name))
+        {
+            let mut target = pg::connect(&spec.target, Side::Target)
+                .await
+                .map_err(failed)?;
+            let created = large_objects::materialize(&mut target, job)
+                .await
+                .map_err(failed)?;
+            tracing::info!(job_id = %job, created, "large objects created on the target");
+        }
+        record.phases.indexes_ms = millis_since(phase_start);
+        let source = self.relock(prepared, run, at).await.map_err(failed)?;
+        let views = godwit_common::pg::schema::populated_views(&source)
+            .await
+            .map_err(failed)?;
+        if run.copy_data {
+            let refreshed = godwit_common::pg::schema::refresh_materialized_views(&target, &views)
+                .await
+                .map_err(failed)?;
+            tracing::info!(job_id = %job, refreshed, "materialized views refreshed on the target");
+        }
+        let phase_start = Instant::now();
+        let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
+        let sequences = catalog::sequences(&source, &names, spec.all_tables())
+            .await
+            .map_err(failed)?;
+        catalog::set_sequences(&target, &sequences)
+            .await
+            .map_err(failed)?;
+        record.phases.sequences_ms = millis_since(phase_start);
+        let phase_start = Instant::now();
+        self.check_tables(&source, &target, record).await?;
+        record.phases.check_ms = millis_since(phase_start);
+        write_manifest(
+            &run.staging,
+            &target,
+            record,
+            &dump,
+            sequences,
+            views,
+            run.key().map_err(failed)?,
+        )
+        .await
+        .map_err(failed)?;
+        // Ends the snapshot's transaction: its locks, and the horizon it
+        // holds back on the source, are not kept through the stream.
+        drop(source);
+        tracing::info!(job_id = %job, phases = ?record.phases, stages = ?run.totals.stages, "job timings");
+        Ok(())
+    }
+
+    /// The source session holding the tables' locks, looked at again for
+    /// a rewrite since the snapshot. The guard may have lost its session
+    /// during a long copy, and its locks with it: a new one locks again,
+    /// and the same look finds any rewrite since the snapshot, however long
+    /// ago.
+    async fn relock(
+        &self,
+        prepared: &Prepared,
+        run: &mut Run,
+        at: &SnapshotAt,
+    ) -> Result<tokio_postgres::Client> {
+        let tables = customer_tables(prepared);
+        let relocked = match &run.guard {
+            Some(guard) if !guard.is_closed() => snapshot::lock_tables(guard, &tables).await,
+            _ => Err(Error::Unreachable(
+                "the session holding the locks ended".into(),
+            )),
+        };
+        match relocked {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(job_id = %prepared.spec.job, error = %e, "the source session holding the tables' locks was lost; locking again");
+                run.guard =
+                    Some(guard_session(&prepared.spec.source, &at.snapshot, &tables).await?);
+            }
+            Err(e) => return Err(e),
+        }
+        run.guard
+            .take()
+            .ok_or_else(|| Error::Internal("no session holds the tables' locks".into()))
+    }
+
+    /// Streaming, right after the copy: from the slot's consistent point.
+    async fn stream_from_copy(
+        &self,
+        record: &mut JobRecord,
+        run: &mut Run,
+        at: &SnapshotAt,
+    ) -> Result<godwit_common::job::CutoverRecord, JobError> {
+        // The slot cannot be read while the session that exported the
+        // snapshot still holds it.
+        if let Some(holder) = run.holder.take() {
+            holder.release().await;
+        }
+        let start = parse_lsn(&at.consistent_lsn).ok_or_else(|| {
+            JobError::Failed(Error::Internal(format!(
+                "the slot's consistent point {:?} is not an LSN",
+                at.consistent_lsn
+            )))
+        })?;
+        let setup = self.stream_setup(record, run)?;
+        let streamer = Streamer::start(setup, start)
+            .await
+            .map_err(JobError::Failed)?;
+        streamer.run(record).await
+    }
+
+    /// Streaming, for a job taken over while it streamed: from the target
+    /// ledger's position, which the slot still holds every change after.
+    async fn stream_on(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        run: &mut Run,
+    ) -> Result<godwit_common::job::CutoverRecord, JobError> {
+        let spec = &prepared.spec;
+        let slot = snapshot::slot_name(&spec.job);
+        let Some(applied) = changes::resumable(spec, &slot)
+            .await
+            .map_err(JobError::Failed)?
+        else {
+            return Err(JobError::Failed(Error::Precondition(format!(
+                "job {} was streaming changes, but its slot {slot} is gone from the source or the target \
+                 ledger has no position: the target misses changes it cannot get back; migrate again into \
+                 an empty target",
+                spec.job
+            ))));
+        };
+        tracing::warn!(job_id = %spec.job, from = %format_lsn(applied), "resuming the change stream of a job taken over");
+        if record.tables.is_empty() {
+            record.tables = prepared
+                .tables
+                .iter()
+                .map(|t| PlannedTable {
+                    checked: true,
+                    ..planned_table(t, Vec::new())
+                })
+                .collect();
+        }
+        debug_assert!(matches!(
+            record.phase(),
+            JobPhase::Streaming | JobPhase::CuttingOver
+        ));
+        let setup = self.stream_setup(record, run)?;
+        let streamer = Streamer::resume(setup, applied)
+            .await
+            .map_err(JobError::Failed)?;
+        streamer.run(record).await
+    }
+
+    fn stream_setup(
+        &self,
+        record: &JobRecord,
+        run: &mut Run,
+    ) -> Result<changes::StreamSetup, JobError> {
+        let key = run.data_key.take().ok_or_else(|| {
+            JobError::Failed(Error::Internal(
+                "the job's data key went to its stream".into(),
+            ))
+        })?;
+        Ok(changes::StreamSetup {
+            records: self.records().clone(),
+            store: self.store.clone(),
+            keyspace: self.keyspace().clone(),
+            spec: record.spec.clone(),
+            tables: record.tables.iter().map(|t| t.name.clone()).collect(),
+            slot: snapshot::slot_name(&record.spec.job),
+            staging: run.staging.clone(),
+            key,
+        })
+    }
+}
