@@ -35,29 +35,18 @@ pub struct StagedPartition {
     pub rows: u64,
 }
 
-/// A block range of a table: `ctid >= (start,0) AND ctid < (end,0)`; the last
-/// partition of a table is open-ended.
+/// A block range of a table, `start` included, `end` not; the last
+/// partition of a table is open-ended. Its SQL is `pg::ranges`'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRange {
     pub start: u32,
     pub end: Option<u32>,
 }
 
-impl BlockRange {
-    pub fn predicate(&self) -> String {
-        match self.end {
-            Some(end) => format!(
-                "ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid",
-                self.start
-            ),
-            None => format!("ctid >= '({},0)'::tid", self.start),
-        }
-    }
-}
-
 /// A range of a table's rows by its first primary-key column, as each
 /// database orders that column: `lower <= column < upper`, either end open.
-/// Bounds are the column's text forms, cast back to its type in SQL.
+/// Bounds are the column's text forms, cast back to its type in SQL
+/// (`pg::ranges`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
     /// Quoted column name.
@@ -66,25 +55,6 @@ pub struct KeyRange {
     pub type_name: String,
     pub lower: Option<String>,
     pub upper: Option<String>,
-}
-
-impl KeyRange {
-    /// The SQL condition selecting the range's rows of table alias `alias`.
-    pub fn predicate(&self, alias: &str) -> String {
-        let literal = |v: &str| format!("'{}'::{}", v.replace('\'', "''"), self.type_name);
-        let mut parts = Vec::new();
-        if let Some(lower) = &self.lower {
-            parts.push(format!("{alias}.{} >= {}", self.column, literal(lower)));
-        }
-        if let Some(upper) = &self.upper {
-            parts.push(format!("{alias}.{} < {}", self.column, literal(upper)));
-        }
-        if parts.is_empty() {
-            "true".to_owned()
-        } else {
-            parts.join(" AND ")
-        }
-    }
 }
 
 /// One verification of a job, open for workers while its ranges are
@@ -229,41 +199,5 @@ mod tests {
         assert_eq!(backoff(30, base, cap, 1.0), cap);
         assert_eq!(backoff(3, base, cap, 0.5), Duration::from_secs(1));
         assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
-    }
-
-    #[test]
-    fn key_range_predicates_quote_their_bounds() {
-        let range = |lower: Option<&str>, upper: Option<&str>| KeyRange {
-            column: "\"Id\"".into(),
-            type_name: "text".into(),
-            lower: lower.map(str::to_owned),
-            upper: upper.map(str::to_owned),
-        };
-        assert_eq!(range(None, None).predicate("t"), "true");
-        assert_eq!(
-            range(Some("a'b"), None).predicate("t"),
-            "t.\"Id\" >= 'a''b'::text"
-        );
-        assert_eq!(
-            range(Some("a"), Some("m")).predicate("s"),
-            "s.\"Id\" >= 'a'::text AND s.\"Id\" < 'm'::text"
-        );
-    }
-
-    #[test]
-    fn block_range_predicates() {
-        let bounded = BlockRange {
-            start: 10,
-            end: Some(20),
-        };
-        assert_eq!(
-            bounded.predicate(),
-            "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
-        );
-        let open = BlockRange {
-            start: 20,
-            end: None,
-        };
-        assert_eq!(open.predicate(), "ctid >= '(20,0)'::tid");
     }
 }

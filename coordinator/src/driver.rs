@@ -11,7 +11,7 @@ use godwit_common::audit::{AuditEvent, AuditLog};
 use godwit_common::job::{CutoverRecord, JobRecord, Phase, PhaseTimings, PlannedTable};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::pg::{large_objects, snapshot};
+use godwit_common::pg::snapshot;
 use godwit_common::state;
 use godwit_common::state::now_unix_ms;
 use godwit_common::work::{self, PartitionRecord, StageTimings, WorkKind};
@@ -349,50 +349,6 @@ impl JobDriver {
             .await?
             .as_deref()
             == Some(b"cancel".as_slice()))
-    }
-
-    /// Compares row count and content checksum of every table, computed by
-    /// each database: the source (a session under the job's snapshot), the
-    /// target as is.
-    pub(crate) async fn check_tables(
-        &self,
-        source: &tokio_postgres::Client,
-        target: &tokio_postgres::Client,
-        record: &mut JobRecord,
-    ) -> Result<(), JobError> {
-        let failed = JobError::Failed;
-        let mut mismatches = Vec::new();
-        for index in 0..record.tables.len() {
-            let name = record.tables[index].name.clone();
-            let (at_source, at_target) = tokio::try_join!(
-                large_objects::fingerprint_of(source, &name),
-                large_objects::fingerprint_of(target, &name)
-            )
-            .map_err(failed)?;
-            record.tables[index].source_rows = Some(at_source.rows);
-            if at_source == at_target {
-                record.tables[index].checked = true;
-            } else {
-                mismatches.push(format!(
-                    "{name} (source {} rows, target {} rows{})",
-                    at_source.rows,
-                    at_target.rows,
-                    if at_source.rows == at_target.rows {
-                        ", contents differ"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            self.put_record(record).await.map_err(failed)?;
-        }
-        if !mismatches.is_empty() {
-            return Err(JobError::Failed(Error::Verification(format!(
-                "target differs from source in {}",
-                mismatches.join("; ")
-            ))));
-        }
-        Ok(())
     }
 
     pub(crate) async fn put_record(&self, record: &JobRecord) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod approval;
 pub mod changes;
 pub mod driver;
 pub mod error;
+mod final_check;
 mod freeze;
 mod listener;
 mod phases;

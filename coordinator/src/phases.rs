@@ -359,7 +359,7 @@ impl JobDriver {
             .map_err(failed)?;
         record.phases.sequences_ms = millis_since(phase_start);
         let phase_start = Instant::now();
-        self.check_tables(&source, &target, record).await?;
+        self.final_check(prepared, record, at).await?;
         record.phases.check_ms = millis_since(phase_start);
         write_manifest(
             &run.staging,

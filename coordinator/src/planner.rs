@@ -140,12 +140,18 @@ mod tests {
         assert_eq!(cuts, ["25", "50", "75"]);
         let ranges = key_ranges("id", "bigint", &cuts);
         assert_eq!(ranges.len(), 4);
-        assert_eq!(ranges[0].predicate("t"), "t.id < '25'::bigint");
         assert_eq!(
-            ranges[1].predicate("t"),
+            godwit_common::pg::ranges::key_predicate(&ranges[0], "t"),
+            "t.id < '25'::bigint"
+        );
+        assert_eq!(
+            godwit_common::pg::ranges::key_predicate(&ranges[1], "t"),
             "t.id >= '25'::bigint AND t.id < '50'::bigint"
         );
-        assert_eq!(ranges[3].predicate("t"), "t.id >= '75'::bigint");
+        assert_eq!(
+            godwit_common::pg::ranges::key_predicate(&ranges[3], "t"),
+            "t.id >= '75'::bigint"
+        );
         assert!(key_cuts(&KeyDomain::Integer { min: 7, max: 7 }, 8).is_empty());
         assert!(key_cuts(&KeyDomain::Unknown, 8).is_empty());
     }

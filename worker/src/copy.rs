@@ -119,7 +119,7 @@ pub async fn copy_partition(
     let statement = format!(
         "COPY (SELECT ctid{columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
         from,
-        record.range.predicate(),
+        godwit_common::pg::ranges::block_predicate(&record.range),
         job.table.format.options()
     );
     let format = job.table.format;

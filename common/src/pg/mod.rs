@@ -11,6 +11,7 @@ mod passfile;
 pub use passfile::carries_password;
 pub mod ledger;
 pub mod pgoutput;
+pub mod ranges;
 pub mod replica;
 pub mod schema;
 pub mod snapshot;

@@ -60,7 +60,10 @@ pub async fn compare_range(
     keys: Option<&KeyRange>,
     options: Options,
 ) -> Result<RangeFinding> {
-    let scope = keys.map_or_else(|| "true".to_owned(), |k| k.predicate("t"));
+    let scope = keys.map_or_else(
+        || "true".to_owned(),
+        |k| crate::pg::ranges::key_predicate(k, "t"),
+    );
     // Both databases read at once: each side is one scan of the range.
     let (at_source, at_target) = tokio::try_join!(
         fingerprint_where(source, table, &scope),

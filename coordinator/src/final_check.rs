@@ -1,0 +1,181 @@
+//! The job's final check: the same verification `godwit verify` runs,
+//! spread over the workers as leased key ranges, with the source read
+//! under the job's own snapshot and the target under a snapshot exported
+//! for it. Independent of the copy path: each database computes its counts
+//! and digests from its own tables. Never compares in the coordinator.
+
+use std::time::Duration;
+
+use godwit_common::Error;
+use godwit_common::job::{JobRecord, SnapshotAt};
+use godwit_common::pg::{self, Side, large_objects};
+use godwit_common::state::PinnedSnapshots;
+use godwit_common::verify::{Options, Report};
+
+use crate::driver::JobDriver;
+use crate::error::JobError;
+use crate::preflight::Prepared;
+use crate::verification::Verifier;
+
+/// How long the final check waits for an operator's verification of the
+/// same job to end before it fails the job.
+const BUSY_PATIENCE: Duration = Duration::from_secs(10 * 60);
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+impl JobDriver {
+    /// Compares every table of the job on both databases; fails naming
+    /// each one that differs. Marks the tables checked in the record.
+    pub(crate) async fn final_check(
+        &self,
+        prepared: &Prepared,
+        record: &mut JobRecord,
+        at: &SnapshotAt,
+    ) -> Result<(), JobError> {
+        let spec = &prepared.spec;
+        // Held until the ranges are compared, so workers can join it.
+        let (target_snapshot, _exporter) = export_target_snapshot(&spec.target)
+            .await
+            .map_err(JobError::Failed)?;
+        let snapshots = PinnedSnapshots {
+            source: at.snapshot.clone(),
+            target: target_snapshot,
+        };
+        let verifier = Verifier::new(self.store.clone(), self.keyspace().clone());
+        let started = tokio::time::Instant::now();
+        let verified = loop {
+            match verifier
+                .verify_pinned(spec, Options::default(), snapshots.clone())
+                .await
+            {
+                Err(JobError::AlreadyExists(what)) if started.elapsed() < BUSY_PATIENCE => {
+                    tracing::info!(job_id = %spec.job, what, "waiting for a verification of the job to end");
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                // A refusal at this point is the run's failure, not input.
+                Err(JobError::Rejected(e)) => return Err(JobError::Failed(e)),
+                other => break other?,
+            }
+        };
+        if let Err(e) = &verified.stored_at {
+            tracing::warn!(job_id = %spec.job, error = %e, "the final check's report was not stored");
+        }
+        note_checked(record, &verified.report);
+        self.put_record(record).await.map_err(JobError::Failed)?;
+        match differences(&verified.report) {
+            None => Ok(()),
+            Some(found) => Err(JobError::Failed(Error::Verification(format!(
+                "target differs from source in {found}"
+            )))),
+        }
+    }
+}
+
+async fn export_target_snapshot(
+    conn: &str,
+) -> godwit_common::Result<(String, tokio_postgres::Client)> {
+    let session = pg::connect(conn, Side::Target).await?;
+    session
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| Error::postgres("cannot open a target snapshot", e))?;
+    let snapshot: String = session
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot export a target snapshot", e))?
+        .get(0);
+    Ok((snapshot, session))
+}
+
+/// Source counts and checked flags of the record's tables, from the report.
+fn note_checked(record: &mut JobRecord, report: &Report) {
+    for table in &mut record.tables {
+        if large_objects::is_load_table(&table.name) {
+            if let Some(objects) = &report.large_objects {
+                table.source_rows = Some(objects.source);
+                table.checked = objects.matched;
+            } else {
+                table.checked = true;
+            }
+            continue;
+        }
+        let name = table.name.to_string();
+        if let Some(found) = report.tables.iter().find(|t| t.table == name) {
+            table.source_rows = Some(found.source_rows);
+            table.checked = found.counts_match && found.content.matched;
+        }
+    }
+}
+
+/// What differs, table by table and then the other layers; None on a match.
+fn differences(report: &Report) -> Option<String> {
+    if report.matched {
+        return None;
+    }
+    let mut found: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|t| !(t.counts_match && t.content.matched))
+        .map(|t| {
+            let target = t
+                .target_rows
+                .map_or("no".to_owned(), |rows| rows.to_string());
+            let contents = if t.target_rows == Some(t.source_rows) {
+                ", contents differ"
+            } else {
+                ""
+            };
+            format!(
+                "{} (source {} rows, target {target} rows{contents})",
+                t.table, t.source_rows
+            )
+        })
+        .collect();
+    let schema = &report.schema;
+    if !schema.matched {
+        let objects: Vec<&str> = schema
+            .missing_on_target
+            .iter()
+            .chain(&schema.extra_on_target)
+            .chain(&schema.different)
+            .map(String::as_str)
+            .collect();
+        let behind: Vec<&str> = schema
+            .sequences_behind
+            .iter()
+            .map(|b| b.sequence.as_str())
+            .collect();
+        found.push(format!(
+            "the schema ({}{}{})",
+            objects.join(", "),
+            if objects.is_empty() || behind.is_empty() {
+                ""
+            } else {
+                "; "
+            },
+            if behind.is_empty() {
+                String::new()
+            } else {
+                format!("sequences behind: {}", behind.join(", "))
+            }
+        ));
+    }
+    let orphans: Vec<&str> = report
+        .foreign_keys
+        .iter()
+        .filter(|fk| fk.orphans > 0)
+        .map(|fk| fk.constraint.as_str())
+        .collect();
+    if !orphans.is_empty() {
+        found.push(format!(
+            "foreign keys with orphans ({})",
+            orphans.join(", ")
+        ));
+    }
+    if let Some(objects) = report.large_objects.as_ref().filter(|o| !o.matched) {
+        found.push(format!(
+            "large objects (source {}, target {})",
+            objects.source, objects.target
+        ));
+    }
+    Some(found.join("; "))
+}
