@@ -355,3 +355,190 @@ impl JobDriver {
         self.records.save(record).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use godwit_common::job::{JobPhase, SnapshotAt};
+    use godwit_common::lease::MemoryStore;
+    use godwit_common::pg::ledger::JobMarks;
+    use godwit_common::spec::JobSpec;
+    use godwit_common::state::BlockRange;
+    use godwit_common::work::WorkState;
+
+    use super::*;
+
+    fn prepared() -> Prepared {
+        let spec = JobSpec::from_yaml(
+            "job: j1\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+             staging: file:///tmp/s\nencryption: { key_file: /tmp/k }",
+            "test",
+        )
+        .expect("valid spec");
+        Prepared {
+            spec,
+            tables: Vec::new(),
+            marks: JobMarks {
+                known: true,
+                pre_data_done: true,
+                post_data_done: false,
+            },
+        }
+    }
+
+    fn at() -> SnapshotAt {
+        SnapshotAt {
+            snapshot: "00000003-00000002-1".into(),
+            consistent_lsn: "0/16B3748".into(),
+        }
+    }
+
+    /// A registered job moved to `phases` in order, with one copy item.
+    async fn job_at(phases: &[Phase]) -> (JobDriver, Prepared) {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let driver = JobDriver::new(store.clone(), Keyspace::new("/t"));
+        let prepared = prepared();
+        driver.register(&prepared).await.expect("register");
+        let mut record = driver
+            .records
+            .load(&prepared.spec.job)
+            .await
+            .expect("load")
+            .expect("registered");
+        for phase in phases {
+            record.advance(phase.clone()).expect("allowed");
+        }
+        driver.put_record(&record).await.expect("save");
+        let item = PartitionRecord::pending(
+            prepared.spec.job.clone(),
+            0,
+            godwit_common::spec::TableName::parse("public.orders").expect("name"),
+            BlockRange {
+                start: 0,
+                end: None,
+            },
+        );
+        work::publish(
+            store.as_ref(),
+            &driver.keyspace,
+            &prepared.spec.job,
+            &[item],
+        )
+        .await
+        .expect("publish");
+        (driver, prepared)
+    }
+
+    async fn phase_of(driver: &JobDriver, prepared: &Prepared) -> Phase {
+        let record: JobRecord = state::load(
+            driver.store.as_ref(),
+            &driver.keyspace.job_record(&prepared.spec.job),
+        )
+        .await
+        .expect("store")
+        .expect("record");
+        record.current().clone()
+    }
+
+    #[tokio::test]
+    async fn a_job_taken_over_mid_copy_plans_again_and_its_old_plan_is_gone() {
+        let (driver, prepared) = job_at(&[Phase::Copying(at())]).await;
+        driver.take_over(&prepared).await.expect("take over");
+        assert_eq!(phase_of(&driver, &prepared).await, Phase::Planning);
+        let left: Vec<PartitionRecord> =
+            work::list(driver.store.as_ref(), &driver.keyspace, &prepared.spec.job)
+                .await
+                .expect("list");
+        assert!(
+            left.is_empty(),
+            "the old plan's partitions stayed: {left:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_taken_over_while_streaming_streams_on_and_a_cutover_in_flight_is_undone() {
+        let streaming = Phase::Streaming {
+            from_lsn: "0/16B3748".into(),
+        };
+        let (driver, prepared) = job_at(&[
+            Phase::Copying(at()),
+            Phase::Finalizing(at()),
+            streaming.clone(),
+        ])
+        .await;
+        driver.take_over(&prepared).await.expect("take over");
+        assert_eq!(phase_of(&driver, &prepared).await, streaming);
+
+        let (driver, prepared) = job_at(&[
+            Phase::Copying(at()),
+            Phase::Finalizing(at()),
+            streaming.clone(),
+            Phase::CuttingOver {
+                from_lsn: "0/16B3748".into(),
+            },
+        ])
+        .await;
+        driver.take_over(&prepared).await.expect("take over");
+        assert_eq!(phase_of(&driver, &prepared).await, streaming);
+    }
+
+    #[tokio::test]
+    async fn a_record_changed_under_its_driver_is_a_conflict_not_overwritten() {
+        let (driver, prepared) = job_at(&[Phase::Copying(at())]).await;
+        let mut mine = driver
+            .records
+            .load(&prepared.spec.job)
+            .await
+            .expect("load")
+            .expect("record");
+        // Another writer moves the job on behind this driver's back.
+        let other = JobDriver::new(driver.store.clone(), driver.keyspace.clone());
+        let mut theirs = other
+            .records
+            .load(&prepared.spec.job)
+            .await
+            .expect("load")
+            .expect("record");
+        theirs.advance(Phase::Failed).expect("allowed");
+        other.put_record(&theirs).await.expect("first write wins");
+        mine.advance(Phase::Finalizing(at())).expect("allowed");
+        let refused = driver.put_record(&mine).await.expect_err("stale version");
+        assert_eq!(refused.kind(), godwit_common::ErrorKind::Conflict);
+        assert_eq!(phase_of(&driver, &prepared).await.kind(), JobPhase::Failed);
+    }
+
+    #[tokio::test]
+    async fn the_copy_phase_ends_when_every_partition_is_done_and_sums_them() {
+        let (driver, prepared) = job_at(&[Phase::Copying(at())]).await;
+        let job = &prepared.spec.job;
+        let mut record = driver
+            .records
+            .load(job)
+            .await
+            .expect("load")
+            .expect("record");
+        record.tables = vec![PlannedTable {
+            name: godwit_common::spec::TableName::parse("public.orders").expect("name"),
+            copy_columns: Vec::new(),
+            format: Default::default(),
+            estimated_bytes: 0,
+            partitions: vec![0],
+            source_rows: None,
+            checked: false,
+            source_relation: None,
+        }];
+        let mut items: Vec<PartitionRecord> =
+            work::list(driver.store.as_ref(), &driver.keyspace, job)
+                .await
+                .expect("list");
+        items[0].state = WorkState::Done;
+        items[0].rows = 7;
+        work::publish(driver.store.as_ref(), &driver.keyspace, job, &items)
+            .await
+            .expect("publish");
+        let totals = driver
+            .wait_for_partitions(job, &record)
+            .await
+            .expect("all done");
+        assert_eq!(totals.rows, 7);
+    }
+}
