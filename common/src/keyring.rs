@@ -62,18 +62,6 @@ impl CustomerKeys {
         };
         kek.unwrap(job, wrapped)
     }
-
-    /// The job's data key from its staging area.
-    pub async fn job_data_key(&self, job: &JobId, staging: &Staging) -> Result<DataKey> {
-        let wrapped = staging.get_wrapped_key(job).await?.ok_or_else(|| {
-            Error::Key(format!(
-                "job {job} has no data key in staging {}: it was never planned there, or its key was shredded \
-                 (its staged data can no longer be opened)",
-                staging.url()
-            ))
-        })?;
-        self.unwrap(job, &wrapped)
-    }
 }
 
 /// What a rotation did.
@@ -159,13 +147,6 @@ fn keyring_entry(path: &Path, customer: &CustomerId) -> Result<Vec<PathBuf>> {
             path.display()
         ))),
     }
-}
-
-/// Unwraps the job's data key from its staging area with the customer's keys.
-pub async fn job_data_key(spec: &JobSpec, staging: &Staging) -> Result<DataKey> {
-    CustomerKeys::for_spec(spec)?
-        .job_data_key(&spec.job, staging)
-        .await
 }
 
 #[cfg(test)]

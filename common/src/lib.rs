@@ -14,6 +14,7 @@ pub mod keyspace;
 pub mod lease;
 pub mod pg;
 pub mod pgcopy;
+pub mod sealed;
 pub mod shutdown;
 pub mod size;
 pub mod spec;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
 use godwit_common::job::{ChangeProgress, CutoverRecord, JobRecord, Phase};
-use godwit_common::keys::DataKey;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::apply::{self, Applier, SourceTransaction};
@@ -25,8 +24,8 @@ use godwit_common::pg::pgoutput::{self, format_lsn};
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::stream::{self, RawChange, SnapshotBounds};
 use godwit_common::pg::{self, Side, catalog, replica};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
-use godwit_common::staging::Staging;
 use godwit_common::state::{PinnedSnapshots, now_unix_ms};
 use godwit_common::verify::Options;
 use godwit_common::{Error, Result};
@@ -119,8 +118,7 @@ pub struct StreamSetup {
     pub spec: JobSpec,
     pub tables: Vec<TableName>,
     pub slot: String,
-    pub staging: Staging,
-    pub key: DataKey,
+    pub sealed: SealedStaging,
 }
 
 pub struct Streamer {
@@ -131,8 +129,7 @@ pub struct Streamer {
     tables: Vec<TableName>,
     slot: String,
     publication: String,
-    staging: Staging,
-    key: DataKey,
+    sealed: SealedStaging,
     source: Client,
     target: Client,
     applier: Applier,
@@ -184,8 +181,7 @@ impl Streamer {
             spec: setup.spec,
             tables: setup.tables,
             slot: setup.slot,
-            staging: setup.staging,
-            key: setup.key,
+            sealed: setup.sealed,
             source,
             target,
             applier: Applier::new(),
@@ -480,9 +476,10 @@ impl Streamer {
             payload.extend_from_slice(&change.data);
         }
         let id = ChunkId::change_batch(self.spec.job.as_str(), end_lsn);
-        let frame = chunk::seal(&id, raw.len() as u64, &payload, &self.key)?;
-        self.staging
-            .put(&self.staging.change_path(&self.spec.job, end_lsn), frame)
+        let frame = chunk::seal(&id, raw.len() as u64, &payload, self.sealed.key())?;
+        let staging = self.sealed.staging();
+        staging
+            .put(&staging.change_path(&self.spec.job, end_lsn), frame)
             .await
     }
 

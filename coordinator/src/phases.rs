@@ -9,15 +9,13 @@
 use std::time::{Duration, Instant};
 
 use godwit_common::job::{JobPhase, JobRecord, Phase, PlannedTable, SnapshotAt};
-use godwit_common::keyring::CustomerKeys;
-use godwit_common::keys::DataKey;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::pgoutput::{format_lsn, parse_lsn};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
 use godwit_common::pg::{self, Side, join_snapshot, large_objects, ledger, stream};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::TableName;
-use godwit_common::staging::Staging;
 use godwit_common::{Error, Result};
 
 use crate::changes::{self, Streamer};
@@ -59,9 +57,8 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
 
 /// What one run of a job holds between its phases, in this process only.
 pub(crate) struct Run {
-    staging: Staging,
     /// Taken by the change stream when the copy hands over to it.
-    data_key: Option<DataKey>,
+    sealed: Option<SealedStaging>,
     /// The session that exported the snapshot, while partitions need it.
     pub(crate) holder: Option<SnapshotHolder>,
     /// A source session under the snapshot holding the tables' locks.
@@ -75,21 +72,8 @@ pub(crate) struct Run {
 impl Run {
     /// Opens the job's staging area and its data key (created on first use).
     pub(crate) async fn open(prepared: &Prepared) -> Result<Self> {
-        let spec = &prepared.spec;
-        let kek = CustomerKeys::for_spec(spec)?;
-        let staging = Staging::open(&spec.staging)?;
-        let data_key = match staging.get_wrapped_key(&spec.job).await? {
-            Some(wrapped) => kek.unwrap(&spec.job, &wrapped)?,
-            None => {
-                let data_key = DataKey::generate()?;
-                let wrapped = kek.wrap(&spec.job, &data_key)?;
-                staging.put_wrapped_key(&spec.job, &wrapped).await?;
-                data_key
-            }
-        };
         Ok(Self {
-            staging,
-            data_key: Some(data_key),
+            sealed: Some(SealedStaging::open_or_create(&prepared.spec).await?),
             holder: None,
             guard: None,
             dump: None,
@@ -97,13 +81,11 @@ impl Run {
             totals: CopyTotals::default(),
         })
     }
-}
 
-impl Run {
-    fn key(&self) -> Result<&DataKey> {
-        self.data_key
+    fn sealed(&self) -> Result<&SealedStaging> {
+        self.sealed
             .as_ref()
-            .ok_or_else(|| Error::Internal("the job's data key went to its stream".into()))
+            .ok_or_else(|| Error::Internal("the job's staging went to its stream".into()))
     }
 }
 
@@ -241,7 +223,7 @@ impl JobDriver {
         )
         .await
         .map_err(failed)?;
-        stage_schema(&run.staging, job, &dump, run.key().map_err(failed)?)
+        stage_schema(run.sealed().map_err(failed)?, &dump)
             .await
             .map_err(failed)?;
         record.phases.snapshot_ms = millis_since(phase_start);
@@ -362,13 +344,12 @@ impl JobDriver {
         self.final_check(prepared, record, at).await?;
         record.phases.check_ms = millis_since(phase_start);
         write_manifest(
-            &run.staging,
+            run.sealed().map_err(failed)?,
             &target,
             record,
             &dump,
             sequences,
             views,
-            run.key().map_err(failed)?,
         )
         .await
         .map_err(failed)?;
@@ -484,9 +465,9 @@ impl JobDriver {
         record: &JobRecord,
         run: &mut Run,
     ) -> Result<changes::StreamSetup, JobError> {
-        let key = run.data_key.take().ok_or_else(|| {
+        let sealed = run.sealed.take().ok_or_else(|| {
             JobError::Failed(Error::Internal(
-                "the job's data key went to its stream".into(),
+                "the job's staging went to its stream".into(),
             ))
         })?;
         Ok(changes::StreamSetup {
@@ -496,8 +477,7 @@ impl JobDriver {
             spec: record.spec.clone(),
             tables: record.tables.iter().map(|t| t.name.clone()).collect(),
             slot: snapshot::slot_name(&record.spec.job),
-            staging: run.staging.clone(),
-            key,
+            sealed,
         })
     }
 }

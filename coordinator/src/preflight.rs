@@ -6,12 +6,11 @@
 //! Never writes to either database.
 
 use godwit_common::Error;
-use godwit_common::keyring::CustomerKeys;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::ledger::{self, JobMarks};
 use godwit_common::pg::{self, Side, access, large_objects, stream};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
-use godwit_common::staging::Staging;
 
 use crate::error::JobError;
 
@@ -26,11 +25,7 @@ pub struct Prepared {
 /// data key, and that only into an empty slot of the staging area.
 pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let rejected = JobError::Rejected;
-    let kek = CustomerKeys::for_spec(&spec).map_err(rejected)?;
-    let staging = Staging::open(&spec.staging).map_err(rejected)?;
-    if let Some(wrapped) = staging.get_wrapped_key(&spec.job).await.map_err(rejected)? {
-        kek.unwrap(&spec.job, &wrapped).map_err(rejected)?;
-    }
+    SealedStaging::check_key(&spec).await.map_err(rejected)?;
 
     let source = pg::connect(&spec.source, Side::Source)
         .await

@@ -4,11 +4,10 @@
 
 use godwit_common::audit::AuditEvent;
 use godwit_common::chunk::{self, ChunkId};
-use godwit_common::ids::JobId;
 use godwit_common::job::JobRecord;
-use godwit_common::keys::DataKey;
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, ledger};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::staging::Staging;
 use godwit_common::state::{Manifest, StagedPartition};
 use godwit_common::{Error, Result};
@@ -58,12 +57,8 @@ pub(crate) async fn outcome_events(
 }
 
 /// Seals the schema dump into the staging area, for replays.
-pub(crate) async fn stage_schema(
-    staging: &Staging,
-    job: &JobId,
-    dump: &SchemaDump,
-    key: &DataKey,
-) -> Result<()> {
+pub(crate) async fn stage_schema(sealed: &SealedStaging, dump: &SchemaDump) -> Result<()> {
+    let (staging, job, key) = (sealed.staging(), sealed.job(), sealed.key());
     for (name, path) in dump.files() {
         let bytes = tokio::fs::read(path).await.map_err(|source| Error::Io {
             what: "cannot read schema dump",
@@ -79,13 +74,12 @@ pub(crate) async fn stage_schema(
 /// Records what the staging area holds of a finished copy, with chunk counts
 /// from the target ledger (the truth about what was loaded).
 pub(crate) async fn write_manifest(
-    staging: &Staging,
+    sealed: &SealedStaging,
     target: &tokio_postgres::Client,
     record: &JobRecord,
     dump: &SchemaDump,
     sequences: Vec<(String, i64, bool)>,
     materialized_views: Vec<String>,
-    key: &DataKey,
 ) -> Result<()> {
     let job = &record.spec.job;
     let mut partitions = Vec::new();
@@ -104,21 +98,18 @@ pub(crate) async fn write_manifest(
             rows,
         });
     }
-    staging
-        .put_manifest(
-            &Manifest {
-                job: job.clone(),
-                tables: record.tables.clone(),
-                partitions,
-                sequences,
-                schema_files: dump
-                    .files()
-                    .iter()
-                    .map(|(name, _)| (*name).to_owned())
-                    .collect(),
-                materialized_views,
-            },
-            key,
-        )
+    sealed
+        .put_manifest(&Manifest {
+            job: job.clone(),
+            tables: record.tables.clone(),
+            partitions,
+            sequences,
+            schema_files: dump
+                .files()
+                .iter()
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
+            materialized_views,
+        })
         .await
 }

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use godwit_common::keyring::job_data_key;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::{self, Side, stream};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
@@ -113,8 +113,8 @@ impl Verifier {
         let tables = catalog::resolve_tables(&source, spec)
             .await
             .map_err(rejected)?;
-        let staging = Staging::open(&spec.staging).map_err(rejected)?;
-        let key = job_data_key(spec, &staging).await.map_err(rejected)?;
+        let sealed = SealedStaging::open(spec).await.map_err(rejected)?;
+        let (staging, key) = (sealed.staging(), sealed.key());
 
         // The spec's limits apply unless the customer already has some: an
         // operator's live change stays in force.
@@ -153,7 +153,7 @@ impl Verifier {
         // Ranges a run cut short left behind would count as this run's.
         let outcome = match self.store.delete_prefix(&ranges_prefix).await {
             Ok(()) => tokio::select! {
-                outcome = self.compare(&run, &source, &target, &tables, &staging, &key) => outcome,
+                outcome = self.compare(&run, &source, &target, &tables, staging, key) => outcome,
                 lost = marker.lost() => Err(JobError::Failed(lost)),
             },
             Err(e) => Err(JobError::Failed(e)),
@@ -163,7 +163,7 @@ impl Verifier {
             tracing::warn!(job_id = %spec.job, error = %e, "cannot end the verification run; it expires with its lease");
         }
         let report = outcome?;
-        let stored_at = verify::store_report(&staging, &key, &spec.job, &report).await;
+        let stored_at = verify::store_report(staging, key, &spec.job, &report).await;
         tracing::info!(job_id = %spec.job, matched = report.matched, "job verified");
         Ok(Verified { report, stored_at })
     }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use godwit_common::ids::JobId;
-use godwit_common::keyring::CustomerKeys;
 use godwit_common::keys::DataKey;
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
 use godwit_common::{Error, Result};
@@ -21,24 +21,25 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    pub async fn data_key(&self, spec: &JobSpec, staging: &Staging) -> Result<Arc<DataKey>> {
-        let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
-            Error::Key(format!(
-                "job {} has no data key in staging {}: it was never planned there, or its key was shredded",
-                spec.job,
-                staging.url()
-            ))
-        })?;
+    /// The job's staging area with its current data key.
+    pub async fn sealed(&self, spec: &JobSpec) -> Result<SealedStaging> {
+        let staging = Staging::open(&spec.staging)?;
+        let wrapped = SealedStaging::wrapped(&staging, &spec.job).await?;
         let cached = (spec.job.clone(), wrapped.key_id.clone());
         if let Some(key) = self.keys.lock().map_err(|_| poisoned())?.get(&cached) {
-            return Ok(key.clone());
+            return Ok(SealedStaging::with_key(
+                staging,
+                spec.job.clone(),
+                key.clone(),
+                wrapped.key_id,
+            ));
         }
-        let key = Arc::new(CustomerKeys::for_spec(spec)?.unwrap(&spec.job, &wrapped)?);
+        let sealed = SealedStaging::unwrap(spec, staging, &wrapped)?;
         self.keys
             .lock()
             .map_err(|_| poisoned())?
-            .insert(cached, key.clone());
-        Ok(key)
+            .insert(cached, sealed.shared_key());
+        Ok(sealed)
     }
 }
 

@@ -6,11 +6,11 @@
 use bytes::Bytes;
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::job::PlannedTable;
-use godwit_common::keyring::CustomerKeys;
 use godwit_common::keys::DataKey;
 use godwit_common::pg::ledger::{self, ChunkLoad};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, catalog, large_objects};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::{ObjectPath, Staging};
 use godwit_common::state::{Manifest, StagedPartition};
@@ -39,13 +39,9 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     let rejected = ReplayError::Rejected;
     let failed = ReplayError::Failed;
     let job = &spec.job;
-    let staging = Staging::open(&spec.staging).map_err(rejected)?;
-    let key = CustomerKeys::for_spec(spec)
-        .map_err(rejected)?
-        .job_data_key(job, &staging)
-        .await
-        .map_err(rejected)?;
-    let manifest = staging.get_manifest(job, &key).await.map_err(rejected)?.ok_or_else(|| {
+    let sealed = SealedStaging::open(spec).await.map_err(rejected)?;
+    let (staging, key) = (sealed.staging(), sealed.key());
+    let manifest = sealed.get_manifest().await.map_err(rejected)?.ok_or_else(|| {
         rejected(Error::Spec(format!(
             "staging {} holds no manifest for job {job}: only a job whose copy finished can be replayed",
             staging.url()
@@ -77,7 +73,7 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     for name in &manifest.schema_files {
         let object = staging.schema_path(job, name);
         let id = ChunkId::schema_file(job.as_str(), name);
-        let (_, plain, _) = open_object(&staging, &object, &id, &key)
+        let (_, plain, _) = open_object(staging, &object, &id, key)
             .await
             .map_err(failed)?;
         let path = schema_dir.path().join(name);
@@ -97,14 +93,10 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
         for seq in 0..partition.chunks {
             let path =
                 staging.chunk_path(job, &partition.table.to_string(), partition.partition, seq);
-            let (header, _, _) = open_object(
-                &staging,
-                &path,
-                &chunk_id(job.as_str(), partition, seq),
-                &key,
-            )
-            .await
-            .map_err(failed)?;
+            let (header, _, _) =
+                open_object(staging, &path, &chunk_id(job.as_str(), partition, seq), key)
+                    .await
+                    .map_err(failed)?;
             if header.rows == 0 {
                 return Err(failed(Error::ChunkRejected {
                     object: staging.describe(&path),
@@ -135,14 +127,10 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
         for seq in 0..partition.chunks {
             let path =
                 staging.chunk_path(job, &partition.table.to_string(), partition.partition, seq);
-            let (header, plain, staged) = open_object(
-                &staging,
-                &path,
-                &chunk_id(job.as_str(), partition, seq),
-                &key,
-            )
-            .await
-            .map_err(failed)?;
+            let (header, plain, staged) =
+                open_object(staging, &path, &chunk_id(job.as_str(), partition, seq), key)
+                    .await
+                    .map_err(failed)?;
             summary.bytes_staged += staged;
             let digest = Sha256::digest(&plain).to_vec();
             ledger::load_chunk(

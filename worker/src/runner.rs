@@ -13,7 +13,6 @@ use godwit_common::ids::JobId;
 use godwit_common::job::{JobPhase, JobRecord};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{Change, HeldLease, LeaseStore, LeaseTiming, Wakeups};
-use godwit_common::staging::Staging;
 use godwit_common::state::{self, VerifyRun};
 use godwit_common::work::{
     self, Claimed, PartitionRecord, RetryPolicy, Settled, VerifyRange, WorkItem,
@@ -495,15 +494,14 @@ impl Worker {
                     record.partition, record.table
                 ))
             })?;
-        let staging = Staging::open(&job.spec.staging)?;
-        let key = self.keys.data_key(&job.spec, &staging).await?;
+        let sealed = self.keys.sealed(&job.spec).await?;
         copy_partition(
             PartitionJob {
                 spec: &job.spec,
                 snapshot,
                 table,
-                staging: &staging,
-                key,
+                staging: sealed.staging(),
+                key: sealed.shared_key(),
                 lease,
                 progress_key,
                 stop: following.hand_back.clone(),

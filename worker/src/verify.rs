@@ -6,7 +6,6 @@
 
 use godwit_common::Result;
 use godwit_common::pg::{self, Side};
-use godwit_common::staging::Staging;
 use godwit_common::state::VerifyRun;
 use godwit_common::verify::{self, Options, RangeFinding};
 use godwit_common::work::VerifyRange;
@@ -33,9 +32,8 @@ pub async fn compare(
     let finding =
         verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options).await?;
     if !finding.content.matched {
-        let staging = Staging::open(&spec.staging)?;
-        let key = keys.data_key(spec, &staging).await?;
-        verify::store_finding(&staging, &key, run, range.range, &finding).await?;
+        let sealed = keys.sealed(spec).await?;
+        verify::store_finding(sealed.staging(), sealed.key(), run, range.range, &finding).await?;
     }
     Ok(finding)
 }

@@ -59,11 +59,10 @@ pub async fn store_report(
 
 /// The job's last stored report.
 pub async fn load_report(spec: &JobSpec) -> Result<Report> {
-    let staging = Staging::open(&spec.staging)?;
-    let key = crate::keyring::job_data_key(spec, &staging).await?;
-    let path = staging.report_path(&spec.job);
+    let sealed = crate::sealed::SealedStaging::open(spec).await?;
+    let path = sealed.staging().report_path(&spec.job);
     let id = ChunkId::verification_report(spec.job.as_str());
-    get_sealed(&staging, &key, &path, &id).await
+    get_sealed(sealed.staging(), sealed.key(), &path, &id).await
 }
 
 /// Seals the finding of a range that differed (it names primary keys).

@@ -1,0 +1,126 @@
+//! A job's staging area opened with its data key: the one place the data
+//! key is unwrapped (by the customer's key-encryption keys) and the one
+//! handle through which a job's sealed objects are named and read. Never
+//! writes a key anywhere but the job's own wrapped-key object.
+
+use std::sync::Arc;
+
+use crate::ids::JobId;
+use crate::keyring::CustomerKeys;
+use godwit_proto::v1::WrappedKey;
+
+use crate::keys::DataKey;
+use crate::spec::JobSpec;
+use crate::staging::Staging;
+use crate::state::Manifest;
+use crate::{Error, Result};
+
+#[derive(Clone)]
+pub struct SealedStaging {
+    staging: Staging,
+    job: JobId,
+    key: Arc<DataKey>,
+    /// Which data key this is (its id in the wrapped-key object).
+    key_id: String,
+}
+
+impl SealedStaging {
+    /// The job's staging area with its data key; fails when the job has
+    /// none there (never planned there, or shredded).
+    pub async fn open(spec: &JobSpec) -> Result<Self> {
+        let staging = Staging::open(&spec.staging)?;
+        let wrapped = Self::wrapped(&staging, &spec.job).await?;
+        Self::unwrap(spec, staging, &wrapped)
+    }
+
+    /// As `open`, creating the job's data key on its first plan.
+    pub async fn open_or_create(spec: &JobSpec) -> Result<Self> {
+        let staging = Staging::open(&spec.staging)?;
+        match staging.get_wrapped_key(&spec.job).await? {
+            Some(wrapped) => Self::unwrap(spec, staging, &wrapped),
+            None => {
+                let kek = CustomerKeys::for_spec(spec)?;
+                let key = DataKey::generate()?;
+                let wrapped = kek.wrap(&spec.job, &key)?;
+                staging.put_wrapped_key(&spec.job, &wrapped).await?;
+                Ok(Self {
+                    staging,
+                    job: spec.job.clone(),
+                    key: Arc::new(key),
+                    key_id: wrapped.key_id,
+                })
+            }
+        }
+    }
+
+    /// Checks, without keeping it, that the job's data key (if it has one
+    /// yet) opens with the customer's keys.
+    pub async fn check_key(spec: &JobSpec) -> Result<()> {
+        let staging = Staging::open(&spec.staging)?;
+        match staging.get_wrapped_key(&spec.job).await? {
+            Some(wrapped) => Self::unwrap(spec, staging, &wrapped).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The job's wrapped data key as staged now.
+    pub async fn wrapped(staging: &Staging, job: &JobId) -> Result<WrappedKey> {
+        staging.get_wrapped_key(job).await?.ok_or_else(|| {
+            Error::Key(format!(
+                "job {job} has no data key in staging {}: it was never planned there, or its key was shredded \
+                 (its staged data can no longer be opened)",
+                staging.url()
+            ))
+        })
+    }
+
+    /// Opens `wrapped` (the job's wrapped data key, read from `staging`)
+    /// with the customer's keys.
+    pub fn unwrap(spec: &JobSpec, staging: Staging, wrapped: &WrappedKey) -> Result<Self> {
+        let key = CustomerKeys::for_spec(spec)?.unwrap(&spec.job, wrapped)?;
+        Ok(Self {
+            staging,
+            job: spec.job.clone(),
+            key: Arc::new(key),
+            key_id: wrapped.key_id.clone(),
+        })
+    }
+
+    /// With a key already unwrapped for this job (a cache of them).
+    pub fn with_key(staging: Staging, job: JobId, key: Arc<DataKey>, key_id: String) -> Self {
+        Self {
+            staging,
+            job,
+            key,
+            key_id,
+        }
+    }
+
+    pub fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    pub fn key(&self) -> &DataKey {
+        &self.key
+    }
+
+    pub fn shared_key(&self) -> Arc<DataKey> {
+        self.key.clone()
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.staging.put_manifest(manifest, &self.key).await
+    }
+
+    pub async fn get_manifest(&self) -> Result<Option<Manifest>> {
+        self.staging.get_manifest(&self.job, &self.key).await
+    }
+}
