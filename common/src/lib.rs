@@ -1,6 +1,7 @@
 //! Everything the coordinator and the workers share: the job spec, the
-//! PostgreSQL connector, the chunk codec and its keys, the lease store, the
-//! staging area and the job state kept in the lease store. Never talks gRPC.
+//! PostgreSQL connector, the chunk codec and its keys, the lease store and
+//! its keyspace, the leased-work engine, the staging area (sealed with a
+//! job's key) and the job's record. Never talks gRPC.
 
 pub mod audit;
 pub mod chunk;

@@ -12,8 +12,9 @@ use godwit_common::chunk::{self, ChunkId};
 use godwit_common::job::PlannedTable;
 use godwit_common::keys::DataKey;
 use godwit_common::lease::HeldLease;
-use godwit_common::pg::ledger::{self, ChunkLoad, LoadOutcome};
-use godwit_common::pg::{self, Side};
+use godwit_common::pg;
+use godwit_common::pg::ledger::LoadOutcome;
+use godwit_common::pg::loader::{Chunk, PartitionLoader};
 use godwit_common::pgcopy::{RowCutter, TupleBatch};
 use godwit_common::spec::JobSpec;
 use godwit_common::staging::Staging;
@@ -44,6 +45,8 @@ pub struct PartitionJob<'a> {
     pub key: Arc<DataKey>,
     pub lease: &'a HeldLease,
     pub progress_key: &'a str,
+    /// The source session slot the partition was admitted in.
+    pub session: pg::SessionSlot,
     /// Turns true when the partition must be handed back (worker shutting
     /// down, job paused, session cap lowered): the copy returns
     /// `Error::Cancelled` between chunks, never inside one.
@@ -77,9 +80,9 @@ pub async fn copy_partition(
     record: &mut PartitionRecord,
 ) -> Result<CopyStats> {
     let spec = job.spec;
-    let session = pg::connect_reader(
+    let session = pg::connect_source_reader(
         &spec.source,
-        Side::Source,
+        job.session,
         reader_receive_buffer(spec.chunk_size.0),
     )
     .await?;
@@ -91,17 +94,15 @@ pub async fn copy_partition(
         .await
         .map_err(|e| Error::postgres("cannot configure the source session", e))?;
     pg::join_snapshot(&session.client, job.snapshot).await?;
-    let mut target = pg::connect(&spec.target, Side::Target).await?;
-    let fence = job.lease.lease_id().0;
-    ledger::take_partition(
-        &target,
+    let mut target = PartitionLoader::take(
         &spec.target,
-        spec.job.as_str(),
+        &spec.job,
+        job.table,
         record.partition,
-        fence,
+        job.lease.lease_id().0,
     )
     .await?;
-    let resume = ledger::resume_point(&target, spec.job.as_str(), record.partition).await?;
+    let resume = target.resume_point().await?;
     if let Some(after) = resume.after {
         tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");
     }
@@ -270,7 +271,7 @@ pub async fn copy_partition(
 
 async fn process_chunk(
     job: &PartitionJob<'_>,
-    target: &mut tokio_postgres::Client,
+    target: &mut PartitionLoader,
     partition: u32,
     seq: u64,
     batch: TupleBatch,
@@ -308,24 +309,15 @@ async fn process_chunk(
     let staged = Instant::now();
     stats.timings.stage_ms += (staged - sealed).as_millis() as u64;
     job.lease.check()?;
-    let outcome = ledger::load_chunk(
-        target,
-        ChunkLoad {
-            job: job.spec.job.as_str(),
-            table_quoted: &job.table.name.quoted(),
-            table_name: &table,
-            copy_columns: &job.table.copy_columns,
-            format: job.table.format,
-            partition,
+    let outcome = target
+        .load(Chunk {
             seq,
             rows,
             sha256: &digest,
             last_ctid,
-            fence: job.lease.lease_id().0,
             tuples,
-        },
-    )
-    .await?;
+        })
+        .await?;
     stats.timings.load_ms += staged.elapsed().as_millis() as u64;
     stats.rows += rows;
     if outcome == LoadOutcome::Applied {

@@ -1,7 +1,10 @@
-//! The worker: takes partition leases and copies each partition from the
-//! job's source snapshot, through sealed staged chunks, into the target,
-//! exactly once. Never decides the plan: it only executes what the
-//! coordinator published in the lease store.
+//! The worker: one lease loop (`runner`) over every kind of leased work
+//! the coordinator publishes (see `godwit_common::work`): it copies
+//! partitions from the job's source snapshot, through sealed staged
+//! chunks, into the target, exactly once, and compares verification
+//! ranges on both databases. Opens a session on a customer's source only
+//! in one of the customer's session slots. Never decides the plan: it only
+//! executes what the coordinator published in the lease store.
 
 pub mod copy;
 pub mod keys;

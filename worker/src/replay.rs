@@ -7,7 +7,8 @@ use bytes::Bytes;
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::job::PlannedTable;
 use godwit_common::keys::DataKey;
-use godwit_common::pg::ledger::{self, ChunkLoad};
+use godwit_common::pg::ledger;
+use godwit_common::pg::loader::{Chunk, PartitionLoader};
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::{self, Side, catalog, large_objects};
 use godwit_common::sealed::SealedStaging;
@@ -121,7 +122,7 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     let fence = i64::from(std::process::id());
     for partition in &manifest.partitions {
         let table = planned(&manifest, &partition.table).map_err(failed)?;
-        ledger::take_partition(&client, target, job.as_str(), partition.partition, fence)
+        let mut loader = PartitionLoader::take(target, job, table, partition.partition, fence)
             .await
             .map_err(failed)?;
         for seq in 0..partition.chunks {
@@ -133,25 +134,16 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
                     .map_err(failed)?;
             summary.bytes_staged += staged;
             let digest = Sha256::digest(&plain).to_vec();
-            ledger::load_chunk(
-                &mut client,
-                ChunkLoad {
-                    job: job.as_str(),
-                    table_quoted: &table.name.quoted(),
-                    table_name: &table.name.to_string(),
-                    copy_columns: &table.copy_columns,
-                    format: table.format,
-                    partition: partition.partition,
+            loader
+                .load(Chunk {
                     seq,
                     rows: header.rows,
                     sha256: &digest,
                     last_ctid: None,
-                    fence,
                     tuples: Bytes::from(plain),
-                },
-            )
-            .await
-            .map_err(failed)?;
+                })
+                .await
+                .map_err(failed)?;
             summary.chunks += 1;
             summary.rows += header.rows;
         }

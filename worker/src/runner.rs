@@ -426,7 +426,7 @@ impl Worker {
             let range = claimed.item.clone();
             let compare = async {
                 pacer.consume(range.estimated_bytes).await;
-                crate::verify::compare(&run, &range, &self.keys).await
+                crate::verify::compare(&run, &range, &self.keys, following.session).await
             };
             let mut hand_back = following.hand_back.clone();
             let compared = tokio::select! {
@@ -504,6 +504,7 @@ impl Worker {
                 key: sealed.shared_key(),
                 lease,
                 progress_key,
+                session: following.session,
                 stop: following.hand_back.clone(),
                 pacer: ReadPacer::new(following.share.clone()),
             },

@@ -168,6 +168,8 @@ impl Spares {
 /// What a lease follows while it works: its share of the customer's budget
 /// and whether to hand its work back.
 pub struct Following {
+    /// The source session slot the work was admitted in.
+    pub session: godwit_common::pg::SessionSlot,
     pub share: watch::Receiver<Option<u64>>,
     pub hand_back: watch::Receiver<bool>,
     task: JoinHandle<()>,
@@ -261,6 +263,7 @@ pub fn follow(
     let paused_key = keyspace.job_paused(place.job);
     let lease_key = place.lease_key.to_owned();
     let (lease, owner) = (place.lease, place.owner.to_owned());
+    let session = godwit_common::pg::SessionSlot::taken(place.slot);
     let mut slot = place.slot;
     let slots = keyspace.clone();
     let task = {
@@ -315,6 +318,7 @@ pub fn follow(
         })
     };
     Following {
+        session,
         share,
         hand_back,
         task,

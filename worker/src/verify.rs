@@ -16,10 +16,11 @@ pub async fn compare(
     run: &VerifyRun,
     range: &VerifyRange,
     keys: &KeyCache,
+    session: pg::SessionSlot,
 ) -> Result<RangeFinding> {
     let spec = &run.spec;
     let (source, target) = tokio::try_join!(
-        pg::connect(&spec.source, Side::Source),
+        pg::connect_source(&spec.source, session),
         pg::connect(&spec.target, Side::Target)
     )?;
     if let Some(snapshots) = &run.snapshots {

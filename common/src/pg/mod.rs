@@ -10,6 +10,7 @@ pub mod large_objects;
 mod passfile;
 pub use passfile::carries_password;
 pub mod ledger;
+pub mod loader;
 pub mod pgoutput;
 pub mod ranges;
 pub mod replica;
@@ -119,6 +120,40 @@ where
 /// Dropping the returned [`ReaderSession`] closes the socket at once: the
 /// driver would otherwise drain an abandoned `COPY` to its end, making the
 /// server read the rest of the table for nothing.
+/// One of a customer's source session slots, held for the work at hand
+/// (`None` inside: the customer's sessions are not capped). A worker opens
+/// a session on a customer's source only with one in hand, so the cap on
+/// the customer's connections is a type, not a convention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSlot(Option<u32>);
+
+impl SessionSlot {
+    /// The slot admission took under the work's lease (`None`: uncapped).
+    pub fn taken(slot: Option<u32>) -> Self {
+        Self(slot)
+    }
+
+    pub fn number(self) -> Option<u32> {
+        self.0
+    }
+}
+
+/// A worker's session on the customer's source, opened in `slot`.
+pub async fn connect_source(conn: &str, slot: SessionSlot) -> Result<Client> {
+    tracing::debug!(slot = ?slot.number(), "opening a source session");
+    connect(conn, Side::Source).await
+}
+
+/// A worker's streaming reader on the customer's source, opened in `slot`.
+pub async fn connect_source_reader(
+    conn: &str,
+    slot: SessionSlot,
+    receive_buffer: u32,
+) -> Result<ReaderSession> {
+    tracing::debug!(slot = ?slot.number(), "opening a source reader");
+    connect_reader(conn, Side::Source, receive_buffer).await
+}
+
 pub async fn connect_reader(conn: &str, side: Side, receive_buffer: u32) -> Result<ReaderSession> {
     use tokio_postgres::config::Host;
     use tokio_postgres::tls::MakeTlsConnect;
