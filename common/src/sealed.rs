@@ -56,9 +56,12 @@ impl SealedStaging {
     /// Checks, without keeping it, that the job's data key (if it has one
     /// yet) opens with the customer's keys.
     pub async fn check_key(spec: &JobSpec) -> Result<()> {
+        // The customer's keys must load even for a job that has no data key
+        // yet: its first plan wraps one with them.
+        let keys = CustomerKeys::for_spec(spec)?;
         let staging = Staging::open(&spec.staging)?;
         match staging.get_wrapped_key(&spec.job).await? {
-            Some(wrapped) => Self::unwrap(spec, staging, &wrapped).map(|_| ()),
+            Some(wrapped) => keys.unwrap(&spec.job, &wrapped).map(|_| ()),
             None => Ok(()),
         }
     }

@@ -528,7 +528,7 @@ impl Streamer {
     /// transactions it sees before a target snapshot is exported.
     async fn pin(&mut self) -> Result<Pinned> {
         loop {
-            let (snapshot, exporter) = export_snapshot(&self.spec.source, Side::Source).await?;
+            let (snapshot, exporter) = pg::export_snapshot(&self.spec.source, Side::Source).await?;
             // The transaction's snapshot, the one exported; the insert
             // position read after it is past every commit it sees.
             let row = exporter
@@ -553,7 +553,7 @@ impl Streamer {
             let insert = pgoutput::parse_lsn(&insert_text)
                 .ok_or_else(|| Error::Internal(format!("source returned LSN {insert_text:?}")))?;
             self.drain(insert, Some(&bounds)).await?;
-            let target = export_snapshot(&self.spec.target, Side::Target).await?;
+            let target = pg::export_snapshot(&self.spec.target, Side::Target).await?;
             return Ok(Pinned {
                 snapshots: PinnedSnapshots {
                     source: snapshot,
@@ -674,8 +674,8 @@ impl Streamer {
         cut.drain_ms = started.elapsed().as_millis() as u64;
 
         let started = Instant::now();
-        let source = export_snapshot(&self.spec.source, Side::Source).await?;
-        let target = export_snapshot(&self.spec.target, Side::Target).await?;
+        let source = pg::export_snapshot(&self.spec.source, Side::Source).await?;
+        let target = pg::export_snapshot(&self.spec.target, Side::Target).await?;
         let result = Verifier::new(self.store.clone(), self.keyspace.clone())
             .verify_pinned(
                 &self.spec,
@@ -722,20 +722,4 @@ impl Streamer {
             }
         }
     }
-}
-
-/// A read-only snapshot of one side, exported, and the session that must
-/// stay open for others to join it.
-async fn export_snapshot(conn: &str, side: Side) -> Result<(String, Client)> {
-    let session = pg::connect(conn, side).await?;
-    session
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| Error::postgres(format!("cannot open a {side} snapshot"), e))?;
-    let snapshot: String = session
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| Error::postgres(format!("cannot export a {side} snapshot"), e))?
-        .get(0);
-    Ok((snapshot, session))
 }

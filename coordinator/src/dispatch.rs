@@ -90,41 +90,16 @@ async fn unfinished(
 
 /// Takes a job to its end: checks it again (the databases may have
 /// changed since it was submitted or last driven), takes over what a
-/// previous run left, and runs it.
-async fn drive(driver: JobDriver, record: JobRecord) {
-    let job = record.spec.job.clone();
-    match preflight(record.spec.clone()).await {
-        Ok(prepared) => {
-            if let Err(e) = driver.take_over(&prepared).await {
-                tracing::error!(job_id = %job, error = %e, "cannot take over job");
-                return;
-            }
-            let _ = driver.execute(prepared).await;
-        }
-        Err(first) => resume_later(driver, record, first).await,
-    }
-}
-
-/// Takes over an unfinished job whose first preflight failed: its databases
-/// may be away for a while (a failover often comes with a network or server
-/// incident), so a preflight that fails for a reason that can pass is
-/// tried again. A job that cannot be resumed fails, and its replication
-/// slot and publication are dropped so they do not pin the customer's WAL;
-/// if they cannot be, the job's error says how to drop them by hand.
-async fn resume_later(driver: JobDriver, mut record: JobRecord, first: JobError) {
+/// previous run left, and runs it. Its databases may be away for a while (a
+/// failover often comes with a network or server incident), so a check that
+/// fails for a reason that can pass is tried again. A job that cannot be
+/// resumed fails, and its replication slot and publication are dropped so
+/// they do not pin the customer's WAL; if they cannot be, the job's error
+/// says how to drop them by hand.
+async fn drive(driver: JobDriver, mut record: JobRecord) {
     let job = record.spec.job.clone();
     let started = Instant::now();
-    let mut last = first;
     let failure = loop {
-        match last {
-            JobError::Rejected(e) if e.is_retryable() && started.elapsed() < RESUME_PATIENCE => {
-                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; trying again");
-                record.error = Some(format!("waiting to resume after a coordinator change: {e}"));
-                let _ = driver.records().save(&record).await;
-                tokio::time::sleep(RESUME_RETRY).await;
-            }
-            other => break other,
-        }
         match preflight(record.spec.clone()).await {
             Ok(prepared) => {
                 if let Err(e) = driver.take_over(&prepared).await {
@@ -134,7 +109,15 @@ async fn resume_later(driver: JobDriver, mut record: JobRecord, first: JobError)
                 let _ = driver.execute(prepared).await;
                 return;
             }
-            Err(e) => last = e,
+            Err(JobError::Rejected(e))
+                if e.is_retryable() && started.elapsed() < RESUME_PATIENCE =>
+            {
+                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; trying again");
+                record.error = Some(format!("waiting to resume after a coordinator change: {e}"));
+                let _ = driver.records().save(&record).await;
+                tokio::time::sleep(RESUME_RETRY).await;
+            }
+            Err(other) => break other,
         }
     };
     tracing::error!(job_id = %job, error = %failure, "cannot resume job");

@@ -33,7 +33,7 @@ impl JobDriver {
     ) -> Result<(), JobError> {
         let spec = &prepared.spec;
         // Held until the ranges are compared, so workers can join it.
-        let (target_snapshot, _exporter) = export_target_snapshot(&spec.target)
+        let (target_snapshot, _exporter) = pg::export_snapshot(&spec.target, Side::Target)
             .await
             .map_err(JobError::Failed)?;
         let snapshots = PinnedSnapshots {
@@ -68,22 +68,6 @@ impl JobDriver {
             )))),
         }
     }
-}
-
-async fn export_target_snapshot(
-    conn: &str,
-) -> godwit_common::Result<(String, tokio_postgres::Client)> {
-    let session = pg::connect(conn, Side::Target).await?;
-    session
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| Error::postgres("cannot open a target snapshot", e))?;
-    let snapshot: String = session
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| Error::postgres("cannot export a target snapshot", e))?
-        .get(0);
-    Ok((snapshot, session))
 }
 
 /// Source counts and checked flags of the record's tables, from the report.

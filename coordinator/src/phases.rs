@@ -340,6 +340,12 @@ impl JobDriver {
             .await
             .map_err(failed)?;
         record.phases.sequences_ms = millis_since(phase_start);
+        // Ends the snapshot's transaction: its locks, and the horizon it
+        // holds back on the source, are not kept through the check and the
+        // stream; and the check's own source session takes its place within
+        // the customer's session cap. A rewrite of a table from here on
+        // leaves the check's source side empty: a difference, never a match.
+        drop(source);
         let phase_start = Instant::now();
         self.final_check(prepared, record, at).await?;
         record.phases.check_ms = millis_since(phase_start);
@@ -353,9 +359,6 @@ impl JobDriver {
         )
         .await
         .map_err(failed)?;
-        // Ends the snapshot's transaction: its locks, and the horizon it
-        // holds back on the source, are not kept through the stream.
-        drop(source);
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?run.totals.stages, "job timings");
         Ok(())
     }

@@ -120,6 +120,22 @@ where
 /// Dropping the returned [`ReaderSession`] closes the socket at once: the
 /// driver would otherwise drain an abandoned `COPY` to its end, making the
 /// server read the rest of the table for nothing.
+/// A read-only snapshot of one side, exported, and the session that must
+/// stay open for others to join it.
+pub async fn export_snapshot(conn: &str, side: Side) -> Result<(String, Client)> {
+    let session = connect(conn, side).await?;
+    session
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| Error::postgres(format!("cannot open a {side} snapshot"), e))?;
+    let snapshot: String = session
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot export a {side} snapshot"), e))?
+        .get(0);
+    Ok((snapshot, session))
+}
+
 /// One of a customer's source session slots, held for the work at hand
 /// (`None` inside: the customer's sessions are not capped). A worker opens
 /// a session on a customer's source only with one in hand, so the cap on

@@ -202,10 +202,18 @@ async fn a_live_limit_change_pause_and_resume_reach_every_worker() -> anyhow::Re
         raised.contains("rate 64.0 MiB/s") && raised.contains("source sessions 3"),
         "{raised}"
     );
-    let watched = run_godwit(&["watch", "--coordinator", &url, "live"], &[])?;
-    assert!(watched.status.success(), "{}", describe(&watched));
+    // The copy's end is what the limit governs; the final check after it
+    // reads through the databases' own scans.
+    wait_until("the copy to end", Duration::from_secs(120), || async {
+        let status = run_godwit(&["status", "--coordinator", &url, "live"], &[])?;
+        let shown = String::from_utf8_lossy(&status.stdout).to_string();
+        Ok((!shown.contains("live copying") && !shown.contains("live planning")).then_some(()))
+    })
+    .await?;
     let elapsed = started.elapsed();
     let read = tap.copy_bytes();
+    let watched = run_godwit(&["watch", "--coordinator", &url, "live"], &[])?;
+    assert!(watched.status.success(), "{}", describe(&watched));
     sampler.abort();
     assert!(
         elapsed < Duration::from_secs_f64(read as f64 / slow as f64),
