@@ -408,14 +408,29 @@ async fn the_standby_coordinator_resumes_the_stream_when_the_leader_dies_without
         describe(&output)
     );
 
-    let output = godwit(&["cutover", "--coordinator", &url, "restart"])?;
+    // A coordinator that joins now follows the new leader; the cutover it
+    // is asked for travels to the stream through the keyspace.
+    let (follower, follower_url) = Service::coordinator(&etcd.url(), root, &[])?;
+    follower
+        .logged(
+            "another coordinator leads; following",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let output = godwit(&["cutover", "--coordinator", &follower_url, "restart"])?;
     assert!(
         output.status.success(),
-        "cutover: {}\n{}\n{}",
+        "cutover through a follower: {}\n{}\n{}",
         describe(&output),
         restarted.log_text(),
         worker.log_text()
     );
+    assert!(
+        !follower.log_text().contains("cutover: started"),
+        "the follower ran the cutover itself:\n{}",
+        follower.log_text()
+    );
+    assert!(restarted.log_text().contains("cutover: done"));
     writes.stop.store(true, Ordering::SeqCst);
     writer.await?;
     assert_same_tables(&src, &dst).await?;
