@@ -20,7 +20,7 @@ pub async fn rotate(spec_path: &Path, to: Option<&Path>) -> i32 {
         Ok(spec) => spec,
         Err(code) => return code,
     };
-    match godwit_common::keyring::rotate(&spec, to).await {
+    match godwit_common::sealed::rotate(&spec, to).await {
         Ok(rotated) if rotated.from == rotated.to => {
             println!(
                 "job {}'s data key is already wrapped by key-encryption key {}",

@@ -3,7 +3,6 @@
 //! types beyond their names.
 
 use crate::ids::JobId;
-use crate::work::WorkKind;
 
 /// Key layout under one root per deployment (default `/godwit`): every key,
 /// who writes it, and whether the write is fenced by a lease.
@@ -165,5 +164,22 @@ impl Keyspace {
 
     pub fn verifying(&self, job: &JobId) -> String {
         format!("{}/verifying/{job}", self.root)
+    }
+}
+
+/// The kinds of leased work; each has its own items and leases under a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkKind {
+    Copy,
+    Verify,
+}
+
+impl WorkKind {
+    /// The kind's segment in the keyspace.
+    pub fn segment(self) -> &'static str {
+        match self {
+            WorkKind::Copy => "copy",
+            WorkKind::Verify => "verify",
+        }
     }
 }

@@ -3,13 +3,14 @@
 //! handle through which a job's sealed objects are named and read. Never
 //! writes a key anywhere but the job's own wrapped-key object.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::ids::JobId;
 use crate::keyring::CustomerKeys;
 use godwit_proto::v1::WrappedKey;
 
-use crate::keys::DataKey;
+use crate::keys::{DataKey, Kek};
 use crate::spec::JobSpec;
 use crate::staging::Staging;
 use crate::state::Manifest;
@@ -126,4 +127,63 @@ impl SealedStaging {
     pub async fn get_manifest(&self) -> Result<Option<Manifest>> {
         self.staging.get_manifest(&self.job, &self.key).await
     }
+}
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotated {
+    pub from: String,
+    pub to: String,
+}
+
+/// Re-wraps the job's data key under `to` (or the customer's current key),
+/// without touching anything the data key sealed. The old key-encryption
+/// key can be deleted afterwards.
+pub async fn rotate(spec: &JobSpec, to: Option<&Path>) -> Result<Rotated> {
+    let staging = Staging::open(&spec.staging)?;
+    let keys = CustomerKeys::for_spec(spec)?;
+    let wrapped = staging.get_wrapped_key(&spec.job).await?.ok_or_else(|| {
+        Error::Key(format!(
+            "job {} has no data key in staging {}: nothing to rotate",
+            spec.job,
+            staging.url()
+        ))
+    })?;
+    let data_key = keys.unwrap(&spec.job, &wrapped)?;
+    let new_kek = match to {
+        Some(path) => Kek::from_file(path)?,
+        None => Kek::from_file(&crate::keyring::current_key_file(spec)?)?,
+    };
+    let rewrapped = new_kek.wrap(&spec.job, &data_key)?;
+    // Proven to open before it replaces the old one.
+    new_kek.unwrap(&spec.job, &rewrapped)?;
+    // The audit trail's key is wrapped the same way and must follow.
+    let audit_path = staging.audit_key_path(&spec.job);
+    let audit_key = match staging.get_key_object(&audit_path).await? {
+        Some(audit_wrapped) => {
+            let audit_key = keys.unwrap(&spec.job, &audit_wrapped)?;
+            let audit_rewrapped = new_kek.wrap(&spec.job, &audit_key)?;
+            new_kek.unwrap(&spec.job, &audit_rewrapped)?;
+            staging
+                .put_key_object(&audit_path, &audit_rewrapped)
+                .await?;
+            Some(audit_key)
+        }
+        None => None,
+    };
+    staging.put_wrapped_key(&spec.job, &rewrapped).await?;
+    if let Some(audit_key) = audit_key {
+        let event = crate::audit::AuditEvent::new("cli", "keys.rotate", "ok").object(format!(
+            "data and audit keys re-wrapped from key-encryption key {} to {}",
+            wrapped.kek_id,
+            new_kek.id()
+        ));
+        crate::audit::AuditLog::with_key(spec, staging.clone(), &audit_key)
+            .note(vec![event])
+            .await;
+    }
+    Ok(Rotated {
+        from: wrapped.kek_id,
+        to: rewrapped.kek_id,
+    })
 }

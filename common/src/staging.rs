@@ -198,6 +198,16 @@ impl Staging {
     }
 
     /// An object directly under the job's root.
+    /// Where the job's audit key is staged, wrapped like its data key.
+    pub fn audit_key_path(&self, job: &JobId) -> ObjectPath {
+        self.job_object(job, "audit-key.pb")
+    }
+
+    /// Where the job's audit records are staged (kept by a purge).
+    pub fn audit_records_root(&self, job: &JobId) -> ObjectPath {
+        self.job_object(job, "audit")
+    }
+
     pub fn job_object(&self, job: &JobId, name: &str) -> ObjectPath {
         self.job_root(job).join(name)
     }
@@ -349,8 +359,8 @@ impl Staging {
     pub async fn purge_job(&self, job: &JobId) -> Result<usize> {
         let objects = self.list_objects(&self.job_root(job)).await?;
         let key = self.key_path(job);
-        let audit_records = crate::audit::records_root(self, job);
-        let audit_key = crate::audit::key_path(self, job);
+        let audit_records = self.audit_records_root(job);
+        let audit_key = self.audit_key_path(job);
         let purged: Vec<&ObjectPath> = objects
             .iter()
             .filter(|p| **p != audit_key && !p.prefix_matches(&audit_records))

@@ -5,49 +5,25 @@
 //! copy, the final check.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use godwit_common::audit::{AuditEvent, AuditLog};
-use godwit_common::job::{CutoverRecord, JobRecord, Phase, PhaseTimings, PlannedTable};
+use godwit_common::job::{JobRecord, Phase, PhaseTimings};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::snapshot;
 use godwit_common::state;
 use godwit_common::state::now_unix_ms;
-use godwit_common::work::{self, PartitionRecord, StageTimings, WorkKind};
+use godwit_common::work::WorkKind;
 use godwit_common::{Error, Result};
 
 use crate::changes;
 use crate::error::JobError;
 use crate::leadership::JobRecords;
-use crate::phases::{Run, planned_table};
-use crate::planner::split_table;
+use crate::phases::{Phases, Run};
 pub use crate::preflight::{Prepared, preflight};
 use crate::staged::outcome_events;
-
-/// What a finished job did, for the operator's summary.
-#[derive(Debug, Clone)]
-pub struct JobSummary {
-    pub tables: usize,
-    pub rows: u64,
-    pub bytes_read: u64,
-    pub bytes_staged: u64,
-    pub duration: Duration,
-    pub phases: PhaseTimings,
-    /// Summed over partitions, which run in parallel.
-    pub stages: StageTimings,
-    /// The cutover that ended a job streaming changes.
-    pub cutover: Option<CutoverRecord>,
-}
-
-/// Copy progress summed over a job's partitions.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CopyTotals {
-    pub(crate) rows: u64,
-    pub(crate) bytes_read: u64,
-    pub(crate) bytes_staged: u64,
-    pub(crate) stages: StageTimings,
-}
+pub use crate::summary::JobSummary;
 
 pub struct JobDriver {
     pub(crate) store: Arc<dyn LeaseStore>,
@@ -181,7 +157,12 @@ impl JobDriver {
         }
         let outcome = match Run::open(&prepared).await {
             Ok(mut run) => {
-                let outcome = self.drive(&prepared, &mut record, &mut run).await;
+                let phases = Phases {
+                    store: &self.store,
+                    keyspace: &self.keyspace,
+                    records: &self.records,
+                };
+                let outcome = phases.drive(&prepared, &mut record, &mut run).await;
                 if let Some(holder) = run.holder.take() {
                     holder.release().await;
                 }
@@ -251,106 +232,6 @@ impl JobDriver {
         result
     }
 
-    /// Empties the tables an unfinished earlier run (or a coordinator that
-    /// died) had started, in one transaction. Ownership goes first: a worker
-    /// still loading under the old plan is waited for, then fenced out, so
-    /// no old chunk can land after the tables were emptied.
-    pub(crate) async fn reset_partial_tables(
-        &self,
-        target: &tokio_postgres::Client,
-        prepared: &Prepared,
-    ) -> Result<()> {
-        let names: Vec<String> = prepared.tables.iter().map(|t| t.name.quoted()).collect();
-        tracing::warn!(job_id = %prepared.spec.job, tables = names.len(), "earlier run unfinished: reloading its tables");
-        let job = prepared.spec.job.as_str().replace('\'', "''");
-        target
-            .batch_execute(&format!(
-                "BEGIN; \
-                 DELETE FROM godwit.partition_owners WHERE job_id = '{job}'; \
-                 DELETE FROM godwit.applied_chunks WHERE job_id = '{job}'; \
-                 DELETE FROM godwit.applied_changes WHERE job_id = '{job}'; \
-                 TRUNCATE {}; \
-                 COMMIT",
-                names.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                Error::postgres("cannot reset the tables of the unfinished earlier run", e)
-            })
-    }
-
-    pub(crate) async fn publish_plan(
-        &self,
-        prepared: &Prepared,
-        copy_data: bool,
-    ) -> Result<Vec<PlannedTable>> {
-        let spec = &prepared.spec;
-        let mut planned = Vec::with_capacity(prepared.tables.len());
-        let mut next_partition = 0u32;
-        for table in &prepared.tables {
-            let ranges = if copy_data {
-                split_table(table.blocks, spec.partition_size.0)
-            } else {
-                Vec::new()
-            };
-            let items: Vec<PartitionRecord> = ranges
-                .into_iter()
-                .map(|range| {
-                    next_partition += 1;
-                    PartitionRecord::pending(
-                        spec.job.clone(),
-                        next_partition - 1,
-                        table.name.clone(),
-                        range,
-                    )
-                })
-                .collect();
-            work::publish(self.store.as_ref(), &self.keyspace, &spec.job, &items).await?;
-            let partitions = items.iter().map(|p| p.partition).collect();
-            planned.push(planned_table(table, partitions));
-        }
-        tracing::info!(job_id = %spec.job, tables = planned.len(), partitions = next_partition, "plan published");
-        Ok(planned)
-    }
-
-    /// Waits until every partition is copied.
-    pub(crate) async fn wait_for_partitions(
-        &self,
-        job: &godwit_common::ids::JobId,
-        record: &JobRecord,
-    ) -> Result<CopyTotals, JobError> {
-        let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
-        let partitions = work::await_done::<PartitionRecord, _, _>(
-            self.store.clone(),
-            &self.keyspace,
-            job,
-            expected,
-            || self.cancel_requested(job),
-        )
-        .await
-        .map_err(|stopped| match stopped {
-            work::Stopped::Cancelled => JobError::Cancelled(job.to_string()),
-            work::Stopped::Failed(e) => JobError::Failed(e),
-        })?;
-        let mut totals = CopyTotals::default();
-        for partition in &partitions {
-            totals.rows += partition.rows;
-            totals.bytes_read += partition.bytes_read;
-            totals.bytes_staged += partition.bytes_staged;
-            totals.stages.add(&partition.timings);
-        }
-        Ok(totals)
-    }
-
-    async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {
-        Ok(self
-            .store
-            .get(&self.keyspace.job_control(job))
-            .await?
-            .as_deref()
-            == Some(b"cancel".as_slice()))
-    }
-
     pub(crate) async fn put_record(&self, record: &JobRecord) -> Result<()> {
         self.records.save(record).await
     }
@@ -358,12 +239,13 @@ impl JobDriver {
 
 #[cfg(test)]
 mod tests {
-    use godwit_common::job::{JobPhase, SnapshotAt};
+    use godwit_common::job::{JobPhase, PlannedTable, SnapshotAt};
     use godwit_common::lease::MemoryStore;
     use godwit_common::pg::ledger::JobMarks;
     use godwit_common::spec::JobSpec;
     use godwit_common::state::BlockRange;
     use godwit_common::work::WorkState;
+    use godwit_common::work::{self, PartitionRecord};
 
     use super::*;
 
@@ -535,7 +417,12 @@ mod tests {
         work::publish(driver.store.as_ref(), &driver.keyspace, job, &items)
             .await
             .expect("publish");
-        let totals = driver
+        let phases = Phases {
+            store: &driver.store,
+            keyspace: &driver.keyspace,
+            records: &driver.records,
+        };
+        let totals = phases
             .wait_for_partitions(job, &record)
             .await
             .expect("all done");

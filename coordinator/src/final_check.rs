@@ -12,8 +12,8 @@ use godwit_common::pg::{self, Side, large_objects};
 use godwit_common::state::PinnedSnapshots;
 use godwit_common::verify::{Options, Report};
 
-use crate::driver::JobDriver;
 use crate::error::JobError;
+use crate::phases::Phases;
 use crate::preflight::Prepared;
 use crate::verification::Verifier;
 
@@ -22,7 +22,7 @@ use crate::verification::Verifier;
 const BUSY_PATIENCE: Duration = Duration::from_secs(10 * 60);
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
-impl JobDriver {
+impl Phases<'_> {
     /// Compares every table of the job on both databases; fails naming
     /// each one that differs. Marks the tables checked in the record.
     pub(crate) async fn final_check(
@@ -40,7 +40,7 @@ impl JobDriver {
             source: at.snapshot.clone(),
             target: target_snapshot,
         };
-        let verifier = Verifier::new(self.store.clone(), self.keyspace().clone());
+        let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
         let started = tokio::time::Instant::now();
         let verified = loop {
             match verifier

@@ -18,6 +18,7 @@ pub mod requests;
 pub mod service;
 mod staged;
 pub mod status;
+mod summary;
 pub mod throttle;
 pub mod tls;
 pub mod verification;

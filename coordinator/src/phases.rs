@@ -6,9 +6,12 @@
 //! copying or finalizing plans again (its snapshot died with its holder),
 //! while one taken over streaming simply streams on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_common::job::{JobPhase, JobRecord, Phase, PlannedTable, SnapshotAt};
+use godwit_common::keyspace::Keyspace;
+use godwit_common::lease::LeaseStore;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::pgoutput::{format_lsn, parse_lsn};
 use godwit_common::pg::schema::SchemaDump;
@@ -16,13 +19,16 @@ use godwit_common::pg::snapshot::{self, SnapshotHolder};
 use godwit_common::pg::{self, Side, join_snapshot, large_objects, ledger, stream};
 use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::TableName;
+use godwit_common::work::{self, PartitionRecord};
 use godwit_common::{Error, Result};
 
 use crate::changes::{self, Streamer};
-use crate::driver::{CopyTotals, JobDriver, JobSummary};
 use crate::error::JobError;
+use crate::leadership::JobRecords;
+use crate::planner::split_table;
 use crate::preflight::Prepared;
 use crate::staged::{stage_schema, write_manifest};
+use crate::summary::{CopyTotals, JobSummary};
 
 fn millis_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
@@ -98,7 +104,19 @@ fn customer_tables(prepared: &Prepared) -> Vec<TableName> {
         .collect()
 }
 
-impl JobDriver {
+/// What the phases work with: the lease store, its keyspace and the job
+/// records' writer of the process driving the job.
+pub(crate) struct Phases<'a> {
+    pub(crate) store: &'a Arc<dyn LeaseStore>,
+    pub(crate) keyspace: &'a Keyspace,
+    pub(crate) records: &'a JobRecords,
+}
+
+impl Phases<'_> {
+    pub(crate) async fn put_record(&self, record: &JobRecord) -> Result<()> {
+        self.records.save(record).await
+    }
+
     /// Runs the job from the phase its record holds to its end.
     pub(crate) async fn drive(
         &self,
@@ -250,7 +268,7 @@ impl JobDriver {
         record.advance(Phase::Copying(at)).map_err(failed)?;
         self.put_record(record).await.map_err(failed)?;
         self.store
-            .put(&self.keyspace().active(job), Vec::new())
+            .put(&self.keyspace.active(job), Vec::new())
             .await
             .map_err(failed)
     }
@@ -268,7 +286,7 @@ impl JobDriver {
         let phase_start = Instant::now();
         run.totals = self.wait_for_partitions(job, record).await?;
         self.store
-            .delete(&self.keyspace().active(job))
+            .delete(&self.keyspace.active(job))
             .await
             .map_err(failed)?;
         record.phases.copy_ms = millis_since(phase_start);
@@ -463,6 +481,106 @@ impl JobDriver {
         streamer.run(record).await
     }
 
+    /// Empties the tables an unfinished earlier run (or a coordinator that
+    /// died) had started, in one transaction. Ownership goes first: a worker
+    /// still loading under the old plan is waited for, then fenced out, so
+    /// no old chunk can land after the tables were emptied.
+    pub(crate) async fn reset_partial_tables(
+        &self,
+        target: &tokio_postgres::Client,
+        prepared: &Prepared,
+    ) -> Result<()> {
+        let names: Vec<String> = prepared.tables.iter().map(|t| t.name.quoted()).collect();
+        tracing::warn!(job_id = %prepared.spec.job, tables = names.len(), "earlier run unfinished: reloading its tables");
+        let job = prepared.spec.job.as_str().replace('\'', "''");
+        target
+            .batch_execute(&format!(
+                "BEGIN; \
+                 DELETE FROM godwit.partition_owners WHERE job_id = '{job}'; \
+                 DELETE FROM godwit.applied_chunks WHERE job_id = '{job}'; \
+                 DELETE FROM godwit.applied_changes WHERE job_id = '{job}'; \
+                 TRUNCATE {}; \
+                 COMMIT",
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                Error::postgres("cannot reset the tables of the unfinished earlier run", e)
+            })
+    }
+
+    pub(crate) async fn publish_plan(
+        &self,
+        prepared: &Prepared,
+        copy_data: bool,
+    ) -> Result<Vec<PlannedTable>> {
+        let spec = &prepared.spec;
+        let mut planned = Vec::with_capacity(prepared.tables.len());
+        let mut next_partition = 0u32;
+        for table in &prepared.tables {
+            let ranges = if copy_data {
+                split_table(table.blocks, spec.partition_size.0)
+            } else {
+                Vec::new()
+            };
+            let items: Vec<PartitionRecord> = ranges
+                .into_iter()
+                .map(|range| {
+                    next_partition += 1;
+                    PartitionRecord::pending(
+                        spec.job.clone(),
+                        next_partition - 1,
+                        table.name.clone(),
+                        range,
+                    )
+                })
+                .collect();
+            work::publish(self.store.as_ref(), self.keyspace, &spec.job, &items).await?;
+            let partitions = items.iter().map(|p| p.partition).collect();
+            planned.push(planned_table(table, partitions));
+        }
+        tracing::info!(job_id = %spec.job, tables = planned.len(), partitions = next_partition, "plan published");
+        Ok(planned)
+    }
+
+    /// Waits until every partition is copied.
+    pub(crate) async fn wait_for_partitions(
+        &self,
+        job: &godwit_common::ids::JobId,
+        record: &JobRecord,
+    ) -> Result<CopyTotals, JobError> {
+        let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
+        let partitions = work::await_done::<PartitionRecord, _, _>(
+            self.store.clone(),
+            self.keyspace,
+            job,
+            expected,
+            || self.cancel_requested(job),
+        )
+        .await
+        .map_err(|stopped| match stopped {
+            work::Stopped::Cancelled => JobError::Cancelled(job.to_string()),
+            work::Stopped::Failed(e) => JobError::Failed(e),
+        })?;
+        let mut totals = CopyTotals::default();
+        for partition in &partitions {
+            totals.rows += partition.rows;
+            totals.bytes_read += partition.bytes_read;
+            totals.bytes_staged += partition.bytes_staged;
+            totals.stages.add(&partition.timings);
+        }
+        Ok(totals)
+    }
+
+    async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {
+        Ok(self
+            .store
+            .get(&self.keyspace.job_control(job))
+            .await?
+            .as_deref()
+            == Some(b"cancel".as_slice()))
+    }
+
     fn stream_setup(
         &self,
         record: &JobRecord,
@@ -474,9 +592,9 @@ impl JobDriver {
             ))
         })?;
         Ok(changes::StreamSetup {
-            records: self.records().clone(),
+            records: self.records.clone(),
             store: self.store.clone(),
-            keyspace: self.keyspace().clone(),
+            keyspace: self.keyspace.clone(),
             spec: record.spec.clone(),
             tables: record.tables.iter().map(|t| t.name.clone()).collect(),
             slot: snapshot::slot_name(&record.spec.job),

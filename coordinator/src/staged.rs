@@ -12,8 +12,8 @@ use godwit_common::staging::Staging;
 use godwit_common::state::{Manifest, StagedPartition};
 use godwit_common::{Error, Result};
 
-use crate::driver::JobSummary;
 use crate::error::JobError;
+use crate::summary::JobSummary;
 
 /// What the audit trail keeps of a job's end: every chunk the target ledger
 /// holds (with its SHA-256 and the data key that sealed it), then the

@@ -189,12 +189,12 @@ pub async fn note(spec: &JobSpec, events: Vec<AuditEvent>) {
 
 /// Where the job's wrapped audit key is staged (kept by a purge).
 pub fn key_path(staging: &Staging, job: &JobId) -> ObjectPath {
-    staging.job_object(job, "audit-key.pb")
+    staging.audit_key_path(job)
 }
 
 /// Where the job's audit records are staged (kept by a purge).
 pub fn records_root(staging: &Staging, job: &JobId) -> ObjectPath {
-    staging.job_object(job, "audit")
+    staging.audit_records_root(job)
 }
 
 fn record_path(staging: &Staging, job: &JobId, seq: u64) -> ObjectPath {

@@ -14,28 +14,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::keyspace::WorkKind;
 pub use items::{PartitionRecord, StageTimings, VerifyRange};
 pub use queue::{Claimed, Settled, Stopped, await_done, claim, list, pending, publish};
 
 use crate::Error;
 use crate::state::{backoff, now_unix_ms};
-
-/// The kinds of leased work; each has its own items and leases under a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WorkKind {
-    Copy,
-    Verify,
-}
-
-impl WorkKind {
-    /// The kind's segment in the keyspace.
-    pub fn segment(self) -> &'static str {
-        match self {
-            WorkKind::Copy => "copy",
-            WorkKind::Verify => "verify",
-        }
-    }
-}
 
 /// Where a unit of work stands. Older records said `copied` or `compared`
 /// for done.
