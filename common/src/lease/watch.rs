@@ -111,3 +111,66 @@ impl Wakeups {
         while let Some(Some(Ok(_))) = watch.next().now_or_never() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lease::MemoryStore;
+
+    #[tokio::test]
+    async fn a_change_wakes_the_waiter_before_its_fallback() {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let mut wakeups = Wakeups::open(store.clone(), "/w/", Duration::from_secs(30)).await;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                store.put("/w/a", b"1".to_vec()).await.expect("put");
+            })
+        };
+        let woken = tokio::time::timeout(Duration::from_secs(5), wakeups.wait()).await;
+        assert!(
+            woken.is_ok(),
+            "a put under the prefix did not wake the waiter"
+        );
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_changes_the_fallback_wakes_it_and_filtered_changes_do_not() {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let mut wakeups = Wakeups::open(store.clone(), "/w/", Duration::from_secs(2))
+            .await
+            .only(|change| change.key().is_some_and(|key| key.ends_with("/record")));
+        store.put("/w/progress", b"1".to_vec()).await.expect("put");
+        let started = tokio::time::Instant::now();
+        wakeups.wait().await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "a change the filter refuses woke the waiter"
+        );
+        store.put("/w/record", b"1".to_vec()).await.expect("put");
+        let started = tokio::time::Instant::now();
+        wakeups.wait().await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_it_missed_changes() {
+        let store = MemoryStore::new();
+        let mut watch = store.watch_prefix("/w/").await.expect("watch");
+        for n in 0..5_000 {
+            store
+                .put(&format!("/w/{n}"), Vec::new())
+                .await
+                .expect("put");
+        }
+        let first = futures::StreamExt::next(&mut watch).await;
+        assert!(
+            matches!(first, Some(Ok(Change::Missed))),
+            "a lagging watcher was not told: {first:?}"
+        );
+    }
+}
