@@ -107,7 +107,7 @@ async fn ask<T: for<'de> Deserialize<'de>>(
     )
     .await?
     else {
-        return Err(Error::Verification(format!(
+        return Err(Error::Conflict(format!(
             "a {name} of job {job} is already running"
         )));
     };
@@ -149,7 +149,7 @@ pub async fn pin(
         PinAnswer::Pinned(snapshots) => Ok((snapshots, pending)),
         PinAnswer::Refused(reason) => {
             pending.end().await;
-            Err(Error::Verification(format!(
+            Err(Error::Precondition(format!(
                 "cannot pin job {job}'s source and target: {reason}"
             )))
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use godwit_common::ids::{CustomerId, JobId};
-use godwit_common::job::{JobPhase, JobRecord};
+use godwit_common::job::JobRecord;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::spec::JobSpec;
@@ -29,10 +29,11 @@ use tonic::{Request, Response, Status};
 use crate::access::{Access, Action, Caller};
 use crate::driver::{JobDriver, preflight};
 use crate::error::JobError;
+mod streaming;
+
 pub use crate::listener::{ListenerFlags, Security};
-use crate::requests;
 use crate::status;
-use crate::verification::{Verified, Verifier};
+use crate::verification::Verified;
 use godwit_common::audit::{self, AuditEvent};
 
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -361,130 +362,14 @@ impl Godwit for GodwitService {
         &self,
         request: Request<VerifyJobRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
-        let (caller, record) = self
-            .authorized(&request, &request.get_ref().job_id, Action::Verify)
-            .await?;
-        let request = request.into_inner();
-        let job = record.spec.job.clone();
-        let options = match request.compare_rows_below {
-            Some(rows) => godwit_common::verify::Options {
-                compare_rows_below: rows,
-            },
-            None => godwit_common::verify::Options::default(),
-        };
-        let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
-        let verified = match record.phase() {
-            JobPhase::Streaming => {
-                // Held until the comparison ends: both snapshots stay importable.
-                let (snapshots, pin) =
-                    requests::pin(&self.store, &self.keyspace, &job, caller.identity())
-                        .await
-                        .map_err(|e| Status::failed_precondition(e.to_string()))?;
-                let verified = verifier
-                    .verify_pinned(&record.spec, options, snapshots)
-                    .await;
-                pin.end().await;
-                verified?
-            }
-            JobPhase::CuttingOver => {
-                return Err(Status::failed_precondition(format!(
-                    "job {job} is cutting over; its final verification is part of the cutover"
-                )));
-            }
-            _ => verifier.verify(&record.spec, options).await?,
-        };
-        let (report, stored_at) = stored_at(&job, verified);
-        let outcome = if report.matched { "matched" } else { "differs" };
-        self.audited(
-            &caller,
-            &record.spec,
-            "verify",
-            outcome,
-            Some(report.summary()),
-        )
-        .await;
-        report_response(&report, stored_at)
+        self.verify_through_stream(request).await
     }
 
     async fn cutover(
         &self,
         request: Request<CutoverRequest>,
     ) -> Result<Response<CutoverResponse>, Status> {
-        let (caller, record) = self
-            .authorized(&request, &request.get_ref().job_id, Action::Cutover)
-            .await?;
-        let job = record.spec.job.clone();
-        if record.spec.changes.is_none() {
-            return Err(Status::failed_precondition(format!(
-                "job {job} does not stream changes (its spec has no `changes`): it is complete when its copy is"
-            )));
-        }
-        match record.phase() {
-            JobPhase::Streaming => {}
-            JobPhase::CuttingOver => {
-                return Err(Status::failed_precondition(format!(
-                    "a cutover of job {job} is already running"
-                )));
-            }
-            phase => {
-                return Err(Status::failed_precondition(format!(
-                    "job {job} is {phase:?}: a cutover needs it streaming changes (wait for state streaming)"
-                )));
-            }
-        }
-        self.signed_off(&caller, &record.spec, "cutover").await?;
-        let outcome =
-            match requests::cutover(&self.store, &self.keyspace, &job, caller.identity()).await {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    self.audited(
-                        &caller,
-                        &record.spec,
-                        "cutover",
-                        "failed",
-                        Some(e.to_string()),
-                    )
-                    .await;
-                    return Err(Status::failed_precondition(e.to_string()));
-                }
-            };
-        let cut = status::cutover(&outcome.record);
-        self.audited(
-            &caller,
-            &record.spec,
-            "cutover",
-            if outcome.record.succeeded {
-                "done"
-            } else {
-                "rolled back"
-            },
-            Some(format!("source frozen {} ms", cut.frozen_ms)),
-        )
-        .await;
-        if outcome.record.succeeded {
-            // The job ends right after: answer with its final state.
-            for _ in 0..100 {
-                if self.record(&job).await?.phase().is_final() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        let verification = match &outcome.report {
-            Some(report) => {
-                let stored_at = outcome.stored_at.clone().unwrap_or_else(|e| {
-                    tracing::warn!(job_id = %job, error = %e, "verification report not stored");
-                    String::new()
-                });
-                Some(verify_response(report, stored_at)?)
-            }
-            None => None,
-        };
-        Ok(Response::new(CutoverResponse {
-            status: Some(self.status(&job).await?),
-            cutover: Some(status::cutover(&outcome.record)),
-            verification,
-        }))
+        self.cutover_through_stream(request).await
     }
 
     async fn set_throttle(

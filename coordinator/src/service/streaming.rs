@@ -1,0 +1,147 @@
+//! The calls that need a job's change stream (a verification while it
+//! streams, the cutover): whichever coordinator serves them asks the
+//! stream through the keyspace (see `requests`), so any coordinator can.
+
+use std::time::Duration;
+
+use godwit_common::job::JobPhase;
+use godwit_proto::v1::{CutoverRequest, CutoverResponse, VerifyJobRequest, VerifyJobResponse};
+use tonic::{Request, Response, Status};
+
+use super::{GodwitService, report_response, stored_at, verify_response};
+use crate::access::Action;
+use crate::requests;
+use crate::status;
+use crate::verification::Verifier;
+
+impl GodwitService {
+    pub(super) async fn verify_through_stream(
+        &self,
+        request: Request<VerifyJobRequest>,
+    ) -> Result<Response<VerifyJobResponse>, Status> {
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, Action::Verify)
+            .await?;
+        let request = request.into_inner();
+        let job = record.spec.job.clone();
+        let options = match request.compare_rows_below {
+            Some(rows) => godwit_common::verify::Options {
+                compare_rows_below: rows,
+            },
+            None => godwit_common::verify::Options::default(),
+        };
+        let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
+        let verified = match record.phase() {
+            JobPhase::Streaming => {
+                // Held until the comparison ends: both snapshots stay importable.
+                let (snapshots, pin) =
+                    requests::pin(&self.store, &self.keyspace, &job, caller.identity())
+                        .await
+                        .map_err(|e| crate::error::status(e.kind(), e.to_string()))?;
+                let verified = verifier
+                    .verify_pinned(&record.spec, options, snapshots)
+                    .await;
+                pin.end().await;
+                verified?
+            }
+            JobPhase::CuttingOver => {
+                return Err(Status::failed_precondition(format!(
+                    "job {job} is cutting over; its final verification is part of the cutover"
+                )));
+            }
+            _ => verifier.verify(&record.spec, options).await?,
+        };
+        let (report, stored_at) = stored_at(&job, verified);
+        let outcome = if report.matched { "matched" } else { "differs" };
+        self.audited(
+            &caller,
+            &record.spec,
+            "verify",
+            outcome,
+            Some(report.summary()),
+        )
+        .await;
+        report_response(&report, stored_at)
+    }
+
+    pub(super) async fn cutover_through_stream(
+        &self,
+        request: Request<CutoverRequest>,
+    ) -> Result<Response<CutoverResponse>, Status> {
+        let (caller, record) = self
+            .authorized(&request, &request.get_ref().job_id, Action::Cutover)
+            .await?;
+        let job = record.spec.job.clone();
+        if record.spec.changes.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "job {job} does not stream changes (its spec has no `changes`): it is complete when its copy is"
+            )));
+        }
+        match record.phase() {
+            JobPhase::Streaming => {}
+            JobPhase::CuttingOver => {
+                return Err(Status::failed_precondition(format!(
+                    "a cutover of job {job} is already running"
+                )));
+            }
+            phase => {
+                return Err(Status::failed_precondition(format!(
+                    "job {job} is {phase:?}: a cutover needs it streaming changes (wait for state streaming)"
+                )));
+            }
+        }
+        self.signed_off(&caller, &record.spec, "cutover").await?;
+        let outcome =
+            match requests::cutover(&self.store, &self.keyspace, &job, caller.identity()).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    self.audited(
+                        &caller,
+                        &record.spec,
+                        "cutover",
+                        "failed",
+                        Some(e.to_string()),
+                    )
+                    .await;
+                    return Err(crate::error::status(e.kind(), e.to_string()));
+                }
+            };
+        let cut = status::cutover(&outcome.record);
+        self.audited(
+            &caller,
+            &record.spec,
+            "cutover",
+            if outcome.record.succeeded {
+                "done"
+            } else {
+                "rolled back"
+            },
+            Some(format!("source frozen {} ms", cut.frozen_ms)),
+        )
+        .await;
+        if outcome.record.succeeded {
+            // The job ends right after: answer with its final state.
+            for _ in 0..100 {
+                if self.record(&job).await?.phase().is_final() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let verification = match &outcome.report {
+            Some(report) => {
+                let stored_at = outcome.stored_at.clone().unwrap_or_else(|e| {
+                    tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+                    String::new()
+                });
+                Some(verify_response(report, stored_at)?)
+            }
+            None => None,
+        };
+        Ok(Response::new(CutoverResponse {
+            status: Some(self.status(&job).await?),
+            cutover: Some(status::cutover(&outcome.record)),
+            verification,
+        }))
+    }
+}
