@@ -170,8 +170,13 @@ impl JobDriver {
             }
             Err(e) => Err(JobError::Failed(e)),
         };
-        if let Err(JobError::Failed(e @ (Error::Conflict(_) | Error::LeaseLost { .. }))) = &outcome
-        {
+        let leader = self.keyspace.leader();
+        let disowned = match &outcome {
+            Err(JobError::Failed(e @ Error::Conflict(_))) => Some(e),
+            Err(JobError::Failed(e @ Error::LeaseLost { key, .. })) if *key == leader => Some(e),
+            _ => None,
+        };
+        if let Some(e) = disowned {
             // Another coordinator drives the job now: its slot, publication
             // and record are that one's to keep.
             tracing::warn!(job_id = %job, error = %e, "this coordinator no longer drives the job");
@@ -242,7 +247,6 @@ mod tests {
     use godwit_common::job::{JobPhase, PlannedTable, SnapshotAt};
     use godwit_common::lease::MemoryStore;
     use godwit_common::pg::ledger::JobMarks;
-    use godwit_common::spec::JobSpec;
     use godwit_common::state::BlockRange;
     use godwit_common::work::WorkState;
     use godwit_common::work::{self, PartitionRecord};
@@ -250,12 +254,7 @@ mod tests {
     use super::*;
 
     fn prepared() -> Prepared {
-        let spec = JobSpec::from_yaml(
-            "job: j1\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
-             staging: file:///tmp/s\nencryption: { key_file: /tmp/k }",
-            "test",
-        )
-        .expect("valid spec");
+        let spec = crate::test_support::spec("j1", "acme");
         Prepared {
             spec,
             tables: Vec::new(),

@@ -61,12 +61,19 @@ impl Phases<'_> {
         }
         note_checked(record, &verified.report);
         self.put_record(record).await.map_err(JobError::Failed)?;
-        match differences(&verified.report) {
-            None => Ok(()),
-            Some(found) => Err(JobError::Failed(Error::Verification(format!(
+        if let Some(found) = differences(&verified.report) {
+            return Err(JobError::Failed(Error::Verification(format!(
                 "target differs from source in {found}"
-            )))),
+            ))));
         }
+        let unchecked = unchecked(record);
+        if !unchecked.is_empty() {
+            return Err(JobError::Failed(Error::Verification(format!(
+                "the final check did not compare {}: the job cannot vouch for them",
+                unchecked.join(", ")
+            ))));
+        }
+        Ok(())
     }
 }
 
@@ -88,6 +95,17 @@ fn note_checked(record: &mut JobRecord, report: &Report) {
             table.checked = found.counts_match && found.content.matched;
         }
     }
+}
+
+/// The record's tables the check did not vouch for: a match says nothing
+/// of a table it did not compare.
+fn unchecked(record: &JobRecord) -> Vec<String> {
+    record
+        .tables
+        .iter()
+        .filter(|t| !t.checked)
+        .map(|t| t.name.to_string())
+        .collect()
 }
 
 /// What differs, table by table and then the other layers; None on a match.
@@ -162,4 +180,59 @@ fn differences(report: &Report) -> Option<String> {
         ));
     }
     Some(found.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use godwit_common::job::PlannedTable;
+    use godwit_common::spec::TableName;
+    use godwit_common::verify::{ContentLayer, SchemaLayer, TableReport};
+
+    use super::*;
+
+    fn table(name: &str) -> PlannedTable {
+        PlannedTable {
+            name: TableName::parse(name).expect("name"),
+            copy_columns: Vec::new(),
+            format: Default::default(),
+            estimated_bytes: 0,
+            partitions: Vec::new(),
+            source_rows: None,
+            checked: false,
+            source_relation: None,
+        }
+    }
+
+    #[test]
+    fn a_matching_report_that_skipped_a_table_leaves_it_unchecked() {
+        let spec = crate::test_support::spec("j1", "acme");
+        let mut record = JobRecord::submitted(spec, 0);
+        record.tables = vec![table("public.orders"), table("public.invoices")];
+        let report = Report {
+            job: "j1".into(),
+            verified_at_unix_ms: 0,
+            matched: true,
+            schema: SchemaLayer {
+                matched: true,
+                ..SchemaLayer::default()
+            },
+            tables: vec![TableReport {
+                table: "public.orders".into(),
+                source_rows: 3,
+                target_rows: Some(3),
+                counts_match: true,
+                ranges: 1,
+                content: ContentLayer {
+                    matched: true,
+                    ..ContentLayer::default()
+                },
+            }],
+            foreign_keys: Vec::new(),
+            large_objects: None,
+        };
+        note_checked(&mut record, &report);
+        assert_eq!(differences(&report), None);
+        assert_eq!(unchecked(&record), vec!["public.invoices".to_owned()]);
+        assert_eq!(record.tables[0].source_rows, Some(3));
+    }
 }

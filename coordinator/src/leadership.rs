@@ -423,12 +423,7 @@ mod tests {
             standing: Some(watcher),
             versions: Arc::default(),
         };
-        let spec = godwit_common::spec::JobSpec::from_yaml(
-            "job: j1\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
-             staging: file:///tmp/s\nencryption: { key_file: /tmp/k }",
-            "test",
-        )
-        .expect("valid spec");
+        let spec = crate::test_support::spec("j1", "acme");
         let record = JobRecord::submitted(spec, 0);
         assert!(matches!(
             records.save(&record).await,

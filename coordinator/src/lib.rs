@@ -30,3 +30,18 @@ pub mod retention;
 pub use driver::{JobDriver, JobSummary, Prepared, preflight};
 pub use error::JobError;
 pub use verification::{Verified, Verifier};
+
+/// What the coordinator's unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use godwit_common::spec::JobSpec;
+
+    /// A valid spec of `job` for `customer`; nothing it names is reached.
+    pub(crate) fn spec(job: &str, customer: &str) -> JobSpec {
+        let yaml = format!(
+            "job: {job}\ncustomer: {customer}\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+             staging: file:///tmp/s\nencryption: {{ key_file: /tmp/k }}"
+        );
+        JobSpec::from_yaml(&yaml, "test").expect("valid spec")
+    }
+}

@@ -19,7 +19,6 @@ use godwit_common::job::CutoverRecord;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming, Wakeups};
 use godwit_common::state::{self, PinnedSnapshots, now_unix_ms};
-use godwit_common::verify::Report;
 use godwit_common::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -39,25 +38,30 @@ pub enum PinAnswer {
     Refused(String),
 }
 
-/// What the stream answers a cutover with.
+/// What the stream answers a cutover with. Never the verification's
+/// report itself: it names primary keys, which stay out of etcd; the
+/// requester reads it sealed from staging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CutoverAnswer {
     pub record: CutoverRecord,
-    /// The final verification, when the attempt got that far.
-    pub report: Option<Report>,
+    /// Whether the final verification matched, when the attempt got that far.
+    pub matched: Option<bool>,
     /// Where the sealed report was stored, or why it was not.
     pub stored_at: std::result::Result<String, String>,
 }
 
 impl CutoverAnswer {
     pub fn new(record: CutoverRecord, verified: Option<Verified>) -> Self {
-        let (report, stored_at) = match verified {
-            Some(v) => (Some(v.report), v.stored_at.map_err(|e| e.to_string())),
+        let (matched, stored_at) = match verified {
+            Some(v) => (
+                Some(v.report.matched),
+                v.stored_at.map_err(|e| e.to_string()),
+            ),
             None => (None, Ok(String::new())),
         };
         Self {
             record,
-            report,
+            matched,
             stored_at,
         }
     }
@@ -244,5 +248,46 @@ impl Inbox {
             answer,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use godwit_common::verify::{ContentLayer, Report, SchemaLayer, TableReport};
+
+    use super::*;
+
+    #[test]
+    fn a_cutover_answer_carries_no_key_of_the_customer_s_rows() {
+        let secret_key = "(4711,'leak@example.com')";
+        let report = Report {
+            job: "j1".into(),
+            verified_at_unix_ms: 0,
+            matched: false,
+            schema: SchemaLayer::default(),
+            tables: vec![TableReport {
+                table: "public.customers".into(),
+                source_rows: 2,
+                target_rows: Some(1),
+                counts_match: false,
+                ranges: 1,
+                content: ContentLayer {
+                    missing: vec![secret_key.into()],
+                    ..ContentLayer::default()
+                },
+            }],
+            foreign_keys: Vec::new(),
+            large_objects: None,
+        };
+        let answer = CutoverAnswer::new(
+            CutoverRecord::default(),
+            Some(Verified {
+                report,
+                stored_at: Ok("file:///staging/j1/reports/verification.gwc".into()),
+            }),
+        );
+        let stored = String::from_utf8(state::encode(&answer).expect("encode")).expect("utf-8");
+        assert!(!stored.contains("leak@example.com"), "{stored}");
+        assert_eq!(answer.matched, Some(false));
     }
 }

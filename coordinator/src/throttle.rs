@@ -413,12 +413,7 @@ mod tests {
     use super::*;
 
     fn record(job: &str, customer: &str) -> JobRecord {
-        let yaml = format!(
-            "job: {job}\ncustomer: {customer}\nsource: postgres://s/db\ntarget: postgres://t/db\n\
-             staging: file:///tmp/s\nencryption: {{ key_file: /tmp/k }}"
-        );
-        let mut record =
-            JobRecord::submitted(JobSpec::from_yaml(&yaml, "test").expect("valid spec"), 0);
+        let mut record = JobRecord::submitted(crate::test_support::spec(job, customer), 0);
         record
             .advance(Phase::Copying(SnapshotAt {
                 snapshot: "00000003-00000002-1".into(),

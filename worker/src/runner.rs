@@ -71,8 +71,9 @@ impl Task {
 }
 
 /// At most one look at the keyspace per this long, however busy it is
-/// (every chunk of every partition writes progress).
-const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(100);
+/// (every chunk of every partition writes progress): never more listing
+/// than the fixed 250 ms poll this loop replaced, and far less when idle.
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

@@ -128,15 +128,30 @@ impl GodwitService {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let verification = match &outcome.report {
-            Some(report) => {
-                let stored_at = outcome.stored_at.clone().unwrap_or_else(|e| {
-                    tracing::warn!(job_id = %job, error = %e, "verification report not stored");
-                    String::new()
-                });
-                Some(verify_response(report, stored_at)?)
+        let verification = match (outcome.matched, &outcome.stored_at) {
+            (None, _) => None,
+            (Some(_), Ok(stored_at)) => {
+                let report = godwit_common::verify::load_report(&record.spec)
+                    .await
+                    .map_err(|e| crate::error::status(e.kind(), e.to_string()))?;
+                Some(verify_response(&report, stored_at.clone())?)
             }
-            None => None,
+            (Some(matched), Err(e)) => {
+                tracing::warn!(job_id = %job, error = %e, "verification report not stored");
+                Some(VerifyJobResponse {
+                    matched,
+                    summary: format!(
+                        "the final verification {}; its report could not be stored: {e}",
+                        if matched {
+                            "matched"
+                        } else {
+                            "found differences"
+                        }
+                    ),
+                    report_json: String::new(),
+                    stored_at: String::new(),
+                })
+            }
         };
         Ok(Response::new(CutoverResponse {
             status: Some(self.status(&job).await?),
