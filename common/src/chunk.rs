@@ -58,14 +58,14 @@ impl ChunkId {
         }
     }
 
-    /// The identity a batch of streamed source changes is sealed under:
-    /// the end position of its last transaction.
-    pub fn change_batch(job_id: &str, end_lsn: u64) -> Self {
+    /// The identity a segment of streamed source changes is sealed under:
+    /// where its read of the slot began, and its number within the read.
+    pub fn change_segment(job_id: &str, read_from: u64, segment: u32) -> Self {
         Self {
             job_id: job_id.to_owned(),
             table: "changes".to_owned(),
-            partition: 0,
-            seq: end_lsn,
+            partition: segment,
+            seq: read_from,
         }
     }
 

@@ -203,6 +203,9 @@ pub struct ChangeProgress {
     pub updated_at_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cutover: Option<CutoverRecord>,
+    /// What interrupts the stream while it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The outcome of a cutover attempt.

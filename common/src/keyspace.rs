@@ -14,9 +14,12 @@ use crate::ids::JobId;
 /// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
 /// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention sweep)
 /// ROOT/jobs/JOB/approvals/ACTION       sign-off request and its approval  coordinator API
-/// ROOT/jobs/JOB/work/KIND/items/NNNNNN   a unit of leased work (KIND: copy, verify): its state and progress
+/// ROOT/jobs/JOB/work/KIND/items/NNNNNN   a unit of leased work (KIND: copy, verify, stream): its state and progress
 ///                                        coordinator (publishes); worker (fenced by the lease)
 /// ROOT/jobs/JOB/work/KIND/leases/NNNNNN  who holds the unit          worker (create-if-absent, leased)
+/// ROOT/jobs/JOB/requests/NAME         a request to the job's stream (pin-ID, drain, stop) or to its
+///                                      leader (cutover)                   requester (create-if-absent, leased)
+/// ROOT/jobs/JOB/answers/NAME           the answer to that request         whoever serves it
 /// ROOT/leader                          the leading coordinator's identity coordinator (create-if-absent, leased)
 /// ROOT/leader-term                     the last election: term, winner    the leader (fenced by ROOT/leader)
 /// ROOT/active/JOB                      job open for leasing               coordinator
@@ -172,6 +175,8 @@ impl Keyspace {
 pub enum WorkKind {
     Copy,
     Verify,
+    /// A job's change stream: one item, run by one worker at a time.
+    Stream,
 }
 
 impl WorkKind {
@@ -180,6 +185,7 @@ impl WorkKind {
         match self {
             WorkKind::Copy => "copy",
             WorkKind::Verify => "verify",
+            WorkKind::Stream => "stream",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod keyspace;
 pub mod lease;
 pub mod pg;
 pub mod pgcopy;
+pub mod requests;
 pub mod sealed;
 pub mod shutdown;
 pub mod size;

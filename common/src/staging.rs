@@ -116,12 +116,13 @@ impl Staging {
             .join(format!("{name}.gwc"))
     }
 
-    /// A sealed batch of streamed changes, named by its end position so the
-    /// batches list in commit order.
-    pub fn change_path(&self, job: &JobId, end_lsn: u64) -> ObjectPath {
+    /// A sealed segment of streamed changes as read from the slot: named
+    /// by where the read began and its number within the read, so the
+    /// segments list in slot order.
+    pub fn change_path(&self, job: &JobId, read_from: u64, segment: u32) -> ObjectPath {
         self.job_root(job)
             .join("changes")
-            .join(format!("{end_lsn:016X}.gwc"))
+            .join(format!("{read_from:016X}-{segment:06}.gwc"))
     }
 
     /// The job's latest verification report, sealed: it names primary keys.

@@ -5,6 +5,7 @@
 //! copy, the final check.
 
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use godwit_common::audit::{AuditEvent, AuditLog};
@@ -184,7 +185,11 @@ impl JobDriver {
         }
         let _ = self.store.delete(&self.keyspace.active(&job)).await;
         let slot = snapshot::slot_name(&job);
-        if let Err(e) = snapshot::drop_slot(&prepared.spec.source, &slot).await {
+        // A worker may still be reading the slot of a stream that ended:
+        // its session is ended with the slot.
+        if let Err(e) =
+            snapshot::drop_slot_now(&prepared.spec.source, &slot, Duration::from_secs(10)).await
+        {
             tracing::warn!(job_id = %job, error = %e, "cannot drop replication slot; drop it by hand");
         }
         if prepared.spec.changes.is_some() {

@@ -1,7 +1,7 @@
 //! The coordinator: serves the `godwit.v1` gRPC API and, while it leads
 //! the deployment (one coordinator at a time, see `leadership`), plans jobs
 //! (catalog → partitions), publishes them as leased work and drives each
-//! job through its phases. Never copies rows: workers do.
+//! job through its phases. Never copies rows nor applies changes: workers do.
 
 pub mod access;
 pub mod approval;
@@ -14,7 +14,6 @@ mod listener;
 mod phases;
 pub mod planner;
 pub mod preflight;
-pub mod requests;
 pub mod service;
 mod staged;
 pub mod status;

@@ -13,7 +13,7 @@ use godwit_common::job::{JobPhase, JobRecord, Phase, PlannedTable, SnapshotAt};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
 use godwit_common::pg::catalog::{self, SourceTable};
-use godwit_common::pg::pgoutput::{format_lsn, parse_lsn};
+
 use godwit_common::pg::schema::SchemaDump;
 use godwit_common::pg::snapshot::{self, SnapshotHolder};
 use godwit_common::pg::{self, Side, join_snapshot, large_objects, ledger, stream};
@@ -22,7 +22,7 @@ use godwit_common::spec::TableName;
 use godwit_common::work::{self, PartitionRecord};
 use godwit_common::{Error, Result};
 
-use crate::changes::{self, Streamer};
+use crate::changes;
 use crate::error::JobError;
 use crate::leadership::JobRecords;
 use crate::planner::split_table;
@@ -137,7 +137,7 @@ impl Phases<'_> {
                     return Ok(self.summary(record, run, cutover));
                 }
                 Phase::Streaming { .. } | Phase::CuttingOver { .. } => {
-                    let cutover = self.stream_on(prepared, record, run).await?;
+                    let cutover = self.stream_on(prepared, record).await?;
                     return Ok(self.summary(record, run, Some(cutover)));
                 }
                 Phase::Done | Phase::Failed | Phase::Cancelled => {
@@ -425,41 +425,35 @@ impl Phases<'_> {
         if let Some(holder) = run.holder.take() {
             holder.release().await;
         }
-        let start = parse_lsn(&at.consistent_lsn).ok_or_else(|| {
-            JobError::Failed(Error::Internal(format!(
-                "the slot's consistent point {:?} is not an LSN",
-                at.consistent_lsn
-            )))
-        })?;
-        let setup = self.stream_setup(record, run)?;
-        let streamer = Streamer::start(setup, start)
-            .await
+        record
+            .advance(Phase::Streaming {
+                from_lsn: at.consistent_lsn.clone(),
+            })
             .map_err(JobError::Failed)?;
-        streamer.run(record).await
+        self.stream(record).await
     }
 
-    /// Streaming, for a job taken over while it streamed: from the target
-    /// ledger's position, which the slot still holds every change after.
+    /// Streaming, for a job taken over while it streamed: its stream goes
+    /// on (on whichever worker holds it) from the target ledger's position,
+    /// which the slot still holds every change after.
     async fn stream_on(
         &self,
         prepared: &Prepared,
         record: &mut JobRecord,
-        run: &mut Run,
     ) -> Result<godwit_common::job::CutoverRecord, JobError> {
         let spec = &prepared.spec;
         let slot = snapshot::slot_name(&spec.job);
-        let Some(applied) = changes::resumable(spec, &slot)
+        if !changes::slot_exists(spec, &slot)
             .await
             .map_err(JobError::Failed)?
-        else {
+        {
             return Err(JobError::Failed(Error::Precondition(format!(
-                "job {} was streaming changes, but its slot {slot} is gone from the source or the target \
-                 ledger has no position: the target misses changes it cannot get back; migrate again into \
-                 an empty target",
+                "job {} was streaming changes, but its slot {slot} is gone from the source: the target \
+                 misses changes it cannot get back; migrate again into an empty target",
                 spec.job
             ))));
-        };
-        tracing::warn!(job_id = %spec.job, from = %format_lsn(applied), "resuming the change stream of a job taken over");
+        }
+        tracing::warn!(job_id = %spec.job, "resuming the change stream of a job taken over");
         if record.tables.is_empty() {
             record.tables = prepared
                 .tables
@@ -470,15 +464,18 @@ impl Phases<'_> {
                 })
                 .collect();
         }
-        debug_assert!(matches!(
-            record.phase(),
-            JobPhase::Streaming | JobPhase::CuttingOver
-        ));
-        let setup = self.stream_setup(record, run)?;
-        let streamer = Streamer::resume(setup, applied)
-            .await
-            .map_err(JobError::Failed)?;
-        streamer.run(record).await
+        if record.phase() == JobPhase::CuttingOver {
+            // A cutover that was running when its coordinator was lost
+            // ended with it: its freeze was that coordinator's session.
+            let from_lsn = match record.current() {
+                Phase::CuttingOver { from_lsn } => from_lsn.clone(),
+                _ => String::new(),
+            };
+            record
+                .advance(Phase::Streaming { from_lsn })
+                .map_err(JobError::Failed)?;
+        }
+        self.stream(record).await
     }
 
     /// Empties the tables an unfinished earlier run (or a coordinator that
@@ -572,33 +569,12 @@ impl Phases<'_> {
         Ok(totals)
     }
 
-    async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {
+    pub(crate) async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {
         Ok(self
             .store
             .get(&self.keyspace.job_control(job))
             .await?
             .as_deref()
             == Some(b"cancel".as_slice()))
-    }
-
-    fn stream_setup(
-        &self,
-        record: &JobRecord,
-        run: &mut Run,
-    ) -> Result<changes::StreamSetup, JobError> {
-        let sealed = run.sealed.take().ok_or_else(|| {
-            JobError::Failed(Error::Internal(
-                "the job's staging went to its stream".into(),
-            ))
-        })?;
-        Ok(changes::StreamSetup {
-            records: self.records.clone(),
-            store: self.store.clone(),
-            keyspace: self.keyspace.clone(),
-            spec: record.spec.clone(),
-            tables: record.tables.iter().map(|t| t.name.clone()).collect(),
-            slot: snapshot::slot_name(&record.spec.job),
-            sealed,
-        })
     }
 }

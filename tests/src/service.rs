@@ -81,6 +81,37 @@ impl Service {
         Self::spawn(id, command)
     }
 
+    /// Starts `godwit-worker` under a limit on its data memory (heap and
+    /// private mappings, `RLIMIT_DATA`): past it, allocations fail and the
+    /// worker dies.
+    pub fn worker_with_memory_limit(
+        id: &str,
+        etcd: &str,
+        root: &str,
+        coordinator: &str,
+        data_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--data={data_bytes}"))
+            .arg("--")
+            .arg(bin("godwit-worker")?)
+            .args([
+                "--id",
+                id,
+                "--etcd",
+                etcd,
+                "--root",
+                root,
+                "--coordinator",
+                coordinator,
+            ]);
+        // One malloc arena per core, not per thread: the limit then bounds
+        // what the worker holds, not how its allocator reserves.
+        command.env("MALLOC_ARENA_MAX", "2");
+        Self::spawn(id, command)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -15,7 +15,7 @@ use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{Change, HeldLease, LeaseStore, LeaseTiming, Wakeups};
 use godwit_common::state::{self, VerifyRun};
 use godwit_common::work::{
-    self, Claimed, PartitionRecord, RetryPolicy, Settled, VerifyRange, WorkItem,
+    self, Claimed, PartitionRecord, RetryPolicy, Settled, StreamItem, VerifyRange, WorkItem,
 };
 use godwit_common::{Error, Result};
 use tokio::sync::{Semaphore, watch};
@@ -24,24 +24,27 @@ use tracing::Instrument;
 
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
+use crate::stream::{StreamContext, Streamer, is_stream_phase};
 use crate::throttle::{Following, Place, ReadPacer, Spares, follow, take_session_slot};
 
 /// Work open for the taking, as listed.
 enum Open {
     Copy(Arc<JobRecord>, PartitionRecord),
     Verify(Arc<VerifyRun>, VerifyRange),
+    Stream(Arc<JobRecord>, StreamItem),
 }
 
 /// Work whose lease this worker holds.
 enum Task {
     Copy(Arc<JobRecord>, Claimed<PartitionRecord>),
     Verify(Arc<VerifyRun>, Claimed<VerifyRange>),
+    Stream(Arc<JobRecord>, Claimed<StreamItem>),
 }
 
 impl Open {
     fn spec(&self) -> &godwit_common::spec::JobSpec {
         match self {
-            Open::Copy(job, _) => &job.spec,
+            Open::Copy(job, _) | Open::Stream(job, _) => &job.spec,
             Open::Verify(run, _) => &run.spec,
         }
     }
@@ -50,7 +53,7 @@ impl Open {
 impl Task {
     fn spec(&self) -> &godwit_common::spec::JobSpec {
         match self {
-            Task::Copy(job, _) => &job.spec,
+            Task::Copy(job, _) | Task::Stream(job, _) => &job.spec,
             Task::Verify(run, _) => &run.spec,
         }
     }
@@ -59,6 +62,7 @@ impl Task {
         match self {
             Task::Copy(_, claimed) => claimed.lease(),
             Task::Verify(_, claimed) => claimed.lease(),
+            Task::Stream(_, claimed) => claimed.lease(),
         }
     }
 
@@ -66,9 +70,18 @@ impl Task {
         match self {
             Task::Copy(_, claimed) => claimed.release().await,
             Task::Verify(_, claimed) => claimed.release().await,
+            Task::Stream(_, claimed) => claimed.release().await,
         }
     }
 }
+
+/// A stream's retries when it cannot even start (a server away): about
+/// fifteen minutes of attempts before the job fails and frees the source.
+const STREAM_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+    max_attempts: 20,
+};
 
 /// At most one look at the keyspace per this long, however busy it is
 /// (every chunk of every partition writes progress): never more listing
@@ -189,6 +202,9 @@ impl Worker {
                         Task::Verify(run, claimed) => {
                             worker.verify_range(run, claimed, following).await;
                         }
+                        Task::Stream(job, claimed) => {
+                            worker.run_stream(job, claimed, following).await;
+                        }
                     }
                     drop(slot);
                     finished.notify_one();
@@ -215,6 +231,15 @@ impl Worker {
         let mut open = Vec::new();
         for record in state::active_jobs(store, &self.keyspace).await? {
             let job = record.spec.job.clone();
+            // A stream runs whether or not reading is paused: stopping it
+            // would only make the source keep more WAL.
+            if is_stream_phase(record.phase()) {
+                let record = Arc::new(record);
+                for item in work::pending::<StreamItem>(store, &self.keyspace, &job).await? {
+                    open.push(Open::Stream(record.clone(), item));
+                }
+                continue;
+            }
             if record.phase() != JobPhase::Copying
                 || state::is_paused(store, &self.keyspace, &job).await?
             {
@@ -254,6 +279,11 @@ impl Worker {
                 work::claim(store, keyspace, &run.spec.job, listed, owner, timing)
                     .await?
                     .map(|claimed| Task::Verify(run, claimed))
+            }
+            Open::Stream(job, listed) => {
+                work::claim(store, keyspace, &job.spec.job, listed, owner, timing)
+                    .await?
+                    .map(|claimed| Task::Stream(job, claimed))
             }
         })
     }
@@ -466,6 +496,76 @@ impl Worker {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Runs a job's change stream for as long as this worker holds it: until
+    /// the cutover stops it, its retries run out, the job ends, its lease
+    /// is lost or the worker shuts down (then the next holder goes on from
+    /// the target ledger).
+    async fn run_stream(
+        &self,
+        job: Arc<JobRecord>,
+        mut claimed: Claimed<StreamItem>,
+        following: Following,
+    ) {
+        let span = tracing::info_span!("stream", job_id = %job.spec.job);
+        async {
+            tracing::info!(worker = %self.config.id, "taking the change stream");
+            let active = self.keyspace.active(&job.spec.job);
+            let mut stopping = self.stopping.subscribe();
+            let outcome = tokio::select! {
+                outcome = self.stream(&job, &mut claimed, &following) => outcome,
+                () = self.gone(&active) => {
+                    tracing::info!("job ended: leaving its stream");
+                    claimed.release().await;
+                    return;
+                }
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    tracing::info!("worker stopping: handing the stream back");
+                    claimed.release().await;
+                    return;
+                }
+            };
+            if let Err(e @ Error::LeaseLost { .. }) = &outcome {
+                tracing::warn!(error = %e, "lost the change stream to another worker");
+                claimed.release().await;
+                return;
+            }
+            let settled = claimed.settle(&outcome, &STREAM_RETRY);
+            match &outcome {
+                Ok(()) => following.completed(),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempts = claimed.item.attempts.attempts, give_up = settled == Settled::GaveUp, "change stream stopped");
+                }
+            }
+            if let Err(e) = claimed.finish().await {
+                tracing::warn!(error = %e, "cannot record the stream's outcome; its next holder goes on");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn stream(
+        &self,
+        job: &JobRecord,
+        claimed: &mut Claimed<StreamItem>,
+        following: &Following,
+    ) -> Result<()> {
+        let context = StreamContext {
+            store: self.store.clone(),
+            keyspace: self.keyspace.clone(),
+            spec: job.spec.clone(),
+            sealed: self.keys.sealed(&job.spec).await?,
+            session: following.session,
+            pacer: ReadPacer::new(following.share.clone()),
+        };
+        let token = claimed.lease().lease_id().0;
+        let item = claimed.item.clone();
+        Streamer::open(context, &item, token)
+            .await?
+            .run(claimed)
+            .await
     }
 
     async fn copy(

@@ -1,91 +1,16 @@
-//! Applying decoded source transactions to the target: each change becomes
-//! one parameterised statement against the target's own column types, and a
-//! batch of transactions commits together with the ledger's record of the
-//! last one applied, so a batch is applied once or not at all.
+//! Applying decoded source changes to the target: each change becomes one
+//! parameterised statement against the target's own column types. Which
+//! changes to apply, and when to commit, is `apply_run`'s.
 
 use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 use super::follow::target_columns;
 use super::pgoutput::{Message, OldRow, Relation, Value, format_lsn};
 use crate::spec::{TableName, quote_ident};
 use crate::{Error, Result};
-
-/// One committed source transaction, in commit order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceTransaction {
-    pub xid: u32,
-    /// End of its commit record: the position a resumed stream continues after.
-    pub end_lsn: u64,
-    /// Microseconds since 2000-01-01, as the source stamped the commit.
-    pub commit_time_us: i64,
-    pub changes: Vec<Message>,
-}
-
-impl SourceTransaction {
-    pub fn rows(&self) -> u64 {
-        self.changes
-            .iter()
-            .filter(|m| {
-                matches!(
-                    m,
-                    Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. }
-                )
-            })
-            .count() as u64
-    }
-}
-
-/// Groups decoded messages into whole transactions; relation messages are
-/// kept in place because later changes refer to them.
-pub fn transactions(messages: Vec<Message>) -> Result<Vec<SourceTransaction>> {
-    let mut done = Vec::new();
-    let mut open: Option<SourceTransaction> = None;
-    for message in messages {
-        match message {
-            Message::Begin {
-                xid,
-                commit_time_us,
-                ..
-            } => {
-                if open.is_some() {
-                    return Err(Error::Internal(format!(
-                        "change stream: transaction {xid} began inside another"
-                    )));
-                }
-                open = Some(SourceTransaction {
-                    xid,
-                    end_lsn: 0,
-                    commit_time_us,
-                    changes: Vec::new(),
-                });
-            }
-            Message::Commit { end_lsn, .. } => {
-                let Some(mut tx) = open.take() else {
-                    return Err(Error::Internal(
-                        "change stream: commit without a transaction".into(),
-                    ));
-                };
-                tx.end_lsn = end_lsn;
-                done.push(tx);
-            }
-            Message::Other(_) => {}
-            change => match open.as_mut() {
-                Some(tx) => tx.changes.push(change),
-                None => {
-                    return Err(Error::Internal(
-                        "change stream: a change outside any transaction".into(),
-                    ));
-                }
-            },
-        }
-    }
-    // Decoding hands out whole transactions; a tail without its commit is
-    // left for the next read.
-    Ok(done)
-}
 
 #[derive(Debug, Clone)]
 struct TargetColumn {
@@ -117,72 +42,11 @@ impl Applier {
         Self::default()
     }
 
-    /// Applies `batch` and records `batch`'s last end position for `job`
-    /// in one target transaction. Returns the rows changed.
-    pub async fn apply(
+    /// Applies one decoded message inside the target transaction the
+    /// caller runs on `tx`. Returns the rows changed.
+    pub async fn apply_change(
         &mut self,
-        target: &mut Client,
-        source: &Client,
-        job: &str,
-        batch: &[SourceTransaction],
-    ) -> Result<u64> {
-        let Some(last) = batch.last() else {
-            return Ok(0);
-        };
-        let tx = target
-            .transaction()
-            .await
-            .map_err(|e| Error::postgres("cannot begin applying changes on the target", e))?;
-        // The source checked its deferrable constraints once per statement or
-        // transaction, not once per row as the target applies them.
-        tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")
-            .await
-            .map_err(|e| Error::postgres("cannot defer constraints on the target", e))?;
-        // The ledger, read under a row lock, is the truth about what was
-        // applied: a caller whose idea of it is stale (a lost commit reply,
-        // a second streamer) cannot apply a transaction twice.
-        let recorded = tx
-            .query_opt(
-                "SELECT lsn::text FROM godwit.applied_changes WHERE job_id = $1 FOR UPDATE",
-                &[&job],
-            )
-            .await
-            .map_err(|e| Error::postgres("cannot read applied changes from the target ledger", e))?
-            .and_then(|r| super::pgoutput::parse_lsn(&r.get::<_, String>(0)))
-            .unwrap_or(0);
-        let mut rows = 0u64;
-        for source_tx in batch.iter().filter(|t| t.end_lsn > recorded) {
-            for change in &source_tx.changes {
-                rows += self.apply_one(&tx, source, change).await.map_err(|e| {
-                    // A connection lost mid-batch can pass; keep it retryable.
-                    if e.is_retryable() {
-                        return e;
-                    }
-                    Error::Diverged(format!(
-                        "cannot apply source transaction {} (ending at {}) to the target: {e}",
-                        source_tx.xid,
-                        format_lsn(source_tx.end_lsn)
-                    ))
-                })?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO godwit.applied_changes (job_id, lsn) VALUES ($1, $2::text::pg_lsn) \
-             ON CONFLICT (job_id) DO UPDATE \
-             SET lsn = GREATEST(godwit.applied_changes.lsn, EXCLUDED.lsn), applied_at = now()",
-            &[&job, &format_lsn(last.end_lsn)],
-        )
-        .await
-        .map_err(|e| Error::postgres("cannot record applied changes in the target ledger", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| Error::postgres("cannot commit applied changes on the target", e))?;
-        Ok(rows)
-    }
-
-    async fn apply_one(
-        &mut self,
-        tx: &Transaction<'_>,
+        tx: &Client,
         source: &Client,
         change: &Message,
     ) -> Result<u64> {
@@ -308,12 +172,7 @@ impl Applier {
 
     /// Maps a relation of the stream to the target table of the same name,
     /// with the target's column types (what the text values are cast to).
-    async fn describe(
-        &mut self,
-        tx: &Transaction<'_>,
-        source: &Client,
-        relation: &Relation,
-    ) -> Result<()> {
+    async fn describe(&mut self, tx: &Client, source: &Client, relation: &Relation) -> Result<()> {
         let name = TableName {
             schema: if relation.namespace.is_empty() {
                 "pg_catalog".into()
@@ -357,12 +216,7 @@ impl Applier {
         Ok(())
     }
 
-    async fn run(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &str,
-        params: &[Option<&str>],
-    ) -> Result<u64> {
+    async fn run(&mut self, tx: &Client, sql: &str, params: &[Option<&str>]) -> Result<u64> {
         let statement = match self.statements.get(sql) {
             Some(statement) => statement.clone(),
             None => {
@@ -485,12 +339,14 @@ pub async fn applied_lsn(target: &Client, job: &str) -> Result<Option<u64>> {
     Ok(row.and_then(|r| super::pgoutput::parse_lsn(&r.get::<_, String>(0))))
 }
 
-/// Starts the ledger of a new stream at the slot's starting point.
+/// Starts the ledger of a stream at the slot's starting point, unless it
+/// has a position already (a stream resumed by another worker goes on
+/// from there).
 pub async fn start_ledger(target: &Client, job: &str, lsn: u64) -> Result<()> {
     target
         .execute(
             "INSERT INTO godwit.applied_changes (job_id, lsn) VALUES ($1, $2::text::pg_lsn) \
-             ON CONFLICT (job_id) DO UPDATE SET lsn = EXCLUDED.lsn, applied_at = now()",
+             ON CONFLICT (job_id) DO NOTHING",
             &[&job, &format_lsn(lsn)],
         )
         .await
@@ -498,58 +354,51 @@ pub async fn start_ledger(target: &Client, job: &str, lsn: u64) -> Result<()> {
     Ok(())
 }
 
+/// Locks the job's ledger row inside the caller's open transaction and
+/// returns its position. The row names the stream's holder: a holder whose
+/// token is no longer there lost the stream to another worker and must not
+/// write, whatever it believes.
+pub(super) async fn lock_ledger(tx: &Client, job: &str, token: i64) -> Result<u64> {
+    let row = tx
+        .query_opt(
+            "SELECT lsn::text, token FROM godwit.applied_changes WHERE job_id = $1 FOR UPDATE",
+            &[&job],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read applied changes from the target ledger", e))?
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "the target ledger has no change position for job {job}"
+            ))
+        })?;
+    let holder: Option<i64> = row.get(1);
+    if holder != Some(token) {
+        return Err(Error::LeaseLost {
+            key: format!("change stream of job {job}"),
+            reason: "fenced: another worker has taken the stream over".into(),
+        });
+    }
+    let text: String = row.get(0);
+    super::pgoutput::parse_lsn(&text)
+        .ok_or_else(|| Error::Internal(format!("the target ledger holds LSN {text:?}")))
+}
+
+/// Records, inside the caller's transaction, the end of the last source
+/// transaction it applied.
+pub(super) async fn record_ledger(tx: &Client, job: &str, end_lsn: u64) -> Result<()> {
+    tx.execute(
+        "UPDATE godwit.applied_changes \
+         SET lsn = GREATEST(lsn, $2::text::pg_lsn), applied_at = now() WHERE job_id = $1",
+        &[&job, &format_lsn(end_lsn)],
+    )
+    .await
+    .map_err(|e| Error::postgres("cannot record applied changes in the target ledger", e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn begin(xid: u32) -> Message {
-        Message::Begin {
-            final_lsn: 0,
-            commit_time_us: 5,
-            xid,
-        }
-    }
-
-    fn commit(end_lsn: u64) -> Message {
-        Message::Commit {
-            commit_lsn: end_lsn - 1,
-            end_lsn,
-            commit_time_us: 5,
-        }
-    }
-
-    #[test]
-    fn messages_group_into_whole_transactions() {
-        let insert = Message::Insert {
-            relation: 1,
-            new: vec![Value::Text("1".into())],
-        };
-        let grouped = transactions(vec![
-            begin(7),
-            insert.clone(),
-            commit(100),
-            begin(8),
-            Message::Other(b'Y'),
-            insert.clone(),
-            insert.clone(),
-            commit(200),
-            begin(9),
-            insert.clone(),
-        ])
-        .expect("well formed");
-        assert_eq!(grouped.len(), 2, "the tail without a commit waits");
-        assert_eq!(
-            (grouped[0].xid, grouped[0].end_lsn, grouped[0].rows()),
-            (7, 100, 1)
-        );
-        assert_eq!(
-            (grouped[1].xid, grouped[1].end_lsn, grouped[1].rows()),
-            (8, 200, 2)
-        );
-        assert!(transactions(vec![insert.clone()]).is_err());
-        assert!(transactions(vec![commit(5)]).is_err());
-        assert!(transactions(vec![begin(1), begin(2)]).is_err());
-    }
 
     #[test]
     fn identity_uses_key_columns_or_one_equal_row() {

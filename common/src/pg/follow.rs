@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use super::pgoutput::Relation;
 use crate::spec::{TableName, quote_ident, quote_literal};
@@ -35,7 +35,7 @@ pub(super) struct TargetAttribute {
 
 /// Column name → attribute of a target table.
 pub(super) async fn target_columns(
-    tx: &Transaction<'_>,
+    tx: &Client,
     name: &TableName,
 ) -> Result<HashMap<String, TargetAttribute>> {
     let rows = tx
@@ -70,7 +70,7 @@ pub(super) async fn target_columns(
 /// as that is exact; returns whether the target changed.
 pub(super) async fn follow_relation(
     source: &Client,
-    target: &Transaction<'_>,
+    target: &Client,
     table: &TableName,
     relation: &Relation,
     columns: &HashMap<String, TargetAttribute>,
@@ -180,7 +180,7 @@ async fn topmost_with_column(
 /// with the value the source's existing rows hold.
 async fn add_column(
     source: &Client,
-    target: &Transaction<'_>,
+    target: &Client,
     table: &TableName,
     column: &str,
 ) -> Result<()> {
@@ -266,7 +266,7 @@ async fn add_column(
 /// Drops `column` of `table` on the target once the source no longer has it.
 async fn drop_column(
     source: &Client,
-    target: &Transaction<'_>,
+    target: &Client,
     table: &TableName,
     column: &str,
 ) -> Result<()> {
@@ -289,7 +289,7 @@ async fn drop_column(
     Ok(())
 }
 
-async fn run_followed(target: &Transaction<'_>, statement: &str) -> Result<()> {
+async fn run_followed(target: &Client, statement: &str) -> Result<()> {
     target.batch_execute(statement).await.map_err(|e| {
         Error::postgres(
             format!("cannot follow the source: {statement} failed on the target"),

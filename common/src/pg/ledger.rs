@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS godwit.applied_changes (
     lsn        pg_lsn      NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+-- The fencing token of the stream's current holder, as for partitions.
+ALTER TABLE godwit.applied_changes ADD COLUMN IF NOT EXISTS token bigint;
 CREATE TABLE IF NOT EXISTS godwit.jobs (
     job_id         text PRIMARY KEY,
     pre_data_done  boolean NOT NULL DEFAULT false,
@@ -126,36 +128,66 @@ pub async fn take_partition(
 ) -> Result<()> {
     let partition = i32::try_from(partition)
         .map_err(|_| Error::Internal("partition number overflows".into()))?;
-    let own_pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(|e| Error::postgres("cannot identify the target session", e))?
-        .get(0);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&job, &partition, &token];
     let upsert = client.execute(
         "INSERT INTO godwit.partition_owners (job_id, partition, token) VALUES ($1, $2, $3) \
          ON CONFLICT (job_id, partition) DO UPDATE SET token = EXCLUDED.token",
         &params,
     );
-    tokio::pin!(upsert);
+    outwait_holder(client, target, upsert).await.map_err(|e| {
+        Error::postgres("cannot record the partition's new holder on the target", e)
+    })?;
+    Ok(())
+}
+
+/// Makes `token` the only writer of the job's change stream (its ledger
+/// row exists: see `apply::start_ledger`), waiting out a previous holder's
+/// transaction as `take_partition` does.
+pub async fn take_stream(client: &Client, target: &str, job: &str, token: i64) -> Result<()> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&job, &token];
+    let update = client.execute(
+        "UPDATE godwit.applied_changes SET token = $2 WHERE job_id = $1",
+        &params,
+    );
+    let taken = outwait_holder(client, target, update)
+        .await
+        .map_err(|e| Error::postgres("cannot record the stream's new holder on the target", e))?;
+    if taken != 1 {
+        return Err(Error::Internal(format!(
+            "the target ledger has no change position for job {job}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `write` (which takes an owner row); while it waits on a previous
+/// holder's session, that session is ended once `STALE_HOLDER_WAIT` has passed.
+async fn outwait_holder(
+    client: &Client,
+    target: &str,
+    write: impl std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let own_pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    tokio::pin!(write);
     loop {
         tokio::select! {
-            done = &mut upsert => {
-                done.map_err(|e| Error::postgres("cannot record the partition's new holder on the target", e))?;
-                return Ok(());
-            }
+            done = &mut write => return done,
             () = tokio::time::sleep(STALE_HOLDER_WAIT) => {
-                let other = super::connect(target, super::Side::Target).await?;
+                let Ok(other) = super::connect(target, super::Side::Target).await else {
+                    continue;
+                };
                 let ended = other
                     .query(
                         "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
                          WHERE pid = ANY (pg_blocking_pids($1)) AND application_name = 'godwit'",
                         &[&own_pid],
                     )
-                    .await
-                    .map_err(|e| Error::postgres("cannot end the previous holder's session", e))?;
+                    .await?;
                 for row in ended {
-                    tracing::warn!(partition, pid = row.get::<_, i32>(0), "ended the stale holder's target session");
+                    tracing::warn!(pid = row.get::<_, i32>(0), "ended the stale holder's target session");
                 }
             }
         }

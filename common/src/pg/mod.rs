@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod apply_run;
 pub mod catalog;
 pub mod checksum;
 pub mod follow;

@@ -108,20 +108,26 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
         .map_err(|e| Error::postgres(format!("cannot drop publication {name}"), e))
 }
 
-/// Committed changes after the slot's confirmed position, up to `upto`,
-/// whole transactions only; stops after about `max` messages.
+/// Reads the slot up to `upto` (about `max` messages, whole transactions),
+/// row by row as the source sends them: a read of any size flows through
+/// in bounded memory, the socket holding back the source meanwhile.
 pub async fn peek(
     client: &Client,
     slot: &str,
     publication: &str,
     upto: u64,
     max: i32,
-) -> Result<Vec<RawChange>> {
+) -> Result<impl futures::Stream<Item = Result<RawChange>> + use<>> {
+    use futures::StreamExt;
+    let upto = format_lsn(upto);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&slot, &upto, &max, &publication];
+    let slot_name = slot.to_owned();
     let rows = client
-        .query(
+        .query_raw(
             "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes( \
                 $1, $2::text::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
-            &[&slot, &format_lsn(upto), &max, &publication],
+            params,
         )
         .await
         .map_err(|e| {
@@ -130,17 +136,21 @@ pub async fn peek(
                 e,
             )
         })?;
-    rows.iter()
-        .map(|row| {
-            let text: String = row.get(0);
-            let lsn = parse_lsn(&text)
-                .ok_or_else(|| Error::Internal(format!("slot {slot} returned LSN {text:?}")))?;
-            Ok(RawChange {
-                lsn,
-                data: row.get(1),
-            })
+    Ok(rows.map(move |row| {
+        let row = row.map_err(|e| {
+            Error::postgres(
+                format!("cannot read changes from replication slot {slot_name}"),
+                e,
+            )
+        })?;
+        let text: String = row.get(0);
+        let lsn = parse_lsn(&text)
+            .ok_or_else(|| Error::Internal(format!("slot {slot_name} returned LSN {text:?}")))?;
+        Ok(RawChange {
+            lsn,
+            data: row.get(1),
         })
-        .collect()
+    }))
 }
 
 /// Moves the slot past what the target has committed, so the source can

@@ -5,17 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{Attempts, WorkItem, WorkKind, WorkState};
 use crate::ids::{JobId, PartitionNo};
+use crate::job::ChangeProgress;
 use crate::spec::TableName;
 use crate::state::{BlockRange, KeyRange};
 
 /// The engine's view of a kind of work: its number, state and attempts
 /// fields, and how errors name it (`table T NOUN N`).
 macro_rules! work_item {
-    ($type:ty, $kind:expr, $number:ident, $noun:literal) => {
+    ($type:ty, $kind:expr, |$it:ident| number: $number:expr, describe: $describe:expr) => {
         impl WorkItem for $type {
             const KIND: WorkKind = $kind;
             fn number(&self) -> u32 {
-                self.$number
+                let $it = self;
+                $number
             }
             fn state(&self) -> WorkState {
                 self.state
@@ -30,9 +32,14 @@ macro_rules! work_item {
                 &mut self.attempts
             }
             fn describe(&self) -> String {
-                format!("table {} {} {}", self.table, $noun, self.$number)
+                let $it = self;
+                $describe
             }
         }
+    };
+    ($type:ty, $kind:expr, $number:ident, $noun:literal) => {
+        work_item!($type, $kind, |item| number: item.$number,
+            describe: format!("table {} {} {}", item.table, $noun, item.$number));
     };
 }
 
@@ -147,3 +154,43 @@ impl VerifyRange {
         }
     }
 }
+
+/// A job's change stream as leased work: one item, which a worker holds for
+/// as long as the job streams. Done once the stream was told to stop after
+/// a cutover; failed once its retries ran out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamItem {
+    pub job: JobId,
+    /// The tables whose changes are applied (the publication's).
+    pub tables: Vec<TableName>,
+    /// Where the target ledger starts when it has no position yet: the
+    /// slot's consistent point, which the copy's snapshot was taken at.
+    pub start_lsn: u64,
+    pub state: WorkState,
+    /// What operators see; the leading coordinator mirrors it into the
+    /// job's record.
+    #[serde(default)]
+    pub progress: ChangeProgress,
+    #[serde(flatten)]
+    pub attempts: Attempts,
+}
+
+impl StreamItem {
+    pub const NUMBER: u32 = 0;
+
+    pub fn pending(job: JobId, tables: Vec<TableName>, start_lsn: u64) -> Self {
+        Self {
+            job,
+            tables,
+            start_lsn,
+            state: WorkState::Pending,
+            progress: ChangeProgress::default(),
+            attempts: Attempts::default(),
+        }
+    }
+}
+
+work_item!(StreamItem, WorkKind::Stream, |item| number: {
+    let _ = item;
+    StreamItem::NUMBER
+}, describe: format!("the change stream of job {}", item.job));

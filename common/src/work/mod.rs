@@ -1,5 +1,5 @@
 //! The leased-work engine. Every unit of work a worker leases — a copy
-//! partition, a verification range — is a [`WorkItem`] kept at
+//! partition, a verification range, a job's change stream — is a [`WorkItem`] kept at
 //! `ROOT/jobs/JOB/work/KIND/items/NNNNNN`, leased through
 //! `ROOT/jobs/JOB/work/KIND/leases/NNNNNN`. This module owns the one way
 //! work is published, found, claimed, finished and awaited, and the one
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::keyspace::WorkKind;
-pub use items::{PartitionRecord, StageTimings, VerifyRange};
+pub use items::{PartitionRecord, StageTimings, StreamItem, VerifyRange};
 pub use queue::{Claimed, Settled, Stopped, await_done, claim, list, pending, publish};
 
 use crate::Error;

@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::{GodwitService, report_response, stored_at, verify_response};
 use crate::access::Action;
-use crate::requests;
 use crate::status;
 use crate::verification::Verifier;
+use godwit_common::requests;
 
 impl GodwitService {
     pub(super) async fn verify_through_stream(

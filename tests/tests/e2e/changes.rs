@@ -14,9 +14,9 @@ use godwit_tests::{
 
 /// What the simulated application did to the source.
 #[derive(Default)]
-struct Writes {
-    stop: AtomicBool,
-    committed: AtomicU64,
+pub(crate) struct Writes {
+    pub(crate) stop: AtomicBool,
+    pub(crate) committed: AtomicU64,
     refused: AtomicU64,
     last_error: std::sync::Mutex<String>,
 }
@@ -47,7 +47,9 @@ async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio
 
 /// Writes to the source until told to stop, counting what committed and
 /// what the source refused.
-fn start_writer(source: &PgCluster) -> anyhow::Result<(Arc<Writes>, tokio::task::JoinHandle<()>)> {
+pub(crate) fn start_writer(
+    source: &PgCluster,
+) -> anyhow::Result<(Arc<Writes>, tokio::task::JoinHandle<()>)> {
     let writes = Arc::new(Writes::default());
     let url = source.url("shop");
     let shared = writes.clone();
@@ -84,7 +86,7 @@ fn start_writer(source: &PgCluster) -> anyhow::Result<(Arc<Writes>, tokio::task:
 impl Writes {
     /// Waits until the application has committed `more` transactions from
     /// now; returns the count it started from.
-    async fn commits_after(&self, more: u64, what: &str) -> anyhow::Result<u64> {
+    pub(crate) async fn commits_after(&self, more: u64, what: &str) -> anyhow::Result<u64> {
         let from = self.committed.load(Ordering::SeqCst);
         wait_until(what, Duration::from_secs(30), || async {
             Ok((self.committed.load(Ordering::SeqCst) >= from + more).then_some(()))
@@ -94,8 +96,28 @@ impl Writes {
     }
 }
 
+/// Asserts that at least the application transactions committed from
+/// `resumed_at` on reached the target.
+pub(crate) async fn assert_writes_arrived(
+    dst: &tokio_postgres::Client,
+    resumed_at: u64,
+) -> anyhow::Result<()> {
+    let written: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        written as u64 >= resumed_at,
+        "{written} of {resumed_at} application transactions arrived"
+    );
+    Ok(())
+}
+
 /// Replication slots and publications left on a source.
-async fn stream_leftovers(source: &tokio_postgres::Client) -> anyhow::Result<i64> {
+pub(crate) async fn stream_leftovers(source: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(source
         .query_one(
             "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
@@ -447,17 +469,7 @@ async fn the_standby_coordinator_resumes_the_stream_when_the_leader_dies_without
         copied_before, copied_after,
         "the restart copied chunks again"
     );
-    let written: i64 = dst
-        .query_one(
-            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert!(
-        written as u64 >= resumed_at,
-        "{written} of {resumed_at} application transactions arrived"
-    );
+    assert_writes_arrived(&dst, resumed_at).await?;
     Ok(())
 }
 
@@ -511,10 +523,16 @@ async fn assert_stream_stops(
     source: &tokio_postgres::Client,
     pieces: &[&str],
 ) -> anyhow::Result<()> {
-    let status = run
+    let status = match run
         .exit_status("the job to stop", Duration::from_secs(120))
-        .await?
-        .code();
+        .await
+    {
+        Ok(status) => status.code(),
+        Err(e) => {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            anyhow::bail!("{e}\n--- godwit run log\n{log}");
+        }
+    };
     let log = std::fs::read_to_string(log_path)?;
     assert_eq!(status, Some(1), "{log}");
     for piece in pieces {

@@ -16,6 +16,7 @@ mod replay;
 mod resume;
 mod s3_staging;
 mod signoff;
+mod stream_workers;
 mod throttle;
 mod tls;
 mod verify;

@@ -1,0 +1,197 @@
+//! One read of a job's slot, in bounded memory: the changes arrive row by
+//! row and are cut into segments of at most `SEGMENT_BYTES`, each sealed
+//! into staging as it fills (the record of what was applied, never in
+//! plain text). A read that fits in one segment is applied from memory;
+//! a larger one (a source transaction of millions of rows) is applied
+//! segment by segment, read back from staging, so no more than a segment
+//! or two is ever held whatever the transaction's size.
+//!
+//! Owns the segments' format and names; never decides what is applied.
+
+use futures::StreamExt;
+use godwit_common::chunk::{self, ChunkId};
+use godwit_common::ids::JobId;
+use godwit_common::pg::apply_run::ApplyRun;
+use godwit_common::pg::pgoutput;
+use godwit_common::pg::stream::{self, RawChange};
+use godwit_common::sealed::SealedStaging;
+use godwit_common::{Error, Result};
+use tokio_postgres::Client;
+
+/// The most raw change bytes held in memory per segment.
+pub(crate) const SEGMENT_BYTES: usize = 8 << 20;
+
+/// Where a read of the slot starts and how much it may take.
+pub(crate) struct ReadAt<'a> {
+    pub slot: &'a str,
+    pub publication: &'a str,
+    pub upto: u64,
+    pub max_messages: i32,
+    /// The ledger's position when the read began: names its segments.
+    pub from: u64,
+}
+
+/// A read of the slot: every segment but the last sealed in staging only.
+pub(crate) struct Read {
+    pub messages: usize,
+    pub bytes: u64,
+    /// Segments read back from staging, in order.
+    spilled: Vec<u32>,
+    /// The last segment, still in memory (also sealed in staging).
+    tail: Vec<RawChange>,
+    from: u64,
+}
+
+impl Read {
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    pub fn spilled_segments(&self) -> usize {
+        self.spilled.len()
+    }
+}
+
+/// Reads the slot from `at`, sealing each segment into staging as it fills.
+pub(crate) async fn read(
+    source: &Client,
+    at: ReadAt<'_>,
+    sealed: &SealedStaging,
+    job: &JobId,
+) -> Result<Read> {
+    let changes = stream::peek(source, at.slot, at.publication, at.upto, at.max_messages).await?;
+    tokio::pin!(changes);
+    let mut read = Read {
+        messages: 0,
+        bytes: 0,
+        spilled: Vec::new(),
+        tail: Vec::new(),
+        from: at.from,
+    };
+    let mut held = 0usize;
+    while let Some(change) = changes.next().await {
+        let change = change?;
+        read.messages += 1;
+        read.bytes += change.data.len() as u64;
+        held += change.data.len() + 12;
+        read.tail.push(change);
+        if held >= SEGMENT_BYTES {
+            let segment = read.spilled.len() as u32;
+            seal(sealed, job, read.from, segment, &read.tail).await?;
+            read.spilled.push(segment);
+            read.tail.clear();
+            held = 0;
+        }
+    }
+    if !read.tail.is_empty() {
+        seal(
+            sealed,
+            job,
+            read.from,
+            read.spilled.len() as u32,
+            &read.tail,
+        )
+        .await?;
+    }
+    Ok(read)
+}
+
+/// Feeds the read to `run` in slot order, segment by segment. Stops early
+/// when the run says so.
+pub(crate) async fn replay(
+    read: Read,
+    sealed: &SealedStaging,
+    job: &JobId,
+    run: &mut ApplyRun<'_>,
+) -> Result<()> {
+    for &segment in &read.spilled {
+        let changes = unseal(sealed, job, read.from, segment).await?;
+        if !feed(changes, run).await? {
+            return Ok(());
+        }
+    }
+    feed(read.tail, run).await.map(|_| ())
+}
+
+async fn feed(changes: Vec<RawChange>, run: &mut ApplyRun<'_>) -> Result<bool> {
+    for change in changes {
+        if !run.feed(pgoutput::decode(&change.data)?).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn seal(
+    sealed: &SealedStaging,
+    job: &JobId,
+    from: u64,
+    segment: u32,
+    changes: &[RawChange],
+) -> Result<()> {
+    let mut payload = Vec::with_capacity(changes.iter().map(|c| c.data.len() + 12).sum());
+    for change in changes {
+        payload.extend_from_slice(&change.lsn.to_be_bytes());
+        payload.extend_from_slice(&(change.data.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&change.data);
+    }
+    let id = ChunkId::change_segment(job.as_str(), from, segment);
+    let frame = chunk::seal(&id, changes.len() as u64, &payload, sealed.key())?;
+    drop(payload);
+    let staging = sealed.staging();
+    staging
+        .put(&staging.change_path(job, from, segment), frame)
+        .await
+}
+
+async fn unseal(
+    sealed: &SealedStaging,
+    job: &JobId,
+    from: u64,
+    segment: u32,
+) -> Result<Vec<RawChange>> {
+    let staging = sealed.staging();
+    let path = staging.change_path(job, from, segment);
+    let frame = staging.get(&path).await?;
+    let id = ChunkId::change_segment(job.as_str(), from, segment);
+    let (_, payload) = chunk::open(path.as_ref(), &frame, &id, sealed.key())?;
+    drop(frame);
+    parse(&payload).ok_or_else(|| Error::ChunkRejected {
+        object: path.to_string(),
+        reason: "the segment's changes are cut short".into(),
+    })
+}
+
+/// The changes of a segment's payload; None when it is cut short.
+fn parse(mut payload: &[u8]) -> Option<Vec<RawChange>> {
+    let mut changes = Vec::new();
+    while !payload.is_empty() {
+        let lsn = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(payload.get(8..12)?.try_into().ok()?) as usize;
+        let data = payload.get(12..12 + len)?.to_vec();
+        changes.push(RawChange { lsn, data });
+        payload = &payload[12 + len..];
+    }
+    Some(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_payload_round_trips_and_a_cut_one_is_refused() {
+        let changes = [(7u64, b"abc".to_vec()), (9, Vec::new()), (12, vec![1; 300])];
+        let mut payload = Vec::new();
+        for (lsn, data) in &changes {
+            payload.extend_from_slice(&lsn.to_be_bytes());
+            payload.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            payload.extend_from_slice(data);
+        }
+        let parsed = parse(&payload).expect("whole");
+        let parsed: Vec<(u64, Vec<u8>)> = parsed.into_iter().map(|c| (c.lsn, c.data)).collect();
+        assert_eq!(parsed, changes.to_vec());
+        assert!(parse(&payload[..payload.len() - 1]).is_none());
+        assert!(parse(&payload[..5]).is_none());
+    }
+}
