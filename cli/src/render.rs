@@ -88,13 +88,30 @@ pub fn changes_line(c: &godwit_proto::v1::Changes) -> String {
         .map(|cut| format!("; last cutover: {}", cutover_line(cut)))
         .unwrap_or_default();
     format!(
-        "applied to {}: {} transactions, {} rows; lag {} / {}; slot retains {} of source WAL{cutover}",
+        "applied to {}: {} transactions, {} rows; lag {} / {}{}; slot retains {} of source WAL{cutover}",
         c.applied_lsn,
         c.transactions,
         c.rows,
         bytes(c.lag_bytes),
         duration_ms(c.lag_ms),
+        catch_up_eta(c.lag_bytes, c.catch_up_bytes_per_s),
         bytes(c.retained_wal_bytes)
+    )
+}
+
+/// When the stream will have caught up at its recent pace, if it is behind
+/// by more than a moment's worth.
+fn catch_up_eta(lag_bytes: u64, bytes_per_s: u64) -> String {
+    const NOTICEABLE: u64 = 1 << 20;
+    if lag_bytes < NOTICEABLE {
+        return String::new();
+    }
+    if bytes_per_s == 0 {
+        return ", not catching up".into();
+    }
+    format!(
+        ", caught up in ~{}",
+        duration_ms(lag_bytes.saturating_mul(1000) / bytes_per_s)
     )
 }
 
@@ -187,4 +204,16 @@ pub fn verification(
         return 2;
     }
     if matched { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catch_up_eta_shows_only_when_the_stream_is_behind() {
+        assert_eq!(catch_up_eta(4096, 0), "");
+        assert_eq!(catch_up_eta(8 << 20, 0), ", not catching up");
+        assert_eq!(catch_up_eta(8 << 20, 2 << 20), ", caught up in ~4.0s");
+    }
 }

@@ -203,6 +203,14 @@ pub struct ChangeProgress {
     pub updated_at_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cutover: Option<CutoverRecord>,
+    /// The source position up to which the stream has seen every change
+    /// (applied or not published), what lag is measured from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub caught_up_lsn: String,
+    /// How fast the stream has been catching up with the source's WAL
+    /// lately: lag divided by it is the time left to catch up.
+    #[serde(default)]
+    pub catch_up_bytes_per_s: u64,
     /// What interrupts the stream while it retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -98,6 +98,10 @@ fn answer_key(keyspace: &Keyspace, job: &JobId, name: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RequestBody {
     requester: String,
+    /// Tells one request from an earlier one of the same name, which its
+    /// server may have answered already.
+    #[serde(default)]
+    id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     drain: Option<Drain>,
 }
@@ -160,6 +164,7 @@ pub async fn pin(
     let name = format!("pin-{}-{}-{n}", now_unix_ms(), std::process::id());
     let body = RequestBody {
         requester: requester.to_owned(),
+        id: format!("{:016x}", rand::random::<u64>()),
         drain: None,
     };
     let (answer, pending) =
@@ -184,6 +189,7 @@ pub async fn cutover(
 ) -> Result<CutoverAnswer> {
     let body = RequestBody {
         requester: requester.to_owned(),
+        id: format!("{:016x}", rand::random::<u64>()),
         drain: None,
     };
     let (answer, pending) =
@@ -205,6 +211,7 @@ pub async fn drain(
 ) -> Result<(u64, Pending)> {
     let body = RequestBody {
         requester: requester.to_owned(),
+        id: format!("{:016x}", rand::random::<u64>()),
         drain: Some(Drain { upto }),
     };
     let (answer, pending) =
@@ -231,6 +238,7 @@ pub async fn stop(
 ) -> Result<Pending> {
     let body = RequestBody {
         requester: requester.to_owned(),
+        id: format!("{:016x}", rand::random::<u64>()),
         drain: None,
     };
     let Some(lease) = HeldLease::try_acquire(
@@ -252,11 +260,24 @@ pub async fn stop(
     })
 }
 
+/// Removes a request of this process whose `Pending` was lost (its wait
+/// was cut short): without it the request would last until its lease ran out.
+pub async fn withdraw(
+    store: &Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+    job: &JobId,
+    name: &str,
+) -> Result<()> {
+    store.delete(&request_key(keyspace, job, name)).await?;
+    store.delete(&answer_key(keyspace, job, name)).await
+}
+
 /// A request as the one serving it sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Pin(String),
-    Cutover,
+    /// A cutover, with its request's id.
+    Cutover(String),
     Drain(Drain),
     Stop,
 }
@@ -266,7 +287,7 @@ impl Incoming {
     pub fn name(&self) -> String {
         match self {
             Incoming::Pin(name) => name.clone(),
-            Incoming::Cutover => "cutover".into(),
+            Incoming::Cutover(_) => "cutover".into(),
             Incoming::Drain(_) => "drain".into(),
             Incoming::Stop => "stop".into(),
         }
@@ -303,13 +324,15 @@ impl Inbox {
         let job_prefix = self.keyspace.job_prefix(&self.job);
         let requests = self.store.list(&format!("{job_prefix}requests/")).await?;
         let mut names = Vec::with_capacity(requests.len());
-        let mut drain = None;
+        let (mut drain, mut cutover) = (None, String::new());
         for (key, value) in &requests {
             let Some(name) = key.rsplit('/').next() else {
                 continue;
             };
-            if name == "drain" {
-                drain = state::decode::<RequestBody>(key, value)?.drain;
+            match name {
+                "drain" => drain = state::decode::<RequestBody>(key, value)?.drain,
+                "cutover" => cutover = state::decode::<RequestBody>(key, value)?.id,
+                _ => {}
             }
             names.push(name.to_owned());
         }
@@ -324,7 +347,7 @@ impl Inbox {
         Ok(names
             .into_iter()
             .filter_map(|name| match name.as_str() {
-                "cutover" => Some(Incoming::Cutover),
+                "cutover" => Some(Incoming::Cutover(cutover.clone())),
                 "drain" => drain.map(Incoming::Drain),
                 "stop" => Some(Incoming::Stop),
                 pin if pin.starts_with("pin-") => Some(Incoming::Pin(name)),

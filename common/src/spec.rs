@@ -58,6 +58,8 @@ impl JobSpec {
 }
 
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_FROZEN_MS: u64 = 30_000;
+pub const DEFAULT_MAX_CUTOVER_LAG: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -67,14 +69,32 @@ pub struct ChangeSpec {
     /// leaves the source as it was.
     #[serde(default = "default_freeze_timeout_ms")]
     pub freeze_timeout_ms: u64,
+    /// The longest the source may stay frozen: past it the cutover rolls
+    /// back, whatever step is running, and the source takes writes again.
+    #[serde(default = "default_max_frozen_ms")]
+    pub max_frozen_ms: u64,
+    /// The cutover freezes only once the stream is at most this far behind
+    /// the source, so the frozen window holds only the last moments.
+    #[serde(default = "default_max_cutover_lag")]
+    pub max_cutover_lag: ByteSize,
 }
 
 impl Default for ChangeSpec {
     fn default() -> Self {
         Self {
             freeze_timeout_ms: DEFAULT_FREEZE_TIMEOUT_MS,
+            max_frozen_ms: DEFAULT_MAX_FROZEN_MS,
+            max_cutover_lag: ByteSize(DEFAULT_MAX_CUTOVER_LAG),
         }
     }
+}
+
+fn default_max_frozen_ms() -> u64 {
+    DEFAULT_MAX_FROZEN_MS
+}
+
+fn default_max_cutover_lag() -> ByteSize {
+    ByteSize(DEFAULT_MAX_CUTOVER_LAG)
 }
 
 fn default_freeze_timeout_ms() -> u64 {
@@ -195,6 +215,15 @@ impl JobSpec {
                 changes.freeze_timeout_ms
             ));
         }
+        if let Some(changes) = &self.changes
+            && !(100..=3_600_000).contains(&changes.max_frozen_ms)
+        {
+            return fail(format!(
+                "`changes.max_frozen_ms` {} is outside 100..=3600000: past it a cutover rolls back and \
+                 the source takes writes again",
+                changes.max_frozen_ms
+            ));
+        }
         for (field, value) in [("source", &self.source), ("target", &self.target)] {
             if value.trim().is_empty() {
                 return fail(format!("`{field}` is empty: give a postgres:// URL"));
@@ -296,6 +325,32 @@ encryption: { key_file: /tmp/kek }
         assert_eq!(spec.job.as_str(), "acme-onboarding");
         assert_eq!(spec.chunk_size, ByteSize(DEFAULT_CHUNK_SIZE));
         assert!(spec.all_tables());
+    }
+
+    #[test]
+    fn cutover_limits_default_and_are_checked() {
+        let text = format!("{VALID}\nchanges: {{}}\n");
+        let spec = JobSpec::from_yaml(&text, "job.yaml").expect("valid spec");
+        let changes = spec.changes.expect("changes");
+        assert_eq!(changes.max_frozen_ms, DEFAULT_MAX_FROZEN_MS);
+        assert_eq!(changes.max_cutover_lag, ByteSize(DEFAULT_MAX_CUTOVER_LAG));
+        let text = format!("{VALID}\nchanges: {{ max_cutover_lag: 1MiB, max_frozen_ms: 800 }}\n");
+        let changes = JobSpec::from_yaml(&text, "job.yaml")
+            .expect("valid spec")
+            .changes
+            .expect("changes");
+        assert_eq!(
+            (changes.max_cutover_lag, changes.max_frozen_ms),
+            (ByteSize(1 << 20), 800)
+        );
+        let text = format!("{VALID}\nchanges: {{ max_frozen_ms: 5 }}\n");
+        let err = JobSpec::from_yaml(&text, "job.yaml")
+            .expect_err("5 ms accepted")
+            .to_string();
+        assert!(
+            err.contains("changes.max_frozen_ms") && err.contains("100..=3600000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,9 +29,9 @@ use crate::freeze::Freezer;
 use crate::phases::Phases;
 use crate::verification::{Verified, Verifier};
 
-/// How long the cutover waits for the stream to catch up before it
-/// freezes anyway (the drain then applies the rest inside the freeze).
-const CATCH_UP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long the cutover waits for the stream to come within
+/// `changes.max_cutover_lag` of the source before it gives up.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(300);
 /// How long the cutover waits for a worker to hold the stream.
 const TAKE_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a frozen source waits for the stream to drain.
@@ -120,6 +120,7 @@ impl Phases<'_> {
             .await
             .map_err(JobError::Failed)?;
         let inbox = Inbox::open(self.store.clone(), self.keyspace.clone(), job.clone()).await;
+        let mut served = std::collections::HashSet::new();
         let mut wakeups = Wakeups::open(
             self.store.clone(),
             &self.keyspace.job_prefix(&job),
@@ -142,9 +143,17 @@ impl Phases<'_> {
                 }
             }
             let asked = inbox.open_requests().await.unwrap_or_default();
-            if asked.contains(&Incoming::Cutover)
+            // A request served already may still be open (its requester
+            // reading the answer), its answer even gone already: it is
+            // known by its id, never served twice.
+            let cutover = asked.iter().find_map(|r| match r {
+                Incoming::Cutover(id) if !served.contains(id) => Some(id.clone()),
+                _ => None,
+            });
+            if let Some(id) = cutover
                 && !inbox.answered("cutover").await.unwrap_or(true)
             {
+                served.insert(id);
                 let (cut, verified) = self.cutover(record).await?;
                 let answer = cutover_answer(cut.clone(), verified);
                 if let Err(e) = inbox.answer("cutover", &answer).await {
@@ -262,19 +271,28 @@ impl Phases<'_> {
             wakeups.wait().await;
         }
         // Catch up first, so the frozen window holds only the last moments.
-        self.await_caught_up(job, cut.started_at_unix_ms).await;
-        let timeout_ms = spec
-            .changes
-            .as_ref()
-            .map_or(godwit_common::spec::DEFAULT_FREEZE_TIMEOUT_MS, |c| {
-                c.freeze_timeout_ms
-            });
-        let freezer = Freezer::freeze(spec, tables, timeout_ms).await?;
+        let limits = spec.changes.clone().unwrap_or_default();
+        self.await_caught_up(spec, cut.started_at_unix_ms, limits.max_cutover_lag.0)
+            .await?;
+        let freezer = Freezer::freeze(spec, tables, limits.freeze_timeout_ms).await?;
         let frozen = Instant::now();
         let mut drained: Option<Pending> = None;
-        let outcome = self
-            .frozen_steps(spec, tables, cut, verified, &mut drained)
-            .await;
+        let step = std::sync::Mutex::new("draining the stream");
+        let max_frozen = Duration::from_millis(limits.max_frozen_ms);
+        let outcome = tokio::time::timeout(
+            max_frozen,
+            self.frozen_steps(spec, tables, cut, verified, &mut drained, &step),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            let step = step.lock().map_or("a frozen step", |s| *s);
+            Err(Error::Precondition(format!(
+                "the source stayed frozen past changes.max_frozen_ms ({} ms) while {step}: rolled back \
+                 so the application's writes go on; cut over at a quieter moment or raise \
+                 changes.max_frozen_ms",
+                limits.max_frozen_ms
+            )))
+        });
         let outcome = match outcome {
             Ok(()) => freezer.keep_frozen(spec, tables).await,
             Err(e) => {
@@ -292,9 +310,17 @@ impl Phases<'_> {
                 Ok(())
             }
             Err(e) => {
-                // Ending the drain sends the stream back to streaming.
-                if let Some(drained) = drained {
-                    drained.end().await;
+                // Ending the drain sends the stream back to streaming; one
+                // cut short by the deadline is withdrawn all the same.
+                match drained {
+                    Some(drained) => drained.end().await,
+                    None => {
+                        if let Err(e) =
+                            requests::withdraw(self.store, self.keyspace, job, "drain").await
+                        {
+                            tracing::warn!(job_id = %job, error = %e, "cannot withdraw the drain request; it ends with its lease");
+                        }
+                    }
                 }
                 Err(e)
             }
@@ -310,7 +336,13 @@ impl Phases<'_> {
         cut: &mut CutoverRecord,
         verified: &mut Option<Verified>,
         drained: &mut Option<Pending>,
+        step: &std::sync::Mutex<&'static str>,
     ) -> Result<()> {
+        let at = |now: &'static str| {
+            if let Ok(mut step) = step.lock() {
+                *step = now;
+            }
+        };
         let started = Instant::now();
         let source = pg::connect(&spec.source, Side::Source).await?;
         let (insert, _) = stream::wal_positions(&source).await?;
@@ -325,11 +357,13 @@ impl Phases<'_> {
         .await?;
         *drained = Some(request);
         tracing::info!(job_id = %spec.job, applied = %format_lsn(applied), "cutover: the stream drained to the frozen source");
+        at("syncing sequences");
         let target = pg::connect(&spec.target, Side::Target).await?;
         let sequences = catalog::sequences(&source, tables, spec.all_tables()).await?;
         catalog::set_sequences(&target, &sequences).await?;
         cut.drain_ms = started.elapsed().as_millis() as u64;
 
+        at("running the final verification");
         let started = Instant::now();
         let source = pg::export_snapshot(&spec.source, Side::Source).await?;
         let target = pg::export_snapshot(&spec.target, Side::Target).await?;
@@ -357,23 +391,45 @@ impl Phases<'_> {
         Ok(())
     }
 
-    /// Waits (a bounded while) until the stream reports no lag after `since`.
-    async fn await_caught_up(&self, job: &JobId, since_unix_ms: u64) {
+    /// Waits until the stream is at most `max_lag` behind the source's WAL
+    /// (as it reported after `since`); refuses once `CATCH_UP_PATIENCE`
+    /// has passed without that.
+    async fn await_caught_up(
+        &self,
+        spec: &JobSpec,
+        since_unix_ms: u64,
+        max_lag: u64,
+    ) -> Result<()> {
+        let job = &spec.job;
         let key = self
             .keyspace
             .work_item(job, StreamItem::KIND, StreamItem::NUMBER);
+        let source = pg::connect(&spec.source, Side::Source).await?;
         let deadline = Instant::now() + CATCH_UP_PATIENCE;
         let mut wakeups = Wakeups::open(self.store.clone(), &key, MIRROR_FALLBACK).await;
-        while Instant::now() < deadline {
-            if let Ok(Some(item)) = state::load::<StreamItem>(self.store.as_ref(), &key).await
+        let mut lag = None;
+        loop {
+            if let Some(item) = state::load::<StreamItem>(self.store.as_ref(), &key).await?
                 && item.progress.updated_at_unix_ms >= since_unix_ms
-                && item.progress.lag_bytes == 0
+                && let Some(seen) = parse_lsn(&item.progress.caught_up_lsn)
             {
-                return;
+                let (insert, _) = stream::wal_positions(&source).await?;
+                let behind = insert.saturating_sub(seen);
+                if behind <= max_lag {
+                    return Ok(());
+                }
+                lag = Some(behind);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Precondition(format!(
+                    "the change stream of job {job} stayed {} behind the source for {CATCH_UP_PATIENCE:?}, \
+                     more than changes.max_cutover_lag ({max_lag} bytes): the source writes faster than \
+                     the stream applies; cut over at a quieter moment or raise changes.max_cutover_lag",
+                    lag.map_or_else(|| "an unknown amount".to_owned(), |b| format!("{b} bytes"))
+                )));
             }
             wakeups.wait().await;
         }
-        tracing::warn!(job_id = %job, "cutover: the stream did not catch up within {CATCH_UP_PATIENCE:?}; freezing anyway");
     }
 
     /// Tells the drained stream the cutover succeeded and waits (a bounded

@@ -138,6 +138,7 @@ fn changes(progress: &ChangeProgress) -> Changes {
         rows: progress.rows,
         last_cutover: progress.last_cutover.as_ref().map(cutover),
         retained_wal_bytes: progress.retained_wal_bytes,
+        catch_up_bytes_per_s: progress.catch_up_bytes_per_s,
     }
 }
 

@@ -3,6 +3,7 @@
 //! changes to apply, and when to commit, is `apply_run`'s.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -34,7 +35,7 @@ struct TargetTable {
 #[derive(Default)]
 pub struct Applier {
     relations: HashMap<u32, TargetTable>,
-    statements: HashMap<String, Statement>,
+    statements: HashMap<String, (Statement, Arc<str>)>,
 }
 
 impl Applier {
@@ -42,18 +43,20 @@ impl Applier {
         Self::default()
     }
 
-    /// Applies one decoded message inside the target transaction the
-    /// caller runs on `tx`. Returns the rows changed.
+    /// Turns one decoded message into what the target must run inside the
+    /// transaction the caller holds open on `tx`: a relation is described
+    /// (and a truncate run) at once; a row change becomes a statement the
+    /// caller runs, in order, possibly pipelined behind others.
     pub async fn apply_change(
         &mut self,
         tx: &Client,
         source: &Client,
         change: &Message,
-    ) -> Result<u64> {
+    ) -> Result<Applying> {
         match change {
             Message::Relation(relation) => {
                 self.describe(tx, source, relation).await?;
-                Ok(0)
+                Ok(Applying::Done)
             }
             Message::Insert { relation, new } => {
                 let table = self.table_for(*relation, new)?;
@@ -79,7 +82,7 @@ impl Applier {
                     columns.join(", "),
                     values.join(", ")
                 );
-                self.run(tx, &sql, &params).await
+                self.statement(tx, &sql, &params, None).await
             }
             Message::Update { relation, old, new } => {
                 let table = self.table_for(*relation, new)?;
@@ -98,7 +101,7 @@ impl Applier {
                     ));
                 }
                 if sets.is_empty() {
-                    return Ok(0);
+                    return Ok(Applying::Done);
                 }
                 let identity = old.as_ref().map_or(new.as_slice(), old_values);
                 let filter = identify(&table, identity, &mut params)?;
@@ -107,16 +110,16 @@ impl Applier {
                     table.name.only(),
                     sets.join(", ")
                 );
-                let changed = self.run(tx, &sql, &params).await?;
-                found_one(changed, "UPDATE", &table)
+                self.statement(tx, &sql, &params, Some(("UPDATE", table.name)))
+                    .await
             }
             Message::Delete { relation, old } => {
                 let table = self.table_for(*relation, old_values(old))?;
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
                 let sql = format!("DELETE FROM {} WHERE {filter}", table.name.only());
-                let changed = self.run(tx, &sql, &params).await?;
-                found_one(changed, "DELETE", &table)
+                self.statement(tx, &sql, &params, Some(("DELETE", table.name)))
+                    .await
             }
             Message::Truncate {
                 relations,
@@ -141,9 +144,11 @@ impl Applier {
                 tx.batch_execute(&sql)
                     .await
                     .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))?;
-                Ok(0)
+                Ok(Applying::Done)
             }
-            Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => Ok(0),
+            Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {
+                Ok(Applying::Done)
+            }
         }
     }
 
@@ -216,36 +221,90 @@ impl Applier {
         Ok(())
     }
 
-    async fn run(&mut self, tx: &Client, sql: &str, params: &[Option<&str>]) -> Result<u64> {
-        let statement = match self.statements.get(sql) {
-            Some(statement) => statement.clone(),
+    /// The statement for `sql`, prepared once per session, with its values.
+    async fn statement(
+        &mut self,
+        tx: &Client,
+        sql: &str,
+        params: &[Option<&str>],
+        expect_one: Option<(&'static str, TableName)>,
+    ) -> Result<Applying> {
+        let (statement, text) = match self.statements.get(sql) {
+            Some(prepared) => prepared.clone(),
             None => {
                 let statement = tx
                     .prepare(sql)
                     .await
                     .map_err(|e| Error::postgres(format!("cannot prepare {sql}"), e))?;
-                self.statements.insert(sql.to_owned(), statement.clone());
-                statement
+                let prepared = (statement, Arc::<str>::from(sql));
+                self.statements.insert(sql.to_owned(), prepared.clone());
+                prepared
             }
         };
-        let params: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(&statement, &params)
+        Ok(Applying::Statement(RowStatement {
+            statement,
+            sql: text,
+            params: params.iter().map(|p| p.map(str::to_owned)).collect(),
+            expect_one,
+        }))
+    }
+}
+
+/// What one decoded message takes on the target.
+pub enum Applying {
+    /// Nothing more: a relation described, a table truncated.
+    Done,
+    /// A row change to run.
+    Statement(RowStatement),
+}
+
+/// One row change as a prepared statement and its values, ready to run in
+/// the caller's open transaction.
+pub struct RowStatement {
+    statement: Statement,
+    sql: Arc<str>,
+    params: Vec<Option<String>>,
+    /// An UPDATE or DELETE must change exactly one row of this table.
+    expect_one: Option<(&'static str, TableName)>,
+}
+
+impl RowStatement {
+    /// The bytes of values it holds until it has run.
+    pub fn held_bytes(&self) -> usize {
+        self.params
+            .iter()
+            .map(|p| p.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
+    /// Runs it; returns the rows changed.
+    pub async fn run(self, tx: &Client) -> Result<u64> {
+        let params: Vec<&(dyn ToSql + Sync)> = self
+            .params
+            .iter()
+            .map(|p| p as &(dyn ToSql + Sync))
+            .collect();
+        let changed = tx
+            .execute(&self.statement, &params)
             .await
-            .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))
+            .map_err(|e| Error::postgres(format!("cannot apply {}", self.sql), e))?;
+        match &self.expect_one {
+            Some((what, table)) => found_one(changed, what, table),
+            None => Ok(changed),
+        }
     }
 }
 
 /// An UPDATE or DELETE must find its row: one that does not means the
 /// target no longer matches the source, and going on would hide that.
-fn found_one(changed: u64, what: &str, table: &TargetTable) -> Result<u64> {
+fn found_one(changed: u64, what: &str, table: &TableName) -> Result<u64> {
     if changed == 1 {
         return Ok(1);
     }
     Err(Error::Diverged(format!(
         "change stream: a source {what} of {} matched {changed} rows on the target instead of one: \
          the target no longer matches the source there (run godwit verify to see where)",
-        table.name
+        table
     )))
 }
 

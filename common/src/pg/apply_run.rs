@@ -9,9 +9,14 @@
 //! Owns the order of applying and committing; never reads the slot and
 //! never moves it.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::FutureExt;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::Client;
 
-use super::apply::{Applier, lock_ledger, record_ledger};
+use super::apply::{Applier, Applying, lock_ledger, record_ledger};
 use super::pgoutput::{Message, format_lsn};
 use super::stream::SnapshotBounds;
 use crate::{Error, Result};
@@ -20,6 +25,12 @@ use crate::{Error, Result};
 /// source-transaction boundary: small source transactions share commits,
 /// large ones are never split.
 const COMMIT_EVERY_ROWS: u64 = 10_000;
+/// Row statements sent ahead of their answers (pipelined on the target
+/// session): at most this many, holding at most this many bytes of values.
+const MAX_IN_FLIGHT: usize = 512;
+const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
+
+type InFlight<'a> = FuturesOrdered<Pin<Box<dyn Future<Output = Result<u64>> + Send + 'a>>>;
 
 /// What the sequencer decides for one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +177,8 @@ pub struct ApplyRun<'a> {
     committed: u64,
     stopped: bool,
     current_xid: Option<u32>,
+    in_flight: InFlight<'a>,
+    in_flight_bytes: usize,
 }
 
 impl<'a> ApplyRun<'a> {
@@ -189,6 +202,8 @@ impl<'a> ApplyRun<'a> {
             committed: applied,
             stopped: false,
             current_xid: None,
+            in_flight: FuturesOrdered::new(),
+            in_flight_bytes: 0,
         }
     }
 
@@ -202,12 +217,40 @@ impl<'a> ApplyRun<'a> {
             match step {
                 Step::Apply(message) => {
                     self.begin().await?;
-                    let changed = self
-                        .applier
-                        .apply_change(self.target, self.source, &message)
-                        .await
-                        .map_err(|e| self.in_transaction(e))?;
-                    self.uncommitted_rows += changed;
+                    // A relation described or a statement prepared is a
+                    // round trip of its own: the pipeline keeps draining
+                    // meanwhile, so the session never waits on itself.
+                    let (applying, refused) = alongside(
+                        self.applier
+                            .apply_change(self.target, self.source, &message),
+                        &mut self.in_flight,
+                    )
+                    .await;
+                    if let Some(refused) = refused {
+                        return Err(refused);
+                    }
+                    let applying = applying.map_err(|e| self.in_transaction(e))?;
+                    if let Applying::Statement(statement) = applying {
+                        self.in_flight_bytes += statement.held_bytes();
+                        let (target, xid, after) = (
+                            self.target,
+                            self.current_xid.unwrap_or_default(),
+                            self.committed,
+                        );
+                        self.in_flight.push_back(Box::pin(async move {
+                            statement
+                                .run(target)
+                                .await
+                                .map_err(|e| diverged(e, xid, after))
+                        }));
+                        self.uncommitted_rows += 1;
+                        self.pump()?;
+                        if self.in_flight.len() >= MAX_IN_FLIGHT
+                            || self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
+                        {
+                            self.settle().await?;
+                        }
+                    }
                 }
                 Step::Committed { end_lsn, .. } => {
                     self.pending_end = Some(end_lsn);
@@ -238,7 +281,9 @@ impl<'a> ApplyRun<'a> {
     }
 
     /// Rolls back what is not committed (after an error).
-    pub async fn abandon(self) {
+    pub async fn abandon(mut self) {
+        // Statements still in flight fail in the aborted transaction.
+        while self.in_flight.next().await.is_some() {}
         if self.open {
             let _ = self.target.batch_execute("ROLLBACK").await;
         }
@@ -267,7 +312,25 @@ impl<'a> ApplyRun<'a> {
         Ok(())
     }
 
+    /// Sends what was queued (one poll) and takes the answers already in.
+    fn pump(&mut self) -> Result<()> {
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every statement in flight.
+    async fn settle(&mut self) -> Result<()> {
+        while let Some(done) = self.in_flight.next().await {
+            done?;
+        }
+        self.in_flight_bytes = 0;
+        Ok(())
+    }
+
     async fn commit(&mut self) -> Result<()> {
+        self.settle().await?;
         let Some(end_lsn) = self.pending_end.take() else {
             return Ok(());
         };
@@ -286,16 +349,42 @@ impl<'a> ApplyRun<'a> {
     }
 
     fn in_transaction(&self, e: Error) -> Error {
-        // A connection lost mid-way can pass; keep it retryable.
-        if e.is_retryable() {
-            return e;
-        }
-        Error::Diverged(format!(
-            "cannot apply source transaction {} (after {}) to the target: {e}",
-            self.current_xid.unwrap_or_default(),
-            format_lsn(self.committed)
-        ))
+        diverged(e, self.current_xid.unwrap_or_default(), self.committed)
     }
+}
+
+/// Names the source transaction a change of which the target refused.
+fn diverged(e: Error, xid: u32, after: u64) -> Error {
+    // A connection lost mid-way can pass; keep it retryable.
+    if e.is_retryable() {
+        return e;
+    }
+    Error::Diverged(format!(
+        "cannot apply source transaction {xid} (after {}) to the target: {e}",
+        format_lsn(after)
+    ))
+}
+
+/// Runs `work` while taking the answers of the statements in flight;
+/// returns its result and the first refusal among those answers.
+async fn alongside<T>(
+    work: impl Future<Output = Result<T>>,
+    in_flight: &mut InFlight<'_>,
+) -> (Result<T>, Option<Error>) {
+    tokio::pin!(work);
+    let mut refused = None;
+    let out = loop {
+        tokio::select! {
+            biased;
+            out = &mut work => break out,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(e) = done {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+    };
+    (out, refused)
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ impl GodwitService {
                 )));
             }
         }
+        self.cutover_allowed(&job).await?;
         self.signed_off(&caller, &record.spec, "cutover").await?;
         let outcome =
             match requests::cutover(&self.store, &self.keyspace, &job, caller.identity()).await {
@@ -158,5 +159,39 @@ impl GodwitService {
             cutover: Some(status::cutover(&outcome.record)),
             verification,
         }))
+    }
+}
+
+impl GodwitService {
+    /// A cutover is refused while the job is paused (its operators asked
+    /// that it move no data) or while a verification of it runs (the
+    /// cutover's own final verification would compete with it).
+    async fn cutover_allowed(&self, job: &godwit_common::ids::JobId) -> Result<(), Status> {
+        let unavailable = |e: godwit_common::Error| crate::error::status(e.kind(), e.to_string());
+        if self
+            .store
+            .get(&self.keyspace.job_paused(job))
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Err(Status::failed_precondition(format!(
+                "job {job} is paused: resume it (godwit resume {job}) and let the stream catch up, \
+                 then cut over"
+            )));
+        }
+        if self
+            .store
+            .get(&self.keyspace.verifying(job))
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Err(Status::failed_precondition(format!(
+                "a verification of job {job} is running: wait for it to end, then cut over \
+                 (the cutover runs its own final verification)"
+            )));
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod changes;
 mod chaos;
 mod chart;
+mod cutover_limits;
 mod distributed;
 mod embedded;
 mod lease_store;

@@ -334,7 +334,7 @@ impl Streamer {
                 }
                 // The cutover is the leader's; a stop before any drain
                 // waits for its drain.
-                Incoming::Cutover | Incoming::Stop => continue,
+                Incoming::Cutover(_) | Incoming::Stop => continue,
             }
             served.push(request);
         }
@@ -355,19 +355,25 @@ impl Streamer {
         self.leave_replica_mode().await
     }
 
-    /// Updates what operators see after a read of the slot.
+    /// Updates what operators see after a read of the slot: lag is the
+    /// source's WAL beyond what the stream has seen, whatever it carried.
     async fn account(&self, progress: &mut ChangeProgress, polled: &Polled) {
         progress.transactions += polled.transactions;
         progress.rows += polled.rows;
         progress.applied_lsn = format_lsn(self.applied);
+        let seen = self.applied.max(self.advanced);
         let now = now_unix_ms();
+        let previous = pgoutput::parse_lsn(&progress.caught_up_lsn);
+        if let Some(previous) = previous {
+            let elapsed = now.saturating_sub(progress.updated_at_unix_ms).max(1);
+            let recent = seen.saturating_sub(previous) * 1000 / elapsed;
+            // A moving average over a few seconds of reads.
+            progress.catch_up_bytes_per_s = (progress.catch_up_bytes_per_s * 7 + recent) / 8;
+        }
+        progress.caught_up_lsn = format_lsn(seen);
         progress.updated_at_unix_ms = now;
-        if polled.truncated {
-            if let Ok((insert, _)) = stream::wal_positions(&self.source).await {
-                progress.lag_bytes = insert.saturating_sub(self.applied);
-            }
-        } else {
-            progress.lag_bytes = 0;
+        if let Ok((insert, _)) = stream::wal_positions(&self.source).await {
+            progress.lag_bytes = insert.saturating_sub(seen);
         }
         progress.lag_ms = match polled.last_commit_unix_ms {
             Some(committed) if polled.truncated || polled.transactions > 0 => {

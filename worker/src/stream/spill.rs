@@ -19,7 +19,7 @@ use godwit_common::{Error, Result};
 use tokio_postgres::Client;
 
 /// The most raw change bytes held in memory per segment.
-pub(crate) const SEGMENT_BYTES: usize = 8 << 20;
+pub(crate) const SEGMENT_BYTES: usize = 4 << 20;
 
 /// Where a read of the slot starts and how much it may take.
 pub(crate) struct ReadAt<'a> {
