@@ -30,6 +30,15 @@ struct Deployment {
 
 impl Deployment {
     async fn start(job_id: &'static str, partition_size: &str) -> anyhow::Result<Self> {
+        Self::start_with(job_id, partition_size, "").await
+    }
+
+    /// A deployment whose job spec ends with `extra`.
+    async fn start_with(
+        job_id: &'static str,
+        partition_size: &str,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let (source, target) = source_and_target(12).await?;
         let etcd = Etcd::start()?;
         let root = format!("/godwit-{job_id}");
@@ -46,6 +55,7 @@ impl Deployment {
                     &format!("partition_size: {partition_size}"),
                 )
                 .replace("chunk_size: 128KiB", "chunk_size: 64KiB")
+                + extra
         })?;
         let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
         assert!(submitted.status.success(), "{}", describe(&submitted));
@@ -184,7 +194,10 @@ async fn a_stopped_worker_hands_its_partition_back_at_once_and_exits_cleanly() -
 {
     use godwit_common::lease::{EtcdStore, LeaseStore};
 
-    let deployment = Deployment::start("term", "1GiB").await?;
+    // Read at a bounded rate, so the events partition is still being
+    // copied when the signal lands, however fast the machine is.
+    let deployment =
+        Deployment::start_with("term", "1GiB", "\nthrottle: { bytes_per_sec: 4MiB }").await?;
     // A long TTL: a lease left to expire would still be there after the exit.
     let ttl = Duration::from_secs(30);
     let ttl_arg = ttl.as_secs().to_string();
