@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+/// The longest one attempt at the freeze waits for the tables' locks.
+const ATTEMPT_WAIT: Duration = Duration::from_millis(100);
+
 /// The source's tables locked against writes (reads go on) in one open
 /// transaction: the application's writes wait rather than fail, and if this
 /// process dies the transaction ends and the source is writable again.
@@ -30,23 +33,25 @@ impl Freezer {
         loop {
             // An application transaction that writes to two of the tables
             // can hold one while it waits for another this lock already
-            // holds: PostgreSQL then ends one of the two. When it picks the
-            // freeze, the application goes on and the freeze tries again
-            // within what is left of its time.
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1);
+            // holds. Each attempt waits at most ATTEMPT_WAIT, far below
+            // PostgreSQL's deadlock_timeout (1 s by default), so the
+            // attempt gives way before the deadlock check could end the
+            // application's transaction; the freeze then tries again within
+            // what is left of its time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(ATTEMPT_WAIT).as_millis().max(1);
             let locked = session
                 .batch_execute(&format!(
-                    "SET lock_timeout = {left}; BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
+                    "SET lock_timeout = {wait}; BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
                     list.join(", ")
                 ))
                 .await;
             let Err(e) = locked else { break };
             let _ = session.batch_execute("ROLLBACK").await;
-            if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) && Instant::now() < deadline {
-                tracing::info!(job_id = %spec.job, "cutover: the freeze met an application transaction in a deadlock; locking again");
+            let gave_way = e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED);
+            if gave_way && Instant::now() < deadline {
+                tracing::debug!(job_id = %spec.job, "cutover: the freeze gave way to an application transaction; locking again");
                 continue;
             }
             return Err(Error::postgres(
