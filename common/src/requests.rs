@@ -106,6 +106,35 @@ struct RequestBody {
     drain: Option<Drain>,
 }
 
+impl RequestBody {
+    fn new(requester: &str, drain: Option<Drain>) -> Self {
+        Self {
+            requester: requester.to_owned(),
+            id: format!("{:016x}", rand::random::<u64>()),
+            drain,
+        }
+    }
+}
+
+/// Writes the request `name` on a lease of its own; a conflict when one
+/// of that name is open already.
+async fn open_request(
+    store: &Arc<dyn LeaseStore>,
+    keyspace: &Keyspace,
+    job: &JobId,
+    name: &str,
+    body: &RequestBody,
+) -> Result<HeldLease> {
+    HeldLease::try_acquire(
+        store.clone(),
+        &request_key(keyspace, job, name),
+        state::encode(body)?,
+        LeaseTiming::DEFAULT,
+    )
+    .await?
+    .ok_or_else(|| Error::Conflict(format!("a {name} of job {job} is already running")))
+}
+
 async fn ask<T: for<'de> Deserialize<'de>>(
     store: &Arc<dyn LeaseStore>,
     keyspace: &Keyspace,
@@ -118,18 +147,7 @@ async fn ask<T: for<'de> Deserialize<'de>>(
     // An answer left from an earlier request of the same name is not this one's.
     store.delete(&answer_key).await?;
     let mut wakeups = Wakeups::open(store.clone(), &answer_key, ANSWER_FALLBACK).await;
-    let Some(lease) = HeldLease::try_acquire(
-        store.clone(),
-        &request_key(keyspace, job, name),
-        state::encode(&body)?,
-        LeaseTiming::DEFAULT,
-    )
-    .await?
-    else {
-        return Err(Error::Conflict(format!(
-            "a {name} of job {job} is already running"
-        )));
-    };
+    let lease = open_request(store, keyspace, job, name, &body).await?;
     let pending = Pending {
         lease,
         answer_key: answer_key.clone(),
@@ -162,11 +180,7 @@ pub async fn pin(
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("pin-{}-{}-{n}", now_unix_ms(), std::process::id());
-    let body = RequestBody {
-        requester: requester.to_owned(),
-        id: format!("{:016x}", rand::random::<u64>()),
-        drain: None,
-    };
+    let body = RequestBody::new(requester, None);
     let (answer, pending) =
         ask::<PinAnswer>(store, keyspace, job, &name, body, PIN_PATIENCE).await?;
     match answer {
@@ -187,11 +201,7 @@ pub async fn cutover(
     job: &JobId,
     requester: &str,
 ) -> Result<CutoverAnswer> {
-    let body = RequestBody {
-        requester: requester.to_owned(),
-        id: format!("{:016x}", rand::random::<u64>()),
-        drain: None,
-    };
+    let body = RequestBody::new(requester, None);
     let (answer, pending) =
         ask::<CutoverAnswer>(store, keyspace, job, "cutover", body, CUTOVER_PATIENCE).await?;
     pending.end().await;
@@ -209,11 +219,7 @@ pub async fn drain(
     upto: u64,
     patience: Duration,
 ) -> Result<(u64, Pending)> {
-    let body = RequestBody {
-        requester: requester.to_owned(),
-        id: format!("{:016x}", rand::random::<u64>()),
-        drain: Some(Drain { upto }),
-    };
+    let body = RequestBody::new(requester, Some(Drain { upto }));
     let (answer, pending) =
         ask::<DrainAnswer>(store, keyspace, job, "drain", body, patience).await?;
     match answer {
@@ -236,23 +242,8 @@ pub async fn stop(
     job: &JobId,
     requester: &str,
 ) -> Result<Pending> {
-    let body = RequestBody {
-        requester: requester.to_owned(),
-        id: format!("{:016x}", rand::random::<u64>()),
-        drain: None,
-    };
-    let Some(lease) = HeldLease::try_acquire(
-        store.clone(),
-        &request_key(keyspace, job, "stop"),
-        state::encode(&body)?,
-        LeaseTiming::DEFAULT,
-    )
-    .await?
-    else {
-        return Err(Error::Conflict(format!(
-            "a stop of job {job}'s stream is already asked"
-        )));
-    };
+    let body = RequestBody::new(requester, None);
+    let lease = open_request(store, keyspace, job, "stop", &body).await?;
     Ok(Pending {
         lease,
         answer_key: answer_key(keyspace, job, "stop"),

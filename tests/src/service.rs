@@ -66,16 +66,7 @@ impl Service {
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(bin("godwit-worker")?);
-        command.args([
-            "--id",
-            id,
-            "--etcd",
-            etcd,
-            "--root",
-            root,
-            "--coordinator",
-            coordinator,
-        ]);
+        command.args(worker_args(id, etcd, root, coordinator));
         command.args(extra);
         command.envs(env.iter().map(|(k, v)| (k, v)));
         Self::spawn(id, command)
@@ -96,16 +87,7 @@ impl Service {
             .arg(format!("--data={data_bytes}"))
             .arg("--")
             .arg(bin("godwit-worker")?)
-            .args([
-                "--id",
-                id,
-                "--etcd",
-                etcd,
-                "--root",
-                root,
-                "--coordinator",
-                coordinator,
-            ]);
+            .args(worker_args(id, etcd, root, coordinator));
         // One malloc arena per core, not per thread: the limit then bounds
         // what the worker holds, not how its allocator reserves.
         command.env("MALLOC_ARENA_MAX", "2");
@@ -153,4 +135,23 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The arguments every worker of a test deployment starts with.
+fn worker_args<'a>(
+    id: &'a str,
+    etcd: &'a str,
+    root: &'a str,
+    coordinator: &'a str,
+) -> [&'a str; 8] {
+    [
+        "--id",
+        id,
+        "--etcd",
+        etcd,
+        "--root",
+        root,
+        "--coordinator",
+        coordinator,
+    ]
 }
