@@ -117,10 +117,14 @@ fn catch_up_eta(lag_bytes: u64, bytes_per_s: u64) -> String {
 
 pub fn cutover_line(cut: &godwit_proto::v1::Cutover) -> String {
     let timing = format!(
-        "source frozen {} (drain {}, final verification {})",
+        "source frozen {} (drain {}, check of {} changed keys and {} whole tables {}), \
+         after a full verification of {} while writes went on",
         duration_ms(cut.frozen_ms),
         duration_ms(cut.drain_ms),
-        duration_ms(cut.verify_ms)
+        cut.checked_keys,
+        cut.whole_tables,
+        duration_ms(cut.verify_ms),
+        duration_ms(cut.baseline_verify_ms)
     );
     if cut.succeeded {
         format!("done, {timing}")

@@ -224,8 +224,17 @@ pub struct CutoverRecord {
     pub frozen_ms: u64,
     /// Of which draining the last changes took.
     pub drain_ms: u64,
-    /// Of which the final verification took.
+    /// Of which the check of the rows changed since the baseline took.
     pub verify_ms: u64,
+    /// The full verification just before the freeze (the source still
+    /// took writes meanwhile).
+    #[serde(default)]
+    pub baseline_verify_ms: u64,
+    /// Keys the frozen check compared, and tables it compared whole.
+    #[serde(default)]
+    pub checked_keys: u64,
+    #[serde(default)]
+    pub whole_tables: u64,
     pub succeeded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 use godwit_common::ids::JobId;
 use godwit_common::job::{ChangeProgress, CutoverRecord, JobRecord, Phase};
 use godwit_common::lease::Wakeups;
+use godwit_common::pg::changed_keys::{self, Touch};
 use godwit_common::pg::pgoutput::{format_lsn, parse_lsn};
 use godwit_common::pg::snapshot::{self, slot_name};
-use godwit_common::pg::{self, Side, catalog, replica, stream};
+use godwit_common::pg::{self, Side, apply, catalog, replica, stream};
 use godwit_common::requests::{self, CutoverAnswer, Inbox, Incoming, Pending};
+use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
-use godwit_common::state::{self, PinnedSnapshots, now_unix_ms};
+use godwit_common::state::{self, now_unix_ms};
 use godwit_common::verify::Options;
+use godwit_common::verify::{self, Report};
 use godwit_common::work::{self, StreamItem, WorkItem, WorkState};
 use godwit_common::{Error, Result};
 
@@ -274,6 +277,13 @@ impl Phases<'_> {
         let limits = spec.changes.clone().unwrap_or_default();
         self.await_caught_up(spec, cut.started_at_unix_ms, limits.max_cutover_lag.0)
             .await?;
+        let started = Instant::now();
+        let baseline = self.baseline(spec).await;
+        cut.baseline_verify_ms = started.elapsed().as_millis() as u64;
+        let baseline = baseline?;
+        // Again: the verification took time while the source wrote on.
+        self.await_caught_up(spec, now_unix_ms(), limits.max_cutover_lag.0)
+            .await?;
         let freezer = Freezer::freeze(spec, tables, limits.freeze_timeout_ms).await?;
         let frozen = Instant::now();
         let mut drained: Option<Pending> = None;
@@ -281,7 +291,7 @@ impl Phases<'_> {
         let max_frozen = Duration::from_millis(limits.max_frozen_ms);
         let outcome = tokio::time::timeout(
             max_frozen,
-            self.frozen_steps(spec, tables, cut, verified, &mut drained, &step),
+            self.frozen_steps(spec, (tables, &baseline), cut, verified, &mut drained, &step),
         )
         .await
         .unwrap_or_else(|_| {
@@ -327,12 +337,12 @@ impl Phases<'_> {
         }
     }
 
-    /// Drain, sequences, final verification: everything done while the
-    /// source's tables are frozen.
+    /// Drain, sequences, the check of what changed since the baseline:
+    /// everything done while the source's tables are frozen.
     async fn frozen_steps(
         &self,
         spec: &JobSpec,
-        tables: &[TableName],
+        (tables, baseline): (&[TableName], &Baseline),
         cut: &mut CutoverRecord,
         verified: &mut Option<Verified>,
         drained: &mut Option<Pending>,
@@ -363,32 +373,88 @@ impl Phases<'_> {
         catalog::set_sequences(&target, &sequences).await?;
         cut.drain_ms = started.elapsed().as_millis() as u64;
 
-        at("running the final verification");
+        at("checking the rows changed since the verification");
         let started = Instant::now();
-        let source = pg::export_snapshot(&spec.source, Side::Source).await?;
-        let target = pg::export_snapshot(&spec.target, Side::Target).await?;
-        let result = Verifier::new(self.store.clone(), self.keyspace.clone())
-            .verify_pinned(
-                spec,
-                Options::default(),
-                PinnedSnapshots {
-                    source: source.0,
-                    target: target.0,
-                },
-            )
-            .await;
-        drop((source.1, target.1));
+        let touched = changed_keys::since(&target, spec.job.as_str(), baseline.lsn).await?;
+        let tables = verify::compare_changed(&source, &target, &touched, Options::default()).await;
         cut.verify_ms = started.elapsed().as_millis() as u64;
-        let result = result.map_err(|e| Error::Verification(format!("final verification: {e}")))?;
-        let matched = result.report.matched;
-        let summary = result.report.summary();
-        *verified = Some(result);
+        let tables = tables.map_err(|e| Error::Verification(format!("final check: {e}")))?;
+        cut.checked_keys = touched.keys() as u64;
+        cut.whole_tables = touched
+            .tables()
+            .filter(|(_, t)| matches!(t, Touch::Whole))
+            .count() as u64;
+        let base = &baseline.verified.report;
+        let report = Report {
+            job: spec.job.to_string(),
+            verified_at_unix_ms: now_unix_ms(),
+            matched: verify::all_matched(&base.schema, &tables, &base.foreign_keys),
+            schema: base.schema.clone(),
+            tables,
+            foreign_keys: base.foreign_keys.clone(),
+            large_objects: base.large_objects.clone(),
+        };
+        let stored_at = match SealedStaging::open(spec).await {
+            Ok(sealed) => {
+                verify::store_report(sealed.staging(), sealed.key(), &spec.job, &report).await
+            }
+            Err(e) => Err(e),
+        };
+        let matched = report.matched;
+        let summary = report.summary();
+        *verified = Some(Verified { report, stored_at });
         if !matched {
             return Err(Error::Verification(format!(
-                "the final verification found differences, so the source stays authoritative:\n{summary}"
+                "the rows changed since the verification differ, so the source stays authoritative:\n{summary}"
             )));
         }
         Ok(())
+    }
+
+    /// The full verification the frozen check builds on: both sides pinned
+    /// by the stream at one source transaction while writes go on. Refused
+    /// (nothing frozen yet) when it finds a difference.
+    async fn baseline(&self, spec: &JobSpec) -> Result<Baseline> {
+        let job = spec.job.as_str();
+        let (snapshots, pin) =
+            requests::pin(self.store, self.keyspace, &spec.job, REQUESTER).await?;
+        let verified = async {
+            // The ledger as the pinned target sees it: every change up to
+            // this position is in the verified rows, none after it.
+            let target = pg::connect(&spec.target, Side::Target).await?;
+            pg::join_snapshot(&target, &snapshots.target).await?;
+            let lsn = apply::applied_lsn(&target, job).await?.ok_or_else(|| {
+                Error::Internal(format!(
+                    "the target ledger has no change position for job {job}"
+                ))
+            })?;
+            drop(target);
+            let verified = Verifier::new(self.store.clone(), self.keyspace.clone())
+                .verify_pinned(spec, Options::default(), snapshots)
+                .await
+                .map_err(|e| Error::Verification(format!("verification before the freeze: {e}")))?;
+            Ok::<_, Error>(Baseline { lsn, verified })
+        }
+        .await;
+        pin.end().await;
+        let baseline = verified?;
+        if !baseline.verified.report.matched {
+            return Err(Error::Verification(format!(
+                "the verification before the freeze found differences, so nothing was frozen and the \
+                 source stays authoritative:\n{}",
+                baseline.verified.report.summary()
+            )));
+        }
+        // What it compared need not be compared again.
+        match pg::connect(&spec.target, Side::Target).await {
+            Ok(target) => {
+                if let Err(e) = changed_keys::forget_through(&target, job, baseline.lsn).await {
+                    tracing::warn!(job_id = %job, error = %e, "cannot prune the changed-key log");
+                }
+            }
+            Err(e) => tracing::warn!(job_id = %job, error = %e, "cannot prune the changed-key log"),
+        }
+        Ok(baseline)
     }
 
     /// Waits until the stream is at most `max_lag` behind the source's WAL
@@ -459,6 +525,13 @@ impl Phases<'_> {
         }
         stop.end().await;
     }
+}
+
+/// The full verification a cutover's frozen check builds on.
+struct Baseline {
+    /// The target ledger's position in the verified snapshot.
+    lsn: u64,
+    verified: Verified,
 }
 
 /// What the requester of a cutover is told: never the report itself (it

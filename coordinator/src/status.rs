@@ -149,6 +149,9 @@ pub fn cutover(record: &CutoverRecord) -> Cutover {
         frozen_ms: record.frozen_ms,
         drain_ms: record.drain_ms,
         verify_ms: record.verify_ms,
+        baseline_verify_ms: record.baseline_verify_ms,
+        checked_keys: record.checked_keys,
+        whole_tables: record.whole_tables,
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::changed_keys::Touched;
 use super::follow::target_columns;
 use super::pgoutput::{Message, OldRow, Relation, Value, format_lsn};
 use crate::spec::{TableName, quote_ident};
@@ -28,6 +29,30 @@ struct TargetTable {
     name: TableName,
     columns: Vec<TargetColumn>,
     full_identity: bool,
+    /// Where the target's primary key sits among the stream's columns, in
+    /// the key's order; None when the stream's rows do not carry it whole
+    /// (no primary key, or a replica identity of other columns).
+    primary_key: Option<Vec<usize>>,
+}
+
+impl TargetTable {
+    /// Notes which row `row` names: by its primary key where it carries
+    /// one, else the whole table.
+    fn touch(&self, touched: &mut Touched, row: &[Value]) {
+        let key: Option<Vec<&str>> = self.primary_key.as_ref().and_then(|positions| {
+            positions
+                .iter()
+                .map(|&p| match row.get(p) {
+                    Some(Value::Text(text)) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect()
+        });
+        match key {
+            Some(key) => touched.key(&self.name, &key),
+            None => touched.whole(&self.name),
+        }
+    }
 }
 
 /// Applies changes to one target connection; remembers the relations the
@@ -36,11 +61,19 @@ struct TargetTable {
 pub struct Applier {
     relations: HashMap<u32, TargetTable>,
     statements: HashMap<String, (Statement, Arc<str>)>,
+    /// Rows changed by what was applied since the last `take_touched`.
+    touched: Touched,
 }
 
 impl Applier {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The rows changed since the last call: what the transaction being
+    /// committed touched.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
     }
 
     /// Turns one decoded message into what the target must run inside the
@@ -60,6 +93,7 @@ impl Applier {
             }
             Message::Insert { relation, new } => {
                 let table = self.table_for(*relation, new)?;
+                table.touch(&mut self.touched, new);
                 let mut columns = Vec::new();
                 let mut values = Vec::new();
                 let mut params: Vec<Option<&str>> = Vec::new();
@@ -86,6 +120,10 @@ impl Applier {
             }
             Message::Update { relation, old, new } => {
                 let table = self.table_for(*relation, new)?;
+                if let Some(old) = old {
+                    table.touch(&mut self.touched, old_values(old));
+                }
+                table.touch(&mut self.touched, new);
                 let mut sets = Vec::new();
                 let mut params: Vec<Option<&str>> = Vec::new();
                 for (column, value) in table.columns.iter().zip(new) {
@@ -115,6 +153,7 @@ impl Applier {
             }
             Message::Delete { relation, old } => {
                 let table = self.table_for(*relation, old_values(old))?;
+                table.touch(&mut self.touched, old_values(old));
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
                 let sql = format!("DELETE FROM {} WHERE {filter}", table.name.only());
@@ -129,7 +168,9 @@ impl Applier {
                 let mut names = Vec::new();
                 for relation in relations {
                     // Each truncated relation is listed, children too.
-                    names.push(self.table(*relation)?.name.only());
+                    let name = self.table(*relation)?.name.clone();
+                    names.push(name.only());
+                    self.touched.whole(&name);
                 }
                 let sql = format!(
                     "TRUNCATE {}{}{}",
@@ -210,12 +251,26 @@ impl Applier {
                 always_identity: attribute.always_identity,
             });
         }
+        let full_identity = relation.replica_identity == b'f';
+        let key = crate::verify::primary_key(tx, &name).await?;
+        let primary_key = (!key.is_empty())
+            .then(|| {
+                key.iter()
+                    .map(|quoted| {
+                        columns
+                            .iter()
+                            .position(|c| &c.quoted == quoted && (c.key || full_identity))
+                    })
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .flatten();
         self.relations.insert(
             relation.id,
             TargetTable {
                 name,
                 columns,
-                full_identity: relation.replica_identity == b'f',
+                full_identity,
+                primary_key,
             },
         );
         Ok(())
@@ -460,6 +515,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_row_is_noted_by_its_primary_key_or_its_whole_table() {
+        use crate::pg::changed_keys::Touch;
+        let column = |name: &str, key| TargetColumn {
+            quoted: quote_ident(name),
+            type_sql: "text".into(),
+            key,
+            always_identity: false,
+        };
+        let name = TableName {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        // Key (b, a): the key's order, not the table's.
+        let mut table = TargetTable {
+            name: name.clone(),
+            columns: vec![column("a", true), column("b", true), column("v", false)],
+            full_identity: false,
+            primary_key: Some(vec![1, 0]),
+        };
+        let text = |v: &str| Value::Text(v.into());
+        let mut touched = Touched::default();
+        table.touch(&mut touched, &[text("1"), text("x"), Value::Null]);
+        table.touch(&mut touched, &[text("1"), text("x"), text("again")]);
+        let keys: Vec<_> = touched.tables().collect();
+        assert_eq!(
+            keys,
+            vec![(&name, &Touch::Keys([r#"["x","1"]"#.to_owned()].into()))]
+        );
+        // A key value the row does not carry: the whole table.
+        table.touch(&mut touched, &[text("2"), Value::Unchanged, Value::Null]);
+        assert_eq!(touched.tables().next(), Some((&name, &Touch::Whole)));
+        // No primary key: the whole table.
+        table.primary_key = None;
+        let mut touched = Touched::default();
+        table.touch(&mut touched, &[text("1"), text("x"), Value::Null]);
+        assert_eq!(touched.tables().next(), Some((&name, &Touch::Whole)));
+    }
+
+    #[test]
     fn identity_uses_key_columns_or_one_equal_row() {
         let column = |name: &str, key| TargetColumn {
             quoted: quote_ident(name),
@@ -474,6 +568,7 @@ mod tests {
             },
             columns: vec![column("id", true), column("v", false)],
             full_identity: false,
+            primary_key: Some(vec![0]),
         };
         let values = vec![Value::Text("4".into()), Value::Null];
         let mut params = Vec::new();

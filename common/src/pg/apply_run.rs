@@ -17,6 +17,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::Client;
 
 use super::apply::{Applier, Applying, lock_ledger, record_ledger};
+use super::changed_keys;
 use super::pgoutput::{Message, format_lsn};
 use super::stream::SnapshotBounds;
 use crate::{Error, Result};
@@ -284,6 +285,9 @@ impl<'a> ApplyRun<'a> {
     pub async fn abandon(mut self) {
         // Statements still in flight fail in the aborted transaction.
         while self.in_flight.next().await.is_some() {}
+        // What they touched is rolled back with them, and applied again
+        // (and noted again) by the next read.
+        self.applier.take_touched();
         if self.open {
             let _ = self.target.batch_execute("ROLLBACK").await;
         }
@@ -338,6 +342,8 @@ impl<'a> ApplyRun<'a> {
         // the ledger, so the slot can move past them.
         self.begin().await?;
         record_ledger(self.target, self.job, end_lsn).await?;
+        let touched = self.applier.take_touched();
+        changed_keys::record(self.target, self.job, end_lsn, &touched).await?;
         self.target
             .batch_execute("COMMIT")
             .await

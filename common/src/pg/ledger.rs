@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS godwit.jobs (
 
 pub async fn ensure_schema(client: &Client) -> Result<()> {
     client
-        .batch_execute(SCHEMA_SQL)
+        .batch_execute(&format!("{SCHEMA_SQL}{}", super::changed_keys::SCHEMA_SQL))
         .await
         .map_err(|e| Error::postgres("cannot create the godwit ledger schema on the target", e))
 }

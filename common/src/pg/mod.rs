@@ -5,6 +5,7 @@ pub mod access;
 pub mod apply;
 pub mod apply_run;
 pub mod catalog;
+pub mod changed_keys;
 pub mod checksum;
 pub mod follow;
 pub mod large_objects;

@@ -118,9 +118,17 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
     for row in &rows {
         let (table, kind, name, was): (String, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        // The table may have been dropped on the target since.
+        // The table, or the trigger or key itself, may have been dropped
+        // on the target since: nothing is left to put back.
         let present: bool = tx
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .query_one(
+                "SELECT CASE WHEN to_regclass($1) IS NULL THEN false \
+                        WHEN $2 = 'trigger' THEN EXISTS (SELECT 1 FROM pg_trigger \
+                             WHERE tgrelid = to_regclass($1) AND tgname = $3) \
+                        ELSE EXISTS (SELECT 1 FROM pg_constraint \
+                             WHERE conrelid = to_regclass($1) AND conname = $3) END",
+                &[&table, &kind, &name],
+            )
             .await
             .map_err(|e| Error::postgres("cannot read the target catalog", e))?
             .get(0);

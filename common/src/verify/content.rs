@@ -64,31 +64,60 @@ pub async fn compare_range(
         || "true".to_owned(),
         |k| crate::pg::ranges::key_predicate(k, "t"),
     );
-    // Both databases read at once: each side is one scan of the range.
+    let key = match keys {
+        Some(_) => Some(primary_key(source, table).await?),
+        None => None,
+    };
+    compare_scope(
+        (source, target),
+        table,
+        &scope,
+        key.as_deref(),
+        method(keys),
+        options,
+    )
+    .await
+}
+
+/// Compares the rows of `table` that `scope` (a filter on `t`) selects on
+/// both databases; with the primary key's quoted columns, a difference is
+/// narrowed down to keys, else only reported.
+pub(super) async fn compare_scope(
+    (source, target): (&Client, &Client),
+    table: &TableName,
+    scope: &str,
+    key: Option<&[String]>,
+    method: &str,
+    options: Options,
+) -> Result<RangeFinding> {
+    // Both databases read at once: each side is one scan of the scope.
     let (at_source, at_target) = tokio::try_join!(
-        fingerprint_where(source, table, &scope),
-        fingerprint_where(target, table, &scope)
+        fingerprint_where(source, table, scope),
+        fingerprint_where(target, table, scope)
     )?;
-    let method = method(keys);
     let content = if at_source == at_target {
         ContentLayer {
             matched: true,
             method: method.into(),
             ..ContentLayer::default()
         }
-    } else if keys.is_none() {
-        ContentLayer {
-            matched: false,
-            method: method.into(),
-            localisation: Some(
-                "the table has no primary key: the rows that differ cannot be named, only that the table differs"
-                    .into(),
-            ),
-            ..ContentLayer::default()
-        }
     } else {
-        let key = primary_key(source, table).await?;
-        localise(source, target, table, &key, &scope, options).await?
+        match key {
+            Some(key) if !key.is_empty() => {
+                let mut content = localise(source, target, table, key, scope, options).await?;
+                content.method = method.into();
+                content
+            }
+            _ => ContentLayer {
+                matched: false,
+                method: method.into(),
+                localisation: Some(
+                    "the table has no primary key: the rows that differ cannot be named, only that the table differs"
+                        .into(),
+                ),
+                ..ContentLayer::default()
+            },
+        }
     };
     Ok(RangeFinding {
         source_rows: at_source.rows,

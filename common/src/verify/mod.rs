@@ -10,12 +10,14 @@
 //! counts and `store` the sealed copies kept in staging. The coordinator
 //! plans and merges ranges; workers compare them.
 
+mod changed;
 mod content;
 mod integrity;
 mod report;
 mod schema;
 mod store;
 
+pub use changed::{CHANGED_KEYS, compare_changed};
 pub use content::{
     Options, ROW_LEVEL_LIMIT, RangeFinding, absent_table, compare_range, merge_table, method,
 };

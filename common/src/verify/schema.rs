@@ -152,6 +152,26 @@ pub async fn primary_key(client: &Client, table: &TableName) -> Result<Vec<Strin
     Ok(row.get(0))
 }
 
+/// A table's primary key: each column's quoted name and its type as SQL,
+/// in the key's order; empty when it has none.
+pub async fn primary_key_types(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(a.attname), format_type(a.atttypid, a.atttypmod) \
+             FROM pg_index x \
+             CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+             WHERE x.indrelid = $1::text::regclass AND x.indisprimary ORDER BY k.ord",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the primary key of {table}"), e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Quoted names of a table's columns, in order.
 pub(super) async fn columns(client: &Client, table: &TableName) -> Result<Vec<String>> {
     let row = client

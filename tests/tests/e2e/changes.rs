@@ -47,6 +47,35 @@ async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio
 
 /// Writes to the source until told to stop, counting what committed and
 /// what the source refused.
+/// A trigger on the target's `customers` that alters every row inserted
+/// after the cutover's verification has pruned the changed-key log (which
+/// arms it): a difference that appears between that verification and the
+/// freeze.
+const ARM_A_CORRUPTION: &str = "
+    BEGIN;
+    -- In the order the stream takes them, so the two never deadlock.
+    LOCK TABLE customers IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE godwit.changed_keys IN SHARE ROW EXCLUSIVE MODE;
+    CREATE TABLE public.armed (on_ boolean NOT NULL);
+    INSERT INTO public.armed VALUES (false);
+    GRANT ALL ON public.armed TO PUBLIC;
+    CREATE FUNCTION public.arm() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN UPDATE public.armed SET on_ = true; RETURN NULL; END $$;
+    CREATE TRIGGER arm AFTER DELETE ON godwit.changed_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION public.arm();
+    CREATE FUNCTION public.alter_insert() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN
+            IF (SELECT on_ FROM public.armed) THEN
+                NEW.name := NEW.name || ' altered on the target';
+            END IF;
+            RETURN NEW;
+        END $$;
+    CREATE TRIGGER alter_inserts BEFORE INSERT ON customers
+        FOR EACH ROW EXECUTE FUNCTION public.alter_insert();
+    ALTER TABLE customers ENABLE ALWAYS TRIGGER alter_inserts;
+    COMMIT;
+";
+
 pub(crate) fn start_writer(
     source: &PgCluster,
 ) -> anyhow::Result<(Arc<Writes>, tokio::task::JoinHandle<()>)> {
@@ -196,17 +225,6 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     let status = godwit(&["status", "--coordinator", &url, "streaming"])?;
     eprintln!("{}", String::from_utf8_lossy(&status.stdout));
 
-    // A real difference is found while changes stream, with its key.
-    dst.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
-        .await?;
-    let output = godwit(&["verify", "--coordinator", &url, "streaming"])?;
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("moods") && stdout.contains("(1)"),
-        "{stdout}"
-    );
-
     // A session holding a conflicting lock: the freeze gives up, the source
     // is left as it was.
     let blocker = source.client("shop").await?;
@@ -223,8 +241,19 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     );
     blocker.batch_execute("ROLLBACK").await?;
 
-    // The final verification finds the difference: rolled back, the source
-    // takes writes again and changes keep streaming.
+    // A real difference is found while changes stream, with its key.
+    dst.batch_execute("UPDATE surveys SET moods = '{}' WHERE id = 1")
+        .await?;
+    let output = godwit(&["verify", "--coordinator", &url, "streaming"])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("moods") && stdout.contains("(1)"),
+        "{stdout}"
+    );
+
+    // The verification before the freeze finds the difference: refused,
+    // nothing frozen, changes keep streaming.
     let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let text = format!(
@@ -233,7 +262,42 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        text.contains("rolled back") && text.contains("moods"),
+        text.contains("rolled back")
+            && text.contains("nothing was frozen")
+            && text.contains("moods"),
+        "{text}"
+    );
+    dst.batch_execute(
+        "UPDATE surveys SET moods = ARRAY['sad', 'happy', NULL]::mood[] WHERE id = 1",
+    )
+    .await?;
+
+    // A row the stream applies after that verification differs on the
+    // target (a trigger there, armed when the cutover's verification
+    // ends, alters what the stream inserts): the frozen check of the keys
+    // changed since finds it, names it, and rolls back.
+    dst.batch_execute(ARM_A_CORRUPTION).await?;
+    let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let corrupted: Vec<String> = dst
+        .query(
+            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!corrupted.is_empty(), "the trigger altered no row: {text}");
+    assert!(
+        text.contains("rolled back")
+            && text.contains("changed since the verification")
+            && text.contains(&format!("({})", corrupted[0])),
         "{text}"
     );
     writes
@@ -248,7 +312,10 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
 
     // Mended, the cutover succeeds and the source refuses further writes.
     dst.batch_execute(
-        "UPDATE surveys SET moods = ARRAY['sad', 'happy', NULL]::mood[] WHERE id = 1",
+        "DROP TRIGGER alter_inserts ON customers; DROP TRIGGER arm ON godwit.changed_keys; \
+         DROP TABLE public.armed; \
+         UPDATE customers SET name = replace(name, ' altered on the target', '') \
+         WHERE name LIKE '% altered on the target'",
     )
     .await?;
     let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;

@@ -20,11 +20,14 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
 -> anyhow::Result<()> {
     let (source, target) = source_and_target(1).await?;
     let src = source.client("shop").await?;
-    // Enough rows that the final verification outlasts the deadline below.
+    // A table without a key: its changed rows cannot be named, so the
+    // frozen check compares it whole, and it has enough rows for that to
+    // outlast the deadline below.
     src.batch_execute(
         "ALTER TABLE events REPLICA IDENTITY FULL; \
-         CREATE TABLE bulk (id integer PRIMARY KEY, v text); \
-         INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
+         CREATE TABLE bulk (id integer, v text); \
+         ALTER TABLE bulk REPLICA IDENTITY FULL; \
+         INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 500000) g",
     )
     .await?;
     source.hand_tables_to_migrator("shop").await?;
@@ -57,9 +60,23 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     let resumed = godwit(&["resume", "--coordinator", &url, "limits"])?;
     assert!(resumed.status.success(), "{}", describe(&resumed));
 
-    src.batch_execute("UPDATE bulk SET v = 'changed' WHERE id = 1")
-        .await?;
+    // The application keeps changing the keyless table while the cutover
+    // runs, so its frozen check has that whole table to compare.
+    let writer_client = source.client("shop").await?;
+    let writer = tokio::spawn(async move {
+        for i in 0..2000 {
+            let sql = format!(
+                "UPDATE bulk SET v = 'changed {i}' WHERE id = {}",
+                i % 100 + 1
+            );
+            if writer_client.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
     let rolled_back = godwit(&["cutover", "--coordinator", &url, "limits"])?;
+    writer.abort();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let said = describe(&rolled_back);
     assert_eq!(rolled_back.status.code(), Some(1), "{said}\n{log}");

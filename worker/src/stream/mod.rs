@@ -124,6 +124,8 @@ impl Streamer {
         let slot = slot_name(&spec.job);
         let source = pg::connect_source(&spec.source, context.session).await?;
         let target = pg::connect(&spec.target, Side::Target).await?;
+        // A job begun by an earlier release may lack the newer ledger tables.
+        ledger::ensure_schema(&target).await?;
         apply::start_ledger(&target, job, item.start_lsn).await?;
         ledger::take_stream(&target, &spec.target, job, token).await?;
         let applied = apply::applied_lsn(&target, job)
