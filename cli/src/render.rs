@@ -28,6 +28,16 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
+/// A short duration to the millisecond (a cutover's frozen time), longer
+/// ones as [`duration_ms`].
+pub fn short_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        duration_ms(ms)
+    }
+}
+
 pub fn state_name(state: i32) -> &'static str {
     match JobState::try_from(state).unwrap_or(JobState::Unspecified) {
         JobState::Unspecified => "unknown",
@@ -119,11 +129,11 @@ pub fn cutover_line(cut: &godwit_proto::v1::Cutover) -> String {
     let timing = format!(
         "source frozen {} (drain {}, check of {} changed keys and {} whole tables {}), \
          after a full verification of {} while writes went on",
-        duration_ms(cut.frozen_ms),
-        duration_ms(cut.drain_ms),
+        short_duration_ms(cut.frozen_ms),
+        short_duration_ms(cut.drain_ms),
         cut.checked_keys,
         cut.whole_tables,
-        duration_ms(cut.verify_ms),
+        short_duration_ms(cut.verify_ms),
         duration_ms(cut.baseline_verify_ms)
     );
     if cut.succeeded {
