@@ -85,6 +85,14 @@ enum Command {
         /// this many rows; larger ones are split further first.
         #[arg(long, default_value_t = godwit_common::verify::ROW_LEVEL_LIMIT)]
         compare_rows_below: i64,
+        /// A spot check: compare only this share of each table's key ranges
+        /// (e.g. `5%`), picked at random; the seed is in the report.
+        #[arg(long)]
+        sample: Option<String>,
+        /// The seed that picks a spot check's ranges: the same seed picks
+        /// the same ranges again.
+        #[arg(long, requires = "sample")]
+        seed: Option<u64>,
         /// Workers to run in this process (embedded).
         #[arg(long, default_value_t = 2)]
         workers: usize,
@@ -290,25 +298,30 @@ fn main() -> ExitCode {
                 coordinator: Some(coordinator),
                 report,
                 compare_rows_below,
+                sample,
+                seed,
                 ..
             } => {
-                remote::verify(
-                    &at(coordinator),
-                    &job,
-                    report.as_deref(),
-                    compare_rows_below,
-                )
-                .await
+                let options = match verify_options(compare_rows_below, sample, seed) {
+                    Ok(options) => options,
+                    Err(code) => return code,
+                };
+                remote::verify(&at(coordinator), &job, report.as_deref(), options).await
             }
             Command::Verify {
                 job,
                 coordinator: None,
                 report,
                 compare_rows_below,
+                sample,
+                seed,
                 workers,
                 concurrency,
             } => {
-                let options = godwit_common::verify::Options { compare_rows_below };
+                let options = match verify_options(compare_rows_below, sample, seed) {
+                    Ok(options) => options,
+                    Err(code) => return code,
+                };
                 embedded::verify(
                     Path::new(&job),
                     report.as_deref(),
@@ -427,4 +440,32 @@ fn parse_rate(raw: &str) -> Result<u64, String> {
     godwit_common::spec::ByteSize::parse(raw)
         .map(|b| b.0)
         .ok_or_else(|| format!("{raw:?} is not a rate: write e.g. 20MiB, 500KiB or unlimited"))
+}
+
+/// The options of `godwit verify`; a bad `--sample` is refused (exit 2)
+/// before anything is read. A spot check without `--seed` draws one.
+fn verify_options(
+    compare_rows_below: i64,
+    sample: Option<String>,
+    seed: Option<u64>,
+) -> Result<godwit_common::verify::Options, i32> {
+    let sample = match sample {
+        Some(text) => {
+            let percent = godwit_common::verify::Sample::parse_percent(&text).map_err(|e| {
+                eprintln!("error: {e}");
+                2
+            })?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+            Some(godwit_common::verify::Sample { percent, seed })
+        }
+        None => None,
+    };
+    Ok(godwit_common::verify::Options {
+        compare_rows_below,
+        sample,
+    })
 }

@@ -338,7 +338,7 @@ pub async fn verify(
     coordinator: &Coordinator,
     job_id: &str,
     report_path: Option<&Path>,
-    compare_rows_below: i64,
+    options: godwit_common::verify::Options,
 ) -> i32 {
     let mut client = match connect(coordinator).await {
         Ok(client) => client,
@@ -347,7 +347,9 @@ pub async fn verify(
     let response = match client
         .verify_job(VerifyJobRequest {
             job_id: job_id.to_owned(),
-            compare_rows_below: Some(compare_rows_below),
+            compare_rows_below: Some(options.compare_rows_below),
+            sample_percent: options.sample.map(|s| s.percent),
+            sample_seed: options.sample.map_or(0, |s| s.seed),
         })
         .await
     {

@@ -59,7 +59,7 @@ impl JobSpec {
 
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_FROZEN_MS: u64 = 30_000;
-pub const DEFAULT_MAX_CUTOVER_LAG: u64 = 16 << 20;
+pub const DEFAULT_MAX_CUTOVER_LAG: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -334,14 +334,14 @@ encryption: { key_file: /tmp/kek }
         let changes = spec.changes.expect("changes");
         assert_eq!(changes.max_frozen_ms, DEFAULT_MAX_FROZEN_MS);
         assert_eq!(changes.max_cutover_lag, ByteSize(DEFAULT_MAX_CUTOVER_LAG));
-        let text = format!("{VALID}\nchanges: {{ max_cutover_lag: 1MiB, max_frozen_ms: 800 }}\n");
+        let text = format!("{VALID}\nchanges: {{ max_cutover_lag: 4MiB, max_frozen_ms: 800 }}\n");
         let changes = JobSpec::from_yaml(&text, "job.yaml")
             .expect("valid spec")
             .changes
             .expect("changes");
         assert_eq!(
             (changes.max_cutover_lag, changes.max_frozen_ms),
-            (ByteSize(1 << 20), 800)
+            (ByteSize(4 << 20), 800)
         );
         let text = format!("{VALID}\nchanges: {{ max_frozen_ms: 5 }}\n");
         let err = JobSpec::from_yaml(&text, "job.yaml")

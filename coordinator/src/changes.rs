@@ -393,6 +393,7 @@ impl Phases<'_> {
             tables,
             foreign_keys: base.foreign_keys.clone(),
             large_objects: base.large_objects.clone(),
+            sample: None,
         };
         let stored_at = match SealedStaging::open(spec).await {
             Ok(sealed) => {
@@ -578,6 +579,7 @@ mod tests {
             }],
             foreign_keys: Vec::new(),
             large_objects: None,
+            sample: None,
         };
         let answer = cutover_answer(
             CutoverRecord::default(),

@@ -17,7 +17,9 @@ use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
-use godwit_common::verify::{self, ContentLayer, Options, RangeFinding, Report, TableReport};
+use godwit_common::verify::{
+    self, ContentLayer, Options, RangeFinding, Report, Sample, SampleReport, TableReport,
+};
 use godwit_common::work::{self, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};
 
@@ -153,7 +155,7 @@ impl Verifier {
         // Ranges a run cut short left behind would count as this run's.
         let outcome = match self.store.delete_prefix(&ranges_prefix).await {
             Ok(()) => tokio::select! {
-                outcome = self.compare(&run, &source, &target, &tables, staging, key) => outcome,
+                outcome = self.compare(&run, options.sample, (&source, &target), &tables, (staging, key)) => outcome,
                 lost = marker.lost() => Err(JobError::Failed(lost)),
             },
             Err(e) => Err(JobError::Failed(e)),
@@ -171,11 +173,10 @@ impl Verifier {
     async fn compare(
         &self,
         run: &VerifyRun,
-        source: &tokio_postgres::Client,
-        target: &tokio_postgres::Client,
+        sample: Option<Sample>,
+        (source, target): (&tokio_postgres::Client, &tokio_postgres::Client),
         tables: &[SourceTable],
-        staging: &Staging,
-        key: &godwit_common::keys::DataKey,
+        (staging, key): (&Staging, &godwit_common::keys::DataKey),
     ) -> Result<Report, JobError> {
         let failed = JobError::Failed;
         let spec = &run.spec;
@@ -204,6 +205,7 @@ impl Verifier {
             .map_err(failed)?;
         let mut plan = Vec::with_capacity(tables.len());
         let mut next = 0u32;
+        let mut ranges_total = 0u64;
         for table in tables {
             if !present.contains(&table.name) {
                 let report = verify::absent_table(source, &table.name)
@@ -212,14 +214,22 @@ impl Verifier {
                 plan.push(Planned::Done(report));
                 continue;
             }
-            let pieces = table
+            let mut pieces = table
                 .bytes
                 .div_ceil(spec.partition_size.0.max(1))
                 .clamp(1, MAX_RANGES_PER_TABLE) as usize;
-            let ranges = self
+            if let Some(sample) = &sample {
+                pieces = sample.pieces(pieces, MAX_RANGES_PER_TABLE as usize);
+            }
+            let mut ranges = self
                 .key_ranges(source, &table.name, pieces)
                 .await
                 .map_err(failed)?;
+            ranges_total += ranges.len() as u64;
+            if let Some(sample) = &sample {
+                let picked = sample.picks(&table.name, ranges.len());
+                ranges = picked.into_iter().map(|i| ranges[i].clone()).collect();
+            }
             let estimated_bytes = table.bytes / ranges.len().max(1) as u64;
             let items: Vec<VerifyRange> = ranges
                 .into_iter()
@@ -282,6 +292,12 @@ impl Verifier {
             tables: reports,
             foreign_keys,
             large_objects,
+            sample: sample.map(|s| SampleReport {
+                percent: s.percent,
+                seed: s.seed,
+                ranges_compared: u64::from(next),
+                ranges_total,
+            }),
         })
     }
 

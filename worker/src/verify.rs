@@ -27,8 +27,10 @@ pub async fn compare(
         pg::join_snapshot(&source, &snapshots.source).await?;
         pg::join_snapshot(&target, &snapshots.target).await?;
     }
+    // The coordinator chose the ranges; a range is compared whole.
     let options = Options {
         compare_rows_below: run.compare_rows_below,
+        sample: None,
     };
     let finding =
         verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options).await?;

@@ -28,12 +28,15 @@ pub struct Options {
     /// Differing buckets holding at most this many rows are compared row
     /// by row; larger ones are split further first.
     pub compare_rows_below: i64,
+    /// A spot check of some key ranges instead of all of them.
+    pub sample: Option<super::Sample>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             compare_rows_below: ROW_LEVEL_LIMIT,
+            sample: None,
         }
     }
 }

@@ -14,6 +14,7 @@ mod changed;
 mod content;
 mod integrity;
 mod report;
+mod sample;
 mod schema;
 mod store;
 
@@ -46,5 +47,6 @@ pub async fn compare_large_objects(
         matched: at_source == at_target,
     }))
 }
+pub use sample::{Sample, SampleReport};
 pub use schema::{compare_schema, primary_key};
 pub use store::{load_finding, load_report, store_finding, store_report};

@@ -15,6 +15,9 @@ pub struct Report {
     /// Large objects, when either side has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub large_objects: Option<LargeObjectsReport>,
+    /// Set for a spot check: only these key ranges were compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<super::SampleReport>,
 }
 
 /// Every large object's OID and content digest, summed by each database.
@@ -93,6 +96,12 @@ impl Report {
         let mut out = Vec::new();
         let verdict = if self.matched { "MATCH" } else { "DIFFERENT" };
         out.push(format!("verification of job {}: {verdict}", self.job));
+        if let Some(s) = &self.sample {
+            out.push(format!(
+                "spot check: {} of {} key ranges ({}%, seed {}); rows outside them were not compared",
+                s.ranges_compared, s.ranges_total, s.percent, s.seed
+            ));
+        }
         let s = &self.schema;
         if s.matched {
             out.push("schema: identical".into());

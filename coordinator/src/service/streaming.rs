@@ -13,6 +13,7 @@ use crate::access::Action;
 use crate::status;
 use crate::verification::Verifier;
 use godwit_common::requests;
+use godwit_common::verify::Sample;
 
 impl GodwitService {
     pub(super) async fn verify_through_stream(
@@ -24,11 +25,23 @@ impl GodwitService {
             .await?;
         let request = request.into_inner();
         let job = record.spec.job.clone();
-        let options = match request.compare_rows_below {
-            Some(rows) => godwit_common::verify::Options {
-                compare_rows_below: rows,
-            },
-            None => godwit_common::verify::Options::default(),
+        let sample = match request.sample_percent {
+            Some(percent) if percent > 0.0 && percent <= 100.0 => Some(Sample {
+                percent,
+                seed: request.sample_seed,
+            }),
+            Some(percent) => {
+                return Err(Status::invalid_argument(format!(
+                    "sample_percent {percent}: give the share of key ranges to compare, above 0 and at most 100"
+                )));
+            }
+            None => None,
+        };
+        let options = godwit_common::verify::Options {
+            compare_rows_below: request
+                .compare_rows_below
+                .unwrap_or(godwit_common::verify::ROW_LEVEL_LIMIT),
+            sample,
         };
         let verifier = Verifier::new(self.store.clone(), self.keyspace.clone());
         let verified = match record.phase() {

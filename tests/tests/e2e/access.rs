@@ -201,6 +201,7 @@ async fn call_every_rpc(
                 .verify_job(VerifyJobRequest {
                     job_id: job(),
                     compare_rows_below: None,
+                    ..Default::default()
                 })
                 .await
                 .map(drop),

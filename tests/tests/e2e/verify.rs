@@ -367,3 +367,71 @@ async fn verify_cuts_a_text_key_into_ranges_and_localises_in_them() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spot_check_compares_the_same_seeded_ranges_every_time() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    let job = Job::create(|staging| spec_body("verify-sample", &source, &target, staging))?;
+    let copied = run_godwit(&["run", job.spec()], &[])?;
+    assert!(copied.status.success(), "{}", describe(&copied));
+
+    for bad in ["0%", "101%", "some"] {
+        let refused = run_godwit(&["verify", job.spec(), "--sample", bad], &[])?;
+        assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("--sample"),
+            "{}",
+            describe(&refused)
+        );
+    }
+
+    let spot = ["--sample", "30%", "--seed", "42"];
+    let (code, stdout, first) = verify(&job, &spot)?;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("spot check") && stdout.contains("seed 42"),
+        "{stdout}"
+    );
+    let sample = &first["sample"];
+    assert_eq!(sample["seed"], 42, "{first}");
+    let (compared, total) = (
+        sample["ranges_compared"].as_u64().unwrap_or(0),
+        sample["ranges_total"].as_u64().unwrap_or(0),
+    );
+    assert!(0 < compared && compared < total, "{sample}");
+    let ranges = |report: &Value| -> Vec<(String, u64)> {
+        report["tables"]
+            .as_array()
+            .map(|tables| {
+                tables
+                    .iter()
+                    .map(|t| {
+                        (
+                            t["table"].as_str().unwrap_or_default().to_owned(),
+                            t["source_rows"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The same seed compares the same ranges: the same rows, table by table.
+    let (_, _, again) = verify(&job, &spot)?;
+    assert_eq!(ranges(&first), ranges(&again));
+    assert_eq!(first["sample"], again["sample"]);
+
+    // A difference inside the sampled rows is found by the spot check.
+    let (_, _, full) = verify(&job, &[])?;
+    assert!(
+        ranges(&first) != ranges(&full),
+        "a 30% check compared every row"
+    );
+    target
+        .client("shop")
+        .await?
+        .batch_execute("UPDATE customers SET name = name || ' changed'")
+        .await?;
+    let (code, stdout, _) = verify(&job, &spot)?;
+    assert_eq!(code, Some(1), "{stdout}");
+    Ok(())
+}
