@@ -252,7 +252,11 @@ impl Applier {
             });
         }
         let full_identity = relation.replica_identity == b'f';
-        let key = primary_key_names(tx, &name).await?;
+        let key: Vec<String> = crate::verify::primary_key_types(tx, &name)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let primary_key = (!key.is_empty())
             .then(|| {
                 key.iter()
@@ -441,21 +445,6 @@ fn identify<'v>(
     } else {
         Ok(conditions.join(" AND "))
     }
-}
-
-/// The names of a table's primary key columns, in the key's order.
-async fn primary_key_names(client: &Client, table: &TableName) -> Result<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT a.attname FROM pg_index x \
-             CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
-             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
-             WHERE x.indrelid = $1::text::regclass AND x.indisprimary ORDER BY k.ord",
-            &[&table.quoted()],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("cannot read the primary key of {table}"), e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The ledger's record of the last source transaction applied for `job`.

@@ -12,6 +12,7 @@ use super::report::TableReport;
 use super::schema::primary_key_types;
 use crate::Result;
 use crate::pg::changed_keys::{Touch, Touched, key_filter};
+use crate::spec::quote_ident;
 
 /// How a table checked by its changed keys is reported.
 pub const CHANGED_KEYS: &str = "changed_keys";
@@ -26,7 +27,11 @@ pub async fn compare_changed(
 ) -> Result<Vec<TableReport>> {
     let mut reports = Vec::new();
     for (table, touch) in touched.tables() {
-        let key_columns = primary_key_types(source, table).await?;
+        let key_columns: Vec<(String, String)> = primary_key_types(source, table)
+            .await?
+            .into_iter()
+            .map(|(name, type_sql)| (quote_ident(&name), type_sql))
+            .collect();
         let key: Vec<String> = key_columns.iter().map(|(name, _)| name.clone()).collect();
         let finding = match touch {
             Touch::Keys(keys) if !key_columns.is_empty() => {

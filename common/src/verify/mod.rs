@@ -48,5 +48,5 @@ pub async fn compare_large_objects(
     }))
 }
 pub use sample::{Sample, SampleReport};
-pub use schema::{compare_schema, primary_key};
+pub use schema::{compare_schema, primary_key, primary_key_types};
 pub use store::{load_finding, load_report, store_finding, store_report};

@@ -152,15 +152,15 @@ pub async fn primary_key(client: &Client, table: &TableName) -> Result<Vec<Strin
     Ok(row.get(0))
 }
 
-/// A table's primary key: each column's quoted name and its type as SQL,
-/// in the key's order; empty when it has none.
+/// A table's primary key: each column's name (unquoted) and its type as
+/// SQL, in the key's order; empty when it has none.
 pub async fn primary_key_types(
     client: &Client,
     table: &TableName,
 ) -> Result<Vec<(String, String)>> {
     let rows = client
         .query(
-            "SELECT quote_ident(a.attname), format_type(a.atttypid, a.atttypmod) \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
              FROM pg_index x \
              CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
              JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
