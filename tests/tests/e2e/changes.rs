@@ -47,34 +47,15 @@ async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio
 
 /// Writes to the source until told to stop, counting what committed and
 /// what the source refused.
-/// A trigger on the target's `customers` that alters every row inserted
-/// after the cutover's verification has pruned the changed-key log (which
-/// arms it): a difference that appears between that verification and the
-/// freeze.
-const ARM_A_CORRUPTION: &str = "
-    BEGIN;
-    -- In the order the stream takes them, so the two never deadlock.
-    LOCK TABLE customers IN SHARE ROW EXCLUSIVE MODE;
-    LOCK TABLE godwit.changed_keys IN SHARE ROW EXCLUSIVE MODE;
-    CREATE TABLE public.armed (on_ boolean NOT NULL);
-    INSERT INTO public.armed VALUES (false);
-    GRANT ALL ON public.armed TO PUBLIC;
-    CREATE FUNCTION public.arm() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN UPDATE public.armed SET on_ = true; RETURN NULL; END $$;
-    CREATE TRIGGER arm AFTER DELETE ON godwit.changed_keys
-        FOR EACH STATEMENT EXECUTE FUNCTION public.arm();
-    CREATE FUNCTION public.alter_insert() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN
-            IF (SELECT on_ FROM public.armed) THEN
-                NEW.name := NEW.name || ' altered on the target';
-            END IF;
-            RETURN NEW;
-        END $$;
-    CREATE TRIGGER alter_inserts BEFORE INSERT ON customers
-        FOR EACH ROW EXECUTE FUNCTION public.alter_insert();
-    ALTER TABLE customers ENABLE ALWAYS TRIGGER alter_inserts;
-    COMMIT;
-";
+/// What a command printed, stdout then stderr.
+fn said(output: &std::process::Output) -> String {
+    let (out, err) = (&output.stdout, &output.stderr);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(out),
+        String::from_utf8_lossy(err)
+    )
+}
 
 pub(crate) fn start_writer(
     source: &PgCluster,
@@ -256,11 +237,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     // nothing frozen, changes keep streaming.
     let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = said(&output);
     assert!(
         text.contains("rolled back")
             && text.contains("nothing was frozen")
@@ -276,14 +253,11 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     // target (a trigger there, armed when the cutover's verification
     // ends, alters what the stream inserts): the frozen check of the keys
     // changed since finds it, names it, and rolls back.
-    dst.batch_execute(ARM_A_CORRUPTION).await?;
+    dst.batch_execute(crate::armed_corruption::ARM_A_CORRUPTION)
+        .await?;
     let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = said(&output);
     let corrupted: Vec<String> = dst
         .query(
             "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
