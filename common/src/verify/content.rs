@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use super::report::{ContentLayer, RowDifference, TableReport};
 use super::schema::{columns, primary_key};
-use crate::pg::checksum::fingerprint_where;
+use crate::pg::checksum::{fingerprint_where, row_hash};
 use crate::spec::TableName;
 use crate::state::KeyRange;
 use crate::{Error, Result};
@@ -214,9 +214,10 @@ async fn bucket_sums(
     level: i32,
     filter: &str,
 ) -> Result<HashMap<i64, (i64, String)>> {
+    let hash = row_hash(client, table).await?;
     let sql = format!(
         "SELECT hashtextextended(ROW({key})::text, {level}) & {mask}, count(*), \
-                sum(hashtextextended(t::text, 0)::numeric)::text \
+                sum({hash}::numeric)::text \
          FROM {table} AS t WHERE {filter} GROUP BY 1",
         mask = BUCKETS - 1,
         table = table.only()
