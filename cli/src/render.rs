@@ -77,8 +77,21 @@ pub fn progress_line(status: &JobStatus) -> String {
             format!("\n  awaiting approval: {a} (godwit approve JOB ACTION by another identity)")
         })
         .collect();
+    let verifying = status
+        .verifying_since_unix_ms
+        .map(|since| {
+            let running = status
+                .started_at_unix_ms
+                .saturating_add(status.elapsed_ms)
+                .saturating_sub(since);
+            format!(
+                "\n  verification running for {} (a cutover waits for it)",
+                duration_ms(running)
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}{changes}{approvals}",
+        "{} {}{paused}: {}/{} partitions, {} rows, {} read, {} staged, {} elapsed{eta}{throttle}{changes}{approvals}{verifying}",
         status.job_id,
         state_name(status.state),
         total.partitions_done,

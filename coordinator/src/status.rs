@@ -6,7 +6,7 @@ use godwit_common::ids::JobId;
 use godwit_common::job::{ChangeProgress, CutoverRecord, JobPhase, JobRecord};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::state::{self, now_unix_ms};
+use godwit_common::state::{self, VerifyRun, now_unix_ms};
 use godwit_common::work::{self, PartitionRecord, WorkState};
 use godwit_proto::v1::{Changes, Cutover, JobState, JobStatus, Progress, TableStatus, Throttle};
 
@@ -37,6 +37,8 @@ pub async fn load(
     status.paused = state::is_paused(store, keyspace, job).await?;
     status.throttle = Some(throttle(store, keyspace, record.spec.customer.as_str()).await?);
     status.awaiting_approval = crate::approval::pending(store, keyspace, job).await?;
+    let running: Option<VerifyRun> = state::load(store, &keyspace.verifying(job)).await?;
+    status.verifying_since_unix_ms = running.map(|run| run.run.parse().unwrap_or(0));
     Ok(Some(status))
 }
 
@@ -126,6 +128,7 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
         throttle: None,
         changes: record.changes.as_ref().map(changes),
         awaiting_approval: Vec::new(),
+        verifying_since_unix_ms: None,
     }
 }
 

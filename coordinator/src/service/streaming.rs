@@ -201,8 +201,9 @@ impl GodwitService {
             .is_some()
         {
             return Err(Status::failed_precondition(format!(
-                "a verification of job {job} is running: wait for it to end, then cut over \
-                 (the cutover runs its own final verification)"
+                "a verification of job {job} is running (`godwit status {job}` shows it): wait for \
+                 it to end, then cut over; the cutover runs its own verification before it freezes \
+                 the source"
             )));
         }
         Ok(())

@@ -1,14 +1,14 @@
-//! The cutover's limits: refused while the job is paused, and rolled back
-//! once the source has been frozen for `changes.max_frozen_ms`, whatever
-//! step is running, with the source taking writes again and the stream
-//! going on.
+//! The cutover's limits: refused while the job is paused or while a
+//! verification of it runs, and rolled back once the source has been frozen
+//! for `changes.max_frozen_ms`, whatever step is running, with the source
+//! taking writes again and the stream going on.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use godwit_tests::{
     Job, Running, bin, describe, free_port, run_godwit, source_and_target, spec_body,
-    wait_for_streaming,
+    wait_for_streaming, wait_until,
 };
 
 fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -96,6 +96,80 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     assert!(
         shown.contains("last cutover") && shown.contains("max_frozen_ms"),
         "{shown}"
+    );
+
+    // A verification held up by a lock on the target: while it runs, the
+    // status shows it and a cutover is refused; once it ends, it matched.
+    let dst = target.client("shop").await?;
+    wait_until(
+        "the row written after the rollback to reach the target",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt("SELECT 1 FROM bulk WHERE v = 'after the rollback'", &[])
+                .await?
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let mut locker = target.client("shop").await?;
+    let lock = locker.transaction().await?;
+    lock.batch_execute("LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let mut verifying = Running(
+        Command::new(bin("godwit")?)
+            .args(["verify", "--coordinator", &url, "limits"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(job.dir.path().join("verify.log"))?)
+            .spawn()?,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = godwit(&["status", "--coordinator", &url, "limits"])?;
+        if String::from_utf8_lossy(&status.stdout).contains("verification running for") {
+            break;
+        }
+        let ended = verifying.0.try_wait()?;
+        if ended.is_some() || std::time::Instant::now() >= deadline {
+            let mut report = String::new();
+            if let Some(mut stdout) = verifying.0.stdout.take() {
+                std::io::Read::read_to_string(&mut stdout, &mut report)?;
+            }
+            let waiting: Vec<String> = dst
+                .query(
+                    "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            anyhow::bail!(
+                "the status did not show the verification running (it ended: {ended:?}): {}\n{report}\nwaiting: {waiting:?}\n{}\n{}",
+                describe(&status),
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+                std::fs::read_to_string(job.dir.path().join("verify.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = godwit(&["cutover", "--coordinator", &url, "limits"])?;
+    let said = describe(&refused);
+    assert!(
+        !refused.status.success()
+            && said.contains("a verification of job limits is running")
+            && said.contains("godwit status limits"),
+        "{said}"
+    );
+    lock.rollback().await?;
+    let mut report = String::new();
+    if let Some(mut stdout) = verifying.0.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut report)?;
+    }
+    let ended = verifying.0.wait()?;
+    assert!(
+        ended.success() && report.contains("MATCH"),
+        "{ended:?}\n{report}"
     );
     Ok(())
 }
