@@ -16,6 +16,7 @@ pub mod loader;
 pub mod pgoutput;
 pub mod ranges;
 pub mod replica;
+pub mod replication;
 pub mod schema;
 pub mod snapshot;
 pub mod stream;

@@ -1,12 +1,13 @@
 //! The source side of change streaming: the publication that names the
 //! job's tables, the check that their updates and deletes can be streamed,
-//! and reading the job's replication slot. Changes are peeked rather than
-//! consumed: the slot moves on only once the target has committed them, so
-//! a coordinator that dies mid-way loses nothing.
+//! and where the job's replication slot and the source's WAL stand. The
+//! changes themselves arrive over the replication protocol (`replication`),
+//! and the slot moves on only once the target has committed them, so a
+//! worker that dies mid-way loses nothing.
 
 use tokio_postgres::Client;
 
-use super::pgoutput::{format_lsn, parse_lsn};
+use super::pgoutput::parse_lsn;
 use crate::spec::{TableName, quote_ident};
 use crate::{Error, Result};
 
@@ -106,64 +107,6 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
         .await
         .map_err(|e| Error::postgres(format!("cannot drop publication {name}"), e))
-}
-
-/// Reads the slot up to `upto` (about `max` messages, whole transactions),
-/// row by row as the source sends them: a read of any size flows through
-/// in bounded memory, the socket holding back the source meanwhile.
-pub async fn peek(
-    client: &Client,
-    slot: &str,
-    publication: &str,
-    upto: u64,
-    max: i32,
-) -> Result<impl futures::Stream<Item = Result<RawChange>> + use<>> {
-    use futures::StreamExt;
-    let upto = format_lsn(upto);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&slot, &upto, &max, &publication];
-    let slot_name = slot.to_owned();
-    let rows = client
-        .query_raw(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes( \
-                $1, $2::text::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
-            params,
-        )
-        .await
-        .map_err(|e| {
-            Error::postgres(
-                format!("cannot read changes from replication slot {slot}"),
-                e,
-            )
-        })?;
-    Ok(rows.map(move |row| {
-        let row = row.map_err(|e| {
-            Error::postgres(
-                format!("cannot read changes from replication slot {slot_name}"),
-                e,
-            )
-        })?;
-        let text: String = row.get(0);
-        let lsn = parse_lsn(&text)
-            .ok_or_else(|| Error::Internal(format!("slot {slot_name} returned LSN {text:?}")))?;
-        Ok(RawChange {
-            lsn,
-            data: row.get(1),
-        })
-    }))
-}
-
-/// Moves the slot past what the target has committed, so the source can
-/// recycle that WAL.
-pub async fn advance(client: &Client, slot: &str, lsn: u64) -> Result<()> {
-    client
-        .execute(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-            &[&slot, &format_lsn(lsn)],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("cannot advance replication slot {slot}"), e))?;
-    Ok(())
 }
 
 /// Source WAL `slot` keeps from being recycled, in bytes.

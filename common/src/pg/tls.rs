@@ -29,6 +29,13 @@ pub(crate) enum Verification {
 
 /// Driver configuration and TLS connector for a connection string.
 pub fn driver_config(conn: &str, side: Side) -> Result<(Config, MakeRustlsConnect)> {
+    let (config, tls) = driver_parts(conn, side)?;
+    Ok((config, MakeRustlsConnect::new(tls)))
+}
+
+/// Driver configuration and the TLS client configuration it implies, for
+/// sessions the driver cannot open itself (replication).
+pub(crate) fn driver_parts(conn: &str, side: Side) -> Result<(Config, ClientConfig)> {
     let invalid = |detail: String| {
         Error::Spec(format!(
             "`{side}` is not a valid PostgreSQL connection string ({detail}); use postgres://user@host:port/db"
@@ -41,7 +48,7 @@ pub fn driver_config(conn: &str, side: Side) -> Result<(Config, MakeRustlsConnec
         Verification::EncryptOnly => encrypt_only(),
         Verification::Full { root_cert } => verifying(root_cert.as_ref(), side)?,
     };
-    Ok((config, MakeRustlsConnect::new(tls)))
+    Ok((config, tls))
 }
 
 /// The connection string without its password, and the password: libpq's

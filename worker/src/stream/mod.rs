@@ -24,6 +24,7 @@ use godwit_common::lease::LeaseStore;
 use godwit_common::pg::apply::{self, Applier};
 use godwit_common::pg::apply_run::ApplyRun;
 use godwit_common::pg::pgoutput::{self, format_lsn};
+use godwit_common::pg::replication::ReplicationStream;
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::stream::{self, SnapshotBounds};
 use godwit_common::pg::{self, SessionSlot, Side, ledger, replica};
@@ -38,8 +39,8 @@ use tokio_postgres::Client;
 
 use crate::throttle::ReadPacer;
 
-/// About how many messages one read of the slot returns (whole transactions).
-const BATCH_MESSAGES: i32 = 5_000;
+/// About how many messages one read of the stream returns (whole transactions).
+const BATCH_MESSAGES: usize = 5_000;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
@@ -81,6 +82,8 @@ struct Polled {
     truncated: bool,
     /// Stopped at a transaction the pinning snapshot does not see.
     stopped: bool,
+    /// Everything committed before the read's `upto` is on the target.
+    reached: bool,
     /// Source commit time of the last transaction applied, Unix ms.
     last_commit_unix_ms: Option<u64>,
 }
@@ -108,6 +111,9 @@ pub(crate) struct Streamer {
     recent: Vec<u32>,
     /// Whether the target's triggers and keys are quiet for applying.
     replica: bool,
+    /// The walsender session streaming the slot, opened on the first read
+    /// and again after a failure or a read that stopped mid-stream.
+    changes: Option<ReplicationStream>,
 }
 
 impl Streamer {
@@ -156,6 +162,7 @@ impl Streamer {
             advanced: applied.max(confirmed),
             recent: Vec::new(),
             replica: false,
+            changes: None,
             spec,
         };
         streamer.enter_replica_mode().await?;
@@ -386,6 +393,7 @@ impl Streamer {
     }
 
     async fn reconnect(&mut self) {
+        self.changes = None;
         if let Ok(source) = pg::connect_source(&self.spec.source, self.session).await {
             self.source = source;
         }
@@ -399,19 +407,31 @@ impl Streamer {
         }
     }
 
-    /// Reads the slot up to `upto`, applies what the target lacks (only the
-    /// transactions `visible` sees, stopping at the first it does not) and
-    /// moves the slot past what is now committed on the target.
+    /// Reads the stream until everything committed before `upto` has been
+    /// received (or a batch is full), applies what the target lacks (only
+    /// the transactions `visible` sees, stopping at the first it does not)
+    /// and confirms to the source what is now committed on the target.
     async fn poll(&mut self, visible: Option<&SnapshotBounds>, upto: u64) -> Result<Polled> {
         let job = self.spec.job.clone();
+        let mut changes = match self.changes.take() {
+            Some(changes) => changes,
+            None => {
+                ReplicationStream::start(
+                    &self.spec.source,
+                    &self.slot,
+                    &self.publication,
+                    self.applied,
+                )
+                .await?
+            }
+        };
         let read = spill::read(
-            &self.source,
+            &mut changes,
             spill::ReadAt {
-                slot: &self.slot,
-                publication: &self.publication,
                 upto,
                 max_messages: BATCH_MESSAGES,
                 from: self.applied,
+                confirmed: self.advanced,
             },
             &self.sealed,
             &job,
@@ -419,12 +439,13 @@ impl Streamer {
         .await?;
         self.pacer.consume(read.bytes).await;
         let mut polled = Polled {
-            truncated: read.messages >= BATCH_MESSAGES as usize,
+            truncated: read.truncated,
             ..Polled::default()
         };
+        let received_through = read.received_through;
         if !read.is_empty() {
             if read.spilled_segments() > 0 {
-                tracing::info!(job_id = %job, segments = read.spilled_segments() + 1, bytes = read.bytes, "a large read of the slot spilled to staging; applying it segment by segment");
+                tracing::info!(job_id = %job, segments = read.spilled_segments() + 1, bytes = read.bytes, "a large read of the stream spilled to staging; applying it segment by segment");
             }
             let mut run = ApplyRun::new(
                 &mut self.applier,
@@ -449,16 +470,18 @@ impl Streamer {
                 self.recent = applied.xids;
             }
         }
-        let complete = !polled.truncated && !polled.stopped;
-        let confirm = if complete {
-            self.applied.max(upto)
-        } else {
-            self.applied
-        };
+        // What was received but not applied (past a stop) is gone from the
+        // session: the next read opens a new one from the ledger.
+        if polled.stopped {
+            return Ok(polled);
+        }
+        polled.reached = received_through >= upto;
+        let confirm = self.applied.max(received_through);
         if confirm > self.advanced {
-            stream::advance(&self.source, &self.slot, confirm).await?;
+            changes.status(confirm, false).await?;
             self.advanced = confirm;
         }
+        self.changes = Some(changes);
         Ok(polled)
     }
 
@@ -495,10 +518,17 @@ impl Streamer {
     /// Applies everything up to `upto` (whole reads until none is left).
     async fn drain(&mut self, upto: u64, visible: Option<&SnapshotBounds>) -> Result<()> {
         self.wait_flushed(upto).await?;
+        let deadline = Instant::now() + FLUSH_DEADLINE;
         loop {
             let polled = self.poll(visible, upto).await?;
-            if !polled.truncated || polled.stopped {
+            if polled.reached || polled.stopped {
                 return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unreachable(format!(
+                    "the source's change stream did not reach {} within {FLUSH_DEADLINE:?}",
+                    format_lsn(upto)
+                )));
             }
         }
     }

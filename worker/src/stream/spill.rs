@@ -1,5 +1,5 @@
-//! One read of a job's slot, in bounded memory: the changes arrive row by
-//! row and are cut into segments of at most `SEGMENT_BYTES`, each sealed
+//! One read of a job's change stream, in bounded memory: the changes arrive
+//! row by row and are cut into segments of at most `SEGMENT_BYTES`, each sealed
 //! into staging as it fills (the record of what was applied, never in
 //! plain text). A read that fits in one segment is applied from memory;
 //! a larger one (a source transaction of millions of rows) is applied
@@ -8,33 +8,41 @@
 //!
 //! Owns the segments' format and names; never decides what is applied.
 
-use futures::StreamExt;
 use godwit_common::chunk::{self, ChunkId};
 use godwit_common::ids::JobId;
 use godwit_common::pg::apply_run::ApplyRun;
 use godwit_common::pg::pgoutput;
-use godwit_common::pg::stream::{self, RawChange};
+use godwit_common::pg::replication::{Received, ReplicationStream};
+use godwit_common::pg::stream::RawChange;
 use godwit_common::sealed::SealedStaging;
 use godwit_common::{Error, Result};
-use tokio_postgres::Client;
+use std::time::{Duration, Instant};
 
 /// The most raw change bytes held in memory per segment.
 pub(crate) const SEGMENT_BYTES: usize = 4 << 20;
 
-/// Where a read of the slot starts and how much it may take.
-pub(crate) struct ReadAt<'a> {
-    pub slot: &'a str,
-    pub publication: &'a str,
+/// Where a read of the stream starts and how much it may take.
+pub(crate) struct ReadAt {
+    /// The read is complete once everything committed before this position
+    /// has been received.
     pub upto: u64,
-    pub max_messages: i32,
+    /// Past this many messages the read ends at the next transaction's end.
+    pub max_messages: usize,
     /// The ledger's position when the read began: names its segments.
     pub from: u64,
+    /// What the target already holds: confirmed in keepalive requests.
+    pub confirmed: u64,
 }
 
-/// A read of the slot: every segment but the last sealed in staging only.
+/// A read of the stream: every segment but the last sealed in staging only.
 pub(crate) struct Read {
     pub messages: usize,
     pub bytes: u64,
+    /// Every transaction committed before this position has been received
+    /// (the read ends between transactions).
+    pub received_through: u64,
+    /// It ended at `max_messages`, with more waiting.
+    pub truncated: bool,
     /// Segments read back from staging, in order.
     spilled: Vec<u32>,
     /// The last segment, still in memory (also sealed in staging).
@@ -52,25 +60,87 @@ impl Read {
     }
 }
 
-/// Reads the slot from `at`, sealing each segment into staging as it fills.
+/// Between transactions, how long the stream may stay silent before the
+/// walsender is asked how far it has sent.
+const QUIET: Duration = Duration::from_millis(5);
+/// How long a read waits between transactions for the walsender to reach
+/// `upto` before it returns what it has.
+const PATIENCE: Duration = Duration::from_millis(250);
+
+/// Reads whole transactions from the stream until everything committed
+/// before `at.upto` has been received, or `at.max_messages` are read, or
+/// the walsender stays short of `upto` for a while; seals each segment
+/// into staging as it fills.
 pub(crate) async fn read(
-    source: &Client,
-    at: ReadAt<'_>,
+    changes: &mut ReplicationStream,
+    at: ReadAt,
     sealed: &SealedStaging,
     job: &JobId,
 ) -> Result<Read> {
-    let changes = stream::peek(source, at.slot, at.publication, at.upto, at.max_messages).await?;
-    tokio::pin!(changes);
     let mut read = Read {
         messages: 0,
         bytes: 0,
+        received_through: 0,
+        truncated: false,
         spilled: Vec::new(),
         tail: Vec::new(),
         from: at.from,
     };
     let mut held = 0usize;
-    while let Some(change) = changes.next().await {
-        let change = change?;
+    let mut inside = false;
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        if !inside {
+            if read.received_through >= at.upto {
+                break;
+            }
+            if read.messages >= at.max_messages {
+                read.truncated = true;
+                break;
+            }
+        }
+        let received = if inside {
+            changes.receive().await?
+        } else {
+            match tokio::time::timeout(QUIET, changes.receive()).await {
+                Ok(received) => received?,
+                Err(_) => {
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= PATIENCE {
+                        break;
+                    }
+                    changes.status(at.confirmed, true).await?;
+                    continue;
+                }
+            }
+        };
+        let change = match received {
+            Received::Keepalive {
+                sent_through,
+                reply_requested,
+            } => {
+                if reply_requested {
+                    changes.status(at.confirmed, false).await?;
+                }
+                if !inside {
+                    read.received_through = read.received_through.max(sent_through);
+                }
+                continue;
+            }
+            Received::Change(change) => change,
+        };
+        waiting_since = None;
+        match change.data.first() {
+            Some(b'B') => inside = true,
+            Some(b'C') => {
+                inside = false;
+                if let Some(end) = change.data.get(10..18) {
+                    let end = u64::from_be_bytes(end.try_into().unwrap_or_default());
+                    read.received_through = read.received_through.max(end);
+                }
+            }
+            _ => {}
+        }
         read.messages += 1;
         read.bytes += change.data.len() as u64;
         held += change.data.len() + 12;
