@@ -237,8 +237,10 @@ impl ReplicationStream {
                                 )));
                             }
                             let password = password.as_deref().ok_or_else(missing_password)?;
-                            let exchange =
-                                sasl::ScramSha256::new(password, sasl::ChannelBinding::unsupported());
+                            let exchange = sasl::ScramSha256::new(
+                                password,
+                                sasl::ChannelBinding::unsupported(),
+                            );
                             frontend::sasl_initial_response(
                                 sasl::SCRAM_SHA_256,
                                 exchange.message(),
