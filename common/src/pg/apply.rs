@@ -59,10 +59,13 @@ impl TargetTable {
 /// stream described and the statements it prepared.
 #[derive(Default)]
 pub struct Applier {
-    relations: HashMap<u32, TargetTable>,
+    relations: HashMap<u32, Arc<TargetTable>>,
     statements: HashMap<String, (Statement, Arc<str>)>,
     /// Rows changed by what was applied since the last `take_touched`.
     touched: Touched,
+    /// Whether the session may plan sequential scans (None: not known, as
+    /// after a rollback, which undoes a `SET` made inside it).
+    seqscan: Option<bool>,
 }
 
 impl Applier {
@@ -74,6 +77,31 @@ impl Applier {
     /// committed touched.
     pub fn take_touched(&mut self) -> Touched {
         std::mem::take(&mut self.touched)
+    }
+
+    /// The session's planner setting is no longer known (its transaction
+    /// rolled back).
+    pub fn forget_session_settings(&mut self) {
+        self.seqscan = None;
+    }
+
+    /// The `SET` that lets the planner scan (a row found by equality in
+    /// every column) or makes it use the key's index (a row found by its
+    /// key: on a table of a few rows the planner would scan, however many
+    /// dead versions a stream of updates leaves in it, and every change
+    /// would read the table's whole churn; PostgreSQL's own subscriber
+    /// finds rows by the replica-identity index the same way), when the
+    /// session is not set so already.
+    fn planner_for(&mut self, scan: bool) -> Option<&'static str> {
+        if self.seqscan == Some(scan) {
+            return None;
+        }
+        self.seqscan = Some(scan);
+        Some(if scan {
+            "SET enable_seqscan = on"
+        } else {
+            "SET enable_seqscan = off"
+        })
     }
 
     /// Turns one decoded message into what the target must run inside the
@@ -148,8 +176,10 @@ impl Applier {
                     table.name.only(),
                     sets.join(", ")
                 );
-                self.statement(tx, &sql, &params, Some(("UPDATE", table.name)))
+                let setting = self.planner_for(table.full_identity);
+                self.statement(tx, &sql, &params, Some(("UPDATE", table.name.clone())))
                     .await
+                    .map(|applying| applying.after(setting))
             }
             Message::Delete { relation, old } => {
                 let table = self.table_for(*relation, old_values(old))?;
@@ -157,8 +187,10 @@ impl Applier {
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
                 let sql = format!("DELETE FROM {} WHERE {filter}", table.name.only());
-                self.statement(tx, &sql, &params, Some(("DELETE", table.name)))
+                let setting = self.planner_for(table.full_identity);
+                self.statement(tx, &sql, &params, Some(("DELETE", table.name.clone())))
                     .await
+                    .map(|applying| applying.after(setting))
             }
             Message::Truncate {
                 relations,
@@ -193,7 +225,7 @@ impl Applier {
         }
     }
 
-    fn table(&self, relation: u32) -> Result<&TargetTable> {
+    fn table(&self, relation: u32) -> Result<&Arc<TargetTable>> {
         self.relations.get(&relation).ok_or_else(|| {
             Error::Internal(format!(
                 "change stream: relation {relation} was not described before its changes"
@@ -203,7 +235,7 @@ impl Applier {
 
     /// The table a row change refers to, checked against the row's width
     /// (pgoutput cannot check it: the decoder holds no table state).
-    fn table_for(&self, relation: u32, row: &[Value]) -> Result<TargetTable> {
+    fn table_for(&self, relation: u32, row: &[Value]) -> Result<Arc<TargetTable>> {
         let table = self.table(relation)?;
         if row.len() != table.columns.len() {
             return Err(Error::Internal(format!(
@@ -272,12 +304,12 @@ impl Applier {
             .flatten();
         self.relations.insert(
             relation.id,
-            TargetTable {
+            Arc::new(TargetTable {
                 name,
                 columns,
                 full_identity,
                 primary_key,
-            },
+            }),
         );
         Ok(())
     }
@@ -307,6 +339,7 @@ impl Applier {
             sql: text,
             params: params.iter().map(|p| p.map(str::to_owned)).collect(),
             expect_one,
+            setting: None,
         }))
     }
 }
@@ -327,9 +360,29 @@ pub struct RowStatement {
     params: Vec<Option<String>>,
     /// An UPDATE or DELETE must change exactly one row of this table.
     expect_one: Option<(&'static str, TableName)>,
+    /// A session setting to run just before it.
+    setting: Option<&'static str>,
+}
+
+impl Applying {
+    /// The same, with `setting` run before the statement.
+    fn after(self, setting: Option<&'static str>) -> Self {
+        match self {
+            Applying::Statement(statement) => Applying::Statement(RowStatement {
+                setting,
+                ..statement
+            }),
+            done => done,
+        }
+    }
 }
 
 impl RowStatement {
+    /// The session setting to send before it, in the same pipeline.
+    pub fn take_setting(&mut self) -> Option<&'static str> {
+        self.setting.take()
+    }
+
     /// The bytes of values it holds until it has run.
     pub fn held_bytes(&self) -> usize {
         self.params

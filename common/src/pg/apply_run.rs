@@ -231,7 +231,21 @@ impl<'a> ApplyRun<'a> {
                         return Err(refused);
                     }
                     let applying = applying.map_err(|e| self.in_transaction(e))?;
-                    if let Applying::Statement(statement) = applying {
+                    if let Applying::Statement(mut statement) = applying {
+                        if let Some(setting) = statement.take_setting() {
+                            let target = self.target;
+                            // Its own request, sent ahead of the statement.
+                            self.in_flight.push_back(Box::pin(async move {
+                                target
+                                    .batch_execute(setting)
+                                    .await
+                                    .map(|()| 0)
+                                    .map_err(|e| {
+                                        Error::postgres(format!("cannot apply {setting}"), e)
+                                    })
+                            }));
+                            self.pump()?;
+                        }
                         self.in_flight_bytes += statement.held_bytes();
                         let (target, xid, after) = (
                             self.target,
@@ -286,8 +300,9 @@ impl<'a> ApplyRun<'a> {
         // Statements still in flight fail in the aborted transaction.
         while self.in_flight.next().await.is_some() {}
         // What they touched is rolled back with them, and applied again
-        // (and noted again) by the next read.
+        // (and noted again) by the next read; so is any setting made.
         self.applier.take_touched();
+        self.applier.forget_session_settings();
         if self.open {
             let _ = self.target.batch_execute("ROLLBACK").await;
         }
