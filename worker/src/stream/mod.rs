@@ -41,7 +41,12 @@ use crate::throttle::ReadPacer;
 
 /// About how many messages one read of the stream returns (whole transactions).
 const BATCH_MESSAGES: usize = 5_000;
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The pause between reads that found the stream caught up: short, since
+/// what arrives meanwhile is what a cutover's drain has to apply, and cheap
+/// (a WAL position and a keepalive).
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How often requests held open (pins, a drain) are looked at again.
+const HELD_REQUESTS_POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -204,13 +209,17 @@ impl Streamer {
         let mut failures = 0u32;
         let mut failing_since: Option<Instant> = None;
         let mut last_put = Instant::now();
+        let mut last_served = Instant::now();
         loop {
             let asked = tokio::select! {
                 biased;
                 () = inbox.changed() => true,
                 _ = tokio::time::sleep(wait) => false,
             };
-            if asked || !served.is_empty() {
+            // Requests held open are looked at again now and then (a
+            // withdrawn one also wakes the inbox), not at every read.
+            if asked || (!served.is_empty() && last_served.elapsed() >= HELD_REQUESTS_POLL) {
+                last_served = Instant::now();
                 match self.serve(&inbox, &mut pins, &mut served).await {
                     Ok(Serving::Stopped) => {
                         progress.applied_lsn = format_lsn(self.applied);
@@ -221,7 +230,7 @@ impl Streamer {
                         return Ok(());
                     }
                     Ok(Serving::Holding) => {
-                        wait = IDLE_POLL;
+                        wait = HELD_REQUESTS_POLL;
                         continue;
                     }
                     Ok(Serving::Streaming) => {}
@@ -244,7 +253,7 @@ impl Streamer {
                     } else {
                         IDLE_POLL
                     };
-                    self.account(&mut progress, &polled).await;
+                    self.account(&mut progress, &polled);
                 }
                 Err(e @ Error::LeaseLost { .. }) => return Err(e),
                 Err(e) => {
@@ -269,6 +278,7 @@ impl Streamer {
                 }
             }
             if last_put.elapsed() >= PROGRESS_EVERY || progress.error.is_some() {
+                self.measure_lag(&mut progress).await;
                 if let Ok(Some(retained)) = stream::retained_wal(&self.source, &self.slot).await {
                     progress.retained_wal_bytes = retained;
                 }
@@ -364,9 +374,9 @@ impl Streamer {
         self.leave_replica_mode().await
     }
 
-    /// Updates what operators see after a read of the slot: lag is the
-    /// source's WAL beyond what the stream has seen, whatever it carried.
-    async fn account(&self, progress: &mut ChangeProgress, polled: &Polled) {
+    /// Updates what operators see after a read of the slot (the lag in
+    /// bytes is [`Self::measure_lag`]'s).
+    fn account(&self, progress: &mut ChangeProgress, polled: &Polled) {
         progress.transactions += polled.transactions;
         progress.rows += polled.rows;
         progress.applied_lsn = format_lsn(self.applied);
@@ -381,15 +391,21 @@ impl Streamer {
         }
         progress.caught_up_lsn = format_lsn(seen);
         progress.updated_at_unix_ms = now;
-        if let Ok((insert, _)) = stream::wal_positions(&self.source).await {
-            progress.lag_bytes = insert.saturating_sub(seen);
-        }
         progress.lag_ms = match polled.last_commit_unix_ms {
             Some(committed) if polled.truncated || polled.transactions > 0 => {
                 now.saturating_sub(committed)
             }
             _ => 0,
         };
+    }
+
+    /// Lag in bytes: the source's WAL beyond what the stream has seen,
+    /// whatever it carried. Measured when progress is published, not at
+    /// every read: it costs the source a query.
+    async fn measure_lag(&self, progress: &mut ChangeProgress) {
+        if let Ok((insert, _)) = stream::wal_positions(&self.source).await {
+            progress.lag_bytes = insert.saturating_sub(self.applied.max(self.advanced));
+        }
     }
 
     async fn reconnect(&mut self) {
