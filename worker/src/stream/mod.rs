@@ -502,10 +502,12 @@ impl Streamer {
     }
 
     /// Waits until the source has flushed its WAL up to `lsn`: decoding
-    /// reads no further than the flush position. An idle source may not
-    /// flush a partial page for a while, so a tiny committed transaction
-    /// forces the flush; a source that still does not flush is an error,
-    /// never an endless wait (the cutover holds the freeze meanwhile).
+    /// reads no further than the flush position. A source that commits
+    /// asynchronously (`synchronous_commit = off`) flushes only on its WAL
+    /// writer's next round, up to `wal_writer_delay` later, so a tiny
+    /// transaction committed synchronously forces the flush; a source that
+    /// still does not flush is an error, never an endless wait (the
+    /// cutover holds the freeze meanwhile).
     async fn wait_flushed(&self, lsn: u64) -> Result<()> {
         let deadline = Instant::now() + FLUSH_DEADLINE;
         let mut nudged = false;
@@ -522,7 +524,9 @@ impl Streamer {
             }
             if !nudged {
                 self.source
-                    .batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+                    .batch_execute(
+                        "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
+                    )
                     .await
                     .map_err(|e| Error::postgres("cannot make the source flush its WAL", e))?;
                 nudged = true;
