@@ -60,6 +60,7 @@ impl JobSpec {
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_FROZEN_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CUTOVER_LAG: u64 = 1 << 20;
+pub const DEFAULT_MAX_FROZEN_KEYS: u64 = 2_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +78,11 @@ pub struct ChangeSpec {
     /// the source, so the frozen window holds only the last moments.
     #[serde(default = "default_max_cutover_lag")]
     pub max_cutover_lag: ByteSize,
+    /// Before it freezes, the cutover compares the rows changed since its
+    /// verification (while writes go on), round after round, until at most
+    /// this many changed keys are left for the frozen check.
+    #[serde(default = "default_max_frozen_keys")]
+    pub max_frozen_keys: u64,
 }
 
 impl Default for ChangeSpec {
@@ -85,8 +91,13 @@ impl Default for ChangeSpec {
             freeze_timeout_ms: DEFAULT_FREEZE_TIMEOUT_MS,
             max_frozen_ms: DEFAULT_MAX_FROZEN_MS,
             max_cutover_lag: ByteSize(DEFAULT_MAX_CUTOVER_LAG),
+            max_frozen_keys: DEFAULT_MAX_FROZEN_KEYS,
         }
     }
+}
+
+fn default_max_frozen_keys() -> u64 {
+    DEFAULT_MAX_FROZEN_KEYS
 }
 
 fn default_max_frozen_ms() -> u64 {

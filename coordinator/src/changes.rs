@@ -278,7 +278,18 @@ impl Phases<'_> {
         self.await_caught_up(spec, cut.started_at_unix_ms, limits.max_cutover_lag.0)
             .await?;
         let started = Instant::now();
-        let baseline = self.baseline(spec).await;
+        let baseline = match self.baseline(spec).await {
+            // The first verification took a while the source wrote on:
+            // what changed meanwhile is compared before the freeze too.
+            Ok(mut baseline) => match self.narrow(spec, REQUESTER, baseline.lsn).await {
+                Ok(lsn) => {
+                    baseline.lsn = lsn;
+                    Ok(baseline)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         cut.baseline_verify_ms = started.elapsed().as_millis() as u64;
         let baseline = baseline?;
         // Again: the verification took time while the source wrote on.

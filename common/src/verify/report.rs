@@ -126,39 +126,7 @@ impl Report {
             }
         }
         for t in &self.tables {
-            let counts = match t.target_rows {
-                Some(n) => format!("{} rows at the source, {n} at the target", t.source_rows),
-                None => format!(
-                    "{} rows at the source, table missing at the target",
-                    t.source_rows
-                ),
-            };
-            let content = if t.content.matched && t.content.method == "whole_table" {
-                "content identical (compared as a whole table)".to_owned()
-            } else if t.content.matched {
-                let plural = if t.ranges == 1 { "" } else { "s" };
-                format!("content identical ({} key range{plural})", t.ranges)
-            } else {
-                let c = &t.content;
-                let mut parts = Vec::new();
-                if !c.missing.is_empty() {
-                    parts.push(format!("missing keys {}", c.missing.join(" ")));
-                }
-                if !c.extra.is_empty() {
-                    parts.push(format!("extra keys {}", c.extra.join(" ")));
-                }
-                for d in &c.different {
-                    parts.push(format!("key {} differs in {}", d.key, d.columns.join(", ")));
-                }
-                if c.unlisted > 0 {
-                    parts.push(format!("{} more differences not listed", c.unlisted));
-                }
-                if let Some(why) = &c.localisation {
-                    parts.push(why.clone());
-                }
-                format!("content DIFFERENT: {}", parts.join("; "))
-            };
-            out.push(format!("{}: {counts}; {content}", t.table));
+            out.push(t.summary_line());
         }
         if let Some(objects) = &self.large_objects {
             out.push(format!(
@@ -187,6 +155,46 @@ impl Report {
             ));
         }
         out.join("\n")
+    }
+}
+
+impl TableReport {
+    /// One line: counts on both sides and how the content compared.
+    pub fn summary_line(&self) -> String {
+        let t = self;
+        let counts = match t.target_rows {
+            Some(n) => format!("{} rows at the source, {n} at the target", t.source_rows),
+            None => format!(
+                "{} rows at the source, table missing at the target",
+                t.source_rows
+            ),
+        };
+        let content = if t.content.matched && t.content.method == "whole_table" {
+            "content identical (compared as a whole table)".to_owned()
+        } else if t.content.matched {
+            let plural = if t.ranges == 1 { "" } else { "s" };
+            format!("content identical ({} key range{plural})", t.ranges)
+        } else {
+            let c = &t.content;
+            let mut parts = Vec::new();
+            if !c.missing.is_empty() {
+                parts.push(format!("missing keys {}", c.missing.join(" ")));
+            }
+            if !c.extra.is_empty() {
+                parts.push(format!("extra keys {}", c.extra.join(" ")));
+            }
+            for d in &c.different {
+                parts.push(format!("key {} differs in {}", d.key, d.columns.join(", ")));
+            }
+            if c.unlisted > 0 {
+                parts.push(format!("{} more differences not listed", c.unlisted));
+            }
+            if let Some(why) = &c.localisation {
+                parts.push(why.clone());
+            }
+            format!("content DIFFERENT: {}", parts.join("; "))
+        };
+        format!("{}: {counts}; {content}", t.table)
     }
 }
 

@@ -32,7 +32,8 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     .await?;
     source.hand_tables_to_migrator("shop").await?;
     let job = Job::create(|staging| {
-        spec_body("limits", &source, &target, staging) + "\nchanges: { max_frozen_ms: 100 }"
+        spec_body("limits", &source, &target, staging)
+            + "\nchanges: { max_frozen_ms: 100, max_frozen_keys: 0 }"
     })?;
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
@@ -171,5 +172,46 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
         ended.success() && report.contains("MATCH"),
         "{ended:?}\n{report}"
     );
+
+    // Rows the stream applies after the cutover's verification differ on
+    // the target (a trigger there, armed when that verification prunes the
+    // changed-key log, alters what the stream inserts). With
+    // `max_frozen_keys: 0` the cutover compares the changed rows again
+    // before it freezes: it finds them there and freezes nothing.
+    dst.batch_execute(crate::armed_corruption::ARM_A_CORRUPTION)
+        .await?;
+    let inserter = source.client("shop").await?;
+    let inserts = tokio::spawn(async move {
+        for i in 0..3000 {
+            let sql = format!("INSERT INTO customers (name) VALUES ('late {i}')");
+            if inserter.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let refused = godwit(&["cutover", "--coordinator", &url, "limits"])?;
+    inserts.abort();
+    let said = describe(&refused);
+    let corrupted: Vec<String> = dst
+        .query(
+            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!corrupted.is_empty(), "the trigger altered no row: {said}");
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("comparing the rows changed since the verification, before the freeze")
+            && said.contains("nothing was frozen")
+            && corrupted.iter().any(|k| said.contains(&format!("({k})"))),
+        "{said}"
+    );
+    let status = godwit(&["status", "--coordinator", &url, "limits"])?;
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("frozen 0 ms"), "{shown}");
     Ok(())
 }

@@ -1,0 +1,95 @@
+//! Narrowing before the freeze: while writes go on, the rows whose keys the
+//! stream changed since the last verification are compared, pinned by the
+//! stream at one source transaction, and that transaction becomes the new
+//! starting point. Each round compares what changed during the one before,
+//! so the frozen check is left with the changes of the last moments,
+//! whatever the size of the database or the length of its first
+//! verification. Rounds go on until at most `changes.max_frozen_keys`
+//! changed keys are left (or a few rounds have run). Never freezes
+//! anything; a difference found here refuses the cutover before the freeze.
+
+use std::time::Duration;
+
+use godwit_common::pg::{self, Side, apply, changed_keys};
+use godwit_common::requests;
+use godwit_common::spec::JobSpec;
+use godwit_common::verify::{self, Options};
+use godwit_common::{Error, Result};
+
+use crate::phases::Phases;
+
+/// Rounds at most: each compares what changed during the one before, so
+/// they shrink quickly unless the source writes faster than they compare.
+const MAX_ROUNDS: usize = 4;
+/// A round's pin waits no longer than this for the stream.
+const PIN_PATIENCE: Duration = Duration::from_secs(60);
+
+impl Phases<'_> {
+    /// Moves the verified position `from` as close to the source's present
+    /// as a few rounds of comparing changed rows take it; returns it.
+    pub(crate) async fn narrow(&self, spec: &JobSpec, requester: &str, from: u64) -> Result<u64> {
+        let job = spec.job.as_str();
+        let max_frozen_keys = spec.changes.clone().unwrap_or_default().max_frozen_keys;
+        let mut verified_to = from;
+        for round in 1..=MAX_ROUNDS {
+            let target = pg::connect(&spec.target, Side::Target).await?;
+            let pending = changed_keys::since(&target, job, verified_to).await?;
+            drop(target);
+            if pending.keys() as u64 <= max_frozen_keys {
+                break;
+            }
+            let (snapshots, pin) = tokio::time::timeout(
+                PIN_PATIENCE,
+                requests::pin(self.store, self.keyspace, &spec.job, requester),
+            )
+            .await
+            .map_err(|_| {
+                Error::Unreachable(format!(
+                    "the stream of job {job} did not pin a snapshot within {PIN_PATIENCE:?}"
+                ))
+            })??;
+            let compared = async {
+                let (source, target) = tokio::try_join!(
+                    pg::connect(&spec.source, Side::Source),
+                    pg::connect(&spec.target, Side::Target)
+                )?;
+                pg::join_snapshot(&source, &snapshots.source).await?;
+                pg::join_snapshot(&target, &snapshots.target).await?;
+                // The ledger and the changed keys as the pinned target
+                // sees them: both are written in the same transactions.
+                let lsn = apply::applied_lsn(&target, job).await?.ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the target ledger has no change position for job {job}"
+                    ))
+                })?;
+                let touched = changed_keys::since(&target, job, verified_to).await?;
+                let tables =
+                    verify::compare_changed(&source, &target, &touched, Options::default()).await?;
+                Ok::<_, Error>((lsn, touched.keys(), tables))
+            }
+            .await;
+            pin.end().await;
+            let (lsn, keys, tables) = compared?;
+            let differing: Vec<String> = tables
+                .iter()
+                .filter(|t| !(t.counts_match && t.content.matched))
+                .map(|t| t.summary_line())
+                .collect();
+            if !differing.is_empty() {
+                return Err(Error::Verification(format!(
+                    "comparing the rows changed since the verification, before the freeze, found \
+                     differences, so nothing was frozen and the source stays authoritative:\n{}",
+                    differing.join("\n")
+                )));
+            }
+            tracing::info!(job_id = %job, round, keys, to = %pg::pgoutput::format_lsn(lsn), "cutover: rows changed since the last verification compared before the freeze");
+            verified_to = lsn;
+            if let Ok(target) = pg::connect(&spec.target, Side::Target).await
+                && let Err(e) = changed_keys::forget_through(&target, job, lsn).await
+            {
+                tracing::warn!(job_id = %job, error = %e, "cannot prune the changed-key log");
+            }
+        }
+        Ok(verified_to)
+    }
+}
