@@ -44,6 +44,9 @@ const STOP_PATIENCE: Duration = Duration::from_secs(60);
 /// How long the slot's drop waits for the worker that reads it.
 const SLOT_DROP_LIMIT: Duration = Duration::from_secs(10);
 const MIRROR_FALLBACK: Duration = Duration::from_secs(1);
+/// How recently a narrowing round's pin had the stream caught up for the
+/// freeze to follow without waiting for a progress report.
+const RECENTLY_CAUGHT_UP: Duration = Duration::from_secs(1);
 /// Who the leader's requests to the stream name.
 const REQUESTER: &str = "the leading coordinator";
 
@@ -278,12 +281,14 @@ impl Phases<'_> {
         self.await_caught_up(spec, cut.started_at_unix_ms, limits.max_cutover_lag.0)
             .await?;
         let started = Instant::now();
+        let mut narrowed_at = None;
         let baseline = match self.baseline(spec).await {
             // The first verification took a while the source wrote on:
             // what changed meanwhile is compared before the freeze too.
             Ok(mut baseline) => match self.narrow(spec, REQUESTER, baseline.lsn).await {
-                Ok(lsn) => {
+                Ok((lsn, pinned_at)) => {
                     baseline.lsn = lsn;
+                    narrowed_at = pinned_at;
                     Ok(baseline)
                 }
                 Err(e) => Err(e),
@@ -292,9 +297,14 @@ impl Phases<'_> {
         };
         cut.baseline_verify_ms = started.elapsed().as_millis() as u64;
         let baseline = baseline?;
-        // Again: the verification took time while the source wrote on.
-        self.await_caught_up(spec, now_unix_ms(), limits.max_cutover_lag.0)
-            .await?;
+        // Again: the verification took time while the source wrote on. A
+        // narrowing round that just ended had the stream catch up for its
+        // pin, and waiting for the next progress report would only let
+        // more changes pile up for the frozen check.
+        if narrowed_at.is_none_or(|at| at.elapsed() > RECENTLY_CAUGHT_UP) {
+            self.await_caught_up(spec, now_unix_ms(), limits.max_cutover_lag.0)
+                .await?;
+        }
         let freezer = Freezer::freeze(spec, tables, limits.freeze_timeout_ms).await?;
         let frozen = Instant::now();
         let mut drained: Option<Pending> = None;

@@ -8,7 +8,7 @@
 //! changed keys are left (or a few rounds have run). Never freezes
 //! anything; a difference found here refuses the cutover before the freeze.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use godwit_common::pg::{self, Side, apply, changed_keys};
 use godwit_common::requests;
@@ -26,11 +26,19 @@ const PIN_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Phases<'_> {
     /// Moves the verified position `from` as close to the source's present
-    /// as a few rounds of comparing changed rows take it; returns it.
-    pub(crate) async fn narrow(&self, spec: &JobSpec, requester: &str, from: u64) -> Result<u64> {
+    /// as a few rounds of comparing changed rows take it; returns it, and
+    /// when the last round's pin ended (the stream had just caught up with
+    /// the source then), if a round ran.
+    pub(crate) async fn narrow(
+        &self,
+        spec: &JobSpec,
+        requester: &str,
+        from: u64,
+    ) -> Result<(u64, Option<Instant>)> {
         let job = spec.job.as_str();
         let max_frozen_keys = spec.changes.clone().unwrap_or_default().max_frozen_keys;
         let mut verified_to = from;
+        let mut pinned_at = None;
         for round in 1..=MAX_ROUNDS {
             let target = pg::connect(&spec.target, Side::Target).await?;
             let pending = changed_keys::since(&target, job, verified_to).await?;
@@ -69,6 +77,7 @@ impl Phases<'_> {
             }
             .await;
             pin.end().await;
+            pinned_at = Some(Instant::now());
             let (lsn, keys, tables) = compared?;
             let differing: Vec<String> = tables
                 .iter()
@@ -90,6 +99,6 @@ impl Phases<'_> {
                 tracing::warn!(job_id = %job, error = %e, "cannot prune the changed-key log");
             }
         }
-        Ok(verified_to)
+        Ok((verified_to, pinned_at))
     }
 }

@@ -29,3 +29,16 @@ pub(crate) const ARM_A_CORRUPTION: &str = "
     ALTER TABLE customers ENABLE ALWAYS TRIGGER alter_inserts;
     COMMIT;
 ";
+
+/// The keys of the target's customers the armed trigger altered.
+pub(crate) async fn altered_keys(target: &tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    Ok(target
+        .query(
+            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

@@ -258,15 +258,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     let output = godwit(&["cutover", "--coordinator", &url, "streaming"])?;
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let text = said(&output);
-    let corrupted: Vec<String> = dst
-        .query(
-            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let corrupted = crate::armed_corruption::altered_keys(&dst).await?;
     assert!(!corrupted.is_empty(), "the trigger altered no row: {text}");
     assert!(
         text.contains("rolled back")

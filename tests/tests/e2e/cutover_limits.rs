@@ -4,6 +4,8 @@
 //! taking writes again and the stream going on.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use godwit_tests::{
@@ -64,8 +66,13 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     // The application keeps changing the keyless table while the cutover
     // runs, so its frozen check has that whole table to compare.
     let writer_client = source.client("shop").await?;
+    let writing = Arc::new(AtomicBool::new(true));
+    let still_writing = writing.clone();
     let writer = tokio::spawn(async move {
         for i in 0..2000 {
+            if !still_writing.load(Ordering::SeqCst) {
+                break;
+            }
             let sql = format!(
                 "UPDATE bulk SET v = 'changed {i}' WHERE id = {}",
                 i % 100 + 1
@@ -77,7 +84,10 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
         }
     });
     let rolled_back = godwit(&["cutover", "--coordinator", &url, "limits"])?;
-    writer.abort();
+    // Stopped between statements, so none of its updates can commit after
+    // the row written below (which the test later waits for on the target).
+    writing.store(false, Ordering::SeqCst);
+    writer.await?;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let said = describe(&rolled_back);
     assert_eq!(rolled_back.status.code(), Some(1), "{said}\n{log}");
@@ -193,15 +203,7 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     let refused = godwit(&["cutover", "--coordinator", &url, "limits"])?;
     inserts.abort();
     let said = describe(&refused);
-    let corrupted: Vec<String> = dst
-        .query(
-            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let corrupted = crate::armed_corruption::altered_keys(&dst).await?;
     assert!(!corrupted.is_empty(), "the trigger altered no row: {said}");
     assert_eq!(refused.status.code(), Some(1), "{said}");
     assert!(
