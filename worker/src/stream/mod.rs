@@ -119,6 +119,9 @@ pub(crate) struct Streamer {
     /// The walsender session streaming the slot, opened on the first read
     /// and again after a failure or a read that stopped mid-stream.
     changes: Option<ReplicationStream>,
+    /// What the session sent past a stop and nothing applied yet: the next
+    /// read begins with it. Only ever held with `changes`.
+    carried: Option<spill::Carried>,
 }
 
 impl Streamer {
@@ -168,6 +171,7 @@ impl Streamer {
             recent: Vec::new(),
             replica: false,
             changes: None,
+            carried: None,
             spec,
         };
         streamer.enter_replica_mode().await?;
@@ -410,6 +414,7 @@ impl Streamer {
 
     async fn reconnect(&mut self) {
         self.changes = None;
+        self.carried = None;
         if let Ok(source) = pg::connect_source(&self.spec.source, self.session).await {
             self.source = source;
         }
@@ -429,6 +434,7 @@ impl Streamer {
     /// and confirms to the source what is now committed on the target.
     async fn poll(&mut self, visible: Option<&SnapshotBounds>, upto: u64) -> Result<Polled> {
         let job = self.spec.job.clone();
+        let carried = self.carried.take();
         let mut changes = match self.changes.take() {
             Some(changes) => changes,
             None => {
@@ -449,6 +455,7 @@ impl Streamer {
                 from: self.applied,
                 confirmed: self.advanced,
             },
+            carried,
             &self.sealed,
             &job,
         )
@@ -459,6 +466,7 @@ impl Streamer {
             ..Polled::default()
         };
         let received_through = read.received_through;
+        let mut carry = None;
         if !read.is_empty() {
             if read.spilled_segments() > 0 {
                 tracing::info!(job_id = %job, segments = read.spilled_segments() + 1, bytes = read.bytes, "a large read of the stream spilled to staging; applying it segment by segment");
@@ -470,11 +478,20 @@ impl Streamer {
                 self.applied,
                 visible.cloned(),
             );
-            if let Err(e) = spill::replay(read, &self.sealed, &job, &mut run).await {
-                run.abandon().await;
-                return Err(e);
-            }
+            let replayed = match spill::replay(read, &self.sealed, &job, &mut run).await {
+                Ok(replayed) => replayed,
+                Err(e) => {
+                    run.abandon().await;
+                    return Err(e);
+                }
+            };
             let applied = run.finish().await?;
+            if let spill::Replayed::Stopped { rest: Some(rest) } = replayed {
+                carry = Some(spill::Carried {
+                    changes: rest,
+                    received_through,
+                });
+            }
             self.applied = applied.applied;
             polled.transactions = applied.transactions;
             polled.rows = applied.rows;
@@ -486,9 +503,14 @@ impl Streamer {
                 self.recent = applied.xids;
             }
         }
-        // What was received but not applied (past a stop) is gone from the
-        // session: the next read opens a new one from the ledger.
+        // What was received but not applied (past a stop) is read first
+        // next time; when it was not all in memory, the next read opens a
+        // new session from the ledger instead.
         if polled.stopped {
+            if carry.is_some() {
+                self.carried = carry;
+                self.changes = Some(changes);
+            }
             return Ok(polled);
         }
         polled.reached = received_through >= upto;

@@ -34,6 +34,15 @@ pub(crate) struct ReadAt {
     pub confirmed: u64,
 }
 
+/// Messages a read received but did not apply (past a transaction a
+/// pinning snapshot did not see), kept for the next read of the session.
+pub(crate) struct Carried {
+    pub changes: Vec<RawChange>,
+    /// The read's `received_through`: still true, since what it received
+    /// is either applied or carried.
+    pub received_through: u64,
+}
+
 /// A read of the stream: every segment but the last sealed in staging only.
 pub(crate) struct Read {
     pub messages: usize,
@@ -74,6 +83,7 @@ const PATIENCE: Duration = Duration::from_millis(250);
 pub(crate) async fn read(
     changes: &mut ReplicationStream,
     at: ReadAt,
+    carried: Option<Carried>,
     sealed: &SealedStaging,
     job: &JobId,
 ) -> Result<Read> {
@@ -88,6 +98,20 @@ pub(crate) async fn read(
     };
     let mut held = 0usize;
     let mut inside = false;
+    if let Some(carried) = carried {
+        read.received_through = carried.received_through;
+        for change in carried.changes {
+            match change.data.first() {
+                Some(b'B') => inside = true,
+                Some(b'C') => inside = false,
+                _ => {}
+            }
+            read.messages += 1;
+            read.bytes += change.data.len() as u64;
+            held += change.data.len() + 12;
+            read.tail.push(change);
+        }
+    }
     let mut waiting_since: Option<Instant> = None;
     loop {
         if !inside {
@@ -166,6 +190,17 @@ pub(crate) async fn read(
     Ok(read)
 }
 
+/// How far a replay went.
+pub(crate) enum Replayed {
+    /// Every message was fed.
+    Whole,
+    /// The run stopped at a transaction its snapshot does not see. `rest`
+    /// holds the messages from there on when they were all in memory (they
+    /// are applied first by the next read of the same session); None when
+    /// some were only in staging, and the session is read afresh instead.
+    Stopped { rest: Option<Vec<RawChange>> },
+}
+
 /// Feeds the read to `run` in slot order, segment by segment. Stops early
 /// when the run says so.
 pub(crate) async fn replay(
@@ -173,23 +208,30 @@ pub(crate) async fn replay(
     sealed: &SealedStaging,
     job: &JobId,
     run: &mut ApplyRun<'_>,
-) -> Result<()> {
+) -> Result<Replayed> {
     for &segment in &read.spilled {
         let changes = unseal(sealed, job, read.from, segment).await?;
-        if !feed(changes, run).await? {
-            return Ok(());
+        if feed(changes, run).await?.is_some() {
+            return Ok(Replayed::Stopped { rest: None });
         }
     }
-    feed(read.tail, run).await.map(|_| ())
+    Ok(match feed(read.tail, run).await? {
+        Some(rest) => Replayed::Stopped { rest: Some(rest) },
+        None => Replayed::Whole,
+    })
 }
 
-async fn feed(changes: Vec<RawChange>, run: &mut ApplyRun<'_>) -> Result<bool> {
-    for change in changes {
+/// Feeds `changes` to `run`; the ones from where it stopped, if it did.
+async fn feed(changes: Vec<RawChange>, run: &mut ApplyRun<'_>) -> Result<Option<Vec<RawChange>>> {
+    let mut changes = changes.into_iter();
+    while let Some(change) = changes.next() {
         if !run.feed(pgoutput::decode(&change.data)?).await? {
-            return Ok(false);
+            let mut rest = vec![change];
+            rest.extend(changes);
+            return Ok(Some(rest));
         }
     }
-    Ok(true)
+    Ok(None)
 }
 
 async fn seal(
