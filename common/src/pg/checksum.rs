@@ -29,7 +29,22 @@ pub struct TableFingerprint {
 }
 
 pub async fn fingerprint(client: &Client, table: &TableName) -> Result<TableFingerprint> {
-    fingerprint_where(client, table, "true").await
+    let stored = hashes_stored_forms(client).await?;
+    fingerprint_where(client, table, "true", stored).await
+}
+
+/// Whether the server has the record hash (`hash_record_extended`,
+/// PostgreSQL 14 and later). Two sides compare fingerprints only when both
+/// hash rows the same way: with `stored` false, each row's text form.
+pub async fn hashes_stored_forms(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 140000",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the server's version", e))?;
+    Ok(row.get(0))
 }
 
 /// The fingerprint of the rows `filter` selects; the filter refers to the
@@ -38,8 +53,9 @@ pub async fn fingerprint_where(
     client: &Client,
     table: &TableName,
     filter: &str,
+    stored: bool,
 ) -> Result<TableFingerprint> {
-    let hash = row_hash(client, table).await?;
+    let hash = row_hash(client, table, stored).await?;
     let sql = format!(
         "SELECT count(*)::bigint, coalesce(sum({hash}::numeric), 0)::text \
          FROM {} AS t WHERE {filter}",
@@ -74,8 +90,12 @@ const HASHED_AS_STORED: &[&str] = &[
 ];
 
 /// The expression hashing one row of `table` (aliased `t`), built from the
-/// catalog of the database `client` is connected to.
-pub async fn row_hash(client: &Client, table: &TableName) -> Result<String> {
+/// catalog of the database `client` is connected to; without `stored`
+/// (a side older than PostgreSQL 14), the hash of the row's text form.
+pub async fn row_hash(client: &Client, table: &TableName, stored: bool) -> Result<String> {
+    if !stored {
+        return Ok("hashtextextended(t::text, 0)".into());
+    }
     let rows = client
         .query(
             "SELECT quote_ident(a.attname), format_type(a.atttypid, NULL) \

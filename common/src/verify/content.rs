@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use super::report::{ContentLayer, RowDifference, TableReport};
 use super::schema::{columns, primary_key};
-use crate::pg::checksum::{fingerprint_where, row_hash};
+use crate::pg::checksum::{fingerprint, fingerprint_where, hashes_stored_forms, row_hash};
 use crate::spec::TableName;
 use crate::state::KeyRange;
 use crate::{Error, Result};
@@ -93,10 +93,11 @@ pub(super) async fn compare_scope(
     method: &str,
     options: Options,
 ) -> Result<RangeFinding> {
+    let stored = hashes_stored_forms(source).await? && hashes_stored_forms(target).await?;
     // Both databases read at once: each side is one scan of the scope.
     let (at_source, at_target) = tokio::try_join!(
-        fingerprint_where(source, table, scope),
-        fingerprint_where(target, table, scope)
+        fingerprint_where(source, table, scope, stored),
+        fingerprint_where(target, table, scope, stored)
     )?;
     let content = if at_source == at_target {
         ContentLayer {
@@ -107,7 +108,8 @@ pub(super) async fn compare_scope(
     } else {
         match key {
             Some(key) if !key.is_empty() => {
-                let mut content = localise(source, target, table, key, scope, options).await?;
+                let mut content =
+                    localise((source, target), table, (key, stored), scope, options).await?;
                 content.method = method.into();
                 content
             }
@@ -191,7 +193,7 @@ pub fn merge_table(table: &TableName, findings: Vec<RangeFinding>) -> TableRepor
 
 /// The report of a table the target lacks altogether.
 pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableReport> {
-    let at_source = fingerprint_where(source, table, "true").await?;
+    let at_source = fingerprint(source, table).await?;
     Ok(TableReport {
         table: table.to_string(),
         source_rows: at_source.rows,
@@ -210,11 +212,11 @@ pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableRep
 async fn bucket_sums(
     client: &Client,
     table: &TableName,
-    key: &str,
+    (key, stored): (&str, bool),
     level: i32,
     filter: &str,
 ) -> Result<HashMap<i64, (i64, String)>> {
-    let hash = row_hash(client, table).await?;
+    let hash = row_hash(client, table, stored).await?;
     let sql = format!(
         "SELECT hashtextextended(ROW({key})::text, {level}) & {mask}, count(*), \
                 sum({hash}::numeric)::text \
@@ -260,10 +262,9 @@ async fn row_hashes(
 /// of key hashes, then buckets within the differing buckets with another
 /// seed, until few enough rows remain to compare them one by one.
 async fn localise(
-    source: &Client,
-    target: &Client,
+    (source, target): (&Client, &Client),
     table: &TableName,
-    key_columns: &[String],
+    (key_columns, stored): (&[String], bool),
     scope: &str,
     options: Options,
 ) -> Result<ContentLayer> {
@@ -275,8 +276,8 @@ async fn localise(
     let mut filter = scope.to_owned();
     for level in 0..MAX_LEVELS {
         let (at_source, at_target) = tokio::try_join!(
-            bucket_sums(source, table, &key, level, &filter),
-            bucket_sums(target, table, &key, level, &filter)
+            bucket_sums(source, table, (&key, stored), level, &filter),
+            bucket_sums(target, table, (&key, stored), level, &filter)
         )?;
         let differing: BTreeSet<i64> = at_source
             .keys()
