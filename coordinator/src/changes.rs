@@ -283,9 +283,28 @@ impl Phases<'_> {
         let started = Instant::now();
         let mut narrowed_at = None;
         let baseline = match self.baseline(spec).await {
+            // Its keys go to the sealed report, never into the error (which
+            // the job record keeps in etcd).
+            Ok(baseline) if !baseline.verified.report.matched => {
+                let differing = differing_tables(&baseline.verified.report);
+                *verified = Some(baseline.verified);
+                Err(Error::Verification(format!(
+                    "the verification before the freeze found differences ({differing}), so nothing \
+                     was frozen and the source stays authoritative; the report names them (godwit \
+                     report {job})"
+                )))
+            }
             // The first verification took a while the source wrote on:
             // what changed meanwhile is compared before the freeze too.
-            Ok(mut baseline) => match self.narrow(spec, REQUESTER, baseline.lsn).await {
+            Ok(mut baseline) => match self
+                .narrow(
+                    spec,
+                    REQUESTER,
+                    (baseline.lsn, &baseline.verified.report),
+                    verified,
+                )
+                .await
+            {
                 Ok((lsn, pinned_at)) => {
                     baseline.lsn = lsn;
                     narrowed_at = pinned_at;
@@ -405,37 +424,23 @@ impl Phases<'_> {
             .tables()
             .filter(|(_, t)| matches!(t, Touch::Whole))
             .count() as u64;
-        let base = &baseline.verified.report;
-        let report = Report {
-            job: spec.job.to_string(),
-            verified_at_unix_ms: now_unix_ms(),
-            matched: verify::all_matched(&base.schema, &tables, &base.foreign_keys),
-            schema: base.schema.clone(),
-            tables,
-            foreign_keys: base.foreign_keys.clone(),
-            large_objects: base.large_objects.clone(),
-            sample: None,
-        };
-        let stored_at = match SealedStaging::open(spec).await {
-            Ok(sealed) => {
-                verify::store_report(sealed.staging(), sealed.key(), &spec.job, &report).await
-            }
-            Err(e) => Err(e),
-        };
-        let matched = report.matched;
-        let summary = report.summary();
-        *verified = Some(Verified { report, stored_at });
-        if !matched {
+        *verified = Some(changed_rows_report(spec, &baseline.verified.report, tables).await);
+        let differing = verified
+            .as_ref()
+            .map_or_else(String::new, |v| differing_tables(&v.report));
+        if !differing.is_empty() {
             return Err(Error::Verification(format!(
-                "the rows changed since the verification differ, so the source stays authoritative:\n{summary}"
+                "the rows changed since the verification differ in {differing}, so the source stays \
+                 authoritative; the report names them (godwit report {})",
+                spec.job
             )));
         }
         Ok(())
     }
 
     /// The full verification the frozen check builds on: both sides pinned
-    /// by the stream at one source transaction while writes go on. Refused
-    /// (nothing frozen yet) when it finds a difference.
+    /// by the stream at one source transaction while writes go on. The
+    /// caller refuses the cutover (nothing frozen yet) when it differs.
     async fn baseline(&self, spec: &JobSpec) -> Result<Baseline> {
         let job = spec.job.as_str();
         let (snapshots, pin) =
@@ -461,11 +466,7 @@ impl Phases<'_> {
         pin.end().await;
         let baseline = verified?;
         if !baseline.verified.report.matched {
-            return Err(Error::Verification(format!(
-                "the verification before the freeze found differences, so nothing was frozen and the \
-                 source stays authoritative:\n{}",
-                baseline.verified.report.summary()
-            )));
+            return Ok(baseline);
         }
         // What it compared need not be compared again.
         match pg::connect(&spec.target, Side::Target).await {
@@ -571,6 +572,51 @@ fn cutover_answer(record: CutoverRecord, verified: Option<Verified>) -> CutoverA
         matched,
         stored_at,
     }
+}
+
+/// The report of a check of changed rows: the tables it compared, with the
+/// schema and foreign-key layers of the verification it builds on; stored
+/// sealed in the job's staging (it names keys).
+pub(crate) async fn changed_rows_report(
+    spec: &JobSpec,
+    base: &Report,
+    tables: Vec<verify::TableReport>,
+) -> Verified {
+    let report = Report {
+        job: spec.job.to_string(),
+        verified_at_unix_ms: now_unix_ms(),
+        matched: verify::all_matched(&base.schema, &tables, &base.foreign_keys),
+        schema: base.schema.clone(),
+        tables,
+        foreign_keys: base.foreign_keys.clone(),
+        large_objects: base.large_objects.clone(),
+        sample: None,
+    };
+    let stored_at = match SealedStaging::open(spec).await {
+        Ok(sealed) => {
+            verify::store_report(sealed.staging(), sealed.key(), &spec.job, &report).await
+        }
+        Err(e) => Err(e),
+    };
+    Verified { report, stored_at }
+}
+
+/// The tables (and other layers) a report found different, by name only:
+/// what an error may say, since errors are kept in the job record.
+pub(crate) fn differing_tables(report: &Report) -> String {
+    let mut names: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| !(t.counts_match && t.content.matched))
+        .map(|t| t.table.as_str())
+        .collect();
+    if !report.schema.matched {
+        names.push("the schema");
+    }
+    if report.foreign_keys.iter().any(|fk| fk.orphans > 0) {
+        names.push("foreign keys");
+    }
+    names.join(", ")
 }
 
 #[cfg(test)]

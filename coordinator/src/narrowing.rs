@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use godwit_common::pg::{self, Side, apply, changed_keys};
 use godwit_common::requests;
 use godwit_common::spec::JobSpec;
-use godwit_common::verify::{self, Options};
+use godwit_common::verify::{self, Options, Report};
 use godwit_common::{Error, Result};
 
+use crate::changes::{changed_rows_report, differing_tables};
 use crate::phases::Phases;
+use crate::verification::Verified;
 
 /// Rounds at most: each compares what changed during the one before, so
 /// they shrink quickly unless the source writes faster than they compare.
@@ -29,11 +31,14 @@ impl Phases<'_> {
     /// as a few rounds of comparing changed rows take it; returns it, and
     /// when the last round's pin ended (the stream had just caught up with
     /// the source then), if a round ran.
+    /// A difference is refused naming its tables only; its report, which
+    /// names keys, is stored sealed and handed back in `verified`.
     pub(crate) async fn narrow(
         &self,
         spec: &JobSpec,
         requester: &str,
-        from: u64,
+        (from, base): (u64, &Report),
+        verified: &mut Option<Verified>,
     ) -> Result<(u64, Option<Instant>)> {
         let job = spec.job.as_str();
         let max_frozen_keys = spec.changes.clone().unwrap_or_default().max_frozen_keys;
@@ -79,16 +84,14 @@ impl Phases<'_> {
             pin.end().await;
             pinned_at = Some(Instant::now());
             let (lsn, keys, tables) = compared?;
-            let differing: Vec<String> = tables
-                .iter()
-                .filter(|t| !(t.counts_match && t.content.matched))
-                .map(|t| t.summary_line())
-                .collect();
-            if !differing.is_empty() {
+            if !tables.iter().all(|t| t.counts_match && t.content.matched) {
+                let report = changed_rows_report(spec, base, tables).await;
+                let differing = differing_tables(&report.report);
+                *verified = Some(report);
                 return Err(Error::Verification(format!(
                     "comparing the rows changed since the verification, before the freeze, found \
-                     differences, so nothing was frozen and the source stays authoritative:\n{}",
-                    differing.join("\n")
+                     differences in {differing}, so nothing was frozen and the source stays \
+                     authoritative; the report names them (godwit report {job})"
                 )));
             }
             tracing::info!(job_id = %job, round, keys, to = %pg::pgoutput::format_lsn(lsn), "cutover: rows changed since the last verification compared before the freeze");

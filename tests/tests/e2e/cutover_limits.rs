@@ -215,5 +215,12 @@ async fn a_cutover_is_refused_while_paused_and_rolled_back_past_its_frozen_deadl
     let status = godwit(&["status", "--coordinator", &url, "limits"])?;
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(shown.contains("frozen 0 ms"), "{shown}");
+    // The keys reach the operator through the sealed report only; the
+    // job record (kept in the lease store) names the table.
+    assert!(
+        shown.contains("public.customers")
+            && !corrupted.iter().any(|k| shown.contains(&format!("({k})"))),
+        "{shown}"
+    );
     Ok(())
 }

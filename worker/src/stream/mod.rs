@@ -222,7 +222,13 @@ impl Streamer {
             };
             // Requests held open are looked at again now and then (a
             // withdrawn one also wakes the inbox), not at every read.
-            if asked || (!served.is_empty() && last_served.elapsed() >= HELD_REQUESTS_POLL) {
+            // A held drain is looked at every time: nothing may be applied
+            // while it holds.
+            let draining = served.iter().any(|r| matches!(r, Incoming::Drain(_)));
+            if asked
+                || draining
+                || (!served.is_empty() && last_served.elapsed() >= HELD_REQUESTS_POLL)
+            {
                 last_served = Instant::now();
                 match self.serve(&inbox, &mut pins, &mut served).await {
                     Ok(Serving::Stopped) => {
