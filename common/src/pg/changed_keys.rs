@@ -93,15 +93,34 @@ impl Touched {
     }
 }
 
+/// One row per table per committed batch of changes, its keys in an array:
+/// a row per key cost the target an index probe and an update for every
+/// key of every batch, as much work again as applying the changes.
 pub const SCHEMA_SQL: &str = "
+DO $$ BEGIN
+    -- Logs written one row per key are folded into the new layout.
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('godwit.changed_keys')
+               AND attname = 'key' AND NOT attisdropped) THEN
+        ALTER TABLE godwit.changed_keys RENAME TO changed_keys_by_row;
+        ALTER TABLE godwit.changed_keys_by_row RENAME CONSTRAINT changed_keys_pkey TO changed_keys_by_row_pkey;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS godwit.changed_keys (
     job_id      text   NOT NULL,
+    lsn         pg_lsn NOT NULL,
     schema_name text   NOT NULL,
     table_name  text   NOT NULL,
-    key         text   NOT NULL,
-    lsn         pg_lsn NOT NULL,
-    PRIMARY KEY (job_id, schema_name, table_name, key)
+    keys        text[] NOT NULL,
+    PRIMARY KEY (job_id, lsn, schema_name, table_name)
 );
+DO $$ BEGIN
+    IF to_regclass('godwit.changed_keys_by_row') IS NOT NULL THEN
+        INSERT INTO godwit.changed_keys
+            SELECT job_id, lsn, schema_name, table_name, array_agg(key)
+            FROM godwit.changed_keys_by_row GROUP BY 1, 2, 3, 4;
+        DROP TABLE godwit.changed_keys_by_row;
+    END IF;
+END $$;
 ";
 
 /// Records, inside the caller's open transaction, that the changes it
@@ -112,21 +131,18 @@ pub async fn record(tx: &Client, job: &str, lsn: u64, touched: &Touched) -> Resu
     }
     let (mut schemas, mut names, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for (table, touch) in touched.tables() {
-        let mut add = |key: &str| {
-            schemas.push(table.schema.as_str());
-            names.push(table.name.as_str());
-            keys.push(key.to_owned());
-        };
-        match touch {
-            Touch::Whole => add(WHOLE_TABLE),
-            Touch::Keys(set) => set.iter().for_each(|k| add(k)),
-        }
+        schemas.push(table.schema.as_str());
+        names.push(table.name.as_str());
+        // One text array per table, in the text form unnest can split.
+        keys.push(match touch {
+            Touch::Whole => array_literal(&[WHOLE_TABLE.to_owned()]),
+            Touch::Keys(set) => array_literal_of(set.iter()),
+        });
     }
     let lsn = format_lsn(lsn);
     tx.execute(
-        "INSERT INTO godwit.changed_keys (job_id, schema_name, table_name, key, lsn) \
-         SELECT $1, s, t, k, $5::text::pg_lsn FROM unnest($2::text[], $3::text[], $4::text[]) AS u(s, t, k) \
-         ON CONFLICT (job_id, schema_name, table_name, key) DO UPDATE SET lsn = EXCLUDED.lsn",
+        "INSERT INTO godwit.changed_keys (job_id, lsn, schema_name, table_name, keys) \
+         SELECT $1, $5::text::pg_lsn, s, t, k::text[] FROM unnest($2::text[], $3::text[], $4::text[]) AS u(s, t, k)",
         &[&job, &schemas, &names, &keys, &lsn],
     )
     .await
@@ -138,7 +154,7 @@ pub async fn record(tx: &Client, job: &str, lsn: u64, touched: &Touched) -> Resu
 pub async fn since(target: &Client, job: &str, lsn: u64) -> Result<Touched> {
     let rows = target
         .query(
-            "SELECT schema_name, table_name, key FROM godwit.changed_keys \
+            "SELECT DISTINCT schema_name, table_name, unnest(keys) FROM godwit.changed_keys \
              WHERE job_id = $1 AND lsn > $2::text::pg_lsn",
             &[&job, &format_lsn(lsn)],
         )
@@ -209,11 +225,26 @@ pub fn key_filter(key_columns: &[(String, String)], keys: &BTreeSet<String>) -> 
 
 /// PostgreSQL's text form of a one-dimensional text array.
 fn array_literal(values: &[String]) -> String {
-    let quoted: Vec<String> = values
-        .iter()
-        .map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", quoted.join(","))
+    array_literal_of(values.iter())
+}
+
+fn array_literal_of<'a>(values: impl Iterator<Item = &'a String>) -> String {
+    let mut out = String::from("{");
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in v.chars() {
+            if c == '\\' || c == '"' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 #[cfg(test)]
