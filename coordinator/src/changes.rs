@@ -63,12 +63,17 @@ pub(crate) async fn drop_publication(spec: &JobSpec) -> Result<()> {
     stream::drop_publication(&source, &stream::publication_name(&slot_name(&spec.job))).await
 }
 
-/// Puts back the target's triggers and foreign keys the job's stream changed.
+/// Puts back the target's triggers and foreign keys the job's stream
+/// changed, and validates the keys put back unchecked (a cutover puts them
+/// back while the source is frozen, where checking every row would not fit).
 pub(crate) async fn leave_replica_mode(spec: &JobSpec) -> Result<()> {
     let mut target = pg::connect(&spec.target, Side::Target).await?;
-    replica::leave(&mut target, spec.job.as_str())
-        .await
-        .map(|_| ())
+    replica::leave(&mut target, spec.job.as_str()).await?;
+    let validated = replica::validate_restored(&target, spec.job.as_str()).await?;
+    if validated > 0 {
+        tracing::info!(job_id = %spec.job, keys = validated, "validated the target's foreign keys put back after the stream");
+    }
+    Ok(())
 }
 
 /// Whether the job's slot is still on the source: a stream taken over

@@ -32,6 +32,16 @@ CREATE TABLE IF NOT EXISTS godwit.replica_mode (
 
 const TRIGGER: &str = "trigger";
 const FOREIGN_KEY: &str = "foreign key";
+/// A foreign key with a referential action (`ON DELETE CASCADE`, `SET
+/// NULL`, `RESTRICT`, …): the target would act on the parent's change
+/// itself, then meet the source's own cascaded changes to rows it already
+/// changed. Its actions cannot be deferred or disabled without superuser,
+/// so while changes stream it is replaced by the same key without actions
+/// (checked at commit), and put back as the source defines it after.
+const FOREIGN_KEY_ACTION: &str = "foreign key action";
+/// A foreign key put back `NOT VALID` (its check of every row would run
+/// while the source is frozen), to validate once the stream has ended.
+const FOREIGN_KEY_TO_VALIDATE: &str = "foreign key to validate";
 
 /// Switches the target's `tables` to replica mode (see the module docs) in
 /// one transaction. Idempotent: an object already recorded keeps its first
@@ -55,10 +65,16 @@ pub async fn enter(target: &mut Client, job: &str, tables: &[TableName]) -> Resu
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND c.oid IN (SELECT oid FROM job) \
              UNION ALL \
-             SELECT format('%I.%I', n.nspname, c.relname), 'foreign key', con.conname, 'immediate' \
+             SELECT format('%I.%I', n.nspname, c.relname), \
+                    CASE WHEN con.confdeltype = 'a' AND con.confupdtype = 'a' THEN 'foreign key' \
+                         ELSE 'foreign key action' END, \
+                    con.conname, \
+                    CASE WHEN con.confdeltype = 'a' AND con.confupdtype = 'a' THEN 'immediate' \
+                         ELSE pg_get_constraintdef(con.oid) END \
              FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE con.contype = 'f' AND NOT con.condeferrable AND con.conparentid = 0 \
+             WHERE con.contype = 'f' AND con.conparentid = 0 \
+               AND (NOT con.condeferrable OR con.confdeltype <> 'a' OR con.confupdtype <> 'a') \
                AND c.oid IN (SELECT oid FROM owners) \
              ORDER BY 1, 2, 3",
             &[&names],
@@ -75,13 +91,13 @@ pub async fn enter(target: &mut Client, job: &str, tables: &[TableName]) -> Resu
         )
         .await
         .map_err(|e| Error::postgres("cannot record an object in godwit.replica_mode", e))?;
-        let change = if kind == TRIGGER {
-            format!("DISABLE TRIGGER {}", quote_ident(&name))
-        } else {
-            format!(
+        let change = match kind.as_str() {
+            TRIGGER => format!("DISABLE TRIGGER {}", quote_ident(&name)),
+            FOREIGN_KEY_ACTION => replace_key(&name, &without_actions(&tx, &table, &name).await?),
+            _ => format!(
                 "ALTER CONSTRAINT {} DEFERRABLE INITIALLY IMMEDIATE",
                 quote_ident(&name)
-            )
+            ),
         };
         alter(&tx, &table, &kind, &name, &change).await?;
     }
@@ -109,8 +125,9 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
     }
     let rows = tx
         .query(
-            "DELETE FROM godwit.replica_mode WHERE job_id = $1 RETURNING table_name, kind, name, was",
-            &[&job],
+            "DELETE FROM godwit.replica_mode WHERE job_id = $1 AND kind <> $2 \
+             RETURNING table_name, kind, name, was",
+            &[&job, &FOREIGN_KEY_TO_VALIDATE],
         )
         .await
         .map_err(|e| Error::postgres("cannot read godwit.replica_mode", e))?;
@@ -140,6 +157,33 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
             (TRIGGER, "A") => format!("ENABLE ALWAYS TRIGGER {}", quote_ident(&name)),
             (TRIGGER, _) => format!("ENABLE TRIGGER {}", quote_ident(&name)),
             (FOREIGN_KEY, _) => format!("ALTER CONSTRAINT {} NOT DEFERRABLE", quote_ident(&name)),
+            (FOREIGN_KEY_ACTION, definition) => {
+                let partitioned: bool = tx
+                    .query_one(
+                        "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)",
+                        &[&table],
+                    )
+                    .await
+                    .map_err(|e| Error::postgres("cannot read the target catalog", e))?
+                    .get(0);
+                // PostgreSQL cannot add a NOT VALID key to a partitioned
+                // table: that one is checked here, row by row.
+                let definition = if partitioned || definition.ends_with(" NOT VALID") {
+                    definition.to_owned()
+                } else {
+                    tx.execute(
+                        "INSERT INTO godwit.replica_mode (job_id, table_name, kind, name, was) \
+                         VALUES ($1, $2, $3, $4, '') ON CONFLICT DO NOTHING",
+                        &[&job, &table, &FOREIGN_KEY_TO_VALIDATE, &name],
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::postgres("cannot record an object in godwit.replica_mode", e)
+                    })?;
+                    format!("{definition} NOT VALID")
+                };
+                replace_key(&name, &definition)
+            }
             (other, _) => {
                 return Err(Error::Corrupt {
                     what: "godwit.replica_mode on the target".into(),
@@ -154,6 +198,84 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
         .await
         .map_err(|e| Error::postgres("cannot commit leaving replica mode on the target", e))?;
     Ok(restored)
+}
+
+/// Validates the foreign keys `leave` put back `NOT VALID` (each scans its
+/// table, while the table stays writable). Returns how many it validated.
+pub async fn validate_restored(target: &Client, job: &str) -> Result<usize> {
+    let known: bool = target
+        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
+        .get(0);
+    if !known {
+        return Ok(0);
+    }
+    let rows = target
+        .query(
+            "SELECT table_name, name, EXISTS (SELECT FROM pg_constraint \
+                 WHERE conrelid = to_regclass(table_name) AND conname = name AND NOT convalidated) \
+             FROM godwit.replica_mode WHERE job_id = $1 AND kind = $2",
+            &[&job, &FOREIGN_KEY_TO_VALIDATE],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read godwit.replica_mode", e))?;
+    let mut validated = 0;
+    for row in &rows {
+        let (table, name, pending): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+        if pending {
+            let sql = format!(
+                "ALTER TABLE {table} VALIDATE CONSTRAINT {}",
+                quote_ident(&name)
+            );
+            target.batch_execute(&sql).await.map_err(|e| {
+                Error::postgres(
+                    format!("cannot validate foreign key {name} of {table} on the target"),
+                    e,
+                )
+            })?;
+            validated += 1;
+        }
+        target
+            .execute(
+                "DELETE FROM godwit.replica_mode WHERE job_id = $1 AND kind = $2 AND table_name = $3 AND name = $4",
+                &[&job, &FOREIGN_KEY_TO_VALIDATE, &table, &name],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot update godwit.replica_mode", e))?;
+    }
+    Ok(validated)
+}
+
+/// The definition of foreign key `name` of `table` without its actions,
+/// deferrable, and not checked against the rows already there (they
+/// satisfied the key it replaces).
+async fn without_actions(tx: &Transaction<'_>, table: &str, name: &str) -> Result<String> {
+    let row = tx
+        .query_one(
+            "SELECT format('FOREIGN KEY (%s) REFERENCES %s (%s)%s DEFERRABLE%s', \
+                 (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) \
+                  FROM unnest(con.conkey) WITH ORDINALITY k(n, i) \
+                  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), \
+                 con.confrelid::regclass, \
+                 (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) \
+                  FROM unnest(con.confkey) WITH ORDINALITY k(n, i) \
+                  JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n), \
+                 CASE con.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END, \
+                 CASE WHEN c.relkind = 'p' THEN '' ELSE ' NOT VALID' END) \
+             FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
+             WHERE con.conrelid = to_regclass($1) AND con.conname = $2 AND con.contype = 'f'",
+            &[&table, &name],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read foreign key {name} of {table}"), e))?;
+    Ok(row.get(0))
+}
+
+/// The `ALTER TABLE` clauses that swap foreign key `name` for `definition`.
+fn replace_key(name: &str, definition: &str) -> String {
+    let name = quote_ident(name);
+    format!("DROP CONSTRAINT {name}, ADD CONSTRAINT {name} {definition}")
 }
 
 async fn alter(
@@ -178,9 +300,24 @@ async fn alter(
         })
 }
 
-/// Names (quoted) of the foreign keys replica mode made deferrable, of any
-/// job: the schema layer compares them as they will be put back.
-pub async fn deferred_keys(target: &Client) -> Result<Vec<String>> {
+/// A foreign key replica mode changed, as it will be put back.
+#[derive(Debug, Clone)]
+pub struct AlteredKey {
+    /// Schema-qualified and quoted, as the schema layer names tables.
+    pub table: String,
+    /// Quoted as PostgreSQL's `quote_ident` does (only where it must).
+    pub quoted_name: String,
+    /// The definition it will be put back with, where replica mode
+    /// replaced the key; None where it only made it deferrable or left it
+    /// to validate.
+    pub restored_as: Option<String>,
+    /// Made deferrable: put back not deferrable.
+    pub made_deferrable: bool,
+}
+
+/// The foreign keys replica mode changed, of any job: the schema layer
+/// compares them as they will be put back.
+pub async fn altered_keys(target: &Client) -> Result<Vec<AlteredKey>> {
     let known: bool = target
         .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
         .await
@@ -191,10 +328,19 @@ pub async fn deferred_keys(target: &Client) -> Result<Vec<String>> {
     }
     let rows = target
         .query(
-            "SELECT DISTINCT quote_ident(name) FROM godwit.replica_mode WHERE kind = 'foreign key'",
-            &[],
+            "SELECT DISTINCT table_name, quote_ident(name), CASE WHEN kind = $1 THEN was END, kind = $2 \
+             FROM godwit.replica_mode WHERE kind IN ($1, $2, $3)",
+            &[&FOREIGN_KEY_ACTION, &FOREIGN_KEY, &FOREIGN_KEY_TO_VALIDATE],
         )
         .await
         .map_err(|e| Error::postgres("cannot read godwit.replica_mode", e))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|row| AlteredKey {
+            table: row.get(0),
+            quoted_name: row.get(1),
+            restored_as: row.get(2),
+            made_deferrable: row.get(3),
+        })
+        .collect())
 }

@@ -78,15 +78,27 @@ pub async fn compare_schema(
     every_table: bool,
     sync_sequences: Option<&Client>,
 ) -> Result<SchemaLayer> {
-    let at_source = schema_objects(source, tables).await?;
+    let mut at_source = schema_objects(source, tables).await?;
     let mut at_target = schema_objects(target, tables).await?;
-    for key in crate::pg::replica::deferred_keys(target).await? {
-        for (name, definition) in at_target.iter_mut() {
-            if name.starts_with("foreign key ") && name.ends_with(&format!(".{key}")) {
-                // Deferrable only while changes stream; put back as the
-                // source defines it when the stream ends.
-                *definition = definition.trim_end_matches(" DEFERRABLE").to_owned();
+    for key in crate::pg::replica::altered_keys(target).await? {
+        let name = format!("foreign key {}.{}", key.table, key.quoted_name);
+        // Deferrable, without actions or not yet validated only while
+        // changes stream and just after: compared as it is put back.
+        if let Some(definition) = at_target.get_mut(&name) {
+            let restored = key
+                .restored_as
+                .as_deref()
+                .unwrap_or(definition)
+                .trim_end_matches(" NOT VALID");
+            *definition = if key.made_deferrable {
+                restored.trim_end_matches(" DEFERRABLE")
+            } else {
+                restored
             }
+            .to_owned();
+        }
+        if let Some(definition) = at_source.get_mut(&name) {
+            *definition = definition.trim_end_matches(" NOT VALID").to_owned();
         }
     }
     let mut layer = SchemaLayer::default();

@@ -22,9 +22,16 @@ pub(crate) struct Writes {
 }
 
 /// One application transaction: inserts, an update leaving a TOASTed
-/// column unchanged, a key change, deletes, and rows of the keyless table.
+/// column unchanged, a key change, deletes, rows of the keyless table, and
+/// a customer's delete its foreign keys' actions carry on to its order
+/// (`ON DELETE CASCADE`) and invoice (`SET NULL`).
 async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio_postgres::Error> {
     let (offset, third) = (i % 50, i.is_multiple_of(3));
+    let gone = if i.is_multiple_of(4) {
+        i.saturating_sub(2)
+    } else {
+        u64::MAX
+    };
     client
         .batch_execute(&format!(
             "BEGIN;
@@ -40,6 +47,11 @@ async fn write_once(client: &tokio_postgres::Client, i: u64) -> Result<(), tokio
              DELETE FROM events WHERE ctid = (SELECT ctid FROM events WHERE kind = 'writer' AND {third} LIMIT 1);
              INSERT INTO tickets (title) VALUES ('ticket {i}');
              UPDATE tickets SET title = title || '!' WHERE id = (SELECT min(id) FROM tickets);
+             INSERT INTO orders (customer_id, order_no, amount)
+                 SELECT id, 1, 5 FROM customers WHERE name = 'writer {i}';
+             INSERT INTO sales.invoices (customer_id, total)
+                 SELECT id, 7 FROM customers WHERE name = 'writer {i}';
+             DELETE FROM customers WHERE name = 'writer {gone}';
              COMMIT;"
         ))
         .await
@@ -337,6 +349,32 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
         .await?
         .get(0);
     assert!(moved > 0, "no primary-key change arrived");
+    let cascaded: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM sales.invoices WHERE customer_id IS NULL AND total = 7",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(cascaded > 0, "no customer's delete reached its invoice");
+
+    // The foreign keys the stream changed are back as the source defines
+    // them, actions included, and validated.
+    let keys = "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated \
+                FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2";
+    let defined = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, String, bool)> {
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let at_target = defined(dst.query(keys, &[]).await?);
+    assert_eq!(defined(src.query(keys, &[]).await?), at_target);
+    assert!(
+        at_target
+            .iter()
+            .any(|(_, _, d, _)| d.contains("ON DELETE CASCADE")),
+        "{at_target:?}"
+    );
 
     // The stream's slot and publication are gone from the source.
     assert_eq!(
