@@ -16,7 +16,7 @@ use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::Client;
 
-use super::apply::{Applier, Applying, lock_ledger, record_ledger};
+use super::apply::{Applier, Applying, Gathered, RowStatement, Run, lock_ledger, record_ledger};
 use super::changed_keys;
 use super::pgoutput::{Message, format_lsn};
 use super::stream::SnapshotBounds;
@@ -218,53 +218,27 @@ impl<'a> ApplyRun<'a> {
             match step {
                 Step::Apply(message) => {
                     self.begin().await?;
-                    // A relation described or a statement prepared is a
-                    // round trip of its own: the pipeline keeps draining
-                    // meanwhile, so the session never waits on itself.
-                    let (applying, refused) = alongside(
-                        self.applier
-                            .apply_change(self.target, self.source, &message),
-                        &mut self.in_flight,
-                    )
-                    .await;
-                    if let Some(refused) = refused {
-                        return Err(refused);
+                    let xid = self.current_xid.unwrap_or_default();
+                    let row_change = matches!(
+                        message,
+                        Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. }
+                    );
+                    let gathered = self
+                        .applier
+                        .gather(message, xid)
+                        .map_err(|e| self.in_transaction(e))?;
+                    let (ready, alone) = match gathered {
+                        Gathered::Held { ready } => (ready, None),
+                        Gathered::Alone { ready, change } => (ready, Some(change)),
+                    };
+                    for run in ready {
+                        self.send_run(run).await?;
                     }
-                    let applying = applying.map_err(|e| self.in_transaction(e))?;
-                    if let Applying::Statement(mut statement) = applying {
-                        if let Some(setting) = statement.take_setting() {
-                            let target = self.target;
-                            // Its own request, sent ahead of the statement.
-                            self.in_flight.push_back(Box::pin(async move {
-                                target
-                                    .batch_execute(setting)
-                                    .await
-                                    .map(|()| 0)
-                                    .map_err(|e| {
-                                        Error::postgres(format!("cannot apply {setting}"), e)
-                                    })
-                            }));
-                            self.pump()?;
-                        }
-                        self.in_flight_bytes += statement.held_bytes();
-                        let (target, xid, after) = (
-                            self.target,
-                            self.current_xid.unwrap_or_default(),
-                            self.committed,
-                        );
-                        self.in_flight.push_back(Box::pin(async move {
-                            statement
-                                .run(target)
-                                .await
-                                .map_err(|e| diverged(e, xid, after))
-                        }));
+                    if let Some(message) = alone {
+                        self.apply_alone(message).await?;
+                    }
+                    if row_change {
                         self.uncommitted_rows += 1;
-                        self.pump()?;
-                        if self.in_flight.len() >= MAX_IN_FLIGHT
-                            || self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
-                        {
-                            self.settle().await?;
-                        }
                     }
                 }
                 Step::Committed { end_lsn, .. } => {
@@ -331,6 +305,75 @@ impl<'a> ApplyRun<'a> {
         Ok(())
     }
 
+    /// Applies a message that is not gathered: a relation described, a
+    /// truncate, or a row change run as a statement of its own.
+    async fn apply_alone(&mut self, message: Message) -> Result<()> {
+        // A relation described or a statement prepared is a round trip of
+        // its own: the pipeline keeps draining meanwhile, so the session
+        // never waits on itself.
+        let (applying, refused) = alongside(
+            self.applier
+                .apply_change(self.target, self.source, &message),
+            &mut self.in_flight,
+        )
+        .await;
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        match applying.map_err(|e| self.in_transaction(e))? {
+            Applying::Statement(statement) => {
+                self.send(statement, self.current_xid.unwrap_or_default())
+                    .await
+            }
+            Applying::Done => Ok(()),
+        }
+    }
+
+    /// Sends a gathered run as one statement.
+    async fn send_run(&mut self, run: Run) -> Result<()> {
+        let xid = run.first_xid();
+        let (statement, refused) = alongside(
+            self.applier.run_statement(self.target, run),
+            &mut self.in_flight,
+        )
+        .await;
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        let statement = statement.map_err(|e| diverged(e, xid, self.committed))?;
+        self.send(statement, xid).await
+    }
+
+    /// Puts a statement in the pipeline (its session setting ahead of it);
+    /// waits for the answers when too much is in flight.
+    async fn send(&mut self, mut statement: RowStatement, xid: u32) -> Result<()> {
+        if let Some(setting) = statement.take_setting() {
+            let target = self.target;
+            // Its own request, sent ahead of the statement.
+            self.in_flight.push_back(Box::pin(async move {
+                target
+                    .batch_execute(setting)
+                    .await
+                    .map(|()| 0)
+                    .map_err(|e| Error::postgres(format!("cannot apply {setting}"), e))
+            }));
+            self.pump()?;
+        }
+        self.in_flight_bytes += statement.held_bytes();
+        let (target, after) = (self.target, self.committed);
+        self.in_flight.push_back(Box::pin(async move {
+            statement
+                .run(target)
+                .await
+                .map_err(|e| diverged(e, xid, after))
+        }));
+        self.pump()?;
+        if self.in_flight.len() >= MAX_IN_FLIGHT || self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
     /// Sends what was queued (one poll) and takes the answers already in.
     fn pump(&mut self) -> Result<()> {
         while let Some(Some(done)) = self.in_flight.next().now_or_never() {
@@ -349,6 +392,9 @@ impl<'a> ApplyRun<'a> {
     }
 
     async fn commit(&mut self) -> Result<()> {
+        for run in self.applier.take_runs() {
+            self.send_run(run).await?;
+        }
         self.settle().await?;
         let Some(end_lsn) = self.pending_end.take() else {
             return Ok(());

@@ -1,6 +1,10 @@
-//! Applying decoded source changes to the target: each change becomes one
-//! parameterised statement against the target's own column types. Which
-//! changes to apply, and when to commit, is `apply_run`'s.
+//! Applying decoded source changes to the target: row changes are gathered
+//! per table into statements over arrays where that is exact (see
+//! `batch`), the others each become one parameterised statement, all
+//! against the target's own column types. Which changes to apply, and when
+//! to commit, is `apply_run`'s.
+
+mod batch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +17,8 @@ use super::follow::target_columns;
 use super::pgoutput::{Message, OldRow, Relation, Value, format_lsn};
 use crate::spec::{TableName, quote_ident};
 use crate::{Error, Result};
+pub use batch::Run;
+use batch::{Gather, Kind, Pending};
 
 #[derive(Debug, Clone)]
 struct TargetColumn {
@@ -33,6 +39,9 @@ struct TargetTable {
     /// the key's order; None when the stream's rows do not carry it whole
     /// (no primary key, or a replica identity of other columns).
     primary_key: Option<Vec<usize>>,
+    /// Updates may be gathered: the stream finds rows by the primary key,
+    /// the table's one unique index (nor has it an exclusion constraint).
+    gathers_updates: bool,
 }
 
 impl TargetTable {
@@ -66,6 +75,16 @@ pub struct Applier {
     /// Whether the session may plan sequential scans (None: not known, as
     /// after a rollback, which undoes a `SET` made inside it).
     seqscan: Option<bool>,
+    /// Row changes gathered, not yet sent.
+    pending: Pending,
+}
+
+/// Where a row change went.
+pub enum Gathered {
+    /// Into its table's run; these runs are to be sent now, in order.
+    Held { ready: Vec<Run> },
+    /// Nowhere: it is applied on its own, after these runs.
+    Alone { ready: Vec<Run>, change: Message },
 }
 
 impl Applier {
@@ -80,9 +99,89 @@ impl Applier {
     }
 
     /// The session's planner setting is no longer known (its transaction
-    /// rolled back).
+    /// rolled back), nor is what was gathered to send in it.
     pub fn forget_session_settings(&mut self) {
         self.seqscan = None;
+        self.pending.take_all();
+    }
+
+    /// Every run gathered and not sent, in the order they began: before a
+    /// commit, a relation described or a truncate.
+    pub fn take_runs(&mut self) -> Vec<Run> {
+        self.pending.take_all()
+    }
+
+    /// Gathers a row change into its table's run where that is exact
+    /// (see `batch`), or hands it back to be applied on its own after its
+    /// table's run. `xid`: its source transaction, for errors.
+    pub fn gather(&mut self, change: Message, xid: u32) -> Result<Gathered> {
+        let (relation, kind, values) = match &change {
+            Message::Insert { relation, new } => (*relation, Kind::Insert, new.as_slice()),
+            Message::Update {
+                relation,
+                old: None,
+                new,
+            } => (*relation, Kind::Update, new.as_slice()),
+            Message::Delete { relation, old } => (*relation, Kind::Delete, old_values(old)),
+            // A key changed: applied on its own, after its table's run.
+            Message::Update { relation, .. } => {
+                let table = self.table(*relation)?.clone();
+                let ready = self.pending.take_table(&table).into_iter().collect();
+                return Ok(Gathered::Alone { ready, change });
+            }
+            _ => {
+                return Ok(Gathered::Alone {
+                    ready: self.pending.take_all(),
+                    change,
+                });
+            }
+        };
+        let table = self.table_for(relation, values)?;
+        let Some((columns, keys)) = gatherable(&table, kind, values) else {
+            let ready = self.pending.take_table(&table).into_iter().collect();
+            return Ok(Gathered::Alone { ready, change });
+        };
+        table.touch(&mut self.touched, values);
+        let values = match change {
+            Message::Insert { new, .. } | Message::Update { new, .. } => new,
+            Message::Delete {
+                old: OldRow::Key(values) | OldRow::Full(values),
+                ..
+            } => values,
+            _ => {
+                return Err(Error::Internal(
+                    "change stream: a row change changed kind".into(),
+                ));
+            }
+        };
+        let ready = self.pending.add(Gather {
+            kind,
+            table,
+            columns,
+            keys,
+            values,
+            xid,
+        });
+        Ok(Gathered::Held { ready })
+    }
+
+    /// A gathered run as a statement to send, prepared once per session.
+    pub async fn run_statement(&mut self, tx: &Client, run: Run) -> Result<RowStatement> {
+        let sql = run.sql();
+        let (what, setting) = match run.kind {
+            Kind::Insert => (None, None),
+            Kind::Update => (Some("UPDATE"), self.planner_for(false)),
+            Kind::Delete => (Some("DELETE"), self.planner_for(false)),
+        };
+        let expect = what.map(|what| (what, run.table.name.clone(), run.rows as u64));
+        let statement = self.prepared(tx, &sql).await?;
+        Ok(RowStatement {
+            statement: statement.0,
+            sql: statement.1,
+            params: Params::Arrays(run.arrays),
+            expect,
+            setting,
+        })
     }
 
     /// The `SET` that lets the planner scan (a row found by equality in
@@ -302,6 +401,11 @@ impl Applier {
                     .collect::<Option<Vec<usize>>>()
             })
             .flatten();
+        let keyed_by_primary_key = !full_identity
+            && primary_key
+                .as_ref()
+                .is_some_and(|pk| pk.len() == columns.iter().filter(|c| c.key).count());
+        let gathers_updates = keyed_by_primary_key && !other_unique_index(tx, &name).await?;
         self.relations.insert(
             relation.id,
             Arc::new(TargetTable {
@@ -309,6 +413,7 @@ impl Applier {
                 columns,
                 full_identity,
                 primary_key,
+                gathers_updates,
             }),
         );
         Ok(())
@@ -322,25 +427,28 @@ impl Applier {
         params: &[Option<&str>],
         expect_one: Option<(&'static str, TableName)>,
     ) -> Result<Applying> {
-        let (statement, text) = match self.statements.get(sql) {
-            Some(prepared) => prepared.clone(),
-            None => {
-                let statement = tx
-                    .prepare(sql)
-                    .await
-                    .map_err(|e| Error::postgres(format!("cannot prepare {sql}"), e))?;
-                let prepared = (statement, Arc::<str>::from(sql));
-                self.statements.insert(sql.to_owned(), prepared.clone());
-                prepared
-            }
-        };
+        let (statement, text) = self.prepared(tx, sql).await?;
         Ok(Applying::Statement(RowStatement {
             statement,
             sql: text,
-            params: params.iter().map(|p| p.map(str::to_owned)).collect(),
-            expect_one,
+            params: Params::Row(params.iter().map(|p| p.map(str::to_owned)).collect()),
+            expect: expect_one.map(|(what, table)| (what, table, 1)),
             setting: None,
         }))
+    }
+
+    /// The statement for `sql`, prepared once per session.
+    async fn prepared(&mut self, tx: &Client, sql: &str) -> Result<(Statement, Arc<str>)> {
+        if let Some(prepared) = self.statements.get(sql) {
+            return Ok(prepared.clone());
+        }
+        let statement = tx
+            .prepare(sql)
+            .await
+            .map_err(|e| Error::postgres(format!("cannot prepare {sql}"), e))?;
+        let prepared = (statement, Arc::<str>::from(sql));
+        self.statements.insert(sql.to_owned(), prepared.clone());
+        Ok(prepared)
     }
 }
 
@@ -352,14 +460,21 @@ pub enum Applying {
     Statement(RowStatement),
 }
 
-/// One row change as a prepared statement and its values, ready to run in
-/// the caller's open transaction.
+/// A statement's values: one row's, or a run's as one array per column.
+enum Params {
+    Row(Vec<Option<String>>),
+    Arrays(Vec<Vec<Option<String>>>),
+}
+
+/// One row change, or a run of them, as a prepared statement and its
+/// values, ready to run in the caller's open transaction.
 pub struct RowStatement {
     statement: Statement,
     sql: Arc<str>,
-    params: Vec<Option<String>>,
-    /// An UPDATE or DELETE must change exactly one row of this table.
-    expect_one: Option<(&'static str, TableName)>,
+    params: Params,
+    /// An UPDATE or DELETE must change exactly this many rows of this
+    /// table: one per row it names.
+    expect: Option<(&'static str, TableName, u64)>,
     /// A session setting to run just before it.
     setting: Option<&'static str>,
 }
@@ -385,46 +500,107 @@ impl RowStatement {
 
     /// The bytes of values it holds until it has run.
     pub fn held_bytes(&self) -> usize {
-        self.params
-            .iter()
-            .map(|p| p.as_ref().map_or(0, String::len))
-            .sum()
+        let bytes = |values: &Vec<Option<String>>| -> usize {
+            values
+                .iter()
+                .map(|v| v.as_ref().map_or(0, String::len))
+                .sum()
+        };
+        match &self.params {
+            Params::Row(values) => bytes(values),
+            Params::Arrays(arrays) => arrays.iter().map(bytes).sum(),
+        }
     }
 
     /// Runs it; returns the rows changed.
     pub async fn run(self, tx: &Client) -> Result<u64> {
-        let params: Vec<&(dyn ToSql + Sync)> = self
-            .params
-            .iter()
-            .map(|p| p as &(dyn ToSql + Sync))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = match &self.params {
+            Params::Row(values) => values.iter().map(|p| p as &(dyn ToSql + Sync)).collect(),
+            Params::Arrays(arrays) => arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect(),
+        };
         let changed = tx
             .execute(&self.statement, &params)
             .await
             .map_err(|e| Error::postgres(format!("cannot apply {}", self.sql), e))?;
-        match &self.expect_one {
-            Some((what, table)) => found_one(changed, what, table),
+        match &self.expect {
+            Some((what, table, rows)) => found_each(changed, *rows, what, table),
             None => Ok(changed),
         }
     }
 }
 
-/// An UPDATE or DELETE must find its row: one that does not means the
+/// Whether `table` has a unique index besides its primary key, or an
+/// exclusion constraint: an update of several rows in one statement could
+/// meet a conflict there that the source's order of rows avoided.
+async fn other_unique_index(tx: &Client, table: &TableName) -> Result<bool> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_index WHERE indrelid = to_regclass($1) \
+                            AND indisunique AND NOT indisprimary) \
+                 OR EXISTS (SELECT FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'x')",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the indexes of {table} on the target"), e))?;
+    Ok(row.get(0))
+}
+
+/// An UPDATE or DELETE must find its rows: one that does not means the
 /// target no longer matches the source, and going on would hide that.
-fn found_one(changed: u64, what: &str, table: &TableName) -> Result<u64> {
-    if changed == 1 {
-        return Ok(1);
+fn found_each(changed: u64, rows: u64, what: &str, table: &TableName) -> Result<u64> {
+    if changed == rows {
+        return Ok(changed);
     }
+    let named = if rows == 1 {
+        format!("a source {what} of {table} matched {changed} rows on the target instead of one")
+    } else {
+        format!(
+            "source {what}s of {rows} rows of {table} matched {changed} rows on the target instead of {rows}"
+        )
+    };
     Err(Error::Diverged(format!(
-        "change stream: a source {what} of {} matched {changed} rows on the target instead of one: \
-         the target no longer matches the source there (run godwit verify to see where)",
-        table
+        "change stream: {named}: the target no longer matches the source there (run godwit verify to see where)"
     )))
 }
 
 fn old_values(old: &OldRow) -> &[Value] {
     match old {
         OldRow::Key(values) | OldRow::Full(values) => values,
+    }
+}
+
+/// The columns a change of `kind` writes and its key's columns (stream
+/// positions), when it may be gathered into its table's run: values in
+/// text, a key to find its row by, and for updates a table whose one
+/// unique index is that key.
+fn gatherable(
+    table: &TargetTable,
+    kind: Kind,
+    values: &[Value],
+) -> Option<(Vec<usize>, Vec<usize>)> {
+    if values.iter().any(|v| matches!(v, Value::Binary(_))) {
+        return None;
+    }
+    let present = |p: &usize| !matches!(values[*p], Value::Unchanged);
+    let keys: Vec<usize> = match kind {
+        Kind::Insert => Vec::new(),
+        _ => (0..table.columns.len())
+            .filter(|&p| table.columns[p].key)
+            .collect(),
+    };
+    if keys.iter().any(|&p| !matches!(values[p], Value::Text(_))) {
+        return None;
+    }
+    match kind {
+        Kind::Insert => Some(((0..values.len()).filter(present).collect(), keys)),
+        Kind::Update => {
+            let sets: Vec<usize> = (0..values.len())
+                .filter(present)
+                .filter(|&p| !table.columns[p].always_identity)
+                .collect();
+            (table.gathers_updates && !keys.is_empty() && !sets.is_empty()).then_some((sets, keys))
+        }
+        Kind::Delete => (!table.full_identity && !keys.is_empty()).then_some((Vec::new(), keys)),
     }
 }
 
@@ -592,6 +768,7 @@ mod tests {
             columns: vec![column("a", true), column("b", true), column("v", false)],
             full_identity: false,
             primary_key: Some(vec![1, 0]),
+            gathers_updates: true,
         };
         let text = |v: &str| Value::Text(v.into());
         let mut touched = Touched::default();
@@ -628,6 +805,7 @@ mod tests {
             columns: vec![column("id", true), column("v", false)],
             full_identity: false,
             primary_key: Some(vec![0]),
+            gathers_updates: true,
         };
         let values = vec![Value::Text("4".into()), Value::Null];
         let mut params = Vec::new();
