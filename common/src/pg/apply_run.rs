@@ -190,6 +190,9 @@ impl<'a> ApplyRun<'a> {
         applied: u64,
         visible: Option<SnapshotBounds>,
     ) -> Self {
+        // Runs gathered by a read that never committed nor rolled back
+        // (its future dropped) are not on the target: they are read again.
+        drop(applier.take_runs());
         Self {
             applier,
             target,

@@ -12,6 +12,7 @@ use godwit_tests::{
 };
 
 use crate::changes::{assert_writes_arrived, start_writer, stream_leftovers};
+use godwit_tests::otlp::OtlpReceiver;
 
 fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
     run_godwit(args, &[])
@@ -39,9 +40,11 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
     let etcd = Etcd::start()?;
     let root = "/godwit-stream-workers";
     let (coordinator, url) = deployment(&etcd, root).await?;
+    // The stream's figures are exported as metrics, to a collector of our own.
+    let collector = OtlpReceiver::start().await?;
     let mut workers = [
-        Service::worker("worker-a", &etcd.url(), root, &url, &[], &[])?,
-        Service::worker("worker-b", &etcd.url(), root, &url, &[], &[])?,
+        Service::worker("worker-a", &etcd.url(), root, &url, &[], &collector.env())?,
+        Service::worker("worker-b", &etcd.url(), root, &url, &[], &collector.env())?,
     ];
     let job = Job::create(|staging| {
         spec_body("lost-worker", &source, &target, staging) + "\nchanges: {}"
@@ -76,6 +79,28 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
     let resumed_at = writes
         .commits_after(20, "writes after the takeover")
         .await?;
+    // Lag, time to catch up and rows applied reach the collector, for
+    // this job, from the worker that streams now.
+    for metric in [
+        "godwit.stream.lag",
+        "godwit.stream.lag_time",
+        "godwit.stream.catch_up_eta",
+        "godwit.stream.retained_wal",
+    ] {
+        wait_until(
+            &format!("{metric} exported"),
+            Duration::from_secs(20),
+            || async {
+                Ok((!collector.points(metric, "job", "lost-worker").is_empty()).then_some(()))
+            },
+        )
+        .await?;
+    }
+    wait_until("rows applied exported", Duration::from_secs(20), || async {
+        let applied = collector.points("godwit.stream.rows", "job", "lost-worker");
+        Ok(applied.iter().any(|p| p.value > 0.0).then_some(()))
+    })
+    .await?;
     let output = godwit(&["verify", "--coordinator", &url, "lost-worker"])?;
     assert!(
         output.status.success(),

@@ -13,6 +13,7 @@
 //! stop once the cutover succeeded. It never freezes the source and never
 //! verifies: the coordinator orchestrates the cutover.
 
+mod metrics;
 mod spill;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::state::{self, PinnedSnapshots, now_unix_ms};
 use godwit_common::work::{Claimed, StreamItem};
 use godwit_common::{Error, Result};
+use metrics::StreamMetrics;
 use std::sync::Arc;
 use tokio_postgres::Client;
 
@@ -207,6 +209,7 @@ impl Streamer {
             ..claimed.item.progress.clone()
         };
         tracing::info!(job_id = %job, slot = %self.slot, from = %format_lsn(self.applied), "streaming changes");
+        let mut metrics = StreamMetrics::new(job.as_str(), &progress);
         publish(claimed, &progress).await?;
 
         let mut wait = Duration::ZERO;
@@ -293,6 +296,7 @@ impl Streamer {
                     progress.retained_wal_bytes = retained;
                 }
                 publish(claimed, &progress).await?;
+                metrics.record(&progress);
                 last_put = Instant::now();
             }
         }
