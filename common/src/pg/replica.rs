@@ -115,12 +115,7 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
         .transaction()
         .await
         .map_err(|e| Error::postgres("cannot begin leaving replica mode on the target", e))?;
-    let known: bool = tx
-        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
-        .await
-        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
-        .get(0);
-    if !known {
+    if !recorded(&tx).await? {
         return Ok(0);
     }
     let rows = tx
@@ -203,12 +198,7 @@ pub async fn leave(target: &mut Client, job: &str) -> Result<usize> {
 /// Validates the foreign keys `leave` put back `NOT VALID` (each scans its
 /// table, while the table stays writable). Returns how many it validated.
 pub async fn validate_restored(target: &Client, job: &str) -> Result<usize> {
-    let known: bool = target
-        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
-        .await
-        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
-        .get(0);
-    if !known {
+    if !recorded(target).await? {
         return Ok(0);
     }
     let rows = target
@@ -278,6 +268,16 @@ fn replace_key(name: &str, definition: &str) -> String {
     format!("DROP CONSTRAINT {name}, ADD CONSTRAINT {name} {definition}")
 }
 
+/// Whether the target has `godwit.replica_mode` at all (nothing was ever
+/// put in replica mode there otherwise).
+async fn recorded(client: &impl tokio_postgres::GenericClient) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
+        .get(0))
+}
+
 async fn alter(
     tx: &Transaction<'_>,
     table: &str,
@@ -318,12 +318,7 @@ pub struct AlteredKey {
 /// The foreign keys replica mode changed, of any job: the schema layer
 /// compares them as they will be put back.
 pub async fn altered_keys(target: &Client) -> Result<Vec<AlteredKey>> {
-    let known: bool = target
-        .query_one("SELECT to_regclass('godwit.replica_mode') IS NOT NULL", &[])
-        .await
-        .map_err(|e| Error::postgres("cannot read the target ledger", e))?
-        .get(0);
-    if !known {
+    if !recorded(target).await? {
         return Ok(Vec::new());
     }
     let rows = target
