@@ -1,8 +1,11 @@
 //! The partition copy pipeline: `COPY … TO STDOUT (FORMAT binary)` under the
 //! job's snapshot, cut at tuple boundaries into chunks, each sealed (zstd +
 //! AES-256-GCM), staged, then loaded into the target together with its
-//! ledger row. One chunk is in flight at a time: a partition's reading
-//! pauses while its chunk loads, other partitions run alongside.
+//! ledger row. The reader runs one chunk ahead of the loader: the source
+//! sends the next chunk while the last one is sealed, staged and loaded,
+//! and no further, so a partition holds at most two chunks and a crash
+//! makes its next holder read again at most those two (and the socket's
+//! bounded buffer). Other partitions run alongside.
 
 use std::sync::Arc;
 
@@ -125,11 +128,14 @@ pub async fn copy_partition(
     );
     let format = job.table.format;
     let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
-    // The reader hands over one chunk and waits for it to be loaded before
-    // reading on: what a crash makes the next holder read again is that
-    // chunk and the socket's bounded buffer, never a queue of chunks.
+    // The reader hands over a chunk, then reads the next while that one
+    // loads, then waits for it to be loaded before reading on: what a crash
+    // makes the next holder read again is two chunks and the socket's
+    // bounded buffer, never a queue of chunks. The one credit given here is
+    // that chunk read ahead.
     let (batches_tx, mut batches_rx) = mpsc::channel::<Result<ReadBatch>>(1);
-    let (loaded_tx, mut loaded_rx) = mpsc::channel::<()>(1);
+    let (loaded_tx, mut loaded_rx) = mpsc::channel::<()>(2);
+    let _ = loaded_tx.try_send(());
     let table_name = job.table.name.to_string();
     let mut pacer = std::mem::replace(&mut job.pacer, ReadPacer::unlimited());
 
@@ -251,8 +257,8 @@ pub async fn copy_partition(
             job.lease
                 .put_fenced(job.progress_key, godwit_common::state::encode(record)?)
                 .await?;
-            // A stopping worker hands the partition back here, before the
-            // reader pulls another chunk from the source.
+            // A stopping worker hands the partition back here; the chunk
+            // read ahead is dropped and read again by the next holder.
             if *stop.borrow() {
                 return Err(Error::Cancelled);
             }
