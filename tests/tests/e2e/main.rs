@@ -3,6 +3,7 @@
 //! S3-compatible server, helm and the real `godwit` binaries.
 
 mod access;
+mod application;
 mod armed_corruption;
 mod bad_input;
 mod changes;

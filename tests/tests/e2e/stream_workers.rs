@@ -11,7 +11,7 @@ use godwit_tests::{
     wait_for_streaming, wait_until,
 };
 
-use crate::changes::{assert_writes_arrived, start_writer, stream_leftovers};
+use crate::application::{assert_writes_arrived, start_writer, stream_leftovers};
 use godwit_tests::otlp::OtlpReceiver;
 
 fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
