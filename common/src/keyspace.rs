@@ -142,12 +142,6 @@ impl Keyspace {
         format!("{}/customers/", self.root)
     }
 
-    /// Everything kept for one customer: its limits, its allocation, its
-    /// session slots.
-    pub fn customer_prefix(&self, customer: &str) -> String {
-        format!("{}/customers/{customer}/", self.root)
-    }
-
     /// The limits in force for a customer ([`crate::throttle::CustomerLimits`]).
     pub fn customer_limits(&self, customer: &str) -> String {
         format!("{}/customers/{customer}/limits", self.root)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use godwit_common::ids::JobId;
 use godwit_common::keyspace::Keyspace;
-use godwit_common::lease::{HeldLease, LeaseId, LeaseStore, Wakeups};
+use godwit_common::lease::{HeldLease, LeaseId, LeaseStore};
 use godwit_common::state;
 use godwit_common::throttle::{Allocation, CustomerLimits};
 use governor::clock::Clock;
@@ -23,12 +23,8 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A lease re-reads its share, its customer's limits and its job's pause
-/// flag when the lease store reports a change to them, and at the latest
-/// this often (a lost watch costs latency, never a missed change): reading
-/// them on a timer made every running partition three reads of etcd every
-/// 200 ms.
-pub const FOLLOW_FALLBACK: Duration = Duration::from_secs(2);
+/// How often a lease re-reads its share and its customer's limits.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 /// Pacing granularity: reads are paid for in pieces of at least this.
 pub const PACE_PIECE: u64 = 32 * 1024;
 
@@ -246,8 +242,8 @@ fn lease_share(
     share
 }
 
-/// Follows the allocation and limits for one lease, as they change (see
-/// [`FOLLOW_FALLBACK`]), until dropped. A round whose reads fail changes
+/// Follows the allocation and limits for one lease, every
+/// [`FOLLOW_INTERVAL`], until dropped. A round whose reads fail changes
 /// nothing: the share stays as it was (at first, zero).
 pub fn follow(
     store: Arc<dyn LeaseStore>,
@@ -262,7 +258,6 @@ pub fn follow(
     let customer = place.customer.to_owned();
     let (share_tx, share) = watch::channel(Some(0));
     let (hand_back_tx, hand_back) = watch::channel(false);
-    let customer_prefix = keyspace.customer_prefix(place.customer);
     let allocation_key = keyspace.customer_allocation(place.customer);
     let limits_key = keyspace.customer_limits(place.customer);
     let paused_key = keyspace.job_paused(place.job);
@@ -274,11 +269,6 @@ pub fn follow(
     let task = {
         let customer = customer.clone();
         tokio::spawn(async move {
-            // Opened before the first look, so no change in between is missed.
-            let mut customer_changes =
-                Wakeups::open(store.clone(), &customer_prefix, FOLLOW_FALLBACK).await;
-            let mut pause_changes =
-                Wakeups::open(store.clone(), &paused_key, FOLLOW_FALLBACK).await;
             loop {
                 let round = async {
                     let split: Option<Allocation> =
@@ -321,8 +311,7 @@ pub fn follow(
                     hand_back_tx.send_replace(true);
                 }
                 tokio::select! {
-                    () = customer_changes.wait() => {}
-                    () = pause_changes.wait() => {}
+                    () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
                     _ = worker_stopping.changed() => {}
                 }
             }
