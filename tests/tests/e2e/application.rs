@@ -105,21 +105,30 @@ impl Writes {
     }
 }
 
+/// How many application transactions a database holds: each inserts one
+/// ticket, and none deletes one (customers are deleted by later ones).
+pub(crate) async fn application_transactions(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<u64> {
+    let count: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tickets WHERE title LIKE 'ticket %'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(count as u64)
+}
+
 /// Asserts that at least the application transactions committed from
 /// `resumed_at` on reached the target.
 pub(crate) async fn assert_writes_arrived(
     dst: &tokio_postgres::Client,
     resumed_at: u64,
 ) -> anyhow::Result<()> {
-    let written: i64 = dst
-        .query_one(
-            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let written = application_transactions(dst).await?;
     assert!(
-        written as u64 >= resumed_at,
+        written >= resumed_at,
         "{written} of {resumed_at} application transactions arrived"
     );
     Ok(())

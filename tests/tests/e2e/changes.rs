@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::application::{assert_writes_arrived, start_writer, stream_leftovers};
+use crate::application::{
+    application_transactions, assert_writes_arrived, start_writer, stream_leftovers,
+};
 use godwit_tests::{
     Etcd, FaultProxy, Job, PgCluster, Running, Service, assert_same_tables, bin, describe,
     free_port, run_godwit, source_and_target, spec_body, wait_for_streaming, wait_until,
@@ -203,13 +205,7 @@ async fn changes_stream_verify_under_writes_and_cut_over() -> anyhow::Result<()>
     // Independent of the copy path: every row the application committed,
     // nothing else, by each database's own digest.
     let rows = assert_same_tables(&src, &dst).await?;
-    let written: i64 = dst
-        .query_one(
-            "SELECT count(*) FROM customers WHERE name LIKE 'writer %'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let written = application_transactions(&dst).await?;
     assert!(
         written >= 40,
         "only {written} application transactions streamed ({rows} rows compared)"
