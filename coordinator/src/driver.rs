@@ -185,6 +185,7 @@ impl JobDriver {
         }
         let _ = self.store.delete(&self.keyspace.active(&job)).await;
         let slot = snapshot::slot_name(&job);
+        let mut not_restored = None;
         // A worker may still be reading the slot of a stream that ended:
         // its session is ended with the slot.
         if let Err(e) =
@@ -200,12 +201,19 @@ impl JobDriver {
             // as the source defines them (a cutover already put them back).
             if let Err(e) = changes::leave_replica_mode(&prepared.spec).await {
                 tracing::error!(job_id = %job, error = %e, "cannot put the target's triggers and foreign keys back; godwit.replica_mode on the target lists them");
+                not_restored = Some(format!(
+                    "the target's triggers and foreign keys are not all as the source defines them \
+                     (godwit.replica_mode on the target lists them): {e}"
+                ));
             }
         }
         record.finished_at_unix_ms = Some(now_unix_ms());
         let result = match outcome {
             Ok(summary) => {
                 record.advance(Phase::Done).map_err(JobError::Failed)?;
+                // The rows are carried and verified; what is left undone on
+                // the target's objects is shown with the job, not only logged.
+                record.error = not_restored;
                 Ok(JobSummary {
                     duration: started.elapsed(),
                     ..summary
