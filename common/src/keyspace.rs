@@ -11,7 +11,6 @@ use crate::ids::JobId;
 /// ROOT/jobs/JOB/record                 job record (spec, phase, plan)     coordinator: created by the API on submission
 ///                                      (create-if-absent), then written by the leader only (fenced by ROOT/leader)
 /// ROOT/jobs/JOB/control                operator requests (cancel)         coordinator API
-/// ROOT/jobs/JOB/paused                 reading paused                     coordinator API
 /// ROOT/jobs/JOB/purged                 when staged data was purged        coordinator (retention sweep)
 /// ROOT/jobs/JOB/approvals/ACTION       sign-off request and its approval  coordinator API
 /// ROOT/jobs/JOB/work/KIND/items/NNNNNN   a unit of leased work (KIND: copy, verify, stream): its state and progress
@@ -23,6 +22,8 @@ use crate::ids::JobId;
 /// ROOT/leader                          the leading coordinator's identity coordinator (create-if-absent, leased)
 /// ROOT/leader-term                     the last election: term, winner    the leader (fenced by ROOT/leader)
 /// ROOT/active/JOB                      job open for leasing               coordinator
+/// ROOT/paused/JOB                      reading paused (apart from the job's keys, so
+///                                      one watch per worker follows every job's)  coordinator API
 /// ROOT/retention/JOB                   when an ended job's staging goes   coordinator (job end; sweep)
 /// ROOT/verifying/JOB                   the one running verification       coordinator (leased)
 /// ROOT/customers/C/limits              a customer's throttle limits       coordinator (spec, API)
@@ -112,6 +113,21 @@ impl Keyspace {
         format!("{}/active/{job}", self.root)
     }
 
+    /// The job and kind of a work lease's key (see [`Self::work_lease`]);
+    /// None for any other key.
+    pub fn parse_work_lease(&self, key: &str) -> Option<(JobId, WorkKind)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/jobs/")?;
+        let (job, rest) = rest.split_once("/work/")?;
+        let (kind, rest) = rest.split_once("/leases/")?;
+        if rest.is_empty() || rest.contains('/') {
+            return None;
+        }
+        let kind = [WorkKind::Copy, WorkKind::Verify, WorkKind::Stream]
+            .into_iter()
+            .find(|k| k.segment() == kind)?;
+        Some((JobId::parse(job).ok()?, kind))
+    }
+
     /// Every unit of leased work of the kind the job has.
     pub fn work_prefix(&self, job: &JobId, kind: WorkKind) -> String {
         format!("{}/jobs/{job}/work/{}/", self.root, kind.segment())
@@ -135,7 +151,12 @@ impl Keyspace {
 
     /// A job's pause flag: while present, no partition of it is read.
     pub fn job_paused(&self, job: &JobId) -> String {
-        format!("{}/jobs/{job}/paused", self.root)
+        format!("{}/paused/{job}", self.root)
+    }
+
+    /// Every job's pause flag, for watching them all at once.
+    pub fn paused_prefix(&self) -> String {
+        format!("{}/paused/", self.root)
     }
 
     pub fn customers_prefix(&self) -> String {
@@ -186,6 +207,29 @@ impl WorkKind {
             WorkKind::Copy => "copy",
             WorkKind::Verify => "verify",
             WorkKind::Stream => "stream",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_work_lease_key_is_read_back_and_nothing_else_is() {
+        let keyspace = Keyspace::new("/godwit");
+        let job = JobId::parse("acme-2026").expect("job id");
+        for kind in [WorkKind::Copy, WorkKind::Verify, WorkKind::Stream] {
+            let key = keyspace.work_lease(&job, kind, 7);
+            assert_eq!(keyspace.parse_work_lease(&key), Some((job.clone(), kind)));
+        }
+        for other in [
+            keyspace.work_item(&job, WorkKind::Copy, 7),
+            keyspace.job_record(&job),
+            keyspace.work_leases_prefix(&job, WorkKind::Copy),
+            "/other/jobs/acme-2026/work/copy/leases/000007".to_owned(),
+        ] {
+            assert_eq!(keyspace.parse_work_lease(&other), None, "{other}");
         }
     }
 }

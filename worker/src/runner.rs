@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::copy::{PartitionJob, copy_partition};
 use crate::keys::KeyCache;
 use crate::stream::{StreamContext, Streamer, is_stream_phase};
-use crate::throttle::{Following, Place, ReadPacer, Spares, follow, take_session_slot};
+use crate::throttle::{Following, LimitsView, Place, ReadPacer, Spares, follow, take_session_slot};
 
 /// Work open for the taking, as listed.
 enum Open {
@@ -125,11 +125,14 @@ pub struct Worker {
     spares: Arc<Spares>,
     /// Set on shutdown: running partitions stop after their current chunk.
     stopping: watch::Sender<bool>,
+    /// Customers' limits and paused jobs, as every lease here follows them.
+    limits: LimitsView,
 }
 
 impl Worker {
     pub fn new(store: Arc<dyn LeaseStore>, keyspace: Keyspace, config: WorkerConfig) -> Arc<Self> {
         Arc::new(Self {
+            limits: LimitsView::start(store.clone(), &keyspace),
             store,
             keyspace,
             config,
@@ -323,6 +326,7 @@ impl Worker {
         Some(follow(
             self.store.clone(),
             &self.keyspace,
+            &self.limits,
             Place {
                 customer,
                 job,

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use godwit_common::ids::JobId;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
@@ -18,12 +19,14 @@ use godwit_common::state::{self, now_unix_ms};
 use godwit_common::throttle::{
     AdaptiveSpec, Allocation, Backoff, CustomerLimits, Load, Probe, split,
 };
-use godwit_common::work::WorkKind;
 use godwit_common::{Error, Result};
 
-/// How often budgets are split again. Workers re-read their shares as
-/// often, so a change reaches every reader within about half a second.
-pub const ALLOCATE_INTERVAL: Duration = Duration::from_millis(200);
+use holdings::{Applied, Holdings};
+
+mod holdings;
+
+/// How long to wait before watching again after the store refused.
+const REWATCH_AFTER: Duration = Duration::from_millis(500);
 
 /// Records the limits of the spec's `throttle:` for its customer, if any.
 pub async fn apply_spec_limits(
@@ -258,69 +261,103 @@ impl Allocator {
         (state.backoff, state.decision.clone())
     }
 
-    /// Splits budgets every [`ALLOCATE_INTERVAL`] until `shutdown`.
+    /// Splits budgets whenever the leases reading a customer's source or
+    /// its limits change, and on every probe of an adaptive customer,
+    /// until `shutdown`. Reads the keyspace once, then follows one watch of
+    /// it: nothing is polled.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.allocate().await {
-                tracing::warn!(error = %e, "cannot split customer budgets; workers keep their shares");
-            }
-            tokio::select! {
+            let following = async {
+                let watch = self
+                    .store
+                    .watch_prefix(&self.keyspace.root_prefix())
+                    .await?;
+                let holdings = Holdings::list(self.store.as_ref(), &self.keyspace).await?;
+                Ok::<_, Error>((watch, holdings))
+            };
+            let (mut watch, mut holdings) = tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(ALLOCATE_INTERVAL) => {}
+                started = following => match started {
+                    Ok(started) => started,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read customer budgets; workers keep their shares");
+                        tokio::select! {
+                            () = &mut shutdown => return,
+                            () = tokio::time::sleep(REWATCH_AFTER) => continue,
+                        }
+                    }
+                },
+            };
+            let mut due = true;
+            // A deadline, not a sleep started afresh at each change: changes
+            // that split nothing (chunks' progress) must not put off probes.
+            let mut next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+            loop {
+                if due && let Err(e) = self.decide(&holdings).await {
+                    tracing::warn!(error = %e, "cannot split customer budgets; workers keep their shares");
+                }
+                let probing = holdings.any_adaptive();
+                let change = tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep_until(next_probe), if probing => {
+                        next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                        due = true;
+                        continue;
+                    }
+                    change = watch.next() => change,
+                };
+                let mut changed = false;
+                let mut relist = false;
+                let mut next = change;
+                // One split covers every change already queued.
+                loop {
+                    match next {
+                        Some(Ok(change)) => {
+                            match holdings
+                                .apply(self.store.as_ref(), &self.keyspace, &change)
+                                .await
+                            {
+                                Ok(Applied::Changed) => changed = true,
+                                Ok(Applied::Unchanged) => {}
+                                Ok(Applied::Missed) | Err(_) => relist = true,
+                            }
+                        }
+                        Some(Err(_)) | None => relist = true,
+                    }
+                    if relist {
+                        break;
+                    }
+                    match watch.next().now_or_never() {
+                        Some(queued) => next = queued,
+                        None => break,
+                    }
+                }
+                if relist {
+                    break;
+                }
+                // Nothing a split depends on: wait for the next change
+                // without splitting again.
+                due = changed;
             }
         }
     }
 
-    /// One round: every customer with limits or with work reading its source.
+    /// One round from a fresh listing of the keyspace.
     pub async fn allocate(&mut self) -> Result<()> {
-        let mut leases: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        // A source of each customer with work running, for probing.
-        let mut sources: BTreeMap<String, String> = BTreeMap::new();
-        for record in state::active_jobs(self.store.as_ref(), &self.keyspace).await? {
-            let held = state::keys_under(
-                self.store.as_ref(),
-                &self
-                    .keyspace
-                    .work_leases_prefix(&record.spec.job, WorkKind::Copy),
-            )
-            .await?;
-            let customer = record.spec.customer.to_string();
-            sources
-                .entry(customer.clone())
-                .or_insert(record.spec.source.clone());
-            leases.entry(customer).or_default().extend(held);
-        }
-        for run in state::verify_runs(self.store.as_ref(), &self.keyspace).await? {
-            let held = state::keys_under(
-                self.store.as_ref(),
-                &self
-                    .keyspace
-                    .work_leases_prefix(&run.spec.job, WorkKind::Verify),
-            )
-            .await?;
-            let customer = run.spec.customer.to_string();
-            sources.entry(customer.clone()).or_insert(run.spec.source);
-            leases.entry(customer).or_default().extend(held);
-        }
-        // Every customer's limits in one listing; customers with limits get
-        // an allocation even while nothing of theirs runs.
-        let prefix = self.keyspace.customers_prefix();
-        let mut all_limits: BTreeMap<String, CustomerLimits> = BTreeMap::new();
-        for (key, bytes) in self.store.list(&prefix).await? {
-            if let Some(customer) = key
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix("/limits"))
-            {
-                all_limits.insert(customer.to_owned(), state::decode(&key, &bytes)?);
-                leases.entry(customer.to_owned()).or_default();
-            }
-        }
+        let holdings = Holdings::list(self.store.as_ref(), &self.keyspace).await?;
+        self.decide(&holdings).await
+    }
+
+    /// Splits every customer's budget over the leases it holds; writes only
+    /// what changed.
+    async fn decide(&mut self, holdings: &Holdings) -> Result<()> {
+        let (leases, sources) = holdings.by_customer();
         // A customer with no work left needs no probe session on its source.
         self.adaptive
             .retain(|customer, _| sources.contains_key(customer));
         for (customer, held) in leases {
-            let limits = all_limits.remove(&customer);
+            let limits = holdings.limits(&customer).cloned();
             let configured = limits.as_ref().and_then(|l| l.bytes_per_sec);
             let mut why = reason(limits.as_ref());
             let budget = match limits.as_ref().and_then(|l| l.adaptive.clone()) {
@@ -409,6 +446,7 @@ pub fn check_limits(
 mod tests {
     use godwit_common::job::{JobRecord, Phase, SnapshotAt};
     use godwit_common::lease::{LeaseTiming, MemoryStore};
+    use godwit_common::work::WorkKind;
 
     use super::*;
 
@@ -505,5 +543,80 @@ mod tests {
         assert_eq!(split.shares.len(), 3);
         assert_eq!(split.shares.values().sum::<u64>(), 20 << 20);
         assert!(split.shares.values().all(|s| *s >= (20 << 20) / 3));
+    }
+
+    /// Waits until acme's split has `leases` shares.
+    async fn acme_split_of(store: &Arc<dyn LeaseStore>, keyspace: &Keyspace, leases: usize) {
+        let mut changes = store
+            .watch_prefix(&keyspace.customer_allocation("acme"))
+            .await
+            .expect("watch");
+        loop {
+            let split = allocation(store.as_ref(), keyspace, "acme")
+                .await
+                .expect("store");
+            if split.is_some_and(|s| s.shares.len() == leases) {
+                return;
+            }
+            changes.next().await.expect("a change").expect("watch");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_running_allocator_follows_leases_and_limits_as_they_change() {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let keyspace = Keyspace::new("/t");
+        let limits = CustomerLimits {
+            bytes_per_sec: Some(8 << 20),
+            max_connections: None,
+            adaptive: None,
+            set_by: "operator".into(),
+        };
+        set_limits(store.as_ref(), &keyspace, "acme", &limits)
+            .await
+            .expect("limits");
+        let mut held = copying(&store, &keyspace, "a1", "acme", 1).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let allocator = tokio::spawn(Allocator::new(store.clone(), keyspace.clone()).run(async {
+            let _ = stopped.await;
+        }));
+        acme_split_of(&store, &keyspace, 1).await;
+
+        // A job opened after the allocator started, and its leases, are
+        // seen from the watch alone.
+        held.extend(copying(&store, &keyspace, "a2", "acme", 2).await);
+        acme_split_of(&store, &keyspace, 3).await;
+        held.pop()
+            .expect("a lease")
+            .release()
+            .await
+            .expect("release");
+        acme_split_of(&store, &keyspace, 2).await;
+
+        // New limits split again at once.
+        let lower = CustomerLimits {
+            bytes_per_sec: Some(2 << 20),
+            ..limits
+        };
+        set_limits(store.as_ref(), &keyspace, "acme", &lower)
+            .await
+            .expect("limits");
+        let mut changes = store
+            .watch_prefix(&keyspace.customer_allocation("acme"))
+            .await
+            .expect("watch");
+        loop {
+            let split = allocation(store.as_ref(), &keyspace, "acme")
+                .await
+                .expect("store")
+                .expect("allocated");
+            if split.bytes_per_sec == Some(2 << 20) {
+                assert_eq!(split.shares.values().sum::<u64>(), 2 << 20);
+                break;
+            }
+            changes.next().await.expect("a change").expect("watch");
+        }
+        let _ = stop.send(());
+        allocator.await.expect("allocator stops");
     }
 }

@@ -1,7 +1,7 @@
 //! Keeping a lease's reads within the customer's limits. The coordinator
 //! allocates each lease a share of the customer's bytes per second; the
 //! [`ReadPacer`] holds the reader to that share (governor's GCRA, on the
-//! tokio clock), and [`follow`] keeps the share current and says when the
+//! tokio clock), and [`follow`] keeps the share current (from the worker's [`LimitsView`]) and says when the
 //! lease must hand its work back (the job paused, the session cap lowered
 //! below the slot it holds, the worker stopping).
 
@@ -23,8 +23,10 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How often a lease re-reads its share and its customer's limits.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+pub use view::LimitsView;
+
+mod view;
+
 /// Pacing granularity: reads are paid for in pieces of at least this.
 pub const PACE_PIECE: u64 = 32 * 1024;
 
@@ -242,12 +244,13 @@ fn lease_share(
     share
 }
 
-/// Follows the allocation and limits for one lease, every
-/// [`FOLLOW_INTERVAL`], until dropped. A round whose reads fail changes
-/// nothing: the share stays as it was (at first, zero).
+/// Follows the allocation and limits for one lease, as the worker's
+/// [`LimitsView`] sees them change, until dropped. Until the view has
+/// listed them once, the share stays as it starts: zero.
 pub fn follow(
     store: Arc<dyn LeaseStore>,
     keyspace: &Keyspace,
+    view: &LimitsView,
     place: Place<'_>,
     spares: Arc<Spares>,
     mut worker_stopping: watch::Receiver<bool>,
@@ -258,9 +261,8 @@ pub fn follow(
     let customer = place.customer.to_owned();
     let (share_tx, share) = watch::channel(Some(0));
     let (hand_back_tx, hand_back) = watch::channel(false);
-    let allocation_key = keyspace.customer_allocation(place.customer);
-    let limits_key = keyspace.customer_limits(place.customer);
-    let paused_key = keyspace.job_paused(place.job);
+    let mut seen = view.subscribe();
+    let job = place.job.clone();
     let lease_key = place.lease_key.to_owned();
     let (lease, owner) = (place.lease, place.owner.to_owned());
     let session = godwit_common::pg::SessionSlot::taken(place.slot);
@@ -269,16 +271,19 @@ pub fn follow(
     let task = {
         let customer = customer.clone();
         tokio::spawn(async move {
+            let (mut view_open, mut stopping_open) = (true, true);
             loop {
-                let round = async {
-                    let split: Option<Allocation> =
-                        state::load(store.as_ref(), &allocation_key).await?;
-                    let limits: Option<CustomerLimits> =
-                        state::load(store.as_ref(), &limits_key).await?;
-                    let paused = store.get(&paused_key).await?.is_some();
-                    Ok::<_, godwit_common::Error>((split, limits, paused))
+                let looked = {
+                    let seen = seen.borrow_and_update();
+                    seen.ready.then(|| {
+                        (
+                            seen.allocation(&customer).cloned(),
+                            seen.limits(&customer).cloned(),
+                            seen.paused(&job),
+                        )
+                    })
                 };
-                if let Ok((split, limits, paused)) = round.await {
+                if let Some((split, limits, paused)) = looked {
                     let share = match &split {
                         Some(split) => lease_share(split, &lease_key, &using, &lender, &customer),
                         // Limits set but nothing allocated yet: wait for it.
@@ -311,8 +316,12 @@ pub fn follow(
                     hand_back_tx.send_replace(true);
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-                    _ = worker_stopping.changed() => {}
+                    changed = seen.changed(), if view_open => view_open = changed.is_ok(),
+                    changed = worker_stopping.changed(), if stopping_open => {
+                        stopping_open = changed.is_ok();
+                    }
+                    // Neither can change any more: nothing left to follow.
+                    () = std::future::ready(()), if !view_open && !stopping_open => return,
                 }
             }
         })
@@ -477,9 +486,11 @@ mod tests {
         .await
         .expect("allocation");
         let job = JobId::parse("j").expect("job id");
+        let view = LimitsView::start(store.clone(), keyspace);
         let mut following = follow(
             store.clone(),
             keyspace,
+            &view,
             Place {
                 customer: "acme",
                 job: &job,
