@@ -52,8 +52,21 @@ impl Etcd {
             peer_port: free_port()?,
             tls,
         };
-        etcd.launch()?;
-        Ok(etcd)
+        // A free port can be taken by a parallel test between being found
+        // and etcd binding it: fresh ports, a few times.
+        let mut attempts = 0;
+        loop {
+            match etcd.launch() {
+                Err(e) if attempts < 5 && e.to_string().contains("address already in use") => {
+                    attempts += 1;
+                    etcd.stop();
+                    let _ = std::fs::remove_dir_all(etcd.dir.path().join("data"));
+                    etcd.client_port = free_port()?;
+                    etcd.peer_port = free_port()?;
+                }
+                other => return other.map(|()| etcd),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -182,6 +195,15 @@ impl Etcd {
                 .unwrap_or(false);
             if healthy {
                 return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                bail!("etcd exited ({status}) before becoming healthy at {client}\n{log}");
             }
             if std::time::Instant::now() > deadline {
                 let log =
