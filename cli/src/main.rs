@@ -4,6 +4,7 @@
 
 mod embedded;
 mod lifecycle;
+mod plan;
 mod remote;
 mod render;
 
@@ -58,6 +59,28 @@ enum Command {
         /// Serve the API without TLS on a non-loopback --listen address.
         #[arg(long)]
         insecure_plaintext: bool,
+    },
+    /// Resolve the job's mapping against both catalogs and forecast the
+    /// run, writing nothing: where each table lands, what each column
+    /// becomes, which conversions can fail (with today's values on the
+    /// source as evidence), bytes, compressibility and copy time. Exit 2
+    /// lists every problem of the mapping.
+    Plan {
+        /// The job spec (YAML).
+        spec: PathBuf,
+        /// Workers the deployment runs.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Partitions each worker copies at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// What one reader copies per second unthrottled on this
+        /// deployment (the benchmark's figure by default).
+        #[arg(long, default_value = "25MiB", value_parser = parse_rate)]
+        reader_rate: u64,
+        /// The plan as JSON, for automation.
+        #[arg(long)]
+        json: bool,
     },
     /// Load a finished job's staged copy into a target without touching the source.
     Replay {
@@ -291,6 +314,20 @@ fn main() -> ExitCode {
                     insecure_plaintext,
                 };
                 embedded::run(&spec, workers, concurrency, api).await
+            }
+            Command::Plan {
+                spec,
+                workers,
+                concurrency,
+                reader_rate,
+                json,
+            } => {
+                let options = plan::Options {
+                    readers: workers * concurrency,
+                    reader_bytes_per_sec: reader_rate,
+                    json,
+                };
+                plan::plan(&spec, options).await
             }
             Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
             Command::Verify {

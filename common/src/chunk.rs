@@ -16,7 +16,7 @@ pub const VERSION: u8 = 1;
 const PREFIX_LEN: usize = MAGIC.len() + 1 + 4;
 /// Headers are a few hundred bytes; anything larger is an attack or corruption.
 const MAX_HEADER_LEN: usize = 64 * 1024;
-const ZSTD_LEVEL: i32 = 1;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// What a chunk is, before sealing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,7 @@ pub mod keyring;
 pub mod keys;
 pub mod keyspace;
 pub mod lease;
+pub mod mapping;
 pub mod pg;
 pub mod pgcopy;
 pub mod requests;

@@ -46,6 +46,10 @@ pub struct JobSpec {
     /// coordinator deletes the job's staged objects and shreds its data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<String>,
+    /// How the source's tables land in the platform's schema (see
+    /// `godwit plan`); absent, each table lands under its own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<crate::mapping::MappingSpec>,
 }
 
 impl JobSpec {
@@ -247,6 +251,12 @@ impl JobSpec {
                     .into(),
             );
         }
+        if let Some(mapping) = &self.mapping {
+            let problems = mapping.problems();
+            if !problems.is_empty() {
+                return fail(problems.join("\n"));
+            }
+        }
         if let Some(retention) = &self.retention
             && humantime::parse_duration(retention).is_err()
         {
@@ -255,6 +265,23 @@ impl JobSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses a spec with `mapping:` for `what` (a copy, a replay, a
+    /// verification): `godwit plan` resolves a mapping, but rows are not
+    /// carried through one yet, and carrying them table for table instead
+    /// would land them where the operator did not ask.
+    pub fn refuse_unapplied_mapping(&self, what: &str) -> Result<()> {
+        match &self.mapping {
+            Some(mapping) => Err(Error::Precondition(format!(
+                "job {} has a `mapping:` (version {}): `godwit plan` resolves it, but {what} does not carry \
+                 rows through a mapping yet, and would land every table under its own name instead; \
+                 remove `mapping:` to migrate table for table",
+                self.job,
+                mapping.version()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether the spec selects every table of the source.

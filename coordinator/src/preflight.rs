@@ -25,6 +25,8 @@ pub struct Prepared {
 /// data key, and that only into an empty slot of the staging area.
 pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let rejected = JobError::Rejected;
+    spec.refuse_unapplied_mapping("a job run")
+        .map_err(rejected)?;
     SealedStaging::check_key(&spec).await.map_err(rejected)?;
 
     let source = pg::connect(&spec.source, Side::Source)

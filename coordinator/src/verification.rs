@@ -78,6 +78,8 @@ impl Verifier {
         options: Options,
         snapshots: Option<PinnedSnapshots>,
     ) -> Result<Verified, JobError> {
+        spec.refuse_unapplied_mapping("verification")
+            .map_err(JobError::Rejected)?;
         let rejected = JobError::Rejected;
         let failed = JobError::Failed;
         let source = pg::connect(&spec.source, Side::Source)

@@ -40,6 +40,8 @@ pub async fn replay(spec: &JobSpec, target: &str) -> Result<ReplaySummary, Repla
     let rejected = ReplayError::Rejected;
     let failed = ReplayError::Failed;
     let job = &spec.job;
+    spec.refuse_unapplied_mapping("a replay")
+        .map_err(rejected)?;
     let sealed = SealedStaging::open(spec).await.map_err(rejected)?;
     let (staging, key) = (sealed.staging(), sealed.key());
     let manifest = sealed.get_manifest().await.map_err(rejected)?.ok_or_else(|| {

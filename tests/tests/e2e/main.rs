@@ -14,6 +14,7 @@ mod distributed;
 mod embedded;
 mod lease_store;
 mod ledger;
+mod plan;
 mod real_world;
 mod replay;
 mod resume;

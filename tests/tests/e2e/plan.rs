@@ -1,0 +1,265 @@
+//! `godwit plan`: a customer's CRM landing in a platform's shared,
+//! tenant-sliced table and a tenant schema, resolved against both real
+//! catalogs, with the conversions that would fail found in the source's
+//! rows; a bad mapping listed problem by problem with exit 2; and a run of
+//! a job with a mapping refused before anything is written.
+
+use godwit_tests::pg::LOADER;
+use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
+
+const TENANT: &str = "6f1c2a54-0000-4000-8000-000000000001";
+
+/// The customer's CRM on the source, and the platform's shared accounts
+/// table on the target, already holding another tenant's row.
+async fn crm(source: &PgCluster, target: &PgCluster) -> anyhow::Result<()> {
+    source
+        .client("shop")
+        .await?
+        .batch_execute(
+            "CREATE SCHEMA crm; \
+             CREATE TABLE crm.accounts (id integer PRIMARY KEY, name text NOT NULL, email text, \
+                                        legacy_code text, credit numeric); \
+             CREATE TABLE crm.contacts (id integer PRIMARY KEY, account_id integer REFERENCES crm.accounts (id), \
+                                        phone text, note text); \
+             INSERT INTO crm.accounts SELECT g, 'account ' || g || CASE WHEN g % 50 = 0 THEN repeat('x', 30) ELSE '' END, \
+                    'a' || g || '@example.com', 'L' || g, g * 1.005 FROM generate_series(1, 200) g; \
+             INSERT INTO crm.contacts SELECT g, g % 200 + 1, '+1555' || lpad(g::text, 7, '0'), NULL \
+                    FROM generate_series(1, 400) g",
+        )
+        .await?;
+    source.hand_tables_to_migrator("shop").await?;
+    source
+        .client("shop")
+        .await?
+        .batch_execute("ALTER SCHEMA crm OWNER TO migrator")
+        .await?;
+    target
+        .client("shop")
+        .await?
+        .batch_execute(&format!(
+            "CREATE SCHEMA platform AUTHORIZATION {LOADER}; \
+             CREATE TABLE platform.accounts (tenant_id uuid NOT NULL, id bigint NOT NULL, \
+                 display_name varchar(20) NOT NULL, contact_email text, credit numeric(12, 2), \
+                 PRIMARY KEY (tenant_id, id)); \
+             ALTER TABLE platform.accounts OWNER TO {LOADER}; \
+             INSERT INTO platform.accounts VALUES ('00000000-0000-4000-8000-0000000000aa', 1, 'other tenant', NULL, 1)"
+        ))
+        .await?;
+    Ok(())
+}
+
+fn job(source: &PgCluster, target: &PgCluster, mapping: &str) -> anyhow::Result<Job> {
+    Job::create(|staging| {
+        spec_body("crm-plan", source, target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts, crm.contacts]")
+            + "\n"
+            + mapping
+    })
+}
+
+const GOOD: &str = "mapping:
+  values: { customer_uuid: 6f1c2a54-0000-4000-8000-000000000001 }
+  order: [crm.contacts]
+  tables:
+    - from: crm.accounts
+      to: platform.accounts
+      tenant: tenant_id
+      add: { tenant_id: \"${customer_uuid}\" }
+      columns:
+        id: { offset: 1000000 }
+        name: { to: display_name, type: \"varchar(20)\", on_error: fail }
+        email: { to: contact_email, mask: tokenise-email }
+        legacy_code: { drop: true }
+        credit: { type: \"numeric(12,2)\", on_error: \"null\" }
+    - from: crm.*
+      to: tenant_acme.*
+      columns:
+        phone: { mask: tokenise-phone, masked_for: review }
+";
+
+/// Plans `job`; asserts exit 2 and that stderr names every `expected` problem.
+fn refused(job: &Job, expected: &[&str]) -> anyhow::Result<()> {
+    let output = run_godwit(&["plan", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for piece in expected {
+        assert!(stderr.contains(piece), "stderr lacks {piece:?}:\n{stderr}");
+    }
+    Ok(())
+}
+
+/// What the target holds outside `platform` and the other tenant's row.
+async fn assert_target_untouched(target: &PgCluster) -> anyhow::Result<()> {
+    let client = target.client("shop").await?;
+    let (tables, ledger, rows): (i64, bool, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')), \
+                        to_regnamespace('godwit') IS NOT NULL, \
+                        (SELECT count(*) FROM platform.accounts)",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(tables, 1, "tables were created on the target");
+    assert!(!ledger, "the godwit schema was created on the target");
+    assert_eq!(rows, 1, "the shared table's rows changed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mapping_every_problem()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+
+    let good = job(&source, &target, GOOD)?;
+    let output = run_godwit(&["plan", good.spec()], &[])?;
+    assert!(output.status.success(), "{}", describe(&output));
+    let plan = String::from_utf8_lossy(&output.stdout);
+    // Shown with --no-capture: the README's worked example is this output.
+    println!("{plan}");
+    let contacts_at = plan.find("crm.contacts → tenant_acme.contacts  (created by the job)");
+    let accounts_at = plan.find(&format!(
+        "crm.accounts → platform.accounts  (exists, holds other rows; this job's rows: tenant_id = {TENANT})"
+    ));
+    assert!(
+        matches!((contacts_at, accounts_at), (Some(c), Some(a)) if c < a),
+        "`order:` puts crm.contacts first, then crm.accounts in the shared table:\n{plan}"
+    );
+    for expected in [
+        "id: integer → bigint; converted, never fails; offset +1000000\n",
+        "account_id: integer; offset +1000000 (follows crm.accounts.id)",
+        "name → display_name: text → character varying(20); converted, can fail",
+        "email → contact_email: text; tokenised (domain kept) always",
+        "phone: text; tokenised (last four kept) in review copies",
+        "legacy_code: dropped",
+        &format!("+ tenant_id = {TENANT}"),
+        // Found in the source's rows: accounts 50, 100, 150 and 200 have
+        // 40-character names; odd ids have a third decimal of credit.
+        "crm.accounts.name  text → character varying(20): 4 values longer than 20 characters; longest 41 — the job would fail on them",
+        "crm.accounts.credit  numeric → numeric(12,2): 100 values with more than 2 decimals or 10 integer digits",
+        "they would land as NULL (on_error: null)",
+        "crm.accounts.id  offset +1000000 in bigint: 0 ids pushed out",
+        "crm.contacts.account_id  offset +1000000 in integer: 0 ids pushed out",
+        "crm.accounts → platform.accounts: ",
+        "readers at 25.0 MiB/s each, no throttle: limited by the readers; copy about",
+    ] {
+        assert!(
+            plan.contains(expected),
+            "the plan lacks {expected:?}:\n{plan}"
+        );
+    }
+    let json = run_godwit(&["plan", good.spec(), "--json"], &[])?;
+    assert!(json.status.success(), "{}", describe(&json));
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    let version = parsed["mapping_version"].as_str().unwrap_or_default();
+    assert_eq!(version.len(), 16, "{parsed}");
+    assert!(
+        plan.contains(&format!("mapping version {version}")),
+        "{plan}"
+    );
+    assert_eq!(
+        parsed["resolved"]["landings"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // Every problem of a bad mapping at once, each naming where it is.
+    let bad = job(
+        &source,
+        &target,
+        "mapping:
+  values: { customer_uuid: not-a-uuid }
+  tables:
+    - from: crm.acounts
+      to: platform.accounts
+    - from: crm.accounts
+      to: platform.accounts
+      tenant: tenant_id
+      add: { tenant_id: \"${customer_uuid}\" }
+      columns:
+        nme: { drop: true }
+        name: { to: display_name }
+        email: { to: nickname }
+        legacy_code: { drop: true }
+        credit: { type: \"numeric(12,2)\" }
+    - from: crm.contacts
+      to: tenant_acme.everything
+    - from: crm.nothing*
+      to: tenant_acme.*
+",
+    )?;
+    refused(
+        &bad,
+        &[
+            "`mapping.tables[0]`: `from: crm.acounts` matches no table the job copies",
+            "`mapping.tables[3]`: `from: crm.nothing*` matches no table",
+            "`columns.nme`: crm.accounts has no column \"nme\"",
+            "\"email\" lands in column \"nickname\", which the target table does not have",
+            "crm.accounts.name is text and lands in \"display_name\" as character varying(20), and a value may not convert",
+            "`add.tenant_id`: \"not-a-uuid\" is not a value of the target column's type uuid",
+        ],
+    )?;
+    // Two tables in one, neither with a tenant column; a shared table
+    // without one; a NOT NULL column fed by nothing.
+    let shared = job(
+        &source,
+        &target,
+        "mapping:
+  tables:
+    - from: crm.*
+      to: tenant_acme.everything
+    - from: crm.accounts
+      to: platform.accounts
+      columns:
+        email: { drop: true }
+        legacy_code: { drop: true }
+        name: { drop: true }
+        credit: { type: \"numeric(12,2)\", on_error: skip-row }
+",
+    )?;
+    refused(
+        &shared,
+        &[
+            "platform.accounts already holds rows, and without a `tenant:` column godwit cannot tell them",
+            "platform.accounts.tenant_id is NOT NULL without a default and nothing feeds it",
+            "platform.accounts.display_name is NOT NULL without a default and nothing feeds it",
+        ],
+    )?;
+    let two_in_one = job(
+        &source,
+        &target,
+        "mapping:\n  tables:\n    - from: crm.*\n      to: tenant_acme.everything\n",
+    )?;
+    refused(
+        &two_in_one,
+        &[
+            "crm.accounts, crm.contacts all land in tenant_acme.everything and nothing tells their rows apart",
+        ],
+    )?;
+
+    // A spec-level mistake needs no database: named before connecting.
+    let typo = job(
+        &source,
+        &target,
+        "mapping:\n  tables:\n    - from: crm.accounts\n      columns:\n        credit: { on_error: \"null\" }\n",
+    )?;
+    refused(
+        &typo,
+        &["column \"credit\": `on_error` applies to a conversion: add `type:`"],
+    )?;
+
+    // Running a job with a mapping is refused before anything is written:
+    // carried table for table instead, its rows would land elsewhere.
+    let output = run_godwit(&["run", good.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("does not carry rows through a mapping yet"),
+        "{}",
+        describe(&output)
+    );
+    assert_target_untouched(&target).await?;
+    Ok(())
+}
