@@ -37,6 +37,15 @@ impl CustomerKeys {
         })
     }
 
+    /// The key the customer's tokens are made with: derived from the
+    /// customer's oldest key in the keyring, so a rotation (a new current
+    /// key) leaves every token as it was and joins across jobs still hold.
+    /// Retiring that oldest key changes the tokens of later jobs.
+    pub fn token_key(&self) -> crate::mapping::mask::TokenKey {
+        let oldest = self.keys.last().unwrap_or_else(|| self.current());
+        oldest.token_key()
+    }
+
     /// The key new data keys are wrapped by.
     pub fn current(&self) -> &Kek {
         &self.keys[0]
@@ -163,5 +172,51 @@ mod tests {
             err.to_string().contains("no key for customer initech"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use crate::mapping::Mask;
+    use crate::mapping::mask::Masker;
+
+    #[test]
+    fn a_rotation_leaves_the_customers_tokens_as_they_were() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |name: &str| {
+            let path = dir.path().join(name);
+            Kek::generate_file(&path).expect("key");
+            path
+        };
+        let (first, second) = (key("acme-1"), key("acme-2"));
+        let keys_of = |files: &[&Path]| {
+            let keyring = dir.path().join("keyring.yaml");
+            let list: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            std::fs::write(&keyring, format!("acme: [{}]\n", list.join(", "))).expect("keyring");
+            let spec = JobSpec::from_yaml(
+                &format!(
+                    "job: j\ncustomer: acme\nsource: postgres://s/db\ntarget: postgres://t/db\n\
+                     staging: file:///tmp/s\nencryption: {{ keyring: {} }}\n",
+                    keyring.display()
+                ),
+                "job.yaml",
+            )
+            .expect("spec");
+            CustomerKeys::for_spec(&spec).expect("keys")
+        };
+        let token = |keys: &CustomerKeys| {
+            let key = keys.token_key();
+            Masker {
+                key: &key,
+                customer: "acme",
+            }
+            .apply(Mask::Tokenise, None, Some("alice@example.com"))
+        };
+        let before = keys_of(&[&first]);
+        let rotated = keys_of(&[&second, &first]);
+        assert_eq!(token(&before), token(&rotated));
+        let retired = keys_of(&[&second]);
+        assert_ne!(token(&before), token(&retired));
     }
 }

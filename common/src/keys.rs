@@ -20,6 +20,9 @@ pub const KEY_LEN: usize = 32;
 pub struct Kek {
     key: LessSafeKey,
     id: String,
+    /// The key tokens are made with (see `mapping::mask`): derived, so the
+    /// key-encryption key itself never keys anything but wrapping.
+    tokens: aws_lc_rs::hmac::Key,
 }
 
 impl fmt::Debug for Kek {
@@ -66,9 +69,14 @@ impl Kek {
             .chain_update(b"godwit/kek-id/v1")
             .chain_update(bytes)
             .finalize();
+        let derived = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
+            b"godwit/token-key/v1",
+        );
         Ok(Self {
             key: aead_key(bytes)?,
             id: hex::encode(&digest[..8]),
+            tokens: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref()),
         })
     }
 
@@ -92,6 +100,11 @@ impl Kek {
             source,
         })?;
         Ok(Self::from_bytes(&bytes)?.id)
+    }
+
+    /// The key masks make tokens with (HMAC-SHA-256), derived from this one.
+    pub fn token_key(&self) -> crate::mapping::mask::TokenKey {
+        crate::mapping::mask::TokenKey::new(self.tokens.clone())
     }
 
     /// Fingerprint of the key: safe to log and to store beside wrapped keys.

@@ -13,6 +13,7 @@ use crate::spec::TableName;
 
 pub mod evidence;
 pub mod forecast;
+pub mod mask;
 pub mod resolve;
 
 /// `mapping:` of a job spec.
