@@ -106,19 +106,42 @@ pub async fn row_hash(client: &Client, table: &TableName, stored: bool) -> Resul
         )
         .await
         .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
-    let columns: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let columns: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (format!("t.{}", r.get::<_, String>(0)), r.get(1)))
+        .collect();
     Ok(row_hash_of(&columns))
 }
 
-/// The row hash over (quoted column, type name) pairs in column order.
-fn row_hash_of(columns: &[(String, String)]) -> String {
-    let hashed: Vec<String> = columns
+/// `expr` as an operand: a column of `t` as it is, anything else in
+/// parentheses.
+pub(crate) fn operand(expr: &str) -> String {
+    let simple = expr.strip_prefix("t.").is_some_and(|name| {
+        (name.len() >= 2 && name.starts_with('"') && name.ends_with('"'))
+            || (!name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+    });
+    if simple {
+        expr.to_owned()
+    } else {
+        format!("({expr})")
+    }
+}
+
+/// The row hash over (expression over `t`, type name) pairs in order.
+pub fn row_hash_of(values: &[(String, String)]) -> String {
+    let hashed: Vec<String> = values
         .iter()
-        .map(|(column, type_name)| match type_name.as_str() {
-            // The column's own collation could make its hash ignore case.
-            "text" | "character varying" => format!("t.{column} COLLATE \"C\""),
-            t if HASHED_AS_STORED.contains(&t) => format!("t.{column}"),
-            _ => format!("t.{column}::text COLLATE \"C\""),
+        .map(|(expr, type_name)| {
+            let value = operand(expr);
+            match type_name.as_str() {
+                // The column's own collation could make its hash ignore case.
+                "text" | "character varying" => format!("{value} COLLATE \"C\""),
+                t if HASHED_AS_STORED.contains(&t) => value,
+                _ => format!("{value}::text COLLATE \"C\""),
+            }
         })
         .collect();
     // The record hash is linear in its columns' hashes (31·h + next), so a
@@ -145,7 +168,7 @@ mod tests {
             ("blob", "bytea"),
             ("doc", "jsonb"),
         ]
-        .map(|(c, t)| (c.to_owned(), t.to_owned()));
+        .map(|(c, t)| (format!("t.{c}"), t.to_owned()));
         assert_eq!(
             row_hash_of(&columns),
             "hashtextextended(hash_record_extended(ROW(t.id, t.\"Name\" COLLATE \"C\", \

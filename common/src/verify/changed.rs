@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use super::content::{Options, compare_scope, merge_table};
 use super::report::TableReport;
 use super::schema::primary_key_types;
+use super::view::View;
 use crate::Result;
 use crate::pg::changed_keys::{Touch, Touched, key_filter};
 use crate::spec::quote_ident;
@@ -33,14 +34,18 @@ pub async fn compare_changed(
             .map(|(name, type_sql)| (quote_ident(&name), type_sql))
             .collect();
         let key: Vec<String> = key_columns.iter().map(|(name, _)| name.clone()).collect();
+        let views = (
+            View::of_table(source, table, &key).await?,
+            View::of_table(target, table, &key).await?,
+        );
+        let views = (&views.0, &views.1);
         let finding = match touch {
             Touch::Keys(keys) if !key_columns.is_empty() => {
                 let scope = key_filter(&key_columns, keys)?;
                 compare_scope(
                     (source, target),
-                    table,
-                    &scope,
-                    Some(&key),
+                    views,
+                    (&scope, &scope),
                     CHANGED_KEYS,
                     options,
                 )
@@ -52,7 +57,7 @@ pub async fn compare_changed(
                 } else {
                     "primary_key_buckets"
                 };
-                compare_scope((source, target), table, "true", Some(&key), method, options).await?
+                compare_scope((source, target), views, ("true", "true"), method, options).await?
             }
         };
         let mut report = merge_table(table, vec![finding]);

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::report::{ContentLayer, RowDifference, TableReport};
-use super::schema::{columns, primary_key};
-use crate::pg::checksum::{fingerprint, fingerprint_where, hashes_stored_forms, row_hash};
+use super::view::View;
+use crate::pg::checksum::{
+    TableFingerprint, fingerprint as table_fingerprint, hashes_stored_forms, operand,
+};
 use crate::spec::TableName;
 use crate::state::KeyRange;
 use crate::{Error, Result};
@@ -67,37 +69,32 @@ pub async fn compare_range(
         || "true".to_owned(),
         |k| crate::pg::ranges::key_predicate(k, "t"),
     );
-    let key = match keys {
-        Some(_) => Some(primary_key(source, table).await?),
-        None => None,
-    };
+    let (at_source, at_target) = View::pair(source, target, table).await?;
     compare_scope(
         (source, target),
-        table,
-        &scope,
-        key.as_deref(),
+        (&at_source, &at_target),
+        (&scope, &scope),
         method(keys),
         options,
     )
     .await
 }
 
-/// Compares the rows of `table` that `scope` (a filter on `t`) selects on
-/// both databases; with the primary key's quoted columns, a difference is
-/// narrowed down to keys, else only reported.
+/// Compares the rows each view's `scopes` (filters on `t`) select on
+/// both databases; with a key, a difference is narrowed down to keys,
+/// else only reported.
 pub(super) async fn compare_scope(
     (source, target): (&Client, &Client),
-    table: &TableName,
-    scope: &str,
-    key: Option<&[String]>,
+    views: (&View, &View),
+    scopes: (&str, &str),
     method: &str,
     options: Options,
 ) -> Result<RangeFinding> {
     let stored = hashes_stored_forms(source).await? && hashes_stored_forms(target).await?;
     // Both databases read at once: each side is one scan of the scope.
     let (at_source, at_target) = tokio::try_join!(
-        fingerprint_where(source, table, scope, stored),
-        fingerprint_where(target, table, scope, stored)
+        fingerprint(source, views.0, scopes.0, stored),
+        fingerprint(target, views.1, scopes.1, stored)
     )?;
     let content = if at_source == at_target {
         ContentLayer {
@@ -105,29 +102,47 @@ pub(super) async fn compare_scope(
             method: method.into(),
             ..ContentLayer::default()
         }
-    } else {
-        match key {
-            Some(key) if !key.is_empty() => {
-                let mut content =
-                    localise((source, target), table, (key, stored), scope, options).await?;
-                content.method = method.into();
-                content
-            }
-            _ => ContentLayer {
-                matched: false,
-                method: method.into(),
-                localisation: Some(
-                    "the table has no primary key: the rows that differ cannot be named, only that the table differs"
-                        .into(),
-                ),
-                ..ContentLayer::default()
-            },
+    } else if views.0.key.is_empty() {
+        ContentLayer {
+            matched: false,
+            method: method.into(),
+            localisation: Some(
+                "the table has no primary key: the rows that differ cannot be named, only that the table differs"
+                    .into(),
+            ),
+            ..ContentLayer::default()
         }
+    } else {
+        let mut content = localise((source, target), views, stored, scopes, options).await?;
+        content.method = method.into();
+        content
     };
     Ok(RangeFinding {
         source_rows: at_source.rows,
         target_rows: at_target.rows,
         content,
+    })
+}
+
+/// Count and checksum of the rows of `view` that `filter` selects.
+async fn fingerprint(
+    client: &Client,
+    view: &View,
+    filter: &str,
+    stored: bool,
+) -> Result<TableFingerprint> {
+    let sql = format!(
+        "SELECT count(*)::bigint, coalesce(sum({}::numeric), 0)::text FROM {}",
+        view.row_hash(stored),
+        view.rows(filter)
+    );
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot checksum {}", view.table), e))?;
+    Ok(TableFingerprint {
+        rows: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        checksum: row.get(1),
     })
 }
 
@@ -193,7 +208,7 @@ pub fn merge_table(table: &TableName, findings: Vec<RangeFinding>) -> TableRepor
 
 /// The report of a table the target lacks altogether.
 pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableReport> {
-    let at_source = fingerprint(source, table).await?;
+    let at_source = table_fingerprint(source, table).await?;
     Ok(TableReport {
         table: table.to_string(),
         source_rows: at_source.rows,
@@ -211,73 +226,74 @@ pub async fn absent_table(source: &Client, table: &TableName) -> Result<TableRep
 /// (count, checksum) per bucket of the rows `filter` selects.
 async fn bucket_sums(
     client: &Client,
-    table: &TableName,
-    (key, stored): (&str, bool),
+    view: &View,
+    stored: bool,
     level: i32,
     filter: &str,
 ) -> Result<HashMap<i64, (i64, String)>> {
-    let hash = row_hash(client, table, stored).await?;
     let sql = format!(
         "SELECT hashtextextended(ROW({key})::text, {level}) & {mask}, count(*), \
                 sum({hash}::numeric)::text \
-         FROM {table} AS t WHERE {filter} GROUP BY 1",
+         FROM {rows} GROUP BY 1",
+        key = view.key_list(),
         mask = BUCKETS - 1,
-        table = table.only()
+        hash = view.row_hash(stored),
+        rows = view.rows(filter),
     );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(|e| Error::postgres(format!("cannot checksum the key buckets of {table}"), e))?;
+    let rows = client.query(&sql, &[]).await.map_err(|e| {
+        Error::postgres(
+            format!("cannot checksum the key buckets of {}", view.table),
+            e,
+        )
+    })?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect())
 }
 
-/// Key literal → per-column hashes (None for NULL) of the rows `filter` selects.
+/// Key literal → per-value hashes (None for NULL) of the rows `filter` selects.
 async fn row_hashes(
     client: &Client,
-    table: &TableName,
-    key: &str,
-    columns: &[String],
+    view: &View,
     filter: &str,
 ) -> Result<HashMap<String, Vec<Option<i64>>>> {
-    let hashes: Vec<String> = columns
+    let hashes: Vec<String> = view
+        .values
         .iter()
-        .map(|c| format!("hashtextextended(t.{c}::text, 0)"))
+        .map(|v| format!("hashtextextended({}::text, 0)", operand(&v.expr)))
         .collect();
     let sql = format!(
-        "SELECT ROW({key})::text, ARRAY[{}]::bigint[] FROM {} AS t WHERE {filter}",
+        "SELECT ROW({})::text, ARRAY[{}]::bigint[] FROM {}",
+        view.key_list(),
         hashes.join(", "),
-        table.only()
+        view.rows(filter)
     );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(|e| Error::postgres(format!("cannot read the differing rows of {table}"), e))?;
+    let rows = client.query(&sql, &[]).await.map_err(|e| {
+        Error::postgres(
+            format!("cannot read the differing rows of {}", view.table),
+            e,
+        )
+    })?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Narrows a differing table down to the primary keys that differ: buckets
-/// of key hashes, then buckets within the differing buckets with another
-/// seed, until few enough rows remain to compare them one by one.
+/// Narrows a differing table down to the keys that differ: buckets of key
+/// hashes, then buckets within the differing buckets with another seed,
+/// until few enough rows remain to compare them one by one.
 async fn localise(
-    (source, target): (&Client, &Client),
-    table: &TableName,
-    (key_columns, stored): (&[String], bool),
-    scope: &str,
+    clients: (&Client, &Client),
+    views: (&View, &View),
+    stored: bool,
+    scopes: (&str, &str),
     options: Options,
 ) -> Result<ContentLayer> {
-    let key = key_columns
-        .iter()
-        .map(|c| format!("t.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut filter = scope.to_owned();
+    let (source, target) = clients;
+    let mut filters = (scopes.0.to_owned(), scopes.1.to_owned());
     for level in 0..MAX_LEVELS {
         let (at_source, at_target) = tokio::try_join!(
-            bucket_sums(source, table, (&key, stored), level, &filter),
-            bucket_sums(target, table, (&key, stored), level, &filter)
+            bucket_sums(source, views.0, stored, level, &filters.0),
+            bucket_sums(target, views.1, stored, level, &filters.1)
         )?;
         let differing: BTreeSet<i64> = at_source
             .keys()
@@ -297,17 +313,21 @@ async fn localise(
             .map(|b| b.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        filter = format!(
-            "{filter} AND (hashtextextended(ROW({key})::text, {level}) & {}) IN ({buckets})",
-            BUCKETS - 1
-        );
+        let narrowed = |filter: &str, view: &View| {
+            format!(
+                "{filter} AND (hashtextextended(ROW({})::text, {level}) & {}) IN ({buckets})",
+                view.key_list(),
+                BUCKETS - 1
+            )
+        };
+        filters = (narrowed(&filters.0, views.0), narrowed(&filters.1, views.1));
         if differing.is_empty() {
             break;
         }
         if rows(&at_source).max(rows(&at_target)) <= options.compare_rows_below
             || level == MAX_LEVELS - 1
         {
-            return compare_rows(source, target, table, &key, &filter).await;
+            return compare_rows(clients, views, (&filters.0, &filters.1)).await;
         }
     }
     // Fingerprints differed but no bucket does: only possible if the table
@@ -321,16 +341,14 @@ async fn localise(
 }
 
 async fn compare_rows(
-    source: &Client,
-    target: &Client,
-    table: &TableName,
-    key: &str,
-    filter: &str,
+    (source, target): (&Client, &Client),
+    views: (&View, &View),
+    filters: (&str, &str),
 ) -> Result<ContentLayer> {
-    let columns = columns(source, table).await?;
+    let columns: Vec<String> = views.0.values.iter().map(|v| v.name.clone()).collect();
     let (at_source, at_target) = tokio::try_join!(
-        row_hashes(source, table, key, &columns, filter),
-        row_hashes(target, table, key, &columns, filter)
+        row_hashes(source, views.0, filters.0),
+        row_hashes(target, views.1, filters.1)
     )?;
     let mut layer = ContentLayer {
         matched: false,

@@ -17,6 +17,7 @@ mod report;
 mod sample;
 mod schema;
 mod store;
+mod view;
 
 pub use changed::{CHANGED_KEYS, compare_changed};
 pub use content::{
@@ -50,3 +51,4 @@ pub async fn compare_large_objects(
 pub use sample::{Sample, SampleReport};
 pub use schema::{compare_schema, primary_key, primary_key_types};
 pub use store::{load_finding, load_report, store_finding, store_report};
+pub use view::{Value, View};

@@ -183,16 +183,3 @@ pub async fn primary_key_types(
         .map_err(|e| Error::postgres(format!("cannot read the primary key of {table}"), e))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
-
-/// Quoted names of a table's columns, in order.
-pub(super) async fn columns(client: &Client, table: &TableName) -> Result<Vec<String>> {
-    let row = client
-        .query_one(
-            "SELECT coalesce(array_agg(quote_ident(attname) ORDER BY attnum), '{}') FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&table.quoted()],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
-    Ok(row.get(0))
-}
