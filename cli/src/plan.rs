@@ -90,7 +90,7 @@ async fn build(
         return Err(refusal);
     }
     let mapping = spec.mapping.clone().unwrap_or_default();
-    let resolved = resolve::resolve(&mapping, &source, &target, &tables).await?;
+    let resolved = resolve::resolve(&mapping, &source, &target, &tables, false).await?;
     if !resolved.problems.is_empty() {
         return Ok(Err(resolved.problems));
     }

@@ -267,15 +267,14 @@ impl JobSpec {
         Ok(())
     }
 
-    /// Refuses a spec with `mapping:` for `what` (a copy, a replay, a
-    /// verification): `godwit plan` resolves a mapping, but rows are not
-    /// carried through one yet, and carrying them table for table instead
-    /// would land them where the operator did not ask.
+    /// Refuses a spec with `mapping:` for `what` (a replay): rows are not
+    /// carried through a mapping there yet, and carrying them table for
+    /// table instead would land them where the operator did not ask.
     pub fn refuse_unapplied_mapping(&self, what: &str) -> Result<()> {
         match &self.mapping {
             Some(mapping) => Err(Error::Precondition(format!(
-                "job {} has a `mapping:` (version {}): `godwit plan` resolves it, but {what} does not carry \
-                 rows through a mapping yet, and would land every table under its own name instead; \
+                "job {} has a `mapping:` (version {}): {what} does not carry rows through a mapping \
+                 yet, and would land every table under its own name instead; \
                  remove `mapping:` to migrate table for table",
                 self.job,
                 mapping.version()

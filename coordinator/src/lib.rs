@@ -11,6 +11,7 @@ pub mod error;
 mod final_check;
 mod freeze;
 mod listener;
+mod mapped;
 mod narrowing;
 mod phases;
 pub mod planner;

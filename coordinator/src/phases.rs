@@ -95,13 +95,27 @@ impl Run {
     }
 }
 
+/// The customer's tables on the source (a mapped table by its source
+/// name; large objects are not a table of theirs).
 fn customer_tables(prepared: &Prepared) -> Vec<TableName> {
     prepared
         .tables
         .iter()
-        .filter(|t| t.source_relation.is_none())
-        .map(|t| t.name.clone())
+        .filter_map(|t| match (&t.mapped, &t.source_relation) {
+            (Some(mapped), _) => Some(mapped.source.clone()),
+            (None, None) => Some(t.name.clone()),
+            (None, Some(_)) => None,
+        })
         .collect()
+}
+
+/// Whether the job creates tables from the source's schema: not when every
+/// table it copies lands, through a mapping, in one the platform has.
+fn restores_schema(prepared: &Prepared) -> bool {
+    prepared
+        .tables
+        .iter()
+        .any(|t| t.mapped.is_none() && t.source_relation.is_none())
 }
 
 /// What the phases work with: the lease store, its keyspace and the job
@@ -231,8 +245,23 @@ impl Phases<'_> {
                 source,
             })
         })?;
-        let selection: Option<Vec<TableName>> =
-            (!spec.all_tables()).then(|| prepared.tables.iter().map(|t| t.name.clone()).collect());
+        // Mapped tables land in the platform's own tables: their source
+        // definitions are dumped for the record only when nothing else is.
+        let restores_schema = restores_schema(prepared);
+        let selection: Option<Vec<TableName>> = if spec.mapping.is_some() {
+            Some(if restores_schema {
+                prepared
+                    .tables
+                    .iter()
+                    .filter(|t| t.mapped.is_none())
+                    .map(|t| t.name.clone())
+                    .collect()
+            } else {
+                customer_tables(prepared)
+            })
+        } else {
+            (!spec.all_tables()).then(|| prepared.tables.iter().map(|t| t.name.clone()).collect())
+        };
         let dump = SchemaDump::create(
             &spec.source,
             &at.snapshot,
@@ -248,7 +277,9 @@ impl Phases<'_> {
 
         let phase_start = Instant::now();
         if !prepared.marks.pre_data_done {
-            dump.restore_pre_data(&spec.target).await.map_err(failed)?;
+            if restores_schema {
+                dump.restore_pre_data(&spec.target).await.map_err(failed)?;
+            }
             ledger::mark_job(&target, job.as_str(), true, false)
                 .await
                 .map_err(failed)?;
@@ -320,7 +351,9 @@ impl Phases<'_> {
         let phase_start = Instant::now();
         if run.copy_data {
             tracing::info!(job_id = %job, "building indexes and constraints");
-            dump.restore_post_data(&spec.target).await.map_err(failed)?;
+            if restores_schema(prepared) {
+                dump.restore_post_data(&spec.target).await.map_err(failed)?;
+            }
             ledger::mark_job(&target, job.as_str(), true, true)
                 .await
                 .map_err(failed)?;
@@ -487,8 +520,31 @@ impl Phases<'_> {
         target: &tokio_postgres::Client,
         prepared: &Prepared,
     ) -> Result<()> {
-        let names: Vec<String> = prepared.tables.iter().map(|t| t.name.quoted()).collect();
-        tracing::warn!(job_id = %prepared.spec.job, tables = names.len(), "earlier run unfinished: reloading its tables");
+        let names: Vec<String> = prepared
+            .tables
+            .iter()
+            .filter(|t| t.mapped.is_none())
+            .map(|t| t.name.quoted())
+            .collect();
+        // A mapped table may hold other tenants' rows: only the job's slice goes.
+        let slices: String = prepared
+            .tables
+            .iter()
+            .filter_map(|t| t.mapped.as_ref())
+            .map(|m| {
+                format!(
+                    "DELETE FROM {} AS t WHERE {}; ",
+                    m.target.only(),
+                    m.views.1.slice
+                )
+            })
+            .collect();
+        let truncate = if names.is_empty() {
+            String::new()
+        } else {
+            format!("TRUNCATE {}; ", names.join(", "))
+        };
+        tracing::warn!(job_id = %prepared.spec.job, tables = prepared.tables.len(), "earlier run unfinished: reloading its tables");
         let job = prepared.spec.job.as_str().replace('\'', "''");
         target
             .batch_execute(&format!(
@@ -496,9 +552,7 @@ impl Phases<'_> {
                  DELETE FROM godwit.partition_owners WHERE job_id = '{job}'; \
                  DELETE FROM godwit.applied_chunks WHERE job_id = '{job}'; \
                  DELETE FROM godwit.applied_changes WHERE job_id = '{job}'; \
-                 TRUNCATE {}; \
-                 COMMIT",
-                names.join(", ")
+                 {truncate}{slices}COMMIT"
             ))
             .await
             .map_err(|e| {

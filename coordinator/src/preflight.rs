@@ -25,8 +25,6 @@ pub struct Prepared {
 /// data key, and that only into an empty slot of the staging area.
 pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let rejected = JobError::Rejected;
-    spec.refuse_unapplied_mapping("a job run")
-        .map_err(rejected)?;
     SealedStaging::check_key(&spec).await.map_err(rejected)?;
 
     let source = pg::connect(&spec.source, Side::Source)
@@ -124,6 +122,10 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let marks = ledger::job_marks(&target, spec.job.as_str())
         .await
         .map_err(rejected)?;
+    let purpose = crate::mapped::Purpose::Copy {
+        resumed: marks.known,
+    };
+    let tables = crate::mapped::land(&spec, &source, &target, tables, purpose).await?;
     if !marks.known {
         let missing = catalog::extensions_missing_on_target(&source, &target)
             .await
@@ -136,7 +138,12 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
                 pg::describe(&spec.target)
             ))));
         }
-        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        // Mapped tables land in tables that exist by design.
+        let names: Vec<TableName> = tables
+            .iter()
+            .filter(|t| t.mapped.is_none())
+            .map(|t| t.name.clone())
+            .collect();
         let existing = catalog::existing_tables(&target, &names)
             .await
             .map_err(rejected)?;
@@ -222,5 +229,6 @@ async fn large_object_table(
                 .map(|c| (*c).to_owned())
                 .collect(),
         }),
+        mapped: None,
     }))
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
+use godwit_common::mapping::carry::KeyMap;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::snapshot::slot_name;
 use godwit_common::pg::{self, Side, stream};
@@ -20,11 +21,36 @@ use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
 use godwit_common::verify::{
     self, ContentLayer, Options, RangeFinding, Report, Sample, SampleReport, TableReport,
 };
-use godwit_common::work::{self, VerifyRange, WorkKind};
+use godwit_common::work::{self, MappedRange, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};
 
 use crate::error::JobError;
+use crate::mapped::Purpose;
 use crate::planner::{key_cuts, key_ranges};
+
+/// A key range cut on the source's key, on the target column that key
+/// lands in (its bounds moved by the key's offset); None when the bounds
+/// cannot be moved (a key that is not an integer), which compares the
+/// whole slice on the target.
+fn on_target(keys: &state::KeyRange, map: Option<&KeyMap>) -> Option<state::KeyRange> {
+    let map = map?;
+    let moved = |bound: &Option<String>| -> Option<Option<String>> {
+        match bound {
+            None => Some(None),
+            Some(_) if map.offset == 0 => Some(bound.clone()),
+            Some(value) => value
+                .parse::<i128>()
+                .ok()
+                .map(|v| Some((v + i128::from(map.offset)).to_string())),
+        }
+    };
+    Some(state::KeyRange {
+        column: map.target_column.clone(),
+        type_name: map.target_type.clone(),
+        lower: moved(&keys.lower)?,
+        upper: moved(&keys.upper)?,
+    })
+}
 
 /// Most ranges a table is cut into, whatever its size.
 const MAX_RANGES_PER_TABLE: u64 = 256;
@@ -78,8 +104,6 @@ impl Verifier {
         options: Options,
         snapshots: Option<PinnedSnapshots>,
     ) -> Result<Verified, JobError> {
-        spec.refuse_unapplied_mapping("verification")
-            .map_err(JobError::Rejected)?;
         let rejected = JobError::Rejected;
         let failed = JobError::Failed;
         let source = pg::connect(&spec.source, Side::Source)
@@ -117,6 +141,7 @@ impl Verifier {
         let tables = catalog::resolve_tables(&source, spec)
             .await
             .map_err(rejected)?;
+        let tables = crate::mapped::land(spec, &source, &target, tables, Purpose::Verify).await?;
         let sealed = SealedStaging::open(spec).await.map_err(rejected)?;
         let (staging, key) = (sealed.staging(), sealed.key());
 
@@ -182,7 +207,14 @@ impl Verifier {
     ) -> Result<Report, JobError> {
         let failed = JobError::Failed;
         let spec = &run.spec;
-        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        // A mapped table's target is the platform's own: its schema and keys
+        // are not the source's to compare, only its rows as mapped.
+        let names: Vec<TableName> = tables
+            .iter()
+            .filter(|t| t.mapped.is_none())
+            .map(|t| t.name.clone())
+            .collect();
+        let every_table = spec.all_tables() && spec.mapping.is_none();
         // Pinned snapshots mean changes are streaming: the target's
         // sequences are brought up to the source's as they are compared.
         let sequence_writer = match &run.snapshots {
@@ -197,22 +229,25 @@ impl Verifier {
             source,
             target,
             &names,
-            spec.all_tables(),
+            every_table,
             sequence_writer.as_ref(),
         )
         .await
         .map_err(failed)?;
-        let present = catalog::existing_tables(target, &names)
+        let all_names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        let present = catalog::existing_tables(target, &all_names)
             .await
             .map_err(failed)?;
         let mut plan = Vec::with_capacity(tables.len());
         let mut next = 0u32;
         let mut ranges_total = 0u64;
         for table in tables {
+            let read_from = table.mapped.as_ref().map_or(&table.name, |m| &m.source);
             if !present.contains(&table.name) {
-                let report = verify::absent_table(source, &table.name)
+                let mut report = verify::absent_table(source, read_from)
                     .await
                     .map_err(failed)?;
+                report.table = table.name.to_string();
                 plan.push(Planned::Done(report));
                 continue;
             }
@@ -224,7 +259,7 @@ impl Verifier {
                 pieces = sample.pieces(pieces, MAX_RANGES_PER_TABLE as usize);
             }
             let mut ranges = self
-                .key_ranges(source, &table.name, pieces)
+                .key_ranges(source, read_from, pieces)
                 .await
                 .map_err(failed)?;
             ranges_total += ranges.len() as u64;
@@ -237,7 +272,18 @@ impl Verifier {
                 .into_iter()
                 .map(|keys| {
                     next += 1;
-                    VerifyRange::pending(next - 1, table.name.clone(), keys, estimated_bytes)
+                    let mapped = table.mapped.as_ref().map(|m| {
+                        Box::new(MappedRange {
+                            views: m.views.clone(),
+                            target_keys: keys
+                                .as_ref()
+                                .and_then(|k| on_target(k, m.key_map.as_ref())),
+                        })
+                    });
+                    VerifyRange {
+                        mapped,
+                        ..VerifyRange::pending(next - 1, table.name.clone(), keys, estimated_bytes)
+                    }
                 })
                 .collect();
             work::publish(self.store.as_ref(), &self.keyspace, &spec.job, &items)

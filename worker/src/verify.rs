@@ -32,8 +32,21 @@ pub async fn compare(
         compare_rows_below: run.compare_rows_below,
         sample: None,
     };
-    let finding =
-        verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options).await?;
+    let finding = match &range.mapped {
+        Some(mapped) => {
+            verify::compare_views(
+                (&source, &target),
+                (&mapped.views.0, &mapped.views.1),
+                (range.keys.as_ref(), mapped.target_keys.as_ref()),
+                options,
+            )
+            .await?
+        }
+        None => {
+            verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options)
+                .await?
+        }
+    };
     if !finding.content.matched {
         let sealed = keys.sealed(spec).await?;
         verify::store_finding(sealed.staging(), sealed.key(), run, range.range, &finding).await?;

@@ -27,8 +27,8 @@ pub struct Finding {
 struct Check {
     column: String,
     conversion: String,
-    /// (count of failing values, a detail expression as text or NULL)
-    count: String,
+    /// The condition over `t` of a value that does not convert.
+    fails: String,
     detail: Option<(String, &'static str)>,
     what: String,
 }
@@ -65,8 +65,14 @@ fn as_number(c: &str, from: &str, pattern: &str) -> (String, String) {
     }
 }
 
-/// The failing values of `c` (source type `from`) in target type `to`, as
-/// an aggregate; None when no check is known for the pair.
+/// The condition over `t` of a value of `column` that does not convert to
+/// its target type; None when no check is known for the pair.
+pub fn failing_value(column: &ColumnLanding) -> Option<String> {
+    check_for(column).map(|check| check.fails)
+}
+
+/// The failing values of `c` (source type `from`) in target type `to`;
+/// None when no check is known for the pair.
 fn check_for(column: &ColumnLanding) -> Option<Check> {
     let c = format!("t.{}", quote_ident(&column.source));
     let (from, to) = (column.source_type.as_str(), column.target_type.as_str());
@@ -81,7 +87,7 @@ fn check_for(column: &ColumnLanding) -> Option<Check> {
         return Some(Check {
             column: column.source.clone(),
             conversion,
-            count: format!("count(*) FILTER (WHERE char_length({c}::text) > {n})"),
+            fails: format!("char_length({c}::text) > {n}"),
             detail: Some((format!("max(char_length({c}::text))::text"), "longest")),
             what: format!("values longer than {n} characters"),
         });
@@ -91,9 +97,8 @@ fn check_for(column: &ColumnLanding) -> Option<Check> {
         return Some(Check {
             column: column.source.clone(),
             conversion,
-            count: format!(
-                "count(*) FILTER (WHERE {not_number} OR {number} < {low} OR {number} > {high} \
-                 OR {number} <> trunc({number}))"
+            fails: format!(
+                "{not_number} OR {number} < {low} OR {number} > {high} OR {number} <> trunc({number})"
             ),
             detail: Some((
                 format!("min({number})::text || ' … ' || max({number})::text"),
@@ -115,9 +120,9 @@ fn check_for(column: &ColumnLanding) -> Option<Check> {
         return Some(Check {
             column: column.source.clone(),
             conversion,
-            count: format!(
-                "count(*) FILTER (WHERE {not_number} OR {number} <> round({number}, {scale}) \
-                 OR abs(round({number}, {scale})) >= 1e{digits})"
+            fails: format!(
+                "{not_number} OR {number} <> round({number}, {scale}) \
+                 OR abs(round({number}, {scale})) >= 1e{digits}"
             ),
             detail: None,
             what: if is_numeric_type(from) {
@@ -160,7 +165,7 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
             checks.push(Check {
                 column: column.source.clone(),
                 conversion: format!("offset {offset:+} in {}", column.target_type),
-                count: format!("count(*) FILTER (WHERE {moved} < {low} OR {moved} > {high})"),
+                fails: format!("{moved} < {low} OR {moved} > {high}"),
                 detail: Some((
                     format!("min({moved})::text || ' … ' || max({moved})::text"),
                     "new range",
@@ -173,7 +178,7 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
             checks.push(Check {
                 column: column.source.clone(),
                 conversion: "NULL → NOT NULL".into(),
-                count: format!("count(*) FILTER (WHERE {c} IS NULL)"),
+                fails: format!("{c} IS NULL"),
                 detail: None,
                 what: "NULLs, which the target column refuses".into(),
             });
@@ -184,7 +189,7 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
     }
     let mut aggregates = Vec::new();
     for check in &checks {
-        aggregates.push(check.count.clone());
+        aggregates.push(format!("count(*) FILTER (WHERE {})", check.fails));
         aggregates.push(
             check
                 .detail

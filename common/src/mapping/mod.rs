@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::spec::TableName;
 
+pub mod carry;
 pub mod evidence;
 pub mod forecast;
 pub mod mask;

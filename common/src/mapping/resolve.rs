@@ -180,6 +180,10 @@ pub struct Landing {
     pub columns: Vec<ColumnLanding>,
     pub dropped: Vec<String>,
     pub added: Vec<(String, String)>,
+    /// The target types of the added columns (of an existing target table).
+    pub added_types: BTreeMap<String, String>,
+    /// The source's primary key, unquoted; empty without one.
+    pub source_key: Vec<String>,
     /// The `mapping.tables` entry used, if any.
     pub entry: Option<usize>,
 }
@@ -194,11 +198,14 @@ pub struct Resolved {
 }
 
 /// Resolves `mapping` for the source tables `tables` (the job's selection).
+/// `resumed`: the job ran before, so the rows a target table holds may be
+/// its own.
 pub async fn resolve(
     mapping: &MappingSpec,
     source: &Client,
     target: &Client,
     tables: &[TableName],
+    resumed: bool,
 ) -> Result<Resolved> {
     let mut problems = mapping.problems();
     let source_shapes = shapes(source, tables).await?;
@@ -285,6 +292,7 @@ pub async fn resolve(
             columns.push(landing);
         }
         let mut added = Vec::new();
+        let mut added_types = BTreeMap::new();
         for (column, raw) in entry.map(|e| &e.add).into_iter().flatten() {
             let Ok(value) = mapping.value_of(raw) else {
                 continue;
@@ -299,6 +307,7 @@ pub async fn resolve(
                     "{at}: `add.{column}`: {target_name} has no column {column:?}"
                 )),
                 Some(Some(target_column)) => {
+                    added_types.insert(column.clone(), target_column.data_type.clone());
                     if let Some(problem) =
                         check_value(target, &value, &target_column.data_type).await?
                     {
@@ -335,7 +344,7 @@ pub async fn resolve(
                 .get(0),
             None => false,
         };
-        if holds_rows && tenant.is_none() {
+        if holds_rows && tenant.is_none() && !resumed {
             problems.push(format!(
                 "{at}: {target_name} already holds rows, and without a `tenant:` column godwit cannot tell \
                  them from this job's: name the column that does (fed by `add:`), or choose an empty table"
@@ -356,8 +365,32 @@ pub async fn resolve(
             columns,
             dropped,
             added,
+            added_types,
+            source_key: shape.primary_key.clone(),
             entry: *entry_at,
         });
+    }
+    // A table landing under its own name keeps its foreign keys, which
+    // cannot point at a table that lands elsewhere.
+    for landing in landings.iter().filter(|l| l.source == l.target) {
+        let Some(shape) = source_shapes.get(&landing.source) else {
+            continue;
+        };
+        for (columns, referenced, _) in &shape.references {
+            if let Some(moved) = landings
+                .iter()
+                .find(|l| &l.source == referenced && l.source != l.target)
+            {
+                problems.push(format!(
+                    "{}: its foreign key ({}) references {referenced}, which lands in {}: map {} too (its \
+                     key columns follow an offset), or leave it out of `tables`",
+                    landing.source,
+                    columns.join(", "),
+                    moved.target,
+                    landing.source
+                ));
+            }
+        }
     }
     order_landings(mapping, &mut landings, &mut problems);
     Ok(Resolved {

@@ -18,6 +18,10 @@ pub struct SourceTable {
     pub format: CopyFormat,
     /// Where the rows come from when not the table `name` itself.
     pub source_relation: Option<crate::job::SourceRelation>,
+    /// Set when the table lands through a mapping: `name` is then the
+    /// target table, and this says where its rows come from and which of
+    /// the target's rows are the job's.
+    pub mapped: Option<Box<crate::mapping::carry::Carried>>,
 }
 
 /// Columns whose binary COPY form embeds a database-specific type OID:
@@ -68,6 +72,7 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
                 CopyFormat::Binary
             },
             source_relation: None,
+            mapped: None,
         });
     }
     if spec.all_tables() {

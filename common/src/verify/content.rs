@@ -80,6 +80,32 @@ pub async fn compare_range(
     .await
 }
 
+/// Compares a range of a table that landed through a mapping: each side
+/// reads its own view (the source as mapped, the target's slice), within
+/// its own key range.
+pub async fn compare_views(
+    (source, target): (&Client, &Client),
+    views: (&View, &View),
+    keys: (Option<&KeyRange>, Option<&KeyRange>),
+    options: Options,
+) -> Result<RangeFinding> {
+    let scope = |k: Option<&KeyRange>| {
+        k.map_or_else(
+            || "true".to_owned(),
+            |k| crate::pg::ranges::key_predicate(k, "t"),
+        )
+    };
+    let scopes = (scope(keys.0), scope(keys.1));
+    compare_scope(
+        (source, target),
+        views,
+        (&scopes.0, &scopes.1),
+        method(keys.0),
+        options,
+    )
+    .await
+}
+
 /// Compares the rows each view's `scopes` (filters on `t`) select on
 /// both databases; with a key, a difference is narrowed down to keys,
 /// else only reported.

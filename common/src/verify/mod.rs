@@ -21,7 +21,8 @@ mod view;
 
 pub use changed::{CHANGED_KEYS, compare_changed};
 pub use content::{
-    Options, ROW_LEVEL_LIMIT, RangeFinding, absent_table, compare_range, merge_table, method,
+    Options, ROW_LEVEL_LIMIT, RangeFinding, absent_table, compare_range, compare_views,
+    merge_table, method,
 };
 pub use integrity::orphans;
 pub use report::{

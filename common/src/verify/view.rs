@@ -7,6 +7,7 @@
 //! the same four parts, so every layer of the content check runs unchanged
 //! on either. Builds SQL text only; runs nothing but catalog reads.
 
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::schema::primary_key;
@@ -15,7 +16,7 @@ use crate::spec::TableName;
 use crate::{Error, Result};
 
 /// One value compared: how reports name it, and how a side computes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
     pub name: String,
     /// An expression over `t`.
@@ -24,7 +25,7 @@ pub struct Value {
     pub type_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
     /// The table as reports name it.
     pub table: TableName,

@@ -130,8 +130,19 @@ pub struct VerifyRange {
     /// Whether both databases hold the same rows in the range; when not,
     /// the worker stored the sealed finding in staging.
     pub matched: bool,
+    /// Set for a table that landed through a mapping: what each side
+    /// compares, and the range on the target's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<Box<MappedRange>>,
     #[serde(flatten)]
     pub attempts: Attempts,
+}
+
+/// The sides of a mapped table's range (see `mapping::carry`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MappedRange {
+    pub views: (crate::verify::View, crate::verify::View),
+    pub target_keys: Option<KeyRange>,
 }
 
 impl VerifyRange {
@@ -150,6 +161,7 @@ impl VerifyRange {
             source_rows: 0,
             target_rows: 0,
             matched: false,
+            mapped: None,
             attempts: Attempts::default(),
         }
     }

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::keyspace::WorkKind;
-pub use items::{PartitionRecord, StageTimings, StreamItem, VerifyRange};
+pub use items::{MappedRange, PartitionRecord, StageTimings, StreamItem, VerifyRange};
 pub use queue::{Claimed, Settled, Stopped, await_done, claim, list, pending, publish};
 
 use crate::Error;

@@ -14,7 +14,7 @@ mod distributed;
 mod embedded;
 mod lease_store;
 mod ledger;
-mod plan;
+mod mapping;
 mod real_world;
 mod replay;
 mod resume;

@@ -1,9 +1,12 @@
-//! `godwit plan`: a customer's CRM landing in a platform's shared,
-//! tenant-sliced table and a tenant schema, resolved against both real
-//! catalogs, with the conversions that would fail found in the source's
-//! rows; a bad mapping listed problem by problem with exit 2; and a run of
-//! a job with a mapping refused before anything is written.
+//! Mappings: `godwit plan` resolving a customer's CRM landing in a
+//! platform's shared, tenant-sliced table and a tenant schema against both
+//! real catalogs, with the conversions that would fail found in the
+//! source's rows, and a bad mapping listed problem by problem with exit 2;
+//! then a run landing the customer's accounts beside another tenant's
+//! rows, checked independently and by `godwit verify` on the tenant's
+//! slice.
 
+use godwit_tests::compare::table_digest;
 use godwit_tests::pg::LOADER;
 use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
 
@@ -250,16 +253,187 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
         &["column \"credit\": `on_error` applies to a conversion: add `type:`"],
     )?;
 
-    // Running a job with a mapping is refused before anything is written:
-    // carried table for table instead, its rows would land elsewhere.
+    // What a run does not carry yet is refused before anything is written:
+    // a mapped table the platform does not have, a mask on the copy.
     let output = run_godwit(&["run", good.spec()], &[])?;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "crm.contacts → tenant_acme.contacts: tenant_acme.contacts does not exist on the target: create it",
+        "crm.accounts → platform.accounts: the mask of email is not applied to copies yet",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "stderr lacks {expected:?}:\n{stderr}"
+        );
+    }
+    assert_target_untouched(&target).await?;
+    Ok(())
+}
+
+/// The source's accounts as the mapping lands them, and the target's slice
+/// of this tenant, each as (count, digest) computed by its own database.
+async fn mapped_digests(
+    source: &PgCluster,
+    target: &PgCluster,
+) -> anyhow::Result<((i64, i64), (i64, i64))> {
+    let at_source = source
+        .client("shop")
+        .await?
+        .query_one(
+            "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20), email, \
+                    CASE WHEN round(credit, 2) <> credit THEN NULL ELSE credit END::numeric(12, 2))::text)), 0) \
+             FROM crm.accounts",
+            &[],
+        )
+        .await?;
+    let at_target = target
+        .client("shop")
+        .await?
+        .query_one(
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, display_name, contact_email, credit)::text)), 0) \
+             FROM platform.accounts WHERE tenant_id = $1::text::uuid",
+            &[&TENANT],
+        )
+        .await?;
+    Ok((
+        (at_source.get(0), at_source.get(1)),
+        (at_target.get(0), at_target.get(1)),
+    ))
+}
+
+const LANDING: &str = "mapping:
+  values: { customer_uuid: 6f1c2a54-0000-4000-8000-000000000001 }
+  tables:
+    - from: crm.accounts
+      to: platform.accounts
+      tenant: tenant_id
+      add: { tenant_id: \"${customer_uuid}\" }
+      columns:
+        id: { offset: 1000000 }
+        name: { to: display_name, type: \"varchar(20)\", on_error: fail }
+        email: { to: contact_email }
+        legacy_code: { drop: true }
+        credit: { type: \"numeric(12,2)\", on_error: \"null\" }
+";
+
+/// `godwit verify` of `job`: exit code and the report.
+fn verified(job: &Job) -> anyhow::Result<(Option<i32>, serde_json::Value)> {
+    let report = job.staging_dir().with_extension("report.json");
+    let path = report.to_string_lossy().into_owned();
+    let output = run_godwit(&["verify", job.spec(), "--report", &path], &[])?;
+    let parsed = serde_json::from_slice(
+        &std::fs::read(&report)
+            .map_err(|e| anyhow::anyhow!("no report ({e}): {}", describe(&output)))?,
+    )?;
+    Ok((output.status.code(), parsed))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    let job = Job::create(|staging| {
+        spec_body("crm-landing", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts, public.events]")
+            + "\n"
+            + LANDING
+    })?;
+
+    // Four names are too long for varchar(20) and the mapping says fail:
+    // refused before anything is written, naming the table and column.
+    let refused = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("does not carry rows through a mapping yet"),
-        "{}",
-        describe(&output)
+        stderr.contains(
+            "crm.accounts.name (text → character varying(20)): 4 values longer than 20 characters"
+        ),
+        "{stderr}"
     );
     assert_target_untouched(&target).await?;
+
+    source
+        .client("shop")
+        .await?
+        .batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
+        .await?;
+    let ran = run_godwit(&["run", job.spec()], &[])?;
+    assert!(ran.status.success(), "{}", describe(&ran));
+
+    // The tenant's rows as mapped, counted and digested by each database;
+    // the other tenant's row as it was; the unmapped table as itself.
+    let (at_source, at_target) = mapped_digests(&source, &target).await?;
+    assert_eq!(at_source, at_target);
+    assert_eq!(at_source.0, 200);
+    let dst = target.client("shop").await?;
+    let other: (i64, String) = {
+        let row = dst
+            .query_one(
+                "SELECT id, display_name FROM platform.accounts WHERE tenant_id <> $1::text::uuid",
+                &[&TENANT],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(other, (1, "other tenant".to_owned()));
+    let nulled: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM platform.accounts WHERE tenant_id = $1::text::uuid AND credit IS NULL",
+            &[&TENANT],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        nulled, 100,
+        "odd ids' credit has a third decimal: NULL by on_error"
+    );
+    let events = "public.events";
+    assert_eq!(
+        table_digest(&source.client("shop").await?, events).await?,
+        table_digest(&dst, events).await?
+    );
+
+    let (code, report) = verified(&job)?;
+    assert_eq!(code, Some(0), "{report}");
+
+    // A value changed in the tenant's slice is found, by its key on the
+    // target and its column; a change to another tenant's row is not this
+    // job's business.
+    dst.batch_execute(&format!(
+        "UPDATE platform.accounts SET contact_email = 'planted@example.com' \
+         WHERE tenant_id = '{TENANT}' AND id = 1000007; \
+         UPDATE platform.accounts SET display_name = 'changed' WHERE id = 1 AND tenant_id <> '{TENANT}'"
+    ))
+    .await?;
+    let (code, report) = verified(&job)?;
+    assert_eq!(code, Some(1), "{report}");
+    let accounts = report["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["table"] == "platform.accounts"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        accounts["content"]["different"],
+        serde_json::json!([{ "key": "(1000007)", "columns": ["contact_email"] }]),
+        "{report}"
+    );
+    dst.batch_execute(&format!(
+        "UPDATE platform.accounts SET contact_email = 'a7@example.com' \
+         WHERE tenant_id = '{TENANT}' AND id = 1000007"
+    ))
+    .await?;
+    let (code, report) = verified(&job)?;
+    assert_eq!(code, Some(0), "{report}");
+
+    // Running the finished job again checks it again and adds no row.
+    let again = run_godwit(&["run", job.spec()], &[])?;
+    assert!(again.status.success(), "{}", describe(&again));
+    let rows: i64 = dst
+        .query_one("SELECT count(*) FROM platform.accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 201);
     Ok(())
 }

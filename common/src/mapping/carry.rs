@@ -1,0 +1,268 @@
+//! How a mapped table's rows are carried and compared: the expressions the
+//! source computes for each target column (renamed, converted strictly,
+//! offset, added constants), the target columns they fill, and the two
+//! views verification compares (the source as mapped; the target's slice
+//! holding this job's rows). The copy and the check use the same rules,
+//! each computed by its own database. SQL text only; runs nothing.
+
+use serde::{Deserialize, Serialize};
+
+use super::OnError;
+use super::evidence::failing_value;
+use super::resolve::{ColumnLanding, Conversion, Landing};
+use crate::spec::{TableName, quote_ident, quote_literal};
+use crate::verify::{Value, View};
+
+/// A mapped table, ready to copy and to compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Carried {
+    pub source: TableName,
+    pub target: TableName,
+    /// Quoted target columns, in the order `select` produces them.
+    pub copy_columns: Vec<String>,
+    /// Expressions over `t` (the source table), one per target column,
+    /// whose text COPY writes.
+    pub select: Vec<String>,
+    /// The source as mapped, and the target's slice.
+    pub views: (View, View),
+    /// Where the key ranges cut on the source land on the target.
+    pub key_map: Option<KeyMap>,
+}
+
+/// The source's leading key column and the target column it lands in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMap {
+    /// Quoted.
+    pub source_column: String,
+    /// Quoted.
+    pub target_column: String,
+    pub target_type: String,
+    pub offset: i64,
+}
+
+/// A column as reports name it: quoted only where SQL needs it, as
+/// PostgreSQL's `quote_ident` does for a table compared as it is.
+fn label(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_owned()
+    } else {
+        quote_ident(name)
+    }
+}
+
+/// A type without its modifiers (`numeric(12,2)` → `numeric`), as the row
+/// hash names types.
+fn base_type(data_type: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in data_type.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The value before conversion: the source column, offset if asked.
+fn moved(column: &ColumnLanding) -> String {
+    let c = format!("t.{}", quote_ident(&column.source));
+    match column.offset {
+        Some(offset) => format!("({c}::numeric + {offset})"),
+        None => c,
+    }
+}
+
+/// What `landing` becomes. Err names why it cannot be carried.
+pub fn carry(landing: &Landing) -> Result<Carried, String> {
+    let key = &landing.source_key;
+    let at = format!("{} → {}", landing.source, landing.target);
+    let mut copy_columns = Vec::new();
+    let mut select = Vec::new();
+    let mut source_values = Vec::new();
+    let mut target_values = Vec::new();
+    let source_key_row = if key.is_empty() {
+        "'(no key)'".to_owned()
+    } else {
+        let quoted: Vec<String> = key
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect();
+        format!("ROW({})::text", quoted.join(", "))
+    };
+    for column in &landing.columns {
+        let value = moved(column);
+        let guard = (column.conversion == Conversion::CanFail)
+            .then(|| failing_value(column))
+            .flatten();
+        if column.conversion == Conversion::CanFail && guard.is_none() {
+            return Err(format!(
+                "{at}: {} {} → {} has no strict check here: choose a target type the source's values \
+                 are checked against (varchar(n), an integer or numeric(p,s))",
+                column.source, column.source_type, column.target_type
+            ));
+        }
+        let (copied, compared) = match (&guard, column.on_error) {
+            (None, _) => (value.clone(), value.clone()),
+            (Some(fails), OnError::Fail) => {
+                // A value that does not convert stops the copy with an error
+                // naming the table, the key and the column: the cast of this
+                // message to an integer is what fails.
+                let message = format!(
+                    "'godwit: {} of {} at key ' || {source_key_row} || ' does not convert to {}'",
+                    quote_ident(&column.source).replace('\'', "''"),
+                    landing.source.to_string().replace('\'', "''"),
+                    column.target_type.replace('\'', "''")
+                );
+                // Compared, a value that would not convert is NULL: unlike
+                // any value the copy could have written for it.
+                (
+                    format!(
+                        "CASE WHEN {fails} THEN (({message})::integer)::text ELSE ({value})::text END"
+                    ),
+                    format!("CASE WHEN {fails} THEN NULL ELSE ({value})::text END"),
+                )
+            }
+            (Some(fails), OnError::Null) => {
+                let nulled = format!("CASE WHEN {fails} THEN NULL ELSE ({value})::text END");
+                (nulled.clone(), nulled)
+            }
+            (Some(_), other) => {
+                return Err(format!(
+                    "{at}: `on_error: {}` for {} is not carried yet: use fail or null",
+                    match other {
+                        OnError::Default => "default",
+                        OnError::SkipRow => "skip-row",
+                        OnError::Fail | OnError::Null => "",
+                    },
+                    column.source
+                ));
+            }
+        };
+        copy_columns.push(quote_ident(&column.target));
+        select.push(copied);
+        source_values.push(Value {
+            name: label(&column.target),
+            expr: format!("({compared})::{}", column.target_type),
+            type_name: base_type(&column.target_type),
+        });
+        target_values.push(Value {
+            name: label(&column.target),
+            expr: format!("t.{}", quote_ident(&column.target)),
+            type_name: base_type(&column.target_type),
+        });
+    }
+    for (column, value) in &landing.added {
+        let target_type = landing
+            .added_types
+            .get(column)
+            .cloned()
+            .unwrap_or_else(|| "text".to_owned());
+        copy_columns.push(quote_ident(column));
+        select.push(quote_literal(value));
+        source_values.push(Value {
+            name: label(column),
+            expr: format!("{}::{target_type}", quote_literal(value)),
+            type_name: base_type(&target_type),
+        });
+        target_values.push(Value {
+            name: label(column),
+            expr: format!("t.{}", quote_ident(column)),
+            type_name: base_type(&target_type),
+        });
+    }
+    let key_columns: Vec<&ColumnLanding> = key
+        .iter()
+        .filter_map(|k| landing.columns.iter().find(|c| &c.source == k))
+        .collect();
+    if key_columns.len() != key.len() {
+        return Err(format!(
+            "{at}: a primary-key column of {} is dropped",
+            landing.source
+        ));
+    }
+    if let Some(converted) = key_columns
+        .iter()
+        .find(|c| c.conversion == Conversion::CanFail)
+    {
+        return Err(format!(
+            "{at}: the key column {} is converted to {}, which may not hold every key: keep its type \
+             (or widen it)",
+            converted.source, converted.target_type
+        ));
+    }
+    let slice = match &landing.tenant {
+        Some((column, value)) => {
+            let target_type = landing
+                .added_types
+                .get(column)
+                .cloned()
+                .unwrap_or_else(|| "text".to_owned());
+            format!(
+                "t.{} = {}::{target_type}",
+                quote_ident(column),
+                quote_literal(value)
+            )
+        }
+        None => "true".to_owned(),
+    };
+    let source_view = View {
+        table: landing.target.clone(),
+        from: format!("{} AS t", landing.source.only()),
+        slice: "true".into(),
+        key: key_columns
+            .iter()
+            .map(|c| format!("({})::{}", moved(c), c.target_type))
+            .collect(),
+        values: source_values,
+    };
+    let target_view = View {
+        table: landing.target.clone(),
+        from: format!("{} AS t", landing.target.only()),
+        slice,
+        key: key_columns
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(&c.target)))
+            .collect(),
+        values: target_values,
+    };
+    let key_map = key_columns.first().map(|c| KeyMap {
+        source_column: quote_ident(&c.source),
+        target_column: quote_ident(&c.target),
+        target_type: c.target_type.clone(),
+        offset: c.offset.unwrap_or(0),
+    });
+    Ok(Carried {
+        source: landing.source.clone(),
+        target: landing.target.clone(),
+        copy_columns,
+        select,
+        views: (source_view, target_view),
+        key_map,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_lose_their_modifiers_for_hashing() {
+        assert_eq!(base_type("character varying(20)"), "character varying");
+        assert_eq!(base_type("numeric(12,2)"), "numeric");
+        assert_eq!(
+            base_type("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
+        assert_eq!(base_type("bigint"), "bigint");
+    }
+}

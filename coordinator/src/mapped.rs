@@ -1,0 +1,143 @@
+//! A job's mapping applied before anything is written: each source table
+//! the mapping lands elsewhere becomes a copy into its target table (rows
+//! read through the mapped expressions), after the refusals this version
+//! owes the operator (what it cannot carry yet, values that would not
+//! convert). Never writes.
+
+use godwit_common::Error;
+use godwit_common::job::SourceRelation;
+use godwit_common::mapping::carry::carry;
+use godwit_common::mapping::resolve::{self, Landing};
+use godwit_common::mapping::{Mask, MaskScope, evidence};
+use godwit_common::pg::catalog::SourceTable;
+use godwit_common::pgcopy::CopyFormat;
+use godwit_common::spec::{JobSpec, TableName};
+
+use crate::error::JobError;
+
+/// What the mapping is applied for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A run: values that would not convert are looked for first.
+    Copy { resumed: bool },
+    /// A comparison of what a run carried.
+    Verify,
+}
+
+/// `tables` with those the mapping lands elsewhere turned into copies into
+/// their target tables; the others as they were.
+pub(crate) async fn land(
+    spec: &JobSpec,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    tables: Vec<SourceTable>,
+    purpose: Purpose,
+) -> Result<Vec<SourceTable>, JobError> {
+    let resumed = purpose != (Purpose::Copy { resumed: false });
+    let rejected = JobError::Rejected;
+    let Some(mapping) = &spec.mapping else {
+        return Ok(tables);
+    };
+    if spec.changes.is_some() {
+        return Err(rejected(Error::Precondition(format!(
+            "job {} streams changes and has a `mapping:`: changes are not streamed through a mapping yet; \
+             run the copy without `changes` (in a write freeze), or leave `mapping:` out",
+            spec.job
+        ))));
+    }
+    let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+    let resolved = resolve::resolve(mapping, source, target, &names, resumed)
+        .await
+        .map_err(rejected)?;
+    let mut problems = resolved.problems.clone();
+    let mapped: Vec<&Landing> = resolved
+        .landings
+        .iter()
+        .filter(|l| l.entry.is_some() && l.source != l.target)
+        .collect();
+    for landing in &mapped {
+        problems.extend(not_carried_yet(landing, &mapped));
+    }
+    if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
+        for landing in &mapped {
+            for finding in evidence::gather(source, landing).await.map_err(rejected)? {
+                let fails = finding.failing.unwrap_or(0) > 0;
+                let column = landing.columns.iter().find(|c| c.source == finding.column);
+                if fails
+                    && column.is_some_and(|c| c.on_error == godwit_common::mapping::OnError::Fail)
+                {
+                    problems.push(format!(
+                        "{}.{} ({}): {}; say what they become (`on_error: null`) or fix them on the source",
+                        finding.table, finding.column, finding.conversion, finding.detail
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(rejected(Error::Precondition(format!(
+            "the mapping of job {} (version {}) cannot be carried out:\n  - {}",
+            spec.job,
+            resolved.version,
+            problems.join("\n  - ")
+        ))));
+    }
+    let mut landed = Vec::with_capacity(tables.len());
+    for table in tables {
+        let Some(landing) = mapped.iter().find(|l| l.source == table.name) else {
+            landed.push(table);
+            continue;
+        };
+        let carried = carry(landing).map_err(|e| rejected(Error::Precondition(e)))?;
+        landed.push(SourceTable {
+            name: carried.target.clone(),
+            copy_columns: carried.copy_columns.clone(),
+            format: CopyFormat::Text,
+            source_relation: Some(SourceRelation {
+                from: format!("{} AS t", table.name.quoted()),
+                select: carried.select.clone(),
+            }),
+            mapped: Some(Box::new(carried)),
+            ..table
+        });
+    }
+    Ok(landed)
+}
+
+/// What this version does not carry through a mapping, for one landing.
+fn not_carried_yet(landing: &Landing, mapped: &[&Landing]) -> Vec<String> {
+    let at = format!("{} → {}", landing.source, landing.target);
+    let mut problems = Vec::new();
+    if !landing.exists {
+        problems.push(format!(
+            "{at}: {} does not exist on the target: create it in the platform's schema first (a mapped \
+             table lands only in an existing table)",
+            landing.target
+        ));
+    }
+    if mapped.iter().filter(|l| l.target == landing.target).count() > 1 {
+        problems.push(format!(
+            "{at}: several source tables land in {}: not carried yet, map them one job each",
+            landing.target
+        ));
+    }
+    for column in &landing.columns {
+        if column.remap {
+            problems.push(format!(
+                "{at}: `remap` of {} is not carried yet: use `offset`",
+                column.source
+            ));
+        }
+        if let Some(mask) = column.mask
+            && mask != Mask::Keep
+            && column.masked_for == MaskScope::Always
+        {
+            problems.push(format!(
+                "{at}: the mask of {} is not applied to copies yet; leave it out, or keep it for review \
+                 copies only (`masked_for: review`)",
+                column.source
+            ));
+        }
+    }
+    problems
+}
