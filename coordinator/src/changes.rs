@@ -596,6 +596,7 @@ pub(crate) async fn changed_rows_report(
         foreign_keys: base.foreign_keys.clone(),
         large_objects: base.large_objects.clone(),
         sample: None,
+        mapping: None,
     };
     let stored_at = match SealedStaging::open(spec).await {
         Ok(sealed) => {
@@ -652,6 +653,7 @@ mod tests {
             foreign_keys: Vec::new(),
             large_objects: None,
             sample: None,
+            mapping: None,
         };
         let answer = cutover_answer(
             CutoverRecord::default(),

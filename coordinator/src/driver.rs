@@ -275,6 +275,7 @@ mod tests {
                 known: true,
                 pre_data_done: true,
                 post_data_done: false,
+                mapping: None,
             },
         }
     }

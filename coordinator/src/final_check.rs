@@ -230,6 +230,7 @@ mod tests {
             foreign_keys: Vec::new(),
             large_objects: None,
             sample: None,
+            mapping: None,
         };
         note_checked(&mut record, &report);
         assert_eq!(differences(&report), None);

@@ -277,6 +277,12 @@ impl Phases<'_> {
 
         let phase_start = Instant::now();
         if !prepared.marks.pre_data_done {
+            // Recorded before anything else is written: a later run under
+            // another mapping is refused against it (see preflight).
+            let mapping = spec.mapping.as_ref().map(|m| m.canonical());
+            ledger::record_mapping(&target, job.as_str(), mapping.as_deref())
+                .await
+                .map_err(failed)?;
             if restores_schema {
                 dump.restore_pre_data(&spec.target).await.map_err(failed)?;
             }

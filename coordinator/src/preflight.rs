@@ -122,6 +122,21 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let marks = ledger::job_marks(&target, spec.job.as_str())
         .await
         .map_err(rejected)?;
+    let current = spec.mapping.as_ref().map(|m| m.canonical());
+    if marks.known && marks.pre_data_done && marks.mapping != current {
+        let changes = godwit_common::mapping::MappingSpec::differences(
+            marks.mapping.as_deref(),
+            spec.mapping.as_ref(),
+        );
+        return Err(rejected(Error::Precondition(format!(
+            "job {} already wrote to the target {} under another mapping; its rows there follow the \
+             first one, so it cannot go on under this one:\n  - {}\nrestore the job's first mapping, \
+             or run this one as a new job",
+            spec.job,
+            pg::describe(&spec.target),
+            changes.join("\n  - ")
+        ))));
+    }
     let purpose = crate::mapped::Purpose::Copy {
         resumed: marks.known,
     };

@@ -19,7 +19,8 @@ use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
 use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
 use godwit_common::verify::{
-    self, ContentLayer, Options, RangeFinding, Report, Sample, SampleReport, TableReport,
+    self, ContentLayer, MappingLineage, Options, RangeFinding, Report, Sample, SampleReport,
+    TableReport,
 };
 use godwit_common::work::{self, MappedRange, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};
@@ -345,6 +346,14 @@ impl Verifier {
                 seed: s.seed,
                 ranges_compared: u64::from(next),
                 ranges_total,
+            }),
+            mapping: spec.mapping.as_ref().map(|m| MappingLineage {
+                version: m.version(),
+                lineage: tables
+                    .iter()
+                    .filter_map(|t| t.mapped.as_ref())
+                    .flat_map(|m| m.lineage.clone())
+                    .collect(),
             }),
         })
     }

@@ -27,6 +27,51 @@ pub struct Carried {
     pub views: (View, View),
     /// Where the key ranges cut on the source land on the target.
     pub key_map: Option<KeyMap>,
+    /// Source column → target column and the rule between them.
+    pub lineage: Vec<Lineage>,
+}
+
+/// One line of the report's lineage table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// `schema.table.column`; empty for a column the mapping adds.
+    pub source: String,
+    /// `schema.table.column`; empty for a column dropped.
+    pub target: String,
+    pub rule: String,
+}
+
+/// The rule a column landed by, in words.
+fn rule_of(column: &ColumnLanding) -> String {
+    let mut rules = Vec::new();
+    if column.source != column.target {
+        rules.push("renamed".to_owned());
+    }
+    match column.conversion {
+        Conversion::None => {}
+        Conversion::Widening => rules.push(format!("converted to {}", column.target_type)),
+        Conversion::CanFail => rules.push(format!(
+            "converted to {} strictly (on_error: {})",
+            column.target_type,
+            match column.on_error {
+                OnError::Fail => "fail",
+                OnError::Null => "null",
+                OnError::Default => "default",
+                OnError::SkipRow => "skip-row",
+            }
+        )),
+    }
+    if let Some(offset) = column.offset {
+        rules.push(match &column.follows {
+            Some(key) => format!("offset {offset:+} (follows {key})"),
+            None => format!("offset {offset:+}"),
+        });
+    }
+    if rules.is_empty() {
+        "kept".to_owned()
+    } else {
+        rules.join("; ")
+    }
 }
 
 /// The source's leading key column and the target column it lands in.
@@ -119,7 +164,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 // message to an integer is what fails.
                 let message = format!(
                     "'godwit: {} of {} at key ' || {source_key_row} || ' does not convert to {}'",
-                    quote_ident(&column.source).replace('\'', "''"),
+                    label(&column.source).replace('\'', "''"),
                     landing.source.to_string().replace('\'', "''"),
                     column.target_type.replace('\'', "''")
                 );
@@ -241,7 +286,29 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         target_type: c.target_type.clone(),
         offset: c.offset.unwrap_or(0),
     });
+    let at_source = |c: &str| format!("{}.{c}", landing.source);
+    let at_target = |c: &str| format!("{}.{c}", landing.target);
+    let mut lineage: Vec<Lineage> = landing
+        .columns
+        .iter()
+        .map(|c| Lineage {
+            source: at_source(&c.source),
+            target: at_target(&c.target),
+            rule: rule_of(c),
+        })
+        .collect();
+    lineage.extend(landing.dropped.iter().map(|c| Lineage {
+        source: at_source(c),
+        target: String::new(),
+        rule: "dropped".into(),
+    }));
+    lineage.extend(landing.added.iter().map(|(c, value)| Lineage {
+        source: String::new(),
+        target: at_target(c),
+        rule: format!("added: {value}"),
+    }));
     Ok(Carried {
+        lineage,
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

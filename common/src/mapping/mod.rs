@@ -279,6 +279,42 @@ impl MappingSpec {
         problems
     }
 
+    /// The canonical form: JSON with fields in a fixed order and defaults
+    /// left out.
+    pub fn canonical(&self) -> String {
+        serde_json::to_value(self)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+
+    /// What changed from the mapping whose canonical form is `recorded` to
+    /// `current` (None: no mapping), one line per path.
+    pub fn differences(recorded: Option<&str>, current: Option<&Self>) -> Vec<String> {
+        let parse = |text: Option<&str>| {
+            text.and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let old = parse(recorded);
+        let new = current
+            .and_then(|m| serde_json::to_value(m).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
+        flatten("mapping", &old, &mut before);
+        flatten("mapping", &new, &mut after);
+        let paths: std::collections::BTreeSet<&String> =
+            before.keys().chain(after.keys()).collect();
+        paths
+            .into_iter()
+            .filter_map(|path| match (before.get(path), after.get(path)) {
+                (Some(a), Some(b)) if a == b => None,
+                (Some(a), Some(b)) => Some(format!("{path}: {a} → {b}")),
+                (Some(a), None) => Some(format!("{path}: {a} → (absent)")),
+                (None, Some(b)) => Some(format!("{path}: (absent) → {b}")),
+                (None, None) => None,
+            })
+            .collect()
+    }
+
     /// The mapping's version: a hash of its canonical form (fields in a
     /// fixed order, defaults left out), so the same mapping written
     /// differently has the same version and any change gives another.
@@ -287,6 +323,26 @@ impl MappingSpec {
             serde_json::to_vec(&serde_json::to_value(self).unwrap_or_default()).unwrap_or_default();
         let digest = Sha256::digest(&canonical);
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Leaf values of `value` by their path (`mapping.tables[0].to`).
+fn flatten(path: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields {
+                flatten(&format!("{path}.{key}"), field, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(&format!("{path}[{i}]"), item, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        leaf => {
+            out.insert(path.to_owned(), leaf.to_string());
+        }
     }
 }
 
@@ -406,6 +462,25 @@ mod tests {
         )
         .expect_err("typo");
         assert!(refused.to_string().contains("ofset"), "{refused}");
+    }
+
+    #[test]
+    fn a_changed_mapping_is_told_path_by_path() {
+        let old = parse("tables:\n- from: public.t\n  to: p.t\n  columns:\n    id: {offset: 10}\n");
+        let new = parse("tables:\n- from: public.t\n  to: p.u\n  columns:\n    id: {offset: 20}\n");
+        assert_eq!(
+            MappingSpec::differences(Some(&old.canonical()), Some(&new)),
+            vec![
+                "mapping.tables[0].columns.id.offset: 10 → 20".to_owned(),
+                "mapping.tables[0].to: \"p.t\" → \"p.u\"".to_owned(),
+            ]
+        );
+        assert!(MappingSpec::differences(Some(&old.canonical()), Some(&old)).is_empty());
+        assert_eq!(
+            MappingSpec::differences(None, Some(&new)).len(),
+            3,
+            "from, to and the offset are new"
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS godwit.jobs (
     post_data_done boolean NOT NULL DEFAULT false,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+-- The canonical form of the job's mapping when it first wrote: a resumed
+-- or re-run job whose mapping changed is refused against it.
+ALTER TABLE godwit.jobs ADD COLUMN IF NOT EXISTS mapping text;
 ";
 
 pub async fn ensure_schema(client: &Client) -> Result<()> {
@@ -61,11 +64,14 @@ pub async fn ensure_schema(client: &Client) -> Result<()> {
         .map_err(|e| Error::postgres("cannot create the godwit ledger schema on the target", e))
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobMarks {
     pub known: bool,
     pub pre_data_done: bool,
     pub post_data_done: bool,
+    /// The canonical mapping the job first wrote with (see
+    /// [`record_mapping`]); None without one.
+    pub mapping: Option<String>,
 }
 
 pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
@@ -78,7 +84,10 @@ pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
     }
     let row = client
         .query_opt(
-            "SELECT pre_data_done, post_data_done FROM godwit.jobs WHERE job_id = $1",
+            // Through the row's JSON: a ledger from before the column
+            // existed reads as no mapping.
+            "SELECT pre_data_done, post_data_done, to_jsonb(j) ->> 'mapping' \
+             FROM godwit.jobs AS j WHERE job_id = $1",
             &[&job],
         )
         .await
@@ -88,6 +97,7 @@ pub async fn job_marks(client: &Client, job: &str) -> Result<JobMarks> {
             known: true,
             pre_data_done: row.get(0),
             post_data_done: row.get(1),
+            mapping: row.get(2),
         })
         .unwrap_or_default())
 }
@@ -107,6 +117,20 @@ pub async fn mark_job(
         )
         .await
         .map_err(|e| Error::postgres("cannot update the target ledger", e))?;
+    Ok(())
+}
+
+/// Records the canonical form of the job's mapping (None: without one)
+/// beside its marks, before the job first writes anything else.
+pub async fn record_mapping(client: &Client, job: &str, mapping: Option<&str>) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO godwit.jobs (job_id, mapping) VALUES ($1, $2) \
+             ON CONFLICT (job_id) DO UPDATE SET mapping = EXCLUDED.mapping, updated_at = now()",
+            &[&job, &mapping],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot record the job's mapping in the target ledger", e))?;
     Ok(())
 }
 

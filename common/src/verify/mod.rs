@@ -26,8 +26,8 @@ pub use content::{
 };
 pub use integrity::orphans;
 pub use report::{
-    ContentLayer, ForeignKeyReport, LargeObjectsReport, Report, RowDifference, SchemaLayer,
-    SequenceBehind, TableReport, all_matched,
+    ContentLayer, ForeignKeyReport, LargeObjectsReport, MappingLineage, Report, RowDifference,
+    SchemaLayer, SequenceBehind, TableReport, all_matched,
 };
 
 /// Large objects compared by both databases' own digests of every OID and

@@ -18,6 +18,16 @@ pub struct Report {
     /// Set for a spot check: only these key ranges were compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<super::SampleReport>,
+    /// Set when tables landed through a mapping: its version and where
+    /// each column came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<MappingLineage>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingLineage {
+    pub version: String,
+    pub lineage: Vec<crate::mapping::carry::Lineage>,
 }
 
 /// Every large object's OID and content digest, summed by each database.
@@ -153,6 +163,27 @@ impl Report {
                 "referential integrity: {} foreign keys hold on the target",
                 self.foreign_keys.len()
             ));
+        }
+        if let Some(mapping) = &self.mapping {
+            out.push(format!(
+                "mapping version {}: source column → target column, rule",
+                mapping.version
+            ));
+            for line in &mapping.lineage {
+                let side = |s: &str| {
+                    if s.is_empty() {
+                        "—".to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
+                out.push(format!(
+                    "  {} → {}: {}",
+                    side(&line.source),
+                    side(&line.target),
+                    line.rule
+                ));
+            }
         }
         out.join("\n")
     }

@@ -354,10 +354,43 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     );
     assert_target_untouched(&target).await?;
 
-    source
-        .client("shop")
-        .await?
-        .batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
+    // Had such a value appeared after that check, the copy's own read
+    // would stop on it, naming the column, the table and the key.
+    let src = source.client("shop").await?;
+    let spec = godwit_common::spec::JobSpec::from_file(&job.spec_path)?;
+    let tables = [godwit_common::spec::TableName::parse("crm.accounts").expect("name")];
+    let resolved = godwit_common::mapping::resolve::resolve(
+        spec.mapping.as_ref().expect("mapping"),
+        &src,
+        &target.client("shop").await?,
+        &tables,
+        false,
+    )
+    .await?;
+    let carried =
+        godwit_common::mapping::carry::carry(&resolved.landings[0]).map_err(anyhow::Error::msg)?;
+    let read = src
+        .query(
+            &format!(
+                "SELECT {} FROM crm.accounts AS t ORDER BY id",
+                carried.select.join(", ")
+            ),
+            &[],
+        )
+        .await
+        .expect_err("a value that does not convert was read");
+    let message = read
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        message.contains(
+            "godwit: name of crm.accounts at key (50) does not convert to character varying(20)"
+        ),
+        "{read}"
+    );
+
+    src.batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
         .await?;
     let ran = run_godwit(&["run", job.spec()], &[])?;
     assert!(ran.status.success(), "{}", describe(&ran));
@@ -397,6 +430,26 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
 
     let (code, report) = verified(&job)?;
     assert_eq!(code, Some(0), "{report}");
+    // The report says which mapping and where each column came from.
+    assert_eq!(
+        report["mapping"]["version"].as_str().map(str::len),
+        Some(16),
+        "{report}"
+    );
+    for line in [
+        serde_json::json!({"source": "crm.accounts.id", "target": "platform.accounts.id",
+                           "rule": "converted to bigint; offset +1000000"}),
+        serde_json::json!({"source": "crm.accounts.name", "target": "platform.accounts.display_name",
+                           "rule": "renamed; converted to character varying(20) strictly (on_error: fail)"}),
+        serde_json::json!({"source": "crm.accounts.legacy_code", "target": "", "rule": "dropped"}),
+        serde_json::json!({"source": "", "target": "platform.accounts.tenant_id",
+                           "rule": format!("added: {TENANT}")}),
+    ] {
+        let listed = report["mapping"]["lineage"]
+            .as_array()
+            .is_some_and(|lines| lines.contains(&line));
+        assert!(listed, "the lineage lacks {line}: {report}");
+    }
 
     // A value changed in the tenant's slice is found, by its key on the
     // target and its column; a change to another tenant's row is not this
@@ -430,6 +483,31 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     // Running the finished job again checks it again and adds no row.
     let again = run_godwit(&["run", job.spec()], &[])?;
     assert!(again.status.success(), "{}", describe(&again));
+    let rows: i64 = dst
+        .query_one("SELECT count(*) FROM platform.accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 201);
+
+    // The same job under a changed mapping: refused, the change shown,
+    // nothing written.
+    std::fs::write(
+        &job.spec_path,
+        std::fs::read_to_string(&job.spec_path)?.replace("offset: 1000000", "offset: 2000000"),
+    )?;
+    let changed = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(changed.status.code(), Some(2), "{}", describe(&changed));
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    for expected in [
+        "job crm-landing already wrote to the target",
+        "under another mapping",
+        "mapping.tables[0].columns.id.offset: 1000000 → 2000000",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "stderr lacks {expected:?}:\n{stderr}"
+        );
+    }
     let rows: i64 = dst
         .query_one("SELECT count(*) FROM platform.accounts", &[])
         .await?
