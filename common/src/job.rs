@@ -183,6 +183,9 @@ pub struct PlannedTable {
     /// Set for large objects, read from the source's catalog.
     #[serde(default)]
     pub source_relation: Option<SourceRelation>,
+    /// Columns masked as they are copied (a mapped table's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<crate::mapping::mask::ColumnMask>,
 }
 
 /// Where a job's change stream stands, as operators see it.

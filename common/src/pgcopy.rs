@@ -354,12 +354,17 @@ impl CopyFormat {
     }
 }
 
+/// Rewrites one text row (without its `ctid`, newline included) into the
+/// batch: how masks reach the rows before they are staged.
+pub type RowRewrite = Box<dyn FnMut(&[u8], &mut Vec<u8>) -> Result<()> + Send>;
+
 /// Cuts COPY text output, whose first column is the row's `ctid`, at row
 /// boundaries, removing that column. A raw newline always ends a row:
 /// newlines inside values are escaped as `\n`.
 pub struct LineCutter {
     pending: Vec<u8>,
     batch: BatchBuilder,
+    rewrite: Option<RowRewrite>,
 }
 
 impl LineCutter {
@@ -367,6 +372,15 @@ impl LineCutter {
         Self {
             pending: Vec::new(),
             batch: BatchBuilder::new(target_bytes),
+            rewrite: None,
+        }
+    }
+
+    /// Each row goes through `rewrite` on its way into a batch.
+    pub fn rewriting(target_bytes: usize, rewrite: RowRewrite) -> Self {
+        Self {
+            rewrite: Some(rewrite),
+            ..Self::new(target_bytes)
         }
     }
 
@@ -384,7 +398,10 @@ impl LineCutter {
                 .ok()
                 .and_then(Ctid::parse)
                 .ok_or_else(|| corrupt("text row does not start with a ctid"))?;
-            self.batch.out.extend_from_slice(&line[tab + 1..]);
+            match &mut self.rewrite {
+                Some(rewrite) => rewrite(&line[tab + 1..], &mut self.batch.out)?,
+                None => self.batch.out.extend_from_slice(&line[tab + 1..]),
+            }
             at += end + 1;
             ready.extend(self.batch.row_done(ctid));
         }
@@ -400,6 +417,81 @@ impl LineCutter {
     }
 }
 
+/// One field of a COPY text row as its bytes; None is `\N` (NULL).
+pub fn decode_text_field(field: &[u8]) -> Option<Vec<u8>> {
+    if field == b"\\N" {
+        return None;
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut value = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((value & 0xff) as u8);
+            }
+            b'x' if field.get(i).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut value = 0u32;
+                for _ in 0..2 {
+                    match field.get(i).and_then(|d| char::from(*d).to_digit(16)) {
+                        Some(d) => {
+                            value = value * 16 + d;
+                            i += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+/// Appends one field in COPY text form (`\N` for None).
+pub fn encode_text_field(value: Option<&[u8]>, out: &mut Vec<u8>) {
+    let Some(value) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x0b => out.extend_from_slice(b"\\v"),
+            other => out.push(other),
+        }
+    }
+}
+
 /// A cutter for either format.
 pub enum RowCutter {
     Binary(TupleCutter),
@@ -407,6 +499,11 @@ pub enum RowCutter {
 }
 
 impl RowCutter {
+    /// A text cutter whose rows go through `rewrite`.
+    pub fn rewriting(target_bytes: usize, rewrite: RowRewrite) -> Self {
+        RowCutter::Text(LineCutter::rewriting(target_bytes, rewrite))
+    }
+
     pub fn new(format: CopyFormat, target_bytes: usize) -> Self {
         match format {
             CopyFormat::Binary => RowCutter::Binary(TupleCutter::new(target_bytes)),
@@ -453,6 +550,45 @@ mod text_tests {
                 prop_assert_eq!(last.last_ctid, Some(Ctid { block: rows.len() as u32 - 1, offset: 1 }));
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn a_text_field_decodes_to_what_was_encoded(value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60))) {
+            let mut encoded = Vec::new();
+            encode_text_field(value.as_deref(), &mut encoded);
+            prop_assert!(!encoded.contains(&b'\t') && !encoded.contains(&b'\n'));
+            prop_assert_eq!(decode_text_field(&encoded), value);
+        }
+    }
+
+    #[test]
+    fn text_fields_decode_every_escape_postgresql_writes() {
+        assert_eq!(decode_text_field(b"\\N"), None);
+        assert_eq!(
+            decode_text_field(b"a\\tb\\\\c\\nd"),
+            Some(b"a\tb\\c\nd".to_vec())
+        );
+        assert_eq!(
+            decode_text_field(b"\\101\\x42\\7"),
+            Some(b"AB\x07".to_vec())
+        );
+        assert_eq!(
+            decode_text_field(b"\\b\\f\\v\\r\\q"),
+            Some(b"\x08\x0c\x0b\rq".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_rewriting_cutter_passes_each_row_through_its_rewrite() {
+        let upper: RowRewrite = Box::new(|row, out| {
+            out.extend(row.iter().map(u8::to_ascii_uppercase));
+            Ok(())
+        });
+        let mut cutter = LineCutter::rewriting(1 << 20, upper);
+        let mut batches = cutter.feed(b"(0,1)\tab\tc\n(0,2)\td\t\\N\n").expect("rows");
+        batches.extend(cutter.finish().expect("end"));
+        assert_eq!(batches[0].bytes, b"AB\tC\nD\t\\N\n");
     }
 
     #[test]

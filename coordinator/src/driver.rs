@@ -420,6 +420,7 @@ mod tests {
             source_rows: None,
             checked: false,
             source_relation: None,
+            masks: Vec::new(),
         }];
         let mut items: Vec<PartitionRecord> =
             work::list(driver.store.as_ref(), &driver.keyspace, job)

@@ -200,6 +200,7 @@ mod tests {
             source_rows: None,
             checked: false,
             source_relation: None,
+            masks: Vec::new(),
         }
     }
 

@@ -7,8 +7,8 @@
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
 use godwit_common::mapping::carry::carry;
+use godwit_common::mapping::evidence;
 use godwit_common::mapping::resolve::{self, Landing};
-use godwit_common::mapping::{Mask, MaskScope, evidence};
 use godwit_common::pg::catalog::SourceTable;
 use godwit_common::pgcopy::CopyFormat;
 use godwit_common::spec::{JobSpec, TableName};
@@ -55,6 +55,18 @@ pub(crate) async fn land(
         .iter()
         .filter(|l| l.entry.is_some() && l.source != l.target)
         .collect();
+    // An entry that keeps the table's name would land its rules in a table
+    // created from the source's own definition: not carried yet.
+    for landing in resolved.landings.iter().filter(|l| l.source == l.target) {
+        let entry = landing.entry.map(|i| &mapping.tables[i]);
+        if entry.is_some_and(|e| !e.columns.is_empty() || !e.add.is_empty() || e.tenant.is_some()) {
+            problems.push(format!(
+                "{}: its mapping entry keeps the table's name, and rules on a table the job creates from \
+                 the source's definition are not carried yet: map it into the platform's table with `to:`",
+                landing.source
+            ));
+        }
+    }
     for landing in &mapped {
         problems.extend(not_carried_yet(landing, &mapped));
     }
@@ -125,16 +137,6 @@ fn not_carried_yet(landing: &Landing, mapped: &[&Landing]) -> Vec<String> {
         if column.remap {
             problems.push(format!(
                 "{at}: `remap` of {} is not carried yet: use `offset`",
-                column.source
-            ));
-        }
-        if let Some(mask) = column.mask
-            && mask != Mask::Keep
-            && column.masked_for == MaskScope::Always
-        {
-            problems.push(format!(
-                "{at}: the mask of {} is not applied to copies yet; leave it out, or keep it for review \
-                 copies only (`masked_for: review`)",
                 column.source
             ));
         }

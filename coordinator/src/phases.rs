@@ -58,6 +58,11 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
         source_rows: None,
         checked: false,
         source_relation: table.source_relation.clone(),
+        masks: table
+            .mapped
+            .as_ref()
+            .map(|m| m.masks.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -15,6 +15,7 @@ use godwit_common::chunk::{self, ChunkId};
 use godwit_common::job::PlannedTable;
 use godwit_common::keys::DataKey;
 use godwit_common::lease::HeldLease;
+use godwit_common::mapping::mask::RowMasker;
 use godwit_common::pg;
 use godwit_common::pg::ledger::LoadOutcome;
 use godwit_common::pg::loader::{Chunk, PartitionLoader};
@@ -128,6 +129,19 @@ pub async fn copy_partition(
     );
     let format = job.table.format;
     let chunk_size = usize::try_from(spec.chunk_size.0).unwrap_or(usize::MAX);
+    // Masked columns are masked here, before a chunk is sealed: what a mask
+    // hides never reaches staging or the target. The token key is derived
+    // in this process from the customer's key file and goes nowhere else.
+    let masker = if job.table.masks.is_empty() {
+        None
+    } else {
+        let key = godwit_common::keyring::CustomerKeys::for_spec(spec)?.token_key();
+        Some(RowMasker::new(
+            key,
+            spec.customer.as_str(),
+            job.table.masks.clone(),
+        ))
+    };
     // The reader hands over a chunk, then reads the next while that one
     // loads, then waits for it to be loaded before reading on: what a crash
     // makes the next holder read again is two chunks and the socket's
@@ -154,7 +168,13 @@ pub async fn copy_partition(
             }
         };
         futures::pin_mut!(stream);
-        let mut cutter = RowCutter::new(format, chunk_size);
+        let mut cutter = match masker {
+            Some(masker) => RowCutter::rewriting(
+                chunk_size,
+                Box::new(move |row: &[u8], out: &mut Vec<u8>| masker.rewrite(row, out)),
+            ),
+            None => RowCutter::new(format, chunk_size),
+        };
         let mut read_since_batch = 0u64;
         let mut unpaced = 0u64;
         let mut waited = Duration::ZERO;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::OnError;
 use super::evidence::failing_value;
+use super::mask::ColumnMask;
 use super::resolve::{ColumnLanding, Conversion, Landing};
 use crate::spec::{TableName, quote_ident, quote_literal};
 use crate::verify::{Value, View};
@@ -29,6 +30,9 @@ pub struct Carried {
     pub key_map: Option<KeyMap>,
     /// Source column → target column and the rule between them.
     pub lineage: Vec<Lineage>,
+    /// Columns masked on their way to the target (by position in
+    /// `copy_columns`); they are not compared.
+    pub masks: Vec<ColumnMask>,
 }
 
 /// One line of the report's lineage table.
@@ -66,6 +70,13 @@ fn rule_of(column: &ColumnLanding) -> String {
             Some(key) => format!("offset {offset:+} (follows {key})"),
             None => format!("offset {offset:+}"),
         });
+    }
+    if let Some(mask) = column.copy_mask() {
+        let name = serde_json::to_value(mask)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        rules.push(format!("masked ({name}); not compared"));
     }
     if rules.is_empty() {
         "kept".to_owned()
@@ -134,6 +145,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut copy_columns = Vec::new();
     let mut select = Vec::new();
     let mut source_values = Vec::new();
+    let mut masks = Vec::new();
     let mut target_values = Vec::new();
     let source_key_row = if key.is_empty() {
         "'(no key)'".to_owned()
@@ -193,6 +205,20 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 ));
             }
         };
+        if let Some(mask) = column.copy_mask() {
+            // The source cannot compute what the mask makes of a value
+            // without the key, which never reaches a database: the column
+            // is carried masked and left out of the comparison.
+            masks.push(ColumnMask {
+                index: copy_columns.len(),
+                column: column.source.clone(),
+                mask,
+                redact_with: column.redact_with.clone(),
+            });
+            copy_columns.push(quote_ident(&column.target));
+            select.push(copied);
+            continue;
+        }
         copy_columns.push(quote_ident(&column.target));
         select.push(copied);
         source_values.push(Value {
@@ -233,6 +259,13 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         return Err(format!(
             "{at}: a primary-key column of {} is dropped",
             landing.source
+        ));
+    }
+    if let Some(masked) = key_columns.iter().find(|c| c.copy_mask().is_some()) {
+        return Err(format!(
+            "{at}: the key column {} is masked: rows could no longer be told apart or compared; mask \
+             other columns",
+            masked.source
         ));
     }
     if let Some(converted) = key_columns
@@ -309,6 +342,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     }));
     Ok(Carried {
         lineage,
+        masks,
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

@@ -164,7 +164,16 @@ pub struct ColumnLanding {
     pub follows: Option<String>,
     pub remap: bool,
     pub mask: Option<Mask>,
+    pub redact_with: Option<String>,
     pub masked_for: MaskScope,
+}
+
+impl ColumnLanding {
+    /// The mask the platform's copy gets (None: the value is carried).
+    pub fn copy_mask(&self) -> Option<Mask> {
+        self.mask
+            .filter(|m| *m != Mask::Keep && self.masked_for == MaskScope::Always)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -505,6 +514,7 @@ fn land_column(
         follows,
         remap: rule.remap,
         mask: rule.mask,
+        redact_with: rule.redact_with.clone(),
         masked_for: rule.masked_for.unwrap_or(MaskScope::Always),
     }
 }

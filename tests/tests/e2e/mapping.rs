@@ -254,19 +254,16 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
     )?;
 
     // What a run does not carry yet is refused before anything is written:
-    // a mapped table the platform does not have, a mask on the copy.
+    // a mapped table the platform does not have.
     let output = run_godwit(&["run", good.spec()], &[])?;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "crm.contacts → tenant_acme.contacts: tenant_acme.contacts does not exist on the target: create it",
-        "crm.accounts → platform.accounts: the mask of email is not applied to copies yet",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "stderr lacks {expected:?}:\n{stderr}"
-        );
-    }
+    assert!(
+        stderr.contains(
+            "crm.contacts → tenant_acme.contacts: tenant_acme.contacts does not exist on the target: create it"
+        ),
+        "{stderr}"
+    );
     assert_target_untouched(&target).await?;
     Ok(())
 }
@@ -281,7 +278,7 @@ async fn mapped_digests(
         .client("shop")
         .await?
         .query_one(
-            "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20), email, \
+            "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20), \
                     CASE WHEN round(credit, 2) <> credit THEN NULL ELSE credit END::numeric(12, 2))::text)), 0) \
              FROM crm.accounts",
             &[],
@@ -291,7 +288,7 @@ async fn mapped_digests(
         .client("shop")
         .await?
         .query_one(
-            "SELECT count(*), coalesce(sum(hashtext(ROW(id, display_name, contact_email, credit)::text)), 0) \
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, display_name, credit)::text)), 0) \
              FROM platform.accounts WHERE tenant_id = $1::text::uuid",
             &[&TENANT],
         )
@@ -312,10 +309,64 @@ const LANDING: &str = "mapping:
       columns:
         id: { offset: 1000000 }
         name: { to: display_name, type: \"varchar(20)\", on_error: fail }
-        email: { to: contact_email }
+        email: { to: contact_email, mask: tokenise-email }
         legacy_code: { drop: true }
         credit: { type: \"numeric(12,2)\", on_error: \"null\" }
 ";
+
+/// The tokens the target holds for the tenant's emails, by source id,
+/// each checked against the token computed here from the job's key file.
+async fn tokens_by_source_id(
+    source: &PgCluster,
+    target: &PgCluster,
+    job: &Job,
+    tenant: &str,
+    offset: i64,
+) -> anyhow::Result<std::collections::BTreeMap<i32, String>> {
+    let key = godwit_common::keys::Kek::from_file(&job.key_path)?.token_key();
+    let masker = godwit_common::mapping::mask::Masker {
+        key: &key,
+        customer: "acme",
+    };
+    let emails = source
+        .client("shop")
+        .await?
+        .query("SELECT id, email FROM crm.accounts", &[])
+        .await?;
+    let landed: std::collections::BTreeMap<i64, Option<String>> = target
+        .client("shop")
+        .await?
+        .query(
+            "SELECT id, contact_email FROM platform.accounts WHERE tenant_id = $1::text::uuid",
+            &[&tenant],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut tokens = std::collections::BTreeMap::new();
+    for row in emails {
+        let (id, email): (i32, Option<String>) = (row.get(0), row.get(1));
+        let expected = masker.apply(
+            godwit_common::mapping::Mask::TokeniseEmail,
+            None,
+            email.as_deref(),
+        );
+        let got = landed.get(&(i64::from(id) + offset)).cloned().flatten();
+        anyhow::ensure!(
+            got == expected,
+            "id {id}: target holds {got:?}, the key gives {expected:?}"
+        );
+        if let (Some(token), Some(email)) = (&got, &email) {
+            anyhow::ensure!(
+                token != email && token.ends_with("@example.com"),
+                "id {id}: {token}"
+            );
+        }
+        tokens.insert(id, got.unwrap_or_default());
+    }
+    Ok(tokens)
+}
 
 /// `godwit verify` of `job`: exit code and the report.
 fn verified(job: &Job) -> anyhow::Result<(Option<i32>, serde_json::Value)> {
@@ -400,6 +451,15 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     let (at_source, at_target) = mapped_digests(&source, &target).await?;
     assert_eq!(at_source, at_target);
     assert_eq!(at_source.0, 200);
+    // Emails land as tokens, domain kept: the ones the customer's key
+    // gives, computed here from the key file, and never the address.
+    let tokens = tokens_by_source_id(&source, &target, &job, TENANT, 1_000_000).await?;
+    assert_eq!(tokens.len(), 200);
+    let key_text = std::fs::read_to_string(&job.key_path)?;
+    assert!(
+        !describe(&ran).contains(key_text.trim()),
+        "the key reached the run's output"
+    );
     let dst = target.client("shop").await?;
     let other: (i64, String) = {
         let row = dst
@@ -442,6 +502,8 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         serde_json::json!({"source": "crm.accounts.name", "target": "platform.accounts.display_name",
                            "rule": "renamed; converted to character varying(20) strictly (on_error: fail)"}),
         serde_json::json!({"source": "crm.accounts.legacy_code", "target": "", "rule": "dropped"}),
+        serde_json::json!({"source": "crm.accounts.email", "target": "platform.accounts.contact_email",
+                           "rule": "renamed; masked (tokenise-email); not compared"}),
         serde_json::json!({"source": "", "target": "platform.accounts.tenant_id",
                            "rule": format!("added: {TENANT}")}),
     ] {
@@ -455,7 +517,7 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     // target and its column; a change to another tenant's row is not this
     // job's business.
     dst.batch_execute(&format!(
-        "UPDATE platform.accounts SET contact_email = 'planted@example.com' \
+        "UPDATE platform.accounts SET display_name = 'planted' \
          WHERE tenant_id = '{TENANT}' AND id = 1000007; \
          UPDATE platform.accounts SET display_name = 'changed' WHERE id = 1 AND tenant_id <> '{TENANT}'"
     ))
@@ -469,11 +531,11 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         .unwrap_or_default();
     assert_eq!(
         accounts["content"]["different"],
-        serde_json::json!([{ "key": "(1000007)", "columns": ["contact_email"] }]),
+        serde_json::json!([{ "key": "(1000007)", "columns": ["display_name"] }]),
         "{report}"
     );
     dst.batch_execute(&format!(
-        "UPDATE platform.accounts SET contact_email = 'a7@example.com' \
+        "UPDATE platform.accounts SET display_name = 'account 7' \
          WHERE tenant_id = '{TENANT}' AND id = 1000007"
     ))
     .await?;
@@ -488,6 +550,23 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         .await?
         .get(0);
     assert_eq!(rows, 201);
+
+    // Another job of the same customer, for another tenant slice: the same
+    // emails give the same tokens, so joins across jobs still hold.
+    const OTHER: &str = "6f1c2a54-0000-4000-8000-000000000002";
+    let second = Job::create(|staging| {
+        spec_body("crm-landing-2", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts]")
+            + "\n"
+            + &LANDING
+                .replace("000000000001", "000000000002")
+                .replace("offset: 1000000", "offset: 3000000")
+    })?;
+    std::fs::copy(&job.key_path, &second.key_path)?;
+    let ran = run_godwit(&["run", second.spec()], &[])?;
+    assert!(ran.status.success(), "{}", describe(&ran));
+    let again = tokens_by_source_id(&source, &target, &second, OTHER, 3_000_000).await?;
+    assert_eq!(again, tokens);
 
     // The same job under a changed mapping: refused, the change shown,
     // nothing written.
@@ -512,6 +591,6 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         .query_one("SELECT count(*) FROM platform.accounts", &[])
         .await?
         .get(0);
-    assert_eq!(rows, 201);
+    assert_eq!(rows, 401);
     Ok(())
 }
