@@ -166,6 +166,10 @@ impl JobRecord {
 pub struct SourceRelation {
     pub from: String,
     pub select: Vec<String>,
+    /// Rows read only where this holds (over `t`): a mapping's skipped rows
+    /// stay behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -108,6 +108,7 @@ pub(crate) async fn land(
             source_relation: Some(SourceRelation {
                 from: format!("{} AS t", table.name.quoted()),
                 select: carried.select.clone(),
+                filter: carried.keep.clone(),
             }),
             mapped: Some(Box::new(carried)),
             ..table

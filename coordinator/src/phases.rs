@@ -401,6 +401,18 @@ impl Phases<'_> {
         catalog::set_sequences(&target, &sequences)
             .await
             .map_err(failed)?;
+        for mapped in prepared.tables.iter().filter_map(|t| t.mapped.as_ref()) {
+            let raised = catalog::raise_sequences_past_values(
+                &target,
+                &mapped.target,
+                &mapped.target_columns(),
+            )
+            .await
+            .map_err(failed)?;
+            for (sequence, value) in raised {
+                tracing::info!(job_id = %job, sequence, value, "sequence moved past the mapped ids");
+            }
+        }
         record.phases.sequences_ms = millis_since(phase_start);
         // Ends the snapshot's transaction: its locks, and the horizon it
         // holds back on the source, are not kept through the check and the

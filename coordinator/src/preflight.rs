@@ -243,6 +243,7 @@ async fn large_object_table(
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
+            filter: None,
         }),
         mapped: None,
     }))

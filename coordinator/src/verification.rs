@@ -20,7 +20,7 @@ use godwit_common::staging::Staging;
 use godwit_common::state::{self, PinnedSnapshots, VerifyRun, now_unix_ms};
 use godwit_common::verify::{
     self, ContentLayer, MappingLineage, Options, RangeFinding, Report, Sample, SampleReport,
-    TableReport,
+    SkippedRows, TableReport,
 };
 use godwit_common::work::{self, MappedRange, VerifyRange, WorkKind};
 use godwit_common::{Error, Result};
@@ -28,6 +28,43 @@ use godwit_common::{Error, Result};
 use crate::error::JobError;
 use crate::mapped::Purpose;
 use crate::planner::{key_cuts, key_ranges};
+
+/// The source rows each mapped table's `on_error: skip-row` left behind,
+/// counted and (the first 1,000) listed by key, by the source database.
+async fn skipped_rows(
+    source: &tokio_postgres::Client,
+    tables: &[SourceTable],
+) -> Result<Vec<SkippedRows>> {
+    let mut skipped = Vec::new();
+    for mapped in tables.iter().filter_map(|t| t.mapped.as_ref()) {
+        let Some(keep) = &mapped.keep else {
+            continue;
+        };
+        let key = if mapped.source_key.is_empty() {
+            "t.ctid".to_owned()
+        } else {
+            let columns: Vec<String> = mapped.source_key.iter().map(|c| format!("t.{c}")).collect();
+            format!("ROW({})", columns.join(", "))
+        };
+        let row = source
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce((array_agg({key}::text ORDER BY {key}))[1:1000], '{{}}') \
+                     FROM {} AS t WHERE NOT ({keep})",
+                    mapped.source.only()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("cannot count the rows of {} left behind", mapped.source), e))?;
+        skipped.push(SkippedRows {
+            table: mapped.source.to_string(),
+            rows: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            keys: row.get(1),
+        });
+    }
+    Ok(skipped)
+}
 
 /// A key range cut on the source's key, on the target column that key
 /// lands in (its bounds moved by the key's offset); None when the bounds
@@ -347,14 +384,18 @@ impl Verifier {
                 ranges_compared: u64::from(next),
                 ranges_total,
             }),
-            mapping: spec.mapping.as_ref().map(|m| MappingLineage {
-                version: m.version(),
-                lineage: tables
-                    .iter()
-                    .filter_map(|t| t.mapped.as_ref())
-                    .flat_map(|m| m.lineage.clone())
-                    .collect(),
-            }),
+            mapping: match &spec.mapping {
+                Some(m) => Some(MappingLineage {
+                    version: m.version(),
+                    lineage: tables
+                        .iter()
+                        .filter_map(|t| t.mapped.as_ref())
+                        .flat_map(|m| m.lineage.clone())
+                        .collect(),
+                    skipped: skipped_rows(source, tables).await.map_err(failed)?,
+                }),
+                None => None,
+            },
         })
     }
 

@@ -116,13 +116,20 @@ pub async fn copy_partition(
         Some(relation) => (format!("ONLY {}", relation.from), &relation.select),
         None => (job.table.name.only(), &job.table.copy_columns),
     };
+    let kept = job
+        .table
+        .source_relation
+        .as_ref()
+        .and_then(|r| r.filter.as_ref())
+        .map(|filter| format!(" AND ({filter})"))
+        .unwrap_or_default();
     let columns: String = selected.iter().map(|c| format!(", {c}")).collect();
     let resume_predicate = resume
         .after
         .map(|after| format!(" AND ctid > '{after}'::tid"))
         .unwrap_or_default();
     let statement = format!(
-        "COPY (SELECT ctid{columns} FROM {} WHERE {}{resume_predicate}) TO STDOUT {}",
+        "COPY (SELECT ctid{columns} FROM {} WHERE {}{kept}{resume_predicate}) TO STDOUT {}",
         from,
         godwit_common::pg::ranges::block_predicate(&record.range),
         job.table.format.options()

@@ -33,6 +33,11 @@ pub struct Carried {
     /// Columns masked on their way to the target (by position in
     /// `copy_columns`); they are not compared.
     pub masks: Vec<ColumnMask>,
+    /// The rows copied (over `t`), when `on_error: skip-row` leaves some
+    /// behind; the check compares only these, and counts the others.
+    pub keep: Option<String>,
+    /// The source's primary key, quoted (how skipped rows are listed).
+    pub source_key: Vec<String>,
 }
 
 /// One line of the report's lineage table.
@@ -82,6 +87,20 @@ fn rule_of(column: &ColumnLanding) -> String {
         "kept".to_owned()
     } else {
         rules.join("; ")
+    }
+}
+
+impl Carried {
+    /// The target columns the copy fills, unquoted.
+    pub fn target_columns(&self) -> Vec<String> {
+        self.copy_columns
+            .iter()
+            .map(|c| {
+                c.strip_prefix('"')
+                    .and_then(|c| c.strip_suffix('"'))
+                    .map_or_else(|| c.clone(), |c| c.replace("\"\"", "\""))
+            })
+            .collect()
     }
 }
 
@@ -146,6 +165,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut select = Vec::new();
     let mut source_values = Vec::new();
     let mut masks = Vec::new();
+    let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
     let source_key_row = if key.is_empty() {
         "'(no key)'".to_owned()
@@ -193,13 +213,16 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 let nulled = format!("CASE WHEN {fails} THEN NULL ELSE ({value})::text END");
                 (nulled.clone(), nulled)
             }
+            (Some(fails), OnError::SkipRow) => {
+                keep.push(format!("NOT coalesce(({fails}), false)"));
+                (value.clone(), value.clone())
+            }
             (Some(_), other) => {
                 return Err(format!(
-                    "{at}: `on_error: {}` for {} is not carried yet: use fail or null",
+                    "{at}: `on_error: {}` for {} is not carried yet: use fail, null or skip-row",
                     match other {
                         OnError::Default => "default",
-                        OnError::SkipRow => "skip-row",
-                        OnError::Fail | OnError::Null => "",
+                        OnError::Fail | OnError::Null | OnError::SkipRow => "",
                     },
                     column.source
                 ));
@@ -293,10 +316,11 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         }
         None => "true".to_owned(),
     };
+    let keep = (!keep.is_empty()).then(|| keep.join(" AND "));
     let source_view = View {
         table: landing.target.clone(),
         from: format!("{} AS t", landing.source.only()),
-        slice: "true".into(),
+        slice: keep.clone().unwrap_or_else(|| "true".into()),
         key: key_columns
             .iter()
             .map(|c| format!("({})::{}", moved(c), c.target_type))
@@ -343,6 +367,8 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     Ok(Carried {
         lineage,
         masks,
+        keep,
+        source_key: key.iter().map(|k| quote_ident(k)).collect(),
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

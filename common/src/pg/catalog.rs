@@ -206,6 +206,48 @@ pub async fn sequences(
     Ok(sequences)
 }
 
+/// Moves each sequence feeding a column of `table` (serial or identity)
+/// past the largest value the column holds, never back: ids a mapping
+/// offset land above what the platform's sequence would hand out next.
+/// Returns the sequences moved with their new value.
+pub async fn raise_sequences_past_values(
+    target: &Client,
+    table: &TableName,
+    columns: &[String],
+) -> Result<Vec<(String, i64)>> {
+    let mut raised = Vec::new();
+    for column in columns {
+        let row = target
+            .query_one(
+                "SELECT pg_get_serial_sequence($1, $2)",
+                &[&table.quoted(), column],
+            )
+            .await
+            .map_err(|e| {
+                Error::postgres(format!("cannot read the sequence of {table}.{column}"), e)
+            })?;
+        let Some(sequence) = row.get::<_, Option<String>>(0) else {
+            continue;
+        };
+        let moved = target
+            .query_opt(
+                &format!(
+                    "SELECT setval($1::text::regclass, m) FROM (SELECT max({})::bigint AS m FROM {}) AS x, {sequence} AS s \
+                     WHERE m IS NOT NULL AND (m > s.last_value OR NOT s.is_called)",
+                    crate::spec::quote_ident(column),
+                    table.only()
+                ),
+                &[&sequence],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("cannot move sequence {sequence} past {table}'s values"), e))?;
+        if let Some(row) = moved {
+            raised.push((sequence, row.get(0)));
+        }
+    }
+    Ok(raised)
+}
+
 /// The value a sequence hands out next, widened so no step overflows.
 fn next_value(last_value: i64, is_called: bool, increment: i64) -> i128 {
     if is_called {

@@ -27,7 +27,7 @@ pub use content::{
 pub use integrity::orphans;
 pub use report::{
     ContentLayer, ForeignKeyReport, LargeObjectsReport, MappingLineage, Report, RowDifference,
-    SchemaLayer, SequenceBehind, TableReport, all_matched,
+    SchemaLayer, SequenceBehind, SkippedRows, TableReport, all_matched,
 };
 
 /// Large objects compared by both databases' own digests of every OID and

@@ -28,6 +28,17 @@ pub struct Report {
 pub struct MappingLineage {
     pub version: String,
     pub lineage: Vec<crate::mapping::carry::Lineage>,
+    /// Source rows left behind by `on_error: skip-row`, per table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedRows>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRows {
+    pub table: String,
+    pub rows: u64,
+    /// Their keys on the source, the first 1,000.
+    pub keys: Vec<String>,
 }
 
 /// Every large object's OID and content digest, summed by each database.
@@ -169,6 +180,20 @@ impl Report {
                 "mapping version {}: source column → target column, rule",
                 mapping.version
             ));
+            for skipped in &mapping.skipped {
+                let shown: Vec<&str> = skipped.keys.iter().take(20).map(String::as_str).collect();
+                out.push(format!(
+                    "  {}: {} rows skipped (on_error: skip-row), keys {}{}",
+                    skipped.table,
+                    skipped.rows,
+                    shown.join(", "),
+                    if skipped.rows as usize > shown.len() {
+                        " …"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             for line in &mapping.lineage {
                 let side = |s: &str| {
                     if s.is_empty() {
