@@ -313,6 +313,7 @@ impl Verifier {
                     let mapped = table.mapped.as_ref().map(|m| {
                         Box::new(MappedRange {
                             views: m.views.clone(),
+                            masked: m.masked.clone(),
                             target_keys: keys
                                 .as_ref()
                                 .and_then(|k| on_target(k, m.key_map.as_ref())),

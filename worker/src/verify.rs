@@ -5,7 +5,9 @@
 //! range matched.
 
 use godwit_common::Result;
-use godwit_common::pg::{self, Side};
+use godwit_common::keyring::CustomerKeys;
+use godwit_common::mapping::mask::Masker;
+use godwit_common::pg::{self, Side, ranges};
 use godwit_common::state::VerifyRun;
 use godwit_common::verify::{self, Options, RangeFinding};
 use godwit_common::work::VerifyRange;
@@ -34,13 +36,40 @@ pub async fn compare(
     };
     let finding = match &range.mapped {
         Some(mapped) => {
-            verify::compare_views(
+            let views = (&mapped.views.0, &mapped.views.1);
+            let mut finding = verify::compare_views(
                 (&source, &target),
-                (&mapped.views.0, &mapped.views.1),
+                views,
                 (range.keys.as_ref(), mapped.target_keys.as_ref()),
                 options,
             )
-            .await?
+            .await?;
+            if !mapped.masked.is_empty() {
+                let scope = |k: Option<&godwit_common::state::KeyRange>| {
+                    k.map_or_else(|| "true".to_owned(), |k| ranges::key_predicate(k, "t"))
+                };
+                let scopes = (
+                    scope(range.keys.as_ref()),
+                    scope(mapped.target_keys.as_ref()),
+                );
+                // The key is derived here from the customer's key file, as
+                // for the copy, and goes nowhere else.
+                let key = CustomerKeys::for_spec(spec)?.token_key();
+                let masker = Masker {
+                    key: &key,
+                    customer: spec.customer.as_str(),
+                };
+                verify::compare_masked(
+                    (&source, &target),
+                    views,
+                    (&scopes.0, &scopes.1),
+                    &mapped.masked,
+                    &masker,
+                    &mut finding.content,
+                )
+                .await?;
+            }
+            finding
         }
         None => {
             verify::compare_range(&source, &target, &range.table, range.keys.as_ref(), options)

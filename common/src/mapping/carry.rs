@@ -12,7 +12,7 @@ use super::evidence::failing_value;
 use super::mask::ColumnMask;
 use super::resolve::{ColumnLanding, Conversion, Landing};
 use crate::spec::{TableName, quote_ident, quote_literal};
-use crate::verify::{Value, View};
+use crate::verify::{MaskedColumn, Value, View};
 
 /// A mapped table, ready to copy and to compare.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct Carried {
     pub keep: Option<String>,
     /// The source's primary key, quoted (how skipped rows are listed).
     pub source_key: Vec<String>,
+    /// The masked columns as the check compares them (masked in the
+    /// checking process, against the target's values).
+    pub masked: Vec<MaskedColumn>,
 }
 
 /// One line of the report's lineage table.
@@ -81,7 +84,7 @@ fn rule_of(column: &ColumnLanding) -> String {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        rules.push(format!("masked ({name}); not compared"));
+        rules.push(format!("masked ({name}); compared as masked"));
     }
     if rules.is_empty() {
         "kept".to_owned()
@@ -165,6 +168,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut select = Vec::new();
     let mut source_values = Vec::new();
     let mut masks = Vec::new();
+    let mut masked = Vec::new();
     let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
     let source_key_row = if key.is_empty() {
@@ -231,10 +235,17 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         if let Some(mask) = column.copy_mask() {
             // The source cannot compute what the mask makes of a value
             // without the key, which never reaches a database: the column
-            // is carried masked and left out of the comparison.
+            // is carried masked and compared apart (`verify::masked`).
             masks.push(ColumnMask {
                 index: copy_columns.len(),
                 column: column.source.clone(),
+                mask,
+                redact_with: column.redact_with.clone(),
+            });
+            masked.push(MaskedColumn {
+                name: label(&column.target),
+                source_expr: compared.clone(),
+                target_expr: format!("t.{}", quote_ident(&column.target)),
                 mask,
                 redact_with: column.redact_with.clone(),
             });
@@ -369,6 +380,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         masks,
         keep,
         source_key: key.iter().map(|k| quote_ident(k)).collect(),
+        masked,
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

@@ -13,6 +13,7 @@
 mod changed;
 mod content;
 mod integrity;
+mod masked;
 mod report;
 mod sample;
 mod schema;
@@ -25,6 +26,7 @@ pub use content::{
     merge_table, method,
 };
 pub use integrity::orphans;
+pub use masked::{MaskedColumn, compare_masked};
 pub use report::{
     ContentLayer, ForeignKeyReport, LargeObjectsReport, MappingLineage, Report, RowDifference,
     SchemaLayer, SequenceBehind, SkippedRows, TableReport, all_matched,

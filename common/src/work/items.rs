@@ -143,6 +143,8 @@ pub struct VerifyRange {
 pub struct MappedRange {
     pub views: (crate::verify::View, crate::verify::View),
     pub target_keys: Option<KeyRange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<crate::verify::MaskedColumn>,
 }
 
 impl VerifyRange {

@@ -516,7 +516,7 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
                            "rule": "renamed; converted to character varying(20) strictly (on_error: fail)"}),
         serde_json::json!({"source": "crm.accounts.legacy_code", "target": "", "rule": "dropped"}),
         serde_json::json!({"source": "crm.accounts.email", "target": "platform.accounts.contact_email",
-                           "rule": "renamed; masked (tokenise-email); not compared"}),
+                           "rule": "renamed; masked (tokenise-email); compared as masked"}),
         serde_json::json!({"source": "", "target": "platform.accounts.tenant_id",
                            "rule": format!("added: {TENANT}")}),
     ] {
@@ -527,11 +527,21 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     }
 
     // A value changed in the tenant's slice is found, by its key on the
-    // target and its column; a change to another tenant's row is not this
-    // job's business.
+    // target and its column, a token too (masked by the checking process,
+    // with the key); a change to another tenant's row is not this job's
+    // business.
+    let token_of_9: String = dst
+        .query_one(
+            "SELECT contact_email FROM platform.accounts WHERE tenant_id = $1::text::uuid AND id = 1000009",
+            &[&TENANT],
+        )
+        .await?
+        .get(0);
     dst.batch_execute(&format!(
         "UPDATE platform.accounts SET display_name = 'planted' \
          WHERE tenant_id = '{TENANT}' AND id = 1000007; \
+         UPDATE platform.accounts SET contact_email = 'u000000000000@example.com' \
+         WHERE tenant_id = '{TENANT}' AND id = 1000009; \
          UPDATE platform.accounts SET display_name = 'changed' WHERE id = 1 AND tenant_id <> '{TENANT}'"
     ))
     .await?;
@@ -542,15 +552,29 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         .and_then(|t| t.iter().find(|t| t["table"] == "platform.accounts"))
         .cloned()
         .unwrap_or_default();
+    let mut different: Vec<serde_json::Value> = accounts["content"]["different"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    different.sort_by_key(|d| d["key"].to_string());
     assert_eq!(
-        accounts["content"]["different"],
-        serde_json::json!([{ "key": "(1000007)", "columns": ["display_name"] }]),
+        different,
+        vec![
+            serde_json::json!({ "key": "(1000007)", "columns": ["display_name"] }),
+            serde_json::json!({ "key": "(1000009)", "columns": ["contact_email"] }),
+        ],
         "{report}"
     );
-    dst.batch_execute(&format!(
+    dst.execute(
         "UPDATE platform.accounts SET display_name = 'account 7' \
-         WHERE tenant_id = '{TENANT}' AND id = 1000007"
-    ))
+         WHERE tenant_id = $1::text::uuid AND id = 1000007",
+        &[&TENANT],
+    )
+    .await?;
+    dst.execute(
+        "UPDATE platform.accounts SET contact_email = $2 WHERE tenant_id = $1::text::uuid AND id = 1000009",
+        &[&TENANT, &token_of_9],
+    )
     .await?;
     let (code, report) = verified(&job)?;
     assert_eq!(code, Some(0), "{report}");
