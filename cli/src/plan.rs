@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use godwit_common::mapping::carry::refusals;
 use godwit_common::mapping::evidence::{self, Finding};
 use godwit_common::mapping::forecast::{self, Capacity, Forecast};
 use godwit_common::mapping::resolve::{self, ColumnLanding, Conversion, Landing, Resolved};
@@ -91,8 +92,13 @@ async fn build(
     }
     let mapping = spec.mapping.clone().unwrap_or_default();
     let resolved = resolve::resolve(&mapping, &source, &target, &tables, false).await?;
-    if !resolved.problems.is_empty() {
-        return Ok(Err(resolved.problems));
+    let mut problems = resolved.problems.clone();
+    if problems.is_empty() {
+        // What a run would refuse, said now rather than at the run.
+        problems.extend(refusals(&mapping, &resolved));
+    }
+    if !problems.is_empty() {
+        return Ok(Err(problems));
     }
     let mut can_fail = Vec::new();
     for landing in &resolved.landings {

@@ -6,7 +6,7 @@
 
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
-use godwit_common::mapping::carry::carry;
+use godwit_common::mapping::carry::{carry, refusals};
 use godwit_common::mapping::evidence;
 use godwit_common::mapping::resolve::{self, Landing};
 use godwit_common::pg::catalog::SourceTable;
@@ -55,21 +55,7 @@ pub(crate) async fn land(
         .iter()
         .filter(|l| l.entry.is_some() && l.source != l.target)
         .collect();
-    // An entry that keeps the table's name would land its rules in a table
-    // created from the source's own definition: not carried yet.
-    for landing in resolved.landings.iter().filter(|l| l.source == l.target) {
-        let entry = landing.entry.map(|i| &mapping.tables[i]);
-        if entry.is_some_and(|e| !e.columns.is_empty() || !e.add.is_empty() || e.tenant.is_some()) {
-            problems.push(format!(
-                "{}: its mapping entry keeps the table's name, and rules on a table the job creates from \
-                 the source's definition are not carried yet: map it into the platform's table with `to:`",
-                landing.source
-            ));
-        }
-    }
-    for landing in &mapped {
-        problems.extend(not_carried_yet(landing, &mapped));
-    }
+    problems.extend(refusals(mapping, &resolved));
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {
@@ -115,32 +101,4 @@ pub(crate) async fn land(
         });
     }
     Ok(landed)
-}
-
-/// What this version does not carry through a mapping, for one landing.
-fn not_carried_yet(landing: &Landing, mapped: &[&Landing]) -> Vec<String> {
-    let at = format!("{} → {}", landing.source, landing.target);
-    let mut problems = Vec::new();
-    if !landing.exists {
-        problems.push(format!(
-            "{at}: {} does not exist on the target: create it in the platform's schema first (a mapped \
-             table lands only in an existing table)",
-            landing.target
-        ));
-    }
-    if mapped.iter().filter(|l| l.target == landing.target).count() > 1 {
-        problems.push(format!(
-            "{at}: several source tables land in {}: not carried yet, map them one job each",
-            landing.target
-        ));
-    }
-    for column in &landing.columns {
-        if column.remap {
-            problems.push(format!(
-                "{at}: `remap` of {} is not carried yet: use `offset`",
-                column.source
-            ));
-        }
-    }
-    problems
 }

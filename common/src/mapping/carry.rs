@@ -7,10 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::MappingSpec;
 use super::OnError;
 use super::evidence::failing_value;
 use super::mask::ColumnMask;
-use super::resolve::{ColumnLanding, Conversion, Landing};
+use super::resolve::{ColumnLanding, Conversion, Landing, Resolved};
 use crate::spec::{TableName, quote_ident, quote_literal};
 use crate::verify::{MaskedColumn, Value, View};
 
@@ -388,6 +389,56 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         views: (source_view, target_view),
         key_map,
     })
+}
+
+/// What a run refuses of a resolved mapping because it does not carry it
+/// yet, one line per table and rule (what `godwit plan` and a run both
+/// say before anything is written).
+pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
+    let mut problems = Vec::new();
+    // An entry that keeps the table's name would land its rules in a table
+    // created from the source's own definition.
+    for landing in resolved.landings.iter().filter(|l| l.source == l.target) {
+        let entry = landing.entry.and_then(|i| mapping.tables.get(i));
+        if entry.is_some_and(|e| !e.columns.is_empty() || !e.add.is_empty() || e.tenant.is_some()) {
+            problems.push(format!(
+                "{}: its mapping entry keeps the table's name, and rules on a table the job creates from \
+                 the source's definition are not carried yet: map it into the platform's table with `to:`",
+                landing.source
+            ));
+        }
+    }
+    let mapped: Vec<&Landing> = resolved
+        .landings
+        .iter()
+        .filter(|l| l.entry.is_some() && l.source != l.target)
+        .collect();
+    for landing in &mapped {
+        let at = format!("{} → {}", landing.source, landing.target);
+        if !landing.exists {
+            problems.push(format!(
+                "{at}: {} does not exist on the target: create it in the platform's schema first (a \
+                 mapped table lands only in an existing table)",
+                landing.target
+            ));
+        }
+        if mapped.iter().filter(|l| l.target == landing.target).count() > 1 {
+            problems.push(format!(
+                "{at}: several source tables land in {}: not carried yet, map them one job each",
+                landing.target
+            ));
+        }
+        for column in landing.columns.iter().filter(|c| c.remap) {
+            problems.push(format!(
+                "{at}: `remap` of {} is not carried yet: use `offset`",
+                column.source
+            ));
+        }
+        if let Err(e) = carry(landing) {
+            problems.push(e);
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

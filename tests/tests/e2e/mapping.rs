@@ -45,7 +45,10 @@ async fn crm(source: &PgCluster, target: &PgCluster) -> anyhow::Result<()> {
                  display_name varchar(20) NOT NULL, contact_email text, credit numeric(12, 2), \
                  PRIMARY KEY (tenant_id, id)); \
              ALTER TABLE platform.accounts OWNER TO {LOADER}; \
-             INSERT INTO platform.accounts VALUES ('00000000-0000-4000-8000-0000000000aa', 1, 'other tenant', NULL, 1)"
+             INSERT INTO platform.accounts VALUES ('00000000-0000-4000-8000-0000000000aa', 1, 'other tenant', NULL, 1); \
+             CREATE SCHEMA tenant_acme AUTHORIZATION {LOADER}; \
+             CREATE TABLE tenant_acme.contacts (id integer PRIMARY KEY, account_id integer, phone text, note text); \
+             ALTER TABLE tenant_acme.contacts OWNER TO {LOADER}"
         ))
         .await?;
     Ok(())
@@ -105,7 +108,7 @@ async fn assert_target_untouched(target: &PgCluster) -> anyhow::Result<()> {
             .await?;
         (row.get(0), row.get(1), row.get(2))
     };
-    assert_eq!(tables, 1, "tables were created on the target");
+    assert_eq!(tables, 2, "tables were created on the target");
     assert!(!ledger, "the godwit schema was created on the target");
     assert_eq!(rows, 1, "the shared table's rows changed");
     Ok(())
@@ -123,7 +126,7 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
     let plan = String::from_utf8_lossy(&output.stdout);
     // Shown with --no-capture: the README's worked example is this output.
     println!("{plan}");
-    let contacts_at = plan.find("crm.contacts → tenant_acme.contacts  (created by the job)");
+    let contacts_at = plan.find("crm.contacts → tenant_acme.contacts  (exists, empty)");
     let accounts_at = plan.find(&format!(
         "crm.accounts → platform.accounts  (exists, holds other rows; this job's rows: tenant_id = {TENANT})"
     ));
@@ -230,6 +233,25 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
             "platform.accounts.display_name is NOT NULL without a default and nothing feeds it",
         ],
     )?;
+    // What a run does not carry yet, the plan already refuses.
+    let uncarried = job(
+        &source,
+        &target,
+        "mapping:
+  tables:
+    - from: crm.contacts
+      to: tenant_beta.contacts
+      columns:
+        id: { remap: true }
+",
+    )?;
+    refused(
+        &uncarried,
+        &[
+            "crm.contacts → tenant_beta.contacts: tenant_beta.contacts does not exist on the target: create it",
+            "`remap` of id is not carried yet",
+        ],
+    )?;
     let two_in_one = job(
         &source,
         &target,
@@ -253,14 +275,14 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
         &["column \"credit\": `on_error` applies to a conversion: add `type:`"],
     )?;
 
-    // What a run does not carry yet is refused before anything is written:
-    // a mapped table the platform does not have.
+    // The plan said four names do not fit and the mapping says fail: the
+    // run refuses before anything is written.
     let output = run_godwit(&["run", good.spec()], &[])?;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(
-            "crm.contacts → tenant_acme.contacts: tenant_acme.contacts does not exist on the target: create it"
+            "crm.accounts.name (text → character varying(20)): 4 values longer than 20 characters"
         ),
         "{stderr}"
     );
