@@ -549,7 +549,39 @@ impl Phases<'_> {
             .filter(|t| t.mapped.is_none())
             .map(|t| t.name.quoted())
             .collect();
-        // A mapped table may hold other tenants' rows: only the job's slice goes.
+        // A mapped table may hold other tenants' rows: only the job's slice
+        // goes, and only if it holds no more rows than the job loaded into
+        // it (rows the platform or another job put there since stay, and
+        // stop the run instead).
+        for mapped in prepared.tables.iter().filter_map(|t| t.mapped.as_ref()) {
+            let row = target
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT count(*) FROM {} AS t WHERE {}), \
+                                (SELECT coalesce(sum(rows), 0)::bigint FROM godwit.applied_chunks \
+                                 WHERE job_id = $1 AND table_name = $2)",
+                        mapped.target.only(),
+                        mapped.views.1.slice
+                    ),
+                    &[&prepared.spec.job.as_str(), &mapped.target.to_string()],
+                )
+                .await
+                .map_err(|e| {
+                    Error::postgres(
+                        format!("cannot count the job's rows in {}", mapped.target),
+                        e,
+                    )
+                })?;
+            let (held, loaded): (i64, i64) = (row.get(0), row.get(1));
+            if held > loaded {
+                return Err(Error::Precondition(format!(
+                    "{} holds {held} rows in job {}'s slice ({}), but the job loaded {loaded}: the others were \
+                     not written by it, and a re-run would delete them; move them out of the slice, or run \
+                     the job under a new id into an empty slice",
+                    mapped.target, prepared.spec.job, mapped.views.1.slice
+                )));
+            }
+        }
         let slices: String = prepared
             .tables
             .iter()

@@ -13,7 +13,7 @@ use godwit_common::lease::{HeldLease, LeaseStore, LeaseTiming};
 use godwit_common::mapping::carry::KeyMap;
 use godwit_common::pg::catalog::{self, SourceTable};
 use godwit_common::pg::snapshot::slot_name;
-use godwit_common::pg::{self, Side, stream};
+use godwit_common::pg::{self, Side, ledger, stream};
 use godwit_common::sealed::SealedStaging;
 use godwit_common::spec::{JobSpec, TableName};
 use godwit_common::staging::Staging;
@@ -179,6 +179,24 @@ impl Verifier {
         let tables = catalog::resolve_tables(&source, spec)
             .await
             .map_err(rejected)?;
+        // Rows written under one mapping are compared under that one only.
+        let marks = ledger::job_marks(&target, spec.job.as_str())
+            .await
+            .map_err(rejected)?;
+        let current = spec.mapping.as_ref().map(|m| m.canonical());
+        if marks.known && marks.pre_data_done && marks.mapping != current {
+            let changes = godwit_common::mapping::MappingSpec::differences(
+                marks.mapping.as_deref(),
+                spec.mapping.as_ref(),
+            );
+            return Err(rejected(Error::Precondition(format!(
+                "job {} wrote to the target under another mapping than the spec's; compared under this \
+                 one, its rows would be judged by rules they were not written by:\n  - {}\nverify with \
+                 the job's own mapping",
+                spec.job,
+                changes.join("\n  - ")
+            ))));
+        }
         let tables = crate::mapped::land(spec, &source, &target, tables, Purpose::Verify).await?;
         let sealed = SealedStaging::open(spec).await.map_err(rejected)?;
         let (staging, key) = (sealed.staging(), sealed.key());

@@ -172,8 +172,10 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut masked = Vec::new();
     let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
+    // Depends on the row even without a key: a constant message would be
+    // folded, and its failing cast raised, before any row is read.
     let source_key_row = if key.is_empty() {
-        "'(no key)'".to_owned()
+        "t.ctid::text".to_owned()
     } else {
         let quoted: Vec<String> = key
             .iter()
@@ -193,8 +195,12 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 column.source, column.source_type, column.target_type
             ));
         }
+        // Once a value passed its guard, the source converts it (an integral
+        // 12.00 becomes 12), and what is compared is what the copy wrote:
+        // its text read as the target's type.
+        let converted = format!("(({value})::{})::text", column.target_type);
         let (copied, compared) = match (&guard, column.on_error) {
-            (None, _) => (value.clone(), value.clone()),
+            (None, _) => (value.clone(), format!("({value})::text")),
             (Some(fails), OnError::Fail) => {
                 // A value that does not convert stops the copy with an error
                 // naming the table, the key and the column: the cast of this
@@ -209,18 +215,18 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 // any value the copy could have written for it.
                 (
                     format!(
-                        "CASE WHEN {fails} THEN (({message})::integer)::text ELSE ({value})::text END"
+                        "CASE WHEN {fails} THEN (({message})::integer)::text ELSE {converted} END"
                     ),
-                    format!("CASE WHEN {fails} THEN NULL ELSE ({value})::text END"),
+                    format!("CASE WHEN {fails} THEN NULL ELSE {converted} END"),
                 )
             }
             (Some(fails), OnError::Null) => {
-                let nulled = format!("CASE WHEN {fails} THEN NULL ELSE ({value})::text END");
+                let nulled = format!("CASE WHEN {fails} THEN NULL ELSE {converted} END");
                 (nulled.clone(), nulled)
             }
             (Some(fails), OnError::SkipRow) => {
                 keep.push(format!("NOT coalesce(({fails}), false)"));
-                (value.clone(), value.clone())
+                (converted.clone(), converted.clone())
             }
             (Some(_), other) => {
                 return Err(format!(
@@ -233,6 +239,18 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 ));
             }
         };
+        if column.copy_mask().is_some()
+            && !matches!(
+                base_type(&column.target_type).as_str(),
+                "text" | "character varying"
+            )
+        {
+            return Err(format!(
+                "{at}: {} is masked into {} {}: a mask writes text, so it lands only in a text or \
+                 varchar column",
+                column.source, column.target, column.target_type
+            ));
+        }
         if let Some(mask) = column.copy_mask() {
             // The source cannot compute what the mask makes of a value
             // without the key, which never reaches a database: the column
@@ -251,7 +269,8 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 redact_with: column.redact_with.clone(),
             });
             copy_columns.push(quote_ident(&column.target));
-            select.push(copied);
+            // The text the check masks too (`compared`), not COPY's own form.
+            select.push(format!("({compared})::text"));
             continue;
         }
         copy_columns.push(quote_ident(&column.target));

@@ -74,7 +74,11 @@ pub fn failing_value(column: &ColumnLanding) -> Option<String> {
 /// The failing values of `c` (source type `from`) in target type `to`;
 /// None when no check is known for the pair.
 fn check_for(column: &ColumnLanding) -> Option<Check> {
-    let c = format!("t.{}", quote_ident(&column.source));
+    // The value as the copy converts it: after its offset, if any.
+    let c = match column.offset {
+        Some(offset) => format!("(t.{}::numeric + {offset})", quote_ident(&column.source)),
+        None => format!("t.{}", quote_ident(&column.source)),
+    };
     let (from, to) = (column.source_type.as_str(), column.target_type.as_str());
     let conversion = format!("{from} → {to}");
     if let Some(n) = to
@@ -215,7 +219,12 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
         })?;
     for (i, check) in checks.into_iter().enumerate() {
         let failing: i64 = row.get(2 * i);
-        let detail: Option<String> = row.get(2 * i + 1);
+        let masked = landing
+            .columns
+            .iter()
+            .any(|c| c.source == check.column && c.mask.is_some_and(|m| m != super::Mask::Keep));
+        // A masked column's values are what the mask hides: never shown.
+        let detail: Option<String> = if masked { None } else { row.get(2 * i + 1) };
         let seen = match (detail, &check.detail) {
             (Some(value), Some((_, label))) => format!("; {label} {value}"),
             _ => String::new(),

@@ -302,6 +302,7 @@ pub async fn resolve(
         }
         let mut added = Vec::new();
         let mut added_types = BTreeMap::new();
+        let mut invalid_adds: Vec<String> = Vec::new();
         for (column, raw) in entry.map(|e| &e.add).into_iter().flatten() {
             let Ok(value) = mapping.value_of(raw) else {
                 continue;
@@ -321,6 +322,7 @@ pub async fn resolve(
                         check_value(target, &value, &target_column.data_type).await?
                     {
                         problems.push(format!("{at}: `add.{column}`: {problem}"));
+                        invalid_adds.push(column.clone());
                     }
                 }
                 None => {}
@@ -365,6 +367,38 @@ pub async fn resolve(
                 .find(|(name, _)| name == &column)
                 .map(|(_, value)| (column, value.clone()))
         });
+        // The job's own slice starts empty: what a re-run deletes and what
+        // the check compares must be the job's rows only.
+        if let (Some((column, value)), Some(_), false) = (&tenant, existing, resumed)
+            && !invalid_adds.contains(column)
+        {
+            let data_type = added_types
+                .get(column)
+                .cloned()
+                .unwrap_or_else(|| "text".into());
+            let taken: bool = target
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} = {}::{data_type})",
+                        target_name.only(),
+                        crate::spec::quote_ident(column),
+                        quote_literal(value)
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| {
+                    Error::postgres(format!("cannot look into {target_name} on the target"), e)
+                })?
+                .get(0);
+            if taken {
+                problems.push(format!(
+                    "{at}: {target_name} already holds rows with {column} = {value}: the job's slice must \
+                     start empty (another job of this tenant, or rows the platform made for it); choose \
+                     another value, or move those rows first"
+                ));
+            }
+        }
         landings.push(Landing {
             source: source_name.clone(),
             target: target_name.clone(),

@@ -233,7 +233,7 @@ pub async fn raise_sequences_past_values(
             .query_opt(
                 &format!(
                     "SELECT setval($1::text::regclass, m) FROM (SELECT max({})::bigint AS m FROM {}) AS x, {sequence} AS s \
-                     WHERE m IS NOT NULL AND (m > s.last_value OR NOT s.is_called)",
+                     WHERE m IS NOT NULL AND CASE WHEN s.is_called THEN m > s.last_value ELSE m >= s.last_value END",
                     crate::spec::quote_ident(column),
                     table.only()
                 ),

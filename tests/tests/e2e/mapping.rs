@@ -664,6 +664,33 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
             "stderr lacks {expected:?}:\n{stderr}"
         );
     }
+    // Verifying under the changed mapping is refused too.
+    let output = run_godwit(&["verify", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("wrote to the target under another mapping"),
+        "{}",
+        describe(&output)
+    );
+
+    // A new job into a slice that already holds rows (the first job's
+    // tenant): refused before anything is written, naming the slice.
+    let third = Job::create(|staging| {
+        spec_body("crm-landing-3", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts]")
+            + "\n"
+            + &LANDING.replace("offset: 1000000", "offset: 5000000")
+    })?;
+    let output = run_godwit(&["run", third.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "platform.accounts already holds rows with tenant_id = {TENANT}: the job's slice must start empty"
+        )),
+        "{}",
+        describe(&output)
+    );
     let rows: i64 = dst
         .query_one("SELECT count(*) FROM platform.accounts", &[])
         .await?
