@@ -66,7 +66,7 @@ pub(crate) async fn land(
                 {
                     problems.push(format!(
                         "{}.{} ({}): {}; say what they become (`on_error: null`) or fix them on the source",
-                        finding.table, finding.column, finding.conversion, finding.detail
+                        finding.table, finding.column, finding.conversion, finding.counted
                     ));
                 }
             }

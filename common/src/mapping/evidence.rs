@@ -21,6 +21,9 @@ pub struct Finding {
     pub failing: Option<i64>,
     /// What was checked, in words (`longest 80 characters`).
     pub detail: String,
+    /// The same without anything read from the values (counts only): what
+    /// may reach an error that is logged.
+    pub counted: String,
 }
 
 /// The checks of one column: SQL aggregates over `t`, read in order.
@@ -158,6 +161,7 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
                     failing: None,
                     detail: "can fail; no check of today's values is known for this pair of types"
                         .into(),
+                    counted: "can fail; not checked".into(),
                 }),
             }
         }
@@ -234,6 +238,7 @@ pub async fn gather(source: &Client, landing: &Landing) -> Result<Vec<Finding>> 
             column: check.column,
             conversion: check.conversion,
             failing: Some(failing),
+            counted: format!("{failing} {}", check.what),
             detail: format!("{failing} {}{seen}", check.what),
         });
     }
