@@ -447,6 +447,23 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
                 landing.target
             ));
         }
+        let skips = landing
+            .columns
+            .iter()
+            .any(|c| c.conversion == Conversion::CanFail && c.on_error == OnError::SkipRow);
+        if skips && !landing.referenced_by.is_empty() {
+            let referencing: Vec<String> = landing
+                .referenced_by
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            problems.push(format!(
+                "{at}: `on_error: skip-row` would leave rows of {} pointing at skipped rows of {}: use \
+                 `on_error: null` there, or fix the values on the source",
+                referencing.join(", "),
+                landing.source
+            ));
+        }
         for column in landing.columns.iter().filter(|c| c.remap) {
             problems.push(format!(
                 "{at}: `remap` of {} is not carried yet: use `offset`",

@@ -193,6 +193,8 @@ pub struct Landing {
     pub added_types: BTreeMap<String, String>,
     /// The source's primary key, unquoted; empty without one.
     pub source_key: Vec<String>,
+    /// The job's source tables holding a foreign key to this one.
+    pub referenced_by: Vec<TableName>,
     /// The `mapping.tables` entry used, if any.
     pub entry: Option<usize>,
 }
@@ -410,6 +412,11 @@ pub async fn resolve(
             added,
             added_types,
             source_key: shape.primary_key.clone(),
+            referenced_by: source_shapes
+                .iter()
+                .filter(|(_, other)| other.references.iter().any(|(_, r, _)| r == source_name))
+                .map(|(name, _)| name.clone())
+                .collect(),
             entry: *entry_at,
         });
     }

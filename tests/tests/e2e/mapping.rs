@@ -243,6 +243,16 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
       to: tenant_beta.contacts
       columns:
         id: { remap: true }
+    - from: crm.accounts
+      to: platform.accounts
+      tenant: tenant_id
+      add: { tenant_id: \"${customer_uuid}\" }
+      columns:
+        name: { to: display_name, type: \"varchar(20)\", on_error: skip-row }
+        email: { to: contact_email }
+        legacy_code: { drop: true }
+        credit: { type: \"numeric(12,2)\", on_error: \"null\" }
+  values: { customer_uuid: 6f1c2a54-0000-4000-8000-000000000003 }
 ",
     )?;
     refused(
@@ -250,6 +260,7 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
         &[
             "crm.contacts → tenant_beta.contacts: tenant_beta.contacts does not exist on the target: create it",
             "`remap` of id is not carried yet",
+            "`on_error: skip-row` would leave rows of crm.contacts pointing at skipped rows of crm.accounts",
         ],
     )?;
     let two_in_one = job(
