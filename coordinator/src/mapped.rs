@@ -15,6 +15,22 @@ use godwit_common::spec::{JobSpec, TableName};
 
 use crate::error::JobError;
 
+/// What changed from the mapping the job first wrote under (recorded in
+/// the target's ledger) to the spec's; None when it has not written yet or
+/// the mapping is the same.
+pub(crate) fn changed_since_written(
+    marks: &godwit_common::pg::ledger::JobMarks,
+    spec: &JobSpec,
+) -> Option<Vec<String>> {
+    let current = spec.mapping.as_ref().map(|m| m.canonical());
+    (marks.known && marks.pre_data_done && marks.mapping != current).then(|| {
+        godwit_common::mapping::MappingSpec::differences(
+            marks.mapping.as_deref(),
+            spec.mapping.as_ref(),
+        )
+    })
+}
+
 /// What the mapping is applied for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {

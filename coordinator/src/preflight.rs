@@ -122,12 +122,7 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
     let marks = ledger::job_marks(&target, spec.job.as_str())
         .await
         .map_err(rejected)?;
-    let current = spec.mapping.as_ref().map(|m| m.canonical());
-    if marks.known && marks.pre_data_done && marks.mapping != current {
-        let changes = godwit_common::mapping::MappingSpec::differences(
-            marks.mapping.as_deref(),
-            spec.mapping.as_ref(),
-        );
+    if let Some(changes) = crate::mapped::changed_since_written(&marks, &spec) {
         return Err(rejected(Error::Precondition(format!(
             "job {} already wrote to the target {} under another mapping; its rows there follow the \
              first one, so it cannot go on under this one:\n  - {}\nrestore the job's first mapping, \

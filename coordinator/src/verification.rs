@@ -183,12 +183,7 @@ impl Verifier {
         let marks = ledger::job_marks(&target, spec.job.as_str())
             .await
             .map_err(rejected)?;
-        let current = spec.mapping.as_ref().map(|m| m.canonical());
-        if marks.known && marks.pre_data_done && marks.mapping != current {
-            let changes = godwit_common::mapping::MappingSpec::differences(
-                marks.mapping.as_deref(),
-                spec.mapping.as_ref(),
-            );
+        if let Some(changes) = crate::mapped::changed_since_written(&marks, spec) {
             return Err(rejected(Error::Precondition(format!(
                 "job {} wrote to the target under another mapping than the spec's; compared under this \
                  one, its rows would be judged by rules they were not written by:\n  - {}\nverify with \

@@ -96,6 +96,17 @@ pub async fn row_hash(client: &Client, table: &TableName, stored: bool) -> Resul
     if !stored {
         return Ok("hashtextextended(t::text, 0)".into());
     }
+    let columns: Vec<(String, String)> = typed_columns(client, table)
+        .await?
+        .into_iter()
+        .map(|(name, type_name)| (format!("t.{name}"), type_name))
+        .collect();
+    Ok(row_hash_of(&columns))
+}
+
+/// A table's columns in order: quoted name and `format_type(type, NULL)`
+/// (what decides how a value is hashed).
+pub async fn typed_columns(client: &Client, table: &TableName) -> Result<Vec<(String, String)>> {
     let rows = client
         .query(
             "SELECT quote_ident(a.attname), format_type(a.atttypid, NULL) \
@@ -106,11 +117,7 @@ pub async fn row_hash(client: &Client, table: &TableName, stored: bool) -> Resul
         )
         .await
         .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
-    let columns: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| (format!("t.{}", r.get::<_, String>(0)), r.get(1)))
-        .collect();
-    Ok(row_hash_of(&columns))
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// `expr` as an operand: a column of `t` as it is, anything else in

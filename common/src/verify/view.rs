@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::schema::primary_key;
-use crate::pg::checksum::row_hash_of;
+use crate::Result;
+use crate::pg::checksum::{row_hash_of, typed_columns};
 use crate::spec::TableName;
-use crate::{Error, Result};
 
 /// One value compared: how reports name it, and how a side computes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,29 +42,17 @@ impl View {
     /// The table as it is: every column of the catalog of `client`'s
     /// database, keyed by `key` (quoted primary-key columns).
     pub async fn of_table(client: &Client, table: &TableName, key: &[String]) -> Result<Self> {
-        let rows = client
-            .query(
-                "SELECT quote_ident(a.attname), format_type(a.atttypid, NULL) \
-                 FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&table.quoted()],
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("cannot read the columns of {table}"), e))?;
+        let columns = typed_columns(client, table).await?;
         Ok(Self {
             table: table.clone(),
             from: format!("{} AS t", table.only()),
             slice: "true".into(),
-            values: rows
-                .iter()
-                .map(|r| {
-                    let name: String = r.get(0);
-                    Value {
-                        expr: format!("t.{name}"),
-                        name,
-                        type_name: r.get(1),
-                    }
+            values: columns
+                .into_iter()
+                .map(|(name, type_name)| Value {
+                    expr: format!("t.{name}"),
+                    name,
+                    type_name,
                 })
                 .collect(),
             key: key.iter().map(|c| format!("t.{c}")).collect(),

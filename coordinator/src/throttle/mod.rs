@@ -545,8 +545,12 @@ mod tests {
         assert!(split.shares.values().all(|s| *s >= (20 << 20) / 3));
     }
 
-    /// Waits until acme's split has `leases` shares.
-    async fn acme_split_of(store: &Arc<dyn LeaseStore>, keyspace: &Keyspace, leases: usize) {
+    /// Waits until acme's split is one `wanted` accepts.
+    async fn acme_split_until(
+        store: &Arc<dyn LeaseStore>,
+        keyspace: &Keyspace,
+        wanted: impl Fn(&Allocation) -> bool,
+    ) -> Allocation {
         let mut changes = store
             .watch_prefix(&keyspace.customer_allocation("acme"))
             .await
@@ -555,11 +559,16 @@ mod tests {
             let split = allocation(store.as_ref(), keyspace, "acme")
                 .await
                 .expect("store");
-            if split.is_some_and(|s| s.shares.len() == leases) {
-                return;
+            if let Some(split) = split.filter(|s| wanted(s)) {
+                return split;
             }
             changes.next().await.expect("a change").expect("watch");
         }
+    }
+
+    /// Waits until acme's split has `leases` shares.
+    async fn acme_split_of(store: &Arc<dyn LeaseStore>, keyspace: &Keyspace, leases: usize) {
+        acme_split_until(store, keyspace, |s| s.shares.len() == leases).await;
     }
 
     #[tokio::test]
@@ -601,21 +610,8 @@ mod tests {
         set_limits(store.as_ref(), &keyspace, "acme", &lower)
             .await
             .expect("limits");
-        let mut changes = store
-            .watch_prefix(&keyspace.customer_allocation("acme"))
-            .await
-            .expect("watch");
-        loop {
-            let split = allocation(store.as_ref(), &keyspace, "acme")
-                .await
-                .expect("store")
-                .expect("allocated");
-            if split.bytes_per_sec == Some(2 << 20) {
-                assert_eq!(split.shares.values().sum::<u64>(), 2 << 20);
-                break;
-            }
-            changes.next().await.expect("a change").expect("watch");
-        }
+        let split = acme_split_until(&store, &keyspace, |s| s.bytes_per_sec == Some(2 << 20)).await;
+        assert_eq!(split.shares.values().sum::<u64>(), 2 << 20);
         let _ = stop.send(());
         allocator.await.expect("allocator stops");
     }
