@@ -277,9 +277,21 @@ pub async fn resolve(
         }
         let mut columns = Vec::new();
         let mut dropped = Vec::new();
-        for column in shape.columns.iter().filter(|c| !c.generated) {
+        for column in &shape.columns {
             let none = ColumnRule::default();
             let rule = rules.and_then(|r| r.get(&column.name)).unwrap_or(&none);
+            // A generated value is computed again by a target column that is
+            // generated too; a plain target column of that name needs it
+            // carried, or it would land empty.
+            if column.generated {
+                let landed = rule.to.as_deref().unwrap_or(&column.name);
+                let plain_on_target = existing
+                    .and_then(|t| t.column(landed))
+                    .is_some_and(|t| !t.generated);
+                if !plain_on_target {
+                    continue;
+                }
+            }
             if rule.drop {
                 if shape.primary_key.contains(&column.name) {
                     problems.push(format!(
