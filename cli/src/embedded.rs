@@ -348,7 +348,11 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiO
 
 /// `godwit replay`: the staged copy of a finished job into a target, with no
 /// connection to the source.
-pub async fn replay(spec_path: &Path, target: Option<&str>) -> i32 {
+pub async fn replay(
+    spec_path: &Path,
+    target: Option<&str>,
+    options: godwit_worker::replay::ReviewOptions,
+) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -358,7 +362,7 @@ pub async fn replay(spec_path: &Path, target: Option<&str>) -> i32 {
     };
     let target = target.unwrap_or(&spec.target).to_owned();
     let started = std::time::Instant::now();
-    match godwit_worker::replay::replay(&spec, &target).await {
+    match godwit_worker::replay::replay(&spec, &target, options).await {
         Ok(summary) => {
             println!(
                 "replayed job {} into {}: {} tables, {} chunks, {} rows, {} staged, in {}; no connection to the source",
@@ -370,6 +374,18 @@ pub async fn replay(spec_path: &Path, target: Option<&str>) -> i32 {
                 render::bytes(summary.bytes_staged),
                 render::duration_ms(started.elapsed().as_millis() as u64),
             );
+            if summary.masked_columns > 0 {
+                println!(
+                    "review copy: {} column(s) masked with the customer's key (masked_for: review)",
+                    summary.masked_columns
+                );
+            }
+            if let Some(sample) = options.sample {
+                println!(
+                    "sample: {}% of the rows of {} table(s) no foreign key references (seed {}); referenced tables whole",
+                    sample.percent, summary.sampled_tables, sample.seed
+                );
+            }
             0
         }
         Err(godwit_worker::replay::ReplayError::Rejected(e)) => {

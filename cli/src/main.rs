@@ -89,6 +89,17 @@ enum Command {
         /// Load into this database instead of the spec's target (e.g. a dry run first).
         #[arg(long)]
         target: Option<String>,
+        /// A review copy: mask the columns the mapping masks for review
+        /// copies (`masked_for: review`) with the customer's key.
+        #[arg(long)]
+        masked: bool,
+        /// Keep this share of the rows (`1%`) of every table no foreign key
+        /// references; referenced tables are carried whole.
+        #[arg(long)]
+        sample: Option<String>,
+        /// The sample's seed: the same seed keeps the same rows.
+        #[arg(long, requires = "sample", default_value_t = 0)]
+        seed: u64,
     },
     /// Compare the target with the source, computed by both databases:
     /// schema, row counts, content (key ranges leased to workers, down to
@@ -329,7 +340,28 @@ fn main() -> ExitCode {
                 };
                 plan::plan(&spec, options).await
             }
-            Command::Replay { spec, target } => embedded::replay(&spec, target.as_deref()).await,
+            Command::Replay {
+                spec,
+                target,
+                masked,
+                sample,
+                seed,
+            } => {
+                let sample = match sample
+                    .map(|text| godwit_common::verify::Sample::parse_percent(&text))
+                    .transpose()
+                {
+                    Ok(percent) => {
+                        percent.map(|percent| godwit_common::verify::Sample { percent, seed })
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                };
+                let options = godwit_worker::replay::ReviewOptions { masked, sample };
+                embedded::replay(&spec, target.as_deref(), options).await
+            }
             Command::Verify {
                 job,
                 coordinator: Some(coordinator),

@@ -190,6 +190,19 @@ pub struct PlannedTable {
     /// Columns masked as they are copied (a mapped table's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masks: Vec<crate::mapping::mask::ColumnMask>,
+    /// Columns masked only in a review copy (`godwit replay --masked`):
+    /// staged as the platform's copy got them, masked as they are replayed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub review_masks: Vec<crate::mapping::mask::ColumnMask>,
+    /// For a table the mapping lands in an existing table: which of its
+    /// rows are the job's (a predicate over `t`); a replay loads into that
+    /// slice only, and only while it is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<String>,
+    /// Other tables reference it by foreign key: a sampled replay carries
+    /// it whole, so every reference still finds its row.
+    #[serde(default)]
+    pub referenced: bool,
 }
 
 /// Where a job's change stream stands, as operators see it.

@@ -243,16 +243,7 @@ mod tests {
 
     /// Counts the tuples in a batch, checking that it holds whole tuples only.
     fn count_tuples(bytes: &[u8]) -> Result<u64> {
-        let mut rows = 0;
-        let mut at = 0;
-        while at < bytes.len() {
-            match tuple_len(&bytes[at..])? {
-                Some(len) if len > 0 => at += len,
-                _ => return Err(corrupt("batch does not hold whole tuples")),
-            }
-            rows += 1;
-        }
-        Ok(rows)
+        Ok(staged_rows(CopyFormat::Binary, bytes)?.len() as u64)
     }
 
     /// The COPY stream (ctid first) and the tuples the target should get.
@@ -417,6 +408,29 @@ impl LineCutter {
     }
 }
 
+/// The rows of a staged chunk (tuples as the target loads them: binary
+/// tuples without a header, or text lines), each whole.
+pub fn staged_rows(format: CopyFormat, chunk: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < chunk.len() {
+        let len = match format {
+            CopyFormat::Binary => match tuple_len(&chunk[at..])? {
+                Some(0) => return Err(corrupt("a staged chunk holds a COPY trailer")),
+                Some(len) => len,
+                None => return Err(corrupt("a staged chunk ends inside a tuple")),
+            },
+            CopyFormat::Text => match chunk[at..].iter().position(|b| *b == b'\n') {
+                Some(end) => end + 1,
+                None => return Err(corrupt("a staged chunk ends inside a row")),
+            },
+        };
+        rows.push(&chunk[at..at + len]);
+        at += len;
+    }
+    Ok(rows)
+}
+
 /// One field of a COPY text row as its bytes; None is `\N` (NULL).
 pub fn decode_text_field(field: &[u8]) -> Option<Vec<u8>> {
     if field == b"\\N" {
@@ -544,6 +558,7 @@ mod text_tests {
             }
             batches.extend(cutter.finish().expect("complete stream"));
             let joined: Vec<u8> = batches.iter().flat_map(|b| b.bytes.clone()).collect();
+            prop_assert_eq!(staged_rows(CopyFormat::Text, &joined).expect("whole rows").len(), rows.len());
             prop_assert_eq!(joined, expected);
             prop_assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), rows.len() as u64);
             if let Some(last) = batches.last() {

@@ -267,22 +267,6 @@ impl JobSpec {
         Ok(())
     }
 
-    /// Refuses a spec with `mapping:` for `what` (a replay): rows are not
-    /// carried through a mapping there yet, and carrying them table for
-    /// table instead would land them where the operator did not ask.
-    pub fn refuse_unapplied_mapping(&self, what: &str) -> Result<()> {
-        match &self.mapping {
-            Some(mapping) => Err(Error::Precondition(format!(
-                "job {} has a `mapping:` (version {}): {what} does not carry rows through a mapping \
-                 yet, and would land every table under its own name instead; \
-                 remove `mapping:` to migrate table for table",
-                self.job,
-                mapping.version()
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// Whether the spec selects every table of the source.
     pub fn all_tables(&self) -> bool {
         self.tables.iter().any(|t| t == "*")
@@ -334,6 +318,14 @@ impl fmt::Display for TableName {
 
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A name as `quote_ident` or `quote_ident()` in SQL wrote it, unquoted.
+pub fn unquote_ident(quoted: &str) -> String {
+    quoted
+        .strip_prefix('"')
+        .and_then(|c| c.strip_suffix('"'))
+        .map_or_else(|| quoted.to_owned(), |c| c.replace("\"\"", "\""))
 }
 
 /// A SQL string literal, for the standard-conforming strings PostgreSQL has

@@ -25,6 +25,15 @@ pub struct Manifest {
     /// Materialized views the source had populated, in refresh order.
     #[serde(default)]
     pub materialized_views: Vec<String>,
+    /// The mapping the copy ran under (canonical form): a replay under
+    /// another is refused, the difference shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<String>,
+    /// Every table landed through the mapping in the platform's tables:
+    /// the schema dump holds the source's definitions for the record only,
+    /// and a replay does not restore it.
+    #[serde(default)]
+    pub schema_for_record_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

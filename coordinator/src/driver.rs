@@ -421,6 +421,9 @@ mod tests {
             checked: false,
             source_relation: None,
             masks: Vec::new(),
+            review_masks: Vec::new(),
+            slice: None,
+            referenced: false,
         }];
         let mut items: Vec<PartitionRecord> =
             work::list(driver.store.as_ref(), &driver.keyspace, job)

@@ -201,6 +201,9 @@ mod tests {
             checked: false,
             source_relation: None,
             masks: Vec::new(),
+            review_masks: Vec::new(),
+            slice: None,
+            referenced: false,
         }
     }
 

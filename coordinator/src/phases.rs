@@ -63,6 +63,13 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
             .as_ref()
             .map(|m| m.masks.clone())
             .unwrap_or_default(),
+        review_masks: table
+            .mapped
+            .as_ref()
+            .map(|m| m.review_masks.clone())
+            .unwrap_or_default(),
+        slice: table.mapped.as_ref().map(|m| m.views.1.slice.clone()),
+        referenced: table.referenced,
     }
 }
 
@@ -430,6 +437,7 @@ impl Phases<'_> {
             &dump,
             sequences,
             views,
+            restores_schema(prepared),
         )
         .await
         .map_err(failed)?;

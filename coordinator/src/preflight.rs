@@ -241,5 +241,6 @@ async fn large_object_table(
             filter: None,
         }),
         mapped: None,
+        referenced: false,
     }))
 }

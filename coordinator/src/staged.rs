@@ -80,6 +80,7 @@ pub(crate) async fn write_manifest(
     dump: &SchemaDump,
     sequences: Vec<(String, i64, bool)>,
     materialized_views: Vec<String>,
+    schema_restored: bool,
 ) -> Result<()> {
     let job = &record.spec.job;
     let mut partitions = Vec::new();
@@ -110,6 +111,8 @@ pub(crate) async fn write_manifest(
                 .map(|(name, _)| (*name).to_owned())
                 .collect(),
             materialized_views,
+            mapping: record.spec.mapping.as_ref().map(|m| m.canonical()),
+            schema_for_record_only: !schema_restored,
         })
         .await
 }

@@ -8,10 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::MappingSpec;
-use super::OnError;
 use super::evidence::failing_value;
 use super::mask::ColumnMask;
 use super::resolve::{ColumnLanding, Conversion, Landing, Resolved};
+use super::{Mask, OnError};
 use crate::spec::{TableName, quote_ident, quote_literal};
 use crate::verify::{MaskedColumn, Value, View};
 
@@ -42,6 +42,10 @@ pub struct Carried {
     /// The masked columns as the check compares them (masked in the
     /// checking process, against the target's values).
     pub masked: Vec<MaskedColumn>,
+    /// Columns masked only in review copies, by position in
+    /// `copy_columns`: carried as they are, masked when replayed with
+    /// `--masked`.
+    pub review_masks: Vec<ColumnMask>,
 }
 
 /// One line of the report's lineage table.
@@ -81,11 +85,10 @@ fn rule_of(column: &ColumnLanding) -> String {
         });
     }
     if let Some(mask) = column.copy_mask() {
-        let name = serde_json::to_value(mask)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        rules.push(format!("masked ({name}); compared as masked"));
+        rules.push(format!("masked ({}); compared as masked", mask.spec_name()));
+    }
+    if let Some(mask) = column.review_mask() {
+        rules.push(format!("masked ({}) in review copies", mask.spec_name()));
     }
     if rules.is_empty() {
         "kept".to_owned()
@@ -99,11 +102,7 @@ impl Carried {
     pub fn target_columns(&self) -> Vec<String> {
         self.copy_columns
             .iter()
-            .map(|c| {
-                c.strip_prefix('"')
-                    .and_then(|c| c.strip_suffix('"'))
-                    .map_or_else(|| c.clone(), |c| c.replace("\"\"", "\""))
-            })
+            .map(|c| crate::spec::unquote_ident(c))
             .collect()
     }
 }
@@ -170,6 +169,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut source_values = Vec::new();
     let mut masks = Vec::new();
     let mut masked = Vec::new();
+    let mut review_masks = Vec::new();
     let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
     // Depends on the row even without a key: a constant message would be
@@ -239,7 +239,8 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 ));
             }
         };
-        if column.copy_mask().is_some()
+        let review_mask = column.review_mask();
+        if (column.copy_mask().is_some() || review_mask.is_some())
             && !matches!(
                 base_type(&column.target_type).as_str(),
                 "text" | "character varying"
@@ -272,6 +273,14 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             // The text the check masks too (`compared`), not COPY's own form.
             select.push(format!("({compared})::text"));
             continue;
+        }
+        if let Some(mask) = review_mask {
+            review_masks.push(ColumnMask {
+                index: copy_columns.len(),
+                column: column.source.clone(),
+                mask,
+                redact_with: column.redact_with.clone(),
+            });
         }
         copy_columns.push(quote_ident(&column.target));
         select.push(copied);
@@ -315,7 +324,10 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             landing.source
         ));
     }
-    if let Some(masked) = key_columns.iter().find(|c| c.copy_mask().is_some()) {
+    if let Some(masked) = key_columns
+        .iter()
+        .find(|c| c.mask.is_some_and(|m| m != Mask::Keep))
+    {
         return Err(format!(
             "{at}: the key column {} is masked: rows could no longer be told apart or compared; mask \
              other columns",
@@ -401,6 +413,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         keep,
         source_key: key.iter().map(|k| quote_ident(k)).collect(),
         masked,
+        review_masks,
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

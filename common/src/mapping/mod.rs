@@ -124,6 +124,16 @@ pub enum Mask {
     Hash,
 }
 
+impl Mask {
+    /// The rule as a mapping writes it (`tokenise-email`).
+    pub fn spec_name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskScope {

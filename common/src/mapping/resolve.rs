@@ -174,6 +174,12 @@ impl ColumnLanding {
         self.mask
             .filter(|m| *m != Mask::Keep && self.masked_for == MaskScope::Always)
     }
+
+    /// The mask only review copies get (`godwit replay --masked`).
+    pub fn review_mask(&self) -> Option<Mask> {
+        self.mask
+            .filter(|m| *m != Mask::Keep && self.masked_for == MaskScope::Review)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -22,6 +22,9 @@ pub struct SourceTable {
     /// target table, and this says where its rows come from and which of
     /// the target's rows are the job's.
     pub mapped: Option<Box<crate::mapping::carry::Carried>>,
+    /// A foreign key (of any table) references it or a table it is a
+    /// partition of: a sampled replay carries it whole.
+    pub referenced: bool,
 }
 
 /// Columns whose binary COPY form embeds a database-specific type OID:
@@ -45,7 +48,10 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
                                   FROM pg_attribute a \
                                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                                     AND a.attgenerated = ''), '{{}}'), \
-                        {OID_BEARING_COLUMNS} \
+                        {OID_BEARING_COLUMNS}, \
+                        EXISTS (SELECT 1 FROM pg_constraint con WHERE con.contype = 'f' \
+                                AND (con.confrelid = c.oid \
+                                     OR con.confrelid IN (SELECT relid FROM pg_partition_ancestors(c.oid)))) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind = 'r' AND n.nspname NOT IN {SYSTEM_SCHEMAS} \
                    AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
@@ -73,6 +79,7 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
             },
             source_relation: None,
             mapped: None,
+            referenced: row.get(6),
         });
     }
     if spec.all_tables() {

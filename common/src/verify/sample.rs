@@ -30,7 +30,7 @@ impl Sample {
         match number.parse::<f64>() {
             Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
             _ => Err(format!(
-                "--sample {text:?}: give the share of key ranges to compare, above 0% and at most 100% \
+                "--sample {text:?}: give the share to take, above 0% and at most 100% \
                  (for example --sample 5%)"
             )),
         }
@@ -61,6 +61,17 @@ impl Sample {
     }
 }
 
+impl Sample {
+    /// Whether the row at `position` (its partition, chunk and place in
+    /// the chunk) of `table` is drawn: the same seed draws the same rows.
+    pub fn draws_row(&self, table: &TableName, position: (u32, u64, u64)) -> bool {
+        let (partition, chunk, row) = position;
+        let base = self.seed ^ fnv1a(table.to_string().as_bytes());
+        let draw = splitmix64(splitmix64(splitmix64(base ^ u64::from(partition)) ^ chunk) ^ row);
+        draw <= (self.percent / 100.0 * u64::MAX as f64) as u64
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -83,6 +94,23 @@ mod tests {
             schema: "public".into(),
             name: "orders".into(),
         }
+    }
+
+    #[test]
+    fn rows_are_drawn_at_about_the_share_and_the_same_ones_again() {
+        let sample = Sample {
+            percent: 25.0,
+            seed: 3,
+        };
+        let drawn = |sample: &Sample| -> Vec<u64> {
+            (0..4_000)
+                .filter(|&i| sample.draws_row(&table(), (i as u32 % 3, i / 700, i)))
+                .collect()
+        };
+        let first = drawn(&sample);
+        assert!((850..=1_150).contains(&first.len()), "{}", first.len());
+        assert_eq!(first, drawn(&sample));
+        assert_ne!(first, drawn(&Sample { seed: 4, ..sample }));
     }
 
     #[test]

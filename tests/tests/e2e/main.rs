@@ -15,6 +15,7 @@ mod embedded;
 mod lease_store;
 mod ledger;
 mod mapping;
+mod mapping_review;
 mod real_world;
 mod replay;
 mod resume;

@@ -135,6 +135,29 @@ async fn replay_loads_the_staged_copy_without_the_source_and_refuses_tampering()
     }
 
     target.create_database("replica").await?;
+    // A review copy of a job whose mapping masks nothing would hold every
+    // value as the source has it: refused, nothing written.
+    let unmasked = run_godwit(
+        &[
+            "replay",
+            job.spec(),
+            "--target",
+            &target.url("replica"),
+            "--masked",
+        ],
+        &[],
+    )?;
+    assert_eq!(unmasked.status.code(), Some(2), "{}", describe(&unmasked));
+    assert!(
+        String::from_utf8_lossy(&unmasked.stderr).contains("mapping masks no column"),
+        "{}",
+        describe(&unmasked)
+    );
+    assert!(
+        user_tables(&target.client("replica").await?)
+            .await?
+            .is_empty()
+    );
     let output = run_godwit(
         &["replay", job.spec(), "--target", &target.url("replica")],
         &[],
