@@ -70,11 +70,12 @@ fn rule_of(column: &ColumnLanding) -> String {
         Conversion::CanFail => rules.push(format!(
             "converted to {} strictly (on_error: {})",
             column.target_type,
-            match column.on_error {
-                OnError::Fail => "fail",
-                OnError::Null => "null",
-                OnError::Default => "default",
-                OnError::SkipRow => "skip-row",
+            match (column.on_error, &column.fallback) {
+                (OnError::Fail, _) => "fail".to_owned(),
+                (OnError::Null, _) => "null".to_owned(),
+                (OnError::Default, Some(fallback)) => format!("default, {fallback}"),
+                (OnError::Default, None) => "default".to_owned(),
+                (OnError::SkipRow, _) => "skip-row".to_owned(),
             }
         )),
     }
@@ -228,15 +229,17 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 keep.push(format!("NOT coalesce(({fails}), false)"));
                 (converted.clone(), converted.clone())
             }
-            (Some(_), other) => {
-                return Err(format!(
-                    "{at}: `on_error: {}` for {} is not carried yet: use fail, null or skip-row",
-                    match other {
-                        OnError::Default => "default",
-                        OnError::Fail | OnError::Null | OnError::SkipRow => "",
-                    },
-                    column.source
-                ));
+            (Some(fails), OnError::Default) => {
+                // Resolved against the target's column (`fallback`); a
+                // landing without one had its problem listed.
+                let Some(fallback) = &column.fallback else {
+                    return Err(format!(
+                        "{at}: `on_error: default` for {}: the target column {} has no default to take",
+                        column.source, column.target
+                    ));
+                };
+                let defaulted = format!("CASE WHEN {fails} THEN {fallback} ELSE {converted} END");
+                (defaulted.clone(), defaulted)
             }
         };
         let review_mask = column.review_mask();

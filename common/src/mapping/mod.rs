@@ -13,6 +13,7 @@ use crate::spec::TableName;
 
 pub mod carry;
 pub mod evidence;
+pub mod fallback;
 pub mod forecast;
 pub mod mask;
 pub mod resolve;

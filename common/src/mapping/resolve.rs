@@ -25,6 +25,11 @@ pub struct Column {
     pub fills_itself: bool,
     /// `GENERATED ALWAYS AS … STORED`: never carried, the target computes it.
     pub generated: bool,
+    /// The column's default expression (`pg_get_expr`), and whether it
+    /// gives the same value every time (it calls only immutable functions).
+    pub default: Option<(String, bool)>,
+    /// An identity column (the target numbers it).
+    pub identity: bool,
 }
 
 /// A table's columns in order, its primary key, and the foreign keys it
@@ -54,11 +59,17 @@ pub async fn shapes(
     let rows = client
         .query(
             "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' \
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '', \
+                    CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+                    coalesce((SELECT bool_and(p.provolatile = 'i') \
+                              FROM regexp_matches(d.adbin::text, ':(?:func|opfunc)id (\\d+)', 'g') AS f(id) \
+                              JOIN pg_proc p ON p.oid = f.id[1]::oid), true), \
+                    a.attidentity <> '' \
              FROM unnest($1::text[], $2::text[]) AS wanted(schema, name) \
              JOIN pg_namespace n ON n.nspname = wanted.schema \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = wanted.name \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              ORDER BY n.nspname, c.relname, a.attnum",
             &[&schemas, &names],
         )
@@ -76,6 +87,10 @@ pub async fn shapes(
             not_null: row.get(4),
             fills_itself: row.get(5),
             generated: row.get(6),
+            default: row
+                .get::<_, Option<String>>(7)
+                .map(|expr| (expr, row.get(8))),
+            identity: row.get(9),
         });
     }
     let keys = client
@@ -166,6 +181,9 @@ pub struct ColumnLanding {
     pub mask: Option<Mask>,
     pub redact_with: Option<String>,
     pub masked_for: MaskScope,
+    /// With `on_error: default`: what a value that does not convert
+    /// becomes, as SQL (the target column's default, evaluated, or NULL).
+    pub fallback: Option<String>,
 }
 
 impl ColumnLanding {
@@ -309,7 +327,7 @@ pub async fn resolve(
                 dropped.push(column.name.clone());
                 continue;
             }
-            let landing = land_column(
+            let mut landing = land_column(
                 &at,
                 column,
                 rule,
@@ -318,6 +336,14 @@ pub async fn resolve(
                 source_name,
                 &mut problems,
             );
+            if landing.on_error == OnError::Default
+                && let Some(target_column) = existing.and_then(|t| t.column(&landing.target))
+            {
+                match super::fallback::fallback(target, target_name, target_column).await? {
+                    Ok(fallback) => landing.fallback = Some(fallback),
+                    Err(problem) => problems.push(format!("{at}: {}: {problem}", column.name)),
+                }
+            }
             columns.push(landing);
         }
         let mut added = Vec::new();
@@ -575,6 +601,7 @@ fn land_column(
         mask: rule.mask,
         redact_with: rule.redact_with.clone(),
         masked_for: rule.masked_for.unwrap_or(MaskScope::Always),
+        fallback: None,
     }
 }
 

@@ -1,4 +1,7 @@
-//! Review copies: a mapped job's staged copy replayed through its mapping
+//! `on_error: default` (the target column's constant default for a value
+//! that does not convert, checked and compared as such; refused where the
+//! column has none), then review copies: a mapped job's staged copy
+//! replayed through its mapping
 //! into a review database that has the platform's schema, with the source
 //! stopped: the columns masked for review copies tokenised with the
 //! customer's key, a seeded sample of the tables no foreign key
@@ -14,11 +17,16 @@ use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec
 
 use crate::mapping::{LANDING, TENANT, crm, platform_schema};
 
-/// The landing of `mapping.rs`, and the contacts in the tenant's schema
-/// with their phones masked in review copies only.
+/// The landing of `mapping.rs` with the legacy codes kept where they fit
+/// (the column's default where they do not), and the contacts in the
+/// tenant's schema with their phones masked in review copies only.
 fn reviewed() -> String {
+    let landing = LANDING.replace(
+        "legacy_code: { drop: true }",
+        "legacy_code: { to: code, type: \"varchar(4)\", on_error: default }",
+    );
     format!(
-        "{LANDING}    - from: crm.contacts
+        "{landing}    - from: crm.contacts
       to: tenant_acme.contacts
       columns:
         phone: {{ mask: tokenise-phone, masked_for: review }}
@@ -85,8 +93,78 @@ async fn a_review_copy_replays_the_mapping_masked_and_sampled_without_the_source
             + "\n"
             + &reviewed()
     })?;
+    // Taking the default of a NOT NULL column without one: refused.
+    std::fs::write(
+        &job.spec_path,
+        std::fs::read_to_string(&job.spec_path)?.replace(
+            "type: \"varchar(20)\", on_error: fail",
+            "type: \"varchar(20)\", on_error: default",
+        ),
+    )?;
+    let output = run_godwit(&["plan", job.spec()], &[])?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "name: `on_error: default`, but platform.accounts.display_name is NOT NULL without a default"
+        ),
+        "{}",
+        describe(&output)
+    );
+    std::fs::write(
+        &job.spec_path,
+        std::fs::read_to_string(&job.spec_path)?.replace(
+            "type: \"varchar(20)\", on_error: default",
+            "type: \"varchar(20)\", on_error: fail",
+        ),
+    )?;
+
+    // Eight codes are too long for varchar(4): they take the column's default.
+    src.batch_execute("UPDATE crm.accounts SET legacy_code = 'LEGACY-' || id WHERE id % 25 = 0")
+        .await?;
     let ran = run_godwit(&["run", job.spec()], &[])?;
     assert!(ran.status.success(), "{}", describe(&ran));
+    let dst = target.client("shop").await?;
+    let codes: Vec<(i64, String)> = dst
+        .query(
+            "SELECT id - 1000000, code FROM platform.accounts WHERE tenant_id = $1::text::uuid ORDER BY id",
+            &[&TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(i64, String)> = src
+        .query(
+            "SELECT id::bigint, CASE WHEN char_length(legacy_code) > 4 THEN 'n/a' ELSE legacy_code END \
+             FROM crm.accounts ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(codes, expected);
+    assert_eq!(codes.iter().filter(|(_, c)| c == "n/a").count(), 8);
+    // The check computes the same default, and finds a changed one.
+    let verified = run_godwit(&["verify", job.spec()], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    dst.execute(
+        "UPDATE platform.accounts SET code = 'L25' WHERE tenant_id = $1::text::uuid AND id = 1000025",
+        &[&TENANT],
+    )
+    .await?;
+    let verified = run_godwit(&["verify", job.spec()], &[])?;
+    assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("key (1000025) differs in code"),
+        "{}",
+        describe(&verified)
+    );
+    dst.execute(
+        "UPDATE platform.accounts SET code = 'n/a' WHERE tenant_id = $1::text::uuid AND id = 1000025",
+        &[&TENANT],
+    )
+    .await?;
     let phones: BTreeMap<i32, String> = src
         .query("SELECT id, phone FROM crm.contacts", &[])
         .await?
