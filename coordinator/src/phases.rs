@@ -568,7 +568,7 @@ impl Phases<'_> {
                         "SELECT (SELECT count(*) FROM {} AS t WHERE {}), \
                                 (SELECT coalesce(sum(rows), 0)::bigint FROM godwit.applied_chunks \
                                  WHERE job_id = $1 AND table_name = $2)",
-                        mapped.target.only(),
+                        mapped.target.quoted(),
                         mapped.views.1.slice
                     ),
                     &[&prepared.spec.job.as_str(), &mapped.target.to_string()],
@@ -597,7 +597,7 @@ impl Phases<'_> {
             .map(|m| {
                 format!(
                     "DELETE FROM {} AS t WHERE {}; ",
-                    m.target.only(),
+                    m.target.quoted(),
                     m.views.1.slice
                 )
             })

@@ -377,9 +377,15 @@ impl Verifier {
                 }
             }
         }
-        let foreign_keys = verify::orphans(source, target, &names)
+        let mut foreign_keys = verify::orphans(source, target, &names)
             .await
             .map_err(failed)?;
+        let mapped: Vec<_> = tables.iter().filter_map(|t| t.mapped.as_deref()).collect();
+        foreign_keys.extend(
+            verify::mapped_orphans(target, &mapped)
+                .await
+                .map_err(failed)?,
+        );
         let large_objects = verify::compare_large_objects(source, target)
             .await
             .map_err(failed)?;

@@ -46,6 +46,21 @@ pub struct Carried {
     /// `copy_columns`: carried as they are, masked when replayed with
     /// `--masked`.
     pub review_masks: Vec<ColumnMask>,
+    /// Each carried source column and the target column it lands in.
+    pub column_targets: Vec<(String, String)>,
+    /// The foreign keys the source table holds (source names): the check
+    /// looks for rows of the slice whose reference finds nothing as landed.
+    pub references: Vec<(Vec<String>, TableName, Vec<String>)>,
+}
+
+impl Carried {
+    /// The target column `source_column` lands in, if it is carried.
+    pub fn target_of(&self, source_column: &str) -> Option<&str> {
+        self.column_targets
+            .iter()
+            .find(|(source, _)| source == source_column)
+            .map(|(_, target)| target.as_str())
+    }
 }
 
 /// One line of the report's lineage table.
@@ -375,7 +390,9 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     };
     let target_view = View {
         table: landing.target.clone(),
-        from: format!("{} AS t", landing.target.only()),
+        // Not `ONLY`: a shared table may be partitioned (by tenant), its
+        // rows all in its partitions.
+        from: format!("{} AS t", landing.target.quoted()),
         slice,
         key: key_columns
             .iter()
@@ -417,6 +434,12 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         source_key: key.iter().map(|k| quote_ident(k)).collect(),
         masked,
         review_masks,
+        column_targets: landing
+            .columns
+            .iter()
+            .map(|c| (c.source.clone(), c.target.clone()))
+            .collect(),
+        references: landing.references.clone(),
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,

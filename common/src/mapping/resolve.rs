@@ -219,6 +219,9 @@ pub struct Landing {
     pub source_key: Vec<String>,
     /// The job's source tables holding a foreign key to this one.
     pub referenced_by: Vec<TableName>,
+    /// The foreign keys this source table holds: its columns, the
+    /// referenced table and its columns (source names).
+    pub references: Vec<(Vec<String>, TableName, Vec<String>)>,
     /// The `mapping.tables` entry used, if any.
     pub entry: Option<usize>,
 }
@@ -426,7 +429,7 @@ pub async fn resolve(
                 .query_one(
                     &format!(
                         "SELECT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} = {}::{data_type})",
-                        target_name.only(),
+                        target_name.quoted(),
                         crate::spec::quote_ident(column),
                         quote_literal(value)
                     ),
@@ -456,6 +459,7 @@ pub async fn resolve(
             added,
             added_types,
             source_key: shape.primary_key.clone(),
+            references: shape.references.clone(),
             referenced_by: source_shapes
                 .iter()
                 .filter(|(_, other)| other.references.iter().any(|(_, r, _)| r == source_name))

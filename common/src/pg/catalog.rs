@@ -242,7 +242,8 @@ pub async fn raise_sequences_past_values(
                     "SELECT setval($1::text::regclass, m) FROM (SELECT max({})::bigint AS m FROM {}) AS x, {sequence} AS s \
                      WHERE m IS NOT NULL AND CASE WHEN s.is_called THEN m > s.last_value ELSE m >= s.last_value END",
                     crate::spec::quote_ident(column),
-                    table.only()
+                    // Every row the sequence feeds, a partitioned table's too.
+                    table.quoted()
                 ),
                 &[&sequence],
             )

@@ -25,7 +25,7 @@ pub use content::{
     Options, ROW_LEVEL_LIMIT, RangeFinding, absent_table, compare_range, compare_views,
     merge_table, method,
 };
-pub use integrity::orphans;
+pub use integrity::{mapped_orphans, orphans};
 pub use masked::{MaskedColumn, compare_masked};
 pub use report::{
     ContentLayer, ForeignKeyReport, LargeObjectsReport, MappingLineage, Report, RowDifference,

@@ -165,6 +165,34 @@ async fn a_review_copy_replays_the_mapping_masked_and_sampled_without_the_source
         &[&TENANT],
     )
     .await?;
+    // A contact pointing at no account of the tenant's slice (the other
+    // tenant's id 1 is not it) is an orphan of the key as landed.
+    let account_of_5: i32 = dst
+        .query_one(
+            "SELECT account_id FROM tenant_acme.contacts WHERE id = 5",
+            &[],
+        )
+        .await?
+        .get(0);
+    dst.batch_execute("UPDATE tenant_acme.contacts SET account_id = 1 WHERE id = 5")
+        .await?;
+    let verified = run_godwit(&["verify", job.spec()], &[])?;
+    assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains(
+            "foreign key crm.contacts (account_id) → crm.accounts (id), as landed in tenant_acme.contacts \
+             (account_id) → platform.accounts (id) on tenant_acme.contacts: 1 orphan rows on the target"
+        ),
+        "{}",
+        describe(&verified)
+    );
+    dst.execute(
+        "UPDATE tenant_acme.contacts SET account_id = $1 WHERE id = 5",
+        &[&account_of_5],
+    )
+    .await?;
+    let verified = run_godwit(&["verify", job.spec()], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
     let phones: BTreeMap<i32, String> = src
         .query("SELECT id, phone FROM crm.contacts", &[])
         .await?

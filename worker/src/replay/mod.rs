@@ -355,7 +355,7 @@ async fn rows_in_slice(
         .query_one(
             &format!(
                 "SELECT count(*) FROM {} AS t WHERE {slice}",
-                table.name.only()
+                table.name.quoted()
             ),
             &[],
         )
