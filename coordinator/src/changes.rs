@@ -29,6 +29,7 @@ use godwit_common::{Error, Result};
 
 use crate::error::JobError;
 use crate::freeze::Freezer;
+use crate::mapped::StreamLanding;
 use crate::phases::Phases;
 use crate::verification::{Verified, Verifier};
 
@@ -119,7 +120,13 @@ impl Phases<'_> {
             .is_none()
         {
             let tables: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
-            let item = StreamItem::pending(job.clone(), tables, start);
+            let landing = StreamLanding::of(&record.spec, &tables)
+                .await
+                .map_err(JobError::Failed)?;
+            let item = StreamItem {
+                mapped: landing.mapped,
+                ..StreamItem::pending(job.clone(), landing.unmapped, start)
+            };
             work::publish(self.store.as_ref(), self.keyspace, &job, &[item])
                 .await
                 .map_err(JobError::Failed)?;
@@ -232,10 +239,12 @@ impl Phases<'_> {
         self.put_record(record).await.map_err(JobError::Failed)?;
         tracing::info!(job_id = %job, "cutover: started");
         let tables: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
-        match self
-            .cut(&record.spec, &tables, &mut cut, &mut verified)
-            .await
-        {
+        let cutting = async {
+            let landing = StreamLanding::of(&record.spec, &tables).await?;
+            self.cut(&record.spec, &landing, &mut cut, &mut verified)
+                .await
+        };
+        match cutting.await {
             Ok(()) => {
                 cut.succeeded = true;
                 tracing::info!(job_id = %job, frozen_ms = cut.frozen_ms, drain_ms = cut.drain_ms, verify_ms = cut.verify_ms, "cutover: done; the source's tables now refuse writes");
@@ -262,11 +271,13 @@ impl Phases<'_> {
     async fn cut(
         &self,
         spec: &JobSpec,
-        tables: &[TableName],
+        landing: &StreamLanding,
         cut: &mut CutoverRecord,
         verified: &mut Option<Verified>,
     ) -> Result<()> {
         let job = &spec.job;
+        // The source's own tables: what is frozen.
+        let tables = landing.source_tables.as_slice();
         let stream_lease = self
             .keyspace
             .work_lease(job, StreamItem::KIND, StreamItem::NUMBER);
@@ -306,6 +317,7 @@ impl Phases<'_> {
                     spec,
                     REQUESTER,
                     (baseline.lsn, &baseline.verified.report),
+                    landing,
                     verified,
                 )
                 .await
@@ -336,7 +348,7 @@ impl Phases<'_> {
         let max_frozen = Duration::from_millis(limits.max_frozen_ms);
         let outcome = tokio::time::timeout(
             max_frozen,
-            self.frozen_steps(spec, (tables, &baseline), cut, verified, &mut drained, &step),
+            self.frozen_steps(spec, (landing, &baseline), cut, verified, &mut drained, &step),
         )
         .await
         .unwrap_or_else(|_| {
@@ -387,7 +399,7 @@ impl Phases<'_> {
     async fn frozen_steps(
         &self,
         spec: &JobSpec,
-        (tables, baseline): (&[TableName], &Baseline),
+        (landing, baseline): (&StreamLanding, &Baseline),
         cut: &mut CutoverRecord,
         verified: &mut Option<Verified>,
         drained: &mut Option<Pending>,
@@ -414,14 +426,26 @@ impl Phases<'_> {
         tracing::info!(job_id = %spec.job, applied = %format_lsn(applied), "cutover: the stream drained to the frozen source");
         at("syncing sequences");
         let target = pg::connect(&spec.target, Side::Target).await?;
-        let sequences = catalog::sequences(&source, tables, spec.all_tables()).await?;
+        let sequences =
+            catalog::sequences(&source, &landing.source_tables, spec.all_tables()).await?;
         catalog::set_sequences(&target, &sequences).await?;
+        for mapped in &landing.mapped {
+            catalog::raise_sequences_past_values(&target, &mapped.target, &mapped.target_columns())
+                .await?;
+        }
         cut.drain_ms = started.elapsed().as_millis() as u64;
 
         at("checking the rows changed since the verification");
         let started = Instant::now();
         let touched = changed_keys::since(&target, spec.job.as_str(), baseline.lsn).await?;
-        let tables = verify::compare_changed(&source, &target, &touched, Options::default()).await;
+        let masker = landing.masker();
+        let tables = verify::compare_changed(
+            (&source, &target),
+            &touched,
+            (&landing.mapped, masker.as_ref()),
+            Options::default(),
+        )
+        .await;
         cut.verify_ms = started.elapsed().as_millis() as u64;
         let tables = tables.map_err(|e| Error::Verification(format!("final check: {e}")))?;
         cut.checked_keys = touched.keys() as u64;

@@ -6,7 +6,7 @@
 
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
-use godwit_common::mapping::carry::{carry, refusals};
+use godwit_common::mapping::carry::{Carried, carry, refusals, stream_refusals};
 use godwit_common::mapping::evidence;
 use godwit_common::mapping::resolve::{self, Landing};
 use godwit_common::pg::catalog::SourceTable;
@@ -54,13 +54,6 @@ pub(crate) async fn land(
     let Some(mapping) = &spec.mapping else {
         return Ok(tables);
     };
-    if spec.changes.is_some() {
-        return Err(rejected(Error::Precondition(format!(
-            "job {} streams changes and has a `mapping:`: changes are not streamed through a mapping yet; \
-             run the copy without `changes` (in a write freeze), or leave `mapping:` out",
-            spec.job
-        ))));
-    }
     let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
     let resolved = resolve::resolve(mapping, source, target, &names, resumed)
         .await
@@ -72,6 +65,11 @@ pub(crate) async fn land(
         .filter(|l| l.entry.is_some() && l.source != l.target)
         .collect();
     problems.extend(refusals(mapping, &resolved));
+    if spec.changes.is_some() {
+        for landing in &mapped {
+            problems.extend(stream_refusals(landing));
+        }
+    }
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {
@@ -117,4 +115,76 @@ pub(crate) async fn land(
         });
     }
     Ok(landed)
+}
+
+/// What the change stream and the cutover need of a job's mapping: the
+/// source tables (published, frozen, their sequences read), the target
+/// tables applied as they are, the mapped ones as carried, and the token
+/// key their masked columns are compared with.
+pub(crate) struct StreamLanding {
+    pub(crate) source_tables: Vec<TableName>,
+    pub(crate) unmapped: Vec<TableName>,
+    pub(crate) mapped: Vec<Carried>,
+    token_key: Option<godwit_common::mapping::mask::TokenKey>,
+    customer: String,
+}
+
+impl StreamLanding {
+    /// For the job's planned (target) tables.
+    pub(crate) async fn of(spec: &JobSpec, planned: &[TableName]) -> godwit_common::Result<Self> {
+        let mut landing = Self {
+            source_tables: planned.to_vec(),
+            unmapped: planned.to_vec(),
+            mapped: Vec::new(),
+            token_key: None,
+            customer: spec.customer.to_string(),
+        };
+        if spec.mapping.is_none() {
+            return Ok(landing);
+        }
+        let source =
+            godwit_common::pg::connect(&spec.source, godwit_common::pg::Side::Source).await?;
+        let target =
+            godwit_common::pg::connect(&spec.target, godwit_common::pg::Side::Target).await?;
+        let tables = godwit_common::pg::catalog::resolve_tables(&source, spec).await?;
+        let landed = land(spec, &source, &target, tables, Purpose::Verify)
+            .await
+            .map_err(|e| match e {
+                JobError::Rejected(e) | JobError::Failed(e) => e,
+                other => Error::Internal(other.to_string()),
+            })?;
+        landing.mapped = landed
+            .into_iter()
+            .filter_map(|t| t.mapped.map(|m| *m))
+            .filter(|m| planned.contains(&m.target))
+            .collect();
+        landing.source_tables = planned
+            .iter()
+            .map(|name| {
+                landing
+                    .mapped
+                    .iter()
+                    .find(|m| &m.target == name)
+                    .map_or_else(|| name.clone(), |m| m.source.clone())
+            })
+            .collect();
+        landing
+            .unmapped
+            .retain(|name| !landing.mapped.iter().any(|m| &m.target == name));
+        if landing.mapped.iter().any(|m| !m.masked.is_empty()) {
+            landing.token_key =
+                Some(godwit_common::keyring::CustomerKeys::for_spec(spec)?.token_key());
+        }
+        Ok(landing)
+    }
+
+    /// Masks the source's values of masked columns for a comparison.
+    pub(crate) fn masker(&self) -> Option<godwit_common::mapping::mask::Masker<'_>> {
+        self.token_key
+            .as_ref()
+            .map(|key| godwit_common::mapping::mask::Masker {
+                key,
+                customer: &self.customer,
+            })
+    }
 }

@@ -17,6 +17,7 @@ use godwit_common::verify::{self, Options, Report};
 use godwit_common::{Error, Result};
 
 use crate::changes::{changed_rows_report, differing_tables};
+use crate::mapped::StreamLanding;
 use crate::phases::Phases;
 use crate::verification::Verified;
 
@@ -38,6 +39,7 @@ impl Phases<'_> {
         spec: &JobSpec,
         requester: &str,
         (from, base): (u64, &Report),
+        landing: &StreamLanding,
         verified: &mut Option<Verified>,
     ) -> Result<(u64, Option<Instant>)> {
         let job = spec.job.as_str();
@@ -76,8 +78,14 @@ impl Phases<'_> {
                     ))
                 })?;
                 let touched = changed_keys::since(&target, job, verified_to).await?;
-                let tables =
-                    verify::compare_changed(&source, &target, &touched, Options::default()).await?;
+                let masker = landing.masker();
+                let tables = verify::compare_changed(
+                    (&source, &target),
+                    &touched,
+                    (&landing.mapped, masker.as_ref()),
+                    Options::default(),
+                )
+                .await?;
                 Ok::<_, Error>((lsn, touched.keys(), tables))
             }
             .await;

@@ -215,7 +215,12 @@ impl Phases<'_> {
             let source = pg::connect(&spec.source, Side::Source)
                 .await
                 .map_err(failed)?;
-            let names: Vec<TableName> = prepared.tables.iter().map(|t| t.name.clone()).collect();
+            // A mapped table's changes are its source table's.
+            let names: Vec<TableName> = prepared
+                .tables
+                .iter()
+                .map(|t| t.mapped.as_ref().map_or(&t.name, |m| &m.source).clone())
+                .collect();
             stream::create_publication(&source, &stream::publication_name(&slot), &names)
                 .await
                 .map_err(failed)?;

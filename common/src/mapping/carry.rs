@@ -22,6 +22,10 @@ pub struct Carried {
     pub target: TableName,
     /// Quoted target columns, in the order `select` produces them.
     pub copy_columns: Vec<String>,
+    /// Each target column's type without its modifiers: what the stream
+    /// casts `select`'s text to, leaving the column's own length or scale
+    /// to be enforced on assignment (an error, as for COPY).
+    pub copy_types: Vec<String>,
     /// Expressions over `t` (the source table), one per target column,
     /// whose text COPY writes.
     pub select: Vec<String>,
@@ -48,6 +52,9 @@ pub struct Carried {
     pub review_masks: Vec<ColumnMask>,
     /// Each carried source column and the target column it lands in.
     pub column_targets: Vec<(String, String)>,
+    /// The source's primary-key columns and where they land: how keys the
+    /// change stream names on the source are found on the target.
+    pub keys: Vec<KeyColumn>,
     /// The foreign keys the source table holds (source names): the check
     /// looks for rows of the slice whose reference finds nothing as landed.
     pub references: Vec<(Vec<String>, TableName, Vec<String>)>,
@@ -123,6 +130,17 @@ impl Carried {
     }
 }
 
+/// One primary-key column of a mapped table, on both sides (unquoted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyColumn {
+    pub source: String,
+    pub source_type: String,
+    pub target: String,
+    pub target_type: String,
+    /// Added to the source's value on the target.
+    pub offset: i64,
+}
+
 /// The source's leading key column and the target column it lands in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyMap {
@@ -181,6 +199,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let key = &landing.source_key;
     let at = format!("{} → {}", landing.source, landing.target);
     let mut copy_columns = Vec::new();
+    let mut copy_types = Vec::new();
     let mut select = Vec::new();
     let mut source_values = Vec::new();
     let mut masks = Vec::new();
@@ -288,6 +307,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 redact_with: column.redact_with.clone(),
             });
             copy_columns.push(quote_ident(&column.target));
+            copy_types.push(base_type(&column.target_type));
             // The text the check masks too (`compared`), not COPY's own form.
             select.push(format!("({compared})::text"));
             continue;
@@ -301,6 +321,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             });
         }
         copy_columns.push(quote_ident(&column.target));
+        copy_types.push(base_type(&column.target_type));
         select.push(copied);
         source_values.push(Value {
             name: label(&column.target),
@@ -320,6 +341,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .cloned()
             .unwrap_or_else(|| "text".to_owned());
         copy_columns.push(quote_ident(column));
+        copy_types.push(base_type(&target_type));
         select.push(quote_literal(value));
         source_values.push(Value {
             name: label(column),
@@ -440,9 +462,20 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .map(|c| (c.source.clone(), c.target.clone()))
             .collect(),
         references: landing.references.clone(),
+        keys: key_columns
+            .iter()
+            .map(|c| KeyColumn {
+                source: c.source.clone(),
+                source_type: c.source_type.clone(),
+                target: c.target.clone(),
+                target_type: c.target_type.clone(),
+                offset: c.offset.unwrap_or(0),
+            })
+            .collect(),
         source: landing.source.clone(),
         target: landing.target.clone(),
         copy_columns,
+        copy_types,
         select,
         views: (source_view, target_view),
         key_map,
@@ -511,6 +544,44 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
         }
         if let Err(e) = carry(landing) {
             problems.push(e);
+        }
+    }
+    problems
+}
+
+/// What a job that streams changes refuses of a mapped table, before
+/// anything is written: its changes are applied row by row as the copy
+/// landed its rows, found by key in the job's slice.
+pub fn stream_refusals(landing: &Landing) -> Vec<String> {
+    let at = format!("{} → {}", landing.source, landing.target);
+    let mut problems = Vec::new();
+    if landing.source_key.is_empty() {
+        problems.push(format!(
+            "{at}: {} has no primary key, and a streamed change to a mapped table finds its row by key: \
+             give it one, or copy it without `changes`",
+            landing.source
+        ));
+    }
+    for column in &landing.columns {
+        if column.conversion == Conversion::CanFail && column.on_error == OnError::SkipRow {
+            problems.push(format!(
+                "{at}: `on_error: skip-row` on {} while changes stream: a row could leave or join the \
+                 copy with any update; use fail, null or default",
+                column.source
+            ));
+        }
+        if column.copy_mask().is_some() && column.conversion != Conversion::None {
+            problems.push(format!(
+                "{at}: {} is both converted and masked, which the stream does not carry: mask it as it is",
+                column.source
+            ));
+        }
+        if column.generated {
+            problems.push(format!(
+                "{at}: {} is generated on the source and lands in a plain column: the source does not \
+                 stream generated values; make the target's column generated too, or drop it",
+                column.source
+            ));
         }
     }
     problems

@@ -184,6 +184,8 @@ pub struct ColumnLanding {
     /// With `on_error: default`: what a value that does not convert
     /// becomes, as SQL (the target column's default, evaluated, or NULL).
     pub fallback: Option<String>,
+    /// Generated on the source, carried as a value.
+    pub generated: bool,
 }
 
 impl ColumnLanding {
@@ -606,6 +608,7 @@ fn land_column(
         redact_with: rule.redact_with.clone(),
         masked_for: rule.masked_for.unwrap_or(MaskScope::Always),
         fallback: None,
+        generated: column.generated,
     }
 }
 

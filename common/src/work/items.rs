@@ -175,8 +175,14 @@ impl VerifyRange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamItem {
     pub job: JobId,
-    /// The tables whose changes are applied (the publication's).
+    /// The tables whose changes are applied as they are (the target's
+    /// names; put in replica mode while the stream runs).
     pub tables: Vec<TableName>,
+    /// The tables whose changes land through the mapping, in the
+    /// platform's tables (never put in replica mode: other tenants write
+    /// there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mapped: Vec<crate::mapping::carry::Carried>,
     /// Where the target ledger starts when it has no position yet: the
     /// slot's consistent point, which the copy's snapshot was taken at.
     pub start_lsn: u64,
@@ -196,6 +202,7 @@ impl StreamItem {
         Self {
             job,
             tables,
+            mapped: Vec::new(),
             start_lsn,
             state: WorkState::Pending,
             progress: ChangeProgress::default(),

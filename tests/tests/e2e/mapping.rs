@@ -365,7 +365,7 @@ pub(crate) const LANDING: &str = "mapping:
 /// The tokens the target holds for the tenant's emails, by source id (of
 /// the rows landed), each checked against the token computed here from
 /// the job's key file.
-async fn tokens_by_source_id(
+pub(crate) async fn tokens_by_source_id(
     source: &PgCluster,
     target: &PgCluster,
     job: &Job,

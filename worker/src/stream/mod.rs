@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use godwit_common::job::ChangeProgress;
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::LeaseStore;
-use godwit_common::pg::apply::{self, Applier};
+use godwit_common::pg::apply::{self, Applier, StreamMasks};
 use godwit_common::pg::apply_run::ApplyRun;
 use godwit_common::pg::pgoutput::{self, format_lsn};
 use godwit_common::pg::replication::ReplicationStream;
@@ -110,6 +110,10 @@ pub(crate) struct Streamer {
     applier: Applier,
     /// This holder's fencing token in the target ledger.
     token: i64,
+    /// The tables landing through the mapping, and the customer's token
+    /// key for their masked columns: what a new applier is made with.
+    mapped: Vec<godwit_common::mapping::carry::Carried>,
+    masks: Option<StreamMasks>,
     /// End of the last source transaction the target committed.
     applied: u64,
     /// Where the slot was last moved to.
@@ -153,6 +157,16 @@ impl Streamer {
                  misses changes it cannot get back; migrate again into an empty target"
             )));
         };
+        // The key is derived here from the customer's key file, as for the
+        // copy, and goes nowhere else.
+        let masks = if item.mapped.iter().any(|c| !c.masks.is_empty()) {
+            Some(StreamMasks {
+                key: godwit_common::keyring::CustomerKeys::for_spec(&spec)?.token_key(),
+                customer: spec.customer.to_string(),
+            })
+        } else {
+            None
+        };
         let mut streamer = Self {
             store: context.store,
             keyspace: context.keyspace,
@@ -164,7 +178,9 @@ impl Streamer {
             pacer: context.pacer,
             source,
             target,
-            applier: Applier::new(),
+            applier: Applier::with_mapping(item.mapped.clone(), masks.clone()),
+            mapped: item.mapped.clone(),
+            masks,
             token,
             applied,
             // The slot may already be past the ledger (moved on while
@@ -431,7 +447,7 @@ impl Streamer {
         if let Ok(target) = pg::connect(&self.spec.target, Side::Target).await {
             self.target = target;
             // Prepared statements died with the old session.
-            self.applier = Applier::new();
+            self.applier = Applier::with_mapping(self.mapped.clone(), self.masks.clone());
         }
         if let Ok(Some(lsn)) = apply::applied_lsn(&self.target, self.spec.job.as_str()).await {
             self.applied = lsn;

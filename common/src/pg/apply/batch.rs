@@ -272,6 +272,7 @@ mod tests {
             full_identity: false,
             primary_key: Some(vec![0]),
             gathers_updates: true,
+            mapped: None,
         })
     }
 

@@ -5,6 +5,7 @@
 //! to commit, is `apply_run`'s.
 
 mod batch;
+mod mapped;
 mod stream_ledger;
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ use crate::spec::{TableName, quote_ident};
 use crate::{Error, Result};
 pub use batch::Run;
 use batch::{Gather, Kind, Pending};
+use mapped::MappedTable;
+pub use mapped::StreamMasks;
 pub use stream_ledger::{applied_lsn, start_ledger};
 pub(super) use stream_ledger::{lock_ledger, record_ledger};
 
@@ -45,6 +48,9 @@ struct TargetTable {
     /// Updates may be gathered: the stream finds rows by the primary key,
     /// the table's one unique index (nor has it an exclusion constraint).
     gathers_updates: bool,
+    /// Set when the relation lands through the mapping: `name` is then the
+    /// target table, and its changes are applied row by row as mapped.
+    mapped: Option<Arc<MappedTable>>,
 }
 
 impl TargetTable {
@@ -80,6 +86,9 @@ pub struct Applier {
     seqscan: Option<bool>,
     /// Row changes gathered, not yet sent.
     pending: Pending,
+    /// The mapped tables, by source name.
+    mapping: HashMap<TableName, Arc<crate::mapping::carry::Carried>>,
+    masks: Option<StreamMasks>,
 }
 
 /// Where a row change went.
@@ -93,6 +102,22 @@ pub enum Gathered {
 impl Applier {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Applies the changes of `mapped` tables as the mapping lands them,
+    /// masking their masked columns with `masks`.
+    pub fn with_mapping(
+        mapped: Vec<crate::mapping::carry::Carried>,
+        masks: Option<StreamMasks>,
+    ) -> Self {
+        Self {
+            mapping: mapped
+                .into_iter()
+                .map(|c| (c.source.clone(), Arc::new(c)))
+                .collect(),
+            masks,
+            ..Self::default()
+        }
     }
 
     /// The rows changed since the last call: what the transaction being
@@ -224,6 +249,10 @@ impl Applier {
             Message::Insert { relation, new } => {
                 let table = self.table_for(*relation, new)?;
                 table.touch(&mut self.touched, new);
+                if let Some(mapped) = &table.mapped {
+                    let (sql, params) = mapped.insert(new)?;
+                    return self.owned_statement(tx, &sql, params, None).await;
+                }
                 let mut columns = Vec::new();
                 let mut values = Vec::new();
                 let mut params: Vec<Option<&str>> = Vec::new();
@@ -254,6 +283,14 @@ impl Applier {
                     table.touch(&mut self.touched, old_values(old));
                 }
                 table.touch(&mut self.touched, new);
+                if let Some(mapped) = &table.mapped {
+                    let Some((sql, params)) = mapped.update(old.as_ref().map(old_values), new)?
+                    else {
+                        return Ok(Applying::Done);
+                    };
+                    let expect = Some(("UPDATE", table.name.clone()));
+                    return self.owned_statement(tx, &sql, params, expect).await;
+                }
                 let mut sets = Vec::new();
                 let mut params: Vec<Option<&str>> = Vec::new();
                 for (column, value) in table.columns.iter().zip(new) {
@@ -286,6 +323,11 @@ impl Applier {
             Message::Delete { relation, old } => {
                 let table = self.table_for(*relation, old_values(old))?;
                 table.touch(&mut self.touched, old_values(old));
+                if let Some(mapped) = &table.mapped {
+                    let (sql, params) = mapped.delete(old_values(old))?;
+                    let expect = Some(("DELETE", table.name.clone()));
+                    return self.owned_statement(tx, &sql, params, expect).await;
+                }
                 let mut params: Vec<Option<&str>> = Vec::new();
                 let filter = identify(&table, old_values(old), &mut params)?;
                 let sql = format!("DELETE FROM {} WHERE {filter}", table.name.only());
@@ -302,9 +344,21 @@ impl Applier {
                 let mut names = Vec::new();
                 for relation in relations {
                     // Each truncated relation is listed, children too.
-                    let name = self.table(*relation)?.name.clone();
-                    names.push(name.only());
-                    self.touched.whole(&name);
+                    let table = self.table(*relation)?.clone();
+                    self.touched.whole(&table.name);
+                    // A mapped table's slice goes; the platform's other
+                    // rows stay.
+                    if let Some(mapped) = &table.mapped {
+                        let sql = mapped.truncate();
+                        tx.batch_execute(&sql)
+                            .await
+                            .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))?;
+                        continue;
+                    }
+                    names.push(table.name.only());
+                }
+                if names.is_empty() {
+                    return Ok(Applying::Done);
                 }
                 let sql = format!(
                     "TRUNCATE {}{}{}",
@@ -361,6 +415,9 @@ impl Applier {
             },
             name: relation.name.clone(),
         };
+        if let Some(carried) = self.mapping.get(&name).cloned() {
+            return self.describe_mapped(source, relation, carried).await;
+        }
         let mut types = target_columns(tx, &name).await?;
         if types.is_empty() {
             return Err(Error::Diverged(format!(
@@ -417,9 +474,86 @@ impl Applier {
                 full_identity,
                 primary_key,
                 gathers_updates,
+                mapped: None,
             }),
         );
         Ok(())
+    }
+
+    /// A relation that lands through the mapping: every column it sends
+    /// must be one the mapping carries or drops (a column added on the
+    /// source since would otherwise be lost without a word).
+    async fn describe_mapped(
+        &mut self,
+        source: &Client,
+        relation: &Relation,
+        carried: Arc<crate::mapping::carry::Carried>,
+    ) -> Result<()> {
+        for column in &relation.columns {
+            let known = carried.target_of(&column.name).is_some()
+                || carried.lineage.iter().any(|l| {
+                    l.target.is_empty() && l.source == format!("{}.{}", carried.source, column.name)
+                });
+            if !known {
+                return Err(Error::Diverged(format!(
+                    "the source's {} has a column {} its mapping neither lands nor drops (added since the \
+                     copy): the stream stops rather than lose its values; cancel the job, map the column, \
+                     and migrate again",
+                    carried.source, column.name
+                )));
+            }
+        }
+        for (source_column, _) in &carried.column_targets {
+            if !relation.columns.iter().any(|c| &c.name == source_column) {
+                return Err(Error::Diverged(format!(
+                    "the source's {} no longer sends column {source_column}, which its mapping lands: the \
+                     stream stops; cancel the job and migrate again",
+                    carried.source
+                )));
+            }
+        }
+        let mapped =
+            MappedTable::describe(source, relation, carried.clone(), self.masks.clone()).await?;
+        let columns = relation
+            .columns
+            .iter()
+            .map(|c| TargetColumn {
+                quoted: quote_ident(&c.name),
+                type_sql: "text".into(),
+                key: c.key,
+                always_identity: false,
+            })
+            .collect();
+        self.relations.insert(
+            relation.id,
+            Arc::new(TargetTable {
+                name: carried.target.clone(),
+                columns,
+                full_identity: relation.replica_identity == b'f',
+                primary_key: Some(mapped.key_positions()),
+                gathers_updates: false,
+                mapped: Some(Arc::new(mapped)),
+            }),
+        );
+        Ok(())
+    }
+
+    /// The statement for `sql`, prepared once per session, with owned values.
+    async fn owned_statement(
+        &mut self,
+        tx: &Client,
+        sql: &str,
+        params: Vec<Option<String>>,
+        expect_one: Option<(&'static str, TableName)>,
+    ) -> Result<Applying> {
+        let (statement, text) = self.prepared(tx, sql).await?;
+        Ok(Applying::Statement(RowStatement {
+            statement,
+            sql: text,
+            params: Params::Row(params),
+            expect: expect_one.map(|(what, table)| (what, table, 1)),
+            setting: None,
+        }))
     }
 
     /// The statement for `sql`, prepared once per session, with its values.
@@ -581,7 +715,7 @@ fn gatherable(
     kind: Kind,
     values: &[Value],
 ) -> Option<(Vec<usize>, Vec<usize>)> {
-    if values.iter().any(|v| matches!(v, Value::Binary(_))) {
+    if table.mapped.is_some() || values.iter().any(|v| matches!(v, Value::Binary(_))) {
         return None;
     }
     let present = |p: &usize| !matches!(values[*p], Value::Unchanged);
@@ -703,6 +837,7 @@ mod tests {
             full_identity: false,
             primary_key: Some(vec![1, 0]),
             gathers_updates: true,
+            mapped: None,
         };
         let text = |v: &str| Value::Text(v.into());
         let mut touched = Touched::default();
@@ -740,6 +875,7 @@ mod tests {
             full_identity: false,
             primary_key: Some(vec![0]),
             gathers_updates: true,
+            mapped: None,
         };
         let values = vec![Value::Text("4".into()), Value::Null];
         let mut params = Vec::new();

@@ -1,0 +1,257 @@
+//! Changes to a mapped table applied as the copy landed its rows. Each
+//! row's values, as the source sent them (text), become a one-row derived
+//! table `t` with the source's column names and types, from which the
+//! target computes the carried expressions (renames, strict conversions
+//! and their guards, offsets, added values) exactly as the copy's source
+//! did; a masked column arrives masked, by this process with the
+//! customer's key, before it is sent. Updates and deletes find their row
+//! by its key as landed, in the job's slice only, so another tenant's rows
+//! are never touched. SQL text and parameters only.
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::super::pgoutput::{Relation, Value};
+use crate::mapping::carry::Carried;
+use crate::mapping::mask::{ColumnMask, Masker, TokenKey};
+use crate::spec::quote_ident;
+use crate::{Error, Result};
+
+/// The customer's token key, for masked columns.
+#[derive(Clone, Debug)]
+pub struct StreamMasks {
+    pub key: TokenKey,
+    pub customer: String,
+}
+
+/// A relation of the stream that lands through the mapping.
+pub(super) struct MappedTable {
+    pub(super) carried: Arc<Carried>,
+    /// Per relation column: its quoted name and the type its text is read
+    /// as (the source's; text for a masked column).
+    columns: Vec<(String, String)>,
+    /// Per relation column: the mask its text gets before it is sent.
+    masks: Vec<Option<ColumnMask>>,
+    /// Positions of the source's key columns among the relation's, in the
+    /// key's order.
+    key: Vec<usize>,
+    masker: Option<StreamMasks>,
+}
+
+/// A statement and its parameters (`$n`, text).
+pub(super) type Sql = (String, Vec<Option<String>>);
+
+impl MappedTable {
+    /// Reads the relation's column types from the source.
+    pub(super) async fn describe(
+        source: &Client,
+        relation: &Relation,
+        carried: Arc<Carried>,
+        masker: Option<StreamMasks>,
+    ) -> Result<Self> {
+        let mut columns = Vec::with_capacity(relation.columns.len());
+        let mut masks = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let mask = carried
+                .masks
+                .iter()
+                .find(|m| m.column == column.name)
+                .cloned();
+            let type_sql: String = if mask.is_some() {
+                "text".to_owned()
+            } else {
+                source
+                    .query_one(
+                        "SELECT format_type($1::oid, $2)",
+                        &[&column.type_oid, &column.type_modifier],
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::postgres(
+                            format!("cannot read the type of {}.{}", carried.source, column.name),
+                            e,
+                        )
+                    })?
+                    .get(0)
+            };
+            columns.push((quote_ident(&column.name), type_sql));
+            masks.push(mask);
+        }
+        let key = carried
+            .keys
+            .iter()
+            .map(|k| {
+                relation
+                    .columns
+                    .iter()
+                    .position(|c| c.name == k.source)
+                    .ok_or_else(|| {
+                        Error::Diverged(format!(
+                            "the source's changes of {} lack its key column {}",
+                            carried.source, k.source
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        if !carried.masks.is_empty() && masker.is_none() {
+            return Err(Error::Internal(format!(
+                "{} has masked columns and the stream has no token key",
+                carried.source
+            )));
+        }
+        Ok(Self {
+            carried,
+            columns,
+            masks,
+            key,
+            masker,
+        })
+    }
+
+    /// The positions of the source's key columns.
+    pub(super) fn key_positions(&self) -> Vec<usize> {
+        self.key.clone()
+    }
+
+    /// `(SELECT $n::text::type AS col, …) AS t` over the columns at
+    /// `positions`, their texts appended to `params`.
+    fn derived(
+        &self,
+        values: &[Value],
+        positions: &[usize],
+        params: &mut Vec<Option<String>>,
+    ) -> Result<String> {
+        let mut selected = Vec::with_capacity(positions.len());
+        for &p in positions {
+            let text = match &values[p] {
+                Value::Null => None,
+                Value::Text(text) => Some(text.clone()),
+                Value::Unchanged | Value::Binary(_) => {
+                    return Err(Error::Internal(format!(
+                        "change stream: column {} of {} arrived without its text",
+                        self.columns[p].0, self.carried.source
+                    )));
+                }
+            };
+            let text = match (&self.masks[p], &self.masker) {
+                (Some(mask), Some(masker)) => Masker {
+                    key: &masker.key,
+                    customer: &masker.customer,
+                }
+                .apply(mask.mask, mask.redact_with.as_deref(), text.as_deref()),
+                _ => text,
+            };
+            params.push(text);
+            let (name, type_sql) = &self.columns[p];
+            selected.push(format!("${}::text::{type_sql} AS {name}", params.len()));
+        }
+        Ok(format!("(SELECT {}) AS t", selected.join(", ")))
+    }
+
+    /// The target's key columns and the source's key as landed, over a
+    /// derived table of the key columns of `identity`.
+    fn find_row(&self, identity: &[Value], params: &mut Vec<Option<String>>) -> Result<String> {
+        let target = &self.carried.views.1;
+        let source = &self.carried.views.0;
+        let derived = self.derived(identity, &self.key, params)?;
+        Ok(format!(
+            "({}) = (SELECT {} FROM {derived}) AND {}",
+            target.key.join(", "),
+            source.key.join(", "),
+            target.slice
+        ))
+    }
+
+    /// The `i`th carried expression, its text read as the target column's
+    /// type.
+    fn typed(&self, i: usize) -> String {
+        format!("({})::{}", self.carried.select[i], self.carried.copy_types[i])
+    }
+
+    pub(super) fn insert(&self, new: &[Value]) -> Result<Sql> {
+        let mut params = Vec::new();
+        let all: Vec<usize> = (0..self.columns.len()).collect();
+        let derived = self.derived(new, &all, &mut params)?;
+        let exprs: Vec<String> = (0..self.carried.select.len())
+            .map(|i| self.typed(i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {derived}",
+            self.carried.target.quoted(),
+            self.carried.copy_columns.join(", "),
+            exprs.join(", ")
+        );
+        Ok((sql, params))
+    }
+
+    /// None when the change sets nothing the mapping carries.
+    pub(super) fn update(&self, old: Option<&[Value]>, new: &[Value]) -> Result<Option<Sql>> {
+        // Target columns fed by a source column the change carries (an
+        // unchanged TOASTed value is not resent, and stays as it is).
+        let present: Vec<usize> = (0..self.columns.len())
+            .filter(|&p| !matches!(new[p], Value::Unchanged))
+            .collect();
+        let mut sets = Vec::new();
+        let mut exprs = Vec::new();
+        for (i, (source_column, _)) in self.carried.column_targets.iter().enumerate() {
+            let fed = present
+                .iter()
+                .any(|&p| self.columns[p].0 == quote_ident(source_column));
+            if fed {
+                sets.push(self.carried.copy_columns[i].clone());
+                exprs.push(self.typed(i));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(None);
+        }
+        // The key columns come along: the guards name the row by them.
+        let mut read: Vec<usize> = present.clone();
+        for &k in &self.key {
+            if !read.contains(&k) {
+                read.push(k);
+            }
+        }
+        let mut params = Vec::new();
+        let derived = self.derived(new, &read, &mut params)?;
+        let filter = self.find_row(old.unwrap_or(new), &mut params)?;
+        let sql = format!(
+            "UPDATE {} AS t SET ({}) = (SELECT {} FROM {derived}) WHERE {filter}",
+            self.carried.target.quoted(),
+            sets.join(", "),
+            exprs.join(", ")
+        );
+        Ok(Some((sql, params)))
+    }
+
+    pub(super) fn delete(&self, old: &[Value]) -> Result<Sql> {
+        let mut params = Vec::new();
+        let filter = self.find_row(old, &mut params)?;
+        Ok((
+            format!(
+                "DELETE FROM {} AS t WHERE {filter}",
+                self.carried.target.quoted()
+            ),
+            params,
+        ))
+    }
+
+    /// A truncate of the source table empties the job's slice only.
+    pub(super) fn truncate(&self) -> String {
+        format!(
+            "DELETE FROM {} AS t WHERE {}",
+            self.carried.target.quoted(),
+            self.carried.views.1.slice
+        )
+    }
+}
+
+impl std::fmt::Debug for MappedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedTable")
+            .field("source", &self.carried.source)
+            .field("target", &self.carried.target)
+            .finish()
+    }
+}

@@ -1,0 +1,262 @@
+//! Changes streamed through a mapping: after the copy of a customer's CRM
+//! into the platform's tenant-partitioned `platform.accounts` and a tenant
+//! schema, the customer's inserts, updates (a rename, a token, a value that
+//! converts to NULL, a key change) and deletes land in the tenant's slice
+//! as the mapping says, while the platform writes another tenant's row into
+//! the same table; a verification while streaming and the cutover's checks
+//! match, and both databases' own digests agree at the end. A generated
+//! column carried into a plain one is refused before anything is written.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use godwit_tests::{
+    Job, PgCluster, Running, bin, describe, free_port, run_godwit, source_and_target, spec_body,
+    wait_for_streaming, wait_until,
+};
+
+use crate::mapping::{LANDING, TENANT, crm, tokens_by_source_id};
+
+const OTHER_TENANT: &str = "00000000-0000-4000-8000-0000000000aa";
+
+/// The accounts and contacts as the mapping lands them, each side's
+/// count and digest computed by its own database.
+async fn digests(source: &PgCluster, target: &PgCluster) -> anyhow::Result<Vec<(i64, i64)>> {
+    let src = source.client("shop").await?;
+    let dst = target.client("shop").await?;
+    let mut out = Vec::new();
+    for (at_source, at_target) in [
+        (
+            "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20), \
+                    CASE WHEN round(credit, 2) <> credit THEN NULL ELSE credit END::numeric(12, 2))::text)), 0) \
+             FROM crm.accounts",
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, display_name, credit)::text)), 0) \
+             FROM platform.accounts WHERE tenant_id = $1::text::uuid",
+        ),
+        (
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, account_id + 1000000, phone, note)::text)), 0) \
+             FROM crm.contacts",
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, account_id, phone, note)::text)), 0) \
+             FROM tenant_acme.contacts WHERE $1::text IS NOT NULL",
+        ),
+    ] {
+        let s = src.query_one(at_source, &[]).await?;
+        let t = dst.query_one(at_target, &[&TENANT]).await?;
+        out.push((s.get(0), s.get(1)));
+        out.push((t.get(0), t.get(1)));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    let src = source.client("shop").await?;
+    src.batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
+        .await?;
+    let contacts = "    - from: crm.contacts\n      to: tenant_acme.contacts\n";
+    let job = Job::create(|staging| {
+        spec_body("crm-stream", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts, crm.contacts]")
+            + "\nchanges: {}\n"
+            + LANDING
+            + contacts
+    })?;
+
+    // The source does not stream generated values: carrying one into a
+    // plain column is refused, nothing written.
+    let refused = run_godwit(&["run", job.spec()], &[])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("name_length is generated on the source and lands in a plain column"),
+        "{}",
+        describe(&refused)
+    );
+    std::fs::write(
+        &job.spec_path,
+        std::fs::read_to_string(&job.spec_path)?.replace(
+            "legacy_code: { drop: true }",
+            "legacy_code: { drop: true }\n        name_length: { drop: true }",
+        ),
+    )?;
+
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = job.dir.path().join("run.log");
+    let _run = Running(
+        Command::new(bin("godwit")?)
+            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    wait_for_streaming(&url, "crm-stream").await?;
+
+    src.batch_execute(
+        "INSERT INTO crm.accounts (id, name, email, legacy_code, credit) \
+             SELECT g, 'new ' || g, 'n' || g || '@example.com', 'N', g * 1.5 FROM generate_series(201, 210) g; \
+         INSERT INTO crm.contacts SELECT g, g - 200, '+1666' || lpad(g::text, 7, '0'), 'new' \
+             FROM generate_series(401, 405) g; \
+         UPDATE crm.accounts SET name = 'renamed 7' WHERE id = 7; \
+         UPDATE crm.accounts SET email = 'moved@example.com' WHERE id = 8; \
+         UPDATE crm.accounts SET credit = 1.001 WHERE id = 9; \
+         UPDATE crm.accounts SET id = 300 WHERE id = 210; \
+         DELETE FROM crm.contacts WHERE account_id = 3; \
+         DELETE FROM crm.accounts WHERE id = 3; \
+         UPDATE crm.contacts SET note = 'called' WHERE id = 10",
+    )
+    .await?;
+    let dst = target.client("shop").await?;
+    dst.execute(
+        "INSERT INTO platform.accounts (tenant_id, id, display_name) VALUES ($1::text::uuid, 2, 'other 2')",
+        &[&OTHER_TENANT],
+    )
+    .await?;
+    wait_until(
+        "the last change to land in the tenant's slice",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt(
+                    "SELECT 1 FROM tenant_acme.contacts WHERE id = 10 AND note = 'called'",
+                    &[],
+                )
+                .await?
+                .map(|_| ()))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let status = run_godwit(&["status", "--coordinator", &url, "crm-stream"], &[])
+            .map(|o| describe(&o))
+            .unwrap_or_default();
+        anyhow::anyhow!("{e}\n{status}\n{log}")
+    })?;
+    let landed: Vec<(i64, String)> = dst
+        .query(
+            "SELECT id, display_name FROM platform.accounts WHERE tenant_id = $1::text::uuid \
+             AND id IN (1000003, 1000007, 1000210, 1000300) ORDER BY id",
+            &[&TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        landed,
+        vec![
+            (1_000_007, "renamed 7".to_owned()),
+            (1_000_300, "new 210".to_owned())
+        ]
+    );
+    let nulled: bool = dst
+        .query_one(
+            "SELECT credit IS NULL FROM platform.accounts WHERE tenant_id = $1::text::uuid AND id = 1000009",
+            &[&TENANT],
+        )
+        .await?
+        .get(0);
+    assert!(nulled, "a third decimal converts to NULL (on_error: null)");
+
+    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-stream"], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-stream"], &[])?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+
+    let sides = digests(&source, &target).await?;
+    assert_eq!(
+        sides[0], sides[1],
+        "accounts: source as mapped, target's slice"
+    );
+    assert_eq!(sides[2], sides[3], "contacts");
+    assert_eq!(sides[0].0, 209);
+    assert_eq!(sides[2].0, 403);
+    // Every email the target holds is the customer's token of the
+    // source's address, the changed one too.
+    let tokens = tokens_by_source_id(&source, &target, &job, TENANT, 1_000_000).await?;
+    assert_eq!(tokens.len(), 209);
+    let others: Vec<(i64, String)> = dst
+        .query(
+            "SELECT id, display_name FROM platform.accounts WHERE tenant_id = $1::text::uuid ORDER BY id",
+            &[&OTHER_TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        others,
+        vec![(1, "other tenant".to_owned()), (2, "other 2".to_owned())]
+    );
+    // The check of changed keys the cutover runs, on its own: the stream's
+    // keys are the source's, found on the target where they landed; a
+    // planted difference in a changed row (a value, a token) is named by
+    // its key as landed, another tenant's row never.
+    let spec = godwit_common::spec::JobSpec::from_file(&job.spec_path)?;
+    let names = [godwit_common::spec::TableName::parse("crm.accounts").expect("name")];
+    let resolved = godwit_common::mapping::resolve::resolve(
+        spec.mapping.as_ref().expect("mapping"),
+        &src,
+        &dst,
+        &names,
+        true,
+    )
+    .await?;
+    let carried =
+        godwit_common::mapping::carry::carry(&resolved.landings[0]).map_err(anyhow::Error::msg)?;
+    let mut touched = godwit_common::pg::changed_keys::Touched::default();
+    for key in ["7", "8", "300"] {
+        touched.key(&carried.target, &[key]);
+    }
+    let key = godwit_common::keys::Kek::from_file(&job.key_path)?.token_key();
+    let masker = godwit_common::mapping::mask::Masker {
+        key: &key,
+        customer: "acme",
+    };
+    let compare = |touched: godwit_common::pg::changed_keys::Touched| {
+        let (src, dst, carried, masker) = (&src, &dst, carried.clone(), &masker);
+        async move {
+            godwit_common::verify::compare_changed(
+                (src, dst),
+                &touched,
+                (&[carried], Some(masker)),
+                godwit_common::verify::Options::default(),
+            )
+            .await
+        }
+    };
+    let reports = compare(touched.clone()).await?;
+    assert!(reports[0].content.matched, "{reports:?}");
+    dst.execute(
+        "UPDATE platform.accounts SET display_name = 'planted', contact_email = 'x@example.com' \
+         WHERE tenant_id = $1::text::uuid AND id = 1000300",
+        &[&TENANT],
+    )
+    .await?;
+    dst.execute(
+        "UPDATE platform.accounts SET display_name = 'planted' WHERE tenant_id = $1::text::uuid AND id = 1000007",
+        &[&OTHER_TENANT],
+    )
+    .await?;
+    let reports = compare(touched).await?;
+    let different: Vec<(String, Vec<String>)> = reports[0]
+        .content
+        .different
+        .iter()
+        .map(|d| (d.key.clone(), d.columns.clone()))
+        .collect();
+    assert_eq!(
+        different,
+        vec![(
+            "(1000300)".to_owned(),
+            vec!["display_name".to_owned(), "contact_email".to_owned()]
+        )],
+        "{reports:?}"
+    );
+    Ok(())
+}
