@@ -196,7 +196,10 @@ fn redacted(
 ) -> String {
     let data_exception = code.starts_with("22");
     let mut text = match message.find(": \"") {
-        Some(at) if data_exception => format!("{}: \"…\"", &message[..at]),
+        Some(at) if data_exception => match own_conversion_message(&message[at + 3..]) {
+            Some(own) => format!("{}: {own}", &message[..at]),
+            None => format!("{}: \"…\"", &message[..at]),
+        },
         _ => message.to_owned(),
     };
     let quotes_values =
@@ -219,6 +222,20 @@ fn redacted(
     text
 }
 
+/// A mapping's guard against a value that does not convert fails by
+/// casting its own message (`godwit: name of crm.accounts at key (7) does
+/// not convert to character varying(20)`): kept, without the row's key,
+/// which is customer data like any value.
+fn own_conversion_message(quoted: &str) -> Option<String> {
+    let quoted = quoted.strip_suffix('"').unwrap_or(quoted);
+    let rest = quoted.strip_prefix("godwit: ")?;
+    let (what, after) = rest.split_once(" at key ")?;
+    let (_, target) = after.rsplit_once(" does not convert to ")?;
+    Some(format!(
+        "a value of {what} does not convert to {target} (the row's key is kept out of messages)"
+    ))
+}
+
 impl From<etcd_client::Error> for Error {
     fn from(e: etcd_client::Error) -> Self {
         Error::LeaseStore(e.to_string())
@@ -228,6 +245,31 @@ impl From<etcd_client::Error> for Error {
 #[cfg(test)]
 mod redaction_tests {
     use super::redacted;
+
+    #[test]
+    fn a_mapping_guard_is_named_without_its_key() {
+        let text = redacted(
+            "22P02",
+            "ERROR: invalid input syntax for type integer: \"godwit: name of crm.accounts at key (secret@x.com) \
+             does not convert to character varying(20)\"",
+            None,
+            None,
+            None,
+        );
+        assert_eq!(
+            text,
+            "ERROR: invalid input syntax for type integer: a value of name of crm.accounts does not convert \
+             to character varying(20) (the row's key is kept out of messages) (SQLSTATE 22P02)"
+        );
+        let plain = redacted(
+            "22P02",
+            "ERROR: invalid input syntax for type integer: \"godwit: tricked\"",
+            None,
+            None,
+            None,
+        );
+        assert!(!plain.contains("tricked"), "{plain}");
+    }
 
     #[test]
     fn row_values_never_reach_an_error_message() {

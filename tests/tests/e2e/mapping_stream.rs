@@ -5,7 +5,9 @@
 //! as the mapping says, while the platform writes another tenant's row into
 //! the same table; a verification while streaming and the cutover's checks
 //! match, and both databases' own digests agree at the end. A generated
-//! column carried into a plain one is refused before anything is written.
+//! column carried into a plain one is refused before anything is written;
+//! a value that does not convert, and a column added on the source that
+//! the mapping does not place, stop the stream by name.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -257,6 +259,107 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
             vec!["display_name".to_owned(), "contact_email".to_owned()]
         )],
         "{reports:?}"
+    );
+    Ok(())
+}
+
+/// Starts `godwit run --listen` of a streaming job of the accounts alone
+/// (its generated column dropped) into `tenant`'s slice, moved by `offset`;
+/// returns it once it streams, with its log.
+async fn streaming(
+    source: &PgCluster,
+    target: &PgCluster,
+    name: &str,
+    (tenant, offset): (&str, &str),
+) -> anyhow::Result<(Running, std::path::PathBuf, Job)> {
+    let job = Job::create(|staging| {
+        spec_body(name, source, target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts]")
+            + "\nchanges: {}\n"
+            + &LANDING
+                .replace(TENANT, tenant)
+                .replace("offset: 1000000", offset)
+                .replace(
+                    "legacy_code: { drop: true }",
+                    "legacy_code: { drop: true }\n        name_length: { drop: true }",
+                )
+    })?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = job.dir.path().join("run.log");
+    let run = Running(
+        Command::new(bin("godwit")?)
+            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    wait_for_streaming(&url, name).await?;
+    Ok((run, log_path, job))
+}
+
+/// Waits for the job to end with exit 1; returns its log.
+async fn stopped(mut run: Running, log_path: &std::path::Path) -> anyhow::Result<String> {
+    let status = run
+        .exit_status("the job to stop", Duration::from_secs(120))
+        .await;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let status = status.map_err(|e| anyhow::anyhow!("{e}\n{log}"))?;
+    assert_eq!(status.code(), Some(1), "{log}");
+    Ok(log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_that_does_not_convert_or_an_unplaced_new_column_stops_the_stream_by_name()
+-> anyhow::Result<()> {
+    const SECRET: &str = "secret-value-7f3e";
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    let src = source.client("shop").await?;
+    src.batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
+        .await?;
+
+    let (run, log_path, _job) = streaming(
+        &source,
+        &target,
+        "crm-unconvertible",
+        (TENANT, "offset: 1000000"),
+    )
+    .await?;
+    src.batch_execute(&format!(
+        "UPDATE crm.accounts SET name = 'a name too long {SECRET}' WHERE id = 11"
+    ))
+    .await?;
+    let log = stopped(run, &log_path).await?;
+    assert!(
+        log.contains(
+            "a value of name of crm.accounts does not convert to character varying(20) (the row's key is \
+             kept out of messages)"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET), "the log holds the value:\n{log}");
+
+    src.batch_execute("UPDATE crm.accounts SET name = 'account 11' WHERE id = 11")
+        .await?;
+    let (run, log_path, _job) = streaming(
+        &source,
+        &target,
+        "crm-added-column",
+        ("6f1c2a54-0000-4000-8000-000000000002", "offset: 3000000"),
+    )
+    .await?;
+    src.batch_execute(
+        "ALTER TABLE crm.accounts ADD COLUMN region text; \
+         UPDATE crm.accounts SET region = 'eu' WHERE id = 12",
+    )
+    .await?;
+    let log = stopped(run, &log_path).await?;
+    assert!(
+        log.contains(
+            "the source's crm.accounts has a column region its mapping neither lands nor drops"
+        ),
+        "{log}"
     );
     Ok(())
 }

@@ -166,7 +166,10 @@ impl MappedTable {
     /// The `i`th carried expression, its text read as the target column's
     /// type.
     fn typed(&self, i: usize) -> String {
-        format!("({})::{}", self.carried.select[i], self.carried.copy_types[i])
+        format!(
+            "({})::{}",
+            self.carried.select[i], self.carried.copy_types[i]
+        )
     }
 
     pub(super) fn insert(&self, new: &[Value]) -> Result<Sql> {
