@@ -590,6 +590,10 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
          WHERE tenant_id = '{TENANT}' AND id = 1000007; \
          UPDATE platform.accounts SET contact_email = 'u000000000000@example.com' \
          WHERE tenant_id = '{TENANT}' AND id = 1000009; \
+         UPDATE platform.accounts SET credit = 99 WHERE tenant_id = '{TENANT}' AND id = 1000011; \
+         UPDATE platform.accounts SET name_length = 0 WHERE tenant_id = '{TENANT}' AND id = 1000012; \
+         DELETE FROM platform.accounts WHERE tenant_id = '{TENANT}' AND id = 1000013; \
+         INSERT INTO platform.accounts (tenant_id, id, display_name) VALUES ('{TENANT}', 1000999, 'extra'); \
          UPDATE platform.accounts SET display_name = 'changed' WHERE id = 1 AND tenant_id <> '{TENANT}'"
     ))
     .await?;
@@ -610,7 +614,21 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         vec![
             serde_json::json!({ "key": "(1000007)", "columns": ["display_name"] }),
             serde_json::json!({ "key": "(1000009)", "columns": ["contact_email"] }),
+            serde_json::json!({ "key": "(1000011)", "columns": ["credit"] }),
+            serde_json::json!({ "key": "(1000012)", "columns": ["name_length"] }),
         ],
+        "{report}"
+    );
+    // A row gone from the slice and one that is not the customer's, by
+    // their keys as landed (offset).
+    assert_eq!(
+        accounts["content"]["missing"],
+        serde_json::json!(["(1000013)"]),
+        "{report}"
+    );
+    assert_eq!(
+        accounts["content"]["extra"],
+        serde_json::json!(["(1000999)"]),
         "{report}"
     );
     dst.execute(
@@ -622,6 +640,40 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
     dst.execute(
         "UPDATE platform.accounts SET contact_email = $2 WHERE tenant_id = $1::text::uuid AND id = 1000009",
         &[&TENANT, &token_of_9],
+    )
+    .await?;
+    // Put back as the copy wrote them: credit 11 NULL (a third decimal),
+    // account 13 from the source through its rules.
+    dst.batch_execute(&format!(
+        "UPDATE platform.accounts SET credit = NULL WHERE tenant_id = '{TENANT}' AND id = 1000011; \
+         UPDATE platform.accounts SET name_length = 10 WHERE tenant_id = '{TENANT}' AND id = 1000012; \
+         DELETE FROM platform.accounts WHERE tenant_id = '{TENANT}' AND id = 1000999"
+    ))
+    .await?;
+    let row13 = source
+        .client("shop")
+        .await?
+        .query_one(
+            "SELECT name, email, credit::text FROM crm.accounts WHERE id = 13",
+            &[],
+        )
+        .await?;
+    let (name13, email13, credit13): (String, String, String) =
+        (row13.get(0), row13.get(1), row13.get(2));
+    let key = godwit_common::keys::Kek::from_file(&job.key_path)?.token_key();
+    let token13 = godwit_common::mapping::mask::Masker {
+        key: &key,
+        customer: "acme",
+    }
+    .apply(
+        godwit_common::mapping::Mask::TokeniseEmail,
+        None,
+        Some(&email13),
+    );
+    dst.execute(
+        "INSERT INTO platform.accounts (tenant_id, id, display_name, contact_email, credit, name_length) \
+         VALUES ($1::text::uuid, 1000013, $2, $3, CASE WHEN round($4::text::numeric, 2) <> $4::text::numeric THEN NULL ELSE $4::text::numeric END, $5)",
+        &[&TENANT, &name13, &token13, &credit13, &(name13.chars().count() as i32)],
     )
     .await?;
     let (code, report) = verified(&job)?;
