@@ -95,7 +95,7 @@ async fn build(
     let mut problems = resolved.problems.clone();
     if problems.is_empty() {
         // What a run would refuse, said now rather than at the run.
-        problems.extend(refusals(&mapping, &resolved));
+        problems.extend(refusals(&mapping, &resolved, spec.changes.is_some()));
     }
     if !problems.is_empty() {
         return Ok(Err(problems));

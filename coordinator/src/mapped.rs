@@ -6,7 +6,7 @@
 
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
-use godwit_common::mapping::carry::{Carried, carry, refusals, stream_refusals};
+use godwit_common::mapping::carry::{Carried, carry, refusals};
 use godwit_common::mapping::evidence;
 use godwit_common::mapping::resolve::{self, Landing};
 use godwit_common::pg::catalog::SourceTable;
@@ -64,12 +64,7 @@ pub(crate) async fn land(
         .iter()
         .filter(|l| l.entry.is_some() && l.source != l.target)
         .collect();
-    problems.extend(refusals(mapping, &resolved));
-    if spec.changes.is_some() {
-        for landing in &mapped {
-            problems.extend(stream_refusals(landing));
-        }
-    }
+    problems.extend(refusals(mapping, &resolved, spec.changes.is_some()));
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {

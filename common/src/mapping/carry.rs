@@ -485,7 +485,8 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
 /// What a run refuses of a resolved mapping because it does not carry it
 /// yet, one line per table and rule (what `godwit plan` and a run both
 /// say before anything is written).
-pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
+/// `streams`: the job streams changes after its copy.
+pub fn refusals(mapping: &MappingSpec, resolved: &Resolved, streams: bool) -> Vec<String> {
     let mut problems = Vec::new();
     // An entry that keeps the table's name would land its rules in a table
     // created from the source's own definition.
@@ -545,6 +546,9 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
         if let Err(e) = carry(landing) {
             problems.push(e);
         }
+        if streams {
+            problems.extend(stream_refusals(landing));
+        }
     }
     problems
 }
@@ -552,7 +556,7 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved) -> Vec<String> {
 /// What a job that streams changes refuses of a mapped table, before
 /// anything is written: its changes are applied row by row as the copy
 /// landed its rows, found by key in the job's slice.
-pub fn stream_refusals(landing: &Landing) -> Vec<String> {
+fn stream_refusals(landing: &Landing) -> Vec<String> {
     let at = format!("{} → {}", landing.source, landing.target);
     let mut problems = Vec::new();
     if landing.source_key.is_empty() {

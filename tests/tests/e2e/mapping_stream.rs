@@ -68,7 +68,15 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
     })?;
 
     // The source does not stream generated values: carrying one into a
-    // plain column is refused, nothing written.
+    // plain column is refused, by the plan and by the run, nothing written.
+    let planned = run_godwit(&["plan", job.spec()], &[])?;
+    assert_eq!(planned.status.code(), Some(2), "{}", describe(&planned));
+    assert!(
+        String::from_utf8_lossy(&planned.stderr)
+            .contains("name_length is generated on the source and lands in a plain column"),
+        "{}",
+        describe(&planned)
+    );
     let refused = run_godwit(&["run", job.spec()], &[])?;
     assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
     assert!(
