@@ -59,11 +59,7 @@ pub(crate) async fn land(
         .await
         .map_err(rejected)?;
     let mut problems = resolved.problems.clone();
-    let mapped: Vec<&Landing> = resolved
-        .landings
-        .iter()
-        .filter(|l| l.entry.is_some() && l.source != l.target)
-        .collect();
+    let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     problems.extend(refusals(mapping, &resolved, spec.changes.is_some()));
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {

@@ -68,7 +68,13 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
             .as_ref()
             .map(|m| m.review_masks.clone())
             .unwrap_or_default(),
-        slice: table.mapped.as_ref().map(|m| m.views.1.slice.clone()),
+        // A table the job creates is replayed as it is created: from the
+        // schema dump, into a database without it.
+        slice: table
+            .mapped
+            .as_ref()
+            .filter(|m| !m.created_by_job())
+            .map(|m| m.views.1.slice.clone()),
         referenced: table.referenced,
     }
 }
@@ -124,10 +130,16 @@ fn customer_tables(prepared: &Prepared) -> Vec<TableName> {
 /// Whether the job creates tables from the source's schema: not when every
 /// table it copies lands, through a mapping, in one the platform has.
 fn restores_schema(prepared: &Prepared) -> bool {
-    prepared
-        .tables
-        .iter()
-        .any(|t| t.mapped.is_none() && t.source_relation.is_none())
+    prepared.tables.iter().any(created_from_source)
+}
+
+/// A table the job creates from the source's definition: copied as it is,
+/// or keeping its name with columns masked.
+fn created_from_source(table: &SourceTable) -> bool {
+    match &table.mapped {
+        Some(mapped) => mapped.created_by_job(),
+        None => table.source_relation.is_none(),
+    }
 }
 
 /// What the phases work with: the lease store, its keyspace and the job
@@ -270,7 +282,7 @@ impl Phases<'_> {
                 prepared
                     .tables
                     .iter()
-                    .filter(|t| t.mapped.is_none())
+                    .filter(|t| created_from_source(t))
                     .map(|t| t.name.clone())
                     .collect()
             } else {

@@ -148,10 +148,11 @@ pub async fn preflight(spec: JobSpec) -> Result<Prepared, JobError> {
                 pg::describe(&spec.target)
             ))));
         }
-        // Mapped tables land in tables that exist by design.
+        // Mapped tables land in tables that exist by design; the others
+        // (masked ones too) are created by the job.
         let names: Vec<TableName> = tables
             .iter()
-            .filter(|t| t.mapped.is_none())
+            .filter(|t| t.mapped.as_ref().is_none_or(|m| m.created_by_job()))
             .map(|t| t.name.clone())
             .collect();
         let existing = catalog::existing_tables(&target, &names)

@@ -259,10 +259,11 @@ impl Verifier {
         let failed = JobError::Failed;
         let spec = &run.spec;
         // A mapped table's target is the platform's own: its schema and keys
-        // are not the source's to compare, only its rows as mapped.
+        // are not the source's to compare, only its rows as mapped. A table
+        // the job created (masked columns only) has the source's schema.
         let names: Vec<TableName> = tables
             .iter()
-            .filter(|t| t.mapped.is_none())
+            .filter(|t| t.mapped.as_ref().is_none_or(|m| m.created_by_job()))
             .map(|t| t.name.clone())
             .collect();
         let every_table = spec.all_tables() && spec.mapping.is_none();
@@ -380,7 +381,11 @@ impl Verifier {
         let mut foreign_keys = verify::orphans(source, target, &names)
             .await
             .map_err(failed)?;
-        let mapped: Vec<_> = tables.iter().filter_map(|t| t.mapped.as_deref()).collect();
+        let mapped: Vec<_> = tables
+            .iter()
+            .filter_map(|t| t.mapped.as_deref())
+            .filter(|m| !m.created_by_job())
+            .collect();
         foreign_keys.extend(
             verify::mapped_orphans(target, &mapped)
                 .await

@@ -61,6 +61,12 @@ pub struct Carried {
 }
 
 impl Carried {
+    /// The table keeps its name (only masks apply): the job creates it from
+    /// the source's definition, as a table copied as it is.
+    pub fn created_by_job(&self) -> bool {
+        self.source == self.target
+    }
+
     /// The target column `source_column` lands in, if it is carried.
     pub fn target_of(&self, source_column: &str) -> Option<&str> {
         self.column_targets
@@ -490,24 +496,25 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved, streams: bool) -> Ve
     let mut problems = Vec::new();
     // An entry that keeps the table's name would land its rules in a table
     // created from the source's own definition.
+    // Only masks apply to a table that keeps its name: it is created from
+    // the source's own definition, which other rules would contradict.
     for landing in resolved.landings.iter().filter(|l| l.source == l.target) {
         let entry = landing.entry.and_then(|i| mapping.tables.get(i));
-        if entry.is_some_and(|e| !e.columns.is_empty() || !e.add.is_empty() || e.tenant.is_some()) {
+        if entry.is_some_and(|e| {
+            !e.masks_only() && (!e.columns.is_empty() || !e.add.is_empty() || e.tenant.is_some())
+        }) {
             problems.push(format!(
-                "{}: its mapping entry keeps the table's name, and rules on a table the job creates from \
-                 the source's definition are not carried yet: map it into the platform's table with `to:`",
+                "{}: its mapping entry keeps the table's name, and on a table the job creates from the \
+                 source's definition only masks are carried: map it into the platform's table with `to:` \
+                 for other rules",
                 landing.source
             ));
         }
     }
-    let mapped: Vec<&Landing> = resolved
-        .landings
-        .iter()
-        .filter(|l| l.entry.is_some() && l.source != l.target)
-        .collect();
+    let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     for landing in &mapped {
         let at = format!("{} → {}", landing.source, landing.target);
-        if !landing.exists {
+        if !landing.exists && landing.source != landing.target {
             problems.push(format!(
                 "{at}: {} does not exist on the target: create it in the platform's schema first (a \
                  mapped table lands only in an existing table)",

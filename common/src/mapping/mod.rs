@@ -184,6 +184,23 @@ impl TableMapping {
         })
     }
 
+    /// Whether the entry only masks columns of a table that keeps its name
+    /// (created by the job from the source's definition, as any table).
+    pub fn masks_only(&self) -> bool {
+        self.add.is_empty()
+            && self.tenant.is_none()
+            && !self.columns.is_empty()
+            && self.columns.values().all(|rule| {
+                rule.mask.is_some()
+                    && rule.to.is_none()
+                    && !rule.drop
+                    && rule.convert_to.is_none()
+                    && rule.on_error.is_none()
+                    && rule.offset.is_none()
+                    && !rule.remap
+            })
+    }
+
     /// Where `table` lands under this entry.
     pub fn landing(&self, table: &TableName) -> TableName {
         let Some((schema, name)) = self.to.as_deref().and_then(split_name) else {

@@ -226,6 +226,9 @@ pub struct Landing {
     pub references: Vec<(Vec<String>, TableName, Vec<String>)>,
     /// The `mapping.tables` entry used, if any.
     pub entry: Option<usize>,
+    /// Its rows go through the mapping's rules: it lands elsewhere, or it
+    /// keeps its name and has columns masked.
+    pub carried: bool,
 }
 
 /// The mapping against both catalogs.
@@ -468,6 +471,7 @@ pub async fn resolve(
                 .map(|(name, _)| name.clone())
                 .collect(),
             entry: *entry_at,
+            carried: entry.is_some_and(|e| source_name != target_name || e.masks_only()),
         });
     }
     // A table landing under its own name keeps its foreign keys, which

@@ -15,6 +15,7 @@ mod embedded;
 mod lease_store;
 mod ledger;
 mod mapping;
+mod mapping_masked;
 mod mapping_review;
 mod mapping_stream;
 mod real_world;
