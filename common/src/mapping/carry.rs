@@ -87,7 +87,9 @@ pub struct Lineage {
 }
 
 /// The rule a column landed by, in words.
-fn rule_of(column: &ColumnLanding) -> String {
+/// `keyed`: the table has a primary key (masked values are compared row
+/// by row against it; without one they cannot be, and the lineage says so).
+fn rule_of(column: &ColumnLanding, keyed: bool) -> String {
     let mut rules = Vec::new();
     if column.source != column.target {
         rules.push("renamed".to_owned());
@@ -114,7 +116,14 @@ fn rule_of(column: &ColumnLanding) -> String {
         });
     }
     if let Some(mask) = column.copy_mask() {
-        rules.push(format!("masked ({}); compared as masked", mask.spec_name()));
+        rules.push(if keyed {
+            format!("masked ({}); compared as masked", mask.spec_name())
+        } else {
+            format!(
+                "masked ({}); not compared: the table has no primary key to pair masked values by",
+                mask.spec_name()
+            )
+        });
     }
     if let Some(mask) = column.review_mask() {
         rules.push(format!("masked ({}) in review copies", mask.spec_name()));
@@ -442,7 +451,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         .map(|c| Lineage {
             source: at_source(&c.source),
             target: at_target(&c.target),
-            rule: rule_of(c),
+            rule: rule_of(c, !key.is_empty()),
         })
         .collect();
     lineage.extend(landing.dropped.iter().map(|c| Lineage {

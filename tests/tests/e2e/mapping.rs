@@ -421,7 +421,7 @@ pub(crate) async fn tokens_by_source_id(
 }
 
 /// `godwit verify` of `job`: exit code and the report.
-fn verified(job: &Job) -> anyhow::Result<(Option<i32>, serde_json::Value)> {
+pub(crate) fn verified(job: &Job) -> anyhow::Result<(Option<i32>, serde_json::Value)> {
     let report = job.staging_dir().with_extension("report.json");
     let path = report.to_string_lossy().into_owned();
     let output = run_godwit(&["verify", job.spec(), "--report", &path], &[])?;
