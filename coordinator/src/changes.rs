@@ -125,7 +125,7 @@ impl Phases<'_> {
                 .map_err(JobError::Failed)?;
             let item = StreamItem {
                 mapped: landing.mapped,
-                ..StreamItem::pending(job.clone(), landing.unmapped, start)
+                ..StreamItem::pending(job.clone(), landing.created, start)
             };
             work::publish(self.store.as_ref(), self.keyspace, &job, &[item])
                 .await

@@ -61,6 +61,13 @@ pub(crate) async fn land(
     let mut problems = resolved.problems.clone();
     let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     problems.extend(refusals(mapping, &resolved, spec.changes.is_some()));
+    if spec.changes.is_some() {
+        problems.extend(
+            types_missing_on_target(target, &mapped)
+                .await
+                .map_err(rejected)?,
+        );
+    }
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {
@@ -110,11 +117,13 @@ pub(crate) async fn land(
 
 /// What the change stream and the cutover need of a job's mapping: the
 /// source tables (published, frozen, their sequences read), the target
-/// tables applied as they are, the mapped ones as carried, and the token
-/// key their masked columns are compared with.
+/// tables the job created, the mapped ones as carried, and the token key
+/// their masked columns are compared with.
 pub(crate) struct StreamLanding {
     pub(crate) source_tables: Vec<TableName>,
-    pub(crate) unmapped: Vec<TableName>,
+    /// The target tables the job created (copied as they are, or keeping
+    /// their names with masks): in replica mode while changes stream.
+    pub(crate) created: Vec<TableName>,
     pub(crate) mapped: Vec<Carried>,
     token_key: Option<godwit_common::mapping::mask::TokenKey>,
     customer: String,
@@ -125,7 +134,7 @@ impl StreamLanding {
     pub(crate) async fn of(spec: &JobSpec, planned: &[TableName]) -> godwit_common::Result<Self> {
         let mut landing = Self {
             source_tables: planned.to_vec(),
-            unmapped: planned.to_vec(),
+            created: planned.to_vec(),
             mapped: Vec::new(),
             token_key: None,
             customer: spec.customer.to_string(),
@@ -159,9 +168,14 @@ impl StreamLanding {
                     .map_or_else(|| name.clone(), |m| m.source.clone())
             })
             .collect();
-        landing
-            .unmapped
-            .retain(|name| !landing.mapped.iter().any(|m| &m.target == name));
+        // Tables the job created (masked ones too) go in replica mode;
+        // the platform's own never do: other tenants write there.
+        landing.created.retain(|name| {
+            !landing
+                .mapped
+                .iter()
+                .any(|m| &m.target == name && !m.created_by_job())
+        });
         if landing.mapped.iter().any(|m| !m.masked.is_empty()) {
             landing.token_key =
                 Some(godwit_common::keyring::CustomerKeys::for_spec(spec)?.token_key());
@@ -178,4 +192,43 @@ impl StreamLanding {
                 customer: &self.customer,
             })
     }
+}
+
+/// A streamed change's values are read on the target as the source's
+/// types: a carried column (masked ones are read as text) of a type the
+/// target lacks could never be applied.
+async fn types_missing_on_target(
+    target: &tokio_postgres::Client,
+    mapped: &[&Landing],
+) -> godwit_common::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for landing in mapped {
+        let types: Vec<String> = landing
+            .columns
+            .iter()
+            .filter(|c| c.copy_mask().is_none())
+            .map(|c| c.source_type.clone())
+            .collect();
+        let missing: Vec<String> = target
+            .query_one(
+                "SELECT coalesce(array_agg(DISTINCT x), '{}') FROM unnest($1::text[]) AS x \
+                 WHERE to_regtype(x) IS NULL",
+                &[&types],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot look up types on the target", e))?
+            .get(0);
+        for column in landing
+            .columns
+            .iter()
+            .filter(|c| c.copy_mask().is_none() && missing.contains(&c.source_type))
+        {
+            problems.push(format!(
+                "{} → {}: {} is of type {}, which the target does not have, and a streamed change is read \
+                 there as the source's types: create the type on the target, or copy without `changes`",
+                landing.source, landing.target, column.source, column.source_type
+            ));
+        }
+    }
+    Ok(problems)
 }

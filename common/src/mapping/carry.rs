@@ -22,10 +22,13 @@ pub struct Carried {
     pub target: TableName,
     /// Quoted target columns, in the order `select` produces them.
     pub copy_columns: Vec<String>,
-    /// Each target column's type without its modifiers: what the stream
-    /// casts `select`'s text to, leaving the column's own length or scale
-    /// to be enforced on assignment (an error, as for COPY).
+    /// Each target column's type, unbounded (`unbounded_type`): what the
+    /// stream casts `select`'s text to, leaving the column's own length or
+    /// scale to be enforced on assignment (an error, as for COPY).
     pub copy_types: Vec<String>,
+    /// Target columns (quoted) the platform numbers `GENERATED ALWAYS`:
+    /// a streamed insert overrides them, an update cannot change them.
+    pub always_identity: Vec<String>,
     /// Expressions over `t` (the source table), one per target column,
     /// whose text COPY writes.
     pub select: Vec<String>,
@@ -200,6 +203,18 @@ fn base_type(data_type: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A type whose cast keeps every value of `data_type` whole, leaving the
+/// column's own length, precision or scale to be applied on assignment
+/// (an error where a value does not fit, as COPY gives): `character(n)`
+/// and `bit(n)` without their length would mean a length of one.
+fn unbounded_type(data_type: &str) -> String {
+    match base_type(data_type).as_str() {
+        "character" => "text".to_owned(),
+        "bit" => "bit varying".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// The value before conversion: the source column, offset if asked.
 fn moved(column: &ColumnLanding) -> String {
     let c = format!("t.{}", quote_ident(&column.source));
@@ -322,7 +337,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 redact_with: column.redact_with.clone(),
             });
             copy_columns.push(quote_ident(&column.target));
-            copy_types.push(base_type(&column.target_type));
+            copy_types.push(unbounded_type(&column.target_type));
             // The text the check masks too (`compared`), not COPY's own form.
             select.push(format!("({compared})::text"));
             continue;
@@ -336,7 +351,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             });
         }
         copy_columns.push(quote_ident(&column.target));
-        copy_types.push(base_type(&column.target_type));
+        copy_types.push(unbounded_type(&column.target_type));
         select.push(copied);
         source_values.push(Value {
             name: label(&column.target),
@@ -356,7 +371,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .cloned()
             .unwrap_or_else(|| "text".to_owned());
         copy_columns.push(quote_ident(column));
-        copy_types.push(base_type(&target_type));
+        copy_types.push(unbounded_type(&target_type));
         select.push(quote_literal(value));
         source_values.push(Value {
             name: label(column),
@@ -489,6 +504,12 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .collect(),
         source: landing.source.clone(),
         target: landing.target.clone(),
+        always_identity: landing
+            .columns
+            .iter()
+            .filter(|c| c.target_always_identity)
+            .map(|c| quote_ident(&c.target))
+            .collect(),
         copy_columns,
         copy_types,
         select,
@@ -610,6 +631,14 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_values_are_cast_without_losing_length() {
+        assert_eq!(unbounded_type("character(2)"), "text");
+        assert_eq!(unbounded_type("bit(8)"), "bit varying");
+        assert_eq!(unbounded_type("character varying(20)"), "character varying");
+        assert_eq!(unbounded_type("numeric(12,2)"), "numeric");
+    }
 
     #[test]
     fn types_lose_their_modifiers_for_hashing() {

@@ -30,6 +30,9 @@ pub struct Column {
     pub default: Option<(String, bool)>,
     /// An identity column (the target numbers it).
     pub identity: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: a value is taken only with
+    /// `OVERRIDING SYSTEM VALUE`, and never changed.
+    pub always_identity: bool,
 }
 
 /// A table's columns in order, its primary key, and the foreign keys it
@@ -61,10 +64,11 @@ pub async fn shapes(
             "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '', \
                     CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
-                    coalesce((SELECT bool_and(p.provolatile = 'i') \
+                    d.adbin::text !~ '\\{(SQLVALUEFUNCTION|COERCEVIAIO|NEXTVALUEEXPR) ' \
+                    AND coalesce((SELECT bool_and(p.provolatile = 'i') \
                               FROM regexp_matches(d.adbin::text, ':(?:func|opfunc)id (\\d+)', 'g') AS f(id) \
                               JOIN pg_proc p ON p.oid = f.id[1]::oid), true), \
-                    a.attidentity <> '' \
+                    a.attidentity <> '', a.attidentity = 'a' \
              FROM unnest($1::text[], $2::text[]) AS wanted(schema, name) \
              JOIN pg_namespace n ON n.nspname = wanted.schema \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = wanted.name \
@@ -91,6 +95,7 @@ pub async fn shapes(
                 .get::<_, Option<String>>(7)
                 .map(|expr| (expr, row.get(8))),
             identity: row.get(9),
+            always_identity: row.get(10),
         });
     }
     let keys = client
@@ -186,6 +191,8 @@ pub struct ColumnLanding {
     pub fallback: Option<String>,
     /// Generated on the source, carried as a value.
     pub generated: bool,
+    /// The target column is `GENERATED ALWAYS AS IDENTITY`.
+    pub target_always_identity: bool,
 }
 
 impl ColumnLanding {
@@ -613,6 +620,7 @@ fn land_column(
         masked_for: rule.masked_for.unwrap_or(MaskScope::Always),
         fallback: None,
         generated: column.generated,
+        target_always_identity: target_column.is_some_and(|t| t.always_identity),
     }
 }
 

@@ -175,12 +175,12 @@ impl VerifyRange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamItem {
     pub job: JobId,
-    /// The tables whose changes are applied as they are (the target's
-    /// names; put in replica mode while the stream runs).
+    /// The target tables the job created (put in replica mode while the
+    /// stream runs).
     pub tables: Vec<TableName>,
-    /// The tables whose changes land through the mapping, in the
-    /// platform's tables (never put in replica mode: other tenants write
-    /// there).
+    /// The tables whose changes land through the mapping (the platform's
+    /// tables among them are never put in replica mode: other tenants
+    /// write there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mapped: Vec<crate::mapping::carry::Carried>,
     /// Where the target ledger starts when it has no position yet: the

@@ -21,7 +21,7 @@ pub(crate) async fn crm(source: &PgCluster, target: &PgCluster) -> anyhow::Resul
         .batch_execute(
             "CREATE SCHEMA crm; \
              CREATE TABLE crm.accounts (id integer PRIMARY KEY, name text NOT NULL, email text, \
-                                        legacy_code text, credit numeric, \
+                                        legacy_code text, credit numeric, country char(2) NOT NULL DEFAULT 'US', \
                                         name_length integer GENERATED ALWAYS AS (char_length(name)) STORED); \
              CREATE TABLE crm.contacts (id integer PRIMARY KEY, account_id integer REFERENCES crm.accounts (id), \
                                         phone text, note text); \
@@ -49,7 +49,7 @@ pub(crate) async fn platform_schema(client: &tokio_postgres::Client) -> anyhow::
             "CREATE SCHEMA platform AUTHORIZATION {LOADER}; \
              CREATE TABLE platform.accounts (tenant_id uuid NOT NULL, id bigserial, \
                  display_name varchar(20) NOT NULL, contact_email text, credit numeric(12, 2), \
-                 name_length integer, code varchar(4) DEFAULT 'n/a', \
+                 name_length integer, code varchar(4) DEFAULT 'n/a', country char(2), \
                  PRIMARY KEY (tenant_id, id)) PARTITION BY LIST (tenant_id); \
              CREATE TABLE platform.accounts_acme PARTITION OF platform.accounts \
                  FOR VALUES IN ('{TENANT}', '6f1c2a54-0000-4000-8000-000000000002'); \
@@ -59,7 +59,8 @@ pub(crate) async fn platform_schema(client: &tokio_postgres::Client) -> anyhow::
              ALTER TABLE platform.accounts_others OWNER TO {LOADER}; \
              INSERT INTO platform.accounts VALUES ('00000000-0000-4000-8000-0000000000aa', 1, 'other tenant', NULL, 1); \
              CREATE SCHEMA tenant_acme AUTHORIZATION {LOADER}; \
-             CREATE TABLE tenant_acme.contacts (id integer PRIMARY KEY, account_id integer, phone text, note text); \
+             CREATE TABLE tenant_acme.contacts (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 account_id integer, phone text, note text); \
              ALTER TABLE tenant_acme.contacts OWNER TO {LOADER}"
         ))
         .await?;
@@ -671,8 +672,8 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
         Some(&email13),
     );
     dst.execute(
-        "INSERT INTO platform.accounts (tenant_id, id, display_name, contact_email, credit, name_length) \
-         VALUES ($1::text::uuid, 1000013, $2, $3, CASE WHEN round($4::text::numeric, 2) <> $4::text::numeric THEN NULL ELSE $4::text::numeric END, $5)",
+        "INSERT INTO platform.accounts (tenant_id, id, display_name, contact_email, credit, name_length, country) \
+         VALUES ($1::text::uuid, 1000013, $2, $3, CASE WHEN round($4::text::numeric, 2) <> $4::text::numeric THEN NULL ELSE $4::text::numeric END, $5, 'US')",
         &[&TENANT, &name13, &token13, &credit13, &(name13.chars().count() as i32)],
     )
     .await?;

@@ -2,7 +2,8 @@
 //! into the platform's tenant-partitioned `platform.accounts` and a tenant
 //! schema, the customer's inserts, updates (a rename, a token, a value that
 //! converts to NULL, a key change) and deletes land in the tenant's slice
-//! as the mapping says, while the platform writes another tenant's row into
+//! as the mapping says (contacts into a table whose ids the platform numbers
+//! `GENERATED ALWAYS`), while the platform writes another tenant's row into
 //! the same table; a verification while streaming and the cutover's checks
 //! match, and both databases' own digests agree at the end. A generated
 //! column carried into a plain one is refused before anything is written;
@@ -110,7 +111,7 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
              SELECT g, 'new ' || g, 'n' || g || '@example.com', 'N', g * 1.5 FROM generate_series(201, 210) g; \
          INSERT INTO crm.contacts SELECT g, g - 200, '+1666' || lpad(g::text, 7, '0'), 'new' \
              FROM generate_series(401, 405) g; \
-         UPDATE crm.accounts SET name = 'renamed 7' WHERE id = 7; \
+         UPDATE crm.accounts SET name = 'renamed 7', country = 'DE' WHERE id = 7; \
          UPDATE crm.accounts SET email = 'moved@example.com' WHERE id = 8; \
          UPDATE crm.accounts SET credit = 1.001 WHERE id = 9; \
          UPDATE crm.accounts SET id = 300 WHERE id = 210; \
@@ -171,6 +172,21 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
         .await?
         .get(0);
     assert!(nulled, "a third decimal converts to NULL (on_error: null)");
+    // char(2) values land whole, streamed ones too.
+    let countries: Vec<(String, i64)> = dst
+        .query(
+            "SELECT country::text, count(*) FROM platform.accounts WHERE tenant_id = $1::text::uuid \
+             GROUP BY 1 ORDER BY 1",
+            &[&TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        countries,
+        vec![("DE".to_owned(), 1), ("US".to_owned(), 208)]
+    );
 
     let verified = run_godwit(&["verify", "--coordinator", &url, "crm-stream"], &[])?;
     assert!(verified.status.success(), "{}", describe(&verified));

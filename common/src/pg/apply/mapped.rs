@@ -114,6 +114,26 @@ impl MappedTable {
         self.key.clone()
     }
 
+    /// The relation's columns the mapping reads: the carried ones and the
+    /// key. A dropped column's value is never sent to the target.
+    fn read_positions(&self, values: &[Value]) -> Vec<usize> {
+        let mut read: Vec<usize> = (0..self.columns.len())
+            .filter(|&p| !matches!(values[p], Value::Unchanged))
+            .filter(|&p| {
+                self.carried
+                    .column_targets
+                    .iter()
+                    .any(|(source, _)| quote_ident(source) == self.columns[p].0)
+            })
+            .collect();
+        for &k in &self.key {
+            if !read.contains(&k) {
+                read.push(k);
+            }
+        }
+        read
+    }
+
     /// `(SELECT $n::text::type AS col, …) AS t` over the columns at
     /// `positions`, their texts appended to `params`.
     fn derived(
@@ -174,13 +194,19 @@ impl MappedTable {
 
     pub(super) fn insert(&self, new: &[Value]) -> Result<Sql> {
         let mut params = Vec::new();
-        let all: Vec<usize> = (0..self.columns.len()).collect();
-        let derived = self.derived(new, &all, &mut params)?;
+        let derived = self.derived(new, &self.read_positions(new), &mut params)?;
         let exprs: Vec<String> = (0..self.carried.select.len())
             .map(|i| self.typed(i))
             .collect();
+        // The landed ids are the customer's, moved: the platform's own
+        // numbering is overridden, as the copy's COPY did.
+        let overriding = if self.carried.always_identity.is_empty() {
+            ""
+        } else {
+            " OVERRIDING SYSTEM VALUE"
+        };
         let sql = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {derived}",
+            "INSERT INTO {} ({}){overriding} SELECT {} FROM {derived}",
             self.carried.target.quoted(),
             self.carried.copy_columns.join(", "),
             exprs.join(", ")
@@ -191,30 +217,43 @@ impl MappedTable {
     /// None when the change sets nothing the mapping carries.
     pub(super) fn update(&self, old: Option<&[Value]>, new: &[Value]) -> Result<Option<Sql>> {
         // Target columns fed by a source column the change carries (an
-        // unchanged TOASTed value is not resent, and stays as it is).
-        let present: Vec<usize> = (0..self.columns.len())
-            .filter(|&p| !matches!(new[p], Value::Unchanged))
-            .collect();
+        // unchanged TOASTed value is not resent, and stays as it is); the
+        // key columns come along, the guards name the row by them.
+        let read = self.read_positions(new);
         let mut sets = Vec::new();
         let mut exprs = Vec::new();
         for (i, (source_column, _)) in self.carried.column_targets.iter().enumerate() {
-            let fed = present
+            let fed = read
                 .iter()
                 .any(|&p| self.columns[p].0 == quote_ident(source_column));
-            if fed {
-                sets.push(self.carried.copy_columns[i].clone());
-                exprs.push(self.typed(i));
+            let target = &self.carried.copy_columns[i];
+            if !fed {
+                continue;
             }
+            if self.carried.always_identity.contains(target) {
+                // The platform refuses to change such a column: a key the
+                // source changed is a difference the stream cannot carry.
+                let moved = match old {
+                    Some(old) => self.key.iter().any(|&k| {
+                        quote_ident(source_column) == self.columns[k].0 && old[k] != new[k]
+                    }),
+                    None => false,
+                };
+                if moved {
+                    return Err(Error::Diverged(format!(
+                        "the source changed a key of {} that lands in {}.{target}, which the platform numbers \
+                         GENERATED ALWAYS and never lets change: the stream stops; cancel the job and \
+                         migrate again",
+                        self.carried.source, self.carried.target
+                    )));
+                }
+                continue;
+            }
+            sets.push(target.clone());
+            exprs.push(self.typed(i));
         }
         if sets.is_empty() {
             return Ok(None);
-        }
-        // The key columns come along: the guards name the row by them.
-        let mut read: Vec<usize> = present.clone();
-        for &k in &self.key {
-            if !read.contains(&k) {
-                read.push(k);
-            }
         }
         let mut params = Vec::new();
         let derived = self.derived(new, &read, &mut params)?;
@@ -238,6 +277,12 @@ impl MappedTable {
             ),
             params,
         ))
+    }
+
+    /// The table keeps its name: the job created it (in replica mode while
+    /// changes stream, like any table it created).
+    pub(super) fn created_by_job(&self) -> bool {
+        self.carried.created_by_job()
     }
 
     /// A truncate of the source table empties the job's slice only.

@@ -166,7 +166,14 @@ impl Applier {
         };
         let table = self.table_for(relation, values)?;
         let Some((columns, keys)) = gatherable(&table, kind, values) else {
-            let ready = self.pending.take_table(&table).into_iter().collect();
+            // A platform table is not in replica mode: its foreign keys are
+            // checked per statement, so every change gathered before this
+            // one goes first, whatever its table.
+            let ready = if table.mapped.as_ref().is_some_and(|m| !m.created_by_job()) {
+                self.pending.take_all()
+            } else {
+                self.pending.take_table(&table).into_iter().collect()
+            };
             return Ok(Gathered::Alone { ready, change });
         };
         table.touch(&mut self.touched, values);
@@ -348,7 +355,7 @@ impl Applier {
                     self.touched.whole(&table.name);
                     // A mapped table's slice goes; the platform's other
                     // rows stay.
-                    if let Some(mapped) = &table.mapped {
+                    if let Some(mapped) = table.mapped.as_ref().filter(|m| !m.created_by_job()) {
                         let sql = mapped.truncate();
                         tx.batch_execute(&sql)
                             .await
