@@ -8,6 +8,9 @@
 //! statement that changes several rows at once can never meet a uniqueness
 //! conflict the source's row-by-row order avoided.
 //!
+//! A mapped table's inserts are gathered too, into one `INSERT … SELECT`
+//! of the mapping's expressions over the rows (see `mapped`).
+//!
 //! Owns which changes may be gathered and the statements' text; never runs
 //! them, never decides when to commit.
 
@@ -58,6 +61,10 @@ impl Run {
     /// The statement's text: parameters `$1…` are the arrays, in order.
     pub(super) fn sql(&self) -> String {
         let table = &self.table;
+        if let Some(mapped) = &table.mapped {
+            // Only inserts of a mapped table are gathered.
+            return mapped.insert_rows(&self.columns);
+        }
         let column = |p: usize| &table.columns[p];
         let mut inputs = Vec::new();
         let mut names = Vec::new();

@@ -116,7 +116,7 @@ impl MappedTable {
 
     /// The relation's columns the mapping reads: the carried ones and the
     /// key. A dropped column's value is never sent to the target.
-    fn read_positions(&self, values: &[Value]) -> Vec<usize> {
+    pub(super) fn read_positions(&self, values: &[Value]) -> Vec<usize> {
         let mut read: Vec<usize> = (0..self.columns.len())
             .filter(|&p| !matches!(values[p], Value::Unchanged))
             .filter(|&p| {
@@ -132,6 +132,78 @@ impl MappedTable {
             }
         }
         read
+    }
+
+    /// The quoted name and the type the text of the relation's column `p`
+    /// is read as.
+    pub(super) fn read_as(&self, p: usize) -> (&str, &str) {
+        let (name, type_sql) = &self.columns[p];
+        (name, type_sql)
+    }
+
+    /// Masks the masked columns of a row in place, as they will be sent.
+    pub(super) fn mask(&self, values: &mut [Value]) {
+        let Some(masker) = &self.masker else {
+            return;
+        };
+        let masker = Masker {
+            key: &masker.key,
+            customer: &masker.customer,
+        };
+        for (value, mask) in values.iter_mut().zip(&self.masks) {
+            let Some(mask) = mask else {
+                continue;
+            };
+            let text = match value {
+                Value::Text(text) => Some(text.as_str()),
+                Value::Null => None,
+                Value::Unchanged | Value::Binary(_) => continue,
+            };
+            *value = match masker.apply(mask.mask, mask.redact_with.as_deref(), text) {
+                Some(masked) => Value::Text(masked),
+                None => Value::Null,
+            };
+        }
+    }
+
+    /// The insert of a gathered run: its derived table reads `arrays`
+    /// (`$1…`, one per read column at `positions`) row by row.
+    pub(super) fn insert_rows(&self, positions: &[usize]) -> String {
+        let inputs: Vec<String> = (1..=positions.len())
+            .map(|n| format!("${n}::text[]"))
+            .collect();
+        let names: Vec<String> = (0..positions.len()).map(|i| format!("c{i}")).collect();
+        let read: Vec<String> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let (name, type_sql) = self.read_as(p);
+                format!("v.c{i}::{type_sql} AS {name}")
+            })
+            .collect();
+        let exprs: Vec<String> = (0..self.carried.select.len())
+            .map(|i| self.typed(i))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}){} SELECT {} FROM (SELECT {} FROM unnest({}) AS v({})) AS t",
+            self.carried.target.quoted(),
+            self.carried.copy_columns.join(", "),
+            self.overriding(),
+            exprs.join(", "),
+            read.join(", "),
+            inputs.join(", "),
+            names.join(", ")
+        )
+    }
+
+    /// The landed ids are the customer's, moved: the platform's own
+    /// numbering is overridden, as the copy's COPY did.
+    fn overriding(&self) -> &'static str {
+        if self.carried.always_identity.is_empty() {
+            ""
+        } else {
+            " OVERRIDING SYSTEM VALUE"
+        }
     }
 
     /// `(SELECT $n::text::type AS col, …) AS t` over the columns at
@@ -198,17 +270,11 @@ impl MappedTable {
         let exprs: Vec<String> = (0..self.carried.select.len())
             .map(|i| self.typed(i))
             .collect();
-        // The landed ids are the customer's, moved: the platform's own
-        // numbering is overridden, as the copy's COPY did.
-        let overriding = if self.carried.always_identity.is_empty() {
-            ""
-        } else {
-            " OVERRIDING SYSTEM VALUE"
-        };
         let sql = format!(
-            "INSERT INTO {} ({}){overriding} SELECT {} FROM {derived}",
+            "INSERT INTO {} ({}){} SELECT {} FROM {derived}",
             self.carried.target.quoted(),
             self.carried.copy_columns.join(", "),
+            self.overriding(),
             exprs.join(", ")
         );
         Ok((sql, params))

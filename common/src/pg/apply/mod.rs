@@ -177,7 +177,7 @@ impl Applier {
             return Ok(Gathered::Alone { ready, change });
         };
         table.touch(&mut self.touched, values);
-        let values = match change {
+        let mut values = match change {
             Message::Insert { new, .. } | Message::Update { new, .. } => new,
             Message::Delete {
                 old: OldRow::Key(values) | OldRow::Full(values),
@@ -189,6 +189,9 @@ impl Applier {
                 ));
             }
         };
+        if let Some(mapped) = &table.mapped {
+            mapped.mask(&mut values);
+        }
         let ready = self.pending.add(Gather {
             kind,
             table,
@@ -722,8 +725,15 @@ fn gatherable(
     kind: Kind,
     values: &[Value],
 ) -> Option<(Vec<usize>, Vec<usize>)> {
-    if table.mapped.is_some() || values.iter().any(|v| matches!(v, Value::Binary(_))) {
+    if values.iter().any(|v| matches!(v, Value::Binary(_))) {
         return None;
+    }
+    // A mapped table's inserts are gathered (its updates and deletes find
+    // their rows through the mapping, one by one).
+    if let Some(mapped) = &table.mapped {
+        let whole = values.iter().all(|v| !matches!(v, Value::Unchanged));
+        return (kind == Kind::Insert && whole)
+            .then(|| (mapped.read_positions(values), Vec::new()));
     }
     let present = |p: &usize| !matches!(values[*p], Value::Unchanged);
     let keys: Vec<usize> = match kind {
