@@ -62,8 +62,11 @@ impl Run {
     pub(super) fn sql(&self) -> String {
         let table = &self.table;
         if let Some(mapped) = &table.mapped {
-            // Only inserts of a mapped table are gathered.
-            return mapped.insert_rows(&self.columns);
+            // A mapped table's deletes are never gathered.
+            return match self.kind {
+                Kind::Update => mapped.update_rows(&self.columns, &self.keys),
+                Kind::Insert | Kind::Delete => mapped.insert_rows(&self.columns),
+            };
         }
         let column = |p: usize| &table.columns[p];
         let mut inputs = Vec::new();

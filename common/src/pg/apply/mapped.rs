@@ -196,6 +196,90 @@ impl MappedTable {
         )
     }
 
+    /// The copy columns (by index) a change reading the relation's
+    /// `columns` sets: those they feed, never a `GENERATED ALWAYS` id.
+    pub(super) fn sets_for(&self, columns: &[usize]) -> Vec<usize> {
+        self.carried
+            .column_targets
+            .iter()
+            .enumerate()
+            .filter(|(_, (source, _))| {
+                columns
+                    .iter()
+                    .any(|&p| self.columns[p].0 == quote_ident(source))
+            })
+            .map(|(i, _)| i)
+            .filter(|&i| {
+                !self
+                    .carried
+                    .always_identity
+                    .contains(&self.carried.copy_columns[i])
+            })
+            .collect()
+    }
+
+    /// The update of a gathered run: `$1…` are one array per read column
+    /// at `columns`, then one per key column at `keys`; each row is found
+    /// by its key as landed, in the job's slice.
+    pub(super) fn update_rows(&self, columns: &[usize], keys: &[usize]) -> String {
+        let inputs: Vec<String> = (1..=columns.len() + keys.len())
+            .map(|n| format!("${n}::text[]"))
+            .collect();
+        let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        names.extend((0..keys.len()).map(|i| format!("k{i}")));
+        let mut read: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let (name, type_sql) = self.read_as(p);
+                format!("v.c{i}::{type_sql} AS {name}")
+            })
+            .collect();
+        read.extend(keys.iter().enumerate().map(|(i, &p)| {
+            let (name, type_sql) = self.read_as(p);
+            format!("v.k{i}::{type_sql} AS {name}")
+        }));
+        let sets = self.sets_for(columns);
+        let targets: Vec<&str> = sets
+            .iter()
+            .map(|&i| self.carried.copy_columns[i].as_str())
+            .collect();
+        let mut exprs: Vec<String> = sets
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} AS s{n}", self.typed(i)))
+            .collect();
+        let source_key = &self.carried.views.0.key;
+        exprs.extend(
+            source_key
+                .iter()
+                .enumerate()
+                .map(|(n, expr)| format!("{expr} AS key{n}")),
+        );
+        let assigned: Vec<String> = (0..sets.len()).map(|n| format!("n.s{n}")).collect();
+        let matched: Vec<String> = (0..source_key.len()).map(|n| format!("n.key{n}")).collect();
+        // One column is set from `ROW(…)`: PostgreSQL reads `(x)` there as
+        // a plain expression.
+        let assigned = if assigned.len() == 1 {
+            format!("ROW({})", assigned[0])
+        } else {
+            assigned.join(", ")
+        };
+        format!(
+            "UPDATE {} AS t SET ({}) = ({assigned}) FROM (SELECT {} FROM (SELECT {} FROM unnest({}) AS v({})) \
+             AS t) AS n WHERE ({}) = ({}) AND {}",
+            self.carried.target.quoted(),
+            targets.join(", "),
+            exprs.join(", "),
+            read.join(", "),
+            inputs.join(", "),
+            names.join(", "),
+            self.carried.views.1.key.join(", "),
+            matched.join(", "),
+            self.carried.views.1.slice
+        )
+    }
+
     /// The landed ids are the customer's, moved: the platform's own
     /// numbering is overridden, as the copy's COPY did.
     fn overriding(&self) -> &'static str {

@@ -426,7 +426,7 @@ impl Applier {
             name: relation.name.clone(),
         };
         if let Some(carried) = self.mapping.get(&name).cloned() {
-            return self.describe_mapped(source, relation, carried).await;
+            return self.describe_mapped(tx, source, relation, carried).await;
         }
         let mut types = target_columns(tx, &name).await?;
         if types.is_empty() {
@@ -495,6 +495,7 @@ impl Applier {
     /// source since would otherwise be lost without a word).
     async fn describe_mapped(
         &mut self,
+        tx: &Client,
         source: &Client,
         relation: &Relation,
         carried: Arc<crate::mapping::carry::Carried>,
@@ -541,7 +542,9 @@ impl Applier {
                 columns,
                 full_identity: relation.replica_identity == b'f',
                 primary_key: Some(mapped.key_positions()),
-                gathers_updates: false,
+                // As for any table: several rows updated in one statement
+                // could meet a uniqueness conflict the source's order avoided.
+                gathers_updates: !other_unique_index(tx, &carried.target).await?,
                 mapped: Some(Arc::new(mapped)),
             }),
         );
@@ -728,12 +731,28 @@ fn gatherable(
     if values.iter().any(|v| matches!(v, Value::Binary(_))) {
         return None;
     }
-    // A mapped table's inserts are gathered (its updates and deletes find
-    // their rows through the mapping, one by one).
+    // A mapped table's inserts and its updates that keep the key are
+    // gathered; its deletes find their rows one by one.
     if let Some(mapped) = &table.mapped {
-        let whole = values.iter().all(|v| !matches!(v, Value::Unchanged));
-        return (kind == Kind::Insert && whole)
-            .then(|| (mapped.read_positions(values), Vec::new()));
+        return match kind {
+            Kind::Insert => values
+                .iter()
+                .all(|v| !matches!(v, Value::Unchanged))
+                .then(|| (mapped.read_positions(values), Vec::new())),
+            Kind::Update if table.gathers_updates => {
+                let keys = mapped.key_positions();
+                if keys.iter().any(|&p| !matches!(values[p], Value::Text(_))) {
+                    return None;
+                }
+                let columns: Vec<usize> = mapped
+                    .read_positions(values)
+                    .into_iter()
+                    .filter(|p| !keys.contains(p))
+                    .collect();
+                (!mapped.sets_for(&columns).is_empty()).then_some((columns, keys))
+            }
+            _ => None,
+        };
     }
     let present = |p: &usize| !matches!(values[*p], Value::Unchanged);
     let keys: Vec<usize> = match kind {
