@@ -7,8 +7,8 @@
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
 use godwit_common::mapping::carry::{Carried, carry, refusals};
-use godwit_common::mapping::evidence;
 use godwit_common::mapping::resolve::{self, Landing};
+use godwit_common::mapping::{evidence, streamed};
 use godwit_common::pg::catalog::SourceTable;
 use godwit_common::pgcopy::CopyFormat;
 use godwit_common::spec::{JobSpec, TableName};
@@ -63,7 +63,7 @@ pub(crate) async fn land(
     problems.extend(refusals(mapping, &resolved, spec.changes.is_some()));
     if spec.changes.is_some() {
         problems.extend(
-            types_missing_on_target(target, &mapped)
+            streamed::target_refusals(target, &mapped)
                 .await
                 .map_err(rejected)?,
         );
@@ -192,43 +192,4 @@ impl StreamLanding {
                 customer: &self.customer,
             })
     }
-}
-
-/// A streamed change's values are read on the target as the source's
-/// types: a carried column (masked ones are read as text) of a type the
-/// target lacks could never be applied.
-async fn types_missing_on_target(
-    target: &tokio_postgres::Client,
-    mapped: &[&Landing],
-) -> godwit_common::Result<Vec<String>> {
-    let mut problems = Vec::new();
-    for landing in mapped {
-        let types: Vec<String> = landing
-            .columns
-            .iter()
-            .filter(|c| c.copy_mask().is_none())
-            .map(|c| c.source_type.clone())
-            .collect();
-        let missing: Vec<String> = target
-            .query_one(
-                "SELECT coalesce(array_agg(DISTINCT x), '{}') FROM unnest($1::text[]) AS x \
-                 WHERE to_regtype(x) IS NULL",
-                &[&types],
-            )
-            .await
-            .map_err(|e| Error::postgres("cannot look up types on the target", e))?
-            .get(0);
-        for column in landing
-            .columns
-            .iter()
-            .filter(|c| c.copy_mask().is_none() && missing.contains(&c.source_type))
-        {
-            problems.push(format!(
-                "{} → {}: {} is of type {}, which the target does not have, and a streamed change is read \
-                 there as the source's types: create the type on the target, or copy without `changes`",
-                landing.source, landing.target, column.source, column.source_type
-            ));
-        }
-    }
-    Ok(problems)
 }

@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod forecast;
 pub mod mask;
 pub mod resolve;
+pub mod streamed;
 
 /// `mapping:` of a job spec.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
