@@ -414,3 +414,65 @@ async fn a_job_survives_etcd_going_away_and_coming_back() -> anyhow::Result<()> 
     figures.assert_reread_at_most(5);
     Ok(())
 }
+
+/// Tokens are the same whoever masks a row: a copy whose worker is killed
+/// mid-partition, its partition resumed by another worker from the last
+/// loaded chunk, lands every event body as the customer's key gives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_the_same_after_a_resumed_partition() -> anyhow::Result<()> {
+    let mapping = "\nmapping:\n  tables:\n    - from: public.events\n      columns:\n        \
+                   body: { mask: tokenise }\n";
+    let deployment = Deployment::start_with("tokens", "1GiB", mapping).await?;
+    let worker_args = ["--concurrency", "1", "--lease-ttl-secs", "2"];
+    let mut first = deployment.worker("worker-1", &worker_args)?;
+    deployment.wait_for_events_chunks(10).await?;
+    first.signal("KILL")?;
+    first.kill();
+    let second = deployment.worker("worker-2", &worker_args)?;
+    let watched = run_godwit(
+        &["watch", "--coordinator", &deployment.url, deployment.job_id],
+        &[],
+    )?;
+    assert!(
+        watched.status.success(),
+        "{}\n{}",
+        describe(&watched),
+        second.log_text()
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("resuming partition after the last loaded chunk"),
+        "{}",
+        second.log_text()
+    );
+    // Rows without a key: the tokens of the source's bodies, as a
+    // multiset, are the target's bodies.
+    let key = godwit_common::keys::Kek::from_file(&deployment.job.key_path)?.token_key();
+    let masker = godwit_common::mapping::mask::Masker {
+        key: &key,
+        customer: "acme",
+    };
+    let bodies = |client: tokio_postgres::Client| async move {
+        let rows = client.query("SELECT body FROM public.events", &[]).await?;
+        Ok::<_, anyhow::Error>(
+            rows.iter()
+                .map(|r| r.get::<_, Option<String>>(0))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut expected: Vec<Option<String>> = bodies(deployment.source.client("shop").await?)
+        .await?
+        .into_iter()
+        .map(|b| masker.apply(godwit_common::mapping::Mask::Tokenise, None, b.as_deref()))
+        .collect();
+    let mut landed = bodies(deployment.target.client("shop").await?).await?;
+    expected.sort();
+    landed.sort();
+    assert_eq!(expected.len(), landed.len());
+    assert!(
+        expected == landed,
+        "the target's bodies are not the key's tokens"
+    );
+    Ok(())
+}
