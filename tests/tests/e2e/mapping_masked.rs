@@ -142,15 +142,26 @@ async fn a_table_copied_as_it_is_lands_with_its_masked_columns_masked() -> anyho
     }
     dst.batch_execute(
         "UPDATE public.customers SET email = 'u000000@example.com' \
-         WHERE id = (SELECT min(id) FROM public.customers WHERE email IS NOT NULL)",
+         WHERE id = (SELECT min(id) FROM public.customers WHERE email IS NOT NULL); \
+         UPDATE public.customers SET name = 'Not A Fake' WHERE id = (SELECT max(id) FROM public.customers)",
     )
     .await?;
     let verified = run_godwit(&["verify", job.spec()], &[])?;
     assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
-    assert!(
-        String::from_utf8_lossy(&verified.stdout).contains("differs in email"),
-        "{}",
-        describe(&verified)
-    );
+    let said = String::from_utf8_lossy(&verified.stdout);
+    let max_id: i64 = dst
+        .query_one("SELECT max(id) FROM public.customers", &[])
+        .await?
+        .get(0);
+    for expected in [
+        "differs in email".to_owned(),
+        format!("key ({max_id}) differs in name"),
+    ] {
+        assert!(
+            said.contains(&expected),
+            "{expected:?} missing: {}",
+            describe(&verified)
+        );
+    }
     Ok(())
 }
