@@ -438,14 +438,7 @@ impl Phases<'_> {
         at("checking the rows changed since the verification");
         let started = Instant::now();
         let touched = changed_keys::since(&target, spec.job.as_str(), baseline.lsn).await?;
-        let masker = landing.masker();
-        let tables = verify::compare_changed(
-            (&source, &target),
-            &touched,
-            (&landing.mapped, masker.as_ref()),
-            Options::default(),
-        )
-        .await;
+        let tables = landing.compare_changed((&source, &target), &touched).await;
         cut.verify_ms = started.elapsed().as_millis() as u64;
         let tables = tables.map_err(|e| Error::Verification(format!("final check: {e}")))?;
         cut.checked_keys = touched.keys() as u64;

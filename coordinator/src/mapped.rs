@@ -183,6 +183,23 @@ impl StreamLanding {
         Ok(landing)
     }
 
+    /// The rows of the keys the stream touched, compared on both sides as
+    /// each holds them now (mapped tables as mapped).
+    pub(crate) async fn compare_changed(
+        &self,
+        (source, target): (&tokio_postgres::Client, &tokio_postgres::Client),
+        touched: &godwit_common::pg::changed_keys::Touched,
+    ) -> godwit_common::Result<Vec<godwit_common::verify::TableReport>> {
+        let masker = self.masker();
+        godwit_common::verify::compare_changed(
+            (source, target),
+            touched,
+            (&self.mapped, masker.as_ref()),
+            godwit_common::verify::Options::default(),
+        )
+        .await
+    }
+
     /// Masks the source's values of masked columns for a comparison.
     pub(crate) fn masker(&self) -> Option<godwit_common::mapping::mask::Masker<'_>> {
         self.token_key

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use godwit_common::pg::{self, Side, apply, changed_keys};
 use godwit_common::requests;
 use godwit_common::spec::JobSpec;
-use godwit_common::verify::{self, Options, Report};
+use godwit_common::verify::Report;
 use godwit_common::{Error, Result};
 
 use crate::changes::{changed_rows_report, differing_tables};
@@ -78,14 +78,9 @@ impl Phases<'_> {
                     ))
                 })?;
                 let touched = changed_keys::since(&target, job, verified_to).await?;
-                let masker = landing.masker();
-                let tables = verify::compare_changed(
-                    (&source, &target),
-                    &touched,
-                    (&landing.mapped, masker.as_ref()),
-                    Options::default(),
-                )
-                .await?;
+                let tables = landing
+                    .compare_changed((&source, &target), &touched)
+                    .await?;
                 Ok::<_, Error>((lsn, touched.keys(), tables))
             }
             .await;

@@ -105,17 +105,7 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
         ),
     )?;
 
-    let port = free_port()?;
-    let url = format!("http://127.0.0.1:{port}");
-    let log_path = job.dir.path().join("run.log");
-    let _run = Running(
-        Command::new(bin("godwit")?)
-            .args(["run", job.spec(), "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()?,
-    );
-    wait_for_streaming(&url, "crm-stream").await?;
+    let (_run, log_path, url) = listen(&job, "crm-stream").await?;
 
     src.batch_execute(
         "INSERT INTO crm.accounts (id, name, email, legacy_code, credit) \
@@ -319,6 +309,13 @@ async fn streaming(
                     "legacy_code: { drop: true }\n        name_length: { drop: true }",
                 )
     })?;
+    let (run, log_path, _) = listen(&job, name).await?;
+    Ok((run, log_path, job))
+}
+
+/// `godwit run --listen` of `job` (named `name`), once it streams: the
+/// run, its log and the API's URL.
+async fn listen(job: &Job, name: &str) -> anyhow::Result<(Running, std::path::PathBuf, String)> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let log_path = job.dir.path().join("run.log");
@@ -330,7 +327,7 @@ async fn streaming(
             .spawn()?,
     );
     wait_for_streaming(&url, name).await?;
-    Ok((run, log_path, job))
+    Ok((run, log_path, url))
 }
 
 /// Waits for the job to end with exit 1; returns its log.

@@ -169,30 +169,16 @@ impl MappedTable {
     /// The insert of a gathered run: its derived table reads `arrays`
     /// (`$1…`, one per read column at `positions`) row by row.
     pub(super) fn insert_rows(&self, positions: &[usize]) -> String {
-        let inputs: Vec<String> = (1..=positions.len())
-            .map(|n| format!("${n}::text[]"))
-            .collect();
-        let names: Vec<String> = (0..positions.len()).map(|i| format!("c{i}")).collect();
-        let read: Vec<String> = positions
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| {
-                let (name, type_sql) = self.read_as(p);
-                format!("v.c{i}::{type_sql} AS {name}")
-            })
-            .collect();
         let exprs: Vec<String> = (0..self.carried.select.len())
             .map(|i| self.typed(i))
             .collect();
         format!(
-            "INSERT INTO {} ({}){} SELECT {} FROM (SELECT {} FROM unnest({}) AS v({})) AS t",
+            "INSERT INTO {} ({}){} SELECT {} FROM {}",
             self.carried.target.quoted(),
             self.carried.copy_columns.join(", "),
             self.overriding(),
             exprs.join(", "),
-            read.join(", "),
-            inputs.join(", "),
-            names.join(", ")
+            self.unnested(positions, &[])
         )
     }
 
@@ -222,23 +208,6 @@ impl MappedTable {
     /// at `columns`, then one per key column at `keys`; each row is found
     /// by its key as landed, in the job's slice.
     pub(super) fn update_rows(&self, columns: &[usize], keys: &[usize]) -> String {
-        let inputs: Vec<String> = (1..=columns.len() + keys.len())
-            .map(|n| format!("${n}::text[]"))
-            .collect();
-        let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
-        names.extend((0..keys.len()).map(|i| format!("k{i}")));
-        let mut read: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| {
-                let (name, type_sql) = self.read_as(p);
-                format!("v.c{i}::{type_sql} AS {name}")
-            })
-            .collect();
-        read.extend(keys.iter().enumerate().map(|(i, &p)| {
-            let (name, type_sql) = self.read_as(p);
-            format!("v.k{i}::{type_sql} AS {name}")
-        }));
         let sets = self.sets_for(columns);
         let targets: Vec<&str> = sets
             .iter()
@@ -266,17 +235,38 @@ impl MappedTable {
             assigned.join(", ")
         };
         format!(
-            "UPDATE {} AS t SET ({}) = ({assigned}) FROM (SELECT {} FROM (SELECT {} FROM unnest({}) AS v({})) \
-             AS t) AS n WHERE ({}) = ({}) AND {}",
+            "UPDATE {} AS t SET ({}) = ({assigned}) FROM (SELECT {} FROM {}) AS n WHERE ({}) = ({}) AND {}",
             self.carried.target.quoted(),
             targets.join(", "),
             exprs.join(", "),
-            read.join(", "),
-            inputs.join(", "),
-            names.join(", "),
+            self.unnested(columns, keys),
             self.carried.views.1.key.join(", "),
             matched.join(", "),
             self.carried.views.1.slice
+        )
+    }
+
+    /// `(SELECT v.c0::type AS col, …, v.k0::type AS key, … FROM
+    /// unnest($1::text[], …) AS v(…)) AS t`: a gathered run's rows, the
+    /// relation's `columns` then its `keys`, one array each.
+    fn unnested(&self, columns: &[usize], keys: &[usize]) -> String {
+        let named = columns
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (format!("c{i}"), p))
+            .chain(keys.iter().enumerate().map(|(i, &p)| (format!("k{i}"), p)));
+        let (mut names, mut read) = (Vec::new(), Vec::new());
+        for (name, p) in named {
+            let (column, type_sql) = self.read_as(p);
+            read.push(format!("v.{name}::{type_sql} AS {column}"));
+            names.push(name);
+        }
+        let inputs: Vec<String> = (1..=names.len()).map(|n| format!("${n}::text[]")).collect();
+        format!(
+            "(SELECT {} FROM unnest({}) AS v({})) AS t",
+            read.join(", "),
+            inputs.join(", "),
+            names.join(", ")
         )
     }
 

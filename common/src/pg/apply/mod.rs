@@ -577,14 +577,8 @@ impl Applier {
         params: &[Option<&str>],
         expect_one: Option<(&'static str, TableName)>,
     ) -> Result<Applying> {
-        let (statement, text) = self.prepared(tx, sql).await?;
-        Ok(Applying::Statement(RowStatement {
-            statement,
-            sql: text,
-            params: Params::Row(params.iter().map(|p| p.map(str::to_owned)).collect()),
-            expect: expect_one.map(|(what, table)| (what, table, 1)),
-            setting: None,
-        }))
+        let owned = params.iter().map(|p| p.map(str::to_owned)).collect();
+        self.owned_statement(tx, sql, owned, expect_one).await
     }
 
     /// The statement for `sql`, prepared once per session.
