@@ -82,6 +82,14 @@ impl Job {
     }
 
     /// Rewrites `job.yaml` from `body` plus the `encryption` field.
+    /// Rewrites the spec with `from` replaced by `to` (which must be there).
+    pub fn edit(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let spec = std::fs::read_to_string(&self.spec_path)?;
+        anyhow::ensure!(spec.contains(from), "the spec has no {from:?}:\n{spec}");
+        std::fs::write(&self.spec_path, spec.replace(from, to))?;
+        Ok(())
+    }
+
     pub fn write(&self, body: &str) -> anyhow::Result<()> {
         std::fs::write(
             &self.spec_path,

@@ -726,10 +726,7 @@ async fn a_customers_table_lands_in_a_shared_table_and_is_verified_by_its_slice(
 
     // The same job under a changed mapping: refused, the change shown,
     // nothing written.
-    std::fs::write(
-        &job.spec_path,
-        std::fs::read_to_string(&job.spec_path)?.replace("offset: 1000000", "offset: 2000000"),
-    )?;
+    job.edit("offset: 1000000", "offset: 2000000")?;
     let changed = run_godwit(&["run", job.spec()], &[])?;
     assert_eq!(changed.status.code(), Some(2), "{}", describe(&changed));
     let stderr = String::from_utf8_lossy(&changed.stderr);

@@ -94,12 +94,9 @@ async fn a_review_copy_replays_the_mapping_masked_and_sampled_without_the_source
             + &reviewed()
     })?;
     // Taking the default of a NOT NULL column without one: refused.
-    std::fs::write(
-        &job.spec_path,
-        std::fs::read_to_string(&job.spec_path)?.replace(
-            "type: \"varchar(20)\", on_error: fail",
-            "type: \"varchar(20)\", on_error: default",
-        ),
+    job.edit(
+        "type: \"varchar(20)\", on_error: fail",
+        "type: \"varchar(20)\", on_error: default",
     )?;
     let output = run_godwit(&["plan", job.spec()], &[])?;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
@@ -110,12 +107,9 @@ async fn a_review_copy_replays_the_mapping_masked_and_sampled_without_the_source
         "{}",
         describe(&output)
     );
-    std::fs::write(
-        &job.spec_path,
-        std::fs::read_to_string(&job.spec_path)?.replace(
-            "type: \"varchar(20)\", on_error: default",
-            "type: \"varchar(20)\", on_error: fail",
-        ),
+    job.edit(
+        "type: \"varchar(20)\", on_error: default",
+        "type: \"varchar(20)\", on_error: fail",
     )?;
 
     // Eight codes are too long for varchar(4): they take the column's default.

@@ -97,12 +97,9 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
         "{}",
         describe(&refused)
     );
-    std::fs::write(
-        &job.spec_path,
-        std::fs::read_to_string(&job.spec_path)?.replace(
-            "legacy_code: { drop: true }",
-            "legacy_code: { drop: true }\n        name_length: { drop: true }",
-        ),
+    job.edit(
+        "legacy_code: { drop: true }",
+        "legacy_code: { drop: true }\n        name_length: { drop: true }",
     )?;
 
     let (_run, log_path, url) = listen(&job, "crm-stream").await?;
