@@ -8,8 +8,8 @@
 //! statement that changes several rows at once can never meet a uniqueness
 //! conflict the source's row-by-row order avoided.
 //!
-//! A mapped table's inserts are gathered too, into one `INSERT … SELECT`
-//! of the mapping's expressions over the rows (see `mapped`).
+//! A mapped table's changes are gathered too, into statements over the
+//! mapping's expressions of the rows (see `mapped`).
 //!
 //! Owns which changes may be gathered and the statements' text; never runs
 //! them, never decides when to commit.
@@ -62,10 +62,10 @@ impl Run {
     pub(super) fn sql(&self) -> String {
         let table = &self.table;
         if let Some(mapped) = &table.mapped {
-            // A mapped table's deletes are never gathered.
             return match self.kind {
+                Kind::Insert => mapped.insert_rows(&self.columns),
                 Kind::Update => mapped.update_rows(&self.columns, &self.keys),
-                Kind::Insert | Kind::Delete => mapped.insert_rows(&self.columns),
+                Kind::Delete => mapped.delete_rows(&self.keys),
             };
         }
         let column = |p: usize| &table.columns[p];
@@ -147,6 +147,12 @@ pub(super) struct Gather {
     pub xid: u32,
 }
 
+/// A table the mapping lands in that the platform owns (not one the job
+/// created).
+fn platform(table: &TargetTable) -> bool {
+    table.mapped.as_ref().is_some_and(|m| !m.created_by_job())
+}
+
 /// The runs being gathered, at most one per table, in the order they began.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -187,14 +193,21 @@ impl Pending {
                 _ => String::new(),
             })
             .collect();
-        if let Some(i) = self.position(&change.table) {
+        let fits = self.position(&change.table).is_some_and(|i| {
             let run = &self.runs[i];
-            let fits = run.kind == change.kind
+            run.kind == change.kind
                 && run.columns == change.columns
-                && !(change.kind == Kind::Delete && run.by_key.contains_key(&key));
-            if !fits {
-                ready.extend(self.take_table(&change.table));
-            }
+                && !(change.kind == Kind::Delete && run.by_key.contains_key(&key))
+        });
+        // A platform table is not in replica mode: its foreign keys are
+        // checked per statement, so its changes and every other table's
+        // keep their exact order, and only consecutive changes of one kind
+        // to it are gathered.
+        let ordered = platform(&change.table) || self.runs.iter().any(|r| platform(&r.table));
+        if ordered && !(fits && self.runs.len() == 1) {
+            ready.extend(self.take_all());
+        } else if !fits {
+            ready.extend(self.take_table(&change.table));
         }
         let i = match self.position(&change.table) {
             Some(i) => i,

@@ -246,6 +246,27 @@ impl MappedTable {
         )
     }
 
+    /// The delete of a gathered run: `$1…` are one array per key column
+    /// at `keys`; each row is found by its key as landed, in the job's slice.
+    pub(super) fn delete_rows(&self, keys: &[usize]) -> String {
+        let source_key = &self.carried.views.0.key;
+        let exprs: Vec<String> = source_key
+            .iter()
+            .enumerate()
+            .map(|(n, expr)| format!("{expr} AS key{n}"))
+            .collect();
+        let matched: Vec<String> = (0..source_key.len()).map(|n| format!("n.key{n}")).collect();
+        format!(
+            "DELETE FROM {} AS t USING (SELECT {} FROM {}) AS n WHERE ({}) = ({}) AND {}",
+            self.carried.target.quoted(),
+            exprs.join(", "),
+            self.unnested(&[], keys),
+            self.carried.views.1.key.join(", "),
+            matched.join(", "),
+            self.carried.views.1.slice
+        )
+    }
+
     /// `(SELECT v.c0::type AS col, …, v.k0::type AS key, … FROM
     /// unnest($1::text[], …) AS v(…)) AS t`: a gathered run's rows, the
     /// relation's `columns` then its `keys`, one array each.

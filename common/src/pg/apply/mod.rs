@@ -572,19 +572,17 @@ fn gatherable(
     if values.iter().any(|v| matches!(v, Value::Binary(_))) {
         return None;
     }
-    // A mapped table's inserts and its updates that keep the key are
-    // gathered; its deletes find their rows one by one.
+    // A mapped table's inserts, its updates that keep the key and its
+    // deletes are gathered; key changes are applied on their own.
     if let Some(mapped) = &table.mapped {
+        let keys = mapped.key_positions();
+        let keyed = keys.iter().all(|&p| matches!(values[p], Value::Text(_)));
         return match kind {
             Kind::Insert => values
                 .iter()
                 .all(|v| !matches!(v, Value::Unchanged))
                 .then(|| (mapped.read_positions(values), Vec::new())),
-            Kind::Update if table.gathers_updates => {
-                let keys = mapped.key_positions();
-                if keys.iter().any(|&p| !matches!(values[p], Value::Text(_))) {
-                    return None;
-                }
+            Kind::Update if table.gathers_updates && keyed => {
                 let columns: Vec<usize> = mapped
                     .read_positions(values)
                     .into_iter()
@@ -592,6 +590,7 @@ fn gatherable(
                     .collect();
                 (!mapped.sets_for(&columns).is_empty()).then_some((columns, keys))
             }
+            Kind::Delete if keyed => Some((Vec::new(), keys)),
             _ => None,
         };
     }
