@@ -96,12 +96,11 @@ async fn build(
     if problems.is_empty() {
         // What a run would refuse, said now rather than at the run.
         problems.extend(refusals(&mapping, &resolved, spec.changes.is_some()));
-        if spec.changes.is_some() {
-            let carried: Vec<_> = resolved.landings.iter().filter(|l| l.carried).collect();
-            problems.extend(
-                godwit_common::mapping::streamed::target_refusals(&target, &carried).await?,
-            );
-        }
+        let carried: Vec<_> = resolved.landings.iter().filter(|l| l.carried).collect();
+        problems.extend(
+            godwit_common::mapping::on_target::refusals(&target, &carried, spec.changes.is_some())
+                .await?,
+        );
     }
     if !problems.is_empty() {
         return Ok(Err(problems));

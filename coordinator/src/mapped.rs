@@ -8,7 +8,7 @@ use godwit_common::Error;
 use godwit_common::job::SourceRelation;
 use godwit_common::mapping::carry::{Carried, carry, refusals};
 use godwit_common::mapping::resolve::{self, Landing};
-use godwit_common::mapping::{evidence, streamed};
+use godwit_common::mapping::{evidence, on_target};
 use godwit_common::pg::catalog::SourceTable;
 use godwit_common::pgcopy::CopyFormat;
 use godwit_common::spec::{JobSpec, TableName};
@@ -61,13 +61,11 @@ pub(crate) async fn land(
     let mut problems = resolved.problems.clone();
     let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     problems.extend(refusals(mapping, &resolved, spec.changes.is_some()));
-    if spec.changes.is_some() {
-        problems.extend(
-            streamed::target_refusals(target, &mapped)
-                .await
-                .map_err(rejected)?,
-        );
-    }
+    problems.extend(
+        on_target::refusals(target, &mapped, spec.changes.is_some())
+            .await
+            .map_err(rejected)?,
+    );
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {

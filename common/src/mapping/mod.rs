@@ -16,8 +16,8 @@ pub mod evidence;
 pub mod fallback;
 pub mod forecast;
 pub mod mask;
+pub mod on_target;
 pub mod resolve;
-pub mod streamed;
 
 /// `mapping:` of a job spec.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -70,8 +70,8 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
 
     // The source does not stream generated values: carrying one into a
     // plain column is refused, by the plan and by the run, nothing written.
-    // Neither is a key of the platform's that acts by itself between
-    // tables the stream writes (here a contact's thread, cascading).
+    // Nor a key of the platform's between tables the job lands rows in
+    // (here a contact's thread): the copy loads tables in parallel.
     let dst = target.client("shop").await?;
     dst.batch_execute(
         "ALTER TABLE tenant_acme.contacts ADD COLUMN thread integer \
@@ -83,20 +83,27 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
     let said = String::from_utf8_lossy(&planned.stderr);
     for expected in [
         "name_length is generated on the source and lands in a plain column",
-        "the platform's foreign key contacts_thread_fkey on tenant_acme.contacts acts by itself",
+        "the platform's foreign key contacts_thread_fkey on tenant_acme.contacts references \
+         tenant_acme.contacts, and the job lands rows in both",
     ] {
         assert!(said.contains(expected), "{expected:?} missing:\n{said}");
     }
-    dst.batch_execute("ALTER TABLE tenant_acme.contacts DROP COLUMN thread")
-        .await?;
     let refused = run_godwit(&["run", job.spec()], &[])?;
     assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("name_length is generated on the source and lands in a plain column"),
-        "{}",
-        describe(&refused)
-    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for expected in [
+        "name_length is generated on the source and lands in a plain column",
+        "the platform's foreign key contacts_thread_fkey",
+    ] {
+        assert!(said.contains(expected), "{expected:?} missing:\n{said}");
+    }
+    let written: bool = dst
+        .query_one("SELECT to_regnamespace('godwit') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    assert!(!written, "the refused run wrote to the target");
+    dst.batch_execute("ALTER TABLE tenant_acme.contacts DROP COLUMN thread")
+        .await?;
     job.edit(
         "legacy_code: { drop: true }",
         "legacy_code: { drop: true }\n        name_length: { drop: true }",
@@ -376,6 +383,25 @@ async fn a_value_that_does_not_convert_or_an_unplaced_new_column_stops_the_strea
         &target,
         "crm-added-column",
         ("6f1c2a54-0000-4000-8000-000000000002", "offset: 3000000"),
+    )
+    .await?;
+    // Once the stream applies changes (the column is added after the
+    // stream took its tables' shapes).
+    src.batch_execute("UPDATE crm.accounts SET name = 'account twelve' WHERE id = 12")
+        .await?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "the stream to apply a change",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt(
+                    "SELECT 1 FROM platform.accounts WHERE id = 3000012 AND display_name = 'account twelve'",
+                    &[],
+                )
+                .await?
+                .map(|_| ()))
+        },
     )
     .await?;
     src.batch_execute(

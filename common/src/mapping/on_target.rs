@@ -1,8 +1,10 @@
-//! What a job that streams changes refuses of its mapped tables because
-//! of the target: the stream reads each change's values there as the
-//! source's types, and applies changes to the platform's tables without
-//! replica mode, where a foreign key's own action would run before the
-//! source's. Reads the target's catalog; never writes.
+//! What a mapped job refuses because of the target, before anything is
+//! written: a foreign key of the platform's between two tables the job
+//! lands rows in (the copy loads tables in parallel, and while changes
+//! stream a key's own action would run before the source's), and, for a
+//! job that streams changes, carried columns of types the target lacks
+//! (each change's values are read there as the source's types). Reads the
+//! target's catalog; never writes.
 
 use tokio_postgres::Client;
 
@@ -10,9 +12,16 @@ use super::resolve::Landing;
 use crate::{Error, Result};
 
 /// One line per problem, naming the table, column or key and the fix.
-pub async fn target_refusals(target: &Client, landings: &[&Landing]) -> Result<Vec<String>> {
-    let mut problems = types_missing(target, landings).await?;
-    problems.extend(acting_keys(target, landings).await?);
+/// `streams`: the job streams changes after its copy.
+pub async fn refusals(
+    target: &Client,
+    landings: &[&Landing],
+    streams: bool,
+) -> Result<Vec<String>> {
+    let mut problems = keys_between(target, landings).await?;
+    if streams {
+        problems.extend(types_missing(target, landings).await?);
+    }
     Ok(problems)
 }
 
@@ -51,11 +60,9 @@ async fn types_missing(target: &Client, landings: &[&Landing]) -> Result<Vec<Str
     Ok(problems)
 }
 
-/// The platform's foreign keys with an action (`ON DELETE CASCADE`, `SET
-/// NULL`, `SET DEFAULT`) between the platform tables the job lands in: the
-/// target would act on a streamed change by itself, and the source's own
-/// following change would then find no row.
-async fn acting_keys(target: &Client, landings: &[&Landing]) -> Result<Vec<String>> {
+/// The platform's foreign keys between the platform tables the job lands
+/// rows in (a table and itself included).
+async fn keys_between(target: &Client, landings: &[&Landing]) -> Result<Vec<String>> {
     let tables: Vec<String> = landings
         .iter()
         .filter(|l| l.source != l.target)
@@ -69,8 +76,7 @@ async fn acting_keys(target: &Client, landings: &[&Landing]) -> Result<Vec<Strin
             "WITH job AS (SELECT to_regclass(x) AS oid FROM unnest($1::text[]) AS x) \
              SELECT quote_ident(con.conname), con.conrelid::regclass::text, con.confrelid::regclass::text \
              FROM pg_constraint con \
-             WHERE con.contype = 'f' \
-               AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd')) \
+             WHERE con.contype = 'f' AND con.conparentid = 0 \
                AND con.conrelid IN (SELECT oid FROM job) AND con.confrelid IN (SELECT oid FROM job) \
              ORDER BY 2, 1",
             &[&tables],
@@ -82,10 +88,11 @@ async fn acting_keys(target: &Client, landings: &[&Landing]) -> Result<Vec<Strin
         .map(|row| {
             let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
             format!(
-                "the platform's foreign key {name} on {child} acts by itself (cascades or sets values) when \
-                 {parent} changes, and both take this job's streamed changes: the source's own following \
-                 change would find no row; migrate without `changes` (in a write freeze), or remove the \
-                 key's action for the migration"
+                "the platform's foreign key {name} on {child} references {parent}, and the job lands rows in \
+                 both: the copy loads tables in parallel, so rows could arrive before the rows they \
+                 reference (and while changes stream, the key's own action would run before the \
+                 source's); drop the key for the migration and add it back after (NOT VALID, then \
+                 VALIDATE CONSTRAINT), or land {parent} in a job of its own first"
             )
         })
         .collect())
