@@ -35,21 +35,32 @@ impl PgCluster {
         Self::launch(true)
     }
 
+    /// Another test (or process) may take the free port between its pick
+    /// and the server's bind: a fresh cluster on a fresh port is tried then.
     fn launch(tls: bool) -> anyhow::Result<Self> {
-        let dir = shared_tempdir("godwit-pg-")?;
-        let port = free_port()?;
-        let status = Command::new(repo_root().join("scripts/pg-cluster"))
-            .arg("start")
-            .arg(dir.path().join("cluster"))
-            .arg(port.to_string())
-            .args(tls.then_some("--tls"))
-            .status()
-            .context("running scripts/pg-cluster (is PostgreSQL installed? run scripts/setup)")?;
-        if !status.success() {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = shared_tempdir("godwit-pg-")?;
+            let port = free_port()?;
+            let status = Command::new(repo_root().join("scripts/pg-cluster"))
+                .arg("start")
+                .arg(dir.path().join("cluster"))
+                .arg(port.to_string())
+                .args(tls.then_some("--tls"))
+                .status()
+                .context(
+                    "running scripts/pg-cluster (is PostgreSQL installed? run scripts/setup)",
+                )?;
+            if status.success() {
+                return Ok(Self { dir, port });
+            }
             let log = std::fs::read_to_string(dir.path().join("cluster/log")).unwrap_or_default();
+            if attempt < 3 && log.contains("Address already in use") {
+                continue;
+            }
             bail!("PostgreSQL cluster did not start on port {port}: {status}\n{log}");
         }
-        Ok(Self { dir, port })
     }
 
     pub fn url(&self, db: &str) -> String {
