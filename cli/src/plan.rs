@@ -8,6 +8,7 @@ use std::path::Path;
 use godwit_common::mapping::carry::refusals;
 use godwit_common::mapping::evidence::{self, Finding};
 use godwit_common::mapping::forecast::{self, Capacity, Forecast};
+use godwit_common::mapping::on_target::{self, OnTarget, Wait};
 use godwit_common::mapping::resolve::{self, ColumnLanding, Conversion, Landing, Resolved};
 use godwit_common::mapping::{Mask, MaskScope, OnError};
 use godwit_common::pg::{self, Side, access, catalog};
@@ -22,6 +23,8 @@ struct Plan {
     job: String,
     mapping_version: Option<String>,
     resolved: Resolved,
+    /// Source tables loading after others', by the platform's keys.
+    waits: std::collections::BTreeMap<TableName, Wait>,
     can_fail: Vec<Finding>,
     forecast: Forecast,
 }
@@ -91,20 +94,23 @@ async fn build(
         return Err(refusal);
     }
     let mapping = spec.mapping.clone().unwrap_or_default();
-    let resolved = resolve::resolve(&mapping, &source, &target, &tables, false).await?;
+    let mut resolved = resolve::resolve(&mapping, &source, &target, &tables, false).await?;
     let mut problems = resolved.problems.clone();
+    let mut on_target = OnTarget::default();
     if problems.is_empty() {
         // What a run would refuse, said now rather than at the run.
         problems.extend(refusals(&mapping, &resolved, spec.changes.is_some()));
         let carried: Vec<_> = resolved.landings.iter().filter(|l| l.carried).collect();
-        problems.extend(
-            godwit_common::mapping::on_target::refusals(&target, &carried, spec.changes.is_some())
-                .await?,
-        );
+        on_target = on_target::review(&target, &carried, spec.changes.is_some()).await?;
+        problems.extend(on_target.problems.iter().cloned());
     }
     if !problems.is_empty() {
         return Ok(Err(problems));
     }
+    // The run's copy order: by wave, then as the mapping orders them.
+    resolved
+        .landings
+        .sort_by_key(|l| on_target.wave_of(&l.source));
     let mut can_fail = Vec::new();
     for landing in &resolved.landings {
         can_fail.extend(evidence::gather(&source, landing).await?);
@@ -123,6 +129,7 @@ async fn build(
         job: spec.job.to_string(),
         mapping_version: spec.mapping.as_ref().map(|m| m.version()),
         resolved,
+        waits: on_target.waits,
         can_fail,
         forecast,
     }))
@@ -138,6 +145,12 @@ fn text(plan: &Plan) -> String {
     out.push_str("where each table lands, in copy order:\n");
     for landing in &plan.resolved.landings {
         out.push_str(&landing_text(landing));
+        if let Some(wait) = plan.waits.get(&landing.source) {
+            out.push_str(&format!(
+                "      loads once the tables before it are loaded: {}\n",
+                wait.keys.join("; ")
+            ));
+        }
     }
     out.push_str("\nconversions that can fail, against today's values on the source:\n");
     if plan.can_fail.is_empty() {

@@ -64,13 +64,14 @@ pub(crate) async fn land(
     // What the target refuses concerns writing to it: a comparison of what
     // a run carried (or a stream resolving its tables) is not refused for
     // a key the platform added since.
-    if matches!(purpose, Purpose::Copy { .. }) {
-        problems.extend(
-            on_target::refusals(target, &mapped, spec.changes.is_some())
-                .await
-                .map_err(rejected)?,
-        );
-    }
+    let on_target = if matches!(purpose, Purpose::Copy { .. }) {
+        on_target::review(target, &mapped, spec.changes.is_some())
+            .await
+            .map_err(rejected)?
+    } else {
+        on_target::OnTarget::default()
+    };
+    problems.extend(on_target.problems.iter().cloned());
     if problems.is_empty() && matches!(purpose, Purpose::Copy { .. }) {
         for landing in &mapped {
             for finding in evidence::gather(source, landing).await.map_err(rejected)? {
@@ -95,8 +96,18 @@ pub(crate) async fn land(
             problems.join("\n  - ")
         ))));
     }
+    // Copy order: by wave, then as the mapping orders the tables.
+    let rank = |name: &TableName| {
+        (
+            on_target.wave_of(name),
+            resolved.landings.iter().position(|l| &l.source == name),
+        )
+    };
+    let mut tables = tables;
+    tables.sort_by_key(|t| rank(&t.name));
     let mut landed = Vec::with_capacity(tables.len());
     for table in tables {
+        let wave = on_target.wave_of(&table.name);
         let Some(landing) = mapped.iter().find(|l| l.source == table.name) else {
             landed.push(table);
             continue;
@@ -112,6 +123,7 @@ pub(crate) async fn land(
                 filter: carried.keep.clone(),
             }),
             mapped: Some(Box::new(carried)),
+            wave,
             ..table
         });
     }

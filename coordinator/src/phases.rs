@@ -607,9 +607,11 @@ impl Phases<'_> {
                 )));
             }
         }
+        // Rows referencing others' go first: the tables are in copy order.
         let slices: String = prepared
             .tables
             .iter()
+            .rev()
             .filter_map(|t| t.mapped.as_ref())
             .map(|m| {
                 format!(
@@ -664,6 +666,7 @@ impl Phases<'_> {
                         table.name.clone(),
                         range,
                     )
+                    .with_wave(table.wave)
                 })
                 .collect();
             work::publish(self.store.as_ref(), self.keyspace, &spec.job, &items).await?;

@@ -243,5 +243,6 @@ async fn large_object_table(
         }),
         mapped: None,
         referenced: false,
+        wave: 0,
     }))
 }

@@ -25,6 +25,9 @@ pub struct SourceTable {
     /// A foreign key (of any table) references it or a table it is a
     /// partition of: a sampled replay carries it whole.
     pub referenced: bool,
+    /// Its rows load once every table of a lower wave is loaded: a key of
+    /// the platform's references those tables' rows.
+    pub wave: u32,
 }
 
 /// Columns whose binary COPY form embeds a database-specific type OID:
@@ -80,6 +83,7 @@ pub async fn resolve_tables(client: &Client, spec: &JobSpec) -> Result<Vec<Sourc
             source_relation: None,
             mapped: None,
             referenced: row.get(6),
+            wave: 0,
         });
     }
     if spec.all_tables() {

@@ -12,7 +12,7 @@ use crate::state::{BlockRange, KeyRange};
 /// The engine's view of a kind of work: its number, state and attempts
 /// fields, and how errors name it (`table T NOUN N`).
 macro_rules! work_item {
-    ($type:ty, $kind:expr, |$it:ident| number: $number:expr, describe: $describe:expr) => {
+    ($type:ty, $kind:expr, |$it:ident| number: $number:expr, describe: $describe:expr, wave: $wave:expr) => {
         impl WorkItem for $type {
             const KIND: WorkKind = $kind;
             fn number(&self) -> u32 {
@@ -35,15 +35,29 @@ macro_rules! work_item {
                 let $it = self;
                 $describe
             }
+            fn wave(&self) -> u32 {
+                #[allow(unused_variables)]
+                let $it = self;
+                $wave
+            }
         }
     };
     ($type:ty, $kind:expr, $number:ident, $noun:literal) => {
         work_item!($type, $kind, |item| number: item.$number,
-            describe: format!("table {} {} {}", item.table, $noun, item.$number));
+            describe: format!("table {} {} {}", item.table, $noun, item.$number), wave: 0);
     };
 }
 
-work_item!(PartitionRecord, WorkKind::Copy, partition, "partition");
+work_item!(PartitionRecord, WorkKind::Copy, |item| number: item.partition,
+    describe: format!("table {} partition {}", item.table, item.partition), wave: item.wave);
+
+impl PartitionRecord {
+    /// The wave its table loads in.
+    pub fn with_wave(mut self, wave: u32) -> Self {
+        self.wave = wave;
+        self
+    }
+}
 work_item!(VerifyRange, WorkKind::Verify, range, "range");
 
 /// A block range of a table to copy under the job's snapshot.
@@ -61,8 +75,16 @@ pub struct PartitionRecord {
     pub chunks_applied: u64,
     #[serde(default)]
     pub timings: StageTimings,
+    /// Taken only once every partition of a lower wave is done: a key of
+    /// the platform's references the rows of those tables.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wave: u32,
     #[serde(flatten)]
     pub attempts: Attempts,
+}
+
+fn is_zero(wave: &u32) -> bool {
+    *wave == 0
 }
 
 impl PartitionRecord {
@@ -83,6 +105,7 @@ impl PartitionRecord {
             bytes_staged: 0,
             chunks_applied: 0,
             timings: StageTimings::default(),
+            wave: 0,
             attempts: Attempts::default(),
         }
     }
@@ -214,4 +237,4 @@ impl StreamItem {
 work_item!(StreamItem, WorkKind::Stream, |item| number: {
     let _ = item;
     StreamItem::NUMBER
-}, describe: format!("the change stream of job {}", item.job));
+}, describe: format!("the change stream of job {}", item.job), wave: 0);

@@ -90,6 +90,11 @@ pub trait WorkItem: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     fn attempts_mut(&mut self) -> &mut Attempts;
     /// How errors name it: `table public.orders partition 3`.
     fn describe(&self) -> String;
+    /// Items of a wave are open only once every item of the lower waves
+    /// is done (rows that others' keys reference load first).
+    fn wave(&self) -> u32 {
+        0
+    }
 }
 
 #[cfg(test)]

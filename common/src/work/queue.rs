@@ -49,8 +49,8 @@ pub async fn list<T: WorkItem>(
         .collect()
 }
 
-/// The items open for the taking: pending, nobody's lease on them, not
-/// waiting out a backoff.
+/// The items open for the taking: pending, of the lowest wave not done,
+/// nobody's lease on them, not waiting out a backoff.
 pub async fn pending<T: WorkItem>(
     store: &dyn LeaseStore,
     keyspace: &Keyspace,
@@ -58,11 +58,18 @@ pub async fn pending<T: WorkItem>(
 ) -> Result<Vec<T>> {
     let leased = state::keys_under(store, &keyspace.work_leases_prefix(job, T::KIND)).await?;
     let now = now_unix_ms();
-    Ok(list::<T>(store, keyspace, job)
-        .await?
+    let items = list::<T>(store, keyspace, job).await?;
+    let open_wave = items
+        .iter()
+        .filter(|item| item.state() != WorkState::Done)
+        .map(WorkItem::wave)
+        .min()
+        .unwrap_or(0);
+    Ok(items
         .into_iter()
         .filter(|item| {
             item.state() == WorkState::Pending
+                && item.wave() <= open_wave
                 && !item.attempts().backing_off(now)
                 && !leased.contains(&keyspace.work_lease(job, T::KIND, item.number()))
         })

@@ -210,3 +210,46 @@ fn older_records_read_as_the_engine_s_states() {
         assert_eq!(parsed, state);
     }
 }
+
+#[tokio::test]
+async fn a_later_wave_opens_once_every_item_of_the_earlier_ones_is_done() {
+    let (store, keyspace, job) = setup();
+    publish(
+        store.as_ref(),
+        &keyspace,
+        &job,
+        &[partition(0), partition(1), partition(2).with_wave(1)],
+    )
+    .await
+    .expect("publish");
+    let open = |store: Arc<dyn LeaseStore>, keyspace: Keyspace, job: JobId| async move {
+        pending::<PartitionRecord>(store.as_ref(), &keyspace, &job)
+            .await
+            .expect("pending")
+            .iter()
+            .map(|p| p.partition)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        open(store.clone(), keyspace.clone(), job.clone()).await,
+        vec![0, 1]
+    );
+    let retry = RetryPolicy::DEFAULT;
+    for (n, still_open) in [(0, vec![1]), (1, vec![])] {
+        let mut claimed = claim(store.clone(), &keyspace, &job, partition(n), "w1", TIMING)
+            .await
+            .expect("claim")
+            .expect("free");
+        // Claimed and running: the next wave still waits for it.
+        assert_eq!(
+            open(store.clone(), keyspace.clone(), job.clone()).await,
+            still_open
+        );
+        assert_eq!(claimed.settle(&Ok(()), &retry), super::queue::Settled::Done);
+        claimed.finish().await.expect("finish");
+    }
+    assert_eq!(
+        open(store.clone(), keyspace.clone(), job.clone()).await,
+        vec![2]
+    );
+}

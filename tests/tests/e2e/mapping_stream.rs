@@ -59,12 +59,16 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
     let src = source.client("shop").await?;
     src.batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
         .await?;
-    let contacts = "    - from: crm.contacts\n      to: tenant_acme.contacts\n";
+    // The platform's key from a contact to its account joins the tenant
+    // column; `order:` asks for contacts first, the key loads accounts
+    // first all the same.
+    let contacts = "    - from: crm.contacts\n      to: tenant_acme.contacts\n      tenant: tenant_id\n      \
+                    add: { tenant_id: \"${customer_uuid}\" }\n";
     let job = Job::create(|staging| {
         spec_body("crm-stream", &source, &target, staging)
             .replace("tables: [\"*\"]", "tables: [crm.accounts, crm.contacts]")
             + "\nchanges: {}\n"
-            + LANDING
+            + &LANDING.replace("  tables:", "  order: [crm.contacts]\n  tables:")
             + contacts
     })?;
 
@@ -74,7 +78,10 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
     // (here a contact's thread): the copy loads tables in parallel.
     let dst = target.client("shop").await?;
     dst.batch_execute(
-        "ALTER TABLE tenant_acme.contacts ADD COLUMN thread integer \
+        "ALTER TABLE tenant_acme.contacts ADD COLUMN tenant_id uuid NOT NULL, \
+             ADD CONSTRAINT contacts_account_fkey FOREIGN KEY (tenant_id, account_id) \
+                 REFERENCES platform.accounts (tenant_id, id); \
+         ALTER TABLE tenant_acme.contacts ADD COLUMN thread integer \
          REFERENCES tenant_acme.contacts (id) ON DELETE CASCADE",
     )
     .await?;
@@ -84,7 +91,7 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
     for expected in [
         "name_length is generated on the source and lands in a plain column",
         "the platform's foreign key contacts_thread_fkey on tenant_acme.contacts references \
-         tenant_acme.contacts, and the job lands rows in both",
+         tenant_acme.contacts, its own table, and the job lands rows in it",
     ] {
         assert!(said.contains(expected), "{expected:?} missing:\n{said}");
     }
@@ -108,8 +115,34 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
         "legacy_code: { drop: true }",
         "legacy_code: { drop: true }\n        name_length: { drop: true }",
     )?;
+    let planned = run_godwit(&["plan", job.spec()], &[])?;
+    assert!(planned.status.success(), "{}", describe(&planned));
+    let plan = String::from_utf8_lossy(&planned.stdout);
+    let accounts_at = plan.find("crm.accounts → platform.accounts");
+    let contacts_at = plan.find("crm.contacts → tenant_acme.contacts");
+    assert!(
+        accounts_at.is_some() && contacts_at > accounts_at,
+        "the key puts accounts first:\n{plan}"
+    );
+    assert!(
+        plan.contains(
+            "loads once the tables before it are loaded: contacts_account_fkey references platform.accounts"
+        ),
+        "{plan}"
+    );
 
+    // The platform's accounts take their time to load: a contact loaded
+    // alongside would meet the key before its account is committed.
+    dst.batch_execute(
+        "CREATE FUNCTION platform.slow_load() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$; \
+         CREATE TRIGGER slow_load AFTER INSERT ON platform.accounts \
+             FOR EACH STATEMENT EXECUTE FUNCTION platform.slow_load()",
+    )
+    .await?;
     let (_run, log_path, url) = listen(&job, "crm-stream").await?;
+    dst.batch_execute("DROP TRIGGER slow_load ON platform.accounts")
+        .await?;
 
     src.batch_execute(
         "INSERT INTO crm.accounts (id, name, email, legacy_code, credit) \
