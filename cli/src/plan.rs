@@ -228,8 +228,12 @@ fn column_text(column: &ColumnLanding) -> String {
             None => format!("offset {offset:+}"),
         });
     }
-    if column.remap {
-        notes.push("remapped to new ids".to_owned());
+    if let Some(key) = &column.remap_key {
+        let numbered_by = format!("numbered by {}", key.new_id);
+        notes.push(match &column.follows {
+            Some(followed) => format!("new ids of {followed} (godwit.key_map)"),
+            None => format!("new ids, {numbered_by} (godwit.key_map)"),
+        });
     }
     if let Some(mask) = column.mask.filter(|m| *m != Mask::Keep) {
         let scope = match column.masked_for {

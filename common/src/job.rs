@@ -203,6 +203,10 @@ pub struct PlannedTable {
     /// it whole, so every reference still finds its row.
     #[serde(default)]
     pub referenced: bool,
+    /// Columns whose values land as new ids (`remap: true`), by position
+    /// in `copy_columns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remaps: Vec<crate::mapping::remap::RemappedColumn>,
 }
 
 /// Where a job's change stream stands, as operators see it.

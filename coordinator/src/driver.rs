@@ -424,6 +424,7 @@ mod tests {
             review_masks: Vec::new(),
             slice: None,
             referenced: false,
+            remaps: Vec::new(),
         }];
         let mut items: Vec<PartitionRecord> =
             work::list(driver.store.as_ref(), &driver.keyspace, job)

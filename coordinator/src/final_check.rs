@@ -204,6 +204,7 @@ mod tests {
             review_masks: Vec::new(),
             slice: None,
             referenced: false,
+            remaps: Vec::new(),
         }
     }
 

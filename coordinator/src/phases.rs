@@ -76,6 +76,11 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
             .filter(|m| !m.created_by_job())
             .map(|m| m.views.1.slice.clone()),
         referenced: table.referenced,
+        remaps: table
+            .mapped
+            .as_ref()
+            .map(|m| m.remaps.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -621,6 +626,15 @@ impl Phases<'_> {
                 )
             })
             .collect();
+        // A re-run numbers the slice's rows again.
+        let remapped: std::collections::BTreeSet<&godwit_common::mapping::remap::RemapKey> =
+            prepared
+                .tables
+                .iter()
+                .filter_map(|t| t.mapped.as_ref())
+                .flat_map(|m| m.remaps.iter().map(|r| &r.key))
+                .collect();
+        let slices = slices + &remapped.iter().map(|k| k.forget()).collect::<String>();
         let truncate = if names.is_empty() {
             String::new()
         } else {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::MappingSpec;
 use super::evidence::failing_value;
 use super::mask::ColumnMask;
+use super::remap::{RemappedColumn, old_value_column};
 use super::resolve::{ColumnLanding, Conversion, Landing, Resolved};
 use super::{Mask, OnError};
 use crate::spec::{TableName, quote_ident, quote_literal};
@@ -61,6 +62,10 @@ pub struct Carried {
     /// The foreign keys the source table holds (source names): the check
     /// looks for rows of the slice whose reference finds nothing as landed.
     pub references: Vec<(Vec<String>, TableName, Vec<String>)>,
+    /// Columns landing with new ids (`remap: true`, and the columns
+    /// referencing a remapped key), by position in `copy_columns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remaps: Vec<RemappedColumn>,
 }
 
 impl Carried {
@@ -111,6 +116,12 @@ fn rule_of(column: &ColumnLanding, keyed: bool) -> String {
                 (OnError::SkipRow, _) => "skip-row".to_owned(),
             }
         )),
+    }
+    if column.remap_key.is_some() {
+        rules.push(match &column.follows {
+            Some(key) => format!("new ids of {key} (godwit.key_map)"),
+            None => "new ids from the target (godwit.key_map)".to_owned(),
+        });
     }
     if let Some(offset) = column.offset {
         rules.push(match &column.follows {
@@ -224,6 +235,34 @@ fn moved(column: &ColumnLanding) -> String {
     }
 }
 
+/// The target's rows as the check reads them (aliased `t`): the table
+/// itself, or, with remapped columns, the table with each one's old id
+/// read back through `godwit.key_map`.
+fn target_from(landing: &Landing) -> String {
+    // Not `ONLY`: a shared table may be partitioned (by tenant), its rows
+    // all in its partitions.
+    let remapped: Vec<String> = landing
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let key = c.remap_key.as_ref()?;
+            Some(format!(
+                "{} AS {}",
+                key.old_of(&format!("x.{}", quote_ident(&c.target)), &c.source_type),
+                old_value_column(&c.target)
+            ))
+        })
+        .collect();
+    if remapped.is_empty() {
+        return format!("{} AS t", landing.target.quoted());
+    }
+    format!(
+        "(SELECT x.*, {} FROM {} AS x) AS t",
+        remapped.join(", "),
+        landing.target.quoted()
+    )
+}
+
 /// What `landing` becomes. Err names why it cannot be carried.
 pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let key = &landing.source_key;
@@ -237,6 +276,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut review_masks = Vec::new();
     let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
+    let mut remaps = Vec::new();
     // Depends on the row even without a key: a constant message would be
     // folded, and its failing cast raised, before any row is read.
     let source_key_row = if key.is_empty() {
@@ -342,6 +382,35 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             select.push(format!("({compared})::text"));
             continue;
         }
+        if let Some(key) = &column.remap_key {
+            // Carried as the source has it; the load puts the new id in its
+            // place, and the check reads the old one back.
+            if column.mask.is_some_and(|m| m != Mask::Keep) {
+                return Err(format!(
+                    "{at}: {} holds remapped ids and is masked: keep its values, or drop it",
+                    column.source
+                ));
+            }
+            remaps.push(RemappedColumn {
+                index: copy_columns.len(),
+                column: column.source.clone(),
+                key: key.clone(),
+            });
+            copy_columns.push(quote_ident(&column.target));
+            copy_types.push(unbounded_type(&column.target_type));
+            select.push(value.clone());
+            source_values.push(Value {
+                name: label(&column.target),
+                expr: value.clone(),
+                type_name: base_type(&column.source_type),
+            });
+            target_values.push(Value {
+                name: label(&column.target),
+                expr: format!("t.{}", old_value_column(&column.target)),
+                type_name: base_type(&column.source_type),
+            });
+            continue;
+        }
         if let Some(mask) = review_mask {
             review_masks.push(ColumnMask {
                 index: copy_columns.len(),
@@ -436,26 +505,33 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         slice: keep.clone().unwrap_or_else(|| "true".into()),
         key: key_columns
             .iter()
-            .map(|c| format!("({})::{}", moved(c), c.target_type))
+            .map(|c| match c.remap_key {
+                Some(_) => format!("({})::{}", moved(c), c.source_type),
+                None => format!("({})::{}", moved(c), c.target_type),
+            })
             .collect(),
         values: source_values,
     };
+    // Where the target's own column stands in for the source's, or, for a
+    // remapped one, the old id read back through the map.
+    let landed_as = |c: &ColumnLanding| match c.remap_key {
+        Some(_) => (old_value_column(&c.target), c.source_type.clone()),
+        None => (quote_ident(&c.target), c.target_type.clone()),
+    };
     let target_view = View {
         table: landing.target.clone(),
-        // Not `ONLY`: a shared table may be partitioned (by tenant), its
-        // rows all in its partitions.
-        from: format!("{} AS t", landing.target.quoted()),
+        from: target_from(landing),
         slice,
         key: key_columns
             .iter()
-            .map(|c| format!("t.{}", quote_ident(&c.target)))
+            .map(|c| format!("t.{}", landed_as(c).0))
             .collect(),
         values: target_values,
     };
     let key_map = key_columns.first().map(|c| KeyMap {
         source_column: quote_ident(&c.source),
-        target_column: quote_ident(&c.target),
-        target_type: c.target_type.clone(),
+        target_column: landed_as(c).0,
+        target_type: landed_as(c).1,
         offset: c.offset.unwrap_or(0),
     });
     let at_source = |c: &str| format!("{}.{c}", landing.source);
@@ -492,6 +568,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .map(|c| (c.source.clone(), c.target.clone()))
             .collect(),
         references: landing.references.clone(),
+        remaps,
         keys: key_columns
             .iter()
             .map(|c| KeyColumn {
@@ -574,12 +651,6 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved, streams: bool) -> Ve
                 landing.source
             ));
         }
-        for column in landing.columns.iter().filter(|c| c.remap) {
-            problems.push(format!(
-                "{at}: `remap` of {} is not carried yet: use `offset`",
-                column.source
-            ));
-        }
         if let Err(e) = carry(landing) {
             problems.push(e);
         }
@@ -604,6 +675,13 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
         ));
     }
     for column in &landing.columns {
+        if column.remap_key.is_some() {
+            problems.push(format!(
+                "{at}: {} lands with new ids (`remap`), which the stream does not carry: use `offset` \
+                 for a job with `changes`",
+                column.source
+            ));
+        }
         if column.conversion == Conversion::CanFail && column.on_error == OnError::SkipRow {
             problems.push(format!(
                 "{at}: `on_error: skip-row` on {} while changes stream: a row could leave or join the \

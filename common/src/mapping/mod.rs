@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod forecast;
 pub mod mask;
 pub mod on_target;
+pub mod remap;
 pub mod resolve;
 
 /// `mapping:` of a job spec.

@@ -33,6 +33,22 @@ pub struct Column {
     /// `GENERATED ALWAYS AS IDENTITY`: a value is taken only with
     /// `OVERRIDING SYSTEM VALUE`, and never changed.
     pub always_identity: bool,
+    /// The sequence of an identity column.
+    pub identity_sequence: Option<String>,
+}
+
+impl Column {
+    /// SQL giving the column's next value when it numbers rows itself (an
+    /// identity, or a default that is not one value for every row).
+    pub fn new_ids(&self) -> Option<String> {
+        if let Some(sequence) = &self.identity_sequence {
+            return Some(format!("nextval({}::regclass)", quote_literal(sequence)));
+        }
+        match &self.default {
+            Some((expr, false)) => Some(expr.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// A table's columns in order, its primary key, and the foreign keys it
@@ -68,7 +84,9 @@ pub async fn shapes(
                     AND coalesce((SELECT bool_and(p.provolatile = 'i') \
                               FROM regexp_matches(d.adbin::text, ':(?:func|opfunc)id (\\d+)', 'g') AS f(id) \
                               JOIN pg_proc p ON p.oid = f.id[1]::oid), true), \
-                    a.attidentity <> '', a.attidentity = 'a' \
+                    a.attidentity <> '', a.attidentity = 'a', \
+                    CASE WHEN a.attidentity <> '' THEN \
+                         pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname) END \
              FROM unnest($1::text[], $2::text[]) AS wanted(schema, name) \
              JOIN pg_namespace n ON n.nspname = wanted.schema \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = wanted.name \
@@ -96,6 +114,7 @@ pub async fn shapes(
                 .map(|expr| (expr, row.get(8))),
             identity: row.get(9),
             always_identity: row.get(10),
+            identity_sequence: row.get(11),
         });
     }
     let keys = client
@@ -180,9 +199,13 @@ pub struct ColumnLanding {
     /// The target column is NOT NULL and the source's is not.
     pub nulls_refused: bool,
     pub offset: Option<i64>,
-    /// The key column whose offset this one follows by a foreign key.
+    /// The key column whose offset or new ids this one follows by a
+    /// foreign key.
     pub follows: Option<String>,
     pub remap: bool,
+    /// The key whose new ids this column lands with (its own, under
+    /// `remap: true`, or the one it references).
+    pub remap_key: Option<super::remap::RemapKey>,
     pub mask: Option<Mask>,
     pub redact_with: Option<String>,
     pub masked_for: MaskScope,
@@ -277,7 +300,10 @@ pub async fn resolve(
         .collect();
     let target_names: Vec<TableName> = landings_of.iter().map(|(_, _, t)| t.clone()).collect();
     let target_shapes = shapes(target, &target_names).await?;
-    let offsets = key_offsets(mapping, tables, &source_shapes);
+    let keys = KeyRules {
+        offsets: key_offsets(mapping, tables, &source_shapes),
+        remaps: remapped_keys(mapping, tables, &source_shapes, &mut problems),
+    };
 
     let mut by_target: BTreeMap<&TableName, Vec<&TableName>> = BTreeMap::new();
     for (source_name, _, target_name) in &landings_of {
@@ -347,7 +373,7 @@ pub async fn resolve(
                 column,
                 rule,
                 existing,
-                &offsets,
+                &keys,
                 source_name,
                 &mut problems,
             );
@@ -503,6 +529,7 @@ pub async fn resolve(
             }
         }
     }
+    place_remaps(&mut landings, &keys.remaps, &target_shapes, &mut problems);
     order_landings(mapping, &mut landings, &mut problems);
     Ok(Resolved {
         version: mapping.version(),
@@ -514,6 +541,120 @@ pub async fn resolve(
 /// Key columns given an offset and the columns following them by
 /// foreign keys within the job: (table, column) → (offset, followed key).
 type Offsets = BTreeMap<(TableName, String), (i64, Option<String>)>;
+
+/// Remapped key columns and the job's columns following them by foreign
+/// keys: (table, column) → the key (table, column) whose new ids it takes.
+type Remaps = BTreeMap<(TableName, String), (TableName, String)>;
+
+/// How the job's key columns get new values (source names).
+struct KeyRules {
+    offsets: Offsets,
+    remaps: Remaps,
+}
+
+fn remapped_keys(
+    mapping: &MappingSpec,
+    tables: &[TableName],
+    shapes: &BTreeMap<TableName, TableShape>,
+    problems: &mut Vec<String>,
+) -> Remaps {
+    let mut remaps = Remaps::new();
+    for table in tables {
+        let (Some((_, entry)), Some(shape)) = (mapping.entry_for(table), shapes.get(table)) else {
+            continue;
+        };
+        for (column, _) in entry.columns.iter().filter(|(_, rule)| rule.remap) {
+            if shape.primary_key != [column.clone()] {
+                problems.push(format!(
+                    "{table}: `remap` of {column:?}: new ids are given to a primary key of one column, and \
+                     {table}'s primary key is ({}): remap its key, or use `offset`",
+                    shape.primary_key.join(", ")
+                ));
+                continue;
+            }
+            remaps.insert(
+                (table.clone(), column.clone()),
+                (table.clone(), column.clone()),
+            );
+        }
+    }
+    for (table, shape) in shapes {
+        for (columns, referenced, referenced_columns) in &shape.references {
+            for (column, key) in columns.iter().zip(referenced_columns) {
+                if let Some(root) = remaps.get(&(referenced.clone(), key.clone())).cloned() {
+                    remaps
+                        .entry((table.clone(), column.clone()))
+                        .or_insert(root);
+                }
+            }
+        }
+    }
+    remaps
+}
+
+/// Gives each remapped column the key whose new ids it lands with: where
+/// that key lands, in which slice, and how its target column numbers
+/// rows.
+fn place_remaps(
+    landings: &mut [Landing],
+    remaps: &Remaps,
+    target_shapes: &BTreeMap<TableName, TableShape>,
+    problems: &mut Vec<String>,
+) {
+    let mut placed = Vec::new();
+    for (i, landing) in landings.iter().enumerate() {
+        for (j, column) in landing.columns.iter().enumerate() {
+            let Some((key_table, key_column)) =
+                remaps.get(&(landing.source.clone(), column.source.clone()))
+            else {
+                continue;
+            };
+            let Some(key_landing) = landings.iter().find(|l| &l.source == key_table) else {
+                continue;
+            };
+            let Some(key_target) = key_landing
+                .columns
+                .iter()
+                .find(|c| &c.source == key_column)
+                .map(|c| c.target.clone())
+            else {
+                continue;
+            };
+            let numbered = target_shapes
+                .get(&key_landing.target)
+                .and_then(|shape| shape.column(&key_target))
+                .and_then(Column::new_ids);
+            let Some(new_id) = numbered else {
+                if &landing.source == key_table {
+                    problems.push(format!(
+                        "{} → {}: `remap` of {:?} takes new ids from the target column {key_target:?}, \
+                         which has no identity or default that numbers rows: give it one (an identity, or \
+                         a sequence's nextval), or use `offset`",
+                        landing.source, landing.target, column.source
+                    ));
+                }
+                continue;
+            };
+            placed.push((
+                i,
+                j,
+                super::remap::RemapKey {
+                    table: key_landing.target.to_string(),
+                    column: key_target,
+                    tenant: key_landing
+                        .tenant
+                        .as_ref()
+                        .map(|(_, value)| value.clone())
+                        .unwrap_or_default(),
+                    new_id,
+                },
+            ));
+        }
+    }
+    for (i, j, key) in placed {
+        landings[i].columns[j].remap_key = Some(key);
+    }
+}
 
 fn key_offsets(
     mapping: &MappingSpec,
@@ -553,7 +694,7 @@ fn land_column(
     column: &Column,
     rule: &ColumnRule,
     existing: Option<&TableShape>,
-    offsets: &Offsets,
+    keys: &KeyRules,
     source_name: &TableName,
     problems: &mut Vec<String>,
 ) -> ColumnLanding {
@@ -579,7 +720,9 @@ fn land_column(
         (None, Some(wanted)) => wanted.clone(),
         (None, None) => column.data_type.clone(),
     };
-    let conversion = if same_type(&column.data_type, &target_type) {
+    let remapped = keys.remaps.get(&(source_name.clone(), column.name.clone()));
+    // A remapped value is replaced by the target's own new id.
+    let conversion = if remapped.is_some() || same_type(&column.data_type, &target_type) {
         Conversion::None
     } else if widens(&column.data_type, &target_type) {
         Conversion::Widening
@@ -594,9 +737,17 @@ fn land_column(
             source_name, column.name, column.data_type, column.name
         ));
     }
-    let (offset, follows) = match offsets.get(&(source_name.clone(), column.name.clone())) {
-        Some((offset, follows)) => (Some(*offset), follows.clone()),
-        None => (None, None),
+    let (offset, follows) = match (
+        remapped,
+        keys.offsets
+            .get(&(source_name.clone(), column.name.clone())),
+    ) {
+        (Some((table, key)), _) => (
+            None,
+            (table != source_name || key != &column.name).then(|| format!("{table}.{key}")),
+        ),
+        (None, Some((offset, follows))) => (Some(*offset), follows.clone()),
+        (None, None) => (None, None),
     };
     if offset.is_some() && !matches!(column.data_type.as_str(), "smallint" | "integer" | "bigint") {
         problems.push(format!(
@@ -615,6 +766,7 @@ fn land_column(
         offset,
         follows,
         remap: rule.remap,
+        remap_key: None,
         mask: rule.mask,
         redact_with: rule.redact_with.clone(),
         masked_for: rule.masked_for.unwrap_or(MaskScope::Always),

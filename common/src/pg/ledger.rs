@@ -59,7 +59,11 @@ ALTER TABLE godwit.jobs ADD COLUMN IF NOT EXISTS mapping text;
 
 pub async fn ensure_schema(client: &Client) -> Result<()> {
     client
-        .batch_execute(&format!("{SCHEMA_SQL}{}", super::changed_keys::SCHEMA_SQL))
+        .batch_execute(&format!(
+            "{SCHEMA_SQL}{}{}",
+            super::changed_keys::SCHEMA_SQL,
+            crate::mapping::remap::SCHEMA_SQL
+        ))
         .await
         .map_err(|e| Error::postgres("cannot create the godwit ledger schema on the target", e))
 }
@@ -329,6 +333,8 @@ pub struct ChunkLoad<'a> {
     /// The holder's fencing token (see `take_partition`).
     pub fence: i64,
     pub tuples: Bytes,
+    /// Fields replaced by new ids as the chunk loads (`remap: true`).
+    pub remaps: &'a [crate::mapping::remap::RemappedColumn],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +395,11 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
     if inserted == 0 {
         return Ok(LoadOutcome::AlreadyApplied);
     }
+    let tuples = if chunk.remaps.is_empty() {
+        chunk.tuples
+    } else {
+        crate::mapping::remap::rewrite(&tx, chunk.remaps, &chunk.tuples).await?
+    };
     // A zero-column table takes rows of no fields, with no column list.
     let column_list = if chunk.copy_columns.is_empty() {
         String::new()
@@ -408,10 +419,10 @@ pub async fn load_chunk(client: &mut Client, chunk: ChunkLoad<'_>) -> Result<Loa
     let pieces = match chunk.format {
         CopyFormat::Binary => vec![
             Bytes::from(pgcopy::stream_header()),
-            chunk.tuples,
+            tuples,
             Bytes::from_static(pgcopy::stream_trailer()),
         ],
-        CopyFormat::Text => vec![chunk.tuples],
+        CopyFormat::Text => vec![tuples],
     };
     for piece in pieces {
         sink.feed(piece)

@@ -73,6 +73,7 @@ impl PartitionLoader {
                 last_ctid: chunk.last_ctid,
                 fence: self.fence,
                 tuples: chunk.tuples,
+                remaps: &self.table.remaps,
             },
         )
         .await

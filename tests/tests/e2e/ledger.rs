@@ -25,6 +25,7 @@ fn chunk<'a>(columns: &'a [String], seq: u64, fence: i64, rows: &str) -> ChunkLo
         }),
         fence,
         tuples: Bytes::from(rows.to_owned()),
+        remaps: &[],
     }
 }
 

@@ -16,6 +16,7 @@ mod lease_store;
 mod ledger;
 mod mapping;
 mod mapping_masked;
+mod mapping_remap;
 mod mapping_review;
 mod mapping_stream;
 mod real_world;

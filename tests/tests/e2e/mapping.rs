@@ -237,7 +237,7 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
             "platform.accounts.display_name is NOT NULL without a default and nothing feeds it",
         ],
     )?;
-    // What a run does not carry yet, the plan already refuses.
+    // What a run does not carry (yet), the plan already refuses.
     let uncarried = job(
         &source,
         &target,
@@ -245,8 +245,6 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
   tables:
     - from: crm.contacts
       to: tenant_beta.contacts
-      columns:
-        id: { remap: true }
     - from: crm.accounts
       to: platform.accounts
       tenant: tenant_id
@@ -263,8 +261,20 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
         &uncarried,
         &[
             "crm.contacts → tenant_beta.contacts: tenant_beta.contacts does not exist on the target: create it",
-            "`remap` of id is not carried yet",
             "`on_error: skip-row` would leave rows of crm.contacts pointing at skipped rows of crm.accounts",
+        ],
+    )?;
+    let bad_remap = job(
+        &source,
+        &target,
+        "mapping:\n  tables:\n    - from: crm.contacts\n      to: tenant_acme.contacts\n      columns:\n        \
+         phone: { remap: true }\n",
+    )?;
+    refused(
+        &bad_remap,
+        &[
+            "crm.contacts: `remap` of \"phone\": new ids are given to a primary key of one column, and \
+           crm.contacts's primary key is (id): remap its key, or use `offset`",
         ],
     )?;
     let two_in_one = job(

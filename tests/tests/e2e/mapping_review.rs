@@ -36,7 +36,7 @@ fn reviewed() -> String {
 
 /// A database on `cluster` holding the platform's schema, owned by the
 /// loading role; its URL for that role.
-async fn review_database(cluster: &PgCluster, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn review_database(cluster: &PgCluster, name: &str) -> anyhow::Result<String> {
     cluster.create_database(name).await?;
     cluster
         .client("postgres")

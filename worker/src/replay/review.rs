@@ -108,6 +108,7 @@ mod tests {
             review_masks,
             slice: Some("true".into()),
             referenced,
+            remaps: Vec::new(),
         }
     }
 
