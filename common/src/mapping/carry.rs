@@ -75,6 +75,24 @@ impl Carried {
         self.source == self.target
     }
 
+    /// How a change finds its row in the target table itself (aliased
+    /// `t`): the target's key columns, and the source's key (over a
+    /// derived `t` of the source's columns) as landed: offset, or through
+    /// the key map for new ids.
+    pub fn row_key(&self) -> (Vec<String>, Vec<String>) {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match &k.remap {
+                Some(key) => (
+                    format!("t.{}", quote_ident(&k.target)),
+                    key.new_of(&format!("t.{}", quote_ident(&k.source)), &k.target_type),
+                ),
+                None => (self.views.1.key[i].clone(), self.views.0.key[i].clone()),
+            })
+            .unzip()
+    }
+
     /// The target column `source_column` lands in, if it is carried.
     pub fn target_of(&self, source_column: &str) -> Option<&str> {
         self.column_targets
@@ -168,6 +186,9 @@ pub struct KeyColumn {
     pub target_type: String,
     /// Added to the source's value on the target.
     pub offset: i64,
+    /// The key lands with new ids through the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remap: Option<super::remap::RemapKey>,
 }
 
 /// The source's leading key column and the target column it lands in.
@@ -577,6 +598,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                 target: c.target.clone(),
                 target_type: c.target_type.clone(),
                 offset: c.offset.unwrap_or(0),
+                remap: c.remap_key.clone(),
             })
             .collect(),
         source: landing.source.clone(),
@@ -675,13 +697,6 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
         ));
     }
     for column in &landing.columns {
-        if column.remap_key.is_some() {
-            problems.push(format!(
-                "{at}: {} lands with new ids (`remap`), which the stream does not carry: use `offset` \
-                 for a job with `changes`",
-                column.source
-            ));
-        }
         if column.conversion == Conversion::CanFail && column.on_error == OnError::SkipRow {
             problems.push(format!(
                 "{at}: `on_error: skip-row` on {} while changes stream: a row could leave or join the \

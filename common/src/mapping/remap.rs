@@ -30,6 +30,34 @@ CREATE TABLE IF NOT EXISTS godwit.key_map (
     PRIMARY KEY (target_table, target_column, tenant, old_key),
     UNIQUE (target_table, target_column, tenant, new_key)
 );
+-- The new id of an old key, numbered with `numbering` (the key column's
+-- own identity or default, as SQL) when the map has none yet: how a
+-- streamed change lands a key, in the change's own transaction. Invoker's
+-- rights: it runs nothing its caller could not.
+CREATE OR REPLACE FUNCTION godwit.new_id(key_table text, key_column text, key_tenant text,
+                                         old text, numbering text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    found text;
+BEGIN
+    IF old IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT m.new_key INTO found FROM godwit.key_map m
+     WHERE m.target_table = key_table AND m.target_column = key_column
+       AND m.tenant = key_tenant AND m.old_key = old;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    EXECUTE format('SELECT (%s)::text', numbering) INTO found;
+    INSERT INTO godwit.key_map (target_table, target_column, tenant, old_key, new_key)
+    VALUES (key_table, key_column, key_tenant, old, found) ON CONFLICT DO NOTHING;
+    SELECT m.new_key INTO found FROM godwit.key_map m
+     WHERE m.target_table = key_table AND m.target_column = key_column
+       AND m.tenant = key_tenant AND m.old_key = old;
+    RETURN found;
+END
+$$;
 ";
 
 /// A remapped key: where its rows land, and how the target numbers them.
@@ -52,6 +80,30 @@ impl RemapKey {
         format!(
             "(SELECT m.old_key FROM godwit.key_map m WHERE m.target_table = {} AND m.target_column = {} \
              AND m.tenant = {} AND m.new_key = ({value})::text)::{source_type}",
+            quote_literal(&self.table),
+            quote_literal(&self.column),
+            quote_literal(&self.tenant)
+        )
+    }
+
+    /// The new id of an old key `value` (SQL over the source's values),
+    /// numbered now if the map has none, as `target_type`.
+    pub fn numbered(&self, value: &str, target_type: &str) -> String {
+        format!(
+            "(godwit.new_id({}, {}, {}, ({value})::text, {}))::{target_type}",
+            quote_literal(&self.table),
+            quote_literal(&self.column),
+            quote_literal(&self.tenant),
+            quote_literal(&self.new_id)
+        )
+    }
+
+    /// The new id the map holds for an old key `value` (NULL if none), as
+    /// `target_type`: how a change finds its row.
+    pub fn new_of(&self, value: &str, target_type: &str) -> String {
+        format!(
+            "(SELECT m.new_key FROM godwit.key_map m WHERE m.target_table = {} AND m.target_column = {} \
+             AND m.tenant = {} AND m.old_key = ({value})::text)::{target_type}",
             quote_literal(&self.table),
             quote_literal(&self.column),
             quote_literal(&self.tenant)

@@ -103,10 +103,18 @@ async fn compare_mapped(
                 .iter()
                 .map(|k| (quote_ident(&k.source), k.source_type.clone()))
                 .collect();
+            // A remapped key is compared as the old id read back through
+            // the map (the target view's own column).
             let at_target: Vec<(String, String)> = carried
                 .keys
                 .iter()
-                .map(|k| (quote_ident(&k.target), k.target_type.clone()))
+                .map(|k| match k.remap {
+                    Some(_) => (
+                        crate::mapping::remap::old_value_column(&k.target),
+                        k.source_type.clone(),
+                    ),
+                    None => (quote_ident(&k.target), k.target_type.clone()),
+                })
                 .collect();
             let offsets: Vec<i64> = carried.keys.iter().map(|k| k.offset).collect();
             (

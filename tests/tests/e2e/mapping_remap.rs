@@ -9,10 +9,15 @@
 //! there; a streaming job with `remap` is refused before anything is
 //! written.
 
-use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
+use std::time::Duration;
+
+use godwit_tests::{
+    Job, PgCluster, describe, run_godwit, source_and_target, spec_body, wait_until,
+};
 
 use crate::mapping::{LANDING, TENANT, crm, verified};
 use crate::mapping_review::review_database;
+use crate::mapping_stream::listen;
 
 fn remapped() -> String {
     LANDING.replace("id: { offset: 1000000 }", "id: { remap: true }")
@@ -102,27 +107,6 @@ async fn remapped_keys_take_the_platforms_ids_and_references_follow_through_the_
             + &remapped()
     })?;
 
-    // A job that streams changes does not carry new ids: refused, nothing
-    // written.
-    job.edit("mapping:", "changes: {}\nmapping:")?;
-    let refused = run_godwit(&["plan", job.spec()], &[])?;
-    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains(
-            "crm.accounts → platform.accounts: id lands with new ids (`remap`), which the stream does not carry"
-        ),
-        "{}",
-        describe(&refused)
-    );
-    let ran = run_godwit(&["run", job.spec()], &[])?;
-    assert_eq!(ran.status.code(), Some(2), "{}", describe(&ran));
-    let written: bool = dst
-        .query_one("SELECT to_regnamespace('godwit') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    assert!(!written, "the refused run wrote to the target");
-    job.edit("changes: {}\nmapping:", "mapping:")?;
-
     let planned = run_godwit(&["plan", job.spec()], &[])?;
     assert!(planned.status.success(), "{}", describe(&planned));
     let plan = String::from_utf8_lossy(&planned.stdout);
@@ -204,5 +188,72 @@ async fn remapped_keys_take_the_platforms_ids_and_references_follow_through_the_
     assert_eq!(sides[1], sides[3], "contacts of the review copy");
     let (_, _, distinct, orphans) = landed_ids(&target, "review").await?;
     assert_eq!((distinct, orphans), (200, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_changes_number_new_keys_and_find_their_rows_through_the_key_map()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    let src = source.client("shop").await?;
+    src.batch_execute("UPDATE crm.accounts SET name = left(name, 20)")
+        .await?;
+    let job = Job::create(|staging| {
+        spec_body("crm-remap-stream", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts, crm.contacts]")
+            + "\nchanges: {}\n"
+            + &remapped().replace(
+                "legacy_code: { drop: true }",
+                "legacy_code: { drop: true }\n        name_length: { drop: true }",
+            )
+    })?;
+    let (_run, log_path, url) = listen(&job, "crm-remap-stream").await?;
+    src.batch_execute(
+        "INSERT INTO crm.accounts (id, name, email, credit) \
+             SELECT g, 'new ' || g, 'n' || g || '@example.com', g FROM generate_series(201, 205) g; \
+         INSERT INTO crm.contacts SELECT g, g - 200, '+1666' || lpad(g::text, 7, '0'), 'new' \
+             FROM generate_series(401, 403) g; \
+         UPDATE crm.accounts SET name = 'renamed 7' WHERE id = 7; \
+         UPDATE crm.contacts SET account_id = 6 WHERE id = 5; \
+         DELETE FROM crm.contacts WHERE account_id = 3; \
+         DELETE FROM crm.accounts WHERE id = 3; \
+         UPDATE crm.accounts SET id = 300 WHERE id = 205; \
+         UPDATE crm.contacts SET note = 'called' WHERE id = 10",
+    )
+    .await?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "the last change to land",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt(
+                    "SELECT 1 FROM tenant_acme.contacts c JOIN godwit.key_map m \
+                     ON m.target_table = 'tenant_acme.contacts' AND m.old_key = '10' \
+                     AND m.new_key = c.id::text WHERE c.note = 'called'",
+                    &[],
+                )
+                .await?
+                .map(|_| ()))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::anyhow!("{e}\n{log}")
+    })?;
+    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-remap-stream"], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-remap-stream"], &[])?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+
+    let sides = digests(&source, &target, "shop").await?;
+    assert_eq!(sides[0], sides[2], "accounts, read back through the map");
+    assert_eq!(sides[1], sides[3], "contacts, read back through the map");
+    assert_eq!((sides[2].0, sides[3].0), (204, 401));
+    let (_, _, distinct, orphans) = landed_ids(&target, "shop").await?;
+    assert_eq!((distinct, orphans), (204, 0));
     Ok(())
 }

@@ -362,7 +362,10 @@ async fn streaming(
 
 /// `godwit run --listen` of `job` (named `name`), once it streams: the
 /// run, its log and the API's URL.
-async fn listen(job: &Job, name: &str) -> anyhow::Result<(Running, std::path::PathBuf, String)> {
+pub(crate) async fn listen(
+    job: &Job,
+    name: &str,
+) -> anyhow::Result<(Running, std::path::PathBuf, String)> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let log_path = job.dir.path().join("run.log");

@@ -218,7 +218,7 @@ impl MappedTable {
             .enumerate()
             .map(|(n, &i)| format!("{} AS s{n}", self.typed(i)))
             .collect();
-        let source_key = &self.carried.views.0.key;
+        let (target_key, source_key) = self.carried.row_key();
         exprs.extend(
             source_key
                 .iter()
@@ -240,7 +240,7 @@ impl MappedTable {
             targets.join(", "),
             exprs.join(", "),
             self.unnested(columns, keys),
-            self.carried.views.1.key.join(", "),
+            target_key.join(", "),
             matched.join(", "),
             self.carried.views.1.slice
         )
@@ -249,7 +249,7 @@ impl MappedTable {
     /// The delete of a gathered run: `$1…` are one array per key column
     /// at `keys`; each row is found by its key as landed, in the job's slice.
     pub(super) fn delete_rows(&self, keys: &[usize]) -> String {
-        let source_key = &self.carried.views.0.key;
+        let (target_key, source_key) = self.carried.row_key();
         let exprs: Vec<String> = source_key
             .iter()
             .enumerate()
@@ -261,7 +261,7 @@ impl MappedTable {
             self.carried.target.quoted(),
             exprs.join(", "),
             self.unnested(&[], keys),
-            self.carried.views.1.key.join(", "),
+            target_key.join(", "),
             matched.join(", "),
             self.carried.views.1.slice
         )
@@ -339,24 +339,28 @@ impl MappedTable {
     /// The target's key columns and the source's key as landed, over a
     /// derived table of the key columns of `identity`.
     fn find_row(&self, identity: &[Value], params: &mut Vec<Option<String>>) -> Result<String> {
-        let target = &self.carried.views.1;
-        let source = &self.carried.views.0;
+        let (target_key, source_key) = self.carried.row_key();
         let derived = self.derived(identity, &self.key, params)?;
         Ok(format!(
             "({}) = (SELECT {} FROM {derived}) AND {}",
-            target.key.join(", "),
-            source.key.join(", "),
-            target.slice
+            target_key.join(", "),
+            source_key.join(", "),
+            self.carried.views.1.slice
         ))
     }
 
     /// The `i`th carried expression, its text read as the target column's
-    /// type.
+    /// type; a remapped one through the key map (numbered there when new).
     fn typed(&self, i: usize) -> String {
-        format!(
-            "({})::{}",
-            self.carried.select[i], self.carried.copy_types[i]
-        )
+        match self.carried.remaps.iter().find(|r| r.index == i) {
+            Some(remapped) => remapped
+                .key
+                .numbered(&self.carried.select[i], &self.carried.copy_types[i]),
+            None => format!(
+                "({})::{}",
+                self.carried.select[i], self.carried.copy_types[i]
+            ),
+        }
     }
 
     pub(super) fn insert(&self, new: &[Value]) -> Result<Sql> {
