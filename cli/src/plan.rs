@@ -209,6 +209,15 @@ fn landing_text(landing: &Landing) -> String {
     for (column, value) in &landing.added {
         out.push_str(&format!("      + {column} = {value}\n"));
     }
+    if let Some(creation) = &landing.creates {
+        let count = |sql: &str| sql.matches("; ").count();
+        out.push_str(&format!(
+            "      created from the source's definition under the mapped names: its primary key, then after \
+             the copy {} unique constraints, checks and indexes, {} foreign keys\n",
+            count(&creation.keys),
+            count(&creation.references)
+        ));
+    }
     out
 }
 

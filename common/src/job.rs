@@ -207,6 +207,10 @@ pub struct PlannedTable {
     /// in `copy_columns`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remaps: Vec<crate::mapping::remap::RemappedColumn>,
+    /// How the job creates the table, when it lands through the mapping
+    /// under a name the target did not have: a replay creates it so too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<crate::mapping::create::Creation>,
 }
 
 /// Where a job's change stream stands, as operators see it.

@@ -425,6 +425,7 @@ mod tests {
             slice: None,
             referenced: false,
             remaps: Vec::new(),
+            creates: None,
         }];
         let mut items: Vec<PartitionRecord> =
             work::list(driver.store.as_ref(), &driver.keyspace, job)

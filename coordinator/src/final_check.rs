@@ -205,6 +205,7 @@ mod tests {
             slice: None,
             referenced: false,
             remaps: Vec::new(),
+            creates: None,
         }
     }
 

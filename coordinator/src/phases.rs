@@ -73,7 +73,7 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
         slice: table
             .mapped
             .as_ref()
-            .filter(|m| !m.created_by_job())
+            .filter(|m| !m.keeps_source_definition())
             .map(|m| m.views.1.slice.clone()),
         referenced: table.referenced,
         remaps: table
@@ -81,7 +81,19 @@ pub(crate) fn planned_table(table: &SourceTable, partitions: Vec<u32>) -> Planne
             .as_ref()
             .map(|m| m.remaps.clone())
             .unwrap_or_default(),
+        creates: table.mapped.as_ref().and_then(|m| m.creates.clone()),
     }
+}
+
+/// The statements creating the mapped tables the job lands under names
+/// the target did not have: the tables, then what follows the copy.
+fn creations(prepared: &Prepared) -> (String, String) {
+    godwit_common::mapping::create::in_order(
+        prepared
+            .tables
+            .iter()
+            .filter_map(|t| t.mapped.as_ref().and_then(|m| m.creates.as_ref())),
+    )
 }
 
 /// What one run of a job holds between its phases, in this process only.
@@ -142,7 +154,7 @@ fn restores_schema(prepared: &Prepared) -> bool {
 /// or keeping its name with columns masked.
 fn created_from_source(table: &SourceTable) -> bool {
     match &table.mapped {
-        Some(mapped) => mapped.created_by_job(),
+        Some(mapped) => mapped.keeps_source_definition(),
         None => table.source_relation.is_none(),
     }
 }
@@ -320,6 +332,15 @@ impl Phases<'_> {
             if restores_schema {
                 dump.restore_pre_data(&spec.target).await.map_err(failed)?;
             }
+            let (tables, _) = creations(prepared);
+            if !tables.is_empty() {
+                target.batch_execute(&tables).await.map_err(|e| {
+                    failed(Error::postgres(
+                        "cannot create the mapped tables the job lands under new names",
+                        e,
+                    ))
+                })?;
+            }
             ledger::mark_job(&target, job.as_str(), true, false)
                 .await
                 .map_err(failed)?;
@@ -393,6 +414,15 @@ impl Phases<'_> {
             tracing::info!(job_id = %job, "building indexes and constraints");
             if restores_schema(prepared) {
                 dump.restore_post_data(&spec.target).await.map_err(failed)?;
+            }
+            let (_, after) = creations(prepared);
+            if !after.is_empty() {
+                target.batch_execute(&after).await.map_err(|e| {
+                    failed(Error::postgres(
+                        "cannot add the keys and indexes of the mapped tables the job created",
+                        e,
+                    ))
+                })?;
             }
             ledger::mark_job(&target, job.as_str(), true, true)
                 .await

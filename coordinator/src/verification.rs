@@ -263,7 +263,11 @@ impl Verifier {
         // the job created (masked columns only) has the source's schema.
         let names: Vec<TableName> = tables
             .iter()
-            .filter(|t| t.mapped.as_ref().is_none_or(|m| m.created_by_job()))
+            .filter(|t| {
+                t.mapped
+                    .as_ref()
+                    .is_none_or(|m| m.keeps_source_definition())
+            })
             .map(|t| t.name.clone())
             .collect();
         let every_table = spec.all_tables() && spec.mapping.is_none();
@@ -384,7 +388,7 @@ impl Verifier {
         let mapped: Vec<_> = tables
             .iter()
             .filter_map(|t| t.mapped.as_deref())
-            .filter(|m| !m.created_by_job())
+            .filter(|m| !m.keeps_source_definition())
             .collect();
         foreign_keys.extend(
             verify::mapped_orphans(target, &mapped)

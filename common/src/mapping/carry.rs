@@ -66,12 +66,22 @@ pub struct Carried {
     /// referencing a remapped key), by position in `copy_columns`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remaps: Vec<RemappedColumn>,
+    /// How the job creates the target table, when the target has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<super::create::Creation>,
 }
 
 impl Carried {
-    /// The table keeps its name (only masks apply): the job creates it from
-    /// the source's definition, as a table copied as it is.
+    /// The job creates the target table: it keeps its name (only masks
+    /// apply) and is created as a table copied as it is, or it lands under
+    /// another name the target does not have.
     pub fn created_by_job(&self) -> bool {
+        self.keeps_source_definition() || self.creates.is_some()
+    }
+
+    /// The table keeps its name and the source's definition (only masks
+    /// apply): created, replayed and compared as a table copied as it is.
+    pub fn keeps_source_definition(&self) -> bool {
         self.source == self.target
     }
 
@@ -590,6 +600,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
             .collect(),
         references: landing.references.clone(),
         remaps,
+        creates: landing.creates.clone(),
         keys: key_columns
             .iter()
             .map(|c| KeyColumn {
@@ -643,13 +654,6 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved, streams: bool) -> Ve
     let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     for landing in &mapped {
         let at = format!("{} → {}", landing.source, landing.target);
-        if !landing.exists && landing.source != landing.target {
-            problems.push(format!(
-                "{at}: {} does not exist on the target: create it in the platform's schema first (a \
-                 mapped table lands only in an existing table)",
-                landing.target
-            ));
-        }
         if mapped.iter().filter(|l| l.target == landing.target).count() > 1 {
             problems.push(format!(
                 "{at}: several source tables land in {}: not carried yet, map them one job each",

@@ -12,10 +12,12 @@ use sha2::{Digest, Sha256};
 use crate::spec::TableName;
 
 pub mod carry;
+pub mod create;
 pub mod evidence;
 pub mod fallback;
 pub mod forecast;
 pub mod mask;
+mod new_ids;
 pub mod on_target;
 pub mod remap;
 pub mod resolve;

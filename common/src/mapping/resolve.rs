@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::new_ids::{self, KeyRules};
 use super::{ColumnRule, MappingSpec, Mask, MaskScope, OnError};
 use crate::spec::{TableName, quote_literal};
 use crate::{Error, Result};
@@ -61,7 +62,7 @@ pub struct TableShape {
 }
 
 impl TableShape {
-    fn column(&self, name: &str) -> Option<&Column> {
+    pub(super) fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
 }
@@ -259,6 +260,9 @@ pub struct Landing {
     /// Its rows go through the mapping's rules: it lands elsewhere, or it
     /// keeps its name and has columns masked.
     pub carried: bool,
+    /// How the job creates its target table, when it lands elsewhere and
+    /// the target has no table of that name.
+    pub creates: Option<super::create::Creation>,
 }
 
 /// The mapping against both catalogs.
@@ -301,8 +305,8 @@ pub async fn resolve(
     let target_names: Vec<TableName> = landings_of.iter().map(|(_, _, t)| t.clone()).collect();
     let target_shapes = shapes(target, &target_names).await?;
     let keys = KeyRules {
-        offsets: key_offsets(mapping, tables, &source_shapes),
-        remaps: remapped_keys(mapping, tables, &source_shapes, &mut problems),
+        offsets: new_ids::key_offsets(mapping, tables, &source_shapes),
+        remaps: new_ids::remapped_keys(mapping, tables, &source_shapes, &mut problems),
     };
 
     let mut by_target: BTreeMap<&TableName, Vec<&TableName>> = BTreeMap::new();
@@ -354,6 +358,9 @@ pub async fn resolve(
                     .and_then(|t| t.column(landed))
                     .is_some_and(|t| !t.generated);
                 if !plain_on_target {
+                    if rule.drop {
+                        dropped.push(column.name.clone());
+                    }
                     continue;
                 }
             }
@@ -505,6 +512,7 @@ pub async fn resolve(
                 .collect(),
             entry: *entry_at,
             carried: entry.is_some_and(|e| source_name != target_name || e.masks_only()),
+            creates: None,
         });
     }
     // A table landing under its own name keeps its foreign keys, which
@@ -529,164 +537,23 @@ pub async fn resolve(
             }
         }
     }
-    place_remaps(&mut landings, &keys.remaps, &target_shapes, &mut problems);
+    new_ids::place_remaps(&mut landings, &keys.remaps, &target_shapes, &mut problems);
+    for i in 0..landings.len() {
+        let landing = &landings[i];
+        if landing.exists || landing.source == landing.target || !landing.carried {
+            continue;
+        }
+        match super::create::creation(source, landing, &landings).await? {
+            Ok(creation) => landings[i].creates = Some(creation),
+            Err(refused) => problems.extend(refused),
+        }
+    }
     order_landings(mapping, &mut landings, &mut problems);
     Ok(Resolved {
         version: mapping.version(),
         landings,
         problems,
     })
-}
-
-/// Key columns given an offset and the columns following them by
-/// foreign keys within the job: (table, column) → (offset, followed key).
-type Offsets = BTreeMap<(TableName, String), (i64, Option<String>)>;
-
-/// Remapped key columns and the job's columns following them by foreign
-/// keys: (table, column) → the key (table, column) whose new ids it takes.
-type Remaps = BTreeMap<(TableName, String), (TableName, String)>;
-
-/// How the job's key columns get new values (source names).
-struct KeyRules {
-    offsets: Offsets,
-    remaps: Remaps,
-}
-
-fn remapped_keys(
-    mapping: &MappingSpec,
-    tables: &[TableName],
-    shapes: &BTreeMap<TableName, TableShape>,
-    problems: &mut Vec<String>,
-) -> Remaps {
-    let mut remaps = Remaps::new();
-    for table in tables {
-        let (Some((_, entry)), Some(shape)) = (mapping.entry_for(table), shapes.get(table)) else {
-            continue;
-        };
-        for (column, _) in entry.columns.iter().filter(|(_, rule)| rule.remap) {
-            if shape.primary_key != [column.clone()] {
-                problems.push(format!(
-                    "{table}: `remap` of {column:?}: new ids are given to a primary key of one column, and \
-                     {table}'s primary key is ({}): remap its key, or use `offset`",
-                    shape.primary_key.join(", ")
-                ));
-                continue;
-            }
-            remaps.insert(
-                (table.clone(), column.clone()),
-                (table.clone(), column.clone()),
-            );
-        }
-    }
-    for (table, shape) in shapes {
-        for (columns, referenced, referenced_columns) in &shape.references {
-            for (column, key) in columns.iter().zip(referenced_columns) {
-                if let Some(root) = remaps.get(&(referenced.clone(), key.clone())).cloned() {
-                    remaps
-                        .entry((table.clone(), column.clone()))
-                        .or_insert(root);
-                }
-            }
-        }
-    }
-    remaps
-}
-
-/// Gives each remapped column the key whose new ids it lands with: where
-/// that key lands, in which slice, and how its target column numbers
-/// rows.
-fn place_remaps(
-    landings: &mut [Landing],
-    remaps: &Remaps,
-    target_shapes: &BTreeMap<TableName, TableShape>,
-    problems: &mut Vec<String>,
-) {
-    let mut placed = Vec::new();
-    for (i, landing) in landings.iter().enumerate() {
-        for (j, column) in landing.columns.iter().enumerate() {
-            let Some((key_table, key_column)) =
-                remaps.get(&(landing.source.clone(), column.source.clone()))
-            else {
-                continue;
-            };
-            let Some(key_landing) = landings.iter().find(|l| &l.source == key_table) else {
-                continue;
-            };
-            let Some(key_target) = key_landing
-                .columns
-                .iter()
-                .find(|c| &c.source == key_column)
-                .map(|c| c.target.clone())
-            else {
-                continue;
-            };
-            let numbered = target_shapes
-                .get(&key_landing.target)
-                .and_then(|shape| shape.column(&key_target))
-                .and_then(Column::new_ids);
-            let Some(new_id) = numbered else {
-                if &landing.source == key_table {
-                    problems.push(format!(
-                        "{} → {}: `remap` of {:?} takes new ids from the target column {key_target:?}, \
-                         which has no identity or default that numbers rows: give it one (an identity, or \
-                         a sequence's nextval), or use `offset`",
-                        landing.source, landing.target, column.source
-                    ));
-                }
-                continue;
-            };
-            placed.push((
-                i,
-                j,
-                super::remap::RemapKey {
-                    table: key_landing.target.to_string(),
-                    column: key_target,
-                    tenant: key_landing
-                        .tenant
-                        .as_ref()
-                        .map(|(_, value)| value.clone())
-                        .unwrap_or_default(),
-                    new_id,
-                },
-            ));
-        }
-    }
-    for (i, j, key) in placed {
-        landings[i].columns[j].remap_key = Some(key);
-    }
-}
-
-fn key_offsets(
-    mapping: &MappingSpec,
-    tables: &[TableName],
-    shapes: &BTreeMap<TableName, TableShape>,
-) -> Offsets {
-    let mut offsets = Offsets::new();
-    for table in tables {
-        let Some((_, entry)) = mapping.entry_for(table) else {
-            continue;
-        };
-        for (column, rule) in &entry.columns {
-            if let Some(offset) = rule.offset {
-                offsets.insert((table.clone(), column.clone()), (offset, None));
-            }
-        }
-    }
-    for (table, shape) in shapes {
-        for (columns, referenced, referenced_columns) in &shape.references {
-            for (column, key) in columns.iter().zip(referenced_columns) {
-                if let Some(offset) = offsets
-                    .get(&(referenced.clone(), key.clone()))
-                    .map(|(o, _)| *o)
-                {
-                    offsets
-                        .entry((table.clone(), column.clone()))
-                        .or_insert((offset, Some(format!("{referenced}.{key}"))));
-                }
-            }
-        }
-    }
-    offsets
 }
 
 fn land_column(

@@ -15,6 +15,7 @@ mod embedded;
 mod lease_store;
 mod ledger;
 mod mapping;
+mod mapping_created;
 mod mapping_masked;
 mod mapping_remap;
 mod mapping_review;

@@ -67,6 +67,27 @@ pub(crate) async fn platform_schema(client: &tokio_postgres::Client) -> anyhow::
     Ok(())
 }
 
+/// Contacts into the tenant's table, accounts into the shared one skipping
+/// rows other rows reference.
+fn uncarried_mapping() -> String {
+    "mapping:
+  tables:
+    - from: crm.contacts
+      to: tenant_acme.contacts
+    - from: crm.accounts
+      to: platform.accounts
+      tenant: tenant_id
+      add: { tenant_id: \"${customer_uuid}\" }
+      columns:
+        name: { to: display_name, type: \"varchar(20)\", on_error: skip-row }
+        email: { to: contact_email }
+        legacy_code: { drop: true }
+        credit: { type: \"numeric(12,2)\", on_error: \"null\" }
+  values: { customer_uuid: 6f1c2a54-0000-4000-8000-000000000003 }
+"
+    .to_owned()
+}
+
 fn job(source: &PgCluster, target: &PgCluster, mapping: &str) -> anyhow::Result<Job> {
     Job::create(|staging| {
         spec_body("crm-plan", source, target, staging)
@@ -238,30 +259,25 @@ async fn a_plan_shows_where_everything_lands_and_what_would_fail_and_a_bad_mappi
         ],
     )?;
     // What a run does not carry (yet), the plan already refuses.
-    let uncarried = job(
-        &source,
-        &target,
-        "mapping:
-  tables:
-    - from: crm.contacts
-      to: tenant_beta.contacts
-    - from: crm.accounts
-      to: platform.accounts
-      tenant: tenant_id
-      add: { tenant_id: \"${customer_uuid}\" }
-      columns:
-        name: { to: display_name, type: \"varchar(20)\", on_error: skip-row }
-        email: { to: contact_email }
-        legacy_code: { drop: true }
-        credit: { type: \"numeric(12,2)\", on_error: \"null\" }
-  values: { customer_uuid: 6f1c2a54-0000-4000-8000-000000000003 }
-",
-    )?;
+    let uncarried = job(&source, &target, &uncarried_mapping())?;
     refused(
         &uncarried,
         &[
-            "crm.contacts → tenant_beta.contacts: tenant_beta.contacts does not exist on the target: create it",
             "`on_error: skip-row` would leave rows of crm.contacts pointing at skipped rows of crm.accounts",
+        ],
+    )?;
+    // A table the target lacks is created from the source's definition;
+    // a foreign key to a table landing in the platform's is not carried.
+    let created = job(
+        &source,
+        &target,
+        &uncarried_mapping().replace("tenant_acme.contacts", "tenant_beta.contacts"),
+    )?;
+    refused(
+        &created,
+        &[
+            "crm.contacts → tenant_beta.contacts: its foreign key (account_id) references crm.accounts, which \
+           the job does not create with it: create tenant_beta.contacts on the target first",
         ],
     )?;
     let bad_remap = job(

@@ -37,13 +37,20 @@ fn reviewed() -> String {
 /// A database on `cluster` holding the platform's schema, owned by the
 /// loading role; its URL for that role.
 pub(crate) async fn review_database(cluster: &PgCluster, name: &str) -> anyhow::Result<String> {
+    let url = empty_database(cluster, name).await?;
+    platform_schema(&cluster.client(name).await?).await?;
+    Ok(url)
+}
+
+/// An empty database on `cluster` owned by the loading role; its URL for
+/// that role.
+pub(crate) async fn empty_database(cluster: &PgCluster, name: &str) -> anyhow::Result<String> {
     cluster.create_database(name).await?;
     cluster
         .client("postgres")
         .await?
         .batch_execute(&format!("ALTER DATABASE {name} OWNER TO {LOADER}"))
         .await?;
-    platform_schema(&cluster.client(name).await?).await?;
     Ok(cluster.loader_url(name))
 }
 

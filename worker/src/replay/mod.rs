@@ -127,6 +127,17 @@ pub async fn replay(
     if restores_schema {
         dump.restore_pre_data(target).await.map_err(failed)?;
     }
+    let (created_tables, created_keys) = godwit_common::mapping::create::in_order(
+        manifest.tables.iter().filter_map(|t| t.creates.as_ref()),
+    );
+    if !created_tables.is_empty() {
+        client.batch_execute(&created_tables).await.map_err(|e| {
+            failed(Error::postgres(
+                "cannot create the mapped tables the job created under new names",
+                e,
+            ))
+        })?;
+    }
     let carries_large_objects = manifest
         .tables
         .iter()
@@ -190,6 +201,14 @@ pub async fn replay(
     }
     if restores_schema {
         dump.restore_post_data(target).await.map_err(failed)?;
+    }
+    if !created_keys.is_empty() {
+        client.batch_execute(&created_keys).await.map_err(|e| {
+            failed(Error::postgres(
+                "cannot add the keys and indexes of the mapped tables created under new names",
+                e,
+            ))
+        })?;
     }
     if carries_large_objects {
         large_objects::materialize(&mut client, job)
@@ -292,8 +311,13 @@ async fn refuse_occupied_target(
     target: &str,
     manifest: &Manifest,
 ) -> Result<()> {
-    let (landed, created): (Vec<&PlannedTable>, Vec<&PlannedTable>) =
-        manifest.tables.iter().partition(|t| t.slice.is_some());
+    // Tables the replay creates (from the dump, or, landing under a new
+    // name, as the copy created them) must be absent; the platform's
+    // tables present.
+    let (landed, created): (Vec<&PlannedTable>, Vec<&PlannedTable>) = manifest
+        .tables
+        .iter()
+        .partition(|t| t.slice.is_some() && t.creates.is_none());
     let names: Vec<TableName> = created.iter().map(|t| t.name.clone()).collect();
     let existing = catalog::existing_tables(client, &names).await?;
     if !existing.is_empty() {

@@ -109,6 +109,7 @@ mod tests {
             slice: Some("true".into()),
             referenced,
             remaps: Vec::new(),
+            creates: None,
         }
     }
 
