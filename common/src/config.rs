@@ -19,7 +19,7 @@ pub fn load_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
         path: path.to_owned(),
         source,
     })?;
-    serde_norway::from_str(&text)
+    crate::spec::from_yaml(&text)
         .map_err(|e| Error::Spec(format!("config file {}: {e}", path.display())))
 }
 

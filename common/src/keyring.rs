@@ -88,7 +88,7 @@ fn keyring_entry(path: &Path, customer: &CustomerId) -> Result<Vec<PathBuf>> {
         path: path.to_owned(),
         source,
     })?;
-    let keyring: BTreeMap<String, Vec<PathBuf>> = serde_norway::from_str(&text).map_err(|e| {
+    let keyring: BTreeMap<String, Vec<PathBuf>> = crate::spec::from_yaml(&text).map_err(|e| {
         Error::Spec(format!(
             "keyring {}: {e}; write one line per customer: `acme: [/keys/acme-current.kek, /keys/acme-old.kek]`",
             path.display()

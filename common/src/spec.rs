@@ -165,10 +165,18 @@ fn default_chunk_size() -> ByteSize {
     ByteSize(DEFAULT_CHUNK_SIZE)
 }
 
+/// A YAML document as `T`; a key written twice (a column ruled twice, a
+/// customer's keys listed twice) is refused with its line instead of the
+/// last one winning silently.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    serde_norway::from_str::<serde_norway::Value>(text)
+        .map_err(|e| format!("{e}: write each key once"))?;
+    serde_norway::from_str(text).map_err(|e| e.to_string())
+}
+
 impl JobSpec {
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let spec: JobSpec =
-            serde_norway::from_str(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))?;
+        let spec: JobSpec = from_yaml(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))?;
         spec.validate(origin)?;
         Ok(spec)
     }
@@ -378,6 +386,23 @@ encryption: { key_file: /tmp/kek }
             .to_string();
         assert!(
             err.contains("changes.max_frozen_ms") && err.contains("100..=3600000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_written_twice_is_refused_not_overwritten() {
+        let text = format!(
+            "{VALID}\nmapping:\n  tables:\n    - from: crm.accounts\n      columns:\n        \
+             credit: {{ drop: true }}\n        credit: {{ to: c }}\n"
+        );
+        let err = JobSpec::from_yaml(&text, "job.yaml")
+            .expect_err("the second rule won silently")
+            .to_string();
+        assert!(
+            err.contains("job.yaml")
+                && err.contains("credit")
+                && err.contains("write each key once"),
             "{err}"
         );
     }

@@ -112,7 +112,12 @@ pub(crate) async fn land(
             landed.push(table);
             continue;
         };
-        let carried = carry(landing).map_err(|e| rejected(Error::Precondition(e)))?;
+        let mut carried = carry(landing).map_err(|e| rejected(Error::Precondition(e)))?;
+        carried.shares_target_with = mapped
+            .iter()
+            .filter(|l| l.target == landing.target && l.source != landing.source)
+            .map(|l| l.source.clone())
+            .collect();
         landed.push(SourceTable {
             name: carried.target.clone(),
             copy_columns: carried.copy_columns.clone(),

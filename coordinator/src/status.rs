@@ -89,7 +89,11 @@ pub fn assemble(record: &JobRecord, partitions: &[PartitionRecord], now_ms: u64)
             bytes_estimated: table.estimated_bytes,
             ..Progress::default()
         };
-        for partition in partitions.iter().filter(|p| p.table == table.name) {
+        // By number: several source tables may land in one table.
+        for partition in partitions
+            .iter()
+            .filter(|p| p.table == table.name && table.partitions.contains(&p.partition))
+        {
             progress.partitions_total += 1;
             if partition.state == WorkState::Done {
                 progress.partitions_done += 1;

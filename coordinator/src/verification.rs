@@ -297,8 +297,34 @@ impl Verifier {
         let mut plan = Vec::with_capacity(tables.len());
         let mut next = 0u32;
         let mut ranges_total = 0u64;
+        let mut shared_compared = std::collections::BTreeSet::new();
         for table in tables {
             let read_from = table.mapped.as_ref().map_or(&table.name, |m| &m.source);
+            // Several source tables landing in one table: their union is
+            // compared with it once, as one range.
+            let shared = match table
+                .mapped
+                .as_ref()
+                .filter(|m| !m.shares_target_with.is_empty())
+            {
+                Some(m) if !shared_compared.insert(m.target.clone()) => continue,
+                Some(m) => {
+                    let parts: Vec<&godwit_common::mapping::carry::Carried> = tables
+                        .iter()
+                        .filter_map(|t| t.mapped.as_deref())
+                        .filter(|p| p.target == m.target)
+                        .collect();
+                    Some(
+                        godwit_common::mapping::shared::union_views(&parts).map_err(|e| {
+                            failed(Error::Precondition(format!(
+                                "cannot compare the tables landing in {}: {e}",
+                                m.target
+                            )))
+                        })?,
+                    )
+                }
+                None => None,
+            };
             if !present.contains(&table.name) {
                 let mut report = verify::absent_table(source, read_from)
                     .await
@@ -314,10 +340,13 @@ impl Verifier {
             if let Some(sample) = &sample {
                 pieces = sample.pieces(pieces, MAX_RANGES_PER_TABLE as usize);
             }
-            let mut ranges = self
-                .key_ranges(source, read_from, pieces)
-                .await
-                .map_err(failed)?;
+            let mut ranges = match shared {
+                Some(_) => vec![None],
+                None => self
+                    .key_ranges(source, read_from, pieces)
+                    .await
+                    .map_err(failed)?,
+            };
             ranges_total += ranges.len() as u64;
             if let Some(sample) = &sample {
                 let picked = sample.picks(&table.name, ranges.len());
@@ -329,12 +358,19 @@ impl Verifier {
                 .map(|keys| {
                     next += 1;
                     let mapped = table.mapped.as_ref().map(|m| {
-                        Box::new(MappedRange {
-                            views: m.views.clone(),
-                            masked: m.masked.clone(),
-                            target_keys: keys
-                                .as_ref()
-                                .and_then(|k| on_target(k, m.key_map.as_ref())),
+                        Box::new(match &shared {
+                            Some((views, masked)) => MappedRange {
+                                views: views.clone(),
+                                masked: masked.clone(),
+                                target_keys: None,
+                            },
+                            None => MappedRange {
+                                views: m.views.clone(),
+                                masked: m.masked.clone(),
+                                target_keys: keys
+                                    .as_ref()
+                                    .and_then(|k| on_target(k, m.key_map.as_ref())),
+                            },
                         })
                     });
                     VerifyRange {

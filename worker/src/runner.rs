@@ -592,7 +592,8 @@ impl Worker {
         let table = job
             .tables
             .iter()
-            .find(|t| t.name == record.table)
+            // By partition: several source tables may land in one table.
+            .find(|t| t.name == record.table && t.partitions.contains(&record.partition))
             .ok_or_else(|| {
                 Error::Internal(format!(
                     "partition {} names unplanned table {}",

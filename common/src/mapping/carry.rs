@@ -69,6 +69,10 @@ pub struct Carried {
     /// How the job creates the target table, when the target has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creates: Option<super::create::Creation>,
+    /// The job's other source tables landing in the same target table
+    /// (their rows share the slice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_target_with: Vec<TableName>,
 }
 
 impl Carried {
@@ -601,6 +605,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         references: landing.references.clone(),
         remaps,
         creates: landing.creates.clone(),
+        shares_target_with: Vec::new(),
         keys: key_columns
             .iter()
             .map(|c| KeyColumn {
@@ -654,11 +659,14 @@ pub fn refusals(mapping: &MappingSpec, resolved: &Resolved, streams: bool) -> Ve
     let mapped: Vec<&Landing> = resolved.landings.iter().filter(|l| l.carried).collect();
     for landing in &mapped {
         let at = format!("{} → {}", landing.source, landing.target);
-        if mapped.iter().filter(|l| l.target == landing.target).count() > 1 {
-            problems.push(format!(
-                "{at}: several source tables land in {}: not carried yet, map them one job each",
-                landing.target
-            ));
+        let sharers: Vec<&Landing> = mapped
+            .iter()
+            .filter(|l| l.target == landing.target)
+            .copied()
+            .collect();
+        // Said once per shared target, by its first sharer.
+        if sharers.len() > 1 && sharers[0].source == landing.source {
+            problems.extend(super::shared::refusals(&sharers));
         }
         let skips = landing
             .columns

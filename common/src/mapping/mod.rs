@@ -21,6 +21,7 @@ mod new_ids;
 pub mod on_target;
 pub mod remap;
 pub mod resolve;
+pub mod shared;
 
 /// `mapping:` of a job spec.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -105,7 +105,7 @@ impl Policy {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let policy: Policy = serde_norway::from_str(text)
+        let policy: Policy = godwit_common::spec::from_yaml(text)
             .map_err(|e| Error::Spec(format!("access policy {}: {e}", path.display())))?;
         if let Some(unknown) = policy
             .approvals

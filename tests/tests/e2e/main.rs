@@ -19,6 +19,7 @@ mod mapping_created;
 mod mapping_masked;
 mod mapping_remap;
 mod mapping_review;
+mod mapping_shared;
 mod mapping_stream;
 mod real_world;
 mod replay;

@@ -160,7 +160,7 @@ pub async fn replay(
             .count();
     }
     for partition in &manifest.partitions {
-        let table = planned(&manifest, &partition.table).map_err(failed)?;
+        let table = planned(&manifest, partition).map_err(failed)?;
         let review = TableReview::new(options, table, token_key.as_ref(), spec.customer.as_str());
         let mut loader = PartitionLoader::take(target, job, table, partition.partition, fence)
             .await
@@ -398,11 +398,14 @@ fn chunk_id(job: &str, partition: &StagedPartition, seq: u64) -> ChunkId {
     }
 }
 
-fn planned<'a>(manifest: &'a Manifest, name: &TableName) -> Result<&'a PlannedTable> {
+/// The planned table a partition belongs to (several source tables may
+/// land in one table).
+fn planned<'a>(manifest: &'a Manifest, partition: &StagedPartition) -> Result<&'a PlannedTable> {
+    let name = &partition.table;
     manifest
         .tables
         .iter()
-        .find(|t| &t.name == name)
+        .find(|t| &t.name == name && t.partitions.contains(&partition.partition))
         .ok_or_else(|| Error::Corrupt {
             what: format!("manifest of job {}", manifest.job),
             reason: format!("partition of unplanned table {name}"),

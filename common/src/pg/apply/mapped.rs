@@ -450,13 +450,28 @@ impl MappedTable {
         self.carried.created_by_job()
     }
 
-    /// A truncate of the source table empties the job's slice only.
-    pub(super) fn truncate(&self) -> String {
-        format!(
+    /// A truncate of the source table empties the job's slice only; one
+    /// the slice shares with other source tables' rows stops the stream.
+    pub(super) fn truncate(&self) -> Result<String> {
+        if !self.carried.shares_target_with.is_empty() {
+            return Err(Error::Diverged(format!(
+                "{} was truncated on the source, and its rows share {}'s slice with those of {}: the stream \
+                 cannot empty only its own; cancel the job and migrate again",
+                self.carried.source,
+                self.carried.target,
+                self.carried
+                    .shares_target_with
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(format!(
             "DELETE FROM {} AS t WHERE {}",
             self.carried.target.quoted(),
             self.carried.views.1.slice
-        )
+        ))
     }
 }
 

@@ -359,7 +359,7 @@ impl Applier {
                     // A mapped table's slice goes; the platform's other
                     // rows stay.
                     if let Some(mapped) = table.mapped.as_ref().filter(|m| !m.created_by_job()) {
-                        let sql = mapped.truncate();
+                        let sql = mapped.truncate()?;
                         tx.batch_execute(&sql)
                             .await
                             .map_err(|e| Error::postgres(format!("cannot apply {sql}"), e))?;
