@@ -709,13 +709,6 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
         ));
     }
     for column in &landing.columns {
-        if column.conversion == Conversion::CanFail && column.on_error == OnError::SkipRow {
-            problems.push(format!(
-                "{at}: `on_error: skip-row` on {} while changes stream: a row could leave or join the \
-                 copy with any update; use fail, null or default",
-                column.source
-            ));
-        }
         if column.copy_mask().is_some() && column.conversion != Conversion::None {
             problems.push(format!(
                 "{at}: {} is both converted and masked, which the stream does not carry: mask it as it is",

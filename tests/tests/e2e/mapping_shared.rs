@@ -5,11 +5,19 @@
 //! the copy lands both, both databases' digests of the union agree, the
 //! check compares the union with the slice and names a planted change in
 //! an archived row by its key as landed, and a replay lands both again.
+//! Streamed, changes to both land in the one slice, and changes to a
+//! table the job created under a new name land there; the cutover's
+//! checks match and both databases' digests agree.
 
-use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
+use std::time::Duration;
+
+use godwit_tests::{
+    Job, PgCluster, describe, run_godwit, source_and_target, spec_body, wait_until,
+};
 
 use crate::mapping::{LANDING, TENANT, crm, verified};
 use crate::mapping_review::review_database;
+use crate::mapping_stream::listen;
 
 /// The landing of `mapping.rs`, and the archived accounts by the same
 /// rules, their ids offset further; `archived_credit`: how the archived
@@ -139,5 +147,108 @@ async fn two_source_tables_land_in_one_slice_and_are_compared_as_their_union() -
     assert!(replayed.status.success(), "{}", describe(&replayed));
     let [at_source, at_review] = digests(&source, &target, "review").await?;
     assert_eq!(at_source, at_review, "the review copy's slice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_changes_land_in_a_shared_slice_and_in_a_table_the_job_created()
+-> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    let src = source.client("shop").await?;
+    src.batch_execute(
+        "UPDATE crm.accounts SET name = left(name, 20); \
+         CREATE TABLE crm.archived_accounts (LIKE crm.accounts INCLUDING ALL); \
+         INSERT INTO crm.archived_accounts (id, name, email, legacy_code, credit) \
+             SELECT g, 'archived ' || g, 'old' || g || '@example.com', 'A' || g, g * 2.5 \
+             FROM generate_series(1, 50) g; \
+         CREATE TABLE crm.notes (id serial PRIMARY KEY, body text NOT NULL, kind text DEFAULT 'memo'); \
+         INSERT INTO crm.notes (body) SELECT 'note ' || g FROM generate_series(1, 30) g",
+    )
+    .await?;
+    source.hand_tables_to_migrator("shop").await?;
+    let mapping = shared(CREDIT).replace(
+        "legacy_code: { drop: true }",
+        "legacy_code: { drop: true }\n        name_length: { drop: true }",
+    ) + "    - from: crm.notes\n      to: tenant_new.notes\n      columns:\n        \
+         body: { to: text_body }\n";
+    let job = Job::create(|staging| {
+        spec_body("crm-shared-stream", &source, &target, staging).replace(
+            "tables: [\"*\"]",
+            "tables: [crm.accounts, crm.archived_accounts, crm.notes]",
+        ) + "\nchanges: {}\n"
+            + &mapping
+    })?;
+    let (_run, log_path, url) = listen(&job, "crm-shared-stream").await?;
+    src.batch_execute(
+        "INSERT INTO crm.accounts (id, name, email, credit) \
+             SELECT g, 'new ' || g, 'n' || g || '@example.com', g FROM generate_series(201, 203) g; \
+         INSERT INTO crm.archived_accounts (id, name, email, credit) VALUES (51, 'archived 51', NULL, 1); \
+         UPDATE crm.archived_accounts SET name = 'renamed a7' WHERE id = 7; \
+         DELETE FROM crm.archived_accounts WHERE id = 8; \
+         INSERT INTO crm.notes (body) VALUES ('new note'), ('another'); \
+         UPDATE crm.notes SET body = 'edited' WHERE id = 3; \
+         DELETE FROM crm.notes WHERE id = 4; \
+         UPDATE crm.notes SET body = 'last' WHERE id = 10",
+    )
+    .await?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "the last change to land",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt(
+                    "SELECT 1 FROM tenant_new.notes WHERE id = 10 AND text_body = 'last'",
+                    &[],
+                )
+                .await?
+                .map(|_| ()))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::anyhow!("{e}\n{log}")
+    })?;
+    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-shared-stream"], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let cut = run_godwit(
+        &["cutover", "--coordinator", &url, "crm-shared-stream"],
+        &[],
+    )?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+
+    let [at_source, at_target] = digests(&source, &target, "shop").await?;
+    assert_eq!(at_source, at_target, "the union as landed, and the slice");
+    assert_eq!(at_target.0, 253);
+    let notes = |client: tokio_postgres::Client, sql: &'static str| async move {
+        let row = client.query_one(sql, &[]).await?;
+        anyhow::Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
+    };
+    assert_eq!(
+        notes(
+            source.client("shop").await?,
+            "SELECT count(*), sum(hashtext(ROW(id, body, kind)::text)) FROM crm.notes"
+        )
+        .await?,
+        notes(
+            target.client("shop").await?,
+            "SELECT count(*), sum(hashtext(ROW(id, text_body, kind)::text)) FROM tenant_new.notes"
+        )
+        .await?,
+        "the notes, in the table the job created"
+    );
+    // After the cutover the platform numbers its own notes past the
+    // customer's.
+    let next: i32 = dst
+        .query_one(
+            "INSERT INTO tenant_new.notes (text_body) VALUES ('platform') RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(next > 32, "the identity numbers from {next}");
     Ok(())
 }

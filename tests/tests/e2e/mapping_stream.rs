@@ -8,7 +8,9 @@
 //! match, and both databases' own digests agree at the end. A generated
 //! column carried into a plain one is refused before anything is written;
 //! a value that does not convert, and a column added on the source that
-//! the mapping does not place, stop the stream by name.
+//! the mapping does not place, stop the stream by name. With `on_error:
+//! skip-row`, rows leave and join the copy as their values stop or start
+//! converting.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -462,5 +464,100 @@ async fn a_value_that_does_not_convert_or_an_unplaced_new_column_stops_the_strea
         ),
         "{log}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::Result<()> {
+    let (source, target) = source_and_target(1).await?;
+    crm(&source, &target).await?;
+    // Four names are longer than varchar(20): their rows are skipped.
+    let job = Job::create(|staging| {
+        spec_body("crm-skip-stream", &source, &target, staging)
+            .replace("tables: [\"*\"]", "tables: [crm.accounts]")
+            + "\nchanges: {}\n"
+            + &LANDING
+                .replace(
+                    "type: \"varchar(20)\", on_error: fail",
+                    "type: \"varchar(20)\", on_error: skip-row",
+                )
+                .replace(
+                    "legacy_code: { drop: true }",
+                    "legacy_code: { drop: true }\n        name_length: { drop: true }",
+                )
+    })?;
+    let (_run, log_path, url) = listen(&job, "crm-skip-stream").await?;
+    let src = source.client("shop").await?;
+    src.batch_execute(
+        "INSERT INTO crm.accounts (id, name, email, credit) VALUES \
+             (201, repeat('z', 30), 'z@example.com', 1), (202, 'short', 's@example.com', 2); \
+         UPDATE crm.accounts SET name = 'short now' WHERE id = 50; \
+         UPDATE crm.accounts SET name = repeat('y', 30) WHERE id = 7; \
+         UPDATE crm.accounts SET credit = 5 WHERE id = 100; \
+         DELETE FROM crm.contacts WHERE account_id = 150; \
+         DELETE FROM crm.accounts WHERE id = 150; \
+         UPDATE crm.accounts SET name = 'renamed 9' WHERE id = 9; \
+         UPDATE crm.accounts SET name = 'marker' WHERE id = 11",
+    )
+    .await?;
+    let dst = target.client("shop").await?;
+    wait_until(
+        "the last change to land",
+        Duration::from_secs(60),
+        || async {
+            Ok(dst
+                .query_opt(
+                    "SELECT 1 FROM platform.accounts WHERE id = 1000011 AND display_name = 'marker'",
+                    &[],
+                )
+                .await?
+                .map(|_| ()))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::anyhow!("{e}\n{log}")
+    })?;
+    let present: Vec<i64> = dst
+        .query(
+            "SELECT id - 1000000 FROM platform.accounts WHERE tenant_id = $1::text::uuid \
+             AND id - 1000000 IN (7, 9, 50, 100, 150, 201, 202) ORDER BY id",
+            &[&TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        present,
+        vec![9, 50, 202],
+        "7 left the copy, 50 joined it, 100 and 201 stay skipped, 150 is gone"
+    );
+    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-skip-stream"], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-skip-stream"], &[])?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    let at_source = src
+        .query_one(
+            "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20))::text)), 0) \
+             FROM crm.accounts WHERE char_length(name) <= 20",
+            &[],
+        )
+        .await?;
+    let at_target = dst
+        .query_one(
+            "SELECT count(*), coalesce(sum(hashtext(ROW(id, display_name)::text)), 0) \
+             FROM platform.accounts WHERE tenant_id = $1::text::uuid",
+            &[&TENANT],
+        )
+        .await?;
+    let sides: [(i64, i64); 2] = [
+        (at_source.get(0), at_source.get(1)),
+        (at_target.get(0), at_target.get(1)),
+    ];
+    assert_eq!(sides[0], sides[1], "the rows kept, as landed");
+    assert_eq!(sides[1].0, 197);
     Ok(())
 }

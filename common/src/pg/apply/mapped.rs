@@ -363,18 +363,108 @@ impl MappedTable {
         }
     }
 
+    /// Rows whose values do not convert are left out (`on_error:
+    /// skip-row`): a change may then find no row, or make one leave or
+    /// join the copy.
+    pub(super) fn skips(&self) -> bool {
+        self.carried.keep.is_some()
+    }
+
     pub(super) fn insert(&self, new: &[Value]) -> Result<Sql> {
         let mut params = Vec::new();
         let derived = self.derived(new, &self.read_positions(new), &mut params)?;
         let exprs: Vec<String> = (0..self.carried.select.len())
             .map(|i| self.typed(i))
             .collect();
+        let kept = self
+            .carried
+            .keep
+            .as_ref()
+            .map(|keep| format!(" WHERE {keep}"))
+            .unwrap_or_default();
         let sql = format!(
-            "INSERT INTO {} ({}){} SELECT {} FROM {derived}",
+            "INSERT INTO {} ({}){} SELECT {} FROM {derived}{kept}",
             self.carried.target.quoted(),
             self.carried.copy_columns.join(", "),
             self.overriding(),
             exprs.join(", ")
+        );
+        Ok((sql, params))
+    }
+
+    /// An update of a table whose rows the copy may have skipped: the row
+    /// is updated while its new values convert, deleted when they no
+    /// longer do, inserted when they now do and it was skipped before.
+    /// Every carried value is needed to insert it: one the source did not
+    /// resend (an unchanged TOASTed value) is taken from the old row when
+    /// the table sends whole old rows (`REPLICA IDENTITY FULL`).
+    fn update_skipping(&self, old: Option<&[Value]>, new: &[Value]) -> Result<Sql> {
+        let mut row = new.to_vec();
+        for (p, value) in row.iter_mut().enumerate() {
+            if matches!(value, Value::Unchanged)
+                && let Some(before) = old.and_then(|o| o.get(p))
+                && !matches!(before, Value::Unchanged)
+            {
+                *value = before.clone();
+            }
+        }
+        let read = self.read_positions(&row);
+        let missing: Vec<&str> = self
+            .carried
+            .column_targets
+            .iter()
+            .filter(|(source, _)| {
+                !read
+                    .iter()
+                    .any(|&p| self.columns[p].0 == quote_ident(source))
+            })
+            .map(|(source, _)| source.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Diverged(format!(
+                "an update of {} did not resend {} (unchanged TOASTed values), and a row its copy skipped \
+                 (`on_error: skip-row`) may need inserting whole: set REPLICA IDENTITY FULL on {} and \
+                 migrate again",
+                self.carried.source,
+                missing.join(", "),
+                self.carried.source
+            )));
+        }
+        let keep = self.carried.keep.as_deref().unwrap_or("true");
+        let mut params = Vec::new();
+        let derived = self.derived(&row, &read, &mut params)?;
+        let every = self.carried.select.len();
+        let exprs: Vec<String> = (0..every)
+            .map(|i| format!("{} AS s{i}", self.typed(i)))
+            .collect();
+        let sets = self.sets_for(&read);
+        let targets: Vec<&str> = sets
+            .iter()
+            .map(|&i| self.carried.copy_columns[i].as_str())
+            .collect();
+        let assigned: Vec<String> = sets.iter().map(|i| format!("n.s{i}")).collect();
+        let assigned = if assigned.len() == 1 {
+            format!("ROW({})", assigned[0])
+        } else {
+            assigned.join(", ")
+        };
+        let identity = old.unwrap_or(new);
+        let found_for_delete = self.find_row(identity, &mut params)?;
+        let found_for_update = self.find_row(identity, &mut params)?;
+        let target = self.carried.target.quoted();
+        let inserted: Vec<String> = (0..every).map(|i| format!("n.s{i}")).collect();
+        let sql = format!(
+            "WITH n AS (SELECT {}, ({keep}) AS kept FROM {derived}), \
+                  gone AS (DELETE FROM {target} AS t WHERE {found_for_delete} \
+                           AND NOT (SELECT kept FROM n)), \
+                  changed AS (UPDATE {target} AS t SET ({}) = (SELECT {assigned} FROM n) \
+                              WHERE {found_for_update} AND (SELECT kept FROM n) RETURNING 1) \
+             INSERT INTO {target} ({}){} SELECT {} FROM n WHERE n.kept AND NOT EXISTS (SELECT 1 FROM changed)",
+            exprs.join(", "),
+            targets.join(", "),
+            self.carried.copy_columns.join(", "),
+            self.overriding(),
+            inserted.join(", ")
         );
         Ok((sql, params))
     }
@@ -419,6 +509,9 @@ impl MappedTable {
         }
         if sets.is_empty() {
             return Ok(None);
+        }
+        if self.skips() {
+            return self.update_skipping(old, new).map(Some);
         }
         let mut params = Vec::new();
         let derived = self.derived(new, &read, &mut params)?;
