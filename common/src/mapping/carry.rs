@@ -69,6 +69,9 @@ pub struct Carried {
     /// How the job creates the target table, when the target has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creates: Option<super::create::Creation>,
+    /// Masked columns converted on their way (see [`MaskedConversion`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_conversions: Vec<MaskedConversion>,
     /// The job's other source tables landing in the same target table
     /// (their rows share the slice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -114,6 +117,61 @@ impl Carried {
             .find(|(source, _)| source == source_column)
             .map(|(_, target)| target.as_str())
     }
+}
+
+/// A masked column's conversion into `varchar(n)`, applied by the worker
+/// to a streamed value before it masks it, as the source applies it
+/// before the mask in a copy (a streamed change arrives as the source's
+/// value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedConversion {
+    /// The source column.
+    pub column: String,
+    pub max_chars: usize,
+    /// The source type is `character(n)`, whose text the source pads and
+    /// the conversion does not.
+    pub trims_padding: bool,
+    pub on_error: OnError,
+    /// With `on_error: default`: the value taken, as SQL (`'n/a'`, `NULL`).
+    pub fallback: Option<String>,
+    pub target_type: String,
+    pub table: String,
+}
+
+impl MaskedConversion {
+    /// The converted value; Err names the column when it does not convert
+    /// and the mapping says fail (never the value or its key).
+    pub fn apply(&self, value: Option<&str>) -> Result<Option<String>, String> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let value = if self.trims_padding {
+            value.trim_end_matches(' ')
+        } else {
+            value
+        };
+        if value.chars().count() <= self.max_chars {
+            return Ok(Some(value.to_owned()));
+        }
+        match self.on_error {
+            OnError::Null => Ok(None),
+            OnError::Default => Ok(self.fallback.as_deref().and_then(sql_literal)),
+            OnError::Fail | OnError::SkipRow => Err(format!(
+                "a value of {} of {} does not convert to {} (the row's key is kept out of messages): say \
+                 what it becomes (`on_error: null` or `default`) or fix it on the source",
+                label(&self.column),
+                self.table,
+                self.target_type
+            )),
+        }
+    }
+}
+
+/// The text of a SQL string literal (`'n/a'`); None for NULL.
+fn sql_literal(sql: &str) -> Option<String> {
+    sql.strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .map(|s| s.replace("''", "'"))
 }
 
 /// One line of the report's lineage table.
@@ -312,6 +370,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
     let mut keep: Vec<String> = Vec::new();
     let mut target_values = Vec::new();
     let mut remaps = Vec::new();
+    let mut masked_conversions = Vec::new();
     // Depends on the row even without a key: a constant message would be
     // folded, and its failing cast raised, before any row is read.
     let source_key_row = if key.is_empty() {
@@ -393,6 +452,24 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
                  varchar column",
                 column.source, column.target, column.target_type
             ));
+        }
+        if let (Some(_), Conversion::CanFail) = (column.copy_mask(), column.conversion) {
+            let max_chars = column
+                .target_type
+                .strip_prefix("character varying(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(max_chars) = max_chars {
+                masked_conversions.push(MaskedConversion {
+                    column: column.source.clone(),
+                    max_chars,
+                    trims_padding: base_type(&column.source_type) == "character",
+                    on_error: column.on_error,
+                    fallback: column.fallback.clone(),
+                    target_type: column.target_type.clone(),
+                    table: landing.source.to_string(),
+                });
+            }
         }
         if let Some(mask) = column.copy_mask() {
             // The source cannot compute what the mask makes of a value
@@ -605,6 +682,7 @@ pub fn carry(landing: &Landing) -> Result<Carried, String> {
         references: landing.references.clone(),
         remaps,
         creates: landing.creates.clone(),
+        masked_conversions,
         shares_target_with: Vec::new(),
         keys: key_columns
             .iter()
@@ -709,10 +787,26 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
         ));
     }
     for column in &landing.columns {
-        if column.copy_mask().is_some() && column.conversion != Conversion::None {
+        // The worker converts a streamed masked value into varchar(n)
+        // before it masks it; a row it would skip, it cannot leave out.
+        let converted_masked =
+            column.copy_mask().is_some() && column.conversion == Conversion::CanFail;
+        if converted_masked
+            && (column.on_error == OnError::SkipRow
+                || !column.target_type.starts_with("character varying("))
+        {
             problems.push(format!(
-                "{at}: {} is both converted and masked, which the stream does not carry: mask it as it is",
-                column.source
+                "{at}: {} is both masked and converted to {} with `on_error: {}`, which the stream does not \
+                 carry (it converts a masked value into varchar(n) with fail, null or default): mask it \
+                 as it is, or choose one of those",
+                column.source,
+                column.target_type,
+                match column.on_error {
+                    OnError::SkipRow => "skip-row",
+                    OnError::Fail => "fail",
+                    OnError::Null => "null",
+                    OnError::Default => "default",
+                }
             ));
         }
         if column.generated {
@@ -729,6 +823,45 @@ fn stream_refusals(landing: &Landing) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_masked_value_is_converted_as_the_source_converts_it() {
+        let conversion = |on_error, fallback: Option<&str>, trims_padding| MaskedConversion {
+            column: "code".into(),
+            max_chars: 4,
+            trims_padding,
+            on_error,
+            fallback: fallback.map(str::to_owned),
+            target_type: "character varying(4)".into(),
+            table: "crm.accounts".into(),
+        };
+        let fail = conversion(OnError::Fail, None, false);
+        assert_eq!(fail.apply(Some("L12")), Ok(Some("L12".into())));
+        assert_eq!(fail.apply(None), Ok(None));
+        let refused = fail.apply(Some("LEGACY-7")).expect_err("too long");
+        assert!(
+            refused.contains("code of crm.accounts does not convert to character varying(4)")
+                && !refused.contains("LEGACY"),
+            "{refused}"
+        );
+        assert_eq!(
+            conversion(OnError::Null, None, false).apply(Some("LEGACY-7")),
+            Ok(None)
+        );
+        assert_eq!(
+            conversion(OnError::Default, Some("'n/a'"), false).apply(Some("LEGACY-7")),
+            Ok(Some("n/a".into()))
+        );
+        assert_eq!(
+            conversion(OnError::Default, Some("NULL"), false).apply(Some("LEGACY-7")),
+            Ok(None)
+        );
+        // character(6) pads; its text, converted, does not.
+        assert_eq!(
+            conversion(OnError::Fail, None, true).apply(Some("AB    ")),
+            Ok(Some("AB".into()))
+        );
+    }
 
     #[test]
     fn streamed_values_are_cast_without_losing_length() {

@@ -481,9 +481,12 @@ async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::
                     "type: \"varchar(20)\", on_error: fail",
                     "type: \"varchar(20)\", on_error: skip-row",
                 )
+                // Legacy codes masked after their conversion into the
+                // platform's varchar(4) (the column's default when too long).
                 .replace(
                     "legacy_code: { drop: true }",
-                    "legacy_code: { drop: true }\n        name_length: { drop: true }",
+                    "legacy_code: { to: code, type: \"varchar(4)\", on_error: default, mask: fake }\n        \
+                     name_length: { drop: true }",
                 )
     })?;
     let (_run, log_path, url) = listen(&job, "crm-skip-stream").await?;
@@ -497,6 +500,8 @@ async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::
          DELETE FROM crm.contacts WHERE account_id = 150; \
          DELETE FROM crm.accounts WHERE id = 150; \
          UPDATE crm.accounts SET name = 'renamed 9' WHERE id = 9; \
+         UPDATE crm.accounts SET legacy_code = 'LEGACY-13' WHERE id = 13; \
+         UPDATE crm.accounts SET legacy_code = 'Q9' WHERE id = 14; \
          UPDATE crm.accounts SET name = 'marker' WHERE id = 11",
     )
     .await?;
@@ -534,6 +539,25 @@ async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::
         vec![9, 50, 202],
         "7 left the copy, 50 joined it, 100 and 201 stay skipped, 150 is gone"
     );
+    // Converted, then masked, by the worker: the default of a code too
+    // long, a code that fits, each the key's stand-in.
+    let key = godwit_common::keys::Kek::from_file(&job.key_path)?.token_key();
+    let masker = godwit_common::mapping::mask::Masker {
+        key: &key,
+        customer: "acme",
+    };
+    let fake = |value: &str| masker.apply(godwit_common::mapping::Mask::Fake, None, Some(value));
+    let codes: Vec<Option<String>> = dst
+        .query(
+            "SELECT code FROM platform.accounts WHERE tenant_id = $1::text::uuid \
+             AND id IN (1000013, 1000014) ORDER BY id",
+            &[&TENANT],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(codes, vec![fake("n/a"), fake("Q9")]);
     let verified = run_godwit(&["verify", "--coordinator", &url, "crm-skip-stream"], &[])?;
     assert!(verified.status.success(), "{}", describe(&verified));
     let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-skip-stream"], &[])?;

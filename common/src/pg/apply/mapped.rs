@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use super::super::pgoutput::{Relation, Value};
-use crate::mapping::carry::Carried;
+use crate::mapping::carry::{Carried, MaskedConversion};
 use crate::mapping::mask::{ColumnMask, Masker, TokenKey};
 use crate::spec::quote_ident;
 use crate::{Error, Result};
@@ -31,8 +31,10 @@ pub(super) struct MappedTable {
     /// Per relation column: its quoted name and the type its text is read
     /// as (the source's; text for a masked column).
     columns: Vec<(String, String)>,
-    /// Per relation column: the mask its text gets before it is sent.
+    /// Per relation column: the mask its text gets before it is sent,
+    /// and the conversion before the mask.
     masks: Vec<Option<ColumnMask>>,
+    conversions: Vec<Option<MaskedConversion>>,
     /// Positions of the source's key columns among the relation's, in the
     /// key's order.
     key: Vec<usize>,
@@ -100,10 +102,22 @@ impl MappedTable {
                 carried.source
             )));
         }
+        let conversions = relation
+            .columns
+            .iter()
+            .map(|c| {
+                carried
+                    .masked_conversions
+                    .iter()
+                    .find(|m| m.column == c.name)
+                    .cloned()
+            })
+            .collect();
         Ok(Self {
             carried,
             columns,
             masks,
+            conversions,
             key,
             masker,
         })
@@ -142,28 +156,39 @@ impl MappedTable {
     }
 
     /// Masks the masked columns of a row in place, as they will be sent.
-    pub(super) fn mask(&self, values: &mut [Value]) {
-        let Some(masker) = &self.masker else {
-            return;
-        };
-        let masker = Masker {
-            key: &masker.key,
-            customer: &masker.customer,
-        };
-        for (value, mask) in values.iter_mut().zip(&self.masks) {
-            let Some(mask) = mask else {
-                continue;
-            };
+    pub(super) fn mask(&self, values: &mut [Value]) -> Result<()> {
+        for (p, value) in values.iter_mut().enumerate() {
             let text = match value {
-                Value::Text(text) => Some(text.as_str()),
+                Value::Text(text) => Some(text.clone()),
                 Value::Null => None,
                 Value::Unchanged | Value::Binary(_) => continue,
             };
-            *value = match masker.apply(mask.mask, mask.redact_with.as_deref(), text) {
+            if self.masks[p].is_none() {
+                continue;
+            }
+            *value = match self.masked_text(p, text)? {
                 Some(masked) => Value::Text(masked),
                 None => Value::Null,
             };
         }
+        Ok(())
+    }
+
+    /// The text of the relation's column `p` as sent: converted, then
+    /// masked, where the mapping says so.
+    fn masked_text(&self, p: usize, text: Option<String>) -> Result<Option<String>> {
+        let (Some(mask), Some(masker)) = (&self.masks[p], &self.masker) else {
+            return Ok(text);
+        };
+        let text = match &self.conversions[p] {
+            Some(conversion) => conversion.apply(text.as_deref()).map_err(Error::Diverged)?,
+            None => text,
+        };
+        Ok(Masker {
+            key: &masker.key,
+            customer: &masker.customer,
+        }
+        .apply(mask.mask, mask.redact_with.as_deref(), text.as_deref()))
     }
 
     /// The insert of a gathered run: its derived table reads `arrays`
@@ -321,14 +346,7 @@ impl MappedTable {
                     )));
                 }
             };
-            let text = match (&self.masks[p], &self.masker) {
-                (Some(mask), Some(masker)) => Masker {
-                    key: &masker.key,
-                    customer: &masker.customer,
-                }
-                .apply(mask.mask, mask.redact_with.as_deref(), text.as_deref()),
-                _ => text,
-            };
+            let text = self.masked_text(p, text)?;
             params.push(text);
             let (name, type_sql) = &self.columns[p];
             selected.push(format!("${}::text::{type_sql} AS {name}", params.len()));
@@ -352,6 +370,21 @@ impl MappedTable {
     /// The `i`th carried expression, its text read as the target column's
     /// type; a remapped one through the key map (numbered there when new).
     fn typed(&self, i: usize) -> String {
+        // A masked value converted here arrives converted: the target
+        // only takes it as its column's type.
+        if let Some(mask) = self.carried.masks.iter().find(|m| m.index == i)
+            && self
+                .carried
+                .masked_conversions
+                .iter()
+                .any(|c| c.column == mask.column)
+        {
+            return format!(
+                "(t.{})::{}",
+                quote_ident(&mask.column),
+                self.carried.copy_types[i]
+            );
+        }
         match self.carried.remaps.iter().find(|r| r.index == i) {
             Some(remapped) => remapped
                 .key

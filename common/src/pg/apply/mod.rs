@@ -190,7 +190,7 @@ impl Applier {
             }
         };
         if let Some(mapped) = &table.mapped {
-            mapped.mask(&mut values);
+            mapped.mask(&mut values)?;
         }
         let ready = self.pending.add(Gather {
             kind,
