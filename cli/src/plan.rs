@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use godwit_common::mapping::carry::refusals;
 use godwit_common::mapping::evidence::{self, Finding};
 use godwit_common::mapping::forecast::{self, Capacity, Forecast};
 use godwit_common::mapping::on_target::{self, OnTarget, Wait};
+use godwit_common::mapping::refusals::refusals;
 use godwit_common::mapping::resolve::{self, ColumnLanding, Conversion, Landing, Resolved};
 use godwit_common::mapping::{Mask, MaskScope, OnError};
 use godwit_common::pg::{self, Side, access, catalog};

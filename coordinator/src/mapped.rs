@@ -6,7 +6,8 @@
 
 use godwit_common::Error;
 use godwit_common::job::SourceRelation;
-use godwit_common::mapping::carry::{Carried, carry, refusals};
+use godwit_common::mapping::carry::{Carried, carry};
+use godwit_common::mapping::refusals::refusals;
 use godwit_common::mapping::resolve::{self, Landing};
 use godwit_common::mapping::{evidence, on_target};
 use godwit_common::pg::catalog::SourceTable;

@@ -19,6 +19,7 @@ pub mod forecast;
 pub mod mask;
 mod new_ids;
 pub mod on_target;
+pub mod refusals;
 pub mod remap;
 pub mod resolve;
 pub mod shared;

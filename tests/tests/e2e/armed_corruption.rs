@@ -30,11 +30,13 @@ pub(crate) const ARM_A_CORRUPTION: &str = "
     COMMIT;
 ";
 
-/// The keys of the target's customers the armed trigger altered.
+/// The keys of the target's customers the armed trigger altered, lowest
+/// first (a report lists the first keys that differ in key order: under
+/// load the trigger may alter more rows than it lists).
 pub(crate) async fn altered_keys(target: &tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
     Ok(target
         .query(
-            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target'",
+            "SELECT id::text FROM customers WHERE name LIKE '% altered on the target' ORDER BY id",
             &[],
         )
         .await?

@@ -9,15 +9,11 @@
 //! there; a streaming job with `remap` is refused before anything is
 //! written.
 
-use std::time::Duration;
-
-use godwit_tests::{
-    Job, PgCluster, describe, run_godwit, source_and_target, spec_body, wait_until,
-};
+use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
 
 use crate::mapping::{LANDING, TENANT, crm, verified};
 use crate::mapping_review::review_database;
-use crate::mapping_stream::listen;
+use crate::mapping_stream::{listen, verify_and_cut_over, wait_for_landing};
 
 fn remapped() -> String {
     LANDING.replace("id: { offset: 1000000 }", "id: { remap: true }")
@@ -223,31 +219,15 @@ async fn streamed_changes_number_new_keys_and_find_their_rows_through_the_key_ma
     )
     .await?;
     let dst = target.client("shop").await?;
-    wait_until(
-        "the last change to land",
-        Duration::from_secs(60),
-        || async {
-            Ok(dst
-                .query_opt(
-                    "SELECT 1 FROM tenant_acme.contacts c JOIN godwit.key_map m \
+    wait_for_landing(
+        &dst,
+        "SELECT 1 FROM tenant_acme.contacts c JOIN godwit.key_map m \
                      ON m.target_table = 'tenant_acme.contacts' AND m.old_key = '10' \
                      AND m.new_key = c.id::text WHERE c.note = 'called'",
-                    &[],
-                )
-                .await?
-                .map(|_| ()))
-        },
+        &log_path,
     )
-    .await
-    .map_err(|e| {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        anyhow::anyhow!("{e}\n{log}")
-    })?;
-    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-remap-stream"], &[])?;
-    assert!(verified.status.success(), "{}", describe(&verified));
-    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-remap-stream"], &[])?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    .await?;
+    verify_and_cut_over(&url, "crm-remap-stream", &log_path)?;
 
     let sides = digests(&source, &target, "shop").await?;
     assert_eq!(sides[0], sides[2], "accounts, read back through the map");

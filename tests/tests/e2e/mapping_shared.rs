@@ -9,15 +9,11 @@
 //! table the job created under a new name land there; the cutover's
 //! checks match and both databases' digests agree.
 
-use std::time::Duration;
-
-use godwit_tests::{
-    Job, PgCluster, describe, run_godwit, source_and_target, spec_body, wait_until,
-};
+use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
 
 use crate::mapping::{LANDING, TENANT, crm, verified};
 use crate::mapping_review::review_database;
-use crate::mapping_stream::listen;
+use crate::mapping_stream::{listen, verify_and_cut_over, wait_for_landing};
 
 /// The landing of `mapping.rs`, and the archived accounts by the same
 /// rules, their ids offset further; `archived_credit`: how the archived
@@ -193,32 +189,13 @@ async fn streamed_changes_land_in_a_shared_slice_and_in_a_table_the_job_created(
     )
     .await?;
     let dst = target.client("shop").await?;
-    wait_until(
-        "the last change to land",
-        Duration::from_secs(60),
-        || async {
-            Ok(dst
-                .query_opt(
-                    "SELECT 1 FROM tenant_new.notes WHERE id = 10 AND text_body = 'last'",
-                    &[],
-                )
-                .await?
-                .map(|_| ()))
-        },
+    wait_for_landing(
+        &dst,
+        "SELECT 1 FROM tenant_new.notes WHERE id = 10 AND text_body = 'last'",
+        &log_path,
     )
-    .await
-    .map_err(|e| {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        anyhow::anyhow!("{e}\n{log}")
-    })?;
-    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-shared-stream"], &[])?;
-    assert!(verified.status.success(), "{}", describe(&verified));
-    let cut = run_godwit(
-        &["cutover", "--coordinator", &url, "crm-shared-stream"],
-        &[],
-    )?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    .await?;
+    verify_and_cut_over(&url, "crm-shared-stream", &log_path)?;
 
     let [at_source, at_target] = digests(&source, &target, "shop").await?;
     assert_eq!(at_source, at_target, "the union as landed, and the slice");

@@ -228,11 +228,7 @@ async fn changes_stream_through_the_mapping_into_the_tenants_slice_and_cut_over(
         vec![("DE".to_owned(), 1), ("US".to_owned(), 208)]
     );
 
-    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-stream"], &[])?;
-    assert!(verified.status.success(), "{}", describe(&verified));
-    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-stream"], &[])?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    verify_and_cut_over(&url, "crm-stream", &log_path)?;
 
     let sides = digests(&source, &target).await?;
     assert_eq!(
@@ -382,6 +378,39 @@ pub(crate) async fn listen(
     Ok((run, log_path, url))
 }
 
+/// Waits until `landed` (a query on the target) finds a row: the stream's
+/// last change is there. The job's log is in the error otherwise.
+pub(crate) async fn wait_for_landing(
+    dst: &tokio_postgres::Client,
+    landed: &str,
+    log_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    wait_until(
+        "the last change to land",
+        Duration::from_secs(60),
+        || async { Ok(dst.query_opt(landed, &[]).await?.map(|_| ())) },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        anyhow::anyhow!("{e}\n{log}")
+    })
+}
+
+/// Verifies a streaming job through its coordinator, then cuts it over.
+pub(crate) fn verify_and_cut_over(
+    url: &str,
+    job: &str,
+    log_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let verified = run_godwit(&["verify", "--coordinator", url, job], &[])?;
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let cut = run_godwit(&["cutover", "--coordinator", url, job], &[])?;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    Ok(())
+}
+
 /// Waits for the job to end with exit 1; returns its log.
 async fn stopped(mut run: Running, log_path: &std::path::Path) -> anyhow::Result<String> {
     let status = run
@@ -506,24 +535,12 @@ async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::
     )
     .await?;
     let dst = target.client("shop").await?;
-    wait_until(
-        "the last change to land",
-        Duration::from_secs(60),
-        || async {
-            Ok(dst
-                .query_opt(
-                    "SELECT 1 FROM platform.accounts WHERE id = 1000011 AND display_name = 'marker'",
-                    &[],
-                )
-                .await?
-                .map(|_| ()))
-        },
+    wait_for_landing(
+        &dst,
+        "SELECT 1 FROM platform.accounts WHERE id = 1000011 AND display_name = 'marker'",
+        &log_path,
     )
-    .await
-    .map_err(|e| {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        anyhow::anyhow!("{e}\n{log}")
-    })?;
+    .await?;
     let present: Vec<i64> = dst
         .query(
             "SELECT id - 1000000 FROM platform.accounts WHERE tenant_id = $1::text::uuid \
@@ -558,11 +575,7 @@ async fn rows_the_copy_skipped_leave_and_join_it_as_changes_stream() -> anyhow::
         .map(|r| r.get(0))
         .collect();
     assert_eq!(codes, vec![fake("n/a"), fake("Q9")]);
-    let verified = run_godwit(&["verify", "--coordinator", &url, "crm-skip-stream"], &[])?;
-    assert!(verified.status.success(), "{}", describe(&verified));
-    let cut = run_godwit(&["cutover", "--coordinator", &url, "crm-skip-stream"], &[])?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(cut.status.success(), "{}\n{log}", describe(&cut));
+    verify_and_cut_over(&url, "crm-skip-stream", &log_path)?;
     let at_source = src
         .query_one(
             "SELECT count(*), coalesce(sum(hashtext(ROW((id + 1000000)::bigint, name::varchar(20))::text)), 0) \
