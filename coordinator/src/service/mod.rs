@@ -610,11 +610,23 @@ pub async fn serve(
     health_reporter
         .set_serving::<GodwitServer<GodwitService>>()
         .await;
+    // `grpcurl` and similar tools list and call `godwit.v1` without the
+    // proto files; a caller still needs the listener's TLS (and client
+    // certificate) to reach it, and every `godwit.v1` call its policy.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(godwit_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "the API's descriptors do not load");
+            e
+        });
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = security.tls {
         server = server.tls_config(tls)?;
     }
     server
+        .add_optional_service(reflection.ok())
         .add_service(health_service)
         .add_service(GodwitServer::new(GodwitService::new(
             store,

@@ -94,7 +94,12 @@ impl Callers {
         url: &str,
         who: Who,
     ) -> anyhow::Result<GodwitClient<Channel>> {
-        client_with(url, &self.pki, self.cert(who)).await
+        Ok(GodwitClient::new(self.channel(url, who).await?))
+    }
+
+    /// An mTLS channel to the coordinator as `who`.
+    pub(crate) async fn channel(&self, url: &str, who: Who) -> anyhow::Result<Channel> {
+        channel_with(url, &self.pki, self.cert(who)).await
     }
 }
 
@@ -103,6 +108,10 @@ async fn client_with(
     ca: &Pki,
     cert: Option<&CertFiles>,
 ) -> anyhow::Result<GodwitClient<Channel>> {
+    Ok(GodwitClient::new(channel_with(url, ca, cert).await?))
+}
+
+async fn channel_with(url: &str, ca: &Pki, cert: Option<&CertFiles>) -> anyhow::Result<Channel> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca.ca_cert())?))
         .domain_name("localhost");
@@ -112,11 +121,10 @@ async fn client_with(
             std::fs::read(&cert.key)?,
         ));
     }
-    let channel = Channel::from_shared(url.to_owned())?
+    Ok(Channel::from_shared(url.to_owned())?
         .tls_config(tls)?
         .connect()
-        .await?;
-    Ok(GodwitClient::new(channel))
+        .await?)
 }
 
 fn policy(job: &Job, source: &PgCluster, target: &PgCluster, extra_grant: &str) -> String {
@@ -389,6 +397,72 @@ impl Deployment {
     }
 }
 
+/// The coordinator's server reflection, as `grpcurl` uses it, over the
+/// same mTLS: the services listed, and `godwit.v1.Godwit` described with
+/// its methods from the descriptors the server holds.
+async fn reflection_lists_and_describes_the_api(
+    url: &str,
+    callers: &Callers,
+) -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = callers.channel(url, Who::Admin).await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "godwit.v1.Godwit".into(),
+            )),
+        ]))
+        .await?
+        .into_inner();
+    let mut services = Vec::new();
+    let mut methods = Vec::new();
+    while let Some(answer) = answers.message().await? {
+        match answer.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                services.extend(list.service.into_iter().map(|s| s.name));
+            }
+            Some(MessageResponse::FileDescriptorResponse(files)) => {
+                for bytes in files.file_descriptor_proto {
+                    let file: prost_types::FileDescriptorProto =
+                        prost::Message::decode(&bytes[..])?;
+                    for service in file.service.iter().filter(|s| s.name() == "Godwit") {
+                        methods.extend(service.method.iter().map(|m| m.name().to_owned()));
+                    }
+                }
+            }
+            other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+        }
+    }
+    services.sort();
+    for expected in [
+        "godwit.v1.Godwit",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            services.iter().any(|s| s == expected),
+            "{expected} not listed: {services:?}"
+        );
+    }
+    for expected in ["SubmitJob", "GetJob", "WatchJob", "Cutover", "VerifyJob"] {
+        assert!(
+            methods.iter().any(|m| m == expected),
+            "{expected} not described: {methods:?}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow::Result<()> {
     let deployment = Deployment::start("secured", "").await?;
@@ -414,6 +488,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     );
     let watched = deployment.cli(Who::Admin, &["watch", "--coordinator", url, "secured"])?;
     assert!(watched.status.success(), "{}", describe(&watched));
+    reflection_lists_and_describes_the_api(url, callers).await?;
     let ca = callers.pki.ca_cert().display().to_string();
     // Without a certificate the CLI is refused, saying what to present.
     let anonymous = run_godwit(
