@@ -257,6 +257,7 @@ impl Phases<'_> {
                     .map_err(JobError::Failed)?;
             }
         }
+        crate::job_metrics::cut_over(job.as_str(), cut.frozen_ms, cut.succeeded);
         if let Some(progress) = record.changes.as_mut() {
             progress.last_cutover = Some(cut.clone());
             if cut.succeeded {

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod error;
 mod final_check;
 mod freeze;
+mod job_metrics;
 mod listener;
 mod mapped;
 mod narrowing;

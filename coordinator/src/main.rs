@@ -19,9 +19,9 @@ use serde::Deserialize;
     about = "Plans migration jobs and serves the godwit.v1 API"
 )]
 struct Args {
-    /// YAML file with any of: listen, etcd, etcd_ca, etcd_cert, etcd_key,
-    /// etcd_user, etcd_password_file, root, tls_cert, tls_key, client_ca,
-    /// policy, insecure_plaintext.
+    /// YAML file with any of: listen, metrics_listen, etcd, etcd_ca,
+    /// etcd_cert, etcd_key, etcd_user, etcd_password_file, root, tls_cert,
+    /// tls_key, client_ca, policy, insecure_plaintext.
     #[arg(long, env = "GODWIT__COORDINATOR__CONFIG")]
     config: Option<PathBuf>,
     /// Address to serve gRPC on; port 0 picks a free port (printed at start) [default: 127.0.0.1:7400].
@@ -65,12 +65,16 @@ struct Args {
     /// the port can do anything. Logged as a warning at every start.
     #[arg(long, env = "GODWIT__COORDINATOR__INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// Address to serve Prometheus metrics on (`GET /metrics`) [default: none].
+    #[arg(long, env = "GODWIT__COORDINATOR__METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<std::net::SocketAddr>,
     etcd: Option<Vec<String>>,
     root: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -148,7 +152,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, (etcd, etcd_access), root, security)) {
+    let metrics = args.metrics_listen.or(file.metrics_listen);
+    match runtime.block_on(serve(listen, (etcd, etcd_access), root, security, metrics)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -169,6 +174,7 @@ async fn serve(
     (etcd, etcd_access): (Vec<String>, EtcdAccess),
     root: String,
     config: ListenerConfig,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -188,7 +194,7 @@ async fn serve(
             .context("coordinator start-up")?,
     );
     let keyspace = Keyspace::new(&root);
-    let _metrics = godwit_common::telemetry::init_metrics("godwit-coordinator");
+    let _metrics = godwit_common::telemetry::init_metrics("godwit-coordinator", metrics).await;
     let identity = format!(
         "{}:{} (pid {})",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into()),

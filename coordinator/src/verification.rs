@@ -245,6 +245,7 @@ impl Verifier {
         let report = outcome?;
         let stored_at = verify::store_report(staging, key, &spec.job, &report).await;
         tracing::info!(job_id = %spec.job, matched = report.matched, "job verified");
+        crate::job_metrics::verified(spec.job.as_str(), report.matched);
         Ok(Verified { report, stored_at })
     }
 

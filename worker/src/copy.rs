@@ -107,8 +107,10 @@ pub async fn copy_partition(
     )
     .await?;
     let resume = target.resume_point().await?;
+    let (measured_job, measured_table) = (job.spec.job.to_string(), job.table.name.to_string());
     if let Some(after) = resume.after {
         tracing::info!(after = %after, next_chunk = resume.next_seq, "resuming partition after the last loaded chunk");
+        crate::copy_metrics::taken_over(&measured_job, &measured_table);
     }
 
     // A table without columns still has rows: `ctid` alone carries them.
@@ -270,6 +272,7 @@ pub async fn copy_partition(
                 read_time,
             } = next?;
             stats.bytes_read += bytes_read;
+            crate::copy_metrics::read(&measured_job, &measured_table, bytes_read);
             stats.timings.read_ms += read_time.as_millis() as u64;
             job.lease.check()?;
             let staged =
@@ -355,6 +358,12 @@ async fn process_chunk(
     stats.rows += rows;
     if outcome == LoadOutcome::Applied {
         stats.chunks_applied += 1;
+        crate::copy_metrics::loaded(
+            job.spec.job.as_str(),
+            &job.table.name.to_string(),
+            rows,
+            staged_len,
+        );
     }
     Ok(staged_len)
 }

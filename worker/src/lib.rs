@@ -7,6 +7,7 @@
 //! executes what the coordinator published in the lease store.
 
 pub mod copy;
+mod copy_metrics;
 pub mod keys;
 pub mod replay;
 pub mod runner;

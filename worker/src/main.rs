@@ -20,7 +20,8 @@ use serde::Deserialize;
 )]
 struct Args {
     /// YAML file with any of: coordinator, etcd, etcd_ca, etcd_cert, etcd_key,
-    /// etcd_user, etcd_password_file, root, id, concurrency, lease_ttl_secs.
+    /// etcd_user, etcd_password_file, root, id, concurrency, lease_ttl_secs,
+    /// metrics_listen.
     #[arg(long, env = "GODWIT__WORKER__CONFIG")]
     config: Option<PathBuf>,
     /// Coordinator gRPC URL of the deployment (logged for operators).
@@ -56,6 +57,9 @@ struct Args {
     /// Lease TTL in seconds; keep-alives run every TTL/3 [default: 10].
     #[arg(long, env = "GODWIT__WORKER__LEASE_TTL_SECS")]
     lease_ttl_secs: Option<u64>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`) [default: none].
+    #[arg(long, env = "GODWIT__WORKER__METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +71,7 @@ struct FileConfig {
     id: Option<String>,
     concurrency: Option<usize>,
     lease_ttl_secs: Option<u64>,
+    metrics_listen: Option<std::net::SocketAddr>,
     etcd_ca: Option<PathBuf>,
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
@@ -119,9 +124,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = args.metrics_listen.or(file.metrics_listen);
     let outcome = runtime.block_on(async {
-        // The OTLP pipeline runs on this runtime; kept until the worker ends.
-        let _metrics = godwit_common::telemetry::init_metrics("godwit-worker");
+        // The metrics pipeline runs on this runtime; kept until the worker ends.
+        let _metrics = godwit_common::telemetry::init_metrics("godwit-worker", metrics).await;
         let store = EtcdStore::connect_with(&etcd, &etcd_access).await?;
         let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
         worker.run(godwit_common::shutdown::signal()).await

@@ -7,6 +7,7 @@
 //! and holds no SQL.
 
 mod items;
+mod metrics;
 mod queue;
 
 use std::time::Duration;

@@ -158,7 +158,9 @@ impl<T: WorkItem> Claimed<T> {
             }
             Err(Error::Cancelled) => Settled::HandedBack,
             Err(e) => {
-                if self.item.attempts_mut().fail(e, retry) {
+                let gave_up = self.item.attempts_mut().fail(e, retry);
+                super::metrics::record_failure::<T>(e, gave_up);
+                if gave_up {
                     self.item.set_state(WorkState::Failed);
                     Settled::GaveUp
                 } else {
@@ -224,6 +226,7 @@ where
         match observed.await {
             Ok((true, _)) => return Err(Stopped::Cancelled),
             Ok((false, items)) => {
+                super::metrics::record_items(job, &items);
                 if let Some(failed) = items.iter().find(|i| i.state() == WorkState::Failed) {
                     let attempts = failed.attempts();
                     return Err(Stopped::Failed(Error::Exhausted(format!(

@@ -21,6 +21,7 @@ mod mapping_remap;
 mod mapping_review;
 mod mapping_shared;
 mod mapping_stream;
+mod metrics;
 mod real_world;
 mod replay;
 mod resume;
