@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // `--output json` of the CLI prints the API's messages as they are.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -11,7 +11,16 @@ mod render;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How a command prints what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// For people.
+    Text,
+    /// For automation: one JSON document (`watch`: one per update, a line each).
+    Json,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,9 +150,11 @@ enum Command {
         /// Ask this coordinator for the report of a job it ran.
         #[arg(long)]
         coordinator: Option<String>,
-        /// Print the JSON report instead of the summary.
+        /// Print the JSON report instead of the summary (as `--output json`).
         #[arg(long)]
         json: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Submit a job spec to a coordinator; prints the job id.
     Submit {
@@ -156,12 +167,16 @@ enum Command {
         #[arg(long, env = "GODWIT_COORDINATOR")]
         coordinator: String,
         job_id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Show one job, or every job of the coordinator.
     Status {
         #[arg(long, env = "GODWIT_COORDINATOR")]
         coordinator: String,
         job_id: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Cancel a running job.
     Cancel {
@@ -404,21 +419,25 @@ fn main() -> ExitCode {
                 job,
                 coordinator: Some(coordinator),
                 json,
-            } => remote::report(&at(coordinator), &job, json).await,
+                output,
+            } => remote::report(&at(coordinator), &job, json || output == Output::Json).await,
             Command::Report {
                 job,
                 coordinator: None,
                 json,
-            } => embedded::report(Path::new(&job), json).await,
+                output,
+            } => embedded::report(Path::new(&job), json || output == Output::Json).await,
             Command::Submit { coordinator, spec } => remote::submit(&at(coordinator), &spec).await,
             Command::Watch {
                 coordinator,
                 job_id,
-            } => remote::watch(&at(coordinator), &job_id).await,
+                output,
+            } => remote::watch(&at(coordinator), &job_id, output).await,
             Command::Status {
                 coordinator,
                 job_id,
-            } => remote::status(&at(coordinator), job_id.as_deref()).await,
+                output,
+            } => remote::status(&at(coordinator), job_id.as_deref(), output).await,
             Command::Cancel {
                 coordinator,
                 job_id,

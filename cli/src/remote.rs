@@ -134,7 +134,7 @@ pub async fn submit(coordinator: &Coordinator, spec_path: &Path) -> i32 {
     }
 }
 
-pub async fn watch(coordinator: &Coordinator, job_id: &str) -> i32 {
+pub async fn watch(coordinator: &Coordinator, job_id: &str, output: crate::Output) -> i32 {
     let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -152,7 +152,12 @@ pub async fn watch(coordinator: &Coordinator, job_id: &str) -> i32 {
     loop {
         match stream.message().await {
             Ok(Some(status)) => {
-                eprint!("{}", render::progress_update(last.as_ref(), &status));
+                match output {
+                    crate::Output::Text => {
+                        eprint!("{}", render::progress_update(last.as_ref(), &status));
+                    }
+                    crate::Output::Json => println!("{}", render::status_json(&status)),
+                }
                 last = Some(status);
             }
             Ok(None) => break,
@@ -174,7 +179,7 @@ pub async fn watch(coordinator: &Coordinator, job_id: &str) -> i32 {
     }
 }
 
-pub async fn status(coordinator: &Coordinator, job_id: Option<&str>) -> i32 {
+pub async fn status(coordinator: &Coordinator, job_id: Option<&str>, output: crate::Output) -> i32 {
     let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -193,8 +198,22 @@ pub async fn status(coordinator: &Coordinator, job_id: Option<&str>) -> i32 {
     };
     match jobs {
         Ok(jobs) => {
-            for job in &jobs {
-                print!("{}", render::table_report(job));
+            match (output, job_id) {
+                (crate::Output::Text, _) => {
+                    for job in &jobs {
+                        print!("{}", render::table_report(job));
+                    }
+                }
+                (crate::Output::Json, Some(_)) => {
+                    for job in &jobs {
+                        println!("{:#}", render::status_json(job));
+                    }
+                }
+                (crate::Output::Json, None) => {
+                    let all: Vec<serde_json::Value> =
+                        jobs.iter().map(render::status_json).collect();
+                    println!("{:#}", serde_json::Value::Array(all));
+                }
             }
             0
         }

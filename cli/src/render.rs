@@ -38,6 +38,15 @@ pub fn short_duration_ms(ms: u64) -> String {
     }
 }
 
+/// A job's status as JSON: the API's message, its state by name.
+pub fn status_json(status: &JobStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("state".into(), state_name(status.state).into());
+    }
+    value
+}
+
 pub fn state_name(state: i32) -> &'static str {
     match JobState::try_from(state).unwrap_or(JobState::Unspecified) {
         JobState::Unspecified => "unknown",

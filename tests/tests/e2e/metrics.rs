@@ -2,7 +2,8 @@
 //! while a job runs: the coordinator's view of the job's work items by
 //! state moves from pending to done and counts one matching
 //! verification; the worker's rows, bytes and chunks per job and table
-//! add up to what the databases themselves count.
+//! add up to what the databases themselves count; `status`, `watch` and
+//! `report` print the same job as JSON for automation.
 
 use std::time::Duration;
 
@@ -40,6 +41,20 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         }
     }
     found
+}
+
+/// Every row of the source's tables, as the source counts them.
+async fn total_rows(source: &godwit_tests::PgCluster) -> anyhow::Result<f64> {
+    let src = source.client("shop").await?;
+    let mut total = 0i64;
+    for table in user_tables(&src).await? {
+        let rows: i64 = src
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        total += rows;
+    }
+    Ok(total as f64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,6 +137,52 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
         Some(1.0),
         "{text}"
     );
+
+    // The same job for automation: status, every job's status, the watch
+    // of a finished job and its report, each as JSON.
+    let json = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
+        let output = run_godwit(args, &[])?;
+        anyhow::ensure!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let first = text.lines().next().unwrap_or_default();
+        // `watch` prints one document per line; the others one document.
+        Ok(serde_json::from_str(&text).or_else(|_| serde_json::from_str(first))?)
+    };
+    let one = json(&[
+        "status",
+        "--coordinator",
+        &url,
+        "measured",
+        "--output",
+        "json",
+    ])?;
+    assert_eq!(one["job_id"], "measured", "{one}");
+    assert_eq!(one["state"], "done", "{one}");
+    assert_eq!(
+        one["total"]["rows"].as_f64(),
+        Some(total_rows(&source).await?),
+        "{one}"
+    );
+    let all = json(&["status", "--coordinator", &url, "--output", "json"])?;
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    let watched = json(&[
+        "watch",
+        "--coordinator",
+        &url,
+        "measured",
+        "--output",
+        "json",
+    ])?;
+    assert_eq!(watched["state"], "done", "{watched}");
+    let report = json(&[
+        "report",
+        "--coordinator",
+        &url,
+        "measured",
+        "--output",
+        "json",
+    ])?;
+    assert_eq!(report["matched"], true, "{report}");
 
     // The worker's rows add up to the source's, table by table.
     let text = scrape(&worker_metrics).await?;
