@@ -126,3 +126,117 @@ fn an_api_without_tls_renders_only_when_asked_for() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every option of the chart on.
+const EVERY_OPTION: &str = "
+kek: { existingSecret: godwit-kek }
+tls: { secretName: godwit-api-tls }
+policy:
+  content: |
+    identities:
+      - { identity: 'spiffe://platform/ops/root', role: admin }
+etcd:
+  endpoints: [https://etcd-0.etcd:2379, https://etcd-1.etcd:2379]
+  tls: { secretName: godwit-etcd-tls }
+  auth: { user: godwit, passwordSecret: godwit-etcd-auth }
+pgpass: { existingSecret: godwit-pgpass }
+s3: { existingSecret: godwit-s3 }
+staging: { enabled: true, size: 10Gi }
+tmp: { sizeLimit: 2Gi }
+image: { digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef }
+metrics:
+  serviceMonitor: { enabled: true, labels: { release: prometheus } }
+worker:
+  autoscaling: { enabled: true, minReplicas: 2, maxReplicas: 8 }
+  podDisruptionBudget: { enabled: true }
+extraEnv:
+  - { name: OTEL_EXPORTER_OTLP_ENDPOINT, value: 'https://otel-collector.observability:4317' }
+";
+
+/// The least a deployment must say: the key's Secret, and an API left
+/// without TLS on purpose.
+const LEAST: &str = "kek: { existingSecret: godwit-kek }\ntls: { insecurePlaintext: true }\n";
+
+/// `kubernetes-validate --strict` of rendered manifests: every object of
+/// a built-in kind matches the Kubernetes API's schema (offline).
+fn validate(manifests: &[u8]) -> anyhow::Result<std::process::Output> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("manifests.yaml");
+    std::fs::write(&file, manifests)?;
+    Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run kubernetes-validate (scripts/setup installs it): {e}")
+        })
+}
+
+#[test]
+fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_option()
+-> anyhow::Result<()> {
+    for (what, values) in [("least", LEAST), ("every option", EVERY_OPTION)] {
+        let output = render(values)?;
+        assert!(output.status.success(), "{what}: {}", describe(&output));
+        let validated = validate(&output.stdout)?;
+        let said = String::from_utf8_lossy(&validated.stdout).to_string()
+            + &String::from_utf8_lossy(&validated.stderr);
+        assert!(validated.status.success(), "{what}: {said}");
+        // Only the operator's ServiceMonitor lacks a built-in schema.
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(line.contains("kind ServiceMonitor"), "{what}: {line}");
+        }
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("values.yaml");
+        std::fs::write(&file, values)?;
+        let chart = repo_root().join("helm/godwit");
+        let lint = helm(&[
+            "lint",
+            "--strict",
+            chart.to_str().unwrap_or_default(),
+            "-f",
+            file.to_str().unwrap_or_default(),
+        ])?;
+        assert!(lint.status.success(), "{what}: {}", describe(&lint));
+    }
+    let manifests = String::from_utf8_lossy(&render(EVERY_OPTION)?.stdout).to_string();
+    // Metrics on every pod, scraped only from the monitoring namespace.
+    assert_eq!(manifests.matches("- --metrics-listen=").count(), 2);
+    assert_eq!(manifests.matches("kind: ServiceMonitor").count(), 2);
+    assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 2);
+    assert!(manifests.contains("kubernetes.io/metadata.name: monitoring"));
+    assert!(manifests.contains("clusterIP: None"));
+    assert!(manifests.contains("kind: HorizontalPodAutoscaler"));
+    assert!(manifests.contains("kind: PodDisruptionBudget"));
+    assert!(manifests.contains("readOnlyRootFilesystem: true"));
+    assert!(manifests.contains("runAsNonRoot: true"));
+    Ok(())
+}
+
+#[test]
+fn wrong_values_are_refused_by_the_schema_naming_them() -> anyhow::Result<()> {
+    for (values, expected) in [
+        (
+            format!("{LEAST}metrics: {{ port: ninety }}\n"),
+            "at '/metrics/port': got string, want integer",
+        ),
+        (
+            format!("{LEAST}workers: {{ replicas: 3 }}\n"),
+            "additional properties 'workers' not allowed",
+        ),
+        (
+            format!("{LEAST}etcd: {{ endpoints: [etcd:2379] }}\n"),
+            "/etcd/endpoints/0",
+        ),
+        (
+            format!("{LEAST}worker: {{ concurrency: 0 }}\n"),
+            "/worker/concurrency",
+        ),
+    ] {
+        let output = render(&values)?;
+        assert!(!output.status.success(), "{values} rendered");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains(expected), "{values}: {said}");
+    }
+    Ok(())
+}
