@@ -146,6 +146,8 @@ tmp: { sizeLimit: 2Gi }
 image: { digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef }
 metrics:
   serviceMonitor: { enabled: true, labels: { release: prometheus } }
+alerts: { enabled: true, streamLagSeconds: 120 }
+dashboard: { enabled: true }
 worker:
   autoscaling: { enabled: true, minReplicas: 2, maxReplicas: 8 }
   podDisruptionBudget: { enabled: true }
@@ -182,9 +184,12 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
         let said = String::from_utf8_lossy(&validated.stdout).to_string()
             + &String::from_utf8_lossy(&validated.stderr);
         assert!(validated.status.success(), "{what}: {said}");
-        // Only the operator's ServiceMonitor lacks a built-in schema.
+        // Only the operator's kinds lack a built-in schema.
         for line in said.lines().filter(|l| !l.trim().is_empty()) {
-            assert!(line.contains("kind ServiceMonitor"), "{what}: {line}");
+            assert!(
+                line.contains("kind ServiceMonitor") || line.contains("kind PrometheusRule"),
+                "{what}: {line}"
+            );
         }
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("values.yaml");
@@ -203,6 +208,9 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
     // Metrics on every pod, scraped only from the monitoring namespace.
     assert_eq!(manifests.matches("- --metrics-listen=").count(), 2);
     assert_eq!(manifests.matches("kind: ServiceMonitor").count(), 2);
+    assert!(manifests.contains("kind: PrometheusRule"));
+    assert!(manifests.contains("godwit_stream_lag_time_seconds) > 120"));
+    assert!(manifests.contains("name: g-godwit-dashboard"));
     assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 2);
     assert!(manifests.contains("kubernetes.io/metadata.name: monitoring"));
     assert!(manifests.contains("clusterIP: None"));
@@ -238,5 +246,156 @@ fn wrong_values_are_refused_by_the_schema_naming_them() -> anyhow::Result<()> {
         let said = String::from_utf8_lossy(&output.stderr);
         assert!(said.contains(expected), "{values}: {said}");
     }
+    Ok(())
+}
+
+/// The chart's alerting rules, as `promtool` reads a rules file.
+fn rules_file() -> anyhow::Result<String> {
+    let output = helm(&[
+        "template",
+        "g",
+        repo_root().join("helm/godwit").to_str().unwrap_or_default(),
+        "--set",
+        "kek.existingSecret=k",
+        "--set",
+        "tls.insecurePlaintext=true",
+        "--set",
+        "alerts.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ])?;
+    anyhow::ensure!(output.status.success(), "{}", describe(&output));
+    let rendered = String::from_utf8_lossy(&output.stdout);
+    let (_, spec) = rendered
+        .split_once("spec:\n")
+        .ok_or_else(|| anyhow::anyhow!("no spec in {rendered}"))?;
+    Ok(spec
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Series of two jobs: `acme` in every kind of trouble, `calm` in none.
+const ALERT_CASES: &str = r#"rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'godwit_stream_lag_time_seconds{job="acme"}'
+        values: '400x10'
+      - series: 'godwit_stream_lag_time_seconds{job="calm"}'
+        values: '10x10'
+      - series: 'godwit_verifications_total{job="acme",result="difference"}'
+        values: '0 0 1x8'
+      - series: 'godwit_verifications_total{job="calm",result="match"}'
+        values: '0 1x9'
+      - series: 'godwit_work_items{job="acme",kind="copy",state="failed"}'
+        values: '0 0 0 1x7'
+      - series: 'godwit_work_items{job="calm",kind="copy",state="done"}'
+        values: '8x10'
+      - series: 'godwit_stream_retained_wal_bytes{job="acme"}'
+        values: '20000000000x10'
+      - series: 'godwit_stream_retained_wal_bytes{job="calm"}'
+        values: '1000000x10'
+      - series: 'godwit_cutover_frozen_seconds_count{job="acme",outcome="rolled_back"}'
+        values: '0 0 1x8'
+      - series: 'godwit_cutover_frozen_seconds_count{job="calm",outcome="done"}'
+        values: '0 0 1x8'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: GodwitStreamLagging
+      - eval_time: 8m
+        alertname: GodwitStreamLagging
+        exp_alerts:
+          - exp_labels: {severity: warning, job: acme}
+            exp_annotations:
+              summary: "Job acme's change stream is 6m 40s behind the source"
+              description: "The cutover waits for the stream to catch up; see godwit status for its lag and time to catch up."
+      - eval_time: 8m
+        alertname: GodwitWorkFailed
+        exp_alerts:
+          - exp_labels: {severity: critical, job: acme, kind: copy}
+            exp_annotations:
+              summary: "Job acme stopped: its copy work failed for good"
+              description: "godwit status names the partition, range or stream and its error."
+      - eval_time: 8m
+        alertname: GodwitVerificationDifference
+        exp_alerts:
+          - exp_labels: {severity: critical, job: acme}
+            exp_annotations:
+              summary: "A verification of job acme found the target differing from the source"
+              description: "godwit report names the tables, keys and columns."
+      - eval_time: 8m
+        alertname: GodwitSlotRetainsWal
+        exp_alerts:
+          - exp_labels: {severity: warning, job: acme}
+            exp_annotations:
+              summary: "Job acme's replication slot keeps 18.63GiB of WAL on the customer's server"
+              description: "The stream is behind or stopped; cut over, or cancel the job to drop its slot."
+      - eval_time: 8m
+        alertname: GodwitCutoverRolledBack
+        exp_alerts:
+          - exp_labels: {severity: warning, job: acme}
+            exp_annotations:
+              summary: "A cutover of job acme was rolled back; the source is authoritative again"
+              description: "godwit status shows the last cutover's error."
+"#;
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_fire_for_the_job_in_trouble_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("rules.yaml"), rules_file()?)?;
+    std::fs::write(dir.path().join("cases.yaml"), ALERT_CASES)?;
+    let promtool = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Command::new("promtool")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run promtool (scripts/setup installs it): {e}"))
+    };
+    let checked = promtool(&["check", "rules", "rules.yaml"])?;
+    assert!(checked.status.success(), "{}", describe(&checked));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("SUCCESS: 5 rules found"));
+    let tested = promtool(&["test", "rules", "cases.yaml"])?;
+    assert!(tested.status.success(), "{}", describe(&tested));
+    Ok(())
+}
+
+#[test]
+fn the_dashboard_is_shipped_and_every_panel_queries_godwit_metrics_in_valid_promql()
+-> anyhow::Result<()> {
+    let output = render(&format!("{LEAST}dashboard: {{ enabled: true }}\n"))?;
+    assert!(output.status.success(), "{}", describe(&output));
+    let manifests = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        manifests.contains("grafana_dashboard: \"1\""),
+        "{manifests}"
+    );
+    assert!(manifests.contains("\"uid\": \"godwit-migrations\""));
+    let text = std::fs::read_to_string(repo_root().join("helm/godwit/files/dashboard.json"))?;
+    let dashboard: serde_json::Value = serde_json::from_str(&text)?;
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    assert!(panels.len() >= 10, "{dashboard}");
+    // Each panel's query, checked by promtool as a recording rule.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, panel) in panels.iter().enumerate() {
+        let expr = panel["targets"][0]["expr"].as_str().unwrap_or_default();
+        assert!(
+            expr.contains("godwit_"),
+            "panel {i} queries no godwit metric: {panel}"
+        );
+        rules.push_str(&format!(
+            "      - record: godwit:panel_{i}\n        expr: {}\n",
+            serde_json::Value::String(expr.to_owned())
+        ));
+    }
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("panels.yaml"), rules)?;
+    let checked = Command::new("promtool")
+        .args(["check", "rules", "panels.yaml"])
+        .current_dir(dir.path())
+        .output()?;
+    assert!(checked.status.success(), "{}", describe(&checked));
     Ok(())
 }
