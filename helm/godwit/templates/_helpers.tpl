@@ -95,8 +95,24 @@ Container image reference.
 etcd endpoints as one comma-separated flag value.
 */}}
 {{- define "godwit.etcdEndpoints" -}}
+{{- if .Values.etcd.deploy.enabled }}
+{{- $name := include "godwit.etcd.fullname" . }}
+{{- $urls := list }}
+{{- range $i := until (int .Values.etcd.deploy.replicas) }}
+{{- $urls = append $urls (printf "https://%s-%d.%s:2379" $name $i $name) }}
+{{- end }}
+{{- join "," $urls }}
+{{- else }}
 {{- $endpoints := .Values.etcd.endpoints | default list }}
 {{- required "etcd.endpoints must list at least one etcd client URL, e.g. --set 'etcd.endpoints={http://etcd:2379}'" (join "," $endpoints) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart's own etcd (etcd.deploy.enabled).
+*/}}
+{{- define "godwit.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "godwit.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*

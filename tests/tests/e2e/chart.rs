@@ -136,9 +136,9 @@ policy:
     identities:
       - { identity: 'spiffe://platform/ops/root', role: admin }
 etcd:
-  endpoints: [https://etcd-0.etcd:2379, https://etcd-1.etcd:2379]
   tls: { secretName: godwit-etcd-tls }
   auth: { user: godwit, passwordSecret: godwit-etcd-auth }
+  deploy: { enabled: true, serverSecret: godwit-etcd-server, peerSecret: godwit-etcd-peer }
 pgpass: { existingSecret: godwit-pgpass }
 s3: { existingSecret: godwit-s3 }
 staging: { enabled: true, size: 10Gi }
@@ -211,13 +211,45 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
     assert!(manifests.contains("kind: PrometheusRule"));
     assert!(manifests.contains("godwit_stream_lag_time_seconds) > 120"));
     assert!(manifests.contains("name: g-godwit-dashboard"));
-    assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 2);
+    assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 3);
     assert!(manifests.contains("kubernetes.io/metadata.name: monitoring"));
     assert!(manifests.contains("clusterIP: None"));
     assert!(manifests.contains("kind: HorizontalPodAutoscaler"));
     assert!(manifests.contains("kind: PodDisruptionBudget"));
     assert!(manifests.contains("readOnlyRootFilesystem: true"));
     assert!(manifests.contains("runAsNonRoot: true"));
+    // The chart's own etcd: three members over TLS, quorum kept through
+    // evictions, and godwit's pods pointed at it.
+    let members = "https://g-godwit-etcd-0.g-godwit-etcd:2379,https://g-godwit-etcd-1.g-godwit-etcd:2379,\
+                   https://g-godwit-etcd-2.g-godwit-etcd:2379";
+    assert_eq!(manifests.matches(&format!("- --etcd={members}")).count(), 2);
+    let etcd = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: StatefulSet"))
+        .ok_or_else(|| anyhow::anyhow!("no etcd StatefulSet:\n{manifests}"))?;
+    for expected in [
+        "replicas: 3",
+        "--initial-cluster=g-godwit-etcd-0=https://g-godwit-etcd-0.g-godwit-etcd:2380,",
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        "secretName: godwit-etcd-server",
+        "secretName: godwit-etcd-peer",
+        "volumeClaimTemplates:",
+    ] {
+        assert!(etcd.contains(expected), "{expected:?} missing:\n{etcd}");
+    }
+    let budget = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: PodDisruptionBudget") && doc.contains("component: etcd"))
+        .ok_or_else(|| anyhow::anyhow!("no etcd PodDisruptionBudget"))?;
+    assert!(budget.contains("maxUnavailable: 1"), "{budget}");
+    let refused = render(&format!("{LEAST}etcd: {{ deploy: {{ enabled: true }} }}\n"))?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("etcd.deploy.serverSecret"),
+        "{}",
+        describe(&refused)
+    );
     Ok(())
 }
 
