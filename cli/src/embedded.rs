@@ -249,10 +249,19 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiO
         let keyspace = keyspace.clone();
         let job = job.clone();
         tokio::spawn(async move {
+            let mut bars = crate::bars::Bars::for_terminal();
+            // Bars move smoothly; plain lines stay sparse in logs.
+            let interval = match bars {
+                Some(_) => Duration::from_millis(250),
+                None => PROGRESS_INTERVAL,
+            };
             loop {
-                tokio::time::sleep(PROGRESS_INTERVAL).await;
+                tokio::time::sleep(interval).await;
                 if let Ok(Some(status)) = status::load(store.as_ref(), &keyspace, &job).await {
-                    eprintln!("{}", render::progress_line(&status));
+                    match bars.as_mut() {
+                        Some(bars) => bars.update(&status),
+                        None => eprintln!("{}", render::progress_line(&status)),
+                    }
                 }
             }
         })

@@ -2,6 +2,7 @@
 //! (embedded coordinator and workers, in-process lease store); the other
 //! commands talk to a coordinator over gRPC.
 
+mod bars;
 mod embedded;
 mod lifecycle;
 mod plan;

@@ -149,14 +149,19 @@ pub async fn watch(coordinator: &Coordinator, job_id: &str, output: crate::Outpu
         Err(status) => return failed(&status),
     };
     let mut last = None;
+    let mut bars = match output {
+        crate::Output::Text => crate::bars::Bars::for_terminal(),
+        crate::Output::Json => None,
+    };
     loop {
         match stream.message().await {
             Ok(Some(status)) => {
-                match output {
-                    crate::Output::Text => {
+                match (output, bars.as_mut()) {
+                    (crate::Output::Text, Some(bars)) => bars.update(&status),
+                    (crate::Output::Text, None) => {
                         eprint!("{}", render::progress_update(last.as_ref(), &status));
                     }
-                    crate::Output::Json => println!("{}", render::status_json(&status)),
+                    (crate::Output::Json, _) => println!("{}", render::status_json(&status)),
                 }
                 last = Some(status);
             }
@@ -170,8 +175,13 @@ pub async fn watch(coordinator: &Coordinator, job_id: &str, output: crate::Outpu
             }
         }
     }
+    if let Some(bars) = bars {
+        bars.finish();
+    }
     let Some(status) = last else { return 1 };
-    print!("{}", render::table_report(&status));
+    if output == crate::Output::Text {
+        print!("{}", render::table_report(&status));
+    }
     if status.state == JobState::Done as i32 {
         0
     } else {

@@ -108,6 +108,28 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
     )?;
     let watched = run_godwit(&["watch", "--coordinator", &url, "measured"], &[])?;
     assert!(watched.status.success(), "{}", describe(&watched));
+    // Not a terminal: plain progress lines, no bars.
+    assert!(!String::from_utf8_lossy(&watched.stderr).contains("[=="));
+    // At a terminal (a pseudo-terminal by `script`): the job's bar with
+    // throughput and ETA, and a bar per table, all full.
+    let at_terminal = std::process::Command::new("script")
+        .args(["-qefc"])
+        .arg(format!(
+            "{} watch --coordinator {url} measured",
+            godwit_tests::bin("godwit")?.display()
+        ))
+        .arg("/dev/null")
+        .output()?;
+    assert!(at_terminal.status.success(), "{}", describe(&at_terminal));
+    let drawn = String::from_utf8_lossy(&at_terminal.stdout);
+    assert!(
+        drawn.contains(&format!("[{}]", "=".repeat(30))) && drawn.contains("eta"),
+        "no job bar:\n{drawn}"
+    );
+    assert!(
+        drawn.contains(&format!("[{}] ", "=".repeat(20))),
+        "no table bars:\n{drawn}"
+    );
 
     let text = scrape(&coordinator_metrics).await?;
     let copy = [job_label, "kind=\"copy\""];
