@@ -76,6 +76,24 @@ impl Bars {
         }
     }
 
+    /// One bar counting `unit`s toward a total, for `verify` and `replay`;
+    /// None when stderr is not a terminal.
+    pub fn counting(label: &str, unit: &str) -> Option<ProgressBar> {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return None;
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_owned());
+        Some(bar)
+    }
+
     /// Leaves the bars as they last stood.
     pub fn finish(self) {
         for bar in self.tables.values() {

@@ -371,7 +371,18 @@ pub async fn replay(
     };
     let target = target.unwrap_or(&spec.target).to_owned();
     let started = std::time::Instant::now();
-    match godwit_worker::replay::replay(&spec, &target, options).await {
+    let bar = crate::bars::Bars::counting(&format!("replay {}", spec.job), "chunks");
+    let progress = |loaded: u64, chunks: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(chunks);
+            bar.set_position(loaded);
+        }
+    };
+    let replayed = godwit_worker::replay::replay(&spec, &target, options, &progress).await;
+    if let Some(bar) = &bar {
+        bar.abandon();
+    }
+    match replayed {
         Ok(summary) => {
             println!(
                 "replayed job {} into {}: {} tables, {} chunks, {} rows, {} staged, in {}; no connection to the source",
@@ -425,7 +436,34 @@ pub async fn verify(
     let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
     let keyspace = Keyspace::new("/godwit");
     let workers = InProcessWorkers::start(&store, &keyspace, workers, concurrency);
+    let drawing =
+        crate::bars::Bars::counting(&format!("verify {}", spec.job), "ranges").map(|bar| {
+            let (store, keyspace, job) = (store.clone(), keyspace.clone(), spec.job.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(ranges) =
+                        godwit_common::work::list::<godwit_common::work::VerifyRange>(
+                            store.as_ref(),
+                            &keyspace,
+                            &job,
+                        )
+                        .await
+                    {
+                        let done = ranges
+                            .iter()
+                            .filter(|r| r.state == godwit_common::work::WorkState::Done)
+                            .count();
+                        bar.set_length(ranges.len() as u64);
+                        bar.set_position(done as u64);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        });
     let verified = Verifier::new(store, keyspace).verify(&spec, options).await;
+    if let Some(drawing) = drawing {
+        drawing.abort();
+    }
     workers.stop().await;
     let verified = match verified {
         Ok(verified) => verified,

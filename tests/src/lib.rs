@@ -25,8 +25,8 @@ pub use etcd::{Etcd, EtcdTls};
 pub use pg::PgCluster;
 pub use pki::{CertFiles, Named, Pki};
 pub use process::{
-    Job, Running, bin, describe, free_port, is_audit_trail, run_godwit, wait_for_streaming,
-    wait_until,
+    Job, Running, bin, describe, free_port, is_audit_trail, run_godwit, run_godwit_at_terminal,
+    wait_for_streaming, wait_until,
 };
 pub use proxy::{FaultProxy, HttpFault, HttpFaultProxy};
 pub use s3::S3Server;

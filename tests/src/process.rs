@@ -39,6 +39,20 @@ pub fn run_godwit(args: &[&str], env: &[(String, String)]) -> anyhow::Result<Out
     command.output().context("running godwit")
 }
 
+/// Runs the CLI at a terminal: a pseudo-terminal made by `script`, whose
+/// stdout carries everything the CLI wrote to it (stderr included). The
+/// arguments are quoted for the shell `script` runs them in.
+pub fn run_godwit_at_terminal(args: &[&str]) -> anyhow::Result<Output> {
+    let quoted: Vec<String> = std::iter::once(bin("godwit")?.display().to_string())
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    Command::new("script")
+        .args(["-qefc", &quoted.join(" "), "/dev/null"])
+        .output()
+        .context("running godwit under script")
+}
+
 /// Polls `check` until it yields `Some`, for at most `limit`; the error says
 /// what was waited for.
 pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>

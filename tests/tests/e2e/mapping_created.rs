@@ -8,7 +8,9 @@
 //! both databases' digests agree, `godwit verify` matches, and a replay
 //! into an empty database creates them the same way.
 
-use godwit_tests::{Job, PgCluster, describe, run_godwit, source_and_target, spec_body};
+use godwit_tests::{
+    Job, PgCluster, describe, run_godwit, run_godwit_at_terminal, source_and_target, spec_body,
+};
 
 use crate::mapping::verified;
 use crate::mapping_review::empty_database;
@@ -194,11 +196,27 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
     assert_eq!(tokens, 200, "every email is a token that keeps its domain");
     let (code, report) = verified(&job)?;
     assert_eq!(code, Some(0), "{report}");
+    // At a terminal, the verification draws its ranges' bar.
+    let at_terminal = run_godwit_at_terminal(&["verify", job.spec()])?;
+    assert!(at_terminal.status.success(), "{}", describe(&at_terminal));
+    let drawn = String::from_utf8_lossy(&at_terminal.stdout);
+    assert!(
+        drawn.contains(&format!("verify crm-created [{}]", "=".repeat(30)))
+            && drawn.contains("ranges"),
+        "{drawn}"
+    );
 
-    // A review copy in an empty database creates the tables the same way.
+    // A review copy in an empty database creates the tables the same way;
+    // at a terminal it draws its chunks' bar.
     let review = empty_database(&target, "review").await?;
-    let replayed = run_godwit(&["replay", job.spec(), "--target", &review], &[])?;
+    let replayed = run_godwit_at_terminal(&["replay", job.spec(), "--target", &review])?;
     assert!(replayed.status.success(), "{}", describe(&replayed));
+    let drawn = String::from_utf8_lossy(&replayed.stdout);
+    assert!(
+        drawn.contains(&format!("replay crm-created [{}]", "=".repeat(30)))
+            && drawn.contains("chunks"),
+        "{drawn}"
+    );
     let sides = digests(&source, &target, "review").await?;
     assert_eq!(sides[0], sides[1], "accounts of the review copy");
     assert_eq!(sides[2], sides[3], "contacts of the review copy");

@@ -112,14 +112,8 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
     assert!(!String::from_utf8_lossy(&watched.stderr).contains("[=="));
     // At a terminal (a pseudo-terminal by `script`): the job's bar with
     // throughput and ETA, and a bar per table, all full.
-    let at_terminal = std::process::Command::new("script")
-        .args(["-qefc"])
-        .arg(format!(
-            "{} watch --coordinator {url} measured",
-            godwit_tests::bin("godwit")?.display()
-        ))
-        .arg("/dev/null")
-        .output()?;
+    let at_terminal =
+        godwit_tests::run_godwit_at_terminal(&["watch", "--coordinator", &url, "measured"])?;
     assert!(at_terminal.status.success(), "{}", describe(&at_terminal));
     let drawn = String::from_utf8_lossy(&at_terminal.stdout);
     assert!(

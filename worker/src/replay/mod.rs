@@ -49,10 +49,13 @@ pub enum ReplayError {
 
 /// Replays `spec`'s staged copy into `target` (the spec's own target unless
 /// given), as `options` ask for a review copy.
+/// `progress` is told the chunks loaded so far and the staged copy's
+/// chunks, after each chunk.
 pub async fn replay(
     spec: &JobSpec,
     target: &str,
     options: ReviewOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ReplaySummary, ReplayError> {
     let rejected = ReplayError::Rejected;
     let failed = ReplayError::Failed;
@@ -159,6 +162,7 @@ pub async fn replay(
             .filter(|t| review::thinned(t))
             .count();
     }
+    let staged_chunks: u64 = manifest.partitions.iter().map(|p| p.chunks).sum();
     for partition in &manifest.partitions {
         let table = planned(&manifest, partition).map_err(failed)?;
         let review = TableReview::new(options, table, token_key.as_ref(), spec.customer.as_str());
@@ -196,6 +200,7 @@ pub async fn replay(
                 .await
                 .map_err(failed)?;
             summary.chunks += 1;
+            progress(summary.chunks, staged_chunks);
             summary.rows += rows;
         }
     }
