@@ -28,6 +28,21 @@ fn render(values: &str) -> anyhow::Result<std::process::Output> {
     ])
 }
 
+/// `helm lint --strict` of the chart with `values`.
+fn lint(values: &str) -> anyhow::Result<std::process::Output> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values)?;
+    let chart = repo_root().join("helm/godwit");
+    helm(&[
+        "lint",
+        "--strict",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        file.to_str().unwrap_or_default(),
+    ])
+}
+
 const SECURED: &str = "
 kek: { existingSecret: godwit-kek }
 tls: { secretName: godwit-api-tls }
@@ -87,16 +102,7 @@ fn the_chart_wires_tls_for_the_api_and_etcd_and_restricts_ingress() -> anyhow::R
     // No secret value in the manifests: only names of Secrets.
     assert!(!manifests.contains("password:"));
 
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("values.yaml");
-    std::fs::write(&file, SECURED)?;
-    let chart = repo_root().join("helm/godwit");
-    let lint = helm(&[
-        "lint",
-        chart.to_str().unwrap_or_default(),
-        "-f",
-        file.to_str().unwrap_or_default(),
-    ])?;
+    let lint = lint(SECURED)?;
     assert!(lint.status.success(), "{}", describe(&lint));
     Ok(())
 }
@@ -191,17 +197,7 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
                 "{what}: {line}"
             );
         }
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("values.yaml");
-        std::fs::write(&file, values)?;
-        let chart = repo_root().join("helm/godwit");
-        let lint = helm(&[
-            "lint",
-            "--strict",
-            chart.to_str().unwrap_or_default(),
-            "-f",
-            file.to_str().unwrap_or_default(),
-        ])?;
+        let lint = lint(values)?;
         assert!(lint.status.success(), "{what}: {}", describe(&lint));
     }
     let manifests = String::from_utf8_lossy(&render(EVERY_OPTION)?.stdout).to_string();
