@@ -39,9 +39,12 @@ impl Drop for Metrics {
 /// given (names `godwit_<noun>_<unit>[_total]`); with neither, instruments
 /// record nothing. Call from inside the tokio runtime: the exporter's
 /// channel and the endpoint live on it.
+/// `tls`: the certificate and key (PEM files) `/metrics` is served with;
+/// plain HTTP without.
 pub async fn init_metrics(
     service: &'static str,
     prometheus: Option<std::net::SocketAddr>,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Option<Metrics> {
     let otlp = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -81,10 +84,17 @@ pub async fn init_metrics(
         {
             Ok(reader) => {
                 builder = builder.with_reader(reader);
+                let acceptor = match tls.map(|(cert, key)| acceptor(cert, key)).transpose() {
+                    Ok(acceptor) => acceptor,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics not served: their TLS certificate does not load");
+                        return finish(builder, scrapes);
+                    }
+                };
                 match tokio::net::TcpListener::bind(address).await {
                     Ok(listener) => {
-                        tracing::info!(%address, "serving metrics for Prometheus at /metrics");
-                        scrapes = Some(tokio::spawn(serve_scrapes(listener, registry)));
+                        tracing::info!(%address, tls = acceptor.is_some(), "serving metrics for Prometheus at /metrics");
+                        scrapes = Some(tokio::spawn(serve_scrapes(listener, registry, acceptor)));
                     }
                     Err(e) => {
                         tracing::warn!(%address, error = %e, "metrics not served: cannot listen");
@@ -94,14 +104,56 @@ pub async fn init_metrics(
             Err(e) => tracing::warn!(error = %e, "metrics not served: cannot build the exporter"),
         }
     }
+    finish(builder, scrapes)
+}
+
+fn finish(
+    builder: opentelemetry_sdk::metrics::MeterProviderBuilder,
+    scrapes: Option<tokio::task::JoinHandle<()>>,
+) -> Option<Metrics> {
     let provider = builder.build();
     opentelemetry::global::set_meter_provider(provider.clone());
     Some(Metrics { provider, scrapes })
 }
 
+/// A TLS acceptor for `/metrics` with the process's own certificate.
+fn acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> crate::Result<tokio_rustls::TlsAcceptor> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| crate::Error::Io {
+            what: "cannot read the metrics TLS file",
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            crate::Error::Spec(format!("{}: not a PEM certificate: {e}", cert.display()))
+        })?;
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| crate::Error::Spec(format!("{}: not a PEM key: {e}", key.display())))?
+        .ok_or_else(|| crate::Error::Spec(format!("{}: holds no private key", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| crate::Error::Spec(format!("the metrics TLS versions: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| crate::Error::Spec(format!("the metrics TLS certificate: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
 /// Answers `GET /metrics` with the registry in Prometheus' text format;
 /// anything else with 404.
-async fn serve_scrapes(listener: tokio::net::TcpListener, registry: prometheus::Registry) {
+async fn serve_scrapes(
+    listener: tokio::net::TcpListener,
+    registry: prometheus::Registry,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     use http_body_util::Full;
     use hyper::body::Bytes;
 
@@ -110,6 +162,7 @@ async fn serve_scrapes(listener: tokio::net::TcpListener, registry: prometheus::
             continue;
         };
         let registry = registry.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let answer = hyper::service::service_fn(move |request: hyper::Request<_>| {
                 let registry = registry.clone();
@@ -136,9 +189,21 @@ async fn serve_scrapes(listener: tokio::net::TcpListener, registry: prometheus::
                     }
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                        .await;
+                }
+            }
         });
     }
 }

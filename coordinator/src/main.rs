@@ -181,6 +181,8 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr().context("listener address")?;
+    // With TLS on the API, /metrics is served with the same certificate.
+    let metrics_tls = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let security = Security::for_listener(
         address,
         config.tls,
@@ -194,7 +196,14 @@ async fn serve(
             .context("coordinator start-up")?,
     );
     let keyspace = Keyspace::new(&root);
-    let _metrics = godwit_common::telemetry::init_metrics("godwit-coordinator", metrics).await;
+    let _metrics = godwit_common::telemetry::init_metrics(
+        "godwit-coordinator",
+        metrics,
+        metrics_tls
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path())),
+    )
+    .await;
     let identity = format!(
         "{}:{} (pid {})",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into()),

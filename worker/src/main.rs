@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     let metrics = args.metrics_listen.or(file.metrics_listen);
     let outcome = runtime.block_on(async {
         // The metrics pipeline runs on this runtime; kept until the worker ends.
-        let _metrics = godwit_common::telemetry::init_metrics("godwit-worker", metrics).await;
+        let _metrics = godwit_common::telemetry::init_metrics("godwit-worker", metrics, None).await;
         let store = EtcdStore::connect_with(&etcd, &etcd_access).await?;
         let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
         worker.run(godwit_common::shutdown::signal()).await

@@ -329,6 +329,8 @@ pub(crate) struct Deployment {
     pub(crate) coordinator: Service,
     _worker: Service,
     pub(crate) url: String,
+    /// Where the coordinator serves its metrics (over its API's TLS).
+    pub(crate) metrics: String,
 }
 
 impl Deployment {
@@ -343,7 +345,12 @@ impl Deployment {
         let tls_env =
             |name: &str, path: &std::path::Path| (name.to_owned(), path.display().to_string());
         let mut env = etcd.env("COORDINATOR");
+        let metrics = format!("127.0.0.1:{}", godwit_tests::free_port()?);
         env.extend([
+            (
+                "GODWIT__COORDINATOR__METRICS_LISTEN".to_owned(),
+                metrics.clone(),
+            ),
             tls_env("GODWIT__COORDINATOR__TLS_CERT", &server.cert),
             tls_env("GODWIT__COORDINATOR__TLS_KEY", &server.key),
             tls_env("GODWIT__COORDINATOR__CLIENT_CA", &callers.pki.ca_cert()),
@@ -370,6 +377,7 @@ impl Deployment {
             coordinator,
             _worker: worker,
             url,
+            metrics,
         })
     }
 
@@ -395,6 +403,53 @@ impl Deployment {
             .stdin(std::process::Stdio::null());
         Ok(command)
     }
+}
+
+/// With TLS on its API, the coordinator serves `/metrics` with the same
+/// certificate: a scrape trusting the deployment's CA reads the job's
+/// figures; a plain-HTTP request gets no answer.
+async fn metrics_are_served_over_the_api_s_tls(
+    address: &str,
+    callers: &Callers,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::fs::read(callers.pki.ca_cert())?.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let mut tls = connector
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("godwit_verifications_total{") && answer.contains("job=\"secured\""),
+        "{answer}"
+    );
+
+    let mut plain = tokio::net::TcpStream::connect(address).await?;
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut refused = Vec::new();
+    let _ = plain.read_to_end(&mut refused).await;
+    assert!(
+        !String::from_utf8_lossy(&refused).contains("HTTP/1.1 200"),
+        "metrics answered in plain HTTP"
+    );
+    Ok(())
 }
 
 /// The coordinator's server reflection, as `grpcurl` uses it, over the
@@ -489,6 +544,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     let watched = deployment.cli(Who::Admin, &["watch", "--coordinator", url, "secured"])?;
     assert!(watched.status.success(), "{}", describe(&watched));
     reflection_lists_and_describes_the_api(url, callers).await?;
+    metrics_are_served_over_the_api_s_tls(&deployment.metrics, callers).await?;
     let ca = callers.pki.ca_cert().display().to_string();
     // Without a certificate the CLI is refused, saying what to present.
     let anonymous = run_godwit(

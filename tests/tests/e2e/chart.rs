@@ -205,6 +205,11 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
     assert_eq!(manifests.matches("- --metrics-listen=").count(), 2);
     assert_eq!(manifests.matches("kind: ServiceMonitor").count(), 2);
     assert!(manifests.contains("kind: PrometheusRule"));
+    assert!(
+        manifests.contains("scheme: https")
+            && manifests.contains("name: godwit-api-tls\n            key: ca.crt"),
+        "the coordinator's metrics are scraped over its API's TLS"
+    );
     assert!(manifests.contains("godwit_stream_lag_time_seconds) > 120"));
     assert!(manifests.contains("name: g-godwit-dashboard"));
     assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 3);
