@@ -489,7 +489,7 @@ pub async fn verify(
 }
 
 /// Shows the job's last stored verification report.
-pub async fn report(spec_path: &Path, json: bool) -> i32 {
+pub async fn report(spec_path: &Path, format: crate::ReportFormat) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -500,16 +500,23 @@ pub async fn report(spec_path: &Path, json: bool) -> i32 {
     let loaded = godwit_common::verify::load_report(&spec);
     match loaded.await {
         Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
+            match format {
+                crate::ReportFormat::Json => match serde_json::to_string_pretty(&report) {
                     Ok(text) => println!("{text}"),
                     Err(e) => {
                         eprintln!("error: cannot render the report: {e}");
                         return 1;
                     }
+                },
+                crate::ReportFormat::Summary => println!("{}", report.summary()),
+                crate::ReportFormat::Html => {
+                    // What moved comes from the staged copy's manifest.
+                    let manifest = match godwit_common::sealed::SealedStaging::open(&spec).await {
+                        Ok(sealed) => sealed.get_manifest().await.ok().flatten(),
+                        Err(_) => None,
+                    };
+                    print!("{}", crate::debrief::html(&report, manifest.as_ref()));
                 }
-            } else {
-                println!("{}", report.summary());
             }
             0
         }

@@ -3,6 +3,7 @@
 //! commands talk to a coordinator over gRPC.
 
 mod bars;
+mod debrief;
 mod embedded;
 mod lifecycle;
 mod plan;
@@ -13,6 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// The report as a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    Summary,
+    Json,
+    Html,
+}
 
 /// How a command prints what it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +165,9 @@ enum Command {
         json: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// `html`: the customer's debrief as one HTML document on stdout.
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
     },
     /// Submit a job spec to a coordinator; prints the job id.
     Submit {
@@ -418,16 +430,21 @@ fn main() -> ExitCode {
             }
             Command::Report {
                 job,
-                coordinator: Some(coordinator),
+                coordinator,
                 json,
                 output,
-            } => remote::report(&at(coordinator), &job, json || output == Output::Json).await,
-            Command::Report {
-                job,
-                coordinator: None,
-                json,
-                output,
-            } => embedded::report(Path::new(&job), json || output == Output::Json).await,
+                format,
+            } => {
+                let format = match format {
+                    Some(format) => format,
+                    None if json || output == Output::Json => ReportFormat::Json,
+                    None => ReportFormat::Summary,
+                };
+                match coordinator {
+                    Some(coordinator) => remote::report(&at(coordinator), &job, format).await,
+                    None => embedded::report(Path::new(&job), format).await,
+                }
+            }
             Command::Submit { coordinator, spec } => remote::submit(&at(coordinator), &spec).await,
             Command::Watch {
                 coordinator,

@@ -443,7 +443,7 @@ pub async fn cutover(coordinator: &Coordinator, job_id: &str, report_path: Optio
 }
 
 /// Prints the last report the coordinator stored for a job.
-pub async fn report(coordinator: &Coordinator, job_id: &str, json: bool) -> i32 {
+pub async fn report(coordinator: &Coordinator, job_id: &str, format: crate::ReportFormat) -> i32 {
     let mut client = match connect(coordinator).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -456,10 +456,20 @@ pub async fn report(coordinator: &Coordinator, job_id: &str, json: bool) -> i32 
     {
         Ok(response) => {
             let response = response.into_inner();
-            if json {
-                println!("{}", response.report_json);
-            } else {
-                println!("{}", response.summary);
+            match format {
+                crate::ReportFormat::Json => println!("{}", response.report_json),
+                crate::ReportFormat::Summary => println!("{}", response.summary),
+                crate::ReportFormat::Html => {
+                    match serde_json::from_str::<godwit_common::verify::Report>(
+                        &response.report_json,
+                    ) {
+                        Ok(report) => print!("{}", crate::debrief::html(&report, None)),
+                        Err(e) => {
+                            eprintln!("error: the coordinator's report does not read: {e}");
+                            return 1;
+                        }
+                    }
+                }
             }
             0
         }

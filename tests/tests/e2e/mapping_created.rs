@@ -196,6 +196,28 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
     assert_eq!(tokens, 200, "every email is a token that keeps its domain");
     let (code, report) = verified(&job)?;
     assert_eq!(code, Some(0), "{report}");
+    // The customer's debrief as one HTML document: what moved from the
+    // staged manifest, the verification's layers, the lineage; no value.
+    let debrief = run_godwit(&["report", job.spec(), "--format", "html"], &[])?;
+    assert!(debrief.status.success(), "{}", describe(&debrief));
+    let html = String::from_utf8_lossy(&debrief.stdout);
+    for expected in [
+        "<!DOCTYPE html>",
+        "<h1>Migration of job crm-created</h1>",
+        "<h2>What moved</h2>",
+        "<td>tenant_new.accounts</td><td>1</td><td>1</td><td>200</td>",
+        "<td>tenant_new.contacts</td>",
+        "<h2>Mapping lineage</h2>",
+        "<td>crm.accounts.name</td><td>tenant_new.accounts.display_name</td><td>renamed</td>",
+        "<td>crm.accounts.legacy</td><td></td><td>dropped</td>",
+    ] {
+        assert!(html.contains(expected), "{expected:?} missing:\n{html}");
+    }
+    assert!(
+        !html.contains("@example.com"),
+        "a value reached the debrief"
+    );
+    assert!(!html.contains("<script"), "the debrief runs nothing");
     // At a terminal, the verification draws its ranges' bar.
     let at_terminal = run_godwit_at_terminal(&["verify", job.spec()])?;
     assert!(at_terminal.status.success(), "{}", describe(&at_terminal));
