@@ -218,6 +218,34 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         "a value reached the debrief"
     );
     assert!(!html.contains("<script"), "the debrief runs nothing");
+    // Headless Chromium reads it as the document it says it is.
+    let file = job.dir.path().join("debrief.html");
+    std::fs::write(&file, html.as_bytes())?;
+    let profile = tempfile::tempdir()?;
+    let browsed = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run chromium (scripts/setup installs it): {e}"))?;
+    assert!(browsed.status.success(), "{}", describe(&browsed));
+    let dom = String::from_utf8_lossy(&browsed.stdout);
+    assert!(
+        dom.contains("<title>Migration of job crm-created</title>"),
+        "{dom}"
+    );
+    assert!(dom.matches("<table>").count() >= 4, "{dom}");
+    assert!(dom.contains("<td>tenant_new.accounts</td>"), "{dom}");
     // At a terminal, the verification draws its ranges' bar.
     let at_terminal = run_godwit_at_terminal(&["verify", job.spec()])?;
     assert!(at_terminal.status.success(), "{}", describe(&at_terminal));
