@@ -11,8 +11,6 @@
 //! the platform's) is refused by name before anything is written. Reads the
 //! source's catalog; builds SQL text; never writes.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -136,6 +134,16 @@ pub async fn creation(
     let mut keys = String::new();
     for (name, kind, columns, definition) in constraints(source, &oid).await? {
         match kind.as_str() {
+            // Deferral, NULLS NOT DISTINCT or included columns would be
+            // lost by a plain UNIQUE over the mapped names.
+            "u" if ["DEFERRABLE", "NULLS NOT DISTINCT", "INCLUDE"]
+                .iter()
+                .any(|option| definition.contains(option)) =>
+            {
+                problems.push(format!(
+                    "{at}: the unique constraint {name} ({definition}) is not a plain one over carried columns: {fix}"
+                ));
+            }
             "u" => match mapped_names(&columns) {
                 Some(mapped) => keys.push_str(&format!(
                     "ALTER TABLE {target} ADD UNIQUE ({}); ",
@@ -153,7 +161,11 @@ pub async fn creation(
                  moves or masks ({}): {fix}",
                 columns.join(", ")
             )),
-            _ => {}
+            // An exclusion or constraint trigger: named, never dropped silently.
+            _ => problems.push(format!(
+                "{at}: the constraint {name} ({definition}) is not carried to a table created under another \
+                 name: {fix}"
+            )),
         }
     }
     for (name, unique, columns, plain) in indexes(source, &oid).await? {
@@ -312,7 +324,8 @@ async fn objects_not_carried(source: &Client, table: &str) -> Result<Vec<String>
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Unique and check constraints: name, kind, columns, definition.
+/// Unique, check and exclusion constraints and constraint triggers: name,
+/// kind, columns, definition.
 async fn constraints(
     source: &Client,
     table: &str,
@@ -324,7 +337,7 @@ async fn constraints(
                               FROM unnest(con.conkey) WITH ORDINALITY u(n, i) \
                               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = u.n), '{}'), \
                     pg_get_constraintdef(con.oid) \
-             FROM pg_constraint con WHERE con.conrelid = to_regclass($1) AND con.contype IN ('u', 'c') \
+             FROM pg_constraint con WHERE con.conrelid = to_regclass($1) AND con.contype IN ('u', 'c', 'x', 't') \
              ORDER BY con.conname",
             &[&table],
         )
@@ -433,6 +446,3 @@ pub fn in_order<'a>(creations: impl Iterator<Item = &'a Creation> + Clone) -> (S
         .collect();
     (tables, after)
 }
-
-/// The creations of a job's landings, by source table.
-pub type Creations = BTreeMap<TableName, Creation>;

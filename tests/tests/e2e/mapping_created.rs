@@ -28,6 +28,7 @@ async fn source_crm(source: &PgCluster) -> anyhow::Result<()> {
                  account_id integer NOT NULL REFERENCES crm.accounts (id) ON DELETE CASCADE, phone text); \
              CREATE INDEX contacts_phone ON crm.contacts (phone); \
              CREATE INDEX contacts_lower_phone ON crm.contacts (lower(phone)); \
+             ALTER TABLE crm.contacts ADD CONSTRAINT contacts_phone_once UNIQUE (phone) DEFERRABLE; \
              INSERT INTO crm.accounts (name, email, credit, legacy) \
                  SELECT 'account ' || g, 'a' || g || '@example.com', g * 1.5, 'L' || g \
                  FROM generate_series(1, 200) g; \
@@ -130,6 +131,8 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         let said = String::from_utf8_lossy(&refused.stderr);
         for expected in [
             "crm.contacts → tenant_new.contacts: the index contacts_lower_phone is not a plain index",
+            "crm.contacts → tenant_new.contacts: the unique constraint contacts_phone_once (UNIQUE (phone) \
+             DEFERRABLE) is not a plain one",
             "crm.accounts → tenant_new.accounts: the generated column name_length is computed from name, \
              which the mapping renames",
         ] {
@@ -154,6 +157,7 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         .await?
         .batch_execute(
             "DROP INDEX crm.contacts_lower_phone; \
+             ALTER TABLE crm.contacts DROP CONSTRAINT contacts_phone_once; \
              ALTER TABLE crm.accounts DROP COLUMN name_length; \
              ALTER TABLE crm.accounts ADD COLUMN name_length integer \
                  GENERATED ALWAYS AS (char_length(tier)) STORED",
