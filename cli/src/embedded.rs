@@ -171,7 +171,15 @@ impl ApiServer {
     }
 }
 
-pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiOptions) -> i32 {
+/// Runs the job in this process; its trace hangs under `trace`, the
+/// command's span.
+pub async fn run(
+    spec_path: &Path,
+    workers: usize,
+    concurrency: usize,
+    api: ApiOptions,
+    trace: Option<godwit_common::telemetry::traces::SpanRef>,
+) -> i32 {
     let spec = match JobSpec::from_file(spec_path) {
         Ok(spec) => spec,
         Err(e) => {
@@ -205,7 +213,7 @@ pub async fn run(spec_path: &Path, workers: usize, concurrency: usize, api: ApiO
     let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
     let keyspace = Keyspace::new("/godwit");
     let driver = JobDriver::new(store.clone(), keyspace.clone());
-    if let Err(e) = driver.register(&prepared).await {
+    if let Err(e) = driver.register(&prepared, trace).await {
         eprintln!("error: {e}");
         return e.exit_code();
     }

@@ -10,6 +10,7 @@ mod plan;
 mod remote;
 mod render;
 
+use godwit_common::telemetry::traces::SpanRef;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -325,10 +326,6 @@ fn main() -> ExitCode {
         cert: cli.tls_cert.clone(),
         key: cli.tls_key.clone(),
     };
-    let at = |url: String| remote::Coordinator {
-        url,
-        tls: tls.clone(),
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -337,205 +334,262 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        match cli.command {
-            Command::Run {
-                spec,
-                workers,
-                concurrency,
+        let traces = godwit_common::telemetry::init_traces("godwit");
+        // `run` and `submit` start a job's trace: the job's spans, from
+        // every process, hang under this command's.
+        let command = CommandSpan::of(&cli.command);
+        let code = command_code(cli.command, &tls, command.as_ref()).await;
+        if let Some(command) = command {
+            command.emit(code);
+        }
+        drop(traces);
+        code
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The span of a command that starts a job's trace.
+struct CommandSpan {
+    name: &'static str,
+    span: SpanRef,
+    start: std::time::SystemTime,
+}
+
+impl CommandSpan {
+    fn of(command: &Command) -> Option<Self> {
+        let name = match command {
+            Command::Run { .. } => "godwit run",
+            Command::Submit { .. } => "godwit submit",
+            _ => return None,
+        };
+        Some(Self {
+            name,
+            span: SpanRef::root(),
+            start: std::time::SystemTime::now(),
+        })
+    }
+
+    fn emit(self, code: i32) {
+        godwit_common::telemetry::traces::emit(godwit_common::telemetry::traces::Done {
+            name: self.name,
+            span: self.span,
+            parent: None,
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![opentelemetry::KeyValue::new("exit_code", i64::from(code))],
+            error: (code != 0).then(|| format!("exit code {code}")),
+        });
+    }
+}
+
+/// Runs one command; its exit code.
+async fn command_code(
+    command: Command,
+    tls: &remote::ClientTlsFiles,
+    span: Option<&CommandSpan>,
+) -> i32 {
+    let at = |url: String| remote::Coordinator {
+        url,
+        tls: tls.clone(),
+    };
+    let trace = span.map(|s| s.span);
+    match command {
+        Command::Run {
+            spec,
+            workers,
+            concurrency,
+            listen,
+            policy,
+            insecure_plaintext,
+        } => {
+            let api = embedded::ApiOptions {
                 listen,
+                tls: (tls.cert.clone(), tls.key.clone(), tls.ca.clone()),
                 policy,
                 insecure_plaintext,
-            } => {
-                let api = embedded::ApiOptions {
-                    listen,
-                    tls: (cli.tls_cert, cli.tls_key, cli.tls_ca),
-                    policy,
-                    insecure_plaintext,
-                };
-                embedded::run(&spec, workers, concurrency, api).await
-            }
-            Command::Plan {
-                spec,
-                workers,
-                concurrency,
-                reader_rate,
+            };
+            embedded::run(&spec, workers, concurrency, api, trace).await
+        }
+        Command::Plan {
+            spec,
+            workers,
+            concurrency,
+            reader_rate,
+            json,
+        } => {
+            let options = plan::Options {
+                readers: workers * concurrency,
+                reader_bytes_per_sec: reader_rate,
                 json,
-            } => {
-                let options = plan::Options {
-                    readers: workers * concurrency,
-                    reader_bytes_per_sec: reader_rate,
-                    json,
-                };
-                plan::plan(&spec, options).await
-            }
-            Command::Replay {
-                spec,
-                target,
-                masked,
-                sample,
-                seed,
-            } => {
-                let sample = match sample
-                    .map(|text| godwit_common::verify::Sample::parse_percent(&text))
-                    .transpose()
-                {
-                    Ok(percent) => {
-                        percent.map(|percent| godwit_common::verify::Sample { percent, seed })
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return 2;
-                    }
-                };
-                let options = godwit_worker::replay::ReviewOptions { masked, sample };
-                embedded::replay(&spec, target.as_deref(), options).await
-            }
-            Command::Verify {
-                job,
-                coordinator: Some(coordinator),
-                report,
-                compare_rows_below,
-                sample,
-                seed,
-                ..
-            } => {
-                let options = match verify_options(compare_rows_below, sample, seed) {
-                    Ok(options) => options,
-                    Err(code) => return code,
-                };
-                remote::verify(&at(coordinator), &job, report.as_deref(), options).await
-            }
-            Command::Verify {
-                job,
-                coordinator: None,
-                report,
-                compare_rows_below,
-                sample,
-                seed,
-                workers,
-                concurrency,
-            } => {
-                let options = match verify_options(compare_rows_below, sample, seed) {
-                    Ok(options) => options,
-                    Err(code) => return code,
-                };
-                embedded::verify(
-                    Path::new(&job),
-                    report.as_deref(),
-                    options,
-                    workers,
-                    concurrency,
-                )
-                .await
-            }
-            Command::Report {
-                job,
-                coordinator,
-                json,
-                output,
-                format,
-            } => {
-                let format = match format {
-                    Some(format) => format,
-                    None if json || output == Output::Json => ReportFormat::Json,
-                    None => ReportFormat::Summary,
-                };
-                match coordinator {
-                    Some(coordinator) => remote::report(&at(coordinator), &job, format).await,
-                    None => embedded::report(Path::new(&job), format).await,
-                }
-            }
-            Command::Submit { coordinator, spec } => remote::submit(&at(coordinator), &spec).await,
-            Command::Watch {
-                coordinator,
-                job_id,
-                output,
-            } => remote::watch(&at(coordinator), &job_id, output).await,
-            Command::Status {
-                coordinator,
-                job_id,
-                output,
-            } => remote::status(&at(coordinator), job_id.as_deref(), output).await,
-            Command::Cancel {
-                coordinator,
-                job_id,
-            } => remote::cancel(&at(coordinator), &job_id).await,
-            Command::Throttle {
-                coordinator,
-                customer,
-                bytes_per_sec,
-                max_connections,
-            } => {
-                remote::throttle(&at(coordinator), &customer, bytes_per_sec, max_connections).await
-            }
-            Command::Pause {
-                coordinator,
-                job_id,
-            } => remote::pause(&at(coordinator), &job_id, true).await,
-            Command::Resume {
-                coordinator,
-                job_id,
-            } => remote::pause(&at(coordinator), &job_id, false).await,
-            Command::Approve {
-                coordinator,
-                job_id,
-                action,
-            } => remote::approve(&at(coordinator), &job_id, &action).await,
-            Command::Cutover {
-                coordinator,
-                job_id,
-                report,
-            } => remote::cutover(&at(coordinator), &job_id, report.as_deref()).await,
-            Command::Keys {
-                command: KeysCommand::Generate { out },
-            } => match godwit_common::keys::Kek::generate_file(&out) {
-                Ok(id) => {
-                    println!("wrote key-encryption key {id} to {}", out.display());
-                    0
+            };
+            plan::plan(&spec, options).await
+        }
+        Command::Replay {
+            spec,
+            target,
+            masked,
+            sample,
+            seed,
+        } => {
+            let sample = match sample
+                .map(|text| godwit_common::verify::Sample::parse_percent(&text))
+                .transpose()
+            {
+                Ok(percent) => {
+                    percent.map(|percent| godwit_common::verify::Sample { percent, seed })
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    2
+                    return 2;
                 }
-            },
-            Command::Keys {
-                command: KeysCommand::Rotate { spec, to },
-            } => lifecycle::rotate(&spec, to.as_deref()).await,
-            Command::Keys {
-                command:
-                    KeysCommand::Shred {
-                        job,
-                        coordinator: Some(coordinator),
-                        yes,
-                    },
-            } => remote::purge(&at(coordinator), &job, true, yes).await,
-            Command::Keys {
-                command:
-                    KeysCommand::Shred {
-                        job,
-                        coordinator: None,
-                        yes,
-                    },
-            } => lifecycle::shred(Path::new(&job), yes).await,
-            Command::Purge {
-                job,
-                coordinator: Some(coordinator),
-                yes,
-            } => remote::purge(&at(coordinator), &job, false, yes).await,
-            Command::Purge {
-                job,
-                coordinator: None,
-                yes,
-            } => lifecycle::purge(Path::new(&job), yes).await,
-            Command::Audit {
-                command: AuditCommand::Show { spec, json },
-            } => lifecycle::audit(&spec, Some(json)).await,
-            Command::Audit {
-                command: AuditCommand::Verify { spec },
-            } => lifecycle::audit(&spec, None).await,
+            };
+            let options = godwit_worker::replay::ReviewOptions { masked, sample };
+            embedded::replay(&spec, target.as_deref(), options).await
         }
-    });
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+        Command::Verify {
+            job,
+            coordinator: Some(coordinator),
+            report,
+            compare_rows_below,
+            sample,
+            seed,
+            ..
+        } => {
+            let options = match verify_options(compare_rows_below, sample, seed) {
+                Ok(options) => options,
+                Err(code) => return code,
+            };
+            remote::verify(&at(coordinator), &job, report.as_deref(), options).await
+        }
+        Command::Verify {
+            job,
+            coordinator: None,
+            report,
+            compare_rows_below,
+            sample,
+            seed,
+            workers,
+            concurrency,
+        } => {
+            let options = match verify_options(compare_rows_below, sample, seed) {
+                Ok(options) => options,
+                Err(code) => return code,
+            };
+            embedded::verify(
+                Path::new(&job),
+                report.as_deref(),
+                options,
+                workers,
+                concurrency,
+            )
+            .await
+        }
+        Command::Report {
+            job,
+            coordinator,
+            json,
+            output,
+            format,
+        } => {
+            let format = match format {
+                Some(format) => format,
+                None if json || output == Output::Json => ReportFormat::Json,
+                None => ReportFormat::Summary,
+            };
+            match coordinator {
+                Some(coordinator) => remote::report(&at(coordinator), &job, format).await,
+                None => embedded::report(Path::new(&job), format).await,
+            }
+        }
+        Command::Submit { coordinator, spec } => {
+            remote::submit(&at(coordinator), &spec, trace).await
+        }
+        Command::Watch {
+            coordinator,
+            job_id,
+            output,
+        } => remote::watch(&at(coordinator), &job_id, output).await,
+        Command::Status {
+            coordinator,
+            job_id,
+            output,
+        } => remote::status(&at(coordinator), job_id.as_deref(), output).await,
+        Command::Cancel {
+            coordinator,
+            job_id,
+        } => remote::cancel(&at(coordinator), &job_id).await,
+        Command::Throttle {
+            coordinator,
+            customer,
+            bytes_per_sec,
+            max_connections,
+        } => remote::throttle(&at(coordinator), &customer, bytes_per_sec, max_connections).await,
+        Command::Pause {
+            coordinator,
+            job_id,
+        } => remote::pause(&at(coordinator), &job_id, true).await,
+        Command::Resume {
+            coordinator,
+            job_id,
+        } => remote::pause(&at(coordinator), &job_id, false).await,
+        Command::Approve {
+            coordinator,
+            job_id,
+            action,
+        } => remote::approve(&at(coordinator), &job_id, &action).await,
+        Command::Cutover {
+            coordinator,
+            job_id,
+            report,
+        } => remote::cutover(&at(coordinator), &job_id, report.as_deref()).await,
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => match godwit_common::keys::Kek::generate_file(&out) {
+            Ok(id) => {
+                println!("wrote key-encryption key {id} to {}", out.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::Rotate { spec, to },
+        } => lifecycle::rotate(&spec, to.as_deref()).await,
+        Command::Keys {
+            command:
+                KeysCommand::Shred {
+                    job,
+                    coordinator: Some(coordinator),
+                    yes,
+                },
+        } => remote::purge(&at(coordinator), &job, true, yes).await,
+        Command::Keys {
+            command:
+                KeysCommand::Shred {
+                    job,
+                    coordinator: None,
+                    yes,
+                },
+        } => lifecycle::shred(Path::new(&job), yes).await,
+        Command::Purge {
+            job,
+            coordinator: Some(coordinator),
+            yes,
+        } => remote::purge(&at(coordinator), &job, false, yes).await,
+        Command::Purge {
+            job,
+            coordinator: None,
+            yes,
+        } => lifecycle::purge(Path::new(&job), yes).await,
+        Command::Audit {
+            command: AuditCommand::Show { spec, json },
+        } => lifecycle::audit(&spec, Some(json)).await,
+        Command::Audit {
+            command: AuditCommand::Verify { spec },
+        } => lifecycle::audit(&spec, None).await,
+    }
 }
 
 /// A rate in bytes per second (`20MiB`, `5000000`), 0 for `unlimited`.

@@ -113,7 +113,12 @@ fn failed(status: &tonic::Status) -> i32 {
     }
 }
 
-pub async fn submit(coordinator: &Coordinator, spec_path: &Path) -> i32 {
+/// Submits a job; its trace hangs under `trace`, the command's span.
+pub async fn submit(
+    coordinator: &Coordinator,
+    spec_path: &Path,
+    trace: Option<godwit_common::telemetry::traces::SpanRef>,
+) -> i32 {
     let spec_yaml = match std::fs::read_to_string(spec_path) {
         Ok(text) => text,
         Err(e) => {
@@ -125,7 +130,11 @@ pub async fn submit(coordinator: &Coordinator, spec_path: &Path) -> i32 {
         Ok(client) => client,
         Err(code) => return code,
     };
-    match client.submit_job(SubmitJobRequest { spec_yaml }).await {
+    let mut request = tonic::Request::new(SubmitJobRequest { spec_yaml });
+    if let Some(Ok(header)) = trace.map(|t| t.traceparent().parse()) {
+        request.metadata_mut().insert("traceparent", header);
+    }
+    match client.submit_job(request).await {
         Ok(response) => {
             println!("{}", response.into_inner().job_id);
             0

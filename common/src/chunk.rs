@@ -70,6 +70,16 @@ impl ChunkId {
     }
 
     /// The identity a job's stored verification report is sealed under.
+    /// The identity the job's history is sealed under.
+    pub fn history(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            table: "reports/history".to_owned(),
+            partition: 0,
+            seq: 0,
+        }
+    }
+
     pub fn verification_report(job_id: &str) -> Self {
         Self {
             job_id: job_id.to_owned(),

@@ -119,6 +119,13 @@ pub struct JobRecord {
     /// Change streaming, once the job has started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<ChangeProgress>,
+    /// The job's trace: every process working for it adds its spans there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::traces::JobTrace>,
+    /// What the debrief draws: when each phase ran, the copy's and the
+    /// stream's progress over time, each cutover.
+    #[serde(default)]
+    pub history: crate::history::JobHistory,
 }
 
 impl JobRecord {
@@ -133,11 +140,20 @@ impl JobRecord {
             finished_at_unix_ms: None,
             phases: PhaseTimings::default(),
             changes: None,
+            trace: None,
+            history: crate::history::JobHistory::default(),
         }
     }
 
     pub fn phase(&self) -> JobPhase {
         self.phase.kind()
+    }
+
+    /// The span of the open run of `phase` (see [`crate::history`]), where
+    /// the work of that phase hangs its spans.
+    pub fn phase_span(&self, phase: &str) -> Option<crate::telemetry::traces::SpanRef> {
+        let run = self.history.running(phase)?;
+        self.trace.as_ref()?.phase(phase, run.started_unix_ms)
     }
 
     /// The phase with its data.
@@ -266,6 +282,21 @@ pub struct CutoverRecord {
     pub succeeded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its steps, each from its start to its end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::history::PhaseRun>,
+}
+
+impl CutoverRecord {
+    /// Records the step `name` that started at `started_unix_ms` and ends now.
+    pub fn step(&mut self, name: &str, started_unix_ms: u64) {
+        self.steps.push(crate::history::PhaseRun {
+            name: name.to_owned(),
+            within: Some("cutover".to_owned()),
+            started_unix_ms,
+            ended_unix_ms: crate::state::now_unix_ms().max(started_unix_ms),
+        });
+    }
 }
 
 /// Wall time of each job phase, in milliseconds.

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod chunk;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod job;
 pub mod keyring;

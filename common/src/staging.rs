@@ -126,6 +126,11 @@ impl Staging {
     }
 
     /// The job's latest verification report, sealed: it names primary keys.
+    /// The job's sealed history: what its debrief draws.
+    pub fn history_path(&self, job: &JobId) -> ObjectPath {
+        self.job_root(job).join("reports").join("history.gwc")
+    }
+
     pub fn report_path(&self, job: &JobId) -> ObjectPath {
         self.job_root(job).join("reports").join("verification.gwc")
     }

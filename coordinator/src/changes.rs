@@ -103,6 +103,8 @@ impl Phases<'_> {
                 "the stream's start {start:?} is not an LSN"
             )))
         })?;
+        // The workers' change batches hang under this run of the stream.
+        crate::timeline::begin(record, "streaming");
         if record.changes.is_none() {
             record.changes = Some(ChangeProgress {
                 applied_lsn: format_lsn(start),
@@ -211,6 +213,12 @@ impl Phases<'_> {
         if Some(&progress) == record.changes.as_ref() && record.error == error {
             return Ok(());
         }
+        record.history.lag(godwit_common::history::LagSample {
+            at_unix_ms: progress.updated_at_unix_ms,
+            lag_bytes: progress.lag_bytes,
+            lag_ms: progress.lag_ms,
+            rows: progress.rows,
+        });
         record.changes = Some(progress);
         record.error = error;
         self.put_record(record).await.map_err(JobError::Failed)
@@ -258,6 +266,7 @@ impl Phases<'_> {
             }
         }
         crate::job_metrics::cut_over(job.as_str(), cut.frozen_ms, cut.succeeded);
+        crate::timeline::cutover(record, &cut);
         if let Some(progress) = record.changes.as_mut() {
             progress.last_cutover = Some(cut.clone());
             if cut.succeeded {
@@ -298,6 +307,7 @@ impl Phases<'_> {
         self.await_caught_up(spec, cut.started_at_unix_ms, limits.max_cutover_lag.0)
             .await?;
         let started = Instant::now();
+        let step_started = now_unix_ms();
         let mut narrowed_at = None;
         let baseline = match self.baseline(spec).await {
             // Its keys go to the sealed report, never into the error (which
@@ -333,17 +343,23 @@ impl Phases<'_> {
             Err(e) => Err(e),
         };
         cut.baseline_verify_ms = started.elapsed().as_millis() as u64;
+        cut.step("verify before the freeze", step_started);
         let baseline = baseline?;
         // Again: the verification took time while the source wrote on. A
         // narrowing round that just ended had the stream catch up for its
         // pin, and waiting for the next progress report would only let
         // more changes pile up for the frozen check.
         if narrowed_at.is_none_or(|at| at.elapsed() > RECENTLY_CAUGHT_UP) {
+            let step_started = now_unix_ms();
             self.await_caught_up(spec, now_unix_ms(), limits.max_cutover_lag.0)
                 .await?;
+            cut.step("catch up", step_started);
         }
+        let step_started = now_unix_ms();
         let freezer = Freezer::freeze(spec, tables, limits.freeze_timeout_ms).await?;
+        cut.step("freeze", step_started);
         let frozen = Instant::now();
+        let frozen_at = now_unix_ms();
         let mut drained: Option<Pending> = None;
         let step = std::sync::Mutex::new("draining the stream");
         let max_frozen = Duration::from_millis(limits.max_frozen_ms);
@@ -369,6 +385,7 @@ impl Phases<'_> {
             }
         };
         cut.frozen_ms = frozen.elapsed().as_millis() as u64;
+        cut.step("frozen", frozen_at);
         match outcome {
             Ok(()) => {
                 self.stop_stream(job).await;
@@ -412,6 +429,7 @@ impl Phases<'_> {
             }
         };
         let started = Instant::now();
+        let step_started = now_unix_ms();
         let source = pg::connect(&spec.source, Side::Source).await?;
         let (insert, _) = stream::wal_positions(&source).await?;
         let (applied, request) = requests::drain(
@@ -424,8 +442,10 @@ impl Phases<'_> {
         )
         .await?;
         *drained = Some(request);
+        cut.step("drain", step_started);
         tracing::info!(job_id = %spec.job, applied = %format_lsn(applied), "cutover: the stream drained to the frozen source");
         at("syncing sequences");
+        let step_started = now_unix_ms();
         let target = pg::connect(&spec.target, Side::Target).await?;
         let sequences =
             catalog::sequences(&source, &landing.source_tables, spec.all_tables()).await?;
@@ -435,12 +455,15 @@ impl Phases<'_> {
                 .await?;
         }
         cut.drain_ms = started.elapsed().as_millis() as u64;
+        cut.step("sequences", step_started);
 
         at("checking the rows changed since the verification");
         let started = Instant::now();
+        let step_started = now_unix_ms();
         let touched = changed_keys::since(&target, spec.job.as_str(), baseline.lsn).await?;
         let tables = landing.compare_changed((&source, &target), &touched).await;
         cut.verify_ms = started.elapsed().as_millis() as u64;
+        cut.step("check changed rows", step_started);
         let tables = tables.map_err(|e| Error::Verification(format!("final check: {e}")))?;
         cut.checked_keys = touched.keys() as u64;
         cut.whole_tables = touched

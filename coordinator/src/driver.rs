@@ -68,9 +68,16 @@ impl JobDriver {
 
     /// Publishes the job's first record so it is visible (and not submitted
     /// twice) before the slower planning starts.
-    pub async fn register(&self, prepared: &Prepared) -> Result<(), JobError> {
+    /// Records a job just submitted; `trace` names the span that submitted
+    /// it, when its caller sent one.
+    pub async fn register(
+        &self,
+        prepared: &Prepared,
+        trace: Option<godwit_common::telemetry::traces::SpanRef>,
+    ) -> Result<(), JobError> {
         let key = self.keyspace.job_record(&prepared.spec.job);
-        let record = JobRecord::submitted(prepared.spec.clone(), now_unix_ms());
+        let mut record = JobRecord::submitted(prepared.spec.clone(), now_unix_ms());
+        record.trace = Some(godwit_common::telemetry::traces::JobTrace::start(trace));
         // One step, so two submissions of one id cannot both run; an id
         // that exists, finished or not, keeps its record and history.
         let created = self
@@ -230,9 +237,11 @@ impl JobDriver {
                 Err(e)
             }
         };
+        crate::timeline::finished(&mut record);
         if let Err(e) = self.put_record(&record).await {
             tracing::error!(job_id = %job, error = %e, "cannot record the job's outcome");
         }
+        crate::staged::stage_history(&prepared.spec, &record).await;
         if let Err(e) =
             crate::retention::schedule(self.store.as_ref(), &self.keyspace, &record).await
         {
@@ -292,7 +301,7 @@ mod tests {
         let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
         let driver = JobDriver::new(store.clone(), Keyspace::new("/t"));
         let prepared = prepared();
-        driver.register(&prepared).await.expect("register");
+        driver.register(&prepared, None).await.expect("register");
         let mut record = driver
             .records
             .load(&prepared.spec.job)
@@ -441,10 +450,12 @@ mod tests {
             keyspace: &driver.keyspace,
             records: &driver.records,
         };
-        let totals = phases
-            .wait_for_partitions(job, &record)
-            .await
-            .expect("all done");
+        let totals = crate::summary::CopyTotals::of(
+            &phases
+                .wait_for_partitions(job, &record)
+                .await
+                .expect("all done"),
+        );
         assert_eq!(totals.rows, 7);
     }
 }

@@ -22,6 +22,7 @@ mod staged;
 pub mod status;
 mod summary;
 pub mod throttle;
+mod timeline;
 pub mod tls;
 pub mod verification;
 

@@ -196,6 +196,7 @@ async fn serve(
             .context("coordinator start-up")?,
     );
     let keyspace = Keyspace::new(&root);
+    let _traces = godwit_common::telemetry::init_traces("godwit-coordinator");
     let _metrics = godwit_common::telemetry::init_metrics(
         "godwit-coordinator",
         metrics,

@@ -7,7 +7,9 @@
 //! while one taken over streaming simply streams on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use crate::timeline;
+use std::time::{Duration, Instant, SystemTime};
 
 use godwit_common::job::{JobPhase, JobRecord, Phase, PlannedTable, SnapshotAt};
 use godwit_common::keyspace::Keyspace;
@@ -236,6 +238,8 @@ impl Phases<'_> {
         let spec = &prepared.spec;
         let job = &spec.job;
         let phase_start = Instant::now();
+        timeline::begin(record, "planning");
+        let step_start = SystemTime::now();
         let slot = snapshot::slot_name(job);
         snapshot::drop_slot(&spec.source, &slot)
             .await
@@ -320,8 +324,10 @@ impl Phases<'_> {
             .await
             .map_err(failed)?;
         record.phases.snapshot_ms = millis_since(phase_start);
+        timeline::step(record, "planning", "snapshot", step_start);
 
         let phase_start = Instant::now();
+        let step_start = SystemTime::now();
         if !prepared.marks.pre_data_done {
             // Recorded before anything else is written: a later run under
             // another mapping is refused against it (see preflight).
@@ -353,10 +359,15 @@ impl Phases<'_> {
         }
         run.dump = Some((schema_dir, dump));
         record.phases.schema_ms = millis_since(phase_start);
+        timeline::step(record, "planning", "schema", step_start);
         record.tables = self
             .publish_plan(prepared, run.copy_data)
             .await
             .map_err(failed)?;
+        timeline::end(record, "planning", None);
+        // Open before the workers can see the plan: their partitions' spans
+        // hang under this run of the copy.
+        timeline::begin(record, "copying");
         record.advance(Phase::Copying(at)).map_err(failed)?;
         self.put_record(record).await.map_err(failed)?;
         self.store
@@ -376,13 +387,17 @@ impl Phases<'_> {
         let failed = JobError::Failed;
         let job = &prepared.spec.job;
         let phase_start = Instant::now();
-        run.totals = self.wait_for_partitions(job, record).await?;
+        let partitions = self.wait_for_partitions(job, record).await?;
+        run.totals = CopyTotals::of(&partitions);
+        timeline::copied(record, &partitions);
         self.store
             .delete(&self.keyspace.active(job))
             .await
             .map_err(failed)?;
         record.phases.copy_ms = millis_since(phase_start);
         tracing::info!(job_id = %job, copy_ms = record.phases.copy_ms, rows = run.totals.rows, "all partitions copied");
+        timeline::end(record, "copying", None);
+        timeline::begin(record, "finalizing");
         record.advance(Phase::Finalizing(at)).map_err(failed)?;
         self.put_record(record).await.map_err(failed)
     }
@@ -410,6 +425,9 @@ impl Phases<'_> {
             .await
             .map_err(failed)?;
         let phase_start = Instant::now();
+        // A job taken over while it finalized plans and copies again.
+        timeline::begin(record, "finalizing");
+        let step_start = SystemTime::now();
         if run.copy_data {
             tracing::info!(job_id = %job, "building indexes and constraints");
             if restores_schema(prepared) {
@@ -442,6 +460,7 @@ impl Phases<'_> {
             tracing::info!(job_id = %job, created, "large objects created on the target");
         }
         record.phases.indexes_ms = millis_since(phase_start);
+        timeline::step(record, "finalizing", "indexes", step_start);
         let source = self.relock(prepared, run, at).await.map_err(failed)?;
         let views = godwit_common::pg::schema::populated_views(&source)
             .await
@@ -453,6 +472,7 @@ impl Phases<'_> {
             tracing::info!(job_id = %job, refreshed, "materialized views refreshed on the target");
         }
         let phase_start = Instant::now();
+        let step_start = SystemTime::now();
         let names: Vec<TableName> = record.tables.iter().map(|t| t.name.clone()).collect();
         let sequences = catalog::sequences(&source, &names, spec.all_tables())
             .await
@@ -473,6 +493,7 @@ impl Phases<'_> {
             }
         }
         record.phases.sequences_ms = millis_since(phase_start);
+        timeline::step(record, "finalizing", "sequences", step_start);
         // Ends the snapshot's transaction: its locks, and the horizon it
         // holds back on the source, are not kept through the check and the
         // stream; and the check's own source session takes its place within
@@ -480,8 +501,11 @@ impl Phases<'_> {
         // leaves the check's source side empty: a difference, never a match.
         drop(source);
         let phase_start = Instant::now();
+        let step_start = SystemTime::now();
         self.final_check(prepared, record, at).await?;
         record.phases.check_ms = millis_since(phase_start);
+        timeline::step(record, "finalizing", "check", step_start);
+        timeline::end(record, "finalizing", None);
         write_manifest(
             run.sealed().map_err(failed)?,
             &target,
@@ -493,6 +517,7 @@ impl Phases<'_> {
         )
         .await
         .map_err(failed)?;
+        crate::staged::stage_history(spec, record).await;
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?run.totals.stages, "job timings");
         Ok(())
     }
@@ -721,12 +746,12 @@ impl Phases<'_> {
         Ok(planned)
     }
 
-    /// Waits until every partition is copied.
+    /// Waits until every partition is copied; what they are then.
     pub(crate) async fn wait_for_partitions(
         &self,
         job: &godwit_common::ids::JobId,
         record: &JobRecord,
-    ) -> Result<CopyTotals, JobError> {
+    ) -> Result<Vec<PartitionRecord>, JobError> {
         let expected: usize = record.tables.iter().map(|t| t.partitions.len()).sum();
         let partitions = work::await_done::<PartitionRecord, _, _>(
             self.store.clone(),
@@ -740,14 +765,7 @@ impl Phases<'_> {
             work::Stopped::Cancelled => JobError::Cancelled(job.to_string()),
             work::Stopped::Failed(e) => JobError::Failed(e),
         })?;
-        let mut totals = CopyTotals::default();
-        for partition in &partitions {
-            totals.rows += partition.rows;
-            totals.bytes_read += partition.bytes_read;
-            totals.bytes_staged += partition.bytes_staged;
-            totals.stages.add(&partition.timings);
-        }
-        Ok(totals)
+        Ok(partitions)
     }
 
     pub(crate) async fn cancel_requested(&self, job: &godwit_common::ids::JobId) -> Result<bool> {

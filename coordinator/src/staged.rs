@@ -116,3 +116,16 @@ pub(crate) async fn write_manifest(
         })
         .await
 }
+
+/// Seals the job's history beside its reports, for the debrief; a job
+/// whose history cannot be staged says so and goes on (its rows and
+/// verification do not depend on it).
+pub(crate) async fn stage_history(spec: &godwit_common::spec::JobSpec, record: &JobRecord) {
+    let staged = async {
+        let sealed = SealedStaging::open(spec).await?;
+        godwit_common::history::store(&sealed, &record.history).await
+    };
+    if let Err(e) = staged.await {
+        tracing::warn!(job_id = %spec.job, error = %e, "cannot stage the job's history: its debrief shows no timeline");
+    }
+}

@@ -30,3 +30,16 @@ pub(crate) struct CopyTotals {
     pub(crate) bytes_staged: u64,
     pub(crate) stages: StageTimings,
 }
+
+impl CopyTotals {
+    pub(crate) fn of(partitions: &[godwit_common::work::PartitionRecord]) -> Self {
+        let mut totals = Self::default();
+        for partition in partitions {
+            totals.rows += partition.rows;
+            totals.bytes_read += partition.bytes_read;
+            totals.bytes_staged += partition.bytes_staged;
+            totals.stages.add(&partition.timings);
+        }
+        totals
+    }
+}

@@ -1,6 +1,6 @@
-//! An OTLP/gRPC metrics receiver, as a collector would be: keeps every
-//! data point it is sent, so a test can look for a metric and its
-//! attributes.
+//! An OTLP/gRPC receiver, as a collector would be: keeps every metric data
+//! point and every span it is sent, so a test can look for a metric and
+//! its attributes, or walk a trace's tree.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,9 +10,100 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use tokio_stream::wrappers::TcpListenerStream;
+
+/// One span as received: ids in hex, the sending service's name.
+#[derive(Debug, Clone)]
+pub struct SpanSeen {
+    pub service: String,
+    pub name: String,
+    pub trace: String,
+    pub span: String,
+    /// Empty for a root span.
+    pub parent: String,
+    pub attributes: Vec<(String, String)>,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    /// The span's status says it failed.
+    pub failed: bool,
+}
+
+impl SpanSeen {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn text_of(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+#[derive(Default, Clone)]
+struct SpanSink {
+    spans: Arc<Mutex<Vec<SpanSeen>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut seen = Vec::new();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .map(|kv| text_of(kv.value.as_ref()))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    seen.push(SpanSeen {
+                        service: service.clone(),
+                        name: span.name,
+                        trace: hex::encode(&span.trace_id),
+                        span: hex::encode(&span.span_id),
+                        parent: hex::encode(&span.parent_span_id),
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), text_of(kv.value.as_ref())))
+                            .collect(),
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
+                        // STATUS_CODE_ERROR
+                        failed: span.status.is_some_and(|s| s.code == 2),
+                    });
+                }
+            }
+        }
+        if let Ok(mut all) = self.spans.lock() {
+            all.extend(seen);
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
 
 /// One data point: metric name, its attributes as text, its value.
 #[derive(Debug, Clone)]
@@ -52,14 +143,7 @@ impl MetricsService for Sink {
                         let attributes = point
                             .attributes
                             .iter()
-                            .map(|kv| {
-                                let text = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                                    Some(Value::StringValue(s)) => s.clone(),
-                                    Some(other) => format!("{other:?}"),
-                                    None => String::new(),
-                                };
-                                (kv.key.clone(), text)
-                            })
+                            .map(|kv| (kv.key.clone(), text_of(kv.value.as_ref())))
                             .collect();
                         points.push(Point {
                             metric: metric.name.clone(),
@@ -82,6 +166,7 @@ impl MetricsService for Sink {
 pub struct OtlpReceiver {
     pub port: u16,
     points: Arc<Mutex<Vec<Point>>>,
+    spans: Arc<Mutex<Vec<SpanSeen>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -91,21 +176,25 @@ impl OtlpReceiver {
         let port = listener.local_addr()?.port();
         let sink = Sink::default();
         let points = sink.points.clone();
+        let span_sink = SpanSink::default();
+        let spans = span_sink.spans.clone();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(MetricsServiceServer::new(sink))
+                .add_service(TraceServiceServer::new(span_sink))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
         Ok(Self {
             port,
             points,
+            spans,
             server,
         })
     }
 
     /// The environment that makes a godwit binary export to this receiver,
-    /// every 200 ms.
+    /// metrics and spans every 200 ms.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             (
@@ -113,6 +202,7 @@ impl OtlpReceiver {
                 format!("http://127.0.0.1:{}", self.port),
             ),
             ("OTEL_METRIC_EXPORT_INTERVAL".into(), "200".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ]
     }
 
@@ -130,6 +220,13 @@ impl OtlpReceiver {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+impl OtlpReceiver {
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<SpanSeen> {
+        self.spans.lock().map(|all| all.clone()).unwrap_or_default()
     }
 }
 

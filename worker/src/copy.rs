@@ -25,7 +25,10 @@ use godwit_common::staging::Staging;
 use godwit_common::work::{PartitionRecord, StageTimings};
 use godwit_common::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use godwit_common::telemetry::traces::{self, Done, SpanRef};
+use opentelemetry::KeyValue;
 
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +60,8 @@ pub struct PartitionJob<'a> {
     pub stop: watch::Receiver<bool>,
     /// Holds the source reads to the lease's share of the customer's budget.
     pub pacer: ReadPacer,
+    /// This attempt's span in the job's trace: its chunks' spans hang here.
+    pub trace: Option<SpanRef>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,8 @@ struct ReadBatch {
     batch: TupleBatch,
     bytes_read: u64,
     read_time: Duration,
+    /// From the end of the last batch to the cut of this one.
+    read_span: (SystemTime, SystemTime),
 }
 
 /// Copies one partition; `record` is updated (and published, fenced by the
@@ -185,6 +192,7 @@ pub async fn copy_partition(
             None => RowCutter::new(format, chunk_size),
         };
         let mut read_since_batch = 0u64;
+        let mut batch_started = SystemTime::now();
         let mut unpaced = 0u64;
         let mut waited = Duration::ZERO;
         loop {
@@ -214,10 +222,12 @@ pub async fn copy_partition(
             match cutter.feed(&data) {
                 Ok(batches) => {
                     for batch in batches {
+                        let cut_at = SystemTime::now();
                         let read = ReadBatch {
                             batch,
                             bytes_read: std::mem::take(&mut read_since_batch),
                             read_time: std::mem::take(&mut waited),
+                            read_span: (std::mem::replace(&mut batch_started, cut_at), cut_at),
                         };
                         if batches_tx.send(Ok(read)).await.is_err()
                             || loaded_rx.recv().await.is_none()
@@ -238,6 +248,7 @@ pub async fn copy_partition(
                     batch,
                     bytes_read: read_since_batch,
                     read_time: waited,
+                    read_span: (batch_started, SystemTime::now()),
                 };
                 let _ = batches_tx.send(Ok(read)).await;
             }
@@ -270,13 +281,20 @@ pub async fn copy_partition(
                 batch,
                 bytes_read,
                 read_time,
+                read_span,
             } = next?;
             stats.bytes_read += bytes_read;
             crate::copy_metrics::read(&measured_job, &measured_table, bytes_read);
             stats.timings.read_ms += read_time.as_millis() as u64;
             job.lease.check()?;
-            let staged =
-                process_chunk(&job, &mut target, record.partition, seq, batch, &mut stats).await?;
+            let staged = process_chunk(
+                &job,
+                &mut target,
+                (record.partition, seq),
+                (batch, read_span),
+                &mut stats,
+            )
+            .await?;
             stats.bytes_staged += staged;
             seq += 1;
             record.rows = stats.rows;
@@ -308,9 +326,8 @@ pub async fn copy_partition(
 async fn process_chunk(
     job: &PartitionJob<'_>,
     target: &mut PartitionLoader,
-    partition: u32,
-    seq: u64,
-    batch: TupleBatch,
+    (partition, seq): (u32, u64),
+    (batch, read_span): (TupleBatch, (SystemTime, SystemTime)),
     stats: &mut CopyStats,
 ) -> Result<u64> {
     let table = job.table.name.to_string();
@@ -326,6 +343,7 @@ async fn process_chunk(
     let tuples = Bytes::from(batch.bytes);
     let to_seal = tuples.clone();
     let started = Instant::now();
+    let mut stamps = ChunkStamps::from(read_span);
     let (digest, frame) = tokio::task::spawn_blocking(move || {
         let digest = Sha256::digest(&to_seal).to_vec();
         chunk::seal(&id, rows, &to_seal, &key).map(|frame| (digest, frame))
@@ -336,6 +354,7 @@ async fn process_chunk(
         reason: e.to_string(),
     })??;
     let sealed = Instant::now();
+    stamps.sealed = SystemTime::now();
     stats.timings.seal_ms += (sealed - started).as_millis() as u64;
     let staged_len = frame.len() as u64;
     let path = job
@@ -343,6 +362,7 @@ async fn process_chunk(
         .chunk_path(&job.spec.job, &table, partition, seq);
     job.staging.put(&path, frame).await?;
     let staged = Instant::now();
+    stamps.staged = SystemTime::now();
     stats.timings.stage_ms += (staged - sealed).as_millis() as u64;
     job.lease.check()?;
     let outcome = target
@@ -355,6 +375,10 @@ async fn process_chunk(
         })
         .await?;
     stats.timings.load_ms += staged.elapsed().as_millis() as u64;
+    if let Some(partition_span) = job.trace {
+        stamps.loaded = SystemTime::now();
+        stamps.emit(partition_span, seq, rows, staged_len, outcome);
+    }
     stats.rows += rows;
     if outcome == LoadOutcome::Applied {
         stats.chunks_applied += 1;
@@ -366,4 +390,69 @@ async fn process_chunk(
         );
     }
     Ok(staged_len)
+}
+
+/// When each stage of one chunk ended, for its spans.
+struct ChunkStamps {
+    read: (SystemTime, SystemTime),
+    sealed: SystemTime,
+    staged: SystemTime,
+    loaded: SystemTime,
+}
+
+impl From<(SystemTime, SystemTime)> for ChunkStamps {
+    fn from(read: (SystemTime, SystemTime)) -> Self {
+        Self {
+            read,
+            sealed: read.1,
+            staged: read.1,
+            loaded: read.1,
+        }
+    }
+}
+
+impl ChunkStamps {
+    /// The chunk's span under its partition's, and one per stage under it:
+    /// read, compress+encrypt (`seal`), stage, load.
+    fn emit(
+        &self,
+        partition: SpanRef,
+        seq: u64,
+        rows: u64,
+        staged_bytes: u64,
+        outcome: LoadOutcome,
+    ) {
+        let chunk = partition.new_child();
+        traces::emit(Done {
+            name: "chunk",
+            span: chunk,
+            parent: Some(partition),
+            start: self.read.0,
+            end: self.loaded,
+            attributes: vec![
+                KeyValue::new("godwit.chunk", seq as i64),
+                KeyValue::new("godwit.rows", rows as i64),
+                KeyValue::new("godwit.staged_bytes", staged_bytes as i64),
+                KeyValue::new("godwit.applied", outcome == LoadOutcome::Applied),
+            ],
+            error: None,
+        });
+        let stages = [
+            ("read", self.read.0, self.read.1),
+            ("seal", self.read.1, self.sealed),
+            ("stage", self.sealed, self.staged),
+            ("load", self.staged, self.loaded),
+        ];
+        for (name, start, end) in stages {
+            traces::emit(Done {
+                name,
+                span: chunk.new_child(),
+                parent: Some(chunk),
+                start,
+                end,
+                attributes: Vec::new(),
+                error: None,
+            });
+        }
+    }
 }

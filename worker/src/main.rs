@@ -128,6 +128,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         // The metrics pipeline runs on this runtime; kept until the worker ends.
         let _metrics = godwit_common::telemetry::init_metrics("godwit-worker", metrics, None).await;
+        let _traces = godwit_common::telemetry::init_traces("godwit-worker");
         let store = EtcdStore::connect_with(&etcd, &etcd_access).await?;
         let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
         worker.run(godwit_common::shutdown::signal()).await

@@ -14,10 +14,12 @@ use godwit_common::job::{JobPhase, JobRecord};
 use godwit_common::keyspace::Keyspace;
 use godwit_common::lease::{Change, HeldLease, LeaseStore, LeaseTiming, Wakeups};
 use godwit_common::state::{self, VerifyRun};
+use godwit_common::telemetry::traces;
 use godwit_common::work::{
     self, Claimed, PartitionRecord, RetryPolicy, Settled, StreamItem, VerifyRange, WorkItem,
 };
 use godwit_common::{Error, Result};
+use opentelemetry::KeyValue;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -563,6 +565,7 @@ impl Worker {
             sealed: self.keys.sealed(&job.spec).await?,
             session: following.session,
             pacer: ReadPacer::new(following.share.clone()),
+            trace: job.phase_span("streaming"),
         };
         let token = claimed.lease().lease_id().0;
         let item = claimed.item.clone();
@@ -601,7 +604,16 @@ impl Worker {
                 ))
             })?;
         let sealed = self.keys.sealed(&job.spec).await?;
-        copy_partition(
+        if record.started_unix_ms == 0 {
+            record.started_unix_ms = godwit_common::state::now_unix_ms();
+        }
+        // This attempt's span, under its table's in the job's copy.
+        let table_span = job
+            .phase_span("copying")
+            .map(|copying| traces::table(copying, &table.name.to_string()));
+        let span = table_span.map(|t| t.new_child());
+        let started = std::time::SystemTime::now();
+        let copied = copy_partition(
             PartitionJob {
                 spec: &job.spec,
                 snapshot,
@@ -613,11 +625,33 @@ impl Worker {
                 session: following.session,
                 stop: following.hand_back.clone(),
                 pacer: ReadPacer::new(following.share.clone()),
+                trace: span,
             },
             record,
         )
-        .await?;
-        Ok(())
+        .await;
+        if copied.is_ok() {
+            record.finished_unix_ms = godwit_common::state::now_unix_ms();
+        }
+        if let (Some(span), Some(parent)) = (span, table_span) {
+            traces::emit(traces::Done {
+                name: "partition",
+                span,
+                parent: Some(parent),
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    KeyValue::new("godwit.job", job.spec.job.to_string()),
+                    KeyValue::new("godwit.table", table.name.to_string()),
+                    KeyValue::new("godwit.partition", i64::from(record.partition)),
+                    KeyValue::new("godwit.rows", record.rows as i64),
+                    KeyValue::new("godwit.chunks", record.chunks_applied as i64),
+                    KeyValue::new("godwit.worker", self.config.id.clone()),
+                ],
+                error: copied.as_ref().err().map(|e| e.to_string()),
+            });
+        }
+        copied.map(|_| ())
     }
 }
 

@@ -17,7 +17,7 @@ mod masked;
 mod report;
 mod sample;
 mod schema;
-mod store;
+pub(crate) mod store;
 mod view;
 
 pub use changed::{CHANGED_KEYS, compare_changed};

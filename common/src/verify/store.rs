@@ -14,7 +14,7 @@ use crate::state::VerifyRun;
 use crate::{Error, Result};
 
 /// Seals `value` as JSON with the job's data key at `path`.
-async fn put_sealed<T: Serialize>(
+pub(crate) async fn put_sealed<T: Serialize>(
     staging: &Staging,
     key: &DataKey,
     path: &ObjectPath,
@@ -28,7 +28,7 @@ async fn put_sealed<T: Serialize>(
     staging.put(path, chunk::seal(id, 0, &json, key)?).await
 }
 
-async fn get_sealed<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn get_sealed<T: for<'de> Deserialize<'de>>(
     staging: &Staging,
     key: &DataKey,
     path: &ObjectPath,

@@ -79,12 +79,17 @@ pub struct PartitionRecord {
     /// the platform's references the rows of those tables.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub wave: u32,
+    /// When a worker first started it, and when its copy ended.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub finished_unix_ms: u64,
     #[serde(flatten)]
     pub attempts: Attempts,
 }
 
-fn is_zero(wave: &u32) -> bool {
-    *wave == 0
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl PartitionRecord {
@@ -106,6 +111,8 @@ impl PartitionRecord {
             chunks_applied: 0,
             timings: StageTimings::default(),
             wave: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
             attempts: Attempts::default(),
         }
     }

@@ -259,6 +259,12 @@ impl Godwit for GodwitService {
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let caller = self.access.caller(&request)?;
         self.access.authorize(&caller, Action::Submit, None)?;
+        // The caller's span, if it sent one: the job's trace hangs under it.
+        let submitter = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(godwit_common::telemetry::traces::SpanRef::from_traceparent);
         let spec = JobSpec::from_yaml(&request.into_inner().spec_yaml, "submitted job spec")
             .map_err(JobError::Rejected)?;
         self.access
@@ -267,7 +273,7 @@ impl Godwit for GodwitService {
         self.access.admit(&spec)?;
         let prepared = preflight(spec).await?;
         let driver = JobDriver::new(self.store.clone(), self.keyspace.clone());
-        driver.register(&prepared).await?;
+        driver.register(&prepared, submitter).await?;
         let job_id = prepared.spec.job.to_string();
         tracing::info!(job_id = %job_id, customer = %prepared.spec.customer, "job submitted");
         self.audited(&caller, &prepared.spec, "job.submit", "accepted", None)

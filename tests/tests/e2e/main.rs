@@ -30,4 +30,5 @@ mod signoff;
 mod stream_workers;
 mod throttle;
 mod tls;
+mod traces;
 mod verify;

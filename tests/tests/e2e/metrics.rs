@@ -3,10 +3,13 @@
 //! state moves from pending to done and counts one matching
 //! verification; the worker's rows, bytes and chunks per job and table
 //! add up to what the databases themselves count; `status`, `watch` and
-//! `report` print the same job as JSON for automation.
+//! `report` print the same job as JSON for automation; the job's trace
+//! reaches the suite's OTLP collector from the CLI, the coordinator and
+//! the worker as one tree.
 
 use std::time::Duration;
 
+use godwit_tests::otlp::OtlpReceiver;
 use godwit_tests::{
     Etcd, Job, Service, describe, free_port, run_godwit, source_and_target, spec_body, user_tables,
     wait_until,
@@ -64,15 +67,24 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
     let etcd = Etcd::start()?;
     let root = "/godwit-metrics";
     let coordinator_metrics = format!("127.0.0.1:{}", free_port()?);
+    // Every process sends its spans to the suite's collector.
+    let collector = OtlpReceiver::start().await?;
+    let traced = |mut env: Vec<(String, String)>| {
+        env.extend(collector.env());
+        env
+    };
     let (coordinator, url) = Service::coordinator(
         &etcd.url(),
         root,
-        &[(
+        &traced(vec![(
             "GODWIT__COORDINATOR__METRICS_LISTEN".to_owned(),
             coordinator_metrics.clone(),
-        )],
+        )]),
     )?;
-    let submitted = run_godwit(&["submit", "--coordinator", &url, job.spec()], &[])?;
+    let submitted = run_godwit(
+        &["submit", "--coordinator", &url, job.spec()],
+        &collector.env(),
+    )?;
     assert!(submitted.status.success(), "{}", describe(&submitted));
 
     // No worker yet: the coordinator awaits the job's partitions, all
@@ -101,10 +113,10 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
         root,
         &url,
         &[],
-        &[(
+        &traced(vec![(
             "GODWIT__WORKER__METRICS_LISTEN".to_owned(),
             worker_metrics.clone(),
-        )],
+        )]),
     )?;
     let watched = run_godwit(&["watch", "--coordinator", &url, "measured"], &[])?;
     assert!(watched.status.success(), "{}", describe(&watched));
@@ -204,11 +216,13 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
     let text = scrape(&worker_metrics).await?;
     let src = source.client("shop").await?;
     let mut total = 0.0;
+    let mut counted = std::collections::HashMap::new();
     for table in user_tables(&src).await? {
         let rows: i64 = src
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await?
             .get(0);
+        counted.insert(table.clone(), rows);
         let label = format!("table=\"{table}\"");
         let loaded = sample(&text, "godwit_copy_rows_total", &[job_label, &label]).unwrap_or(0.0);
         assert_eq!(loaded, rows as f64, "{table}:\n{text}");
@@ -225,5 +239,10 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
             "{name} did not move:\n{text}"
         );
     }
+
+    // One trace from `godwit submit` through the coordinator to the
+    // worker's chunks, its tables' rows as the source counts them.
+    let tree = crate::traces::Tree::of_job(&collector, "measured").await?;
+    crate::traces::assert_copy_tree(&tree, "godwit submit", &counted)?;
     Ok(())
 }

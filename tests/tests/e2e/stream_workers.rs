@@ -20,7 +20,16 @@ fn godwit(args: &[&str]) -> anyhow::Result<std::process::Output> {
 
 /// A deployment on etcd: one coordinator, leading.
 async fn deployment(etcd: &Etcd, root: &str) -> anyhow::Result<(Service, String)> {
-    let (coordinator, url) = Service::coordinator(&etcd.url(), root, &[])?;
+    traced_deployment(etcd, root, &[]).await
+}
+
+/// A deployment whose coordinator runs with `env` (an OTLP collector's).
+async fn traced_deployment(
+    etcd: &Etcd,
+    root: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<(Service, String)> {
+    let (coordinator, url) = Service::coordinator(&etcd.url(), root, env)?;
     coordinator
         .logged("leading the deployment", Duration::from_secs(30))
         .await?;
@@ -39,9 +48,10 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
     source.hand_tables_to_migrator("shop").await?;
     let etcd = Etcd::start()?;
     let root = "/godwit-stream-workers";
-    let (coordinator, url) = deployment(&etcd, root).await?;
-    // The stream's figures are exported as metrics, to a collector of our own.
+    // The stream's figures are exported as metrics, and every process's
+    // spans, to a collector of our own.
     let collector = OtlpReceiver::start().await?;
+    let (coordinator, url) = traced_deployment(&etcd, root, &collector.env()).await?;
     let mut workers = [
         Service::worker("worker-a", &etcd.url(), root, &url, &[], &collector.env())?,
         Service::worker("worker-b", &etcd.url(), root, &url, &[], &collector.env())?,
@@ -49,7 +59,10 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
     let job = Job::create(|staging| {
         spec_body("lost-worker", &source, &target, staging) + "\nchanges: {}"
     })?;
-    let submitted = godwit(&["submit", "--coordinator", &url, job.spec()])?;
+    let submitted = run_godwit(
+        &["submit", "--coordinator", &url, job.spec()],
+        &collector.env(),
+    )?;
     assert!(submitted.status.success(), "{}", describe(&submitted));
     let (writes, writer) = start_writer(&source)?;
     wait_for_streaming(&url, "lost-worker").await?;
@@ -132,6 +145,49 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
         || async { Ok((stream_leftovers(&src).await? == 0).then_some(())) },
     )
     .await?;
+    assert_stream_trace(&collector).await
+}
+
+/// The stream's part of the job's trace: the change batches the workers
+/// applied under the stream's span, the cutover and its steps under the
+/// job's.
+async fn assert_stream_trace(collector: &OtlpReceiver) -> anyhow::Result<()> {
+    let tree = crate::traces::Tree::of_job(collector, "lost-worker").await?;
+    tree.assert_connected()?;
+    let job = tree.one("job")?;
+    assert_eq!(tree.one("godwit submit")?.span, job.parent);
+    let streaming = tree.one("streaming")?;
+    assert_eq!(streaming.parent, job.span);
+    let batches = tree.children(streaming);
+    assert!(
+        !batches.is_empty() && batches.iter().all(|b| b.name == "change batch"),
+        "{}",
+        tree.outline()
+    );
+    let applied: i64 = batches
+        .iter()
+        .map(|b| b.attribute("godwit.rows").unwrap_or("0").parse::<i64>())
+        .sum::<Result<i64, _>>()?;
+    assert!(applied > 0, "no row in the change batches");
+    assert!(
+        batches.iter().all(|b| b.service == "godwit-worker"),
+        "{}",
+        tree.outline()
+    );
+    let cutover = tree.one("cutover")?;
+    assert_eq!(cutover.parent, job.span);
+    assert_eq!(cutover.attribute("godwit.succeeded"), Some("true"));
+    let steps = tree.child_names(cutover);
+    for step in [
+        "check changed rows",
+        "drain",
+        "freeze",
+        "frozen",
+        "sequences",
+        "verify before the freeze",
+    ] {
+        assert!(steps.iter().any(|s| s == step), "cutover steps: {steps:?}");
+    }
     Ok(())
 }
 

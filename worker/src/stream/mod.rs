@@ -16,6 +16,8 @@
 mod metrics;
 mod spill;
 
+use godwit_common::telemetry::traces::{self, SpanRef};
+use opentelemetry::KeyValue;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -78,6 +80,9 @@ pub(crate) struct StreamContext {
     pub sealed: SealedStaging,
     pub session: SessionSlot,
     pub pacer: ReadPacer,
+    /// The stream's run in the job's trace: each applied batch's span
+    /// hangs here.
+    pub trace: Option<SpanRef>,
 }
 
 /// What one read of the slot did.
@@ -128,6 +133,7 @@ pub(crate) struct Streamer {
     /// What the session sent past a stop and nothing applied yet: the next
     /// read begins with it. Only ever held with `changes`.
     carried: Option<spill::Carried>,
+    trace: Option<SpanRef>,
 }
 
 impl Streamer {
@@ -190,6 +196,7 @@ impl Streamer {
             replica: false,
             changes: None,
             carried: None,
+            trace: context.trace,
             spec,
         };
         streamer.enter_replica_mode().await?;
@@ -460,6 +467,8 @@ impl Streamer {
     /// and confirms to the source what is now committed on the target.
     async fn poll(&mut self, visible: Option<&SnapshotBounds>, upto: u64) -> Result<Polled> {
         let job = self.spec.job.clone();
+        let started = std::time::SystemTime::now();
+        let from = self.applied;
         let carried = self.carried.take();
         let mut changes = match self.changes.take() {
             Some(changes) => changes,
@@ -527,6 +536,23 @@ impl Streamer {
                 .map(|us| ((us / 1000) + PG_EPOCH_UNIX_MS).max(0) as u64);
             if !applied.xids.is_empty() {
                 self.recent = applied.xids;
+            }
+            if let Some(stream) = self.trace {
+                traces::emit(traces::Done {
+                    name: "change batch",
+                    span: stream.new_child(),
+                    parent: Some(stream),
+                    start: started,
+                    end: std::time::SystemTime::now(),
+                    attributes: vec![
+                        KeyValue::new("godwit.job", job.to_string()),
+                        KeyValue::new("godwit.transactions", polled.transactions as i64),
+                        KeyValue::new("godwit.rows", polled.rows as i64),
+                        KeyValue::new("godwit.from_lsn", format_lsn(from)),
+                        KeyValue::new("godwit.to_lsn", format_lsn(self.applied)),
+                    ],
+                    error: None,
+                });
             }
         }
         // What was received but not applied (past a stop) is read first

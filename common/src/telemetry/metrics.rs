@@ -1,20 +1,7 @@
-//! Logging, tracing and metrics setup shared by the binaries.
+//! The metrics pipeline: OTLP export and the `/metrics` endpoint Prometheus
+//! scrapes. Owns no instrument: each module keeps its own.
 
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use tracing_subscriber::EnvFilter;
-
-/// Structured logs to stderr, filtered by `GODWIT_LOG` (default `info`).
-pub fn init(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_env("GODWIT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for people: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
 
 /// The process's metrics pipeline; dropping it sends what is pending and
 /// stops serving `/metrics`.

@@ -1,0 +1,209 @@
+//! The coordinator's part of a job's trace and history: each phase and
+//! each step as it ends becomes a span of the job's trace and a line of
+//! the debrief's timeline; the copy's tables become spans once all their
+//! partitions are copied; the job's own span goes out when it ends.
+//! Names, counts and times only: never a value of the customer's rows.
+
+use std::time::SystemTime;
+
+use godwit_common::history::PartitionRun;
+use godwit_common::job::{CutoverRecord, JobRecord};
+use godwit_common::state::now_unix_ms;
+use godwit_common::telemetry::traces::{self, Done, at_unix_ms};
+use godwit_common::work::PartitionRecord;
+use opentelemetry::KeyValue;
+
+fn job_attribute(record: &JobRecord) -> KeyValue {
+    KeyValue::new("godwit.job", record.spec.job.to_string())
+}
+
+/// Starts a run of `phase` (kept open if it runs already).
+pub(crate) fn begin(record: &mut JobRecord, phase: &str) {
+    record.history.open(phase, now_unix_ms());
+}
+
+/// Ends the open run of `phase`: its span goes out under the job's.
+pub(crate) fn end(record: &mut JobRecord, phase: &str, error: Option<String>) {
+    let Some(run) = record.history.close(phase, now_unix_ms()) else {
+        return;
+    };
+    let Some(trace) = record.trace.as_ref() else {
+        return;
+    };
+    let (Some(span), parent) = (trace.phase(phase, run.started_unix_ms), trace.span()) else {
+        return;
+    };
+    traces::emit(Done {
+        name: phase,
+        span,
+        parent,
+        start: at_unix_ms(run.started_unix_ms),
+        end: at_unix_ms(run.ended_unix_ms),
+        attributes: vec![job_attribute(record)],
+        error,
+    });
+}
+
+/// A step of the open `phase` that started at `started` and ends now.
+pub(crate) fn step(record: &mut JobRecord, phase: &str, step: &str, started: SystemTime) {
+    step_with(record, phase, step, started, Vec::new(), None);
+}
+
+/// A step with what it did, or why it failed.
+pub(crate) fn step_with(
+    record: &mut JobRecord,
+    phase: &str,
+    step: &str,
+    started: SystemTime,
+    mut attributes: Vec<KeyValue>,
+    error: Option<String>,
+) {
+    let started_ms = unix_ms(started);
+    record.history.step(phase, step, started_ms, now_unix_ms());
+    if let Some(parent) = record.phase_span(phase) {
+        attributes.push(job_attribute(record));
+        traces::emit(Done {
+            name: step,
+            span: parent.new_child(),
+            parent: Some(parent),
+            start: started,
+            end: SystemTime::now(),
+            attributes,
+            error,
+        });
+    }
+}
+
+/// The copy's tables as spans under the copy's (each from its first
+/// partition's start to its last one's end, with its rows and bytes), and
+/// the copy's progress over time in the history.
+pub(crate) fn copied(record: &mut JobRecord, partitions: &[PartitionRecord]) {
+    let runs: Vec<PartitionRun> = partitions
+        .iter()
+        .map(|p| PartitionRun {
+            started_unix_ms: p.started_unix_ms,
+            finished_unix_ms: p.finished_unix_ms,
+            bytes: p.bytes_read,
+            rows: p.rows,
+        })
+        .collect();
+    record.history.copy_progress(&runs, 60);
+    let Some(copying) = record.phase_span("copying") else {
+        return;
+    };
+    for table in &record.tables {
+        let name = table.name.to_string();
+        let mine: Vec<&PartitionRecord> = partitions
+            .iter()
+            .filter(|p| p.table == table.name && table.partitions.contains(&p.partition))
+            .collect();
+        let (Some(start), Some(end)) = (
+            mine.iter()
+                .map(|p| p.started_unix_ms)
+                .filter(|t| *t > 0)
+                .min(),
+            mine.iter().map(|p| p.finished_unix_ms).max(),
+        ) else {
+            continue;
+        };
+        traces::emit(Done {
+            name: "table",
+            span: traces::table(copying, &name),
+            parent: Some(copying),
+            start: at_unix_ms(start),
+            end: at_unix_ms(end),
+            attributes: vec![
+                job_attribute(record),
+                KeyValue::new("godwit.table", name),
+                KeyValue::new("godwit.partitions", mine.len() as i64),
+                KeyValue::new(
+                    "godwit.rows",
+                    mine.iter().map(|p| p.rows).sum::<u64>() as i64,
+                ),
+                KeyValue::new(
+                    "godwit.bytes_read",
+                    mine.iter().map(|p| p.bytes_read).sum::<u64>() as i64,
+                ),
+            ],
+            error: None,
+        });
+    }
+}
+
+/// One cutover attempt, its steps below it, under the job's span.
+pub(crate) fn cutover(record: &mut JobRecord, cut: &CutoverRecord) {
+    record.history.cutover(cut.clone());
+    let Some(job) = record.trace.as_ref().and_then(|t| t.span()) else {
+        return;
+    };
+    let span = job.child(&["cutover", &cut.started_at_unix_ms.to_string()]);
+    let end = cut
+        .steps
+        .iter()
+        .map(|s| s.ended_unix_ms)
+        .max()
+        .unwrap_or_else(now_unix_ms);
+    traces::emit(Done {
+        name: "cutover",
+        span,
+        parent: Some(job),
+        start: at_unix_ms(cut.started_at_unix_ms),
+        end: at_unix_ms(end.max(cut.started_at_unix_ms)),
+        attributes: vec![
+            job_attribute(record),
+            KeyValue::new("godwit.frozen_ms", cut.frozen_ms as i64),
+            KeyValue::new("godwit.succeeded", cut.succeeded),
+        ],
+        error: cut.error.clone(),
+    });
+    for step in &cut.steps {
+        traces::emit(Done {
+            name: &step.name,
+            span: span.new_child(),
+            parent: Some(span),
+            start: at_unix_ms(step.started_unix_ms),
+            end: at_unix_ms(step.ended_unix_ms),
+            attributes: vec![job_attribute(record)],
+            error: None,
+        });
+    }
+}
+
+/// The job has ended: the phases it left open end with it (with its error
+/// if it failed), then the job's own span goes out under its submitter's.
+pub(crate) fn finished(record: &mut JobRecord) {
+    let open: Vec<String> = record
+        .history
+        .phases
+        .iter()
+        .filter(|p| p.within.is_none() && p.ended_unix_ms == 0)
+        .map(|p| p.name.clone())
+        .collect();
+    for phase in open {
+        end(record, &phase, record.error.clone());
+    }
+    let Some(trace) = record.trace.as_ref() else {
+        return;
+    };
+    let Some(span) = trace.span() else {
+        return;
+    };
+    traces::emit(Done {
+        name: "job",
+        span,
+        parent: trace.caller(),
+        start: at_unix_ms(record.started_at_unix_ms),
+        end: at_unix_ms(record.finished_at_unix_ms.unwrap_or_else(now_unix_ms)),
+        attributes: vec![
+            job_attribute(record),
+            KeyValue::new("godwit.customer", record.spec.customer.to_string()),
+            KeyValue::new("godwit.outcome", format!("{:?}", record.phase())),
+        ],
+        error: record.error.clone(),
+    });
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
