@@ -509,7 +509,7 @@ pub async fn report(spec_path: &Path, format: crate::ReportFormat) -> i32 {
     match loaded.await {
         Ok(report) => {
             match format {
-                crate::ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+                crate::ReportFormat::Report => match serde_json::to_string_pretty(&report) {
                     Ok(text) => println!("{text}"),
                     Err(e) => {
                         eprintln!("error: cannot render the report: {e}");
@@ -517,13 +517,11 @@ pub async fn report(spec_path: &Path, format: crate::ReportFormat) -> i32 {
                     }
                 },
                 crate::ReportFormat::Summary => println!("{}", report.summary()),
-                crate::ReportFormat::Html => {
-                    // What moved comes from the staged copy's manifest.
-                    let manifest = match godwit_common::sealed::SealedStaging::open(&spec).await {
-                        Ok(sealed) => sealed.get_manifest().await.ok().flatten(),
-                        Err(_) => None,
-                    };
-                    print!("{}", crate::debrief::html(&report, manifest.as_ref()));
+                crate::ReportFormat::Html
+                | crate::ReportFormat::Pdf
+                | crate::ReportFormat::Json => {
+                    let debrief = godwit_common::debrief::gather(&spec, report).await;
+                    return crate::debrief::write(&debrief, format);
                 }
             }
             0

@@ -19,9 +19,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// The report as a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ReportFormat {
+    /// The verification's findings, for people.
     Summary,
+    /// The debrief's material (report, manifest, history, audit head).
     Json,
     Html,
+    Pdf,
+    /// The verification report alone (`--json`, `--output json`).
+    #[value(skip)]
+    Report,
 }
 
 /// How a command prints what it shows.
@@ -166,7 +172,8 @@ enum Command {
         json: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        /// `html`: the customer's debrief as one HTML document on stdout.
+        /// `html`, `pdf`, `json`: the customer's debrief as one document on
+        /// stdout (`pdf` only into a file or a pipe).
         #[arg(long, value_enum)]
         format: Option<ReportFormat>,
     },
@@ -334,7 +341,13 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let traces = godwit_common::telemetry::init_traces("godwit");
+        let traces = match godwit_common::telemetry::init_traces("godwit") {
+            Ok(traces) => traces,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
         // `run` and `submit` start a job's trace: the job's spans, from
         // every process, hang under this command's.
         let command = CommandSpan::of(&cli.command);
@@ -493,7 +506,7 @@ async fn command_code(
         } => {
             let format = match format {
                 Some(format) => format,
-                None if json || output == Output::Json => ReportFormat::Json,
+                None if json || output == Output::Json => ReportFormat::Report,
                 None => ReportFormat::Summary,
             };
             match coordinator {

@@ -466,15 +466,19 @@ pub async fn report(coordinator: &Coordinator, job_id: &str, format: crate::Repo
         Ok(response) => {
             let response = response.into_inner();
             match format {
-                crate::ReportFormat::Json => println!("{}", response.report_json),
+                crate::ReportFormat::Report => println!("{}", response.report_json),
                 crate::ReportFormat::Summary => println!("{}", response.summary),
-                crate::ReportFormat::Html => {
-                    match serde_json::from_str::<godwit_common::verify::Report>(
-                        &response.report_json,
+                crate::ReportFormat::Html
+                | crate::ReportFormat::Pdf
+                | crate::ReportFormat::Json => {
+                    match serde_json::from_str::<godwit_common::debrief::Debrief>(
+                        &response.debrief_json,
                     ) {
-                        Ok(report) => print!("{}", crate::debrief::html(&report, None)),
+                        Ok(debrief) => return crate::debrief::write(&debrief, format),
                         Err(e) => {
-                            eprintln!("error: the coordinator's report does not read: {e}");
+                            eprintln!(
+                                "error: the coordinator's debrief does not read ({e}); is it older                                  than this CLI?"
+                            );
                             return 1;
                         }
                     }

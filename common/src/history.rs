@@ -25,6 +25,20 @@ pub struct JobHistory {
     pub lag: Vec<LagSample>,
     #[serde(default)]
     pub cutovers: Vec<CutoverRecord>,
+    /// What the copy moved, table by table.
+    #[serde(default)]
+    pub moved: Vec<TableMoved>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableMoved {
+    pub table: String,
+    pub partitions: u64,
+    pub rows: u64,
+    /// Read from the source (COPY's binary form).
+    pub bytes_read: u64,
+    /// Staged: compressed and encrypted.
+    pub bytes_staged: u64,
 }
 
 /// One run of a phase (`planning`, `copying`, …) or of a step within one

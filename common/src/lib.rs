@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod chunk;
 pub mod config;
+pub mod debrief;
 pub mod error;
 pub mod history;
 pub mod ids;

@@ -196,7 +196,7 @@ async fn serve(
             .context("coordinator start-up")?,
     );
     let keyspace = Keyspace::new(&root);
-    let _traces = godwit_common::telemetry::init_traces("godwit-coordinator");
+    let _traces = godwit_common::telemetry::init_traces("godwit-coordinator").context("traces")?;
     let _metrics = godwit_common::telemetry::init_metrics(
         "godwit-coordinator",
         metrics,
@@ -204,7 +204,8 @@ async fn serve(
             .as_ref()
             .map(|(cert, key)| (cert.as_path(), key.as_path())),
     )
-    .await;
+    .await
+    .context("metrics")?;
     let identity = format!(
         "{}:{} (pid {})",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into()),

@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use godwit_common::history::PartitionRun;
+use godwit_common::history::{PartitionRun, TableMoved};
 use godwit_common::job::{CutoverRecord, JobRecord};
 use godwit_common::state::now_unix_ms;
 use godwit_common::telemetry::traces::{self, Done, at_unix_ms};
@@ -88,15 +88,32 @@ pub(crate) fn copied(record: &mut JobRecord, partitions: &[PartitionRecord]) {
         })
         .collect();
     record.history.copy_progress(&runs, 60);
+    let of_table = |table: &godwit_common::job::PlannedTable| -> Vec<&PartitionRecord> {
+        partitions
+            .iter()
+            .filter(|p| p.table == table.name && table.partitions.contains(&p.partition))
+            .collect()
+    };
+    record.history.moved = record
+        .tables
+        .iter()
+        .map(|table| {
+            let mine = of_table(table);
+            TableMoved {
+                table: table.name.to_string(),
+                partitions: mine.len() as u64,
+                rows: mine.iter().map(|p| p.rows).sum(),
+                bytes_read: mine.iter().map(|p| p.bytes_read).sum(),
+                bytes_staged: mine.iter().map(|p| p.bytes_staged).sum(),
+            }
+        })
+        .collect();
     let Some(copying) = record.phase_span("copying") else {
         return;
     };
     for table in &record.tables {
         let name = table.name.to_string();
-        let mine: Vec<&PartitionRecord> = partitions
-            .iter()
-            .filter(|p| p.table == table.name && table.partitions.contains(&p.partition))
-            .collect();
+        let mine = of_table(table);
         let (Some(start), Some(end)) = (
             mine.iter()
                 .map(|p| p.started_unix_ms)

@@ -165,6 +165,8 @@ impl MetricsService for Sink {
 
 pub struct OtlpReceiver {
     pub port: u16,
+    /// For a receiver over TLS: the CA that signed its certificate.
+    ca: Option<std::path::PathBuf>,
     points: Arc<Mutex<Vec<Point>>>,
     spans: Arc<Mutex<Vec<SpanSeen>>>,
     server: tokio::task::JoinHandle<()>,
@@ -172,14 +174,36 @@ pub struct OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::serve(None).await
+    }
+
+    /// A receiver over TLS, as a collector outside the cluster is reached:
+    /// its certificate (for `localhost`) signed by `pki`'s CA.
+    pub async fn start_tls(pki: &crate::pki::Pki) -> anyhow::Result<Self> {
+        let cert = pki.server("otlp-collector")?;
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&cert.cert)?,
+            std::fs::read(&cert.key)?,
+        );
+        let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        let mut receiver = Self::serve(Some(tls)).await?;
+        receiver.ca = Some(pki.ca_cert());
+        Ok(receiver)
+    }
+
+    async fn serve(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let sink = Sink::default();
         let points = sink.points.clone();
         let span_sink = SpanSink::default();
         let spans = span_sink.spans.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
         let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(MetricsServiceServer::new(sink))
                 .add_service(TraceServiceServer::new(span_sink))
                 .serve_with_incoming(TcpListenerStream::new(listener))
@@ -187,6 +211,7 @@ impl OtlpReceiver {
         });
         Ok(Self {
             port,
+            ca: None,
             points,
             spans,
             server,
@@ -196,14 +221,27 @@ impl OtlpReceiver {
     /// The environment that makes a godwit binary export to this receiver,
     /// metrics and spans every 200 ms.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                format!("http://127.0.0.1:{}", self.port),
-            ),
+        let mut env = vec![
             ("OTEL_METRIC_EXPORT_INTERVAL".into(), "200".into()),
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
-        ]
+        ];
+        match &self.ca {
+            Some(ca) => env.extend([
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    format!("https://localhost:{}", self.port),
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+                    ca.display().to_string(),
+                ),
+            ]),
+            None => env.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            )),
+        }
+        env
     }
 
     /// Data points of `metric` carrying attribute `key` = `value`.

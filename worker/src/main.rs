@@ -60,6 +60,20 @@ struct Args {
     /// Address to serve Prometheus metrics on (`GET /metrics`) [default: none].
     #[arg(long, env = "GODWIT__WORKER__METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve `/metrics` over TLS with this certificate (PEM) [default: plain HTTP].
+    #[arg(
+        long,
+        env = "GODWIT__WORKER__METRICS_TLS_CERT",
+        requires = "metrics_tls_key"
+    )]
+    metrics_tls_cert: Option<PathBuf>,
+    /// The key of `--metrics-tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "GODWIT__WORKER__METRICS_TLS_KEY",
+        requires = "metrics_tls_cert"
+    )]
+    metrics_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +86,8 @@ struct FileConfig {
     concurrency: Option<usize>,
     lease_ttl_secs: Option<u64>,
     metrics_listen: Option<std::net::SocketAddr>,
+    metrics_tls_cert: Option<PathBuf>,
+    metrics_tls_key: Option<PathBuf>,
     etcd_ca: Option<PathBuf>,
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
@@ -125,10 +141,27 @@ fn main() -> ExitCode {
         }
     };
     let metrics = args.metrics_listen.or(file.metrics_listen);
+    let metrics_tls = match (
+        args.metrics_tls_cert.or(file.metrics_tls_cert),
+        args.metrics_tls_key.or(file.metrics_tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            eprintln!(
+                "error: metrics_tls_cert and metrics_tls_key go together: give both, or neither"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let outcome = runtime.block_on(async {
         // The metrics pipeline runs on this runtime; kept until the worker ends.
-        let _metrics = godwit_common::telemetry::init_metrics("godwit-worker", metrics, None).await;
-        let _traces = godwit_common::telemetry::init_traces("godwit-worker");
+        let tls = metrics_tls
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let _metrics =
+            godwit_common::telemetry::init_metrics("godwit-worker", metrics, tls).await?;
+        let _traces = godwit_common::telemetry::init_traces("godwit-worker")?;
         let store = EtcdStore::connect_with(&etcd, &etcd_access).await?;
         let worker = Worker::new(Arc::new(store), Keyspace::new(&root), config);
         worker.run(godwit_common::shutdown::signal()).await
@@ -137,7 +170,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(u8::try_from(e.kind().exit_code()).unwrap_or(1))
         }
     }
 }

@@ -8,7 +8,7 @@
 //! re-wraps it, and shredding the data key leaves the trail verifiable.
 //! Never records a row value or a secret.
 
-mod chain;
+pub(crate) mod chain;
 
 use std::sync::Arc;
 

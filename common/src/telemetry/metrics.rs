@@ -27,12 +27,17 @@ impl Drop for Metrics {
 /// record nothing. Call from inside the tokio runtime: the exporter's
 /// channel and the endpoint live on it.
 /// `tls`: the certificate and key (PEM files) `/metrics` is served with;
-/// plain HTTP without.
+/// plain HTTP without. A certificate or key that does not load is an
+/// error: metrics asked for over TLS are never served in the clear.
 pub async fn init_metrics(
     service: &'static str,
     prometheus: Option<std::net::SocketAddr>,
     tls: Option<(&std::path::Path, &std::path::Path)>,
-) -> Option<Metrics> {
+) -> crate::Result<Option<Metrics>> {
+    let acceptor = match (prometheus, tls) {
+        (Some(_), Some((cert, key))) => Some(acceptor(cert, key)?),
+        _ => None,
+    };
     let otlp = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
@@ -40,7 +45,7 @@ pub async fn init_metrics(
     .iter()
     .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
     if !otlp && prometheus.is_none() {
-        return None;
+        return Ok(None);
     }
     let mut builder = SdkMeterProvider::builder().with_resource(
         opentelemetry_sdk::Resource::builder()
@@ -48,10 +53,12 @@ pub async fn init_metrics(
             .build(),
     );
     if otlp {
-        match opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+        // Its TLS material is the operator's to fix: a start-up error.
+        if let Some(tls) = super::otlp_tls::config("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")? {
+            exporter = opentelemetry_otlp::WithTonicConfig::with_tls_config(exporter, tls);
+        }
+        match exporter.build() {
             Ok(exporter) => {
                 builder = builder.with_periodic_exporter(exporter);
                 tracing::info!("exporting metrics over OTLP");
@@ -71,13 +78,6 @@ pub async fn init_metrics(
         {
             Ok(reader) => {
                 builder = builder.with_reader(reader);
-                let acceptor = match tls.map(|(cert, key)| acceptor(cert, key)).transpose() {
-                    Ok(acceptor) => acceptor,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics not served: their TLS certificate does not load");
-                        return finish(builder, scrapes);
-                    }
-                };
                 match tokio::net::TcpListener::bind(address).await {
                     Ok(listener) => {
                         tracing::info!(%address, tls = acceptor.is_some(), "serving metrics for Prometheus at /metrics");
@@ -91,7 +91,7 @@ pub async fn init_metrics(
             Err(e) => tracing::warn!(error = %e, "metrics not served: cannot build the exporter"),
         }
     }
-    finish(builder, scrapes)
+    Ok(finish(builder, scrapes))
 }
 
 fn finish(
@@ -109,10 +109,11 @@ fn acceptor(
     key: &std::path::Path,
 ) -> crate::Result<tokio_rustls::TlsAcceptor> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| crate::Error::Io {
-            what: "cannot read the metrics TLS file",
-            path: path.to_owned(),
-            source,
+        std::fs::read(path).map_err(|e| {
+            crate::Error::Spec(format!(
+                "cannot read the metrics TLS file {}: {e}",
+                path.display()
+            ))
         })
     };
     let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())

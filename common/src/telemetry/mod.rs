@@ -1,6 +1,7 @@
 //! Logging, metrics and traces setup shared by the binaries.
 
 mod metrics;
+mod otlp_tls;
 pub mod traces;
 
 pub use metrics::{Metrics, init_metrics};

@@ -21,6 +21,7 @@ use opentelemetry::trace::{
     Tracer, TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithTonicConfig;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -221,9 +222,11 @@ impl Drop for Traces {
 
 /// Exports spans over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (batched, `OTEL_BSP_*`
-/// honoured); `None` otherwise, and spans cost nothing. Call from inside
-/// the tokio runtime: the exporter's channel lives on it.
-pub fn init_traces(service: &'static str) -> Option<Traces> {
+/// honoured; TLS as `otlp_tls` reads it); `None` otherwise, and spans cost
+/// nothing. TLS material that does not load is an error: spans asked for
+/// over TLS are never sent in the clear. Call from inside the tokio
+/// runtime: the exporter's channel lives on it.
+pub fn init_traces(service: &'static str) -> crate::Result<Option<Traces>> {
     let wanted = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -231,16 +234,17 @@ pub fn init_traces(service: &'static str) -> Option<Traces> {
     .iter()
     .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
     if !wanted {
-        return None;
+        return Ok(None);
     }
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-    {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(tls) = super::otlp_tls::config("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")? {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = match builder.build() {
         Ok(exporter) => exporter,
         Err(e) => {
             tracing::warn!(error = %e, "traces not exported: cannot build the OTLP exporter");
-            return None;
+            return Ok(None);
         }
     };
     let provider = SdkTracerProvider::builder()
@@ -254,7 +258,7 @@ pub fn init_traces(service: &'static str) -> Option<Traces> {
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     tracing::info!("exporting traces over OTLP");
-    Some(Traces { provider })
+    Ok(Some(Traces { provider }))
 }
 
 #[cfg(test)]

@@ -211,6 +211,7 @@ fn verify_response(
         summary: report.summary(),
         report_json,
         stored_at,
+        debrief_json: String::new(),
     })
 }
 
@@ -361,7 +362,11 @@ impl Godwit for GodwitService {
                     "no readable verification report for job {job}: {e}; run `godwit verify` first"
                 ))
             })?;
-        report_response(&report, String::new())
+        let mut response = verify_response(&report, String::new())?;
+        let debrief = godwit_common::debrief::gather(&spec, report).await;
+        response.debrief_json = serde_json::to_string(&debrief)
+            .map_err(|e| Status::internal(format!("cannot write the debrief: {e}")))?;
+        Ok(Response::new(response))
     }
 
     async fn verify_job(

@@ -162,6 +162,7 @@ impl GodwitService {
                             "found differences"
                         }
                     ),
+                    debrief_json: String::new(),
                     report_json: String::new(),
                     stored_at: String::new(),
                 })

@@ -51,7 +51,7 @@ const EVERYONE: [Who; 7] = [
 ];
 
 pub(crate) struct Callers {
-    pki: Pki,
+    pub(crate) pki: Pki,
     certs: Vec<(Who, CertFiles)>,
 }
 
@@ -331,6 +331,8 @@ pub(crate) struct Deployment {
     pub(crate) url: String,
     /// Where the coordinator serves its metrics (over its API's TLS).
     pub(crate) metrics: String,
+    /// Where the worker serves its metrics (over TLS, its own certificate).
+    pub(crate) worker_metrics: String,
 }
 
 impl Deployment {
@@ -359,14 +361,18 @@ impl Deployment {
         let root = format!("/godwit-{job_id}");
         let (coordinator, url) = Service::coordinator(&etcd.url(), &root, &env)?;
         let url = url.replace("http://", "https://");
-        let worker = Service::worker(
-            "worker-1",
-            &etcd.url(),
-            &root,
-            &url,
-            &[],
-            &etcd.env("WORKER"),
-        )?;
+        let worker_metrics = format!("127.0.0.1:{}", godwit_tests::free_port()?);
+        let worker_cert = callers.pki.server("worker-metrics")?;
+        let mut worker_env = etcd.env("WORKER");
+        worker_env.extend([
+            (
+                "GODWIT__WORKER__METRICS_LISTEN".to_owned(),
+                worker_metrics.clone(),
+            ),
+            tls_env("GODWIT__WORKER__METRICS_TLS_CERT", &worker_cert.cert),
+            tls_env("GODWIT__WORKER__METRICS_TLS_KEY", &worker_cert.key),
+        ]);
+        let worker = Service::worker("worker-1", &etcd.url(), &root, &url, &[], &worker_env)?;
         Ok(Self {
             callers,
             source,
@@ -378,6 +384,7 @@ impl Deployment {
             _worker: worker,
             url,
             metrics,
+            worker_metrics,
         })
     }
 
@@ -403,53 +410,6 @@ impl Deployment {
             .stdin(std::process::Stdio::null());
         Ok(command)
     }
-}
-
-/// With TLS on its API, the coordinator serves `/metrics` with the same
-/// certificate: a scrape trusting the deployment's CA reads the job's
-/// figures; a plain-HTTP request gets no answer.
-async fn metrics_are_served_over_the_api_s_tls(
-    address: &str,
-    callers: &Callers,
-) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(callers.pki.ca_cert())?.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(address).await?;
-    let mut tls = connector
-        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-        .await?;
-    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut answer = String::new();
-    let _ = tls.read_to_string(&mut answer).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.contains("godwit_verifications_total{") && answer.contains("job=\"secured\""),
-        "{answer}"
-    );
-
-    let mut plain = tokio::net::TcpStream::connect(address).await?;
-    plain
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut refused = Vec::new();
-    let _ = plain.read_to_end(&mut refused).await;
-    assert!(
-        !String::from_utf8_lossy(&refused).contains("HTTP/1.1 200"),
-        "metrics answered in plain HTTP"
-    );
-    Ok(())
 }
 
 /// The coordinator's server reflection, as `grpcurl` uses it, over the
@@ -544,7 +504,7 @@ async fn every_rpc_answers_each_caller_as_the_policy_says_over_mtls() -> anyhow:
     let watched = deployment.cli(Who::Admin, &["watch", "--coordinator", url, "secured"])?;
     assert!(watched.status.success(), "{}", describe(&watched));
     reflection_lists_and_describes_the_api(url, callers).await?;
-    metrics_are_served_over_the_api_s_tls(&deployment.metrics, callers).await?;
+    crate::metrics_tls::only_over_tls(&deployment).await?;
     let ca = callers.pki.ca_cert().display().to_string();
     // Without a certificate the CLI is refused, saying what to present.
     let anonymous = run_godwit(

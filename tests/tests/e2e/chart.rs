@@ -151,6 +151,7 @@ staging: { enabled: true, size: 10Gi }
 tmp: { sizeLimit: 2Gi }
 image: { digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef }
 metrics:
+  workerTls: { secretName: godwit-worker-metrics-tls }
   serviceMonitor: { enabled: true, labels: { release: prometheus } }
 alerts: { enabled: true, streamLagSeconds: 120 }
 dashboard: { enabled: true }
@@ -210,6 +211,36 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
             && manifests.contains("name: godwit-api-tls\n            key: ca.crt"),
         "the coordinator's metrics are scraped over its API's TLS"
     );
+    // The workers' metrics over TLS with their Secret's certificate, the
+    // ServiceMonitor trusting its CA under the Service's name.
+    let workers = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Deployment") && doc.contains("- godwit-worker"))
+        .ok_or_else(|| anyhow::anyhow!("no worker Deployment"))?;
+    for expected in [
+        "- --metrics-tls-cert=/etc/godwit/metrics-tls/tls.crt",
+        "- --metrics-tls-key=/etc/godwit/metrics-tls/tls.key",
+        "secretName: godwit-worker-metrics-tls",
+    ] {
+        assert!(
+            workers.contains(expected),
+            "{expected:?} missing:\n{workers}"
+        );
+    }
+    let monitor = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: ServiceMonitor") && doc.contains("component: worker"))
+        .ok_or_else(|| anyhow::anyhow!("no worker ServiceMonitor"))?;
+    for expected in [
+        "scheme: https",
+        "serverName: g-godwit-worker-metrics.default.svc",
+        "name: godwit-worker-metrics-tls",
+    ] {
+        assert!(
+            monitor.contains(expected),
+            "{expected:?} missing:\n{monitor}"
+        );
+    }
     assert!(manifests.contains("godwit_stream_lag_time_seconds) > 120"));
     assert!(manifests.contains("name: g-godwit-dashboard"));
     assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 3);

@@ -200,11 +200,10 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
     assert_eq!(tokens, 200, "every email is a token that keeps its domain");
     let (code, report) = verified(&job)?;
     assert_eq!(code, Some(0), "{report}");
-    // The customer's debrief as one HTML document: what moved from the
-    // staged manifest, the verification's layers, the lineage; no value.
-    let debrief = run_godwit(&["report", job.spec(), "--format", "html"], &[])?;
-    assert!(debrief.status.success(), "{}", describe(&debrief));
-    let html = String::from_utf8_lossy(&debrief.stdout);
+    // The customer's debrief as one HTML document and as a PDF: what
+    // moved, when, the verification's layers, the lineage, the audit
+    // trail's head; no value.
+    let html = String::from_utf8(crate::debrief::report(job.spec(), "html", &[])?)?;
     for expected in [
         "<!DOCTYPE html>",
         "<h1>Migration of job crm-created</h1>",
@@ -214,42 +213,53 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         "<h2>Mapping lineage</h2>",
         "<td>crm.accounts.name</td><td>tenant_new.accounts.display_name</td><td>renamed</td>",
         "<td>crm.accounts.legacy</td><td></td><td>dropped</td>",
+        "<svg",
     ] {
         assert!(html.contains(expected), "{expected:?} missing:\n{html}");
     }
+    let head = crate::debrief::audit_head(&job)?;
+    crate::debrief::assert_copy_sections(&html, &head)?;
     assert!(
         !html.contains("@example.com"),
         "a value reached the debrief"
     );
     assert!(!html.contains("<script"), "the debrief runs nothing");
     // Headless Chromium reads it as the document it says it is.
-    let file = job.dir.path().join("debrief.html");
-    std::fs::write(&file, html.as_bytes())?;
-    let profile = tempfile::tempdir()?;
-    let browsed = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", file.display()))
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run chromium (scripts/setup installs it): {e}"))?;
-    assert!(browsed.status.success(), "{}", describe(&browsed));
-    let dom = String::from_utf8_lossy(&browsed.stdout);
+    let dom = crate::debrief::browse(job.dir.path(), &html)?;
     assert!(
         dom.contains("<title>Migration of job crm-created</title>"),
         "{dom}"
     );
-    assert!(dom.matches("<table>").count() >= 4, "{dom}");
+    assert!(dom.matches("<table>").count() >= 5, "{dom}");
     assert!(dom.contains("<td>tenant_new.accounts</td>"), "{dom}");
+    assert!(dom.contains("<polyline"), "no chart drawn: {dom}");
+    // The PDF, as pdftotext reads it.
+    let pdf = crate::debrief::report(job.spec(), "pdf", &[])?;
+    let text = crate::debrief::pdf_text(job.dir.path(), &pdf)?;
+    crate::debrief::assert_copy_sections(&text, &head)?;
+    for expected in [
+        "Migration of job crm-created",
+        "tenant_new.accounts",
+        "crm.accounts.name",
+        "tenant_new.accounts.display_name",
+        "renamed",
+        "match",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    assert!(!text.contains("@example.com"), "a value reached the PDF");
+    // The same material as JSON, for automation.
+    let json: serde_json::Value =
+        serde_json::from_slice(&crate::debrief::report(job.spec(), "json", &[])?)?;
+    assert_eq!(json["report"]["matched"], true, "{json}");
+    assert_eq!(json["audit"]["intact"]["head"], head.as_str(), "{json}");
+    assert!(
+        json["history"]["phases"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "copying")),
+        "{json}"
+    );
+    assert_eq!(json["history"]["moved"][0]["rows"], 200, "{json}");
     // At a terminal, the verification draws its ranges' bar.
     let at_terminal = run_godwit_at_terminal(&["verify", job.spec()])?;
     assert!(at_terminal.status.success(), "{}", describe(&at_terminal));

@@ -67,8 +67,9 @@ async fn a_scrape_during_a_job_shows_its_work_rows_and_verification_move() -> an
     let etcd = Etcd::start()?;
     let root = "/godwit-metrics";
     let coordinator_metrics = format!("127.0.0.1:{}", free_port()?);
-    // Every process sends its spans to the suite's collector.
-    let collector = OtlpReceiver::start().await?;
+    // Every process sends its spans to the suite's collector, over TLS.
+    let pki = godwit_tests::pki::Pki::new("otlp")?;
+    let collector = OtlpReceiver::start_tls(&pki).await?;
     let traced = |mut env: Vec<(String, String)>| {
         env.extend(collector.env());
         env

@@ -145,7 +145,31 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
         || async { Ok((stream_leftovers(&src).await? == 0).then_some(())) },
     )
     .await?;
-    assert_stream_trace(&collector).await
+    assert_stream_trace(&collector).await?;
+    // The debrief through the coordinator, as a PDF: the stream's lag over
+    // time, the cutover's frozen time and steps (staged as the job ends).
+    let text = wait_until(
+        "the debrief of the cutover",
+        Duration::from_secs(30),
+        || async {
+            let pdf = crate::debrief::report("lost-worker", "pdf", &["--coordinator", &url])?;
+            let text = crate::debrief::pdf_text(job.dir.path(), &pdf)?;
+            Ok(text.contains("refused writes for").then_some(text))
+        },
+    )
+    .await?;
+    for expected in [
+        "Migration of job lost-worker",
+        "streaming",
+        "Change stream: lag over time",
+        "Cutover",
+        "succeeded",
+        "check changed rows",
+        "Audit trail",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    Ok(())
 }
 
 /// The stream's part of the job's trace: the change batches the workers
