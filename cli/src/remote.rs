@@ -460,6 +460,10 @@ pub async fn report(coordinator: &Coordinator, job_id: &str, format: crate::Repo
     match client
         .get_report(GetReportRequest {
             job_id: job_id.to_owned(),
+            debrief: matches!(
+                format,
+                crate::ReportFormat::Html | crate::ReportFormat::Pdf | crate::ReportFormat::Json
+            ),
         })
         .await
     {

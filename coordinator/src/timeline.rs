@@ -17,9 +17,31 @@ fn job_attribute(record: &JobRecord) -> KeyValue {
     KeyValue::new("godwit.job", record.spec.job.to_string())
 }
 
-/// Starts a run of `phase` (kept open if it runs already).
+/// Starts a run of `phase` (kept open if it runs already). Any other run
+/// still open was left by a coordinator that stopped (the job starts
+/// again at planning when taken over): it ends now, as interrupted.
 pub(crate) fn begin(record: &mut JobRecord, phase: &str) {
+    for stale in open_phases(record).into_iter().filter(|open| open != phase) {
+        end(
+            record,
+            &stale,
+            Some(
+                "interrupted: the coordinator running it stopped, and another took the job over"
+                    .into(),
+            ),
+        );
+    }
     record.history.open(phase, now_unix_ms());
+}
+
+fn open_phases(record: &JobRecord) -> Vec<String> {
+    record
+        .history
+        .phases
+        .iter()
+        .filter(|p| p.within.is_none() && p.ended_unix_ms == 0)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// Ends the open run of `phase`: its span goes out under the job's.
@@ -189,14 +211,7 @@ pub(crate) fn cutover(record: &mut JobRecord, cut: &CutoverRecord) {
 /// The job has ended: the phases it left open end with it (with its error
 /// if it failed), then the job's own span goes out under its submitter's.
 pub(crate) fn finished(record: &mut JobRecord) {
-    let open: Vec<String> = record
-        .history
-        .phases
-        .iter()
-        .filter(|p| p.within.is_none() && p.ended_unix_ms == 0)
-        .map(|p| p.name.clone())
-        .collect();
-    for phase in open {
+    for phase in open_phases(record) {
         end(record, &phase, record.error.clone());
     }
     let Some(trace) = record.trace.as_ref() else {
@@ -223,4 +238,46 @@ pub(crate) fn finished(record: &mut JobRecord) {
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_left_open_by_a_stopped_coordinator_ends_when_the_job_starts_again() {
+        let spec = crate::test_support::spec("taken-over", "acme");
+        let mut record = JobRecord::submitted(spec, 1);
+        record.trace = Some(godwit_common::telemetry::traces::JobTrace::start(None));
+        begin(&mut record, "planning");
+        end(&mut record, "planning", None);
+        begin(&mut record, "copying");
+        let first_copy = record.phase_span("copying");
+        // Another coordinator takes the job over: it plans again.
+        begin(&mut record, "planning");
+        assert!(record.history.running("copying").is_none());
+        assert!(record.history.running("planning").is_some());
+        end(&mut record, "planning", None);
+        begin(&mut record, "copying");
+        assert!(record.phase_span("copying").is_some());
+        assert_eq!(
+            record
+                .history
+                .phases
+                .iter()
+                .filter(|p| p.name == "copying")
+                .count(),
+            2,
+            "the second copy is a run of its own"
+        );
+        assert!(first_copy.is_some());
+        finished(&mut record);
+        assert!(
+            record
+                .history
+                .phases
+                .iter()
+                .all(|p| p.ended_unix_ms >= p.started_unix_ms && p.ended_unix_ms > 0)
+        );
+    }
 }

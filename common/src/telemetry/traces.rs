@@ -176,9 +176,16 @@ pub struct Done<'a> {
     pub error: Option<String>,
 }
 
+/// Whether this process exports spans: without a pipeline, [`emit`]
+/// returns at once (it runs once per chunk stage).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Sends `done` to the process's trace pipeline; nothing when there is
 /// none.
 pub fn emit(done: Done<'_>) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let tracer = opentelemetry::global::tracer_provider().tracer("godwit");
     let parent = match done.parent {
         Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
@@ -257,6 +264,7 @@ pub fn init_traces(service: &'static str) -> crate::Result<Option<Traces>> {
         .with_batch_exporter(exporter)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("exporting traces over OTLP");
     Ok(Some(Traces { provider }))
 }

@@ -349,6 +349,7 @@ impl Godwit for GodwitService {
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<VerifyJobResponse>, Status> {
+        let with_debrief = request.get_ref().debrief;
         let spec = self
             .authorized(&request, &request.get_ref().job_id, Action::Report)
             .await?
@@ -363,9 +364,11 @@ impl Godwit for GodwitService {
                 ))
             })?;
         let mut response = verify_response(&report, String::new())?;
-        let debrief = godwit_common::debrief::gather(&spec, report).await;
-        response.debrief_json = serde_json::to_string(&debrief)
-            .map_err(|e| Status::internal(format!("cannot write the debrief: {e}")))?;
+        if with_debrief {
+            let debrief = godwit_common::debrief::gather(&spec, report).await;
+            response.debrief_json = serde_json::to_string(&debrief)
+                .map_err(|e| Status::internal(format!("cannot write the debrief: {e}")))?;
+        }
         Ok(Response::new(response))
     }
 

@@ -197,7 +197,10 @@ async fn call_every_rpc(
         "GetReport",
         code(
             client
-                .get_report(GetReportRequest { job_id: job() })
+                .get_report(GetReportRequest {
+                    job_id: job(),
+                    debrief: true,
+                })
                 .await
                 .map(drop),
         ),
