@@ -135,8 +135,8 @@ impl JobHistory {
     }
 
     /// The copy's progress over time from its partitions' runs, each
-    /// partition's bytes and rows spread evenly over its own run: `points`
-    /// samples from the first start to the last end.
+    /// partition's bytes and rows spread evenly over its own run: up to
+    /// `points` samples from the first start to the last end.
     pub fn copy_progress(&mut self, partitions: &[PartitionRun], points: usize) {
         let timed: Vec<&PartitionRun> = partitions
             .iter()
@@ -148,7 +148,11 @@ impl JobHistory {
         ) else {
             return;
         };
-        let points = points.clamp(2, MAX_SAMPLES) as u64;
+        // At least 100 ms between samples: rates over shorter intervals
+        // measure the clock's resolution more than the copy.
+        let points = points
+            .min(((last - first) / 100 + 1) as usize)
+            .clamp(2, MAX_SAMPLES) as u64;
         self.copied = (0..points)
             .map(|i| {
                 let at = first + (last - first) * i / (points - 1);

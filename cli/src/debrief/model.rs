@@ -153,19 +153,26 @@ impl Document<'_> {
             rows,
         });
         if let Some(first) = history.copied.first() {
+            // The rate between consecutive samples of what had been read,
+            // as steps: level over each interval.
+            let since = |at: u64| (at - first.at_unix_ms) as f64 / 1_000.0;
             let points = history
                 .copied
-                .iter()
-                .map(|s| {
-                    (
-                        (s.at_unix_ms - first.at_unix_ms) as f64 / 1_000.0,
-                        s.bytes as f64 / (1u64 << 20) as f64,
-                    )
+                .windows(2)
+                .flat_map(|pair| {
+                    let seconds = (pair[1].at_unix_ms - pair[0].at_unix_ms).max(1) as f64 / 1_000.0;
+                    let mib =
+                        pair[1].bytes.saturating_sub(pair[0].bytes) as f64 / (1u64 << 20) as f64;
+                    let rate = mib / seconds;
+                    [
+                        (since(pair[0].at_unix_ms), rate),
+                        (since(pair[1].at_unix_ms), rate),
+                    ]
                 })
                 .collect();
             blocks.push(Block::Chart(Chart {
-                title: format!("Copy: data read over time, from {}", when(first.at_unix_ms)),
-                unit: "MiB read".into(),
+                title: format!("Copy throughput over time, from {}", when(first.at_unix_ms)),
+                unit: "MiB/s read".into(),
                 points,
             }));
         }
