@@ -148,10 +148,10 @@ impl JobHistory {
         ) else {
             return;
         };
-        // At least 100 ms between samples: rates over shorter intervals
-        // measure the clock's resolution more than the copy.
+        // At least a second between samples: over shorter intervals the
+        // rate measures partitions starting and ending more than the copy.
         let points = points
-            .min(((last - first) / 100 + 1) as usize)
+            .min(((last - first) / 1_000 + 1) as usize)
             .clamp(2, MAX_SAMPLES) as u64;
         self.copied = (0..points)
             .map(|i| {
@@ -243,14 +243,14 @@ mod tests {
         let mut history = JobHistory::default();
         let runs = [
             PartitionRun {
-                started_unix_ms: 1_000,
-                finished_unix_ms: 3_000,
+                started_unix_ms: 10_000,
+                finished_unix_ms: 30_000,
                 bytes: 200,
                 rows: 20,
             },
             PartitionRun {
-                started_unix_ms: 2_000,
-                finished_unix_ms: 3_000,
+                started_unix_ms: 20_000,
+                finished_unix_ms: 30_000,
                 bytes: 100,
                 rows: 10,
             },
@@ -263,7 +263,7 @@ mod tests {
             .collect();
         assert_eq!(
             points,
-            vec![(1_000, 0, 0), (2_000, 100, 10), (3_000, 300, 30)]
+            vec![(10_000, 0, 0), (20_000, 100, 10), (30_000, 300, 30)]
         );
     }
 
