@@ -45,6 +45,9 @@ const STOP_PATIENCE: Duration = Duration::from_secs(60);
 /// How long the slot's drop waits for the worker that reads it.
 const SLOT_DROP_LIMIT: Duration = Duration::from_secs(10);
 const MIRROR_FALLBACK: Duration = Duration::from_secs(1);
+/// How often a streaming job's history (its lag so far) is staged for the
+/// debrief.
+const HISTORY_EVERY: Duration = Duration::from_secs(30);
 /// How recently a narrowing round's pin had the stream caught up for the
 /// freeze to follow without waiting for a progress report.
 const RECENTLY_CAUGHT_UP: Duration = Duration::from_secs(1);
@@ -147,9 +150,15 @@ impl Phases<'_> {
             MIRROR_FALLBACK,
         )
         .await;
+        let mut history_staged: Option<Instant> = None;
         loop {
             if self.cancel_requested(&job).await.unwrap_or(false) {
                 return Err(JobError::Cancelled(job.to_string()));
+            }
+            // A debrief asked for while the job streams shows the lag so far.
+            if history_staged.is_none_or(|at| at.elapsed() >= HISTORY_EVERY) {
+                crate::staged::stage_history(&record.spec, record).await;
+                history_staged = Some(Instant::now());
             }
             match state::load::<StreamItem>(self.store.as_ref(), &item_key).await {
                 Ok(Some(item)) => self.mirror(record, &item).await?,
@@ -175,6 +184,7 @@ impl Phases<'_> {
             {
                 served.insert(id);
                 let (cut, verified) = self.cutover(record).await?;
+                crate::staged::stage_history(&record.spec, record).await;
                 let answer = cutover_answer(cut.clone(), verified);
                 if let Err(e) = inbox.answer("cutover", &answer).await {
                     tracing::warn!(job_id = %job, error = %e, "cannot answer the cutover request; its outcome is in the job's record");

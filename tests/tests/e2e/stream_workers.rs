@@ -114,6 +114,19 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
         Ok(applied.iter().any(|p| p.value > 0.0).then_some(()))
     })
     .await?;
+    // The debrief's material while the job streams: the stream's run is
+    // in its staged history, not ended.
+    let streaming: serde_json::Value = serde_json::from_slice(&crate::debrief::report(
+        "lost-worker",
+        "json",
+        &["--coordinator", &url],
+    )?)?;
+    assert!(
+        streaming["history"]["phases"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["name"] == "streaming" && p["ended_unix_ms"] == 0)),
+        "{streaming}"
+    );
     let output = godwit(&["verify", "--coordinator", &url, "lost-worker"])?;
     assert!(
         output.status.success(),
