@@ -647,8 +647,22 @@ impl Worker {
                     KeyValue::new("godwit.rows", record.rows as i64),
                     KeyValue::new("godwit.chunks", record.chunks_applied as i64),
                     KeyValue::new("godwit.worker", self.config.id.clone()),
+                    KeyValue::new(
+                        "godwit.outcome",
+                        match &copied {
+                            Ok(_) => "copied",
+                            Err(Error::Cancelled) => "handed back",
+                            Err(_) => "failed",
+                        },
+                    ),
                 ],
-                error: copied.as_ref().err().map(|e| e.to_string()),
+                // Handing a partition back (a worker stopping, a job paused)
+                // is no failure.
+                error: copied
+                    .as_ref()
+                    .err()
+                    .filter(|e| !matches!(e, Error::Cancelled))
+                    .map(|e| e.to_string()),
             });
         }
         copied.map(|_| ())

@@ -174,12 +174,25 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         assert!(plan.contains(line), "the plan lacks {line:?}:\n{plan}");
     }
 
-    let ran = run_godwit(&["run", job.spec()], &[])?;
+    // Its spans go to the suite's collector: an embedded run is one trace
+    // too, under `godwit run`.
+    let collector = godwit_tests::otlp::OtlpReceiver::start().await?;
+    let ran = run_godwit(&["run", job.spec()], &collector.env())?;
     assert!(ran.status.success(), "{}", describe(&ran));
     let sides = digests(&source, &target, "shop").await?;
     assert_eq!(sides[0], sides[1], "accounts as mapped");
     assert_eq!(sides[2], sides[3], "contacts as mapped");
     assert_eq!((sides[1].0, sides[3].0), (200, 400));
+    let tree = crate::traces::Tree::of_job(&collector, "crm-created").await?;
+    crate::traces::assert_copy_tree(
+        &tree,
+        "godwit run",
+        &[
+            ("tenant_new.accounts".to_owned(), sides[0].0),
+            ("tenant_new.contacts".to_owned(), sides[2].0),
+        ]
+        .into(),
+    )?;
     let expected_objects = vec![
         "accounts c".to_owned(),
         "accounts p".to_owned(),

@@ -146,7 +146,10 @@ pub(crate) fn assert_copy_tree(
         let mut partition_rows = 0;
         for partition in partitions {
             anyhow::ensure!(
-                partition.name == "partition" && partition.service.starts_with("godwit"),
+                partition.name == "partition"
+                    && partition.service.starts_with("godwit")
+                    && partition.attribute("godwit.outcome") == Some("copied")
+                    && !partition.failed,
                 "{partition:?}"
             );
             partition_rows += partition
