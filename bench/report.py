@@ -35,6 +35,8 @@ for scale in sorted({r["scale"] for r in rows}):
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"
         print(f"{n:<15} {fmt(s, '9.2f'):>9} {fmt(size / 2**20 / s if s else None, '7.1f'):>7} "
               f"{fmt(ratio('pgcopydb'), '12.2f'):>12} {fmt(ratio('floor'), '9.2f'):>9}  {each}")
+    if med.get("godwit") and med.get("godwit+traces"):
+        print(f"tracing and OTLP export cost: godwit+traces / godwit = {med['godwit+traces'] / med['godwit']:.3f}")
     godwit = [r for r in at if r["contender"] == "godwit" and r["seconds"] is not None]
     rss = None
     if godwit:
