@@ -261,6 +261,19 @@ async fn a_table_the_target_lacks_is_created_under_the_mapped_names_with_its_key
         assert!(text.contains(expected), "{expected:?} missing:\n{text}");
     }
     assert!(!text.contains("@example.com"), "a value reached the PDF");
+    // At a terminal the PDF is refused, not printed as noise.
+    let at_terminal = run_godwit_at_terminal(&["report", job.spec(), "--format", "pdf"])?;
+    assert_eq!(
+        at_terminal.status.code(),
+        Some(2),
+        "{}",
+        describe(&at_terminal)
+    );
+    assert!(
+        String::from_utf8_lossy(&at_terminal.stdout).contains("a PDF is not for the terminal"),
+        "{}",
+        describe(&at_terminal)
+    );
     // The same material as JSON, for automation.
     let json: serde_json::Value =
         serde_json::from_slice(&crate::debrief::report(job.spec(), "json", &[])?)?;
