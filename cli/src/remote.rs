@@ -481,7 +481,8 @@ pub async fn report(coordinator: &Coordinator, job_id: &str, format: crate::Repo
                         Ok(debrief) => return crate::debrief::write(&debrief, format),
                         Err(e) => {
                             eprintln!(
-                                "error: the coordinator's debrief does not read ({e}); is it older                                  than this CLI?"
+                                "error: the coordinator's debrief does not read ({e}); is it older \
+                                 than this CLI?"
                             );
                             return 1;
                         }

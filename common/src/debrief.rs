@@ -58,7 +58,8 @@ pub async fn gather(spec: &JobSpec, report: Report) -> Debrief {
         Err(e) => Some(AuditHead::Unread(e.to_string())),
     };
     Debrief {
-        report,
+        // A document for the customer: counts, never the rows' keys.
+        report: report.without_keys(),
         manifest,
         history,
         audit,

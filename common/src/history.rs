@@ -178,14 +178,17 @@ impl JobHistory {
             .collect();
     }
 
-    /// Records the stream's lag; a sample within a second of the last one
-    /// replaces it.
+    /// Records the stream's lag, one sample per second of the clock (the
+    /// latest of that second); a sample older than the last is dropped.
     pub fn lag(&mut self, sample: LagSample) {
-        if let Some(last) = self.lag.last_mut()
-            && sample.at_unix_ms < last.at_unix_ms + 1_000
-        {
-            *last = sample;
-            return;
+        if let Some(last) = self.lag.last_mut() {
+            if sample.at_unix_ms < last.at_unix_ms {
+                return;
+            }
+            if sample.at_unix_ms / 1_000 == last.at_unix_ms / 1_000 {
+                *last = sample;
+                return;
+            }
         }
         self.lag.push(sample);
         thin(&mut self.lag);
@@ -308,5 +311,25 @@ mod tests {
         }
         assert_eq!(close.lag.len(), 1);
         assert_eq!(close.lag[0].lag_bytes, 9);
+        // A stream reporting every 500 ms keeps one sample a second.
+        let mut steady = JobHistory::default();
+        for i in 0..20 {
+            steady.lag(LagSample {
+                at_unix_ms: 10_250 + i * 500,
+                lag_bytes: i,
+                lag_ms: 0,
+                rows: 0,
+            });
+        }
+        assert_eq!(steady.lag.len(), 10, "{:?}", steady.lag);
+        // Another clock behind the last sample does not move it back.
+        steady.lag(LagSample {
+            at_unix_ms: 1_000,
+            lag_bytes: 99,
+            lag_ms: 0,
+            rows: 0,
+        });
+        assert_eq!(steady.lag.len(), 10);
+        assert_ne!(steady.lag.last().map(|s| s.lag_bytes), Some(99));
     }
 }

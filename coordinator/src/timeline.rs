@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use godwit_common::history::{PartitionRun, TableMoved};
-use godwit_common::job::{CutoverRecord, JobRecord};
+use godwit_common::job::{CutoverRecord, JobPhase, JobRecord};
 use godwit_common::state::now_unix_ms;
 use godwit_common::telemetry::traces::{self, Done, at_unix_ms};
 use godwit_common::work::PartitionRecord;
@@ -147,7 +147,11 @@ pub(crate) fn copied(record: &mut JobRecord, partitions: &[PartitionRecord]) {
         };
         traces::emit(Done {
             name: "table",
-            span: traces::table(copying, &name),
+            span: traces::table(
+                copying,
+                &name,
+                table.partitions.first().copied().unwrap_or_default(),
+            ),
             parent: Some(copying),
             start: at_unix_ms(start),
             end: at_unix_ms(end),
@@ -211,8 +215,13 @@ pub(crate) fn cutover(record: &mut JobRecord, cut: &CutoverRecord) {
 /// The job has ended: the phases it left open end with it (with its error
 /// if it failed), then the job's own span goes out under its submitter's.
 pub(crate) fn finished(record: &mut JobRecord) {
+    // A job cancelled by an operator did not fail.
+    let error = match record.phase() {
+        JobPhase::Cancelled => None,
+        _ => record.error.clone(),
+    };
     for phase in open_phases(record) {
-        end(record, &phase, record.error.clone());
+        end(record, &phase, error.clone());
     }
     let Some(trace) = record.trace.as_ref() else {
         return;
@@ -231,7 +240,7 @@ pub(crate) fn finished(record: &mut JobRecord) {
             KeyValue::new("godwit.customer", record.spec.customer.to_string()),
             KeyValue::new("godwit.outcome", format!("{:?}", record.phase())),
         ],
-        error: record.error.clone(),
+        error,
     });
 }
 

@@ -222,18 +222,20 @@ pub async fn copy_partition(
             match cutter.feed(&data) {
                 Ok(batches) => {
                     for batch in batches {
-                        let cut_at = SystemTime::now();
                         let read = ReadBatch {
                             batch,
                             bytes_read: std::mem::take(&mut read_since_batch),
                             read_time: std::mem::take(&mut waited),
-                            read_span: (std::mem::replace(&mut batch_started, cut_at), cut_at),
+                            read_span: (batch_started, SystemTime::now()),
                         };
                         if batches_tx.send(Ok(read)).await.is_err()
                             || loaded_rx.recv().await.is_none()
                         {
                             return;
                         }
+                        // The next chunk's read starts once the one before
+                        // it has loaded, not while this one waited.
+                        batch_started = SystemTime::now();
                     }
                 }
                 Err(e) => {
@@ -344,6 +346,7 @@ async fn process_chunk(
     let to_seal = tuples.clone();
     let started = Instant::now();
     let mut stamps = ChunkStamps::from(read_span);
+    stamps.seal_started = SystemTime::now();
     let (digest, frame) = tokio::task::spawn_blocking(move || {
         let digest = Sha256::digest(&to_seal).to_vec();
         chunk::seal(&id, rows, &to_seal, &key).map(|frame| (digest, frame))
@@ -392,9 +395,11 @@ async fn process_chunk(
     Ok(staged_len)
 }
 
-/// When each stage of one chunk ended, for its spans.
+/// When each stage of one chunk started or ended, for its spans.
 struct ChunkStamps {
     read: (SystemTime, SystemTime),
+    /// The loader took the chunk up (it waits for the one before).
+    seal_started: SystemTime,
     sealed: SystemTime,
     staged: SystemTime,
     loaded: SystemTime,
@@ -404,6 +409,7 @@ impl From<(SystemTime, SystemTime)> for ChunkStamps {
     fn from(read: (SystemTime, SystemTime)) -> Self {
         Self {
             read,
+            seal_started: read.1,
             sealed: read.1,
             staged: read.1,
             loaded: read.1,
@@ -439,7 +445,7 @@ impl ChunkStamps {
         });
         let stages = [
             ("read", self.read.0, self.read.1),
-            ("seal", self.read.1, self.sealed),
+            ("seal", self.seal_started, self.sealed),
             ("stage", self.sealed, self.staged),
             ("load", self.staged, self.loaded),
         ];

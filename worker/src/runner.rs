@@ -565,7 +565,7 @@ impl Worker {
             sealed: self.keys.sealed(&job.spec).await?,
             session: following.session,
             pacer: ReadPacer::new(following.share.clone()),
-            trace: job.phase_span("streaming"),
+            trace: job.phase_span("streaming").filter(|_| traces::exporting()),
         };
         let token = claimed.lease().lease_id().0;
         let item = claimed.item.clone();
@@ -610,7 +610,11 @@ impl Worker {
         // This attempt's span, under its table's in the job's copy.
         let table_span = job
             .phase_span("copying")
-            .map(|copying| traces::table(copying, &table.name.to_string()));
+            .filter(|_| traces::exporting())
+            .map(|copying| {
+                let first = table.partitions.first().copied().unwrap_or_default();
+                traces::table(copying, &table.name.to_string(), first)
+            });
         let span = table_span.map(|t| t.new_child());
         let started = std::time::SystemTime::now();
         let copied = copy_partition(

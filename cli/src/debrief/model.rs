@@ -71,10 +71,13 @@ impl Document<'_> {
             return;
         };
         let mut totals = (0u64, 0u64, 0u64);
+        // Several source tables may land in one table: the copy's figures
+        // follow the plan's order, table by table.
         let rows: Vec<Vec<Cell>> = manifest
             .tables
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let staged = manifest
                     .partitions
                     .iter()
@@ -83,17 +86,20 @@ impl Document<'_> {
                     staged.fold((0u64, 0u64), |(r, c), p| (r + p.rows, c + p.chunks));
                 let name = t.name.to_string();
                 let bytes = moved
-                    .iter()
+                    .get(i)
                     .filter(|m| m.table == name)
-                    .map(|m| m.bytes_read)
-                    .sum::<u64>();
-                totals = (totals.0 + rows, totals.1 + chunks, totals.2 + bytes);
+                    .map(|m| m.bytes_read);
+                totals = (
+                    totals.0 + rows,
+                    totals.1 + chunks,
+                    totals.2 + bytes.unwrap_or(0),
+                );
                 vec![
                     name.into(),
                     t.partitions.len().to_string().into(),
                     chunks.to_string().into(),
                     rows.to_string().into(),
-                    mib(bytes).into(),
+                    bytes.map_or_else(|| "-".to_owned(), mib).into(),
                 ]
             })
             .collect();
@@ -264,7 +270,9 @@ impl Document<'_> {
                     Cell::Verdict(t.counts_match),
                     Cell::Verdict(t.content.matched),
                     t.content.method.clone().into(),
-                    (t.content.missing.len() + t.content.extra.len() + t.content.different.len())
+                    ((t.content.missing.len() + t.content.extra.len() + t.content.different.len())
+                        as u64
+                        + t.content.unlisted)
                         .to_string()
                         .into(),
                 ]
@@ -278,7 +286,7 @@ impl Document<'_> {
                 "counts",
                 "content",
                 "compared by",
-                "rows named",
+                "rows differing",
             ]
             .map(String::from)
             .to_vec(),

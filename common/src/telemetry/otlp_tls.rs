@@ -26,8 +26,16 @@ pub(super) fn config(signal_var: &str) -> crate::Result<Option<ClientTlsConfig>>
     let endpoint = [signal_var, "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_default();
-    if !endpoint.starts_with("https://") {
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // As the exporter reads it: an endpoint without a scheme is https
+    // unless OTEL_EXPORTER_OTLP_INSECURE says otherwise; none at all is
+    // its plain default on localhost.
+    let insecure =
+        std::env::var("OTEL_EXPORTER_OTLP_INSECURE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let https = endpoint.starts_with("https://")
+        || (!endpoint.is_empty() && !endpoint.contains("://") && !insecure);
+    if !https {
         return Ok(None);
     }
     let ca = file("OTEL_EXPORTER_OTLP_CERTIFICATE")?;

@@ -22,7 +22,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithTonicConfig;
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -134,9 +136,11 @@ impl JobTrace {
     }
 }
 
-/// A table's span within the copy's, parent of its partitions'.
-pub fn table(copying: SpanRef, table: &str) -> SpanRef {
-    copying.child(&["table", table])
+/// A planned table's span within the copy's, parent of its partitions':
+/// named by the table and its first partition, since several source
+/// tables may land in one table.
+pub fn table(copying: SpanRef, table: &str, first_partition: u32) -> SpanRef {
+    copying.child(&["table", table, &first_partition.to_string()])
 }
 
 thread_local! {
@@ -176,17 +180,23 @@ pub struct Done<'a> {
     pub error: Option<String>,
 }
 
-/// Whether this process exports spans: without a pipeline, [`emit`]
+/// The process's tracer, once it exports spans: without it, [`emit`]
 /// returns at once (it runs once per chunk stage).
-static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer> =
+    std::sync::OnceLock::new();
+
+/// Whether this process exports spans: callers skip building what they
+/// would send when it does not.
+pub fn exporting() -> bool {
+    TRACER.get().is_some()
+}
 
 /// Sends `done` to the process's trace pipeline; nothing when there is
 /// none.
 pub fn emit(done: Done<'_>) {
-    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+    let Some(tracer) = TRACER.get() else {
         return;
-    }
-    let tracer = opentelemetry::global::tracer_provider().tracer("godwit");
+    };
     let parent = match done.parent {
         Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
             parent.trace,
@@ -254,6 +264,15 @@ pub fn init_traces(service: &'static str) -> crate::Result<Option<Traces>> {
             return Ok(None);
         }
     };
+    // A copy sends five spans a chunk: room for bursts beyond the
+    // standard 2,048 before spans are dropped, unless the operator says.
+    let mut batching = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batching = batching.with_max_queue_size(32_768);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batching.build())
+        .build();
     let provider = SdkTracerProvider::builder()
         .with_resource(
             opentelemetry_sdk::Resource::builder()
@@ -261,10 +280,10 @@ pub fn init_traces(service: &'static str) -> crate::Result<Option<Traces>> {
                 .build(),
         )
         .with_id_generator(Ids::default())
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = TRACER.set(provider.tracer("godwit"));
     tracing::info!("exporting traces over OTLP");
     Ok(Some(Traces { provider }))
 }
@@ -297,8 +316,13 @@ mod tests {
         assert_eq!(trace.phase("copying", 7), Some(copying));
         assert_ne!(trace.phase("copying", 8), Some(copying), "a later run");
         assert_ne!(trace.phase("planning", 7), Some(copying));
-        assert_eq!(table(copying, "public.a"), table(copying, "public.a"));
-        assert_ne!(table(copying, "public.a"), table(copying, "public.b"));
-        assert_eq!(table(copying, "public.a").trace, job.trace, "one trace");
+        assert_eq!(table(copying, "public.a", 1), table(copying, "public.a", 1));
+        assert_ne!(table(copying, "public.a", 1), table(copying, "public.b", 1));
+        assert_ne!(
+            table(copying, "public.a", 1),
+            table(copying, "public.a", 4),
+            "two sources landing in one table"
+        );
+        assert_eq!(table(copying, "public.a", 1).trace, job.trace, "one trace");
     }
 }

@@ -112,6 +112,26 @@ pub struct ForeignKeyReport {
 }
 
 impl Report {
+    /// The report without any key of the customer's rows, for documents
+    /// that leave the operators: listed rows become counts (`unlisted`),
+    /// skipped rows keep their number only.
+    pub fn without_keys(mut self) -> Self {
+        for table in &mut self.tables {
+            let content = &mut table.content;
+            content.unlisted +=
+                (content.missing.len() + content.extra.len() + content.different.len()) as u64;
+            content.missing.clear();
+            content.extra.clear();
+            content.different.clear();
+        }
+        if let Some(mapping) = &mut self.mapping {
+            for skipped in &mut mapping.skipped {
+                skipped.keys.clear();
+            }
+        }
+        self
+    }
+
     /// A readable summary, one line per finding.
     pub fn summary(&self) -> String {
         let mut out = Vec::new();
@@ -263,4 +283,56 @@ pub fn all_matched(
     schema.matched
         && tables.iter().all(|t| t.counts_match && t.content.matched)
         && foreign_keys.iter().all(|fk| fk.orphans == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_without_keys_keeps_its_counts_and_names_no_row() {
+        let report = Report {
+            job: "j".into(),
+            verified_at_unix_ms: 1,
+            matched: false,
+            schema: SchemaLayer::default(),
+            tables: vec![TableReport {
+                table: "public.t".into(),
+                source_rows: 10,
+                target_rows: Some(9),
+                counts_match: false,
+                ranges: 1,
+                content: ContentLayer {
+                    matched: false,
+                    method: "primary_key_buckets".into(),
+                    localisation: None,
+                    missing: vec!["(7)".into()],
+                    extra: vec!["(8)".into()],
+                    different: vec![RowDifference {
+                        key: "(9)".into(),
+                        columns: vec!["email".into()],
+                    }],
+                    unlisted: 2,
+                },
+            }],
+            foreign_keys: Vec::new(),
+            large_objects: None,
+            sample: None,
+            mapping: Some(MappingLineage {
+                skipped: vec![SkippedRows {
+                    table: "public.t".into(),
+                    rows: 1,
+                    keys: vec!["(11)".into()],
+                }],
+                ..MappingLineage::default()
+            }),
+        };
+        let redacted = report.without_keys();
+        let json = serde_json::to_string(&redacted).expect("json");
+        for key in ["(7)", "(8)", "(9)", "(11)"] {
+            assert!(!json.contains(key), "{key} in {json}");
+        }
+        assert_eq!(redacted.tables[0].content.unlisted, 5);
+        assert_eq!(redacted.mapping.map(|m| m.skipped[0].rows), Some(1));
+    }
 }

@@ -182,6 +182,15 @@ async fn a_lost_worker_s_stream_goes_on_on_another_exactly_once() -> anyhow::Res
     ] {
         assert!(text.contains(expected), "{expected:?} missing:\n{text}");
     }
+    // The lag chart has a point for each second the stream reported in,
+    // not one.
+    let ended: serde_json::Value = serde_json::from_slice(&crate::debrief::report(
+        "lost-worker",
+        "json",
+        &["--coordinator", &url],
+    )?)?;
+    let samples = ended["history"]["lag"].as_array().map_or(0, Vec::len);
+    assert!(samples >= 5, "{samples} lag sample(s): {ended}");
     Ok(())
 }
 
