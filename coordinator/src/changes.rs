@@ -150,6 +150,7 @@ impl Phases<'_> {
             MIRROR_FALLBACK,
         )
         .await;
+        let history_staging = crate::staged::history_staging(&record.spec).await;
         let mut history_staged: Option<Instant> = None;
         loop {
             if self.cancel_requested(&job).await.unwrap_or(false) {
@@ -157,7 +158,7 @@ impl Phases<'_> {
             }
             // A debrief asked for while the job streams shows the lag so far.
             if history_staged.is_none_or(|at| at.elapsed() >= HISTORY_EVERY) {
-                crate::staged::stage_history(&record.spec, record).await;
+                crate::staged::stage_history(history_staging.as_ref(), record).await;
                 history_staged = Some(Instant::now());
             }
             match state::load::<StreamItem>(self.store.as_ref(), &item_key).await {
@@ -184,7 +185,7 @@ impl Phases<'_> {
             {
                 served.insert(id);
                 let (cut, verified) = self.cutover(record).await?;
-                crate::staged::stage_history(&record.spec, record).await;
+                crate::staged::stage_history(history_staging.as_ref(), record).await;
                 let answer = cutover_answer(cut.clone(), verified);
                 if let Err(e) = inbox.answer("cutover", &answer).await {
                     tracing::warn!(job_id = %job, error = %e, "cannot answer the cutover request; its outcome is in the job's record");

@@ -241,7 +241,8 @@ impl JobDriver {
         if let Err(e) = self.put_record(&record).await {
             tracing::error!(job_id = %job, error = %e, "cannot record the job's outcome");
         }
-        crate::staged::stage_history(&prepared.spec, &record).await;
+        let staging = crate::staged::history_staging(&prepared.spec).await;
+        crate::staged::stage_history(staging.as_ref(), &record).await;
         if let Err(e) =
             crate::retention::schedule(self.store.as_ref(), &self.keyspace, &record).await
         {

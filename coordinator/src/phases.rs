@@ -517,7 +517,7 @@ impl Phases<'_> {
         )
         .await
         .map_err(failed)?;
-        crate::staged::stage_history(spec, record).await;
+        crate::staged::stage_history(Some(run.sealed().map_err(failed)?), record).await;
         tracing::info!(job_id = %job, phases = ?record.phases, stages = ?run.totals.stages, "job timings");
         Ok(())
     }

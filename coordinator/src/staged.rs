@@ -119,13 +119,25 @@ pub(crate) async fn write_manifest(
 
 /// Seals the job's history beside its reports, for the debrief; a job
 /// whose history cannot be staged says so and goes on (its rows and
-/// verification do not depend on it).
-pub(crate) async fn stage_history(spec: &godwit_common::spec::JobSpec, record: &JobRecord) {
-    let staged = async {
-        let sealed = SealedStaging::open(spec).await?;
-        godwit_common::history::store(&sealed, &record.history).await
+/// verification do not depend on it). `sealed`: the job's staging, opened
+/// once by the caller (it unwraps the job's key); `None` if it would not
+/// open, which is said once where it was opened.
+pub(crate) async fn stage_history(sealed: Option<&SealedStaging>, record: &JobRecord) {
+    let Some(sealed) = sealed else {
+        return;
     };
-    if let Err(e) = staged.await {
-        tracing::warn!(job_id = %spec.job, error = %e, "cannot stage the job's history: its debrief shows no timeline");
+    if let Err(e) = godwit_common::history::store(sealed, &record.history).await {
+        tracing::warn!(job_id = %record.spec.job, error = %e, "cannot stage the job's history: its debrief shows no timeline");
     }
+}
+
+/// The job's staging for its history, opened once; `None`, said, if it
+/// does not open.
+pub(crate) async fn history_staging(spec: &godwit_common::spec::JobSpec) -> Option<SealedStaging> {
+    SealedStaging::open(spec)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(job_id = %spec.job, error = %e, "cannot open the job's staging: its debrief shows no timeline");
+        })
+        .ok()
 }

@@ -68,30 +68,18 @@ pub(crate) fn end(record: &mut JobRecord, phase: &str, error: Option<String>) {
 
 /// A step of the open `phase` that started at `started` and ends now.
 pub(crate) fn step(record: &mut JobRecord, phase: &str, step: &str, started: SystemTime) {
-    step_with(record, phase, step, started, Vec::new(), None);
-}
-
-/// A step with what it did, or why it failed.
-pub(crate) fn step_with(
-    record: &mut JobRecord,
-    phase: &str,
-    step: &str,
-    started: SystemTime,
-    mut attributes: Vec<KeyValue>,
-    error: Option<String>,
-) {
-    let started_ms = unix_ms(started);
-    record.history.step(phase, step, started_ms, now_unix_ms());
+    record
+        .history
+        .step(phase, step, unix_ms(started), now_unix_ms());
     if let Some(parent) = record.phase_span(phase) {
-        attributes.push(job_attribute(record));
         traces::emit(Done {
             name: step,
             span: parent.new_child(),
             parent: Some(parent),
             start: started,
             end: SystemTime::now(),
-            attributes,
-            error,
+            attributes: vec![job_attribute(record)],
+            error: None,
         });
     }
 }

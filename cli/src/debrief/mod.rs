@@ -59,6 +59,15 @@ pub enum Block {
     Chart(Chart),
 }
 
+impl Block {
+    pub fn table(head: &[&str], rows: Vec<Vec<Cell>>) -> Self {
+        Block::Table {
+            head: head.iter().map(|h| (*h).to_owned()).collect(),
+            rows,
+        }
+    }
+}
+
 /// Writes `debrief` to stdout as `format` (HTML, PDF or JSON); its exit code. A
 /// PDF is refused at a terminal, where it would print as noise.
 pub fn write(debrief: &godwit_common::debrief::Debrief, format: crate::ReportFormat) -> i32 {

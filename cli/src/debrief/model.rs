@@ -110,12 +110,10 @@ impl Document<'_> {
             totals.1,
             mib(totals.2)
         )));
-        blocks.push(Block::Table {
-            head: ["table", "partitions", "chunks", "rows copied", "read"]
-                .map(String::from)
-                .to_vec(),
+        blocks.push(Block::table(
+            &["table", "partitions", "chunks", "rows copied", "read"],
             rows,
-        });
+        ));
     }
 
     fn timeline(&self, blocks: &mut Vec<Block>) {
@@ -152,12 +150,10 @@ impl Document<'_> {
                 ]
             })
             .collect();
-        blocks.push(Block::Table {
-            head: ["phase", "started (UTC)", "ended (UTC)", "took"]
-                .map(String::from)
-                .to_vec(),
+        blocks.push(Block::table(
+            &["phase", "started (UTC)", "ended (UTC)", "took"],
             rows,
-        });
+        ));
         if let Some(first) = history.copied.first() {
             // The rate between consecutive samples of what had been read,
             // as steps: level over each interval.
@@ -235,10 +231,7 @@ impl Document<'_> {
                     ]
                 })
                 .collect();
-            blocks.push(Block::Table {
-                head: ["step", "started (UTC)", "took"].map(String::from).to_vec(),
-                rows,
-            });
+            blocks.push(Block::table(&["step", "started (UTC)", "took"], rows));
         }
     }
 
@@ -278,8 +271,8 @@ impl Document<'_> {
                 ]
             })
             .collect();
-        blocks.push(Block::Table {
-            head: [
+        blocks.push(Block::table(
+            &[
                 "table",
                 "source rows",
                 "target rows",
@@ -287,11 +280,9 @@ impl Document<'_> {
                 "content",
                 "compared by",
                 "rows differing",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ],
             rows,
-        });
+        ));
         blocks.push(Block::Subheading("Foreign keys".into()));
         let keys = report
             .foreign_keys
@@ -304,12 +295,7 @@ impl Document<'_> {
                 ]
             })
             .collect();
-        blocks.push(Block::Table {
-            head: ["foreign key", "orphans", "result"]
-                .map(String::from)
-                .to_vec(),
-            rows: keys,
-        });
+        blocks.push(Block::table(&["foreign key", "orphans", "result"], keys));
     }
 
     fn lineage(&self, blocks: &mut Vec<Block>) {
@@ -332,12 +318,10 @@ impl Document<'_> {
                 ]
             })
             .collect();
-        blocks.push(Block::Table {
-            head: ["source column", "target column", "rule"]
-                .map(String::from)
-                .to_vec(),
-            rows: lineage,
-        });
+        blocks.push(Block::table(
+            &["source column", "target column", "rule"],
+            lineage,
+        ));
         if !mapping.skipped.is_empty() {
             blocks.push(Block::Subheading(
                 "Rows left on the source (on_error: skip-row)".into(),
@@ -347,10 +331,7 @@ impl Document<'_> {
                 .iter()
                 .map(|s| vec![s.table.clone().into(), s.rows.to_string().into()])
                 .collect();
-            blocks.push(Block::Table {
-                head: ["table", "rows skipped"].map(String::from).to_vec(),
-                rows: skipped,
-            });
+            blocks.push(Block::table(&["table", "rows skipped"], skipped));
         }
     }
 

@@ -181,6 +181,22 @@ fn validate(manifests: &[u8]) -> anyhow::Result<std::process::Output> {
         })
 }
 
+/// The rendered document holding every one of `markers` must hold every
+/// one of `expected`.
+fn document_holding(manifests: &str, markers: &[&str], expected: &[&str]) -> anyhow::Result<()> {
+    let document = manifests
+        .split("\n---")
+        .find(|doc| markers.iter().all(|m| doc.contains(m)))
+        .ok_or_else(|| anyhow::anyhow!("no document with {markers:?}:\n{manifests}"))?;
+    for line in expected {
+        anyhow::ensure!(
+            document.contains(line),
+            "{line:?} missing from the document with {markers:?}:\n{document}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_option()
 -> anyhow::Result<()> {
@@ -213,34 +229,24 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
     );
     // The workers' metrics over TLS with their Secret's certificate, the
     // ServiceMonitor trusting its CA under the Service's name.
-    let workers = manifests
-        .split("\n---")
-        .find(|doc| doc.contains("kind: Deployment") && doc.contains("- godwit-worker"))
-        .ok_or_else(|| anyhow::anyhow!("no worker Deployment"))?;
-    for expected in [
-        "- --metrics-tls-cert=/etc/godwit/metrics-tls/tls.crt",
-        "- --metrics-tls-key=/etc/godwit/metrics-tls/tls.key",
-        "secretName: godwit-worker-metrics-tls",
-    ] {
-        assert!(
-            workers.contains(expected),
-            "{expected:?} missing:\n{workers}"
-        );
-    }
-    let monitor = manifests
-        .split("\n---")
-        .find(|doc| doc.contains("kind: ServiceMonitor") && doc.contains("component: worker"))
-        .ok_or_else(|| anyhow::anyhow!("no worker ServiceMonitor"))?;
-    for expected in [
-        "scheme: https",
-        "serverName: g-godwit-worker-metrics.default.svc",
-        "name: godwit-worker-metrics-tls",
-    ] {
-        assert!(
-            monitor.contains(expected),
-            "{expected:?} missing:\n{monitor}"
-        );
-    }
+    document_holding(
+        &manifests,
+        &["kind: Deployment", "- godwit-worker"],
+        &[
+            "- --metrics-tls-cert=/etc/godwit/metrics-tls/tls.crt",
+            "- --metrics-tls-key=/etc/godwit/metrics-tls/tls.key",
+            "secretName: godwit-worker-metrics-tls",
+        ],
+    )?;
+    document_holding(
+        &manifests,
+        &["kind: ServiceMonitor", "component: worker"],
+        &[
+            "scheme: https",
+            "serverName: g-godwit-worker-metrics.default.svc",
+            "name: godwit-worker-metrics-tls",
+        ],
+    )?;
     assert!(manifests.contains("godwit_stream_lag_time_seconds) > 120"));
     assert!(manifests.contains("name: g-godwit-dashboard"));
     assert_eq!(manifests.matches("kind: NetworkPolicy").count(), 3);
@@ -255,26 +261,24 @@ fn the_chart_lints_and_its_manifests_match_the_kubernetes_api_least_and_every_op
     let members = "https://g-godwit-etcd-0.g-godwit-etcd:2379,https://g-godwit-etcd-1.g-godwit-etcd:2379,\
                    https://g-godwit-etcd-2.g-godwit-etcd:2379";
     assert_eq!(manifests.matches(&format!("- --etcd={members}")).count(), 2);
-    let etcd = manifests
-        .split("\n---")
-        .find(|doc| doc.contains("kind: StatefulSet"))
-        .ok_or_else(|| anyhow::anyhow!("no etcd StatefulSet:\n{manifests}"))?;
-    for expected in [
-        "replicas: 3",
-        "--initial-cluster=g-godwit-etcd-0=https://g-godwit-etcd-0.g-godwit-etcd:2380,",
-        "--client-cert-auth",
-        "--peer-client-cert-auth",
-        "secretName: godwit-etcd-server",
-        "secretName: godwit-etcd-peer",
-        "volumeClaimTemplates:",
-    ] {
-        assert!(etcd.contains(expected), "{expected:?} missing:\n{etcd}");
-    }
-    let budget = manifests
-        .split("\n---")
-        .find(|doc| doc.contains("kind: PodDisruptionBudget") && doc.contains("component: etcd"))
-        .ok_or_else(|| anyhow::anyhow!("no etcd PodDisruptionBudget"))?;
-    assert!(budget.contains("maxUnavailable: 1"), "{budget}");
+    document_holding(
+        &manifests,
+        &["kind: StatefulSet"],
+        &[
+            "replicas: 3",
+            "--initial-cluster=g-godwit-etcd-0=https://g-godwit-etcd-0.g-godwit-etcd:2380,",
+            "--client-cert-auth",
+            "--peer-client-cert-auth",
+            "secretName: godwit-etcd-server",
+            "secretName: godwit-etcd-peer",
+            "volumeClaimTemplates:",
+        ],
+    )?;
+    document_holding(
+        &manifests,
+        &["kind: PodDisruptionBudget", "component: etcd"],
+        &["maxUnavailable: 1"],
+    )?;
     let refused = render(&format!("{LEAST}etcd: {{ deploy: {{ enabled: true }} }}\n"))?;
     assert!(!refused.status.success());
     assert!(
